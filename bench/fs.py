@@ -1,0 +1,317 @@
+"""Benchmark a syncd mount against a plain directory on the same disk.
+
+    python bench/fs.py                     # full: 1 GiB file, 10k small files, 20k-file tar
+    python bench/fs.py --size-mib 64 --files 500 --tar-files 1000 --repeat 1   # smoke run
+    python bench/fs.py --only write,read --json out.json --profile
+
+Run it as root (to drop page caches) with the python whose bin/ holds `syncd` (or --syncd).
+Mount (via the real CLI: syncd init, mount, umount) and native dir live under one fresh base
+dir (in /var/tmp or --dir), removed at the end. Workloads, each --repeat times per side:
+write (1 MiB blocks, fsync at the end), read (after dropping caches), small (create + stat +
+unlink of --files files, one timing), tar (`tar -xf` of --tar-files small files into an
+empty dir), find (over the extracted tree, warm caches). The table shows medians and a SPEED
+ratio, mount speed / native speed: 1.0 = as fast as native, 0.5 = half as fast (for timed
+workloads: native seconds / mount seconds). --profile records a py-spy speedscope profile (with
+idle stacks) of the mount process during each mount workload, next to --json (else in cwd).
+"""
+import argparse, io, json, os, platform, random, re, shutil, signal, statistics
+import struct, subprocess, sys, tarfile, tempfile, time
+from pathlib import Path
+
+MIB = 1 << 20
+# name: (unit, higher_is_better)
+WORKLOADS = {"write": ("MB/s", True), "read": ("MB/s", True), "small": ("files/s", True),
+             "tar": ("s", False), "find": ("s", False)}
+notes = []
+
+
+def note(msg):
+    print("note:", msg, flush=True)
+    if msg not in notes:
+        notes.append(msg)
+
+
+def drop_caches():
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        note(f"could not drop caches ({e}): read figures are with warm caches")
+
+
+def timed(reps, setup, body):
+    """Run setup(i) untimed, then body(i) timed, reps times; return the seconds."""
+    out = []
+    for i in range(reps):
+        setup(i)
+        os.sync()  # earlier dirty data must not be flushed inside the timing
+        t = time.perf_counter()
+        body(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def run(cmd, timeout=None):
+    """Run cmd, return (exit code, output). Output goes via a file, not a pipe: a detached
+    child that keeps the pipe open would make us wait forever."""
+    with tempfile.TemporaryFile("w+") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        out.seek(0)
+        return code, out.read().strip()
+
+
+class Bench:
+    def __init__(self, root, args, tarball):
+        self.root, self.args, self.tarball = Path(root), args, tarball
+        self.big, self.tree, self.nonce = self.root / "big.bin", None, None
+
+    def write(self):
+        block = bytearray(os.urandom(MIB))  # random, and each block distinct: no dedup
+
+        def body(i):
+            self.nonce = random.getrandbits(63)
+            with open(self.big, "wb", buffering=0) as f:
+                for n in range(self.args.size_mib):
+                    struct.pack_into("<QQ", block, 0, self.nonce, n)
+                    view = memoryview(block)
+                    while view:
+                        view = view[f.write(view):]
+                os.fsync(f.fileno())
+        return timed(self.args.repeat, lambda i: self.big.unlink(missing_ok=True), body)
+
+    def read(self):
+        if self.nonce is None:
+            self.write()
+        buf = bytearray(MIB)
+
+        def body(i):
+            n = 0
+            with open(self.big, "rb", buffering=0) as f:
+                while got := f.readinto(buf):
+                    if n % MIB == 0 and got >= 16 and struct.unpack_from("<QQ", buf) != (
+                            self.nonce, n // MIB):
+                        raise RuntimeError(f"read: wrong data in block {n // MIB}")
+                    n += got
+            if n != self.args.size_mib * MIB:
+                raise RuntimeError(f"read: got {n} bytes, wrote {self.args.size_mib * MIB}")
+        return timed(self.args.repeat, lambda i: drop_caches(), body)
+
+    def small(self):
+        d = self.root / "small"
+
+        def setup(i):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+
+        def body(i):
+            names = [str(d / f"f{k:05d}") for k in range(self.args.files)]
+            for k, p in enumerate(names):
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.write(fd, b"file %d\n" % k)
+                os.close(fd)
+            for k, p in enumerate(names):
+                if os.stat(p).st_size != len(b"file %d\n" % k):
+                    raise RuntimeError(f"small: wrong size of {p}")
+            for p in names:
+                os.unlink(p)
+        return timed(self.args.repeat, setup, body)
+
+    def tar(self):
+        def setup(i):
+            if self.tree:
+                shutil.rmtree(self.tree)
+            self.tree = self.root / f"untar{i}"
+            self.tree.mkdir()
+
+        def body(i):
+            code, out = run(["tar", "-xf", self.tarball, "-C", self.tree])
+            if code:
+                raise RuntimeError(f"tar -xf failed ({code}): {out[:300]}")
+        return timed(self.args.repeat, setup, body)
+
+    def find(self):
+        if self.tree is None:
+            self.tar()
+        want = self.args.tar_files + -(-self.args.tar_files // 100) + 1
+
+        def body(i):
+            r = subprocess.run(["find", self.tree], stdout=subprocess.PIPE, check=True)
+            if (got := r.stdout.count(b"\n")) != want:
+                raise RuntimeError(f"find: {got} entries, want {want}")
+        body(-1)  # warm the caches
+        return timed(self.args.repeat, lambda i: None, body)
+
+
+def make_tarball(path, nfiles, seed=1234):
+    """Deterministic tar of nfiles files of 100-2000 bytes, 100 files per directory."""
+    rng = random.Random(seed)
+    with tarfile.open(path, "w") as tf:
+        for k in range(nfiles):
+            if k % 100 == 0:
+                ti = tarfile.TarInfo(f"d{k // 100:03d}")
+                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+                tf.addfile(ti)
+            data = rng.randbytes(rng.randint(100, 2000))
+            ti = tarfile.TarInfo(f"d{k // 100:03d}/f{k % 100:03d}")
+            ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
+            tf.addfile(ti, io.BytesIO(data))
+
+
+def machine_facts(base):
+    fs = run(["df", "--output=fstype,source,target", base])[1].splitlines()[-1].split()
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    return {"nproc": os.cpu_count(), "kernel": platform.release(),
+            "base_fs": f"{fs[0]} ({fs[1]} on {fs[2]})", "cpu": cpu.group(1) if cpu else "?",
+            "mem_gib": round(int(mem.group(1)) / MIB, 1), "python": platform.python_version()}
+
+
+def mounted(mnt):
+    return any(ln.split()[1] == str(mnt) for ln in Path("/proc/mounts").read_text().splitlines())
+
+
+def alive(pid):
+    try:
+        return b"syncd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def tool(name):
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else shutil.which(name)
+
+
+def mount(syncd, home, mnt):
+    for cmd in (["init", "--name", "bench"], ["mount", str(mnt)]):
+        code, out = run([syncd, "--home", str(home), *cmd], timeout=120)
+        if code:
+            log = (home / "mount.log").read_text()[-2000:] if (home / "mount.log").exists() else ""
+            sys.exit(f"syncd {cmd[0]} failed ({code}): {out}\n{log}")
+    print(out, flush=True)
+    m = re.search(r"\(pid (\d+)\)", out) or re.search(r"\d+", (home / "lock").read_text())
+    return int(m.group(m.lastindex or 0))
+
+
+def unmount(syncd, home, mnt, pid):
+    t = time.perf_counter()
+    try:
+        code, out = run([syncd, "--home", str(home), "umount"], timeout=600)
+        print(f"syncd umount: exit {code} after {time.perf_counter() - t:.1f}s {out}")
+    except subprocess.TimeoutExpired:
+        note("syncd umount did not return within 600s")
+    if mounted(mnt):
+        note("the mount was still there after syncd umount: fusermount3 -u -z")
+        run(["fusermount3", "-u", "-z", str(mnt)])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for _ in range(50):
+            if not (pid and alive(pid)):
+                return
+            time.sleep(0.2)
+        note(f"the serving process {pid} was still running: {sig.name}")
+        os.kill(pid, sig)
+
+
+def run_side(side, root, args, tarball, only, results, pyspy=None, pid=None, prof_dir=None):
+    bench = Bench(root, args, tarball)
+    for w in only:
+        prof = None
+        if pyspy and pid:
+            out = prof_dir / f"syncd-profile-{w}.speedscope.json"
+            prof = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "speedscope",
+                                     "--idle", "--output", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # let py-spy attach
+        try:
+            secs = results.setdefault(w, {})[side] = getattr(bench, w)()
+            print(f"  {side:6} {w:5} " + " ".join(f"{s:.3f}s" for s in secs), flush=True)
+        except Exception as e:  # keep going: the failure shows in the table and notes
+            results.setdefault(w, {})[side] = f"error: {e}"
+            note(f"{side} {w} failed: {type(e).__name__}: {e}")
+        finally:
+            if prof:
+                prof.send_signal(signal.SIGINT)
+                if prof.wait(timeout=120) or not out.exists():
+                    note(f"py-spy failed during mount {w} (exit {prof.returncode})")
+                else:
+                    print(f"  profile of the mount during {w}: {out}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", help="where to make the fresh base dir (default /var/tmp)")
+    p.add_argument("--size-mib", type=int, default=1024)
+    p.add_argument("--files", type=int, default=10000)
+    p.add_argument("--tar-files", type=int, default=20000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--only", default=",".join(WORKLOADS), help="comma list of " + ",".join(WORKLOADS))
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
+    p.add_argument("--profile", action="store_true", help="py-spy the mount during each workload")
+    args = p.parse_args()
+    only = [w for w in args.only.split(",") if w]
+    if bad := set(only) - set(WORKLOADS):
+        p.error(f"unknown workload(s): {', '.join(sorted(bad))}")
+    if not (syncd := args.syncd or tool("syncd")):
+        p.error("syncd not found next to python nor on PATH; use --syncd")
+    if (pyspy := args.profile and tool("py-spy")) is None:
+        note("--profile: py-spy is not installed, no profiles are recorded")
+    prof_dir = Path(args.json).resolve().parent if args.json else Path.cwd()
+    prof_dir.mkdir(parents=True, exist_ok=True)
+
+    base = Path(tempfile.mkdtemp(prefix="syncd-bench-", dir=args.dir or "/var/tmp"))
+    home, mnt, native, tarball = base / "home", base / "mnt", base / "native", base / "tree.tar"
+    mnt.mkdir()
+    native.mkdir()
+    facts = machine_facts(base)
+    print(f"syncd bench in {base}: {facts}")
+    print("ratio = mount speed / native speed (1.0 = as fast as native, 0.5 = half as fast;"
+          " for timed workloads native s / mount s); find runs with warm caches", flush=True)
+    results, pid = {}, None
+    try:
+        if {"tar", "find"} & set(only):
+            make_tarball(tarball, args.tar_files)
+        pid = mount(syncd, home, mnt)
+        run_side("native", native, args, tarball, only, results)
+        run_side("mount", mnt, args, tarball, only, results, pyspy, pid, prof_dir)
+        status = run([syncd, "--home", str(home), "status", "--json"])[1]
+        print("syncd status --json:", " ".join(status.split()))
+    finally:
+        if (home / "lock").exists() or mounted(mnt):
+            unmount(syncd, home, mnt, pid)
+        shutil.rmtree(base, ignore_errors=True)
+    report(results, only, args, facts, syncd)
+
+
+def report(results, only, args, facts, syncd):
+    rows = []
+    for w in only:
+        unit, higher = WORKLOADS[w]
+        amount = {"write": args.size_mib * MIB / 1e6, "read": args.size_mib * MIB / 1e6,
+                  "small": args.files}.get(w)
+        row = {"workload": w, "unit": unit}
+        for side in ("native", "mount"):
+            secs = row[side + "_runs_s"] = results.get(w, {}).get(side, "not run")
+            med = statistics.median(secs) if isinstance(secs, list) else None
+            row[side] = amount / med if amount and med else med
+        n, m = row["native"], row["mount"]
+        row["ratio"] = (m / n if higher else n / m) if n and m else None
+        rows.append(row)
+    print(f"\n{'workload':10} {'unit':8} {'native':>10} {'mount':>10} {'ratio':>7}")
+    for r in rows:
+        f = [("-" if r[k] is None else f"{r[k]:.2f}" if r[k] >= 1 else f"{r[k]:.3g}")
+             for k in ("native", "mount", "ratio")]
+        print(f"{r['workload']:10} {r['unit']:8} {f[0]:>10} {f[1]:>10} {f[2]:>7}")
+    print(f"medians of {args.repeat}; ratio = mount speed / native speed; "
+          f"nproc {facts['nproc']}, kernel {facts['kernel']}, base fs {facts['base_fs']}")
+    for n in notes:
+        print("note:", n)
+    if args.json:
+        params = {k: getattr(args, k) for k in ("size_mib", "files", "tar_files", "repeat")}
+        Path(args.json).write_text(json.dumps(
+            {"schema_version": 1, "machine": facts, "params": params, "syncd": syncd,
+             "ratio": "mount speed / native speed", "results": rows, "notes": notes}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

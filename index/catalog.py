@@ -1,0 +1,510 @@
+"""The catalog: nodes, inodes, versions and the journal (DESIGN, "The data model").
+
+Every public method that changes the share runs in one transaction that also stamps each
+changed node with the next sequence number, bumps its version vector and Lamport clock for
+the aspect that changed (content, mode or placement) and appends a journal row (rule 1).
+Local-only facts (owner, atime) change without a stamp.
+
+Errors are OSError with the errno POSIX gives, so the mount can pass them on as they are.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from index.schema import ROOT_ID, ROOT_INO
+from index.store import CHUNK, ChunkStore, digest_of, file_hash, split_chunks
+
+ASPECTS = ("content", "mode", "place")
+NAME_MAX = 255
+
+INODE_COLUMNS = (
+    "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.ctime_ns, i.atime_ns, "
+    "i.hash, i.target, i.draft_floor, "
+    "(SELECT count(*) FROM nodes l WHERE l.ino = i.ino AND l.deleted = 0) AS nlink"
+)
+
+
+def fail(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
+
+
+def check_name(name: str | bytes) -> str:
+    """A name as stored: valid UTF-8, no slash or NUL, at most NAME_MAX bytes."""
+    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+    if len(raw) > NAME_MAX:
+        raise fail(errno.ENAMETOOLONG)
+    if not raw or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
+        raise fail(errno.EINVAL, repr(raw))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # One policy for every peer: names are UTF-8, as the sync protocol carries them.
+        raise fail(errno.EILSEQ, f"name is not valid UTF-8: {raw!r}") from None
+
+
+@dataclass
+class Inode:
+    ino: int
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    hash: str | None
+    target: bytes | None
+    draft_floor: int | None
+    nlink: int
+
+
+@dataclass
+class Entry:
+    """A live name: the node that holds it and the inode it points to."""
+
+    node: str
+    entry: int  # stable readdir offset
+    name: str
+    inode: Inode
+
+
+class Catalog:
+    def __init__(self, db: sqlite_utils.Database, store: ChunkStore):
+        self.db = db
+        self.conn: sqlite3.Connection = db.conn
+        self.store = store
+        meta = dict(self.conn.execute("SELECT key, value FROM meta"))
+        self.device: str = meta["device_id"]
+        self.seq = int(meta["seq"])
+        self.clock = int(meta["clock"])
+        self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
+
+    # -- reading
+
+    def inode(self, ino: int) -> Inode:
+        row = self.conn.execute(
+            f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.ino = ?", (ino,)
+        ).fetchone()
+        if row is None:
+            raise fail(errno.ENOENT, f"inode {ino}")
+        return Inode(*row)
+
+    def chunks(self, ino: int) -> list[bytes]:
+        row = self.conn.execute("SELECT chunks FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        return split_chunks(row[0]) if row else []
+
+    def dir_node(self, ino: int) -> str:
+        """The node id of a directory inode (directories have exactly one node)."""
+        node = self._dir_nodes.get(ino)
+        if node is None:
+            row = self.conn.execute(
+                "SELECT id, kind FROM nodes WHERE ino = ? AND deleted = 0", (ino,)
+            ).fetchone()
+            if row is None:
+                raise fail(errno.ENOENT, f"inode {ino}")
+            if row[1] != "dir":
+                raise fail(errno.ENOTDIR)
+            node = self._dir_nodes[ino] = row[0]
+        return node
+
+    def lookup(self, parent_ino: int, name: str) -> Entry | None:
+        row = self.conn.execute(
+            f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
+            "JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
+            (self.dir_node(parent_ino), name),
+        ).fetchone()
+        return Entry(row[0], row[1], row[2], Inode(*row[3:])) if row else None
+
+    def children(self, dir_ino: int, after: int, limit: int = 1000) -> list[Entry]:
+        rows = self.conn.execute(
+            f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
+            "JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.parent = ? AND n.deleted = 0 AND n.entry > ? ORDER BY n.entry LIMIT ?",
+            (self.dir_node(dir_ino), after, limit),
+        ).fetchall()
+        return [Entry(r[0], r[1], r[2], Inode(*r[3:])) for r in rows]
+
+    def parent_ino(self, dir_ino: int) -> int:
+        if dir_ino == ROOT_INO:
+            return ROOT_INO
+        row = self.conn.execute(
+            "SELECT p.ino FROM nodes n JOIN nodes p ON p.id = n.parent "
+            "WHERE n.ino = ? AND n.deleted = 0",
+            (dir_ino,),
+        ).fetchone()
+        if row is None:
+            raise fail(errno.ENOENT)
+        return row[0]
+
+    def nodes_of(self, ino: int) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM nodes WHERE ino = ? AND deleted = 0 ORDER BY entry", (ino,)
+            )
+        ]
+
+    def placement(self, node: str) -> tuple[str | None, str]:
+        row = self.conn.execute("SELECT parent, name FROM nodes WHERE id = ?", (node,)).fetchone()
+        return row[0], row[1]
+
+    # -- stamping (call inside a transaction)
+
+    def _stamp(self, node: str, op: str, aspects: tuple[str, ...], detail: dict | None) -> None:
+        self.seq += 1
+        self.clock += 1
+        sets = ["seq = ?"]
+        params: list[object] = [self.seq]
+        if aspects:
+            row = self.conn.execute(
+                "SELECT " + ", ".join(f"{a}_vv" for a in aspects) + " FROM nodes WHERE id = ?",
+                (node,),
+            ).fetchone()
+            for aspect, vv_text in zip(aspects, row, strict=True):
+                vv = json.loads(vv_text)
+                vv[self.device] = self.seq
+                sets += [f"{aspect}_vv = ?", f"{aspect}_clock = ?", f"{aspect}_device = ?"]
+                params += [json.dumps(vv, sort_keys=True), self.clock, self.device]
+        self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
+        self.conn.execute(
+            "INSERT INTO journal (seq, node, op, device, at, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (self.seq, node, op, self.device, int(time.time()),
+             json.dumps(detail, sort_keys=True) if detail else None),
+        )
+        self.conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'seq'", (self.seq,)
+        )
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (self.clock,))
+
+    def _transaction(self):
+        return self.db.atomic()
+
+    def _rollback_counters(self) -> None:
+        """A failed transaction rolled back: reload the counters it advanced."""
+        meta = dict(self.conn.execute("SELECT key, value FROM meta"))
+        self.seq, self.clock = int(meta["seq"]), int(meta["clock"])
+
+    def _atomic(self, fn, *args):
+        try:
+            with self._transaction():
+                return fn(*args)
+        except BaseException:
+            self._rollback_counters()
+            raise
+
+    # -- creating
+
+    def create(
+        self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
+        target: bytes | None = None, now_ns: int | None = None,
+    ) -> Entry:
+        """A new file, directory or symlink: one new inode, one new node, one change."""
+        name = check_name(name)
+        now = now_ns or time.time_ns()
+        parent = self.dir_node(parent_ino)
+
+        def run() -> Entry:
+            if self._live(parent, name):
+                raise fail(errno.EEXIST, name)
+            chunks = b""
+            size = len(target) if target is not None else 0
+            digest = file_hash(chunks) if kind == "file" else None
+            if kind == "symlink":
+                digest = "blake3:" + digest_of(target or b"").hex()
+            cur = self.conn.execute(
+                "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
+                " hash, chunks, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, mode & 0o7777, uid, gid, size, now, now, now, digest, chunks, target),
+            )
+            ino = cur.lastrowid
+            node = f"{self.device}:{self.seq + 1}"
+            self.conn.execute(
+                "INSERT INTO nodes (id, kind, ino, parent, name, seq) VALUES (?, ?, ?, ?, ?, 0)",
+                (node, kind, ino, parent, name),
+            )
+            self._stamp(node, "create", ASPECTS, {"kind": kind})
+            self._touch_dir(parent_ino, now)
+            return self.lookup(parent_ino, name)
+
+        return self._atomic(run)
+
+    def link(self, ino: int, parent_ino: int, name: str) -> Entry:
+        """A hard link: a second node on the same inode (peers see a separate file)."""
+        name = check_name(name)
+        parent = self.dir_node(parent_ino)
+        now = time.time_ns()
+
+        def run() -> Entry:
+            inode = self.inode(ino)
+            if inode.kind == "dir":
+                raise fail(errno.EPERM)
+            if self._live(parent, name):
+                raise fail(errno.EEXIST, name)
+            node = f"{self.device}:{self.seq + 1}"
+            self.conn.execute(
+                "INSERT INTO nodes (id, kind, ino, parent, name, seq) VALUES (?, ?, ?, ?, ?, 0)",
+                (node, inode.kind, ino, parent, name),
+            )
+            self._stamp(node, "create", ASPECTS, {"kind": inode.kind, "link": True})
+            self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            self._touch_dir(parent_ino, now)
+            return self.lookup(parent_ino, name)
+
+        return self._atomic(run)
+
+    # -- removing
+
+    def unlink(self, parent_ino: int, name: str) -> int:
+        """Remove a non-directory name: its node becomes a tombstone. Returns the inode,
+        which the caller purges once nothing refers to it."""
+        return self._atomic(self._remove, parent_ino, check_name(name), False)
+
+    def rmdir(self, parent_ino: int, name: str) -> int:
+        return self._atomic(self._remove, parent_ino, check_name(name), True)
+
+    def _remove(self, parent_ino: int, name: str, want_dir: bool) -> int:
+        entry = self.lookup(parent_ino, name)
+        if entry is None:
+            raise fail(errno.ENOENT, name)
+        is_dir = entry.inode.kind == "dir"
+        if want_dir and not is_dir:
+            raise fail(errno.ENOTDIR, name)
+        if not want_dir and is_dir:
+            raise fail(errno.EISDIR, name)
+        if is_dir and self._has_children(entry.node):
+            raise fail(errno.ENOTEMPTY, name)
+        self._tombstone(entry.node)
+        now = time.time_ns()
+        self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
+        self._touch_dir(parent_ino, now)
+        return entry.inode.ino
+
+    def _tombstone(self, node: str) -> None:
+        self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?", (node,))
+        self._stamp(node, "delete", ASPECTS, None)
+        for ino, cached in list(self._dir_nodes.items()):
+            if cached == node:
+                del self._dir_nodes[ino]
+
+    # -- renaming
+
+    def rename(
+        self, old_parent: int, old_name: str, new_parent: int, new_name: str,
+        noreplace: bool = False,
+    ) -> int | None:
+        """Move a name. Returns an inode that lost its last name by being replaced, if any.
+
+        Rename over an existing file (how editors save): the target keeps its node and
+        takes the source's inode as an edit, and the source node is deleted (DESIGN rule 3).
+        """
+        old_name, new_name = check_name(old_name), check_name(new_name)
+        return self._atomic(self._rename, old_parent, old_name, new_parent, new_name, noreplace)
+
+    def _rename(self, old_parent, old_name, new_parent, new_name, noreplace):
+        src = self.lookup(old_parent, old_name)
+        if src is None:
+            raise fail(errno.ENOENT, old_name)
+        dst = self.lookup(new_parent, new_name)
+        new_parent_node = self.dir_node(new_parent)
+        now = time.time_ns()
+        if src.inode.kind == "dir" and self._is_within(new_parent_node, src.node):
+            raise fail(errno.EINVAL, "cannot move a directory into itself")
+        if dst is not None:
+            if noreplace:
+                raise fail(errno.EEXIST, new_name)
+            if dst.inode.ino == src.inode.ino:
+                return None  # two links to one inode: POSIX says do nothing
+            if src.inode.kind == "dir" and dst.inode.kind != "dir":
+                raise fail(errno.ENOTDIR, new_name)
+            if src.inode.kind != "dir" and dst.inode.kind == "dir":
+                raise fail(errno.EISDIR, new_name)
+            if dst.inode.kind == "dir" and self._has_children(dst.node):
+                raise fail(errno.ENOTEMPTY, new_name)
+            if src.inode.kind == "file" and dst.inode.kind == "file":
+                # The target node takes the source inode's content and mode as one edit.
+                self.conn.execute(
+                    "UPDATE nodes SET ino = ? WHERE id = ?", (src.inode.ino, dst.node)
+                )
+                self._stamp(dst.node, "content", ("content", "mode"),
+                            {"replaced_by": src.node})
+                self._tombstone(src.node)
+                self._touch_dir(old_parent, now)
+                self._touch_dir(new_parent, now)
+                self.conn.execute(
+                    "UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino)
+                )
+                return dst.inode.ino
+            self._tombstone(dst.node)
+        self.conn.execute(
+            "UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
+            (new_parent_node, new_name, src.node),
+        )
+        self._stamp(src.node, "rename", ("place",),
+                    {"from": [self.dir_node(old_parent), old_name]})
+        self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino))
+        self._touch_dir(old_parent, now)
+        self._touch_dir(new_parent, now)
+        return dst.inode.ino if dst is not None else None
+
+    # -- attributes
+
+    def set_mode(self, ino: int, mode: int) -> None:
+        """chmod: one change per node of the inode."""
+        def run() -> None:
+            self.conn.execute(
+                "UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?",
+                (mode & 0o7777, time.time_ns(), ino),
+            )
+            for node in self.nodes_of(ino):
+                self._stamp(node, "mode", ("mode",), {"mode": mode & 0o7777})
+
+        self._atomic(run)
+
+    def set_mtime(self, ino: int, mtime_ns: int) -> None:
+        """utimens on a file not open for writing: the mtime is part of the content version."""
+        def run() -> None:
+            self.conn.execute(
+                "UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+                (mtime_ns, time.time_ns(), ino),
+            )
+            for node in self.nodes_of(ino):
+                self._stamp(node, "content", ("content",), {"mtime_ns": mtime_ns})
+
+        self._atomic(run)
+
+    def set_local(self, ino: int, **columns: int) -> None:
+        """Owner, atime and ctime: local facts, not versioned, no stamp."""
+        assert set(columns) <= {"uid", "gid", "atime_ns", "ctime_ns"}
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        with self._transaction():
+            self.conn.execute(
+                f"UPDATE inodes SET {sets} WHERE ino = ?", (*columns.values(), ino)
+            )
+
+    def mark_dirty(self, ino: int, floor: int) -> None:
+        with self._transaction():
+            self.conn.execute("UPDATE inodes SET draft_floor = ? WHERE ino = ?", (floor, ino))
+
+    def commit_content(
+        self, ino: int, chunks: list[bytes], size: int, mtime_ns: int | None,
+        mode: int | None, content_changed: bool,
+    ) -> list[bytes]:
+        """Commit a file's draft: new chunk list, size and hash, plus any metadata set while
+        it was open, as one change per node. Clears the dirty mark. Returns the chunks that
+        no longer have any reference (the caller removes them from the store after this
+        commit is durable in the database)."""
+        blob = b"".join(chunks)
+
+        def run() -> list[bytes]:
+            inode = self.inode(ino)
+            old = self.chunks(ino)
+            now = time.time_ns()
+            digest = file_hash(blob)
+            changed_content = content_changed and (digest != inode.hash or size != inode.size)
+            new_mtime = mtime_ns if mtime_ns is not None else inode.mtime_ns
+            aspects: tuple[str, ...] = ()
+            if changed_content or new_mtime != inode.mtime_ns:
+                aspects += ("content",)
+            if mode is not None and (mode & 0o7777) != inode.mode:
+                aspects += ("mode",)
+            self.conn.execute(
+                "UPDATE inodes SET chunks = ?, size = ?, hash = ?, mtime_ns = ?, mode = ?,"
+                " ctime_ns = ?, draft_floor = NULL WHERE ino = ?",
+                (blob, size, digest, new_mtime,
+                 inode.mode if mode is None else mode & 0o7777, now, ino),
+            )
+            garbage = self._reref(chunks, size, old)
+            if aspects:
+                for node in self.nodes_of(ino):
+                    self._stamp(node, "content" if "content" in aspects else "mode", aspects,
+                                {"hash": digest, "size": size})
+            return garbage
+
+        return self._atomic(run)
+
+    def _reref(self, new: list[bytes], size: int, old: list[bytes]) -> list[bytes]:
+        """Move chunk reference counts from `old` to `new`; return chunks left unreferenced."""
+        delta = Counter(new)
+        delta.subtract(old)
+        last = len(new) - 1
+        sizes = {d: (size - i * CHUNK if i == last else CHUNK) for i, d in enumerate(new)}
+        garbage = []
+        for digest, change in delta.items():
+            if change > 0:
+                self.conn.execute(
+                    "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
+                    "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
+                    (digest, sizes[digest], change),
+                )
+            elif change < 0:
+                self.conn.execute(
+                    "UPDATE chunks SET refs = refs + ? WHERE hash = ?", (change, digest)
+                )
+                left = self.conn.execute(
+                    "SELECT refs FROM chunks WHERE hash = ?", (digest,)
+                ).fetchone()
+                if left is not None and left[0] <= 0:
+                    self.conn.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
+                    garbage.append(digest)
+        return garbage
+
+    def purge_inode(self, ino: int) -> list[bytes]:
+        """Forget an inode that has no names, no lookups and no handles left. Returns the
+        chunks left unreferenced."""
+        def run() -> list[bytes]:
+            if self.nodes_of(ino):
+                return []
+            old = self.chunks(ino)
+            self.conn.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+            return self._reref([], 0, old)
+
+        self._dir_nodes.pop(ino, None)
+        return self._atomic(run)
+
+    def orphan_inodes(self) -> list[int]:
+        """Inodes with no live node (their last handle was open at a crash)."""
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT ino FROM inodes i WHERE ino != ? AND NOT EXISTS "
+                "(SELECT 1 FROM nodes n WHERE n.ino = i.ino AND n.deleted = 0)",
+                (ROOT_INO,),
+            )
+        ]
+
+    # -- helpers
+
+    def _live(self, parent: str, name: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM nodes WHERE parent = ? AND name = ? AND deleted = 0", (parent, name)
+        ).fetchone() is not None
+
+    def _has_children(self, node: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM nodes WHERE parent = ? AND deleted = 0 LIMIT 1", (node,)
+        ).fetchone() is not None
+
+    def _is_within(self, node: str, ancestor: str) -> bool:
+        """Is `node` `ancestor` or below it?"""
+        while node is not None:
+            if node == ancestor:
+                return True
+            node = self.placement(node)[0]
+        return False
+
+    def _touch_dir(self, dir_ino: int, now: int) -> None:
+        """A directory's mtime and ctime are local: they follow its entries here."""
+        self.conn.execute(
+            "UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, dir_ino)
+        )

@@ -1,0 +1,224 @@
+"""A draft: the uncommitted content of one file, between its first write and its commit.
+
+The draft starts from the file's committed chunk list (`base`). A write to chunk i goes to
+a private working chunk (store/work/<ino>/<i>), first filled from base[i] when the write
+does not cover the whole chunk (copy-on-write), so committed chunks are never modified.
+Reads see working chunks where they exist, base chunks below, zeros elsewhere.
+
+Sequential writes are hashed as they arrive, so committing a large new file does not read
+it back; anything else is hashed at commit (`Sealed.hash_pending`, on a worker thread).
+
+The draft is synchronous and knows nothing of FUSE; the mount serialises writes and commits
+of one file with a lock (mount/content.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import blake3
+
+from index.store import CHUNK, ChunkStore, digest_of
+
+
+class WorkChunk:
+    """One working chunk. `hasher` covers bytes [0, hashed) while writes arrive in order;
+    it is dropped (None) when a write lands elsewhere, and the chunk is rehashed at commit."""
+
+    __slots__ = ("length", "hasher", "hashed")
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.hasher: blake3.blake3 | None = blake3.blake3()
+        self.hashed = 0
+
+    def wrote(self, within: int, data: memoryview | bytes) -> None:
+        end = within + len(data)
+        if self.hasher is not None:
+            if within == self.hashed and self.hashed == self.length:
+                self.hasher.update(data)
+                self.hashed = end
+            else:
+                self.hasher = None
+        self.length = max(self.length, end)
+
+
+@dataclass
+class Sealed:
+    """A draft's content ready to commit: the final chunk list, with the working chunks
+    that must be hashed and installed first."""
+
+    ino: int
+    size: int
+    slots: list[bytes | None]  # digest, or None for a working chunk not yet hashed
+    work: dict[int, WorkChunk] = field(default_factory=dict)
+    digests: dict[int, bytes] = field(default_factory=dict)
+
+    def hash_pending(self, store: ChunkStore, durable: bool) -> None:
+        """Hash working chunks not hashed on the fly; with `durable`, fsync them too.
+        Thread-safe with respect to the trio thread: touches only these files."""
+        for i, wc in self.work.items():
+            path = store.work_path(self.ino, i)
+            if wc.hasher is not None and wc.hashed == wc.length:
+                self.digests[i] = wc.hasher.digest()
+            else:
+                with open(path, "rb") as f:
+                    self.digests[i] = digest_of(f.read())
+            if durable:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def chunk_list(self) -> list[bytes]:
+        return [d if d is not None else self.digests[i] for i, d in enumerate(self.slots)]
+
+    def pending_bytes(self) -> int:
+        return sum(
+            wc.length for wc in self.work.values()
+            if wc.hasher is None or wc.hashed != wc.length
+        )
+
+
+class Draft:
+    def __init__(self, store: ChunkStore, ino: int, base: list[bytes], size: int):
+        self.store = store
+        self.ino = ino
+        self.base = base
+        self.size = size
+        self.floor = size  # the lowest size since the draft began (see schema: draft_floor)
+        self.work: dict[int, WorkChunk] = {}
+        self.content_changed = False
+        self.mtime_ns: int | None = None  # pending, folded into the commit
+        self.mode: int | None = None
+
+    def chunk_len(self, i: int, size: int | None = None) -> int:
+        size = self.size if size is None else size
+        return max(0, min(CHUNK, size - i * CHUNK))
+
+    # -- reading
+
+    def read(self, offset: int, n: int) -> bytes:
+        end = min(self.size, offset + n)
+        out = []
+        pos = offset
+        while pos < end:
+            i, within = divmod(pos, CHUNK)
+            want = min(end - pos, CHUNK - within)
+            if i in self.work:
+                data = os.pread(self.store.work_fd(self.ino, i), want, within)
+            elif i < len(self.base):
+                data = self.store.read(self.base[i], within, want)
+            else:
+                data = b""
+            if len(data) < want:
+                data += bytes(want - len(data))
+            out.append(data)
+            pos += want
+        return b"".join(out)
+
+    # -- changing
+
+    def _work_chunk(self, i: int, covers: bool) -> tuple[WorkChunk, int]:
+        """The working chunk for index i, made by copy-on-write unless the coming write
+        covers the chunk's whole committed extent."""
+        wc = self.work.get(i)
+        fd = self.store.work_fd(self.ino, i)
+        if wc is None:
+            wc = WorkChunk()
+            self.work[i] = wc
+            os.ftruncate(fd, 0)  # a leftover from an interrupted draft is not ours
+            if i < len(self.base) and not covers:
+                data = self.store.read(self.base[i], 0, CHUNK)
+                os.pwrite(fd, data, 0)
+                wc.wrote(0, data)
+        return wc, fd
+
+    def _grow(self, new_size: int) -> None:
+        """Before the size grows past a partial last chunk, give that chunk a working copy:
+        its committed bytes become a prefix of a longer chunk."""
+        last = (self.size - 1) // CHUNK if self.size else -1
+        if self.size % CHUNK and last < len(self.base) and new_size > self.size:
+            self._work_chunk(last, covers=False)
+
+    def write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if end > self.size:
+            self._grow(end)
+        view = memoryview(data)
+        pos = offset
+        while pos < end:
+            i, within = divmod(pos, CHUNK)
+            n = min(end - pos, CHUNK - within)
+            covers = within == 0 and n >= self.chunk_len(i)
+            wc, fd = self._work_chunk(i, covers)
+            piece = view[pos - offset : pos - offset + n]
+            os.pwrite(fd, piece, within)
+            wc.wrote(within, piece)
+            pos += n
+        self.size = max(self.size, end)
+        self.content_changed = True
+
+    def truncate(self, new_size: int) -> None:
+        if new_size > self.size:
+            self._grow(new_size)
+        elif new_size < self.size:
+            keep = -(-new_size // CHUNK)  # chunks that still hold data
+            for i in [i for i in self.work if i >= keep]:
+                del self.work[i]
+                self.store.drop_work(self.ino, i)
+            del self.base[keep:]
+            tail = new_size % CHUNK
+            if tail:
+                i = new_size // CHUNK
+                wc, fd = self._work_chunk(i, covers=False)
+                os.ftruncate(fd, min(wc.length, tail))
+                wc.length = min(wc.length, tail)
+                if wc.hashed > wc.length:
+                    wc.hasher = None
+            self.floor = min(self.floor, new_size)
+        self.size = new_size
+        self.content_changed = True
+
+    # -- committing
+
+    def seal(self) -> Sealed:
+        """Fix the final chunk list. Working chunks are brought to their exact length (a
+        shorter one grows with zeros, as reads showed it); holes become zero chunks."""
+        nchunks = -(-self.size // CHUNK)
+        slots: list[bytes | None] = []
+        work: dict[int, WorkChunk] = {}
+        for i in range(nchunks):
+            length = self.chunk_len(i)
+            wc = self.work.get(i)
+            if wc is not None:
+                if wc.length < length:
+                    fd = self.store.work_fd(self.ino, i)
+                    if wc.hasher is not None and wc.hashed == wc.length:
+                        wc.hasher.update(bytes(length - wc.length))
+                        wc.hashed = length
+                    os.ftruncate(fd, length)
+                    wc.length = length
+                slots.append(None)
+                work[i] = wc
+            elif i < len(self.base):
+                slots.append(self.base[i])
+            else:
+                slots.append(self.store.ensure_zero(length))
+        return Sealed(self.ino, self.size, slots, work)
+
+    def rebase(self, chunks: list[bytes], size: int) -> None:
+        """After a commit: the committed version is the new base; nothing is pending."""
+        self.base = list(chunks)
+        self.size = size
+        self.floor = size
+        self.work = {}
+        self.content_changed = False
+        self.mtime_ns = None
+        self.mode = None
+
+    @property
+    def dirty(self) -> bool:
+        return self.content_changed or self.mtime_ns is not None or self.mode is not None

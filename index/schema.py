@@ -1,0 +1,153 @@
+"""The SQLite schema of a home's index, and opening it.
+
+The schema is the reference for what each column means. `PRAGMA user_version` holds
+SCHEMA_VERSION; `open_db` migrates older databases forward (none yet: version 1 is the first).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+ROOT_INO = 1  # pyfuse3.ROOT_INODE
+ROOT_ID = "root"  # the same on every device
+
+SCHEMA = """
+-- Key/value facts about this device: device_id, seq (last sequence number stamped),
+-- clock (Lamport counter), created (unix seconds).
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value
+);
+
+-- Local inodes: what the kernel sees. Never reused (AUTOINCREMENT). Content, mode and times
+-- belong to the inode, so the nodes of a hard-link group share them. uid, gid and atime are
+-- local facts, never synced.
+CREATE TABLE inodes (
+    ino         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+    mode        INTEGER NOT NULL,            -- permission bits only (07777)
+    uid         INTEGER NOT NULL,
+    gid         INTEGER NOT NULL,
+    size        INTEGER NOT NULL DEFAULT 0,  -- committed size (symlink: target length)
+    mtime_ns    INTEGER NOT NULL,
+    ctime_ns    INTEGER NOT NULL,
+    atime_ns    INTEGER NOT NULL,
+    hash        TEXT,                        -- 'blake3:<hex>' of the chunk list (files)
+    chunks      BLOB NOT NULL DEFAULT x'',   -- concatenated 32-byte BLAKE3 chunk digests
+    target      BLOB,                        -- symlink target
+    local       INTEGER NOT NULL DEFAULT 1,  -- 1 when every chunk is in the store
+    draft_floor INTEGER                      -- not NULL: dirty. Uncommitted writes sit in
+                                             -- store/work/<ino>/; committed bytes below this
+                                             -- size are still part of the draft (rule 1)
+);
+
+-- Nodes: the synced identity of each file, directory and symlink. A hard link is a second
+-- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode.
+-- Each of content, mode and placement carries a version vector (JSON {device: counter}), a
+-- Lamport clock and the device that made that version (DESIGN, "The data model").
+CREATE TABLE nodes (
+    entry          INTEGER PRIMARY KEY AUTOINCREMENT,  -- local; stable readdir offset
+    id             TEXT NOT NULL UNIQUE,               -- global id '<device>:<counter>'
+    kind           TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+    ino            INTEGER REFERENCES inodes (ino),
+    parent         TEXT,                               -- parent node id; NULL for the root
+    name           TEXT NOT NULL,
+    deleted        INTEGER NOT NULL DEFAULT 0,
+    seq            INTEGER NOT NULL,                   -- local sequence stamp of last change
+    pinned         INTEGER NOT NULL DEFAULT 0,
+    conflict_of    TEXT,                               -- node id this is a conflict copy of
+    content_vv     TEXT NOT NULL DEFAULT '{}',
+    content_clock  INTEGER NOT NULL DEFAULT 0,
+    content_device TEXT,
+    mode_vv        TEXT NOT NULL DEFAULT '{}',
+    mode_clock     INTEGER NOT NULL DEFAULT 0,
+    mode_device    TEXT,
+    place_vv       TEXT NOT NULL DEFAULT '{}',
+    place_clock    INTEGER NOT NULL DEFAULT 0,
+    place_device   TEXT
+);
+CREATE UNIQUE INDEX nodes_name ON nodes (parent, name) WHERE deleted = 0;
+CREATE INDEX nodes_children ON nodes (parent, entry) WHERE deleted = 0;
+CREATE INDEX nodes_ino ON nodes (ino);
+CREATE INDEX nodes_seq ON nodes (seq);
+
+-- History: one row per change, in the same transaction as the change (rule 1).
+CREATE TABLE journal (
+    seq    INTEGER PRIMARY KEY,
+    node   TEXT NOT NULL,
+    op     TEXT NOT NULL,        -- create, content, mode, rename, delete, recover
+    device TEXT NOT NULL,        -- the device that made the change
+    at     INTEGER NOT NULL,     -- unix seconds
+    detail TEXT                  -- JSON, op-specific
+);
+
+-- Committed chunks in the store, with how many inode chunk-list slots refer to each.
+CREATE TABLE chunks (
+    hash BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class SchemaError(Exception):
+    """The database is of a schema this version cannot open."""
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
+    """Open the index with the settings every user of it needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL stays consistent across crashes; fsync() commits switch to FULL.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 8192")
+    return db
+
+
+def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlite_utils.Database:
+    """Create a new index: schema, identity, the root directory and the version stamp
+    commit together, so a crash leaves either nothing or a whole index."""
+    if not re.fullmatch(r"[0-9a-f]{32}", device_id):
+        raise ValueError(f"bad device id {device_id!r}")
+    db = connect(path)
+    db.conn.executescript(
+        f"""BEGIN;
+        {SCHEMA};
+        INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'), ('seq', 0),
+            ('clock', 0), ('created', {now_ns // 10**9});
+        INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)
+            VALUES ({ROOT_INO}, 'dir', {0o755}, {int(uid)}, {int(gid)}, {now_ns}, {now_ns},
+                    {now_ns});
+        INSERT INTO nodes (id, kind, ino, parent, name, seq)
+            VALUES ('{ROOT_ID}', 'dir', {ROOT_INO}, NULL, '', 0);
+        PRAGMA user_version = {SCHEMA_VERSION};
+        COMMIT;"""
+    )
+    return db
+
+
+def open_db(path: Path, readonly: bool = False) -> sqlite_utils.Database:
+    """Open an existing index, migrating it to SCHEMA_VERSION unless read-only."""
+    if not path.exists():
+        raise FileNotFoundError(path)
+    db = connect(path, readonly)
+    version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema version {version}; this syncd knows only up to "
+            f"{SCHEMA_VERSION}: upgrade syncd"
+        )
+    if version < 1:
+        raise SchemaError(f"{path} is not a syncd index (schema version {version})")
+    return db

@@ -1,0 +1,127 @@
+"""File content for the mount: reads, drafts of files being written, and their commits.
+
+A file's writes gather in a Draft (index/draft.py) and become one committed version at
+flush or fsync (DESIGN rule 1): no SQLite per write() beyond the dirty mark set once when a
+draft starts.
+
+Lock: `Content.locks[ino]`, a trio.Lock per inode with a draft. It serialises write,
+truncate and commit of that inode, because a commit awaits a worker thread (hashing,
+fsync) and a write landing meanwhile would change bytes being hashed. Reads take no lock:
+they never see a half-done write (code between awaits is atomic) and working chunks are
+only renamed, never rewritten, by a commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyfuse3
+import trio
+
+from index.catalog import Catalog
+from index.draft import Draft, Sealed
+from index.store import ChunkStore, read_range
+
+log = logging.getLogger(__name__)
+
+# Below this many bytes to hash, a commit hashes inline: a thread hop costs more.
+INLINE_HASH_BYTES = 1 << 20
+
+
+class Content:
+    def __init__(self, catalog: Catalog, store: ChunkStore):
+        self.catalog = catalog
+        self.store = store
+        self.drafts: dict[int, Draft] = {}
+        self.locks: dict[int, trio.Lock] = {}
+
+    def draft(self, ino: int) -> Draft:
+        """The inode's draft, about to be changed: started if there is none, and marked
+        dirty in the index when it holds nothing uncommitted yet (once per commit)."""
+        draft = self.drafts.get(ino)
+        if draft is None:
+            inode = self.catalog.inode(ino)
+            draft = self.drafts[ino] = Draft(self.store, ino, self.catalog.chunks(ino),
+                                             inode.size)
+        if not draft.dirty:
+            self.catalog.mark_dirty(ino, draft.size)
+        return draft
+
+    def lock(self, ino: int) -> trio.Lock:
+        return self.locks.setdefault(ino, trio.Lock())
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        draft = self.drafts.get(ino)
+        if draft is not None:
+            return draft.read(offset, size)
+        inode = self.catalog.inode(ino)
+        return read_range(self.store, self.catalog.chunks(ino), inode.size, offset, size)
+
+    async def write(self, ino: int, offset: int, data: bytes, append: bool = False) -> None:
+        async with self.lock(ino):
+            draft = self.draft(ino)
+            draft.write(draft.size if append else offset, data)
+            draft.mtime_ns = time.time_ns()
+
+    async def truncate(self, ino: int, size: int) -> None:
+        async with self.lock(ino):
+            draft = self.draft(ino)
+            draft.truncate(size)
+            draft.mtime_ns = time.time_ns()
+
+    async def commit(self, ino: int, durable: bool = False) -> bool:
+        """Make the draft the committed version: hash, install chunks, then one transaction.
+        With `durable` (fsync), chunks reach the disk before the database commit, and that
+        commit is a full sync. Returns whether there was anything to commit."""
+        if ino not in self.drafts:
+            return False
+        async with self.lock(ino):
+            draft = self.drafts.get(ino)
+            if draft is None or not draft.dirty:
+                return False
+            sealed = draft.seal()
+            if durable or sealed.pending_bytes() > INLINE_HASH_BYTES:
+                await trio.to_thread.run_sync(sealed.hash_pending, self.store, durable)
+            else:
+                sealed.hash_pending(self.store, durable)
+            self._install(sealed)
+            chunks = sealed.chunk_list()
+            if durable:
+                self.catalog.conn.execute("PRAGMA synchronous = FULL")
+            try:
+                garbage = self.catalog.commit_content(
+                    ino, chunks, sealed.size, draft.mtime_ns, draft.mode,
+                    draft.content_changed,
+                )
+            finally:
+                if durable:
+                    self.catalog.conn.execute("PRAGMA synchronous = NORMAL")
+            draft.rebase(chunks, sealed.size)
+            self.store.clear_work(ino)
+            for digest in garbage:
+                self.store.remove(digest)
+            return True
+
+    async def sync_all(self) -> None:
+        """Make everything committed so far durable: the store and the index's WAL."""
+        await trio.to_thread.run_sync(pyfuse3.syncfs, str(self.store.root))
+
+    def _install(self, sealed: Sealed) -> None:
+        for i in sealed.work:
+            self.store.install(
+                ("w", sealed.ino, i), self.store.work_path(sealed.ino, i), sealed.digests[i]
+            )
+
+    def close(self, ino: int) -> None:
+        """The last handle is gone and everything is committed: drop the draft."""
+        draft = self.drafts.get(ino)
+        if draft is not None and not draft.dirty:
+            del self.drafts[ino]
+            self.locks.pop(ino, None)
+
+    def discard(self, ino: int) -> None:
+        """Drop uncommitted writes of an inode that has no names left."""
+        self.drafts.pop(ino, None)
+        self.locks.pop(ino, None)
+        self.store.clear_work(ino)

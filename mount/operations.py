@@ -1,0 +1,359 @@
+"""The FUSE boundary: pyfuse3 Operations that turn each request into index and store calls.
+
+Caching contract. Attributes and entries are cached by the kernel for `timeout` seconds and
+pages survive a reopen (`keep_cache`); every change made through this mount goes through
+the kernel, which keeps those caches right. Changes made behind the kernel's back (peers,
+later) must invalidate explicitly, from a notifier thread, never from a handler. The
+writeback cache stays off: the kernel would then own sizes and times.
+
+Lookup counts live in memory (they belong to one mount session). An inode is purged when
+it has no names, no lookups and no open handles (pyfuse3 `rst/gotchas.rst`).
+
+Every handler runs under `handler`, which turns OSError into its errno and anything else
+into a logged EIO: an exception escaping a handler would kill the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import sqlite3
+import stat
+from collections import Counter
+from dataclasses import dataclass
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from index.catalog import Catalog, Inode, check_name
+from index.store import ChunkStore
+from mount.content import Content
+
+log = logging.getLogger(__name__)
+
+BLKSIZE = 128 * 1024  # makes cp and stdio use large buffers, so writes come in big requests
+KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+SQLITE_FULL = 13
+
+
+def handler(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except FUSEError:
+            raise
+        except OSError as e:
+            if e.errno is None:
+                log.exception("%s%r failed", fn.__name__, args[:2])
+                raise FUSEError(errno.EIO) from None
+            if e.errno == errno.ENOSPC:
+                log.warning("%s: no space left in %s", fn.__name__, self.store.root)
+            raise FUSEError(e.errno) from None
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", None) == SQLITE_FULL:
+                log.warning("%s: the index is full (no space left on its disk)", fn.__name__)
+                raise FUSEError(errno.ENOSPC) from None
+            log.exception("%s%r failed", fn.__name__, args[:2])
+            raise FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s%r failed", fn.__name__, args[:2])
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def lookup_name(raw: bytes) -> str:
+    """A name to look up: one that cannot be stored cannot exist."""
+    try:
+        return check_name(raw)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise
+        raise FUSEError(errno.ENOENT) from None
+
+
+@dataclass
+class Handle:
+    ino: int
+    writable: bool
+    append: bool
+
+
+class Filesystem(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0):
+        super().__init__()
+        self.catalog = catalog
+        self.store = store
+        self.content = Content(catalog, store)
+        self.timeout = timeout
+        self.lookups: Counter[int] = Counter()
+        self.handles: dict[int, Handle] = {}
+        self.opened: Counter[int] = Counter()  # open handles per inode
+        self.writers: Counter[int] = Counter()  # open writable handles per inode
+        self._next_fh = 1
+
+    # -- attributes
+
+    def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        mode, size, mtime = inode.mode, inode.size, inode.mtime_ns
+        draft = self.content.drafts.get(inode.ino)
+        if draft is not None:
+            size = draft.size
+            mtime = draft.mtime_ns or mtime
+            mode = mode if draft.mode is None else draft.mode
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.st_mode = KIND_BITS[inode.kind] | mode
+        # Directories report 1: "link count unknown", which keeps find's leaf
+        # optimisation off without counting subdirectories on every getattr.
+        a.st_nlink = 1 if inode.kind == "dir" else inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = 0
+        a.st_size = size
+        a.st_blksize = BLKSIZE
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = inode.ctime_ns
+        a.attr_timeout = self.timeout
+        a.entry_timeout = self.timeout
+        return a
+
+    def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that makes the kernel count one more lookup."""
+        self.lookups[inode.ino] += 1
+        return self.attrs(inode)
+
+    @handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        if name == b".":
+            return self._entry(self.catalog.inode(parent_inode))
+        if name == b"..":
+            return self._entry(self.catalog.inode(self.catalog.parent_ino(parent_inode)))
+        entry = self.catalog.lookup(parent_inode, lookup_name(name))
+        if entry is None:
+            raise FUSEError(errno.ENOENT)
+        return self._entry(entry.inode)
+
+    @handler
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(self.catalog.inode(inode))
+
+    @handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        current = self.catalog.inode(inode)
+        open_for_writing = current.kind == "file" and self.writers[inode] > 0
+        if fields.update_size:
+            if current.kind != "file":
+                raise FUSEError(errno.EISDIR if current.kind == "dir" else errno.EINVAL)
+            await self.content.truncate(inode, attr.st_size)
+            if not open_for_writing:
+                await self.content.commit(inode)
+                self.content.close(inode)
+        if fields.update_mode:
+            if open_for_writing:  # folds into the commit at flush (tar, cp -p)
+                self.content.draft(inode).mode = attr.st_mode & 0o7777
+            else:
+                self.catalog.set_mode(inode, attr.st_mode)
+        if fields.update_mtime:
+            if open_for_writing:
+                self.content.draft(inode).mtime_ns = attr.st_mtime_ns
+            else:
+                self.catalog.set_mtime(inode, attr.st_mtime_ns)
+        local = {}
+        if fields.update_uid:
+            local["uid"] = attr.st_uid
+        if fields.update_gid:
+            local["gid"] = attr.st_gid
+        if fields.update_atime:
+            local["atime_ns"] = attr.st_atime_ns
+        if fields.update_ctime:
+            local["ctime_ns"] = attr.st_ctime_ns
+        if local:
+            self.catalog.set_local(inode, **local)
+        return self.attrs(self.catalog.inode(inode))
+
+    @handler
+    async def readlink(self, inode, ctx):
+        target = self.catalog.inode(inode).target
+        if target is None:
+            raise FUSEError(errno.EINVAL)
+        return target
+
+    @handler
+    async def statfs(self, ctx):
+        st = os.statvfs(self.store.root)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = BLKSIZE
+        out.f_frsize = st.f_frsize
+        out.f_blocks, out.f_bfree, out.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
+        out.f_files, out.f_ffree, out.f_favail = st.f_files, st.f_ffree, st.f_favail
+        out.f_namemax = 255
+        return out
+
+    # -- directories
+
+    @handler
+    async def opendir(self, inode, ctx):
+        self.catalog.dir_node(inode)
+        return inode
+
+    @handler
+    async def readdir(self, fh, start_id, token):
+        # Offsets are node entry numbers: stable and increasing, so entries created or
+        # removed meanwhile never make others skip or repeat.
+        after = start_id
+        while True:
+            batch = self.catalog.children(fh, after)
+            if not batch:
+                return
+            for e in batch:
+                if not pyfuse3.readdir_reply(token, e.name.encode(), self.attrs(e.inode),
+                                             e.entry):
+                    return
+                self.lookups[e.inode.ino] += 1
+            after = batch[-1].entry
+
+    async def releasedir(self, fh):
+        pass
+
+    async def fsyncdir(self, fh, datasync):
+        pass  # directory changes are committed to the index as they happen
+
+    @handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._new(parent_inode, name, "dir", mode, ctx)
+
+    @handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._new(parent_inode, name, "symlink", 0o777, ctx, target)
+
+    def _new(self, parent_inode, name, kind, mode, ctx, target=None):
+        """A new node owned by the caller, with mode minus umask; setgid directories pass
+        their group (and, to directories, the bit) on."""
+        parent = self.catalog.inode(parent_inode)
+        gid = ctx.gid
+        if kind != "symlink":
+            mode &= ~ctx.umask
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if kind == "dir":
+                mode |= stat.S_ISGID
+        entry = self.catalog.create(parent_inode, check_name(name), kind, mode & 0o7777,
+                                    ctx.uid, gid, target)
+        return self._entry(entry.inode)
+
+    @handler
+    async def unlink(self, parent_inode, name, ctx):
+        self._maybe_purge(self.catalog.unlink(parent_inode, lookup_name(name)))
+
+    @handler
+    async def rmdir(self, parent_inode, name, ctx):
+        self._maybe_purge(self.catalog.rmdir(parent_inode, lookup_name(name)))
+
+    @handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FUSEError(errno.EINVAL)
+        displaced = self.catalog.rename(
+            parent_inode_old, lookup_name(name_old), parent_inode_new, check_name(name_new),
+            noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+        )
+        if displaced is not None:
+            self._maybe_purge(displaced)
+
+    @handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        entry = self.catalog.link(inode, new_parent_inode, check_name(new_name))
+        return self._entry(entry.inode)
+
+    # -- files
+
+    def _open_handle(self, ino: int, flags: int) -> pyfuse3.FileInfo:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(ino, writable, bool(flags & os.O_APPEND))
+        self.opened[ino] += 1
+        if writable:
+            self.writers[ino] += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        attrs = self._new(parent_inode, name, "file", mode, ctx)
+        return self._open_handle(attrs.st_ino, flags), attrs
+
+    @handler
+    async def open(self, inode, flags, ctx):
+        info = self._open_handle(inode, flags)
+        # libfuse enables ATOMIC_O_TRUNC, so O_TRUNC arrives here, not as a setattr.
+        if flags & os.O_TRUNC and self.handles[info.fh].writable:
+            current = self.content.drafts.get(inode)
+            if (current.size if current else self.catalog.inode(inode).size) > 0:
+                await self.content.truncate(inode, 0)
+        return info
+
+    @handler
+    async def read(self, fh, off, size):
+        return self.content.read(self.handles[fh].ino, off, size)
+
+    @handler
+    async def write(self, fh, off, buf):
+        h = self.handles[fh]
+        await self.content.write(h.ino, off, buf, append=h.append)
+        return len(buf)
+
+    @handler
+    async def flush(self, fh):
+        h = self.handles[fh]
+        if h.writable:
+            await self.content.commit(h.ino)
+
+    @handler
+    async def fsync(self, fh, datasync):
+        h = self.handles[fh]
+        if not await self.content.commit(h.ino, durable=True):
+            # Already committed, perhaps not durably: flush the home's file system.
+            await self.content.sync_all()
+
+    @handler
+    async def release(self, fh):
+        h = self.handles.pop(fh)
+        self.opened[h.ino] -= 1
+        if h.writable:
+            self.writers[h.ino] -= 1
+            if not self.writers[h.ino]:
+                del self.writers[h.ino]
+                await self.content.commit(h.ino)
+        if not self.opened[h.ino]:
+            del self.opened[h.ino]
+            self.content.close(h.ino)
+            self._maybe_purge(h.ino)
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            try:
+                self.lookups[ino] -= n
+                if self.lookups[ino] <= 0:
+                    del self.lookups[ino]
+                    self._maybe_purge(ino)
+            except Exception:  # forget must never raise
+                log.exception("forget of inode %d failed", ino)
+
+    def _maybe_purge(self, ino: int) -> None:
+        if ino == pyfuse3.ROOT_INODE or self.lookups[ino] > 0 or self.opened[ino] > 0:
+            return
+        if self.catalog.nodes_of(ino):
+            return
+        self.content.discard(ino)
+        for digest in self.catalog.purge_inode(ino):
+            self.store.remove(digest)

@@ -1,0 +1,86 @@
+"""Serving a home on a mount point: lock, recover, mount, serve until unmounted or
+signalled, then unmount and close. One mount per process (pyfuse3 keeps global state)."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from index import schema
+from index.catalog import Catalog
+from index.recovery import recover
+from index.store import ChunkStore
+from mount.operations import Filesystem
+from syncd.home import FAILURE, Home, UserError
+
+log = logging.getLogger(__name__)
+
+
+def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bool = False,
+          ready: Callable[[], None] = lambda: None) -> None:
+    """Serve `home` on `mountpoint` until it is unmounted or SIGINT/SIGTERM arrives."""
+    _raise_fd_limit()
+    home.acquire(mountpoint)
+    try:
+        db = schema.open_db(home.db_path)
+        store = ChunkStore(home.store_path)
+        catalog = Catalog(db, store)
+        for name in recover(catalog, store):
+            log.warning("uncommitted writes from before a crash were kept as %s", name)
+        fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]))
+        options = set(pyfuse3.default_options) | {"subtype=syncd", _fsname(home)}
+        if allow_other:
+            options.add("allow_other")
+        if debug_fuse:
+            options.add("debug")
+        try:
+            pyfuse3.init(fs, mountpoint, options)
+        except RuntimeError as e:
+            raise UserError(f"cannot mount on {mountpoint}: {e}", FAILURE) from None
+        ready()
+        try:
+            trio.run(_main)
+        finally:
+            pyfuse3.close(unmount=True)
+            dirty = [ino for ino, d in fs.content.drafts.items() if d.dirty]
+            if dirty:
+                log.warning("files still open for writing at exit keep their uncommitted "
+                            "writes for recovery at the next mount: inodes %s", dirty)
+            store.close()
+            db.close()
+    finally:
+        home.release()
+
+
+def _fsname(home: Home) -> str:
+    """Shown as the mount's source in `mount` and /proc/mounts (options split on commas)."""
+    path = str(home.path)
+    return f"fsname=syncd:{path}" if "," not in path else "fsname=syncd"
+
+
+async def _main() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    # pyfuse3 installs no signal handlers; terminate() makes main() return.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def _raise_fd_limit() -> None:
+    """Kept chunk fds and working chunks of large files need more than the default 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

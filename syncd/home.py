@@ -1,0 +1,176 @@
+"""A home: one machine's membership in one share (docs/cli.md, "The home").
+
+Who serves a home is known from a POSIX record lock on HOME/lock, held for the life of the
+serving process, never from a stored flag: a crash releases the lock, and F_GETLK tells the
+holder's pid without taking the lock (so `status` never races a starting mount).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from index import schema
+from index.store import ChunkStore
+
+# Exit codes (docs/cli.md)
+OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5
+
+DEFAULT_CONFIG = {"listen": "127.0.0.1:7700", "attr_timeout": 60.0}
+_FLOCK = "hhqqi"  # struct flock on Linux: type, whence, start, len, pid
+
+
+class UserError(Exception):
+    """An error a user can act on: one line, an exit code, no traceback."""
+
+    def __init__(self, message: str, code: int = FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def default_home() -> Path:
+    env = os.environ.get("SYNCD_HOME")
+    if env:
+        return Path(env)
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "syncd"
+
+
+@dataclass
+class Holder:
+    pid: int
+    mountpoint: str | None
+
+
+class Home:
+    def __init__(self, path: Path):
+        self.path = Path(os.path.abspath(path))
+        self.db_path = self.path / "index.db"
+        self.store_path = self.path / "store"
+        self.lock_path = self.path / "lock"
+        self.config_path = self.path / "config.json"
+        self.log_path = self.path / "mount.log"
+        self._lock_fd: int | None = None
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
+    def require(self) -> Home:
+        if not self.exists():
+            raise UserError(
+                f"no syncd home at {self.path}: run 'syncd init' first "
+                "(or pass --home / set SYNCD_HOME)", NO_HOME)
+        return self
+
+    @classmethod
+    def init(cls, path: Path, name: str | None, listen: str | None) -> Home:
+        home = cls(path)
+        if home.exists() or home.config_path.exists():
+            raise UserError(f"{home.path} is already a syncd home; not touching it", STATE)
+        home.path.mkdir(parents=True, exist_ok=True)
+        config = dict(DEFAULT_CONFIG, name=name or socket.gethostname())
+        if listen:
+            config["listen"] = listen
+        ChunkStore.create(home.store_path)
+        tmp = home.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        os.rename(tmp, home.config_path)
+        # The index last: its existence is what makes this a home.
+        db = schema.create(home.db_path.with_suffix(".new"), secrets.token_hex(16),
+                           os.getuid(), os.getgid(), time.time_ns())
+        db.close()
+        os.rename(home.db_path.with_suffix(".new"), home.db_path)
+        return home
+
+    def config(self) -> dict:
+        try:
+            return dict(DEFAULT_CONFIG, **json.loads(self.config_path.read_text()))
+        except FileNotFoundError:
+            return dict(DEFAULT_CONFIG, name=socket.gethostname())
+        except ValueError as e:
+            raise UserError(f"{self.config_path} is not valid JSON: {e}") from None
+
+    # -- the lock
+
+    def acquire(self, mountpoint: str | None) -> None:
+        """Become the process that serves this home, or fail with exit code 4."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = self.holder()
+            where = f", mounted at {holder.mountpoint}" if holder and holder.mountpoint else ""
+            pid = f" (pid {holder.pid}{where})" if holder else ""
+            raise UserError(f"{self.path} is already served by another process{pid}",
+                            STATE) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "mountpoint": mountpoint}).encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def holder(self) -> Holder | None:
+        """The live process serving this home, if any (F_GETLK: takes no lock)."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+            kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+            if kind == fcntl.F_UNLCK:
+                return None
+            try:
+                recorded = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                recorded = {}
+            return Holder(pid, recorded.get("mountpoint"))
+        finally:
+            os.close(fd)
+
+    def last_mountpoint(self) -> str | None:
+        """Where the lock file says this home was last mounted (even by a dead process)."""
+        try:
+            return json.loads(self.lock_path.read_text() or "{}").get("mountpoint")
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def mount_table() -> dict[str, str]:
+    """Mount point -> file system type, from the kernel's table of this mount namespace."""
+    table = {}
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index(b"-")
+            table[_unescape(fields[4])] = _unescape(fields[sep + 1])
+    return table
+
+
+def _unescape(field: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def mounted_at(home: Home) -> tuple[str | None, int | None]:
+    """(mount point, pid) of the home's live mount, or (None, pid-or-None)."""
+    holder = home.holder()
+    if holder is None:
+        return None, None
+    if holder.mountpoint and mount_table().get(holder.mountpoint) == "fuse.syncd":
+        return holder.mountpoint, holder.pid
+    return None, holder.pid

@@ -1,0 +1,80 @@
+"""`syncd status`: read the index directly (read-only), whether or not the mount runs."""
+
+from __future__ import annotations
+
+import json
+
+from index import schema
+from syncd.home import Home, mounted_at
+
+STATUS_SCHEMA = 1
+
+FILE_COUNTS = """
+WITH RECURSIVE pinned (id) AS (
+    SELECT id FROM nodes WHERE pinned = 1 AND deleted = 0
+    UNION SELECT n.id FROM nodes n JOIN pinned p ON n.parent = p.id WHERE n.deleted = 0
+)
+SELECT
+    count(*),
+    coalesce(sum(i.local), 0),
+    coalesce(sum(n.id IN (SELECT id FROM pinned)), 0),
+    coalesce(sum(n.conflict_of IS NOT NULL), 0),
+    coalesce(sum(i.size), 0),
+    coalesce(sum(i.size * i.local), 0)
+FROM nodes n JOIN inodes i ON i.ino = n.ino
+WHERE n.kind = 'file' AND n.deleted = 0
+"""
+
+
+def collect(home: Home) -> dict:
+    db = schema.open_db(home.db_path, readonly=True)
+    try:
+        meta = dict(db.conn.execute("SELECT key, value FROM meta"))
+        total, local, pinned, conflicts, size, size_local = db.conn.execute(
+            FILE_COUNTS).fetchone()
+        dirty = db.conn.execute(
+            "SELECT count(*) FROM inodes WHERE draft_floor IS NOT NULL").fetchone()[0]
+    finally:
+        db.close()
+    where, pid = mounted_at(home)
+    return {
+        "schema_version": STATUS_SCHEMA,
+        "device": {"id": meta["device_id"], "name": home.config()["name"],
+                   "seq": int(meta["seq"])},
+        "mounted_at": where,
+        "pid": pid,
+        "files": {"total": total, "local": local, "missing": total - local,
+                  "pinned": pinned, "conflicts": conflicts, "bytes": size,
+                  "bytes_local": size_local},
+        "dirty": dirty,
+        "peers": [],
+    }
+
+
+def print_status(home: Home, as_json: bool) -> None:
+    s = collect(home)
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    f = s["files"]
+    rows = [
+        ("home", str(home.path)),
+        ("device", f"{s['device']['name']} ({s['device']['id']}), seq {s['device']['seq']}"),
+        ("mounted", f"{s['mounted_at']} (pid {s['pid']})" if s["mounted_at"] else
+         (f"no (served by pid {s['pid']})" if s["pid"] else "no")),
+        ("files", f"{f['total']} ({_size(f['bytes'])}): {f['local']} local, "
+                  f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
+        ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
+        ("peers", "none"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,35 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Mount, force_cleanup, syncd
+
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs /dev/fuse and fusermount3 (Debian package fuse3)",
+)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    syncd(h, "init", "--name", "test")
+    return h
+
+
+@pytest.fixture
+def mount(home: Path, tmp_path: Path):
+    """A mounted share; unmounted (and its process gone) after the test, even on failure.
+    A clean unmount is part of every test that uses it."""
+    m = Mount(home, tmp_path / "mnt")
+    try:
+        m.start()
+        yield m
+        os.chdir("/")
+        m.stop()
+    finally:
+        force_cleanup(home, m.path)
+        log = m.log()
+        assert "Traceback" not in log, f"the mount logged an exception:\n{log}"

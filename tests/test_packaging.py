@@ -1,0 +1,233 @@
+"""Tests of packaging/: shell completions, the systemd user unit and mount.syncd."""
+
+import configparser
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+BASH_COMPLETION = PACKAGING / "completions" / "syncd.bash"
+ZSH_COMPLETION = PACKAGING / "completions" / "_syncd"
+UNIT = PACKAGING / "syncd@.service"
+HELPER = PACKAGING / "mount.syncd"
+SYNCD = Path(sys.executable).with_name("syncd")
+
+
+def bash_complete(line, cwd):
+    """What bash completion offers for the last word of `line`."""
+    words = line.split(" ")
+    script = (
+        'source "$COMPLETION"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _syncd; '
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", script, "bash", *words],
+        env={**os.environ, "COMPLETION": str(BASH_COMPLETION)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(filter(None, result.stdout.splitlines()))
+
+
+def test_bash_completion_syntax():
+    subprocess.run(["bash", "-n", BASH_COMPLETION], check=True)
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("syncd mo", ["mount"]),
+        ("syncd ", ["init", "mount", "status", "umount"]),
+        ("syncd --home /somewhere u", ["umount"]),
+        ("syncd -", ["--help", "--home"]),
+        ("syncd mount --f", ["--foreground"]),
+        ("syncd mount /mnt --a", ["--allow-other"]),
+        ("syncd init --", ["--help", "--home", "--listen", "--name"]),
+        ("syncd umount -", ["--help", "--home"]),
+        ("syncd status --j", ["--json"]),
+        ("syncd mount d", ["dir1", "dir2"]),
+        ("syncd --home d", ["dir1", "dir2"]),
+        ("syncd status --home d", ["dir1", "dir2"]),
+        ("syncd mount --home /h d", ["dir1", "dir2"]),
+    ],
+)
+def test_bash_completion(tmp_path, line, expected):
+    (tmp_path / "dir1").mkdir()
+    (tmp_path / "dir2").mkdir()
+    (tmp_path / "dfile").touch()
+    assert bash_complete(line, tmp_path) == expected
+
+
+@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed")
+def test_zsh_completion_syntax():
+    subprocess.run(["zsh", "-n", ZSH_COMPLETION], check=True)
+
+
+def test_unit_runs_syncd_mount_foreground():
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.optionxform = str
+    unit.read(UNIT)
+    assert unit["Service"]["ExecStart"] == "syncd mount --foreground %f"
+    assert unit["Install"]["WantedBy"] == "default.target"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is missing")
+def test_unit_verifies(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run(
+        ["systemd-analyze", "--user", "verify", "--man=no", UNIT],
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        capture_output=True,
+        text=True,
+    )
+    # verify looks for syncd only in systemd's fixed search path, where tests do not put it
+    missing = "Command syncd is not executable"
+    problems = [line for line in result.stderr.splitlines() if missing not in line]
+    assert problems == []
+    assert result.returncode == 0 or missing in result.stderr
+
+
+@pytest.fixture
+def fake_syncd(tmp_path):
+    """A stand-in for syncd that records its arguments and exits with $FAKE_EXIT."""
+    fake = tmp_path / "syncd"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\nexit "${FAKE_EXIT:-0}"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def run_helper(fake_syncd, *args, exit_code=0):
+    env = {**os.environ, "SYNCD_BIN": str(fake_syncd), "FAKE_EXIT": str(exit_code)}
+    return subprocess.run([HELPER, *args], env=env, capture_output=True, text=True)
+
+
+def syncd_args(fake_syncd):
+    args = fake_syncd.with_name("syncd.args")
+    return args.read_text().splitlines() if args.exists() else None
+
+
+@pytest.mark.parametrize(
+    "options, extra",
+    [
+        ([], []),
+        (["-o", "rw"], []),
+        (["-o", "rw,nosuid,nodev,user,exec,nofail,_netdev"], []),
+        (["-n", "-o", "allow_other"], ["--allow-other"]),
+        (["-s", "-o", "rw,compress"], []),
+    ],
+)
+def test_helper_runs_syncd(fake_syncd, options, extra):
+    result = run_helper(fake_syncd, "/h", "/m", *options)
+    assert result.returncode == 0, result.stderr
+    assert syncd_args(fake_syncd) == ["--home", "/h", "mount", "/m", *extra]
+
+
+@pytest.mark.parametrize("option", ["compress", "ro", "noexec"])
+def test_helper_rejects_unknown_option(fake_syncd, option):
+    result = run_helper(fake_syncd, "/h", "/m", "-o", f"rw,{option}")
+    assert result.returncode == 32
+    assert f"'{option}'" in result.stderr
+    assert syncd_args(fake_syncd) is None
+
+
+def test_helper_fake_mount_runs_nothing(fake_syncd):
+    assert run_helper(fake_syncd, "/h", "/m", "-f", "-o", "rw").returncode == 0
+    assert syncd_args(fake_syncd) is None
+
+
+def test_helper_reports_failure_of_syncd(fake_syncd):
+    assert run_helper(fake_syncd, "/h", "/m", exit_code=3).returncode == 32
+
+
+def test_helper_usage(fake_syncd):
+    assert run_helper(fake_syncd, "/h").returncode == 1
+    assert syncd_args(fake_syncd) is None
+
+
+def mounted_type(path):
+    """The type of the file system mounted on `path` (from the kernel), or None."""
+    kind = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        # the path is octal-escaped there; test paths have nothing to escape
+        if fields[4] == str(path):
+            kind = fields[fields.index("-") + 1]
+    return kind
+
+
+@pytest.fixture
+def installed_helper():
+    """mount.syncd installed as /sbin/mount.syncd, any existing one put back afterwards."""
+    if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
+        pytest.skip("needs /dev/fuse and fusermount3")
+    if os.geteuid() != 0:
+        pytest.skip("installing /sbin/mount.syncd needs root")
+    target = Path("/sbin/mount.syncd")
+    backup = target.with_name("mount.syncd.test-backup")
+    if target.exists() or target.is_symlink():
+        target.rename(backup)
+    try:
+        shutil.copy2(HELPER, target)
+        yield
+    finally:
+        target.unlink(missing_ok=True)
+        if backup.exists() or backup.is_symlink():
+            backup.rename(target)
+
+
+def lock_pid(home):
+    """The pid recorded in the home's lock (emptied on a clean exit), or None."""
+    try:
+        text = (home / "lock").read_text()
+    except FileNotFoundError:
+        return None
+    return json.loads(text or "{}").get("pid")
+
+
+def stop_mount(home, mountpoint):
+    if mounted_type(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint])
+    pid = lock_pid(home)
+    if pid is None:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return
+    if b"syncd" in cmdline:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_mount_t_syncd(installed_helper, tmp_path):
+    home = tmp_path.resolve() / "home"
+    mountpoint = tmp_path.resolve() / "mnt"
+    mountpoint.mkdir()
+    subprocess.run([SYNCD, "--home", home, "init"], check=True, timeout=60)
+    # mount(8) drops PATH from the helper's environment but passes SYNCD_BIN on
+    env = {**os.environ, "SYNCD_BIN": str(SYNCD)}
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "syncd", home, mountpoint],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert mounted_type(mountpoint) == "fuse.syncd"
+        data = b"written through mount -t syncd\n"
+        (mountpoint / "hello.txt").write_bytes(data)
+        assert (mountpoint / "hello.txt").read_bytes() == data
+        subprocess.run([SYNCD, "--home", home, "umount"], check=True, timeout=60)
+        assert mounted_type(mountpoint) is None
+    finally:
+        stop_mount(home, mountpoint)
