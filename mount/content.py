@@ -36,15 +36,21 @@ class Content:
         self.drafts: dict[int, Draft] = {}
         self.locks: dict[int, trio.Lock] = {}
 
-    def draft(self, ino: int) -> Draft:
-        """The inode's draft, about to be changed: started if there is none, and marked
-        dirty in the index when it holds nothing uncommitted yet (once per commit)."""
+    def pending(self, ino: int) -> Draft:
+        """The inode's draft, started if there is none, for metadata that folds into the
+        next commit (chmod, utimens on a file open for writing)."""
         draft = self.drafts.get(ino)
         if draft is None:
             inode = self.catalog.inode(ino)
             draft = self.drafts[ino] = Draft(self.store, ino, self.catalog.chunks(ino),
                                              inode.size)
-        if not draft.dirty:
+        return draft
+
+    def draft(self, ino: int) -> Draft:
+        """The inode's draft, about to take content: marked dirty in the index on its first
+        content change since the last commit (so a crash leaves a recoverable mark)."""
+        draft = self.pending(ino)
+        if not draft.content_changed:
             self.catalog.mark_dirty(ino, draft.size)
         return draft
 
@@ -98,7 +104,8 @@ class Content:
                 if durable:
                     self.catalog.conn.execute("PRAGMA synchronous = NORMAL")
             draft.rebase(chunks, sealed.size)
-            self.store.clear_work(ino)
+            if sealed.work:
+                self.store.clear_work(ino)
             for digest in garbage:
                 self.store.remove(digest)
             return True

@@ -160,12 +160,12 @@ class Filesystem(pyfuse3.Operations):
                 self.content.close(inode)
         if fields.update_mode:
             if open_for_writing:  # folds into the commit at flush (tar, cp -p)
-                self.content.draft(inode).mode = attr.st_mode & 0o7777
+                self.content.pending(inode).mode = attr.st_mode & 0o7777
             else:
                 self.catalog.set_mode(inode, attr.st_mode)
         if fields.update_mtime:
             if open_for_writing:
-                self.content.draft(inode).mtime_ns = attr.st_mtime_ns
+                self.content.pending(inode).mtime_ns = attr.st_mtime_ns
             else:
                 self.catalog.set_mtime(inode, attr.st_mtime_ns)
         local = {}

@@ -20,6 +20,8 @@ from syncd.home import FAILURE, Home, UserError
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 
 def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bool = False,
           ready: Callable[[], None] = lambda: None) -> None:
@@ -38,6 +40,9 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
             options.add("allow_other")
         if debug_fuse:
             options.add("debug")
+        # A SIGTERM between init() and trio's signal receiver would kill us and leave a
+        # dead mount: hold the signals until the receiver is in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pyfuse3.init(fs, mountpoint, options)
         except RuntimeError as e:
@@ -72,7 +77,8 @@ async def _main() -> None:
 
 async def _stop_on_signal() -> None:
     # pyfuse3 installs no signal handlers; terminate() makes main() return.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()

@@ -1,15 +1,16 @@
 """Tests of packaging/: shell completions, the systemd user unit and mount.syncd."""
 
 import configparser
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import needs_fuse
+from tests.helpers import force_cleanup, fuse_mounts, syncd
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 BASH_COMPLETION = PACKAGING / "completions" / "syncd.bash"
@@ -153,22 +154,9 @@ def test_helper_usage(fake_syncd):
     assert syncd_args(fake_syncd) is None
 
 
-def mounted_type(path):
-    """The type of the file system mounted on `path` (from the kernel), or None."""
-    kind = None
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        # the path is octal-escaped there; test paths have nothing to escape
-        if fields[4] == str(path):
-            kind = fields[fields.index("-") + 1]
-    return kind
-
-
 @pytest.fixture
 def installed_helper():
     """mount.syncd installed as /sbin/mount.syncd, any existing one put back afterwards."""
-    if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
-        pytest.skip("needs /dev/fuse and fusermount3")
     if os.geteuid() != 0:
         pytest.skip("installing /sbin/mount.syncd needs root")
     target = Path("/sbin/mount.syncd")
@@ -184,34 +172,10 @@ def installed_helper():
             backup.rename(target)
 
 
-def lock_pid(home):
-    """The pid recorded in the home's lock (emptied on a clean exit), or None."""
-    try:
-        text = (home / "lock").read_text()
-    except FileNotFoundError:
-        return None
-    return json.loads(text or "{}").get("pid")
-
-
-def stop_mount(home, mountpoint):
-    if mounted_type(mountpoint):
-        subprocess.run(["fusermount3", "-u", "-z", mountpoint])
-    pid = lock_pid(home)
-    if pid is None:
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return
-    if b"syncd" in cmdline:
-        os.kill(pid, signal.SIGKILL)
-
-
-def test_mount_t_syncd(installed_helper, tmp_path):
-    home = tmp_path.resolve() / "home"
-    mountpoint = tmp_path.resolve() / "mnt"
+@needs_fuse
+def test_mount_t_syncd(installed_helper, home, tmp_path):
+    mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    subprocess.run([SYNCD, "--home", home, "init"], check=True, timeout=60)
     # mount(8) drops PATH from the helper's environment but passes SYNCD_BIN on
     env = {**os.environ, "SYNCD_BIN": str(SYNCD)}
     try:
@@ -220,14 +184,14 @@ def test_mount_t_syncd(installed_helper, tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=90,
         )
         assert result.returncode == 0, result.stderr
-        assert mounted_type(mountpoint) == "fuse.syncd"
+        assert fuse_mounts().get(str(mountpoint)) == "fuse.syncd"
         data = b"written through mount -t syncd\n"
         (mountpoint / "hello.txt").write_bytes(data)
         assert (mountpoint / "hello.txt").read_bytes() == data
-        subprocess.run([SYNCD, "--home", home, "umount"], check=True, timeout=60)
-        assert mounted_type(mountpoint) is None
+        syncd(home, "umount")
+        assert str(mountpoint) not in fuse_mounts()
     finally:
-        stop_mount(home, mountpoint)
+        force_cleanup(home, mountpoint)
