@@ -92,7 +92,10 @@ class Mount:
         self.path = path
 
     def start(self, *extra: str) -> Mount:
-        self.path.mkdir(exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:  # without stat: a dead mount there answers ENOTCONN
+            pass
         syncd(self.home, "mount", str(self.path), *extra)
         assert fuse_mounts().get(str(self.path)) == "fuse.syncd"
         return self

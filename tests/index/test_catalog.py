@@ -1,0 +1,289 @@
+"""The rows each operation produces, on a real SQLite file, without a mount."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from index import schema
+from index.catalog import Catalog
+from index.draft import Draft
+from index.recovery import recover
+from index.store import CHUNK, ChunkStore, digest_of, file_hash
+from mount.content import Content
+
+ROOT = schema.ROOT_INO
+DEVICE = "ab" * 16
+
+
+@pytest.fixture
+def cat(tmp_path) -> Catalog:
+    ChunkStore.create(tmp_path / "store")
+    db = schema.create(tmp_path / "index.db", DEVICE, 1000, 1000, 1_700_000_000 * 10**9)
+    c = Catalog(db, ChunkStore(tmp_path / "store"))
+    yield c
+    check_invariants(c)
+    db.close()
+
+
+def check_invariants(c: Catalog) -> None:
+    """What must hold after any operation: counters match the journal, every node's seq is
+    a journal row about it, live names are unique, chunk refs match the chunk lists."""
+    meta = dict(c.conn.execute("SELECT key, value FROM meta"))
+    top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+    assert int(meta["seq"]) == top == c.seq
+    for node, seq in c.conn.execute("SELECT id, seq FROM nodes WHERE id != 'root'"):
+        assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
+            node,)
+    refs: dict[bytes, int] = {}
+    for (blob,) in c.conn.execute("SELECT chunks FROM inodes"):
+        for i in range(0, len(blob), 32):
+            refs[blob[i : i + 32]] = refs.get(blob[i : i + 32], 0) + 1
+    stored = {h: n for h, n in c.conn.execute("SELECT hash, refs FROM chunks")}
+    assert stored == refs
+    for digest in stored:
+        assert c.store.verify(digest)
+
+
+def journal(c: Catalog) -> list[tuple[str, str]]:
+    return [tuple(r) for r in c.conn.execute("SELECT node, op FROM journal ORDER BY seq")]
+
+
+def node(c: Catalog, node_id: str) -> dict:
+    cur = c.conn.execute("SELECT * FROM nodes WHERE id = ?", (node_id,))
+    return dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
+
+
+def test_create_stamps_one_change_with_fresh_versions(cat):
+    e = cat.create(ROOT, "a.txt", "file", 0o644, 1000, 1000)
+    assert e.node == f"{DEVICE}:1"
+    assert journal(cat) == [(e.node, "create")]
+    row = node(cat, e.node)
+    assert row["seq"] == 1 and row["parent"] == "root" and row["name"] == "a.txt"
+    for aspect in ("content", "mode", "place"):
+        assert json.loads(row[f"{aspect}_vv"]) == {DEVICE: 1}
+        assert row[f"{aspect}_device"] == DEVICE
+    assert e.inode.hash == file_hash(b"")
+
+
+def test_names_are_checked(cat):
+    for bad, code in [("a/b", errno.EINVAL), ("", errno.EINVAL), ("..", errno.EINVAL),
+                      ("x" * 256, errno.ENAMETOOLONG), (b"\xff", errno.EILSEQ)]:
+        with pytest.raises(OSError) as e:
+            cat.create(ROOT, bad, "file", 0o644, 0, 0)
+        assert e.value.errno == code
+    assert journal(cat) == []
+
+
+def test_failed_change_leaves_nothing(cat):
+    cat.create(ROOT, "a", "file", 0o644, 0, 0)
+    with pytest.raises(OSError) as e:
+        cat.create(ROOT, "a", "file", 0o644, 0, 0)
+    assert e.value.errno == errno.EEXIST
+    assert len(journal(cat)) == 1 and cat.seq == 1
+
+
+def test_rename_is_one_placement_change(cat):
+    d = cat.create(ROOT, "d", "dir", 0o755, 0, 0)
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    before = node(cat, f.node)
+    assert cat.rename(ROOT, "f", d.inode.ino, "g") is None
+    after = node(cat, f.node)
+    assert journal(cat)[-1] == (f.node, "rename")
+    assert (after["parent"], after["name"]) == (d.node, "g")
+    assert after["content_vv"] == before["content_vv"]
+    assert json.loads(after["place_vv"]) == {DEVICE: 3}
+    assert after["place_clock"] > before["place_clock"]
+
+
+def test_rename_over_a_file_keeps_the_target_node(cat):
+    target = cat.create(ROOT, "doc", "file", 0o644, 0, 0)
+    tmp = cat.create(ROOT, "doc.tmp", "file", 0o600, 0, 0)
+    displaced = cat.rename(ROOT, "doc.tmp", ROOT, "doc")
+    assert displaced == target.inode.ino
+    now = cat.lookup(ROOT, "doc")
+    assert now.node == target.node and now.inode.ino == tmp.inode.ino
+    assert journal(cat)[-2:] == [(target.node, "content"), (tmp.node, "delete")]
+    assert node(cat, tmp.node)["deleted"] == 1
+    assert json.loads(node(cat, target.node)["mode_vv"]) == {DEVICE: 3}
+
+
+def test_delete_is_a_tombstone_with_versions(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    ino = cat.unlink(ROOT, "f")
+    row = node(cat, f.node)
+    assert row["deleted"] == 1 and row["ino"] is None and row["seq"] == 2
+    assert json.loads(row["content_vv"]) == {DEVICE: 2}
+    assert journal(cat)[-1] == (f.node, "delete")
+    assert cat.orphan_inodes() == [ino]
+    cat.purge_inode(ino)
+    assert cat.orphan_inodes() == []
+
+
+def test_rmdir_and_rename_errors(cat):
+    d = cat.create(ROOT, "d", "dir", 0o755, 0, 0)
+    cat.create(d.inode.ino, "x", "file", 0o644, 0, 0)
+    sub = cat.create(d.inode.ino, "sub", "dir", 0o755, 0, 0)
+    cases = [
+        (lambda: cat.rmdir(ROOT, "d"), errno.ENOTEMPTY),
+        (lambda: cat.unlink(ROOT, "d"), errno.EISDIR),
+        (lambda: cat.rmdir(d.inode.ino, "x"), errno.ENOTDIR),
+        (lambda: cat.rename(ROOT, "d", sub.inode.ino, "in"), errno.EINVAL),
+        (lambda: cat.rename(d.inode.ino, "x", ROOT, "d"), errno.EISDIR),
+        (lambda: cat.rename(d.inode.ino, "sub", d.inode.ino, "x"), errno.ENOTDIR),
+    ]
+    n = len(journal(cat))
+    for fn, code in cases:
+        with pytest.raises(OSError) as e:
+            fn()
+        assert e.value.errno == code
+    assert len(journal(cat)) == n
+
+
+def test_chmod_stamps_each_link_and_owner_stamps_nothing(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    h = cat.link(f.inode.ino, ROOT, "h")
+    cat.set_mode(f.inode.ino, 0o600)
+    assert journal(cat)[-2:] == [(f.node, "mode"), (h.node, "mode")]
+    n = cat.seq
+    cat.set_local(f.inode.ino, uid=5, gid=6, atime_ns=7)
+    assert cat.seq == n
+    assert cat.inode(f.inode.ino).uid == 5
+
+
+def _commit(c: Catalog, ino: int, draft: Draft) -> None:
+    """What the mount does at flush, without trio: seal, hash, install, one transaction."""
+    sealed = draft.seal()
+    sealed.hash_pending(c.store, durable=False)
+    for i in sealed.work:
+        c.store.install(("w", ino, i), c.store.work_path(ino, i), sealed.digests[i])
+    garbage = c.commit_content(ino, sealed.chunk_list(), sealed.size, draft.mtime_ns,
+                               draft.mode, draft.content_changed)
+    for digest in garbage:
+        c.store.remove(digest)
+    c.store.clear_work(ino)
+    draft.rebase(sealed.chunk_list(), sealed.size)
+
+
+def test_many_writes_commit_as_one_change_with_its_metadata(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    ino = f.inode.ino
+    d = Draft(cat.store, ino, [], 0)
+    data = os.urandom(2 * CHUNK + 5)
+    for off in range(0, len(data), 4096):
+        d.write(off, data[off : off + 4096])
+    d.mode = 0o600  # chmod while open for writing (cp -p, tar)
+    d.mtime_ns = 123
+    n = len(journal(cat))
+    _commit(cat, ino, d)
+    assert journal(cat)[n:] == [(f.node, "content")]  # one change, not one per write
+    row = node(cat, f.node)
+    assert json.loads(row["content_vv"]) == json.loads(row["mode_vv"]) == {DEVICE: n + 1}
+    inode = cat.inode(ino)
+    assert (inode.size, inode.mode, inode.mtime_ns) == (len(data), 0o600, 123)
+    chunks = [digest_of(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
+    assert cat.chunks(ino) == chunks
+    assert inode.hash == file_hash(b"".join(chunks))
+
+
+def test_identical_chunks_are_stored_once_and_collected(cat):
+    a = cat.create(ROOT, "a", "file", 0o644, 0, 0)
+    b = cat.create(ROOT, "b", "file", 0o644, 0, 0)
+    block = os.urandom(CHUNK)
+    for e in (a, b):
+        d = Draft(cat.store, e.inode.ino, [], 0)
+        d.write(0, block + block)
+        _commit(cat, e.inode.ino, d)
+    assert cat.conn.execute("SELECT refs FROM chunks").fetchall() == [(4,)]
+    cat.unlink(ROOT, "a")
+    for digest in cat.purge_inode(a.inode.ino):
+        cat.store.remove(digest)
+    assert cat.conn.execute("SELECT refs FROM chunks").fetchall() == [(2,)]
+    d = Draft(cat.store, b.inode.ino, cat.chunks(b.inode.ino), 2 * CHUNK)
+    d.truncate(0)
+    _commit(cat, b.inode.ino, d)
+    assert cat.conn.execute("SELECT count(*) FROM chunks").fetchone() == (0,)
+    assert not cat.store.has(digest_of(block))
+
+
+def test_copy_on_write_leaves_committed_chunks_alone(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    ino = f.inode.ino
+    d = Draft(cat.store, ino, [], 0)
+    d.write(0, b"a" * (CHUNK + 10))
+    _commit(cat, ino, d)
+    first = cat.chunks(ino)
+    d.write(5, b"XY")  # a partial write to chunk 0
+    assert d.read(0, 8) == b"aaaaaXYa"
+    assert cat.store.read(first[0], 0, 8) == b"aaaaaaaa"  # committed bytes untouched
+    _commit(cat, ino, d)
+    assert cat.chunks(ino)[1] == first[1]  # the untouched chunk is shared, not rewritten
+
+
+def test_sparse_and_truncate_read_back(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    ino = f.inode.ino
+    d = Draft(cat.store, ino, [], 0)
+    d.write(3 * CHUNK + 1, b"z")
+    d.truncate(CHUNK + 3)
+    d.truncate(2 * CHUNK)
+    d.write(10, b"q")
+    expect = bytearray(2 * CHUNK)
+    expect[10:11] = b"q"
+    assert d.read(0, 3 * CHUNK) == bytes(expect)
+    _commit(cat, ino, d)
+    fresh = Draft(cat.store, ino, cat.chunks(ino), cat.inode(ino).size)
+    assert fresh.read(0, 3 * CHUNK) == bytes(expect)
+
+
+def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
+    f = cat.create(ROOT, "notes.txt", "file", 0o644, 0, 0)
+    ino = f.inode.ino
+    d = Draft(cat.store, ino, [], 0)
+    d.write(0, b"committed")
+    _commit(cat, ino, d)
+    # then a writer that never closes: its draft is marked dirty, as the mount does
+    cat.mark_dirty(ino, d.size)
+    d.write(0, b"UNSAVED")
+    recovered = recover(cat, cat.store)
+    assert len(recovered) == 1 and recovered[0].startswith("notes.sync-recovered-")
+    assert recovered[0].endswith(".txt")
+    assert Draft(cat.store, ino, cat.chunks(ino), cat.inode(ino).size).read(0, 100) == (
+        b"committed")
+    r = cat.lookup(ROOT, recovered[0])
+    assert Draft(cat.store, r.inode.ino, cat.chunks(r.inode.ino), r.inode.size).read(
+        0, 100) == b"UNSAVEDed"
+    assert cat.inode(ino).draft_floor is None
+    assert recover(cat, cat.store) == []  # recovered once
+
+
+def test_seq_and_clock_survive_reopen(tmp_path, cat):
+    cat.create(ROOT, "a", "file", 0o644, 0, 0)
+    cat.create(ROOT, "b", "dir", 0o755, 0, 0)
+    again = Catalog(schema.open_db(tmp_path / "index.db"), cat.store)
+    assert (again.seq, again.clock) == (cat.seq, cat.clock) == (2, 2)
+
+
+def test_content_commit_through_the_mount_layer(cat):
+    """Content (mount/content.py) on a real index: write, fold chmod, commit once."""
+    import trio
+
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    content = Content(cat, cat.store)
+
+    async def run():
+        await content.write(f.inode.ino, 0, b"x" * 100)
+        await content.write(f.inode.ino, 100, b"y", append=False)
+        content.pending(f.inode.ino).mode = 0o700
+        assert cat.inode(f.inode.ino).draft_floor == 0  # dirty mark set once
+        assert await content.commit(f.inode.ino)
+        assert not await content.commit(f.inode.ino)  # nothing left
+
+    n = len(journal(cat))
+    trio.run(run)
+    assert journal(cat)[n:] == [(f.node, "content")]
+    assert content.read(f.inode.ino, 0, 200) == b"x" * 100 + b"y"
+    assert cat.inode(f.inode.ino).mode == 0o700
