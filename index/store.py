@@ -194,22 +194,6 @@ class ChunkStore:
         self.fds.close()
 
 
-def read_range(store: ChunkStore, chunks: list[bytes], size: int, offset: int, n: int) -> bytes:
-    """Read committed content: `n` bytes at `offset` of a file of `size` bytes."""
-    end = min(size, offset + n)
-    out = []
-    pos = offset
-    while pos < end:
-        i, within = divmod(pos, CHUNK)
-        want = min(end - pos, CHUNK - within)
-        data = store.read(chunks[i], within, want) if i < len(chunks) else b""
-        if len(data) < want:  # a missing tail reads as zeros (sparse growth)
-            data += bytes(want - len(data))
-        out.append(data)
-        pos += want
-    return b"".join(out)
-
-
 def hash_file(path: Path) -> bytes:
     with open(path, "rb") as f:
         return digest_of(f.read())
