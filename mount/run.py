@@ -29,7 +29,10 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
     _raise_fd_limit()
     home.acquire(mountpoint)
     try:
-        db = schema.open_db(home.db_path)
+        try:
+            db = schema.open_db(home.db_path)
+        except schema.SchemaError as e:
+            raise UserError(str(e), FAILURE) from None
         store = ChunkStore(home.store_path)
         catalog = Catalog(db, store)
         for name in recover(catalog, store):

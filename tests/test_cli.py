@@ -173,3 +173,17 @@ def test_dead_mount_after_a_crash_is_reported_and_cleared(mount):
     mount.start()  # clears the dead mount first
     assert (mount.path / "f").read_bytes() == b"before the crash"
     assert lock_pid(mount.home) != pid
+
+
+@needs_fuse
+def test_a_serving_process_that_dies_is_reported(home, tmp_path):
+    import sqlite3
+
+    conn = sqlite3.connect(home / "index.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    (tmp_path / "mnt").mkdir()
+    done = syncd(home, "mount", str(tmp_path / "mnt"), check=False, timeout=30)
+    assert_clean_error(done, 1, "upgrade syncd")
+    assert str(tmp_path / "mnt") not in fuse_mounts()
+    assert lock_pid(home) is None or not alive(lock_pid(home))
