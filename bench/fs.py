@@ -6,7 +6,8 @@
 
 Run it as root (to drop page caches) with the python whose bin/ holds `syncd` (or --syncd).
 Mount (via the real CLI: syncd init, mount, umount) and native dir live under one fresh base
-dir (in /var/tmp or --dir), removed at the end. Workloads, each --repeat times per side:
+dir (in /var/tmp or --dir), removed at the end; nothing is deleted before then, so it
+needs about 2 x repeat x (size + tar) of free space. Workloads, each --repeat times per side:
 write (1 MiB blocks, fsync at the end), read (after dropping caches), small (create + stat +
 unlink of --files files, one timing), tar (`tar -xf` of --tar-files small files into an
 empty dir), find (over the extracted tree, warm caches). The table shows medians and a SPEED
@@ -61,23 +62,29 @@ def run(cmd, timeout=None):
 
 
 class Bench:
+    """The workloads on one side. Nothing is deleted between repetitions (each writes a new
+    file or directory): on a file system with online discard, mass deletion slows the
+    creates that follow it for a minute or more, which would skew whichever side ran next."""
+
     def __init__(self, root, args, tarball):
         self.root, self.args, self.tarball = Path(root), args, tarball
-        self.big, self.tree, self.nonce = self.root / "big.bin", None, None
+        self.big = self.tree = self.nonce = None
 
     def write(self):
         block = bytearray(os.urandom(MIB))  # random, and each block distinct: no dedup
 
+        def setup(i):
+            self.big, self.nonce = self.root / f"big{i}", random.getrandbits(63)
+
         def body(i):
-            self.nonce = random.getrandbits(63)
-            with open(self.big, "wb", buffering=0) as f:
+            with open(self.big, "xb", buffering=0) as f:
                 for n in range(self.args.size_mib):
                     struct.pack_into("<QQ", block, 0, self.nonce, n)
                     view = memoryview(block)
                     while view:
                         view = view[f.write(view):]
                 os.fsync(f.fileno())
-        return timed(self.args.repeat, lambda i: self.big.unlink(missing_ok=True), body)
+        return timed(self.args.repeat, setup, body)
 
     def read(self):
         if self.nonce is None:
@@ -97,13 +104,8 @@ class Bench:
         return timed(self.args.repeat, lambda i: drop_caches(), body)
 
     def small(self):
-        d = self.root / "small"
-
-        def setup(i):
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir()
-
         def body(i):
+            d = self.root / f"small{i}"
             names = [str(d / f"f{k:05d}") for k in range(self.args.files)]
             for k, p in enumerate(names):
                 fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -114,12 +116,10 @@ class Bench:
                     raise RuntimeError(f"small: wrong size of {p}")
             for p in names:
                 os.unlink(p)
-        return timed(self.args.repeat, setup, body)
+        return timed(self.args.repeat, lambda i: (self.root / f"small{i}").mkdir(), body)
 
     def tar(self):
         def setup(i):
-            if self.tree:
-                shutil.rmtree(self.tree)
             self.tree = self.root / f"untar{i}"
             self.tree.mkdir()
 
@@ -159,11 +159,14 @@ def make_tarball(path, nfiles, seed=1234):
 
 def machine_facts(base):
     fs = run(["df", "--output=fstype,source,target", base])[1].splitlines()[-1].split()
+    opts = [ln.split()[3] for ln in Path("/proc/mounts").read_text().splitlines()
+            if ln.split()[1] == fs[2]]
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
     return {"nproc": os.cpu_count(), "kernel": platform.release(),
-            "base_fs": f"{fs[0]} ({fs[1]} on {fs[2]})", "cpu": cpu.group(1) if cpu else "?",
-            "mem_gib": round(int(mem.group(1)) / MIB, 1), "python": platform.python_version()}
+            "base_fs": f"{fs[0]} ({fs[1]} on {fs[2]}, {opts[-1] if opts else '?'})",
+            "cpu": cpu.group(1) if cpu else "?", "mem_gib": round(int(mem.group(1)) / MIB, 1),
+            "python": platform.python_version()}
 
 
 def mounted(mnt):
@@ -189,8 +192,17 @@ def mount(syncd, home, mnt):
             log = (home / "mount.log").read_text()[-2000:] if (home / "mount.log").exists() else ""
             sys.exit(f"syncd {cmd[0]} failed ({code}): {out}\n{log}")
     print(out, flush=True)
-    m = re.search(r"\(pid (\d+)\)", out) or re.search(r"\d+", (home / "lock").read_text())
-    return int(m.group(m.lastindex or 0))
+    m = re.search(r"\(pid (\d+)\)", out)
+    return int(m.group(1)) if m else lock_pid(home)
+
+
+def lock_pid(home):
+    try:
+        text = (home / "lock").read_text()
+    except FileNotFoundError:
+        return None
+    m = re.search(r'"pid":\s*(\d+)', text) or re.search(r"(\d+)", text)
+    return int(m.group(1)) if m else None
 
 
 def unmount(syncd, home, mnt, pid):
@@ -278,7 +290,7 @@ def main():
         print("syncd status --json:", " ".join(status.split()))
     finally:
         if (home / "lock").exists() or mounted(mnt):
-            unmount(syncd, home, mnt, pid)
+            unmount(syncd, home, mnt, pid or lock_pid(home))
         shutil.rmtree(base, ignore_errors=True)
     report(results, only, args, facts, syncd)
 

@@ -55,22 +55,15 @@ class Sealed:
     work: dict[int, WorkChunk] = field(default_factory=dict)
     digests: dict[int, bytes] = field(default_factory=dict)
 
-    def hash_pending(self, store: ChunkStore, durable: bool) -> None:
-        """Hash working chunks not hashed on the fly; with `durable`, fsync them too.
-        Thread-safe with respect to the trio thread: touches only these files."""
+    def hash_pending(self, store: ChunkStore) -> None:
+        """Hash working chunks not hashed on the fly. Safe on a worker thread: it touches
+        only these files, which the inode's lock keeps unchanged meanwhile."""
         for i, wc in self.work.items():
-            path = store.work_path(self.ino, i)
             if wc.hasher is not None and wc.hashed == wc.length:
                 self.digests[i] = wc.hasher.digest()
             else:
-                with open(path, "rb") as f:
+                with open(store.work_path(self.ino, i), "rb") as f:
                     self.digests[i] = digest_of(f.read())
-            if durable:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
 
     def chunk_list(self) -> list[bytes]:
         return [d if d is not None else self.digests[i] for i, d in enumerate(self.slots)]

@@ -157,7 +157,7 @@ def test_chmod_stamps_each_link_and_owner_stamps_nothing(cat):
 def _commit(c: Catalog, ino: int, draft: Draft) -> None:
     """What the mount does at flush, without trio: seal, hash, install, one transaction."""
     sealed = draft.seal()
-    sealed.hash_pending(c.store, durable=False)
+    sealed.hash_pending(c.store)
     for i in sealed.work:
         c.store.install(("w", ino, i), c.store.work_path(ino, i), sealed.digests[i])
     garbage = c.commit_content(ino, sealed.chunk_list(), sealed.size, draft.mtime_ns,
