@@ -28,7 +28,7 @@ NAME_MAX = 255
 
 INODE_COLUMNS = (
     "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.ctime_ns, i.atime_ns, "
-    "i.hash, i.target, i.draft_floor, "
+    "i.hash, i.target, "
     "(SELECT count(*) FROM nodes l WHERE l.ino = i.ino AND l.deleted = 0) AS nlink"
 )
 
@@ -64,7 +64,6 @@ class Inode:
     atime_ns: int
     hash: str | None
     target: bytes | None
-    draft_floor: int | None
     nlink: int
 
 
@@ -392,16 +391,13 @@ class Catalog:
                 f"UPDATE inodes SET {sets} WHERE ino = ?", (*columns.values(), ino)
             )
 
-    def mark_dirty(self, ino: int, floor: int) -> None:
-        with self._transaction():
-            self.conn.execute("UPDATE inodes SET draft_floor = ? WHERE ino = ?", (floor, ino))
-
     def commit_content(
         self, ino: int, chunks: list[bytes], size: int, mtime_ns: int | None,
-        mode: int | None, content_changed: bool,
+        mode: int | None, content_changed: bool, owner: dict[str, int] | None = None,
     ) -> list[bytes]:
         """Commit a file's draft: new chunk list, size and hash, plus any metadata set while
-        it was open, as one change per node. Clears the dirty mark. Returns the chunks that
+        it was open, as one change per node (`owner`, uid and gid, is local and stamps
+        nothing). The caller clears the dirty mark afterwards. Returns the chunks that
         no longer have any reference (the caller removes them from the store after this
         commit is durable in the database)."""
         blob = b"".join(chunks)
@@ -420,9 +416,10 @@ class Catalog:
                 aspects += ("mode",)
             self.conn.execute(
                 "UPDATE inodes SET chunks = ?, size = ?, hash = ?, mtime_ns = ?, mode = ?,"
-                " ctime_ns = ?, draft_floor = NULL WHERE ino = ?",
+                " ctime_ns = ?, uid = ?, gid = ? WHERE ino = ?",
                 (blob, size, digest, new_mtime,
-                 inode.mode if mode is None else mode & 0o7777, now, ino),
+                 inode.mode if mode is None else mode & 0o7777, now,
+                 (owner or {}).get("uid", inode.uid), (owner or {}).get("gid", inode.gid), ino),
             )
             garbage = self._reref(chunks, size, old)
             if aspects:

@@ -81,11 +81,12 @@ class Draft:
         self.ino = ino
         self.base = base
         self.size = size
-        self.floor = size  # the lowest size since the draft began (see schema: draft_floor)
+        self.floor = size  # the lowest size since the draft began (see store.set_floor)
         self.work: dict[int, WorkChunk] = {}
         self.content_changed = False
         self.mtime_ns: int | None = None  # pending, folded into the commit
         self.mode: int | None = None
+        self.owner: dict[str, int] = {}  # pending uid/gid (local: stamps nothing)
 
     def chunk_len(self, i: int, size: int | None = None) -> int:
         size = self.size if size is None else size
@@ -136,7 +137,14 @@ class Draft:
         if self.size % CHUNK and last < len(self.base) and new_size > self.size:
             self._work_chunk(last, covers=False)
 
+    def _begin(self) -> None:
+        """Before the first content change since the last commit: mark the file dirty."""
+        if not self.content_changed:
+            self.store.mark_dirty(self.ino)
+            self.content_changed = True
+
     def write(self, offset: int, data: bytes) -> None:
+        self._begin()
         end = offset + len(data)
         if end > self.size:
             self._grow(end)
@@ -152,9 +160,9 @@ class Draft:
             wc.wrote(within, piece)
             pos += n
         self.size = max(self.size, end)
-        self.content_changed = True
 
     def truncate(self, new_size: int) -> None:
+        self._begin()
         if new_size > self.size:
             self._grow(new_size)
         elif new_size < self.size:
@@ -171,9 +179,10 @@ class Draft:
                 wc.length = min(wc.length, tail)
                 if wc.hashed > wc.length:
                     wc.hasher = None
-            self.floor = min(self.floor, new_size)
+            if new_size < self.floor:
+                self.floor = new_size
+                self.store.set_floor(self.ino, new_size)
         self.size = new_size
-        self.content_changed = True
 
     # -- committing
 
@@ -211,7 +220,9 @@ class Draft:
         self.content_changed = False
         self.mtime_ns = None
         self.mode = None
+        self.owner = {}
 
     @property
     def dirty(self) -> bool:
-        return self.content_changed or self.mtime_ns is not None or self.mode is not None
+        return (self.content_changed or self.mtime_ns is not None or self.mode is not None
+                or bool(self.owner))

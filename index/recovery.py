@@ -1,7 +1,7 @@
 """Crash recovery, run before a mount serves (DESIGN rule 1).
 
-A file that was being written when its process died is marked dirty (inodes.draft_floor)
-and its uncommitted writes sit in store/work/<ino>/. It keeps its last committed version;
+A file that was being written when its process died is marked dirty: its uncommitted
+writes sit in its working directory, store/work/<ino>/. It keeps its last committed version;
 what was written since becomes NAME.sync-recovered-YYYYMMDD-HHMMSS.EXT beside it, an
 ordinary new file, so nothing is published as if closed and nothing is lost.
 """
@@ -23,22 +23,16 @@ log = logging.getLogger(__name__)
 def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
     """Recover every dirty file; drop inodes left without names. Returns the new names."""
     recovered = []
-    dirty = catalog.conn.execute(
-        "SELECT ino, draft_floor FROM inodes WHERE draft_floor IS NOT NULL"
-    ).fetchall()
-    for ino, floor in dirty:
+    known = {r[0]: r[1] for r in catalog.conn.execute("SELECT ino, size FROM inodes")}
+    for ino in store.dirty_inodes():
         work = store.work_chunks(ino)
-        if work:
+        if work and ino in known:
+            floor = min(known[ino], store.floor(ino) or known[ino])
             recovered.append(_recover_file(catalog, store, ino, floor, work))
-        else:
-            with catalog.db.atomic():
-                catalog.conn.execute("UPDATE inodes SET draft_floor = NULL WHERE ino = ?", (ino,))
         store.clear_work(ino)
     for ino in catalog.orphan_inodes():
         for digest in catalog.purge_inode(ino):
             store.remove(digest)
-    for name in os.listdir(store.work_dir):  # working chunks of inodes gone since
-        store.clear_work(int(name))
     return recovered
 
 
@@ -80,6 +74,5 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     with catalog.db.atomic():
         entry = catalog.create(parent_ino, new_name, "file", inode.mode, inode.uid, inode.gid)
         catalog.commit_content(entry.inode.ino, chunks, size, time.time_ns(), None, True)
-        catalog.conn.execute("UPDATE inodes SET draft_floor = NULL WHERE ino = ?", (ino,))
     log.warning("recovered uncommitted writes to inode %d as %s", ino, new_name)
     return new_name

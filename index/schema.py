@@ -40,11 +40,10 @@ CREATE TABLE inodes (
     hash        TEXT,                        -- 'blake3:<hex>' of the chunk list (files)
     chunks      BLOB NOT NULL DEFAULT x'',   -- concatenated 32-byte BLAKE3 chunk digests
     target      BLOB,                        -- symlink target
-    local       INTEGER NOT NULL DEFAULT 1,  -- 1 when every chunk is in the store
-    draft_floor INTEGER                      -- not NULL: dirty. Uncommitted writes sit in
-                                             -- store/work/<ino>/; committed bytes below this
-                                             -- size are still part of the draft (rule 1)
+    local       INTEGER NOT NULL DEFAULT 1   -- 1 when every chunk is in the store
 );
+-- A file with uncommitted writes is marked dirty by its working directory in the store,
+-- store/work/<ino>/ (index/store.py), not by a column: so writing costs no SQLite write.
 
 -- Nodes: the synced identity of each file, directory and symlink. A hard link is a second
 -- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode.

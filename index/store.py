@@ -2,7 +2,9 @@
 
 Layout under the store root:
     chunks/ab/abcdef...   committed chunks (the two-hex-digit fan-out is made at init)
-    work/<ino>/<index>    working chunks of a file with uncommitted writes (see draft.py)
+    work/<ino>/<index>    working chunks of a file with uncommitted writes (see draft.py);
+    work/<ino>/floor      the lowest size since the draft began, when below the committed
+                          size. The directory work/<ino>/ is the file's dirty mark.
 
 A file's content is its chunk list; its hash is BLAKE3 over the concatenated digests. Every
 chunk is CHUNK bytes except the last, which may be shorter. Committed chunks are never
@@ -154,12 +156,31 @@ class ChunkStore:
         return self.work_dir / str(ino) / str(index)
 
     def work_fd(self, ino: int, index: int) -> int:
-        path = self.work_path(ino, index)
+        return self.fds.get(("w", ino, index), self.work_path(ino, index),
+                            os.O_RDWR | os.O_CREAT)
+
+    def mark_dirty(self, ino: int) -> None:
+        """Before a file's first uncommitted write: its working directory is its mark."""
         try:
-            return self.fds.get(("w", ino, index), path, os.O_RDWR | os.O_CREAT)
-        except FileNotFoundError:
-            path.parent.mkdir(exist_ok=True)
-            return self.fds.get(("w", ino, index), path, os.O_RDWR | os.O_CREAT)
+            os.mkdir(self.work_dir / str(ino))
+        except FileExistsError:
+            pass
+
+    def set_floor(self, ino: int, floor: int) -> None:
+        """A truncate lowered the draft below its committed size: recovery must not take
+        committed bytes above `floor` (store-then-rename, so never half written)."""
+        tmp = self.work_dir / str(ino) / "floor.tmp"
+        tmp.write_text(str(floor))
+        os.rename(tmp, tmp.with_name("floor"))
+
+    def floor(self, ino: int) -> int | None:
+        try:
+            return int((self.work_dir / str(ino) / "floor").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def dirty_inodes(self) -> list[int]:
+        return [int(n) for n in os.listdir(self.work_dir) if n.isdigit()]
 
     def drop_work(self, ino: int, index: int) -> None:
         self.fds.drop(("w", ino, index))
@@ -169,19 +190,23 @@ class ChunkStore:
             pass
 
     def clear_work(self, ino: int) -> None:
-        """Remove every working chunk of an inode (after a commit or a discard)."""
+        """Remove an inode's working directory, and with it its dirty mark (after a commit,
+        whose chunks were moved out of it, or a discard)."""
         d = self.work_dir / str(ino)
         try:
-            names = os.listdir(d)
+            os.rmdir(d)  # the common case: a commit left it empty
+            return
         except FileNotFoundError:
             return
-        for name in names:
-            self.drop_work(ino, int(name))
-        try:
-            os.rmdir(d)
         except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            if e.errno != errno.ENOTEMPTY:
                 raise
+        for name in os.listdir(d):
+            if name.isdigit():
+                self.drop_work(ino, int(name))
+            else:
+                os.unlink(d / name)
+        os.rmdir(d)
 
     def work_chunks(self, ino: int) -> dict[int, Path]:
         d = self.work_dir / str(ino)

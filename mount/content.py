@@ -1,8 +1,8 @@
 """File content for the mount: reads, drafts of files being written, and their commits.
 
 A file's writes gather in a Draft (index/draft.py) and become one committed version at
-flush or fsync (DESIGN rule 1): no SQLite per write() beyond the dirty mark set once when a
-draft starts.
+flush or fsync (DESIGN rule 1): no SQLite on the write path. The dirty mark is the file's
+working directory in the store, made at its first write after a commit.
 
 Lock: `Content.locks[ino]`, a trio.Lock per inode with a draft. It serialises write,
 truncate and commit of that inode, because a commit awaits a worker thread (hashing,
@@ -36,22 +36,14 @@ class Content:
         self.drafts: dict[int, Draft] = {}
         self.locks: dict[int, trio.Lock] = {}
 
-    def pending(self, ino: int) -> Draft:
-        """The inode's draft, started if there is none, for metadata that folds into the
-        next commit (chmod, utimens on a file open for writing)."""
+    def draft(self, ino: int) -> Draft:
+        """The inode's draft, started if there is none: for reads (a clean draft caches the
+        committed chunk list), writes, and metadata that folds into the next commit."""
         draft = self.drafts.get(ino)
         if draft is None:
             inode = self.catalog.inode(ino)
             draft = self.drafts[ino] = Draft(self.store, ino, self.catalog.chunks(ino),
                                              inode.size)
-        return draft
-
-    def draft(self, ino: int) -> Draft:
-        """The inode's draft, about to take content: marked dirty in the index on its first
-        content change since the last commit (so a crash leaves a recoverable mark)."""
-        draft = self.pending(ino)
-        if not draft.content_changed:
-            self.catalog.mark_dirty(ino, draft.size)
         return draft
 
     def lock(self, ino: int) -> trio.Lock:
@@ -60,7 +52,7 @@ class Content:
     def read(self, ino: int, offset: int, size: int) -> bytes:
         # Through the draft even when nothing is being written: a clean draft holds the
         # committed chunk list, so a read costs no query (dropped at the last close).
-        return self.pending(ino).read(offset, size)
+        return self.draft(ino).read(offset, size)
 
     async def write(self, ino: int, offset: int, data: bytes, append: bool = False) -> None:
         async with self.lock(ino):
@@ -100,14 +92,14 @@ class Content:
             try:
                 garbage = self.catalog.commit_content(
                     ino, chunks, sealed.size, draft.mtime_ns, draft.mode,
-                    draft.content_changed,
+                    draft.content_changed, draft.owner,
                 )
             finally:
                 if durable:
                     self.catalog.conn.execute("PRAGMA synchronous = NORMAL")
-            draft.rebase(chunks, sealed.size)
-            if sealed.work:
+            if draft.content_changed:
                 self.store.clear_work(ino)
+            draft.rebase(chunks, sealed.size)
             for digest in garbage:
                 self.store.remove(digest)
             return True

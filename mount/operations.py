@@ -103,19 +103,21 @@ class Filesystem(pyfuse3.Operations):
     def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         mode, size, mtime = inode.mode, inode.size, inode.mtime_ns
+        uid, gid = inode.uid, inode.gid
         draft = self.content.drafts.get(inode.ino)
         if draft is not None:
             size = draft.size
             mtime = draft.mtime_ns or mtime
             mode = mode if draft.mode is None else draft.mode
+            uid, gid = draft.owner.get("uid", uid), draft.owner.get("gid", gid)
         a.st_ino = inode.ino
         a.generation = 0
         a.st_mode = KIND_BITS[inode.kind] | mode
         # Directories report 1: "link count unknown", which keeps find's leaf
         # optimisation off without counting subdirectories on every getattr.
         a.st_nlink = 1 if inode.kind == "dir" else inode.nlink
-        a.st_uid = inode.uid
-        a.st_gid = inode.gid
+        a.st_uid = uid
+        a.st_gid = gid
         a.st_rdev = 0
         a.st_size = size
         a.st_blksize = BLKSIZE
@@ -160,12 +162,12 @@ class Filesystem(pyfuse3.Operations):
                 self.content.close(inode)
         if fields.update_mode:
             if open_for_writing:  # folds into the commit at flush (tar, cp -p)
-                self.content.pending(inode).mode = attr.st_mode & 0o7777
+                self.content.draft(inode).mode = attr.st_mode & 0o7777
             else:
                 self.catalog.set_mode(inode, attr.st_mode)
         if fields.update_mtime:
             if open_for_writing:
-                self.content.pending(inode).mtime_ns = attr.st_mtime_ns
+                self.content.draft(inode).mtime_ns = attr.st_mtime_ns
             else:
                 self.catalog.set_mtime(inode, attr.st_mtime_ns)
         local = {}
@@ -173,6 +175,9 @@ class Filesystem(pyfuse3.Operations):
             local["uid"] = attr.st_uid
         if fields.update_gid:
             local["gid"] = attr.st_gid
+        if open_for_writing and local:  # tar and cp -p as root: fold into the commit
+            self.content.draft(inode).owner.update(local)
+            local = {}
         if fields.update_atime:
             local["atime_ns"] = attr.st_atime_ns
         if fields.update_ctime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from index import schema
+from index.store import ChunkStore
 from syncd.home import Home, mounted_at
 
 STATUS_SCHEMA = 1
@@ -32,8 +33,7 @@ def collect(home: Home) -> dict:
         meta = dict(db.conn.execute("SELECT key, value FROM meta"))
         total, local, pinned, conflicts, size, size_local = db.conn.execute(
             FILE_COUNTS).fetchone()
-        dirty = db.conn.execute(
-            "SELECT count(*) FROM inodes WHERE draft_floor IS NOT NULL").fetchone()[0]
+        dirty = len(ChunkStore(home.store_path).dirty_inodes())
     finally:
         db.close()
     where, pid = mounted_at(home)

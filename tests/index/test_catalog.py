@@ -164,7 +164,8 @@ def _commit(c: Catalog, ino: int, draft: Draft) -> None:
                                draft.mode, draft.content_changed)
     for digest in garbage:
         c.store.remove(digest)
-    c.store.clear_work(ino)
+    if draft.content_changed:
+        c.store.clear_work(ino)
     draft.rebase(sealed.chunk_list(), sealed.size)
 
 
@@ -246,8 +247,7 @@ def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
     d.write(0, b"committed")
     _commit(cat, ino, d)
     # then a writer that never closes: its draft is marked dirty, as the mount does
-    cat.mark_dirty(ino, d.size)
-    d.write(0, b"UNSAVED")
+    d.write(0, b"UNSAVED")  # marks the file dirty
     recovered = recover(cat, cat.store)
     assert len(recovered) == 1 and recovered[0].startswith("notes.sync-recovered-")
     assert recovered[0].endswith(".txt")
@@ -256,8 +256,23 @@ def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
     r = cat.lookup(ROOT, recovered[0])
     assert Draft(cat.store, r.inode.ino, cat.chunks(r.inode.ino), r.inode.size).read(
         0, 100) == b"UNSAVEDed"
-    assert cat.inode(ino).draft_floor is None
+    assert cat.store.dirty_inodes() == []
     assert recover(cat, cat.store) == []  # recovered once
+
+
+def test_recovery_after_truncate_takes_no_bytes_above_the_floor(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    ino = f.inode.ino
+    d = Draft(cat.store, ino, [], 0)
+    d.write(0, b"x" * (CHUNK + 100))
+    _commit(cat, ino, d)
+    d.truncate(10)  # marks it dirty, and records the floor
+    d.write(2 * CHUNK, b"end")  # a sparse write past a hole
+    [name] = recover(cat, cat.store)
+    r = cat.lookup(ROOT, name)
+    data = Draft(cat.store, r.inode.ino, cat.chunks(r.inode.ino), r.inode.size).read(
+        0, 3 * CHUNK)
+    assert data == b"x" * 10 + bytes(2 * CHUNK - 10) + b"end"
 
 
 def test_seq_and_clock_survive_reopen(tmp_path, cat):
@@ -277,8 +292,8 @@ def test_content_commit_through_the_mount_layer(cat):
     async def run():
         await content.write(f.inode.ino, 0, b"x" * 100)
         await content.write(f.inode.ino, 100, b"y", append=False)
-        content.pending(f.inode.ino).mode = 0o700
-        assert cat.inode(f.inode.ino).draft_floor == 0  # dirty mark set once
+        content.draft(f.inode.ino).mode = 0o700
+        assert cat.store.dirty_inodes() == [f.inode.ino]  # marked before the commit
         assert await content.commit(f.inode.ino)
         assert not await content.commit(f.inode.ino)  # nothing left
 
