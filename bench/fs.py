@@ -15,8 +15,22 @@ ratio, mount speed / native speed: 1.0 = as fast as native, 0.5 = half as fast (
 workloads: native seconds / mount seconds). --profile records a py-spy speedscope profile (with
 idle stacks) of the mount process during each mount workload, next to --json (else in cwd).
 """
-import argparse, io, json, os, platform, random, re, shutil, signal, statistics
-import struct, subprocess, sys, tarfile, tempfile, time
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 MIB = 1 << 20
@@ -256,7 +270,7 @@ def main():
     p.add_argument("--files", type=int, default=10000)
     p.add_argument("--tar-files", type=int, default=20000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--only", default=",".join(WORKLOADS), help="comma list of " + ",".join(WORKLOADS))
+    p.add_argument("--only", default=",".join(WORKLOADS), help="comma list, default: all")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
     p.add_argument("--profile", action="store_true", help="py-spy the mount during each workload")
@@ -276,7 +290,7 @@ def main():
     mnt.mkdir()
     native.mkdir()
     facts = machine_facts(base)
-    print(f"syncd bench in {base}: {facts}")
+    print(f"syncd bench in {base}: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     print("ratio = mount speed / native speed (1.0 = as fast as native, 0.5 = half as fast;"
           " for timed workloads native s / mount s); find runs with warm caches", flush=True)
     results, pid = {}, None

@@ -1,7 +1,7 @@
 """A draft: the uncommitted content of one file, between its first write and its commit.
 
 The draft starts from the file's committed chunk list (`base`). A write to chunk i goes to
-a private working chunk (store/work/<ino>/<i>), first filled from base[i] when the write
+a private working chunk (store/work/<ino>.<i>), first filled from base[i] when the write
 does not cover the whole chunk (copy-on-write), so committed chunks are never modified.
 Reads see working chunks where they exist, base chunks below, zeros elsewhere.
 
@@ -82,6 +82,7 @@ class Draft:
         self.base = base
         self.size = size
         self.floor = size  # the lowest size since the draft began (see store.set_floor)
+        self.floor_recorded = False
         self.work: dict[int, WorkChunk] = {}
         self.content_changed = False
         self.mtime_ns: int | None = None  # pending, folded into the commit
@@ -137,14 +138,8 @@ class Draft:
         if self.size % CHUNK and last < len(self.base) and new_size > self.size:
             self._work_chunk(last, covers=False)
 
-    def _begin(self) -> None:
-        """Before the first content change since the last commit: mark the file dirty."""
-        if not self.content_changed:
-            self.store.mark_dirty(self.ino)
-            self.content_changed = True
-
     def write(self, offset: int, data: bytes) -> None:
-        self._begin()
+        self.content_changed = True
         end = offset + len(data)
         if end > self.size:
             self._grow(end)
@@ -162,7 +157,7 @@ class Draft:
         self.size = max(self.size, end)
 
     def truncate(self, new_size: int) -> None:
-        self._begin()
+        self.content_changed = True
         if new_size > self.size:
             self._grow(new_size)
         elif new_size < self.size:
@@ -182,6 +177,7 @@ class Draft:
             if new_size < self.floor:
                 self.floor = new_size
                 self.store.set_floor(self.ino, new_size)
+                self.floor_recorded = True
         self.size = new_size
 
     # -- committing
@@ -211,8 +207,20 @@ class Draft:
                 slots.append(self.store.ensure_zero(length))
         return Sealed(self.ino, self.size, slots, work)
 
+    def discard(self) -> None:
+        """Drop every uncommitted write, and with them the dirty mark."""
+        for i in self.work:
+            self.store.drop_work(self.ino, i)
+        self.work = {}
+        if self.floor_recorded:
+            self.store.drop_floor(self.ino)
+
     def rebase(self, chunks: list[bytes], size: int) -> None:
-        """After a commit: the committed version is the new base; nothing is pending."""
+        """After a commit (whose working chunks went into the store): the committed version
+        is the new base; nothing is pending."""
+        if self.floor_recorded:
+            self.store.drop_floor(self.ino)
+            self.floor_recorded = False
         self.base = list(chunks)
         self.size = size
         self.floor = size

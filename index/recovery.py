@@ -1,7 +1,7 @@
 """Crash recovery, run before a mount serves (DESIGN rule 1).
 
 A file that was being written when its process died is marked dirty: its uncommitted
-writes sit in its working directory, store/work/<ino>/. It keeps its last committed version;
+writes sit in its working chunks, store/work/<ino>.<index>. It keeps its last committed version;
 what was written since becomes NAME.sync-recovered-YYYYMMDD-HHMMSS.EXT beside it, an
 ordinary new file, so nothing is published as if closed and nothing is lost.
 """

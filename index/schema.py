@@ -42,8 +42,8 @@ CREATE TABLE inodes (
     target      BLOB,                        -- symlink target
     local       INTEGER NOT NULL DEFAULT 1   -- 1 when every chunk is in the store
 );
--- A file with uncommitted writes is marked dirty by its working directory in the store,
--- store/work/<ino>/ (index/store.py), not by a column: so writing costs no SQLite write.
+-- A file with uncommitted writes is marked dirty by its working chunks in the store,
+-- store/work/<ino>.<index> (index/store.py), not by a column: writing costs no SQLite.
 
 -- Nodes: the synced identity of each file, directory and symlink. A hard link is a second
 -- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode.

@@ -2,9 +2,10 @@
 
 Layout under the store root:
     chunks/ab/abcdef...   committed chunks (the two-hex-digit fan-out is made at init)
-    work/<ino>/<index>    working chunks of a file with uncommitted writes (see draft.py);
-    work/<ino>/floor      the lowest size since the draft began, when below the committed
-                          size. The directory work/<ino>/ is the file's dirty mark.
+    work/<ino>.<index>    working chunks of a file with uncommitted writes (see draft.py);
+                          the first one is the file's dirty mark
+    work/<ino>.floor      the lowest size since the draft began, when below the committed
+                          size
 
 A file's content is its chunk list; its hash is BLAKE3 over the concatenated digests. Every
 chunk is CHUNK bytes except the last, which may be shorter. Committed chunks are never
@@ -13,7 +14,7 @@ modified: a write goes to a working chunk that is renamed into place at commit.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -138,10 +139,8 @@ class ChunkStore:
 
     def remove(self, digest: bytes) -> None:
         self.fds.drop(digest)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.chunk_path(digest))
-        except FileNotFoundError:
-            pass
 
     def verify(self, digest: bytes) -> bool:
         try:
@@ -150,73 +149,68 @@ class ChunkStore:
             return False
         return digest_of(data) == digest
 
-    # -- working chunks
+    # -- working chunks: store/work/<ino>.<index>, and <ino>.floor. A file's first working
+    # chunk is its dirty mark (DESIGN rule 1): marking costs no syscall of its own.
 
     def work_path(self, ino: int, index: int) -> Path:
-        return self.work_dir / str(ino) / str(index)
+        return self.work_dir / f"{ino}.{index}"
 
     def work_fd(self, ino: int, index: int) -> int:
         return self.fds.get(("w", ino, index), self.work_path(ino, index),
                             os.O_RDWR | os.O_CREAT)
 
-    def mark_dirty(self, ino: int) -> None:
-        """Before a file's first uncommitted write: its working directory is its mark."""
-        try:
-            os.mkdir(self.work_dir / str(ino))
-        except FileExistsError:
-            pass
+    def drop_work(self, ino: int, index: int) -> None:
+        self.fds.drop(("w", ino, index))
+        _unlink(self.work_path(ino, index))
 
     def set_floor(self, ino: int, floor: int) -> None:
         """A truncate lowered the draft below its committed size: recovery must not take
-        committed bytes above `floor` (store-then-rename, so never half written)."""
-        tmp = self.work_dir / str(ino) / "floor.tmp"
+        committed bytes above `floor` (write-then-rename, so never half written)."""
+        tmp = self.work_dir / f"{ino}.floor.tmp"
         tmp.write_text(str(floor))
-        os.rename(tmp, tmp.with_name("floor"))
+        os.rename(tmp, self.work_dir / f"{ino}.floor")
+
+    def drop_floor(self, ino: int) -> None:
+        _unlink(self.work_dir / f"{ino}.floor")
 
     def floor(self, ino: int) -> int | None:
         try:
-            return int((self.work_dir / str(ino) / "floor").read_text())
+            return int((self.work_dir / f"{ino}.floor").read_text())
         except (FileNotFoundError, ValueError):
             return None
 
+    def _work_files(self) -> dict[int, dict[str, Path]]:
+        files: dict[int, dict[str, Path]] = {}
+        for name in os.listdir(self.work_dir):
+            ino, _, part = name.partition(".")
+            if ino.isdigit():
+                files.setdefault(int(ino), {})[part] = self.work_dir / name
+        return files
+
     def dirty_inodes(self) -> list[int]:
-        return [int(n) for n in os.listdir(self.work_dir) if n.isdigit()]
-
-    def drop_work(self, ino: int, index: int) -> None:
-        self.fds.drop(("w", ino, index))
-        try:
-            os.unlink(self.work_path(ino, index))
-        except FileNotFoundError:
-            pass
-
-    def clear_work(self, ino: int) -> None:
-        """Remove an inode's working directory, and with it its dirty mark (after a commit,
-        whose chunks were moved out of it, or a discard)."""
-        d = self.work_dir / str(ino)
-        try:
-            os.rmdir(d)  # the common case: a commit left it empty
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.ENOTEMPTY:
-                raise
-        for name in os.listdir(d):
-            if name.isdigit():
-                self.drop_work(ino, int(name))
-            else:
-                os.unlink(d / name)
-        os.rmdir(d)
+        """Inodes with uncommitted writes (only a mount's start and status scan for them)."""
+        return sorted(ino for ino, parts in self._work_files().items()
+                      if any(p.isdigit() for p in parts))
 
     def work_chunks(self, ino: int) -> dict[int, Path]:
-        d = self.work_dir / str(ino)
-        try:
-            return {int(n): d / n for n in os.listdir(d) if n.isdigit()}
-        except FileNotFoundError:
-            return {}
+        parts = self._work_files().get(ino, {})
+        return {int(p): path for p, path in parts.items() if p.isdigit()}
+
+    def clear_work(self, ino: int) -> None:
+        """Remove everything an inode left in the work area (recovery, discard)."""
+        for part in self._work_files().get(ino, {}):
+            if part.isdigit():
+                self.drop_work(ino, int(part))
+            else:
+                _unlink(self.work_dir / f"{ino}.{part}")
 
     def close(self) -> None:
         self.fds.close()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def hash_file(path: Path) -> bytes:

@@ -2,7 +2,7 @@
 
 A file's writes gather in a Draft (index/draft.py) and become one committed version at
 flush or fsync (DESIGN rule 1): no SQLite on the write path. The dirty mark is the file's
-working directory in the store, made at its first write after a commit.
+first working chunk in the store (index/store.py).
 
 Lock: `Content.locks[ino]`, a trio.Lock per inode with a draft. It serialises write,
 truncate and commit of that inode, because a commit awaits a worker thread (hashing,
@@ -69,7 +69,8 @@ class Content:
     async def commit(self, ino: int, durable: bool = False) -> bool:
         """Make the draft the committed version: hash, install chunks, then one transaction.
         With `durable` (fsync), chunks reach the disk before the database commit, and that
-        commit is a full sync (the WAL is synced with it). Returns whether there was anything to commit."""
+        commit is a full sync (the WAL is synced with it). Returns whether there was
+        anything to commit."""
         if ino not in self.drafts:
             return False
         async with self.lock(ino):
@@ -97,8 +98,6 @@ class Content:
             finally:
                 if durable:
                     self.catalog.conn.execute("PRAGMA synchronous = NORMAL")
-            if draft.content_changed:
-                self.store.clear_work(ino)
             draft.rebase(chunks, sealed.size)
             for digest in garbage:
                 self.store.remove(digest)
@@ -123,6 +122,7 @@ class Content:
 
     def discard(self, ino: int) -> None:
         """Drop uncommitted writes of an inode that has no names left."""
-        self.drafts.pop(ino, None)
+        draft = self.drafts.pop(ino, None)
+        if draft is not None:
+            draft.discard()
         self.locks.pop(ino, None)
-        self.store.clear_work(ino)

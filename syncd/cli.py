@@ -16,7 +16,15 @@ from pathlib import Path
 
 from index.schema import SchemaError
 from syncd.home import (
-    FAILURE, OK, STATE, UNREACHABLE, USAGE, Home, UserError, default_home, mount_table,
+    FAILURE,
+    OK,
+    STATE,
+    UNREACHABLE,
+    USAGE,
+    Home,
+    UserError,
+    default_home,
+    mount_table,
 )
 from syncd.status import print_status
 

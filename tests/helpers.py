@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,10 +93,9 @@ class Mount:
         self.path = path
 
     def start(self, *extra: str) -> Mount:
-        try:
+        # mkdir, not exists(): a dead mount there answers stat with ENOTCONN
+        with contextlib.suppress(FileExistsError):
             self.path.mkdir()
-        except FileExistsError:  # without stat: a dead mount there answers ENOTCONN
-            pass
         syncd(self.home, "mount", str(self.path), *extra)
         assert fuse_mounts().get(str(self.path)) == "fuse.syncd"
         return self

@@ -13,7 +13,15 @@ import pytest
 
 from tests.conftest import needs_fuse
 from tests.helpers import (
-    SYNCD, Mount, alive, force_cleanup, fuse_mounts, lock_pid, status, syncd, wait_for,
+    SYNCD,
+    Mount,
+    alive,
+    force_cleanup,
+    fuse_mounts,
+    lock_pid,
+    status,
+    syncd,
+    wait_for,
 )
 
 

@@ -164,8 +164,6 @@ def _commit(c: Catalog, ino: int, draft: Draft) -> None:
                                draft.mode, draft.content_changed)
     for digest in garbage:
         c.store.remove(digest)
-    if draft.content_changed:
-        c.store.clear_work(ino)
     draft.rebase(sealed.chunk_list(), sealed.size)
 
 
@@ -266,7 +264,7 @@ def test_recovery_after_truncate_takes_no_bytes_above_the_floor(cat):
     d = Draft(cat.store, ino, [], 0)
     d.write(0, b"x" * (CHUNK + 100))
     _commit(cat, ino, d)
-    d.truncate(10)  # marks it dirty, and records the floor
+    d.truncate(10)  # records the floor
     d.write(2 * CHUNK, b"end")  # a sparse write past a hole
     [name] = recover(cat, cat.store)
     r = cat.lookup(ROOT, name)
