@@ -154,7 +154,8 @@ class Draft:
             os.pwrite(fd, piece, within)
             wc.wrote(within, piece)
             pos += n
-        self.size = max(self.size, end)
+            # per piece: if a later piece fails (ENOSPC), what was written stays consistent
+            self.size = max(self.size, pos)
 
     def truncate(self, new_size: int) -> None:
         self.content_changed = True
@@ -186,6 +187,9 @@ class Draft:
         """Fix the final chunk list. Working chunks are brought to their exact length (a
         shorter one grows with zeros, as reads showed it); holes become zero chunks."""
         nchunks = -(-self.size // CHUNK)
+        for i in [i for i in self.work if i >= nchunks]:  # left by a write that failed
+            del self.work[i]
+            self.store.drop_work(self.ino, i)
         slots: list[bytes | None] = []
         work: dict[int, WorkChunk] = {}
         for i in range(nchunks):

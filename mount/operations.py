@@ -355,10 +355,13 @@ class Filesystem(pyfuse3.Operations):
                 log.exception("forget of inode %d failed", ino)
 
     def _maybe_purge(self, ino: int) -> None:
-        if ino == pyfuse3.ROOT_INODE or self.lookups[ino] > 0 or self.opened[ino] > 0:
-            return
-        if self.catalog.nodes_of(ino):
+        """Drop what an inode without names no longer needs: its uncommitted writes once
+        no handle is open (nobody can reach them), the inode itself once the kernel has
+        forgotten it too."""
+        if ino == pyfuse3.ROOT_INODE or self.opened[ino] > 0 or self.catalog.nodes_of(ino):
             return
         self.content.discard(ino)
+        if self.lookups[ino] > 0:
+            return
         for digest in self.catalog.purge_inode(ino):
             self.store.remove(digest)
