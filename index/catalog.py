@@ -82,10 +82,9 @@ class Catalog:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self.store = store
-        meta = dict(self.conn.execute("SELECT key, value FROM meta"))
-        self.device: str = meta["device_id"]
-        self.seq = int(meta["seq"])
-        self.clock = int(meta["clock"])
+        self.device: str = self.conn.execute(
+            "SELECT value FROM meta WHERE key = 'device_id'").fetchone()[0]
+        self._load_counters()
         self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
 
     # -- reading
@@ -177,29 +176,28 @@ class Catalog:
                 params += [json.dumps(vv, sort_keys=True), self.clock, self.device]
         self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
         self.conn.execute(
-            "INSERT INTO journal (seq, node, op, device, at, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            (self.seq, node, op, self.device, int(time.time()),
+            "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.seq, self.clock, node, op, self.device, int(time.time()),
              json.dumps(detail, sort_keys=True) if detail else None),
         )
-        self.conn.execute(
-            "UPDATE meta SET value = ? WHERE key = 'seq'", (self.seq,)
-        )
-        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'clock'", (self.clock,))
 
     def _transaction(self):
         return self.db.atomic()
 
-    def _rollback_counters(self) -> None:
-        """A failed transaction rolled back: reload the counters it advanced."""
-        meta = dict(self.conn.execute("SELECT key, value FROM meta"))
-        self.seq, self.clock = int(meta["seq"]), int(meta["clock"])
+    def _load_counters(self) -> None:
+        """The sequence number and clock are those of the last journal row. Also used when
+        a failed transaction rolled back the counters it advanced."""
+        row = self.conn.execute(
+            "SELECT seq, clock FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+        self.seq, self.clock = row if row else (0, 0)
 
     def _atomic(self, fn, *args):
         try:
             with self._transaction():
                 return fn(*args)
         except BaseException:
-            self._rollback_counters()
+            self._load_counters()
             raise
 
     # -- creating

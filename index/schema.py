@@ -17,8 +17,8 @@ ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 
 SCHEMA = """
--- Key/value facts about this device: device_id, seq (last sequence number stamped),
--- clock (Lamport counter), created (unix seconds).
+-- Key/value facts about this device: device_id, created (unix seconds). The sequence number
+-- and the Lamport clock are those of the last journal row (every stamp writes one).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value
@@ -50,7 +50,7 @@ CREATE TABLE inodes (
 -- Each of content, mode and placement carries a version vector (JSON {device: counter}), a
 -- Lamport clock and the device that made that version (DESIGN, "The data model").
 CREATE TABLE nodes (
-    entry          INTEGER PRIMARY KEY AUTOINCREMENT,  -- local; stable readdir offset
+    entry          INTEGER PRIMARY KEY,  -- local; readdir offset (stable, increasing)
     id             TEXT NOT NULL UNIQUE,               -- global id '<device>:<counter>'
     kind           TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
     ino            INTEGER REFERENCES inodes (ino),
@@ -78,6 +78,7 @@ CREATE INDEX nodes_seq ON nodes (seq);
 -- History: one row per change, in the same transaction as the change (rule 1).
 CREATE TABLE journal (
     seq    INTEGER PRIMARY KEY,
+    clock  INTEGER NOT NULL,     -- the Lamport clock after this change
     node   TEXT NOT NULL,
     op     TEXT NOT NULL,        -- create, content, mode, rename, delete, recover
     device TEXT NOT NULL,        -- the device that made the change
@@ -96,6 +97,12 @@ CREATE TABLE chunks (
 
 class SchemaError(Exception):
     """The database is of a schema this version cannot open."""
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database file. The mount runs this on a worker thread with
+    a connection of its own, so commits on the trio thread never pay for it."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
@@ -123,8 +130,8 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
     db.conn.executescript(
         f"""BEGIN;
         {SCHEMA};
-        INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'), ('seq', 0),
-            ('clock', 0), ('created', {now_ns // 10**9});
+        INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
+            ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)
             VALUES ({ROOT_INO}, 'dir', {0o755}, {int(uid)}, {int(gid)}, {now_ns}, {now_ns},
                     {now_ns});

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+import sqlite3
 from collections.abc import Callable
 
 import pyfuse3
@@ -33,6 +34,7 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
             db = schema.open_db(home.db_path)
         except schema.SchemaError as e:
             raise UserError(str(e), FAILURE) from None
+        db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoints
         store = ChunkStore(home.store_path)
         catalog = Catalog(db, store)
         for name in recover(catalog, store):
@@ -52,7 +54,7 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
             raise UserError(f"cannot mount on {mountpoint}: {e}", FAILURE) from None
         ready()
         try:
-            trio.run(_main)
+            trio.run(_main, home.db_path)
         finally:
             pyfuse3.close(unmount=True)
             dirty = [ino for ino, d in fs.content.drafts.items() if d.dirty]
@@ -71,11 +73,24 @@ def _fsname(home: Home) -> str:
     return f"fsname=syncd:{path}" if "," not in path else "fsname=syncd"
 
 
-async def _main() -> None:
+async def _main(db_path) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_checkpoints, db_path)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _checkpoints(db_path, interval: float = 1.0) -> None:
+    """Checkpoint the WAL on a worker thread, off the request path (the serving
+    connection has autocheckpoint off). Its own connection, used by one thread at a time."""
+    conn = sqlite3.connect(db_path, check_same_thread=False)
+    try:
+        while True:
+            await trio.sleep(interval)
+            await trio.to_thread.run_sync(schema.checkpoint, conn)
+    finally:
+        conn.close()
 
 
 async def _stop_on_signal() -> None:

@@ -31,6 +31,7 @@ def collect(home: Home) -> dict:
     db = schema.open_db(home.db_path, readonly=True)
     try:
         meta = dict(db.conn.execute("SELECT key, value FROM meta"))
+        meta["seq"] = db.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
         total, local, pinned, conflicts, size, size_local = db.conn.execute(
             FILE_COUNTS).fetchone()
         dirty = len(ChunkStore(home.store_path).dirty_inodes())
