@@ -37,7 +37,7 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
 
 
 def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
-                  work: dict[int, os.PathLike]) -> str:
+                  work: dict[int, str]) -> str:
     """The draft as it stood: working chunks, over committed bytes below `floor`, over
     zeros. Its size: the larger of `floor` and the end of the last working chunk."""
     base = catalog.chunks(ino)
