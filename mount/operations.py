@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from index.catalog import Catalog, Inode, check_name
@@ -97,6 +98,10 @@ class Filesystem(pyfuse3.Operations):
         self.opened: Counter[int] = Counter()  # open handles per inode
         self.writers: Counter[int] = Counter()  # open writable handles per inode
         self._next_fh = 1
+        self.initialized = trio.Event()  # the kernel's INIT has been answered
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # -- attributes
 

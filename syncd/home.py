@@ -149,14 +149,15 @@ class Home:
             return None
 
 
-def mount_table() -> dict[str, str]:
-    """Mount point -> file system type, from the kernel's table of this mount namespace."""
+def mount_table(field: str = "type") -> dict[str, str]:
+    """Mount point -> file system type (or "device", major:minor), from the kernel's table
+    of this mount namespace."""
     table = {}
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split()
-            sep = fields.index(b"-")
-            table[_unescape(fields[4])] = _unescape(fields[sep + 1])
+            value = fields[2] if field == "device" else fields[fields.index(b"-") + 1]
+            table[_unescape(fields[4])] = _unescape(value)
     return table
 
 
