@@ -305,11 +305,14 @@ class Filesystem(pyfuse3.Operations):
     @handler
     async def open(self, inode, flags, ctx):
         info = self._open_handle(inode, flags)
-        # libfuse enables ATOMIC_O_TRUNC, so O_TRUNC arrives here, not as a setattr.
-        if flags & os.O_TRUNC and self.handles[info.fh].writable:
+        # libfuse enables ATOMIC_O_TRUNC, so O_TRUNC arrives here, not as a setattr. Linux
+        # honours it even for O_RDONLY (the kernel has checked write permission).
+        if flags & os.O_TRUNC:
             current = self.content.drafts.get(inode)
             if (current.size if current else self.catalog.inode(inode).size) > 0:
                 await self.content.truncate(inode, 0)
+                if not self.writers[inode]:  # no flush of a writer will commit it
+                    await self.content.commit(inode)
         return info
 
     @handler
