@@ -79,7 +79,13 @@ class Content:
                 return False
             sealed = draft.seal()
             if sealed.pending_bytes() > INLINE_HASH_BYTES:
-                await trio.to_thread.run_sync(sealed.hash_pending, self.store)
+                try:
+                    await trio.to_thread.run_sync(sealed.hash_pending, self.store)
+                except FileNotFoundError:
+                    if self.drafts.get(ino) is draft:
+                        raise
+                if self.drafts.get(ino) is not draft:
+                    return False  # discarded meanwhile: its last name is gone
             else:
                 sealed.hash_pending(self.store)
             self._install(sealed)

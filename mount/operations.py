@@ -341,12 +341,16 @@ class Filesystem(pyfuse3.Operations):
     @handler
     async def release(self, fh):
         h = self.handles.pop(fh)
-        self.opened[h.ino] -= 1
-        if h.writable:
-            self.writers[h.ino] -= 1
-            if not self.writers[h.ino]:
-                del self.writers[h.ino]
-                await self.content.commit(h.ino)
+        try:
+            if h.writable:
+                self.writers[h.ino] -= 1
+                if not self.writers[h.ino]:
+                    del self.writers[h.ino]
+                    await self.content.commit(h.ino)
+        finally:
+            # Counted open until the commit is done, so an unlink meanwhile cannot
+            # discard the draft under it.
+            self.opened[h.ino] -= 1
         if not self.opened[h.ino]:
             del self.opened[h.ino]
             self.content.close(h.ino)

@@ -4,11 +4,13 @@ and the boundary's error translation."""
 from __future__ import annotations
 
 import errno
+import os
 from types import SimpleNamespace
 
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from index import schema
 from index.store import ChunkStore
@@ -109,3 +111,24 @@ def test_truncate_of_a_closed_file_commits_at_once(fs):
     out = run(fs.setattr, attrs.st_ino, a, fields, None, Ctx())
     assert out.st_size == 4 and fs.catalog.inode(attrs.st_ino).size == 4
     assert fs.catalog.seq == seq + 1 and attrs.st_ino not in fs.content.drafts
+
+
+def test_unlink_during_the_final_commit_of_a_release(fs):
+    """release() commits on a worker thread when much is pending; an unlink landing
+    meanwhile must not discard the draft under it."""
+    info, attrs = run(fs.create, ROOT, b"f", 0o644, 0o1, Ctx())
+    half = 1 << 19
+    for chunk in range(3):  # each chunk's halves out of order: hashed at commit, on a thread
+        run(fs.write, info.fh, chunk * 2 * half + half, os.urandom(half))
+        run(fs.write, info.fh, chunk * 2 * half, os.urandom(half))
+
+    async def race():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.release, info.fh)
+            await trio.testing.wait_all_tasks_blocked()  # release is in its thread hop
+            await fs.unlink(ROOT, b"f", Ctx())
+
+    run(race)
+    run(fs.forget, [(attrs.st_ino, 1)])
+    assert fuse_errno(fs.getattr, attrs.st_ino, Ctx()) == errno.ENOENT
+    assert fs.store.dirty_inodes() == []
