@@ -212,27 +212,28 @@ class Catalog:
         parent = self.dir_node(parent_ino)
 
         def run() -> Entry:
-            if self._live(parent, name):
-                raise fail(errno.EEXIST, name)
-            chunks = b""
             size = len(target) if target is not None else 0
-            digest = file_hash(chunks) if kind == "file" else None
+            digest = file_hash(b"") if kind == "file" else None
             if kind == "symlink":
                 digest = "blake3:" + digest_of(target or b"").hex()
-            cur = self.conn.execute(
+            mode_bits = mode & 0o7777
+            ino = self.conn.execute(
                 "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
-                " hash, chunks, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, mode & 0o7777, uid, gid, size, now, now, now, digest, chunks, target),
-            )
-            ino = cur.lastrowid
+                " hash, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, mode_bits, uid, gid, size, now, now, now, digest, target),
+            ).lastrowid
             node = f"{self.device}:{self.seq + 1}"
-            self.conn.execute(
-                "INSERT INTO nodes (id, kind, ino, parent, name, seq) VALUES (?, ?, ?, ?, ?, 0)",
-                (node, kind, ino, parent, name),
-            )
+            try:
+                entry = self.conn.execute(
+                    "INSERT INTO nodes (id, kind, ino, parent, name, seq)"
+                    " VALUES (?, ?, ?, ?, ?, 0)", (node, kind, ino, parent, name),
+                ).lastrowid
+            except sqlite3.IntegrityError:  # nodes_name: one live node per name
+                raise fail(errno.EEXIST, name) from None
             self._stamp(node, "create", ASPECTS, {"kind": kind})
             self._touch_dir(parent_ino, now)
-            return self.lookup(parent_ino, name)
+            return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, now,
+                                                  now, now, digest, target, 1))
 
         return self._atomic(run)
 
