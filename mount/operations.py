@@ -112,7 +112,7 @@ class Filesystem(pyfuse3.Operations):
         draft = self.content.drafts.get(inode.ino)
         if draft is not None:
             size = draft.size
-            mtime = draft.mtime_ns or mtime
+            mtime = mtime if draft.mtime_ns is None else draft.mtime_ns
             mode = mode if draft.mode is None else draft.mode
             uid, gid = draft.owner.get("uid", uid), draft.owner.get("gid", gid)
         a.st_ino = inode.ino
@@ -306,14 +306,27 @@ class Filesystem(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         info = self._open_handle(inode, flags)
         # libfuse enables ATOMIC_O_TRUNC, so O_TRUNC arrives here, not as a setattr. Linux
-        # honours it even for O_RDONLY (the kernel has checked write permission).
+        # honours it even for O_RDONLY (the kernel has checked write permission), and
+        # renews the mtime even of an empty file.
         if flags & os.O_TRUNC:
-            current = self.content.drafts.get(inode)
-            if (current.size if current else self.catalog.inode(inode).size) > 0:
-                await self.content.truncate(inode, 0)
-                if not self.writers[inode]:  # no flush of a writer will commit it
-                    await self.content.commit(inode)
+            await self.content.truncate(inode, 0)
+            if ctx.uid != 0:
+                self._drop_set_id_bits(inode)
+            if not self.writers[inode]:  # no flush of a writer will commit it
+                await self.content.commit(inode)
         return info
+
+    def _drop_set_id_bits(self, ino: int) -> None:
+        """What the kernel does on write or truncate by a caller without CAP_FSETID, and
+        leaves to us for O_TRUNC: drop set-user-ID, and set-group-ID when group-executable
+        (folds into the commit)."""
+        draft = self.content.draft(ino)
+        mode = self.catalog.inode(ino).mode if draft.mode is None else draft.mode
+        kept = mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            kept &= ~stat.S_ISGID
+        if kept != mode:
+            draft.mode = kept
 
     @handler
     async def read(self, fh, off, size):
