@@ -382,8 +382,9 @@ class Catalog:
         self._atomic(run)
 
     def set_local(self, ino: int, **columns: int) -> None:
-        """Owner, atime and ctime: local facts, not versioned, no stamp."""
-        assert set(columns) <= {"uid", "gid", "atime_ns", "ctime_ns"}
+        """Owner, atime, ctime and a directory's mtime: local facts, not versioned, no
+        stamp."""
+        assert set(columns) <= {"uid", "gid", "atime_ns", "ctime_ns", "mtime_ns"}
         sets = ", ".join(f"{c} = ?" for c in columns)
         with self._transaction():
             self.conn.execute(

@@ -170,12 +170,14 @@ class Filesystem(pyfuse3.Operations):
                 self.content.draft(inode).mode = attr.st_mode & 0o7777
             else:
                 self.catalog.set_mode(inode, attr.st_mode)
+        local = {}
         if fields.update_mtime:
             if open_for_writing:
                 self.content.draft(inode).mtime_ns = attr.st_mtime_ns
+            elif current.kind == "dir":  # no content version: a directory's mtime is local
+                local["mtime_ns"] = attr.st_mtime_ns
             else:
                 self.catalog.set_mtime(inode, attr.st_mtime_ns)
-        local = {}
         if fields.update_uid:
             local["uid"] = attr.st_uid
         if fields.update_gid:

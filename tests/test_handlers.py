@@ -132,3 +132,15 @@ def test_unlink_during_the_final_commit_of_a_release(fs):
     run(fs.forget, [(attrs.st_ino, 1)])
     assert fuse_errno(fs.getattr, attrs.st_ino, Ctx()) == errno.ENOENT
     assert fs.store.dirty_inodes() == []
+
+
+def test_utime_of_a_directory_is_local(fs):
+    d = run(fs.mkdir, ROOT, b"d", 0o755, Ctx())
+    seq = fs.catalog.seq
+    a = pyfuse3.EntryAttributes()
+    a.st_mtime_ns = 123
+    fields = SimpleNamespace(update_size=False, update_mode=False, update_uid=False,
+                             update_gid=False, update_atime=False, update_mtime=True,
+                             update_ctime=False)
+    assert run(fs.setattr, d.st_ino, a, fields, None, Ctx()).st_mtime_ns == 123
+    assert fs.catalog.seq == seq  # no change to sync: directories have no content version
