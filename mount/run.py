@@ -4,6 +4,7 @@ signalled, then unmount and close. One mount per process (pyfuse3 keeps global s
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import sqlite3
@@ -51,7 +52,11 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         try:
             pyfuse3.init(fs, mountpoint, options)
         except RuntimeError as e:
-            raise UserError(f"cannot mount on {mountpoint}: {e}", FAILURE) from None
+            hint = ""
+            if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+                hint = (f" (/dev/fuse is mode {os.stat('/dev/fuse').st_mode & 0o777:o} and "
+                        "not usable by you; Debian makes it 0666)")
+            raise UserError(f"cannot mount on {mountpoint}: {e}{hint}", FAILURE) from None
         ready()
         try:
             trio.run(_main, fs, home.db_path, mountpoint)
