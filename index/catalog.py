@@ -282,18 +282,18 @@ class Catalog:
             raise fail(errno.EISDIR, name)
         if is_dir and self._has_children(entry.node):
             raise fail(errno.ENOTEMPTY, name)
-        self._tombstone(entry.node)
+        self._tombstone(entry)
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
         return entry.inode.ino
 
-    def _tombstone(self, node: str) -> None:
-        self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?", (node,))
-        self._stamp(node, "delete", ASPECTS, None)
-        for ino, cached in list(self._dir_nodes.items()):
-            if cached == node:
-                del self._dir_nodes[ino]
+    def _tombstone(self, entry: Entry) -> None:
+        self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
+                          (entry.node,))
+        self._stamp(entry.node, "delete", ASPECTS, None)
+        if entry.inode.kind == "dir":
+            self._dir_nodes.pop(entry.inode.ino, None)
 
     # -- renaming
 
@@ -336,14 +336,14 @@ class Catalog:
                 )
                 self._stamp(dst.node, "content", ("content", "mode"),
                             {"replaced_by": src.node})
-                self._tombstone(src.node)
+                self._tombstone(src)
                 self._touch_dir(old_parent, now)
                 self._touch_dir(new_parent, now)
                 self.conn.execute(
                     "UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino)
                 )
                 return dst.inode.ino
-            self._tombstone(dst.node)
+            self._tombstone(dst)
         self.conn.execute(
             "UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
             (new_parent_node, new_name, src.node),
