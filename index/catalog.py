@@ -182,9 +182,6 @@ class Catalog:
              json.dumps(detail, sort_keys=True) if detail else None),
         )
 
-    def _transaction(self):
-        return self.db.atomic()
-
     def _load_counters(self) -> None:
         """The sequence number and clock are those of the last journal row. Also used when
         a failed transaction rolled back the counters it advanced."""
@@ -194,7 +191,7 @@ class Catalog:
 
     def _atomic(self, fn, *args):
         try:
-            with self._transaction():
+            with self.db.atomic():
                 return fn(*args)
         except BaseException:
             self._load_counters()
@@ -386,7 +383,7 @@ class Catalog:
         stamp."""
         assert set(columns) <= {"uid", "gid", "atime_ns", "ctime_ns", "mtime_ns"}
         sets = ", ".join(f"{c} = ?" for c in columns)
-        with self._transaction():
+        with self.db.atomic():
             self.conn.execute(
                 f"UPDATE inodes SET {sets} WHERE ino = ?", (*columns.values(), ino)
             )

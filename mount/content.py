@@ -71,7 +71,8 @@ class Content:
         With `durable` (fsync), chunks reach the disk before the database commit, and that
         commit is a full sync (the WAL is synced with it). Returns whether there was
         anything to commit."""
-        if ino not in self.drafts:
+        draft = self.drafts.get(ino)
+        if draft is None or not draft.dirty:  # every close ends here: skip the lock
             return False
         async with self.lock(ino):
             draft = self.drafts.get(ino)

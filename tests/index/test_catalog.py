@@ -166,10 +166,19 @@ def _commit(c: Catalog, ino: int, draft: Draft) -> None:
     draft.rebase(sealed.chunk_list(), sealed.size)
 
 
+def new_file(c: Catalog, name: str) -> tuple[str, int, Draft]:
+    """A new empty file: its node id, its inode, and an empty draft to write into."""
+    e = c.create(ROOT, name, "file", 0o644, 0, 0)
+    return e.node, e.inode.ino, Draft(c.store, e.inode.ino, [], 0)
+
+
+def committed(c: Catalog, ino: int, n: int = 4 * CHUNK) -> bytes:
+    """The committed content of an inode, read through a fresh draft."""
+    return Draft(c.store, ino, c.chunks(ino), c.inode(ino).size).read(0, n)
+
+
 def test_many_writes_commit_as_one_change_with_its_metadata(cat):
-    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
-    ino = f.inode.ino
-    d = Draft(cat.store, ino, [], 0)
+    file_node, ino, d = new_file(cat, "f")
     data = os.urandom(2 * CHUNK + 5)
     for off in range(0, len(data), 4096):
         d.write(off, data[off : off + 4096])
@@ -177,8 +186,8 @@ def test_many_writes_commit_as_one_change_with_its_metadata(cat):
     d.mtime_ns = 123
     n = len(journal(cat))
     _commit(cat, ino, d)
-    assert journal(cat)[n:] == [(f.node, "content")]  # one change, not one per write
-    row = node(cat, f.node)
+    assert journal(cat)[n:] == [(file_node, "content")]  # one change, not one per write
+    row = node(cat, file_node)
     assert json.loads(row["content_vv"]) == json.loads(row["mode_vv"]) == {DEVICE: n + 1}
     inode = cat.inode(ino)
     assert (inode.size, inode.mode, inode.mtime_ns) == (len(data), 0o600, 123)
@@ -208,9 +217,7 @@ def test_identical_chunks_are_stored_once_and_collected(cat):
 
 
 def test_copy_on_write_leaves_committed_chunks_alone(cat):
-    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
-    ino = f.inode.ino
-    d = Draft(cat.store, ino, [], 0)
+    file_node, ino, d = new_file(cat, "f")
     d.write(0, b"a" * (CHUNK + 10))
     _commit(cat, ino, d)
     first = cat.chunks(ino)
@@ -222,9 +229,7 @@ def test_copy_on_write_leaves_committed_chunks_alone(cat):
 
 
 def test_sparse_and_truncate_read_back(cat):
-    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
-    ino = f.inode.ino
-    d = Draft(cat.store, ino, [], 0)
+    file_node, ino, d = new_file(cat, "f")
     d.write(3 * CHUNK + 1, b"z")
     d.truncate(CHUNK + 3)
     d.truncate(2 * CHUNK)
@@ -233,14 +238,11 @@ def test_sparse_and_truncate_read_back(cat):
     expect[10:11] = b"q"
     assert d.read(0, 3 * CHUNK) == bytes(expect)
     _commit(cat, ino, d)
-    fresh = Draft(cat.store, ino, cat.chunks(ino), cat.inode(ino).size)
-    assert fresh.read(0, 3 * CHUNK) == bytes(expect)
+    assert committed(cat, ino) == bytes(expect)
 
 
 def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
-    f = cat.create(ROOT, "notes.txt", "file", 0o644, 0, 0)
-    ino = f.inode.ino
-    d = Draft(cat.store, ino, [], 0)
+    file_node, ino, d = new_file(cat, "notes.txt")
     d.write(0, b"committed")
     _commit(cat, ino, d)
     # then a writer that never closes: its draft is marked dirty, as the mount does
@@ -248,28 +250,22 @@ def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
     recovered = recover(cat, cat.store)
     assert len(recovered) == 1 and recovered[0].startswith("notes.sync-recovered-")
     assert recovered[0].endswith(".txt")
-    assert Draft(cat.store, ino, cat.chunks(ino), cat.inode(ino).size).read(0, 100) == (
-        b"committed")
+    assert committed(cat, ino) == b"committed"
     r = cat.lookup(ROOT, recovered[0])
-    assert Draft(cat.store, r.inode.ino, cat.chunks(r.inode.ino), r.inode.size).read(
-        0, 100) == b"UNSAVEDed"
+    assert committed(cat, r.inode.ino) == b"UNSAVEDed"
     assert cat.store.dirty_inodes() == []
     assert recover(cat, cat.store) == []  # recovered once
 
 
 def test_recovery_after_truncate_takes_no_bytes_above_the_floor(cat):
-    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
-    ino = f.inode.ino
-    d = Draft(cat.store, ino, [], 0)
+    file_node, ino, d = new_file(cat, "f")
     d.write(0, b"x" * (CHUNK + 100))
     _commit(cat, ino, d)
     d.truncate(10)  # records the floor
     d.write(2 * CHUNK, b"end")  # a sparse write past a hole
     [name] = recover(cat, cat.store)
     r = cat.lookup(ROOT, name)
-    data = Draft(cat.store, r.inode.ino, cat.chunks(r.inode.ino), r.inode.size).read(
-        0, 3 * CHUNK)
-    assert data == b"x" * 10 + bytes(2 * CHUNK - 10) + b"end"
+    assert committed(cat, r.inode.ino) == b"x" * 10 + bytes(2 * CHUNK - 10) + b"end"
 
 
 def test_seq_and_clock_survive_reopen(tmp_path, cat):
