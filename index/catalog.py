@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -86,6 +87,8 @@ class Catalog:
             "SELECT value FROM meta WHERE key = 'device_id'").fetchone()[0]
         self._load_counters()
         self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
+        # Called after every transaction that stamped something (the daemon's wake-up).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- reading
 
@@ -162,7 +165,7 @@ class Catalog:
     def _stamp(self, node: str, op: str, aspects: tuple[str, ...], detail: dict | None) -> None:
         self.seq += 1
         self.clock += 1
-        sets = ["seq = ?"]
+        sets = ["seq = ?", "origin = NULL"]
         params: list[object] = [self.seq]
         if aspects:
             row = self.conn.execute(
@@ -190,12 +193,16 @@ class Catalog:
         self.seq, self.clock = row if row else (0, 0)
 
     def _atomic(self, fn, *args):
+        before = self.seq
         try:
             with self.db.atomic():
-                return fn(*args)
+                result = fn(*args)
         except BaseException:
             self._load_counters()
             raise
+        if self.seq != before:
+            self.on_change()
+        return result
 
     # -- creating
 

@@ -1,7 +1,8 @@
 """The SQLite schema of a home's index, and opening it.
 
 The schema is the reference for what each column means. `PRAGMA user_version` holds
-SCHEMA_VERSION; `open_db` migrates older databases forward (none yet: version 1 is the first).
+SCHEMA_VERSION; `open_db` migrates older databases forward, one MIGRATIONS step per version,
+each in one transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 
@@ -68,7 +69,8 @@ CREATE TABLE nodes (
     mode_device    TEXT,
     place_vv       TEXT NOT NULL DEFAULT '{}',
     place_clock    INTEGER NOT NULL DEFAULT 0,
-    place_device   TEXT
+    place_device   TEXT,
+    origin         TEXT    -- device that sent the current state; NULL when changed here
 );
 CREATE UNIQUE INDEX nodes_name ON nodes (parent, name) WHERE deleted = 0;
 CREATE INDEX nodes_children ON nodes (parent, entry) WHERE deleted = 0;
@@ -86,6 +88,26 @@ CREATE TABLE journal (
     detail TEXT                  -- JSON, op-specific
 );
 
+-- Peers (DESIGN, "Peer states"). cursor: our sequence number up to which the peer has
+-- confirmed applying our changes (rule 5). state: unknown, online, offline or outofuse.
+CREATE TABLE peers (
+    name       TEXT PRIMARY KEY,
+    url        TEXT NOT NULL,
+    device     TEXT,                  -- learned at the first hello
+    state      TEXT NOT NULL DEFAULT 'unknown'
+               CHECK (state IN ('unknown', 'online', 'offline', 'outofuse')),
+    cursor     INTEGER NOT NULL DEFAULT 0,
+    last_seen  INTEGER,               -- unix seconds of the last answer
+    last_error TEXT
+);
+
+-- Remote node states whose parent has not arrived yet; applied when it does.
+CREATE TABLE limbo (
+    id     TEXT PRIMARY KEY,
+    state  TEXT NOT NULL,             -- the node state as received (JSON, docs/protocol.md)
+    origin TEXT NOT NULL
+);
+
 -- Committed chunks in the store, with how many inode chunk-list slots refer to each.
 CREATE TABLE chunks (
     hash BLOB PRIMARY KEY,
@@ -93,6 +115,25 @@ CREATE TABLE chunks (
     refs INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+# Each step takes a database of version N-1 to version N.
+MIGRATIONS = {
+    2: """
+        ALTER TABLE nodes ADD COLUMN origin TEXT;
+        CREATE TABLE peers (
+            name       TEXT PRIMARY KEY,
+            url        TEXT NOT NULL,
+            device     TEXT,
+            state      TEXT NOT NULL DEFAULT 'unknown'
+                       CHECK (state IN ('unknown', 'online', 'offline', 'outofuse')),
+            cursor     INTEGER NOT NULL DEFAULT 0,
+            last_seen  INTEGER,
+            last_error TEXT
+        );
+        CREATE TABLE limbo (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NULL);
+    """,
+}
 
 
 class SchemaError(Exception):
@@ -156,4 +197,15 @@ def open_db(path: Path, readonly: bool = False) -> sqlite_utils.Database:
         )
     if version < 1:
         raise SchemaError(f"{path} is not a syncd index (schema version {version})")
+    if version < SCHEMA_VERSION:
+        if readonly:
+            raise SchemaError(f"{path} has schema version {version}; mount it once with "
+                              "this syncd to upgrade it")
+        _migrate(db, version)
     return db
+
+
+def _migrate(db: sqlite_utils.Database, version: int) -> None:
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        db.conn.executescript(
+            f"BEGIN; {MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;")

@@ -28,6 +28,10 @@ def test_first_schema_opens_with_its_tree_intact(tmp_path):
     assert cat.lookup(schema.ROOT_INO, "tmp") is None  # a tombstone
     assert cat.seq == 13
     assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # version 2: peers, limbo and the origin of each node's state
+    assert db.conn.execute("SELECT count(*) FROM peers").fetchone() == (0,)
+    db.conn.execute("INSERT INTO peers (name, url) VALUES ('beta', 'http://127.0.0.1:1')")
+    assert db.conn.execute("SELECT count(*) FROM nodes WHERE origin IS NULL").fetchone()[0] > 0
 
 
 def test_newer_or_foreign_databases_are_refused(tmp_path):
@@ -42,3 +46,17 @@ def test_newer_or_foreign_databases_are_refused(tmp_path):
     sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(schema.SchemaError, match="not a syncd index"):
         schema.open_db(foreign)
+
+
+def test_migrated_schema_equals_a_fresh_one(tmp_path):
+    shutil.copy(DATA / "schema-v1.db", tmp_path / "old.db")
+    migrated = schema.open_db(tmp_path / "old.db")
+    fresh = schema.create(tmp_path / "new.db", "cd" * 16, 0, 0, 0)
+
+    def columns(db):
+        tables = [r[0] for r in db.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: [r[1:] for r in db.conn.execute(f"PRAGMA table_info({t})")]
+                for t in tables}
+
+    assert columns(migrated) == columns(fresh)

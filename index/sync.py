@@ -1,0 +1,503 @@
+"""Replication: node states out (changes since a sequence number) and in (DESIGN rule 3).
+
+A node travels as its whole current state (docs/protocol.md, "Node states"). Applying a
+remote state compares its three version vectors with the local ones, aspect by aspect:
+a dominating remote version is taken, a dominated one ignored, and concurrent ones are
+resolved by rules every peer computes alike from the two versions alone. A merge takes the
+pointwise maximum of the vectors with no new local increment, so peers that merge the same
+versions agree and stop. Every applied change is stamped with the next local sequence
+number and journalled in the same transaction (rule 1), and remembers which peer sent it
+(`origin`), so it is not sent back there.
+
+A remote content change gives the node a fresh local inode (rule 6): open handles keep the
+bytes they had, and the kernel sees the new inode at its next lookup. The new inode holds
+the chunk list; its chunks arrive when the file is opened (the fetcher), and `local` says
+whether they all are here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+
+import blake3
+
+from index.catalog import ASPECTS, Catalog, check_name
+from index.names import free_tagged_name, utc_stamp
+from index.schema import ROOT_ID, ROOT_INO
+from index.store import file_hash, split_chunks
+
+# Outcome of comparing two version vectors: local is equal, greater (dominates), less, or
+# concurrent with remote.
+EQ, GT, LT, CC = "eq", "gt", "lt", "cc"
+
+
+def compare(local: dict[str, int], remote: dict[str, int]) -> str:
+    ge = all(local.get(d, 0) >= c for d, c in remote.items())
+    le = all(remote.get(d, 0) >= c for d, c in local.items())
+    return EQ if ge and le else GT if ge else LT if le else CC
+
+
+def vv_max(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {d: max(a.get(d, 0), b.get(d, 0)) for d in sorted(a.keys() | b.keys())}
+
+
+def conflict_id(node: str, device: str, counter: int) -> str:
+    """A conflict copy's id: the same on every peer that makes it (DESIGN, "Nodes")."""
+    return blake3.blake3(f"{node}|{device}|{counter}".encode()).hexdigest()[:32] + ":0"
+
+
+@dataclass
+class Effects:
+    """What applying changed, for the mount: kernel caches to invalidate and inodes that
+    may have lost their last name."""
+
+    entries: set[tuple[int, str]] = field(default_factory=set)  # (parent ino, name)
+    inodes: set[int] = field(default_factory=set)  # attributes changed in place
+    orphans: set[int] = field(default_factory=set)
+    applied: int = 0
+
+    def merge(self, other: Effects) -> None:
+        self.entries |= other.entries
+        self.inodes |= other.inodes
+        self.orphans |= other.orphans
+        self.applied += other.applied
+
+
+NODE_COLUMNS = (
+    "n.id, n.kind, n.parent, n.name, n.deleted, n.conflict_of, n.seq, n.origin, n.ino, "
+    "n.content_vv, n.content_clock, n.content_device, n.mode_vv, n.mode_clock, "
+    "n.mode_device, n.place_vv, n.place_clock, n.place_device, "
+    "i.hash, i.size, i.mtime_ns, i.chunks, i.target, i.mode"
+)
+
+
+def _state(row) -> dict:
+    (node, kind, parent, name, deleted, conflict_of, _seq, _origin, ino, cvv, cclock, cdev,
+     mvv, mclock, mdev, pvv, pclock, pdev, digest, size, mtime, chunks, target, mode) = row
+    alive = not deleted and ino is not None
+    content = {"vv": json.loads(cvv), "clock": cclock, "device": cdev, "hash": None,
+               "size": 0, "mtime_ns": 0, "chunks": [], "target": None}
+    if alive and kind != "dir":
+        content.update(hash=digest, size=size, mtime_ns=mtime,
+                       chunks=[c.hex() for c in split_chunks(chunks or b"")],
+                       target=base64.b64encode(target).decode() if target is not None
+                       else None)
+    return {
+        "id": node, "kind": kind, "parent": parent, "name": name, "deleted": bool(deleted),
+        "conflict_of": conflict_of, "content": content,
+        "mode": {"vv": json.loads(mvv), "clock": mclock, "device": mdev,
+                 "mode": mode if alive else 0},
+        "place": {"vv": json.loads(pvv), "clock": pclock, "device": pdev},
+    }
+
+
+class Replica:
+    def __init__(self, catalog: Catalog):
+        self.cat = catalog
+        self.conn = catalog.conn
+        self.store = catalog.store
+
+    # -- out
+
+    def changes_since(self, since: int, limit: int = 1000,
+                      skip_origin: str | None = None) -> tuple[list[dict], int]:
+        """Node states stamped after `since`, oldest first, and the sequence number to ask
+        from next. States that `skip_origin` sent us are left out: it holds them."""
+        rows = self.conn.execute(
+            f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.seq > ? ORDER BY n.seq LIMIT ?", (since, limit),
+        ).fetchall()
+        if not rows:
+            return [], since
+        states = [_state(r) for r in rows if skip_origin is None or r[7] != skip_origin]
+        return states, rows[-1][6]
+
+    def pending(self, cursor: int, device: str | None) -> tuple[int, int, int | None]:
+        """(changes, content bytes, oldest journal time) a peer has yet to receive."""
+        changes, size, oldest_seq = self.conn.execute(
+            "SELECT count(*), coalesce(sum(i.size), 0), min(n.seq) FROM nodes n "
+            "LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file' "
+            "WHERE n.seq > ? AND (n.origin IS NULL OR n.origin != ?)",
+            (cursor, device or ""),
+        ).fetchone()
+        row = self.conn.execute("SELECT at FROM journal WHERE seq = ?",
+                                (oldest_seq,)).fetchone()
+        return changes, size, row[0] if row else None
+
+    # -- in
+
+    def apply(self, states: list[dict], origin: str) -> Effects:
+        """Apply a batch of remote states in one transaction. States whose parent is not
+        known yet wait in `limbo` until it arrives."""
+        effects = Effects()
+
+        def run() -> None:
+            queue = list(states)
+            while queue:
+                waiting = []
+                for state in queue:
+                    if self._known(state) or self._parent_known(state):
+                        self._apply_one(state, origin, effects)
+                    else:
+                        waiting.append(state)
+                if len(waiting) == len(queue):
+                    break
+                queue = waiting
+            for state in queue:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO limbo (id, state, origin) VALUES (?, ?, ?)",
+                    (state["id"], json.dumps(state), origin))
+            self._drain_limbo(effects)
+
+        self.cat._atomic(run)
+        return effects
+
+    def _drain_limbo(self, effects: Effects) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for node, text, origin in self.conn.execute(
+                    "SELECT id, state, origin FROM limbo").fetchall():
+                state = json.loads(text)
+                if self._parent_known(state):
+                    self.conn.execute("DELETE FROM limbo WHERE id = ?", (node,))
+                    self._apply_one(state, origin, effects)
+                    progress = True
+
+    def _row(self, node: str):
+        return self.conn.execute(
+            f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.id = ?", (node,)).fetchone()
+
+    def _known(self, state: dict) -> bool:
+        return self._row(state["id"]) is not None
+
+    def _parent_known(self, state: dict) -> bool:
+        return state["deleted"] or self._row(state["parent"]) is not None
+
+    def _apply_one(self, remote: dict, origin: str, effects: Effects) -> None:
+        if remote["id"] == ROOT_ID:
+            return
+        self.cat.clock = max(self.cat.clock, *(remote[a]["clock"] for a in ASPECTS))
+        row = self._row(remote["id"])
+        if row is None:
+            self._insert(remote, origin, effects)
+            return
+        local = _state(row)
+        cmps = {a: compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
+        if all(c in (EQ, GT) for c in cmps.values()) and not (
+                remote["deleted"] and not local["deleted"] and self._deletable(local)
+                and all(c == EQ for c in cmps.values())):
+            return  # nothing newer: dominated or the same
+        merged = self._merge(local, remote, cmps, effects)
+        same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
+            merged["deleted"] == remote["deleted"]
+        self._write(row, merged, origin if same_as_remote else None, effects)
+
+    # -- merging (DESIGN rule 3)
+
+    def _merge(self, local: dict, remote: dict, cmps: dict[str, str],
+               effects: Effects) -> dict:
+        merged = {k: remote[k] for k in ("id", "kind", "conflict_of")}
+        # Deletion: a tombstone that has seen every version of the live side deletes it;
+        # any concurrent or newer change keeps the node alive (rule 3, delete vs change).
+        if local["deleted"] and remote["deleted"]:
+            deleted = True
+        elif remote["deleted"]:
+            deleted = all(c in (EQ, LT) for c in cmps.values()) and self._deletable(local)
+        elif local["deleted"]:
+            deleted = all(c in (EQ, GT) for c in cmps.values())
+        else:
+            deleted = False
+        merged["deleted"] = deleted
+        alive_side = local if remote["deleted"] else remote
+        for aspect in ASPECTS:
+            cmp = cmps[aspect]
+            if cmp == LT:
+                take = remote
+            elif cmp in (EQ, GT):
+                take = local
+            elif local["deleted"] != remote["deleted"]:
+                take = alive_side
+            elif aspect == "content":
+                take = self._content_winner(local, remote, effects)
+            else:  # mode, placement: the higher (Lamport clock, device) wins
+                key = lambda s, a=aspect: (s[a]["clock"], s[a]["device"] or "")  # noqa: E731
+                take = remote if key(remote) > key(local) else local
+            if take["deleted"] and not deleted and aspect != "place":
+                take = alive_side  # a tombstone carries no content or mode data
+            merged[aspect] = dict(take[aspect])
+            if cmp == CC:
+                merged[aspect]["vv"] = vv_max(local[aspect]["vv"], remote[aspect]["vv"])
+                merged[aspect]["clock"] = max(local[aspect]["clock"],
+                                              remote[aspect]["clock"])
+            if aspect == "place":
+                merged["parent"], merged["name"] = take["parent"], take["name"]
+        return merged
+
+    def _content_winner(self, local: dict, remote: dict, effects: Effects) -> dict:
+        """Concurrent content: the later mtime wins (ties: the higher device id); the other
+        becomes a conflict copy. Equal hashes are no conflict."""
+        lc, rc = local["content"], remote["content"]
+        key = lambda c: (c["mtime_ns"], c["device"] or "")  # noqa: E731
+        winner, loser = (remote, local) if key(rc) > key(lc) else (local, remote)
+        if lc["hash"] != rc["hash"] and local["kind"] != "dir":
+            self._conflict_copy(loser, winner, effects)
+        return winner
+
+    def _conflict_copy(self, loser: dict, winner: dict, effects: Effects) -> None:
+        c = loser["content"]
+        device = c["device"] or ""
+        node = conflict_id(loser["id"], device, c["vv"].get(device, 0))
+        if self._row(node) is not None:
+            return
+        tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{device[:7]}"
+        name = free_tagged_name(winner["name"], tag, lambda n: False)
+        state = {
+            "id": node, "kind": loser["kind"], "parent": winner["parent"], "name": name,
+            "deleted": False, "conflict_of": loser["id"], "content": dict(c),
+            "mode": {"vv": {}, "clock": 0, "device": None, "mode": loser["mode"]["mode"]},
+            "place": {"vv": {}, "clock": 0, "device": None},
+        }
+        if loser["mode"]["mode"] == 0:  # from a tombstone-less side: a sane default
+            state["mode"]["mode"] = 0o644
+        self._insert(state, None, effects)
+
+    def _deletable(self, local: dict) -> bool:
+        """A directory with live children stays: the children are changes the deleter
+        did not see."""
+        return not (local["kind"] == "dir" and self.cat._has_children(local["id"]))
+
+    # -- writing
+
+    def _insert(self, state: dict, origin: str | None, effects: Effects) -> None:
+        node = state["id"]
+        if state["deleted"]:
+            self.conn.execute(
+                "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq, conflict_of)"
+                " VALUES (?, ?, NULL, ?, ?, 1, 0, ?)",
+                (node, state["kind"], state["parent"], state["name"], state["conflict_of"]))
+            self._set_versions(node, state)
+            self._stamp(node, "apply-delete", origin, state)
+            return
+        parent = self._live_parent(state["parent"], effects)
+        ino = self._new_inode(state)
+        self.conn.execute(
+            "INSERT INTO nodes (id, kind, ino, parent, name, seq, conflict_of)"
+            " VALUES (?, ?, ?, NULL, ?, 0, ?)",
+            (node, state["kind"], ino, state["name"], state["conflict_of"]))
+        self._set_versions(node, state)
+        name = self._place(node, state, parent, effects)
+        if name is None:  # merged into a directory already here
+            return
+        self._stamp(node, "apply-create", origin if name == state["name"] else None, state)
+
+    def _write(self, row, merged: dict, origin: str | None, effects: Effects) -> None:
+        node, ino = merged["id"], row[8]
+        old = _state(row)
+        old_parent, old_name = old["parent"], old["name"]
+        if merged["deleted"]:
+            if ino is not None:
+                self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
+                                  (node,))
+                self.cat._dir_nodes.pop(ino, None)
+                effects.orphans.add(ino)
+                self._entry_changed(old_parent, old_name, effects)
+            self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
+                              (merged["parent"], merged["name"], node))
+            self._set_versions(node, merged)
+            self._stamp(node, "apply-delete", origin, merged)
+            return
+        parent = self._live_parent(merged["parent"], effects)
+        moved = old["deleted"] or (parent, merged["name"]) != (old_parent, old_name)
+        content_changed = old["deleted"] or any(
+            old["content"][k] != merged["content"][k]
+            for k in ("hash", "mtime_ns", "target")) or old["kind"] != merged["kind"]
+        if content_changed and (merged["kind"] != "dir" or ino is None):
+            new_ino = self._new_inode(merged)
+            self.conn.execute("UPDATE nodes SET ino = ?, deleted = 0 WHERE id = ?",
+                              (new_ino, node))
+            if ino is not None:
+                effects.orphans.add(ino)
+            self._entry_changed(old_parent, old_name, effects)
+            ino = new_ino
+        elif old["mode"]["mode"] != merged["mode"]["mode"]:
+            self.conn.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?",
+                              (merged["mode"]["mode"] & 0o7777, time.time_ns(), ino))
+            effects.inodes.add(ino)
+        self._set_versions(node, merged)
+        name = old_name
+        if moved:
+            self._entry_changed(old_parent, old_name, effects)
+            self.conn.execute("UPDATE nodes SET parent = NULL WHERE id = ?", (node,))
+            name = self._place(node, merged, parent, effects)
+            if name is None:
+                return
+        self._stamp(node, "apply", origin if name == merged["name"] else None, merged)
+
+    def _new_inode(self, state: dict) -> int:
+        c = state["content"]
+        uid, gid = self.conn.execute(
+            "SELECT uid, gid FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+        now = time.time_ns()
+        chunks = [bytes.fromhex(h) for h in c["chunks"]] if state["kind"] == "file" else []
+        target = base64.b64decode(c["target"]) if state["kind"] == "symlink" else None
+        digest = file_hash(b"".join(chunks)) if state["kind"] == "file" else c["hash"]
+        size = c["size"] if state["kind"] == "file" else len(target or b"")
+        mtime = c["mtime_ns"] if state["kind"] != "dir" else now
+        local = all(self.store.has(d) for d in chunks)
+        ino = self.conn.execute(
+            "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
+            " hash, chunks, target, local) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (state["kind"], state["mode"]["mode"] & 0o7777, uid, gid, size, mtime, now, now,
+             digest, b"".join(chunks), target, int(local)),
+        ).lastrowid
+        if chunks:
+            self.cat._reref(chunks, size, [])
+        return ino
+
+    def _set_versions(self, node: str, state: dict) -> None:
+        sets, params = [], []
+        for a in ASPECTS:
+            sets += [f"{a}_vv = ?", f"{a}_clock = ?", f"{a}_device = ?"]
+            params += [json.dumps(state[a]["vv"], sort_keys=True), state[a]["clock"],
+                       state[a]["device"]]
+        self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?",
+                          (*params, node))
+
+    def _stamp(self, node: str, op: str, origin: str | None, state: dict) -> None:
+        """An applied change: the next sequence number and a journal row, no new version."""
+        cat = self.cat
+        cat.seq += 1
+        cat.clock += 1
+        self.conn.execute("UPDATE nodes SET seq = ?, origin = ? WHERE id = ?",
+                          (cat.seq, origin, node))
+        device = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
+        self.conn.execute(
+            "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (cat.seq, cat.clock, node, op, device or cat.device, int(time.time()),
+             json.dumps({"from": origin} if origin else {"merged": True})))
+
+    # -- placement
+
+    def _live_parent(self, parent: str, effects: Effects) -> str:
+        """The live directory a node goes into: a directory merged into another stands
+        for that one; a deleted one comes back (rule 3: the child's change wins)."""
+        seen = set()
+        while True:
+            row = self.conn.execute(
+                "SELECT deleted, conflict_of, kind, ino FROM nodes WHERE id = ?", (parent,)
+            ).fetchone()
+            if row is None or row[2] != "dir" or parent in seen:
+                return ROOT_ID  # unknown or not a directory: keep the node, at the root
+            seen.add(parent)
+            deleted, merged_into, _, _ = row
+            if deleted and merged_into:
+                parent = merged_into
+                continue
+            if not deleted:
+                return parent
+            self._resurrect(parent, effects)
+            seen.discard(parent)  # alive now, or merged into another directory
+
+    def _resurrect(self, node: str, effects: Effects) -> None:
+        row = self._row(node)
+        state = _state(row)
+        parent = self._live_parent(state["parent"], effects)
+        state["mode"]["mode"] = 0o755
+        ino = self._new_inode(state)
+        self.conn.execute("UPDATE nodes SET deleted = 0, ino = ?, parent = NULL WHERE id = ?",
+                          (ino, node))
+        if self._place(node, state, parent, effects) is not None:
+            self._stamp(node, "restore", None, state)
+
+    def _place(self, node: str, state: dict, parent: str, effects: Effects) -> str | None:
+        """Put a live node under `parent` at its name, unless another live node has that
+        name (rule 3, two nodes on one name): two directories merge, the higher id keeping
+        the name and taking in the other's children; otherwise the winner by the content
+        rule keeps the name and the other becomes a conflict copy. Returns the name taken,
+        or None when the node was merged into another directory."""
+        name = check_name(state["name"])
+        row = self.conn.execute(
+            f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0 AND n.id != ?",
+            (parent, name, node)).fetchone()
+        if row is not None:
+            other = _state(row)
+            if state["kind"] == "dir" and other["kind"] == "dir":
+                if node < other["id"]:
+                    self._alias(node, other["id"], effects)
+                    return None
+                self._alias(other["id"], node, effects)
+                self._set_place(node, parent, name, effects)
+                self._adopt(other["id"], node, effects)
+                return name
+            if _name_key(state) > _name_key(other):
+                self._rename_loser(other, parent, effects)
+            else:
+                name = self._loser_name(state, parent)
+        self._set_place(node, parent, name, effects)
+        return name
+
+    def _set_place(self, node: str, parent: str, name: str, effects: Effects) -> None:
+        self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
+                          (parent, name, node))
+        self._entry_changed(parent, name, effects)
+
+    def _loser_name(self, state: dict, parent: str) -> str:
+        c = state["content"]
+        tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{(c['device'] or '')[:7]}"
+        return free_tagged_name(state["name"], tag, lambda n: self.cat._live(parent, n))
+
+    def _rename_loser(self, loser: dict, parent: str, effects: Effects) -> None:
+        name = self._loser_name(loser, parent)
+        self.conn.execute("UPDATE nodes SET name = ? WHERE id = ?", (name, loser["id"]))
+        self._stamp(loser["id"], "apply-rename", None, loser)
+        self._entry_changed(parent, loser["name"], effects)
+        self._entry_changed(parent, name, effects)
+
+    def _alias(self, node: str, into: str, effects: Effects) -> None:
+        """A directory merged into another: a tombstone that stands for `into`."""
+        ino, parent, name = self.conn.execute(
+            "SELECT ino, parent, name FROM nodes WHERE id = ?", (node,)).fetchone()
+        self.conn.execute(
+            "UPDATE nodes SET deleted = 1, ino = NULL, conflict_of = ? WHERE id = ?",
+            (into, node))
+        if ino is not None:
+            self.cat._dir_nodes.pop(ino, None)
+            effects.orphans.add(ino)
+        self._stamp(node, "merge-dir", None, _state(self._row(node)))
+        self._entry_changed(parent, name, effects)
+        self._adopt(node, into, effects)
+
+    def _adopt(self, from_dir: str, into: str, effects: Effects) -> None:
+        for row in self.conn.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+                "WHERE n.parent = ? AND n.deleted = 0", (from_dir,)).fetchall():
+            child = _state(row)
+            self._entry_changed(from_dir, child["name"], effects)
+            self.conn.execute("UPDATE nodes SET parent = NULL WHERE id = ?", (child["id"],))
+            if self._place(child["id"], child, into, effects) is not None:
+                self._stamp(child["id"], "apply-move", None, child)
+
+    def _entry_changed(self, parent: str | None, name: str, effects: Effects) -> None:
+        if parent is None:
+            return
+        row = self.conn.execute("SELECT ino FROM nodes WHERE id = ? AND deleted = 0",
+                                (parent,)).fetchone()
+        if row is not None and row[0] is not None:
+            effects.entries.add((row[0], name))
+            effects.inodes.add(row[0])
+            now = time.time_ns()
+            self.conn.execute("UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+                              (now, now, row[0]))
+
+
+def _name_key(state: dict) -> tuple:
+    """Who keeps a name two nodes want: the content rule (later mtime, then device)."""
+    c = state["content"]
+    return (c["mtime_ns"], c["device"] or "", state["id"])
