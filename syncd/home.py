@@ -7,6 +7,7 @@ holder's pid without taking the lock (so `status` never races a starting mount).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from index import schema
 from index.store import ChunkStore
+from syncd import auth
 
 # Exit codes (docs/cli.md)
 OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5
@@ -58,6 +60,8 @@ class Home:
         self.lock_path = self.path / "lock"
         self.config_path = self.path / "config.json"
         self.log_path = self.path / "mount.log"
+        self.key_path = self.path / "cluster.key"
+        self.control_path = self.path / "control.sock"
         self._lock_fd: int | None = None
 
     def exists(self) -> bool:
@@ -71,7 +75,9 @@ class Home:
         return self
 
     @classmethod
-    def init(cls, path: Path, name: str | None, listen: str | None) -> Home:
+    def init(cls, path: Path, name: str | None, listen: str | None,
+             key: bytes | None = None) -> Home:
+        """Create a home; with key None, it starts a new cluster with a new key."""
         home = cls(path)
         if home.exists() or home.config_path.exists():
             raise UserError(f"{home.path} is already a syncd home; not touching it", STATE)
@@ -83,6 +89,7 @@ class Home:
         tmp = home.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2) + "\n")
         os.rename(tmp, home.config_path)
+        _write_private(home.key_path, (auth.new_key() if key is None else key).hex() + "\n")
         # The index last: its existence is what makes this a home.
         db = schema.create(home.db_path.with_suffix(".new"), secrets.token_hex(16),
                            os.getuid(), os.getgid(), time.time_ns())
@@ -97,6 +104,18 @@ class Home:
             return dict(DEFAULT_CONFIG, name=socket.gethostname())
         except ValueError as e:
             raise UserError(f"{self.config_path} is not valid JSON: {e}") from None
+
+    def cluster_key(self) -> bytes:
+        try:
+            return auth.parse_key(self.key_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{self.key_path} is missing: write the cluster's key there (64 hex "
+                            "digits, mode 0600; 'syncd cluster-key' prints it on a peer)"
+                            ) from None
+        except OSError as e:
+            raise UserError(f"cannot read {self.key_path}: {e.strerror}") from None
+        except ValueError as e:
+            raise UserError(f"{self.key_path} is malformed: {e}") from None
 
     # -- the lock
 
@@ -147,6 +166,19 @@ class Home:
             return json.loads(self.lock_path.read_text() or "{}").get("mountpoint")
         except (FileNotFoundError, ValueError):
             return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a crash, perhaps with another mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(fd)
+    os.rename(tmp, path)
 
 
 def mount_table(field: str = "type") -> dict[str, str]:
