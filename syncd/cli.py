@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from index.schema import SchemaError
+from syncd import peers
+from syncd.auth import parse_key
 from syncd.home import (
     FAILURE,
     OK,
@@ -49,6 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="this machine's name in the share (default: host name)")
     p.add_argument("--listen", metavar="HOST:PORT", help="address for peers (default "
                    "127.0.0.1:7700)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--cluster-key", metavar="KEY", help="join the cluster with this key "
+                     "(64 hex digits; default: a new cluster with a new key)")
+    key.add_argument("--cluster-key-file", metavar="FILE", help="read the key from FILE "
+                     "('-': standard input), which keeps it out of the process list")
+
+    sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
+
+    p = sub.add_parser("peer", parents=[common], help="add, list, remove or set peers")
+    peer = p.add_subparsers(dest="peer_command", required=True, metavar="PEER_COMMAND")
+    p = peer.add_parser("add", parents=[common], help="add a peer")
+    p.add_argument("name", metavar="NAME", help="its name here: 1-64 of A-Z a-z 0-9 . _ -")
+    p.add_argument("url", metavar="URL", help="where it listens: http://HOST:PORT")
+    p = peer.add_parser("list", parents=[common], help="list the peers")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    p = peer.add_parser("remove", parents=[common], help="forget a peer")
+    p.add_argument("name", metavar="NAME")
+    p = peer.add_parser("set", parents=[common], help="take a peer out of use, or back")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("use", choices=["outofuse", "auto"],
+                   help="outofuse: never contact it, keep its catch-up; auto: contact it")
 
     p = sub.add_parser("mount", parents=[common], help="mount the share")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
@@ -86,9 +109,30 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_init(home: Home, args) -> int:
     if args.listen and not _valid_listen(args.listen):
         raise UserError(f"--listen wants HOST:PORT, not {args.listen!r}", USAGE)
-    Home.init(home.path, args.name, args.listen)
+    Home.init(home.path, args.name, args.listen, _given_key(args))
     print(f"created syncd home {home.path}")
     return OK
+
+
+def _given_key(args) -> bytes | None:
+    """The key given to init, or None for a new cluster; bad input is a usage error."""
+    if args.cluster_key_file is None:
+        source, text = "--cluster-key", args.cluster_key
+    else:
+        stdin = args.cluster_key_file == "-"
+        source = "standard input" if stdin else args.cluster_key_file
+        try:
+            data = sys.stdin.buffer.read() if stdin else Path(source).read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read the cluster key from {source}: {e.strerror}",
+                            USAGE) from None
+        text = data.decode("ascii", "replace")  # anything not ASCII is malformed anyway
+    if text is None:
+        return None
+    try:
+        return parse_key(text)
+    except ValueError as e:
+        raise UserError(f"{source}: {e}", USAGE) from None
 
 
 def _valid_listen(value: str) -> bool:
@@ -257,4 +301,45 @@ def cmd_status(home: Home, args) -> int:
     return OK
 
 
-COMMANDS = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "status": cmd_status}
+def cmd_cluster_key(home: Home, args) -> int:
+    print(home.require().cluster_key().hex())
+    return OK
+
+
+def cmd_peer(home: Home, args) -> int:
+    home.require()
+    if args.peer_command == "list":
+        peers.print_peers(home, as_json=args.json)
+        return OK
+    if args.peer_command == "add":
+        name, url = peers.check_name(home, args.name), peers.check_url(args.url)
+        peers.add(home, name, url)
+        print(f"added peer {args.name} at {url}")
+    elif args.peer_command == "remove":
+        peers.remove(home, args.name)
+        print(f"removed peer {args.name}")
+    else:
+        peers.set_use(home, args.name, args.use)
+        print(f"peer {args.name}: {args.use}")
+    _reload_peers(home)
+    return OK
+
+
+def _reload_peers(home: Home) -> None:
+    """Tell the serving process, if any, that the peers table changed."""
+    holder = home.holder()
+    if holder is None:
+        return
+    from syncd import control  # trio loads only when something is served
+
+    try:
+        answer = control.request(home, "reload-peers")
+    except UserError as e:
+        answer = {"error": str(e)}
+    if not answer.get("ok"):
+        print(f"syncd: warning: the serving process (pid {holder.pid}) did not take the "
+              f"change ({answer.get('error')}); it will at its next start", file=sys.stderr)
+
+
+COMMANDS = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
+            "cluster-key": cmd_cluster_key, "peer": cmd_peer}
