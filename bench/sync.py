@@ -1,0 +1,412 @@
+"""Propagation between two syncd peers on loopback, against an rsync daemon, in one run.
+
+    python bench/sync.py --quick                  # smoke: 5 trials, 100 files, 16 MiB, < 1 min
+    python bench/sync.py --json /tmp/sync.json    # full: 20 trials, 1,000 files, 256 MiB
+
+Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh base dir (in
+/var/tmp or --dir), removed at the end, holds two syncd homes made with the real CLI (init,
+cluster-key, peer add, mount; free 127.0.0.1 ports), mounted as alpha (sender) and beta
+(receiver), and an rsync daemon's module (127.0.0.1, free port, uid/gid root, no chroot,
+TCP_NODELAY on daemon and client) with a plain source dir beside it on the same disk.
+
+Every timer starts before the first write on the sender and stops when the last byte is
+verified readable, same bytes, on the receiver, alike for both systems. syncd: write into
+alpha's mount, nothing else. rsync: write into the source dir, then one
+`rsync -a --sockopts=TCP_NODELAY SRC/sub/ rsync://127.0.0.1:PORT/mod/sub/`. No fsync on
+either side. The receiver is polled (1 ms sleep after a miss) with stat until each file
+has its size ("listed": metadata arrived), then by reading each file and comparing bytes.
+
+  latency  one 4 KiB file, --trials times (a new file each time, same dir): median, p90
+  many     --files files of 4 KiB into a fresh dir, until all are readable
+  big      one --big-mib MiB file of distinct random 1 MiB blocks: MB/s
+  lazy     only the first open + read on beta of a 1 MiB file already listed there but
+           not fetched (checked with `syncd status --json` files.missing). rsync has no
+           equivalent: its column is the same read of the file rsync delivered (local).
+
+many and big run --repeat times; figures are medians. Each workload prints its phases
+(written, pushed, listed, readable: seconds since the start) to show what dominates.
+Syncthing (../shared/docs/running-anchors.md) is not implemented: only reported as skipped.
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KIB, MIB = 1 << 10, 1 << 20
+notes = []
+
+
+def note(msg):
+    print("note:", msg, flush=True)
+    notes.append(msg)
+
+
+def run(cmd, timeout=120, check=True):
+    """Run cmd and return its output (exit code too unless check), through a file: a
+    detached child (the syncd serving process) may keep a pipe open forever."""
+    with tempfile.TemporaryFile("w+") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        out.seek(0)
+        text = out.read().strip()
+    if check and code:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({code}): {text[-1500:]}")
+    return text if check else (code, text)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, check, *args, timeout=600):
+    """Poll check(*args) until it is true, sleeping 1 ms after each miss."""
+    deadline = time.monotonic() + timeout
+    while not check(*args):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not there after {timeout} s")
+        time.sleep(0.001)
+
+
+def size_is(path, size):
+    try:
+        return os.stat(path).st_size == size
+    except OSError:
+        return False
+
+
+class Content:
+    """size bytes of random blocks (1 MiB, or the whole file if smaller), each made distinct
+    by a stamp: a large file costs 1 MiB of memory and nothing dedups."""
+
+    def __init__(self, size):
+        self.size, self.nonce = size, random.getrandbits(63)
+        self.block = bytearray(os.urandom(min(size, MIB)))
+
+    def at(self, n):
+        struct.pack_into("<QQ", self.block, 0, self.nonce, n)
+        return self.block
+
+    def write(self, path):
+        with open(path, "wb") as f:
+            for n in range(self.size // len(self.block)):
+                f.write(self.at(n))
+
+    def matches(self, path):
+        try:
+            with open(path, "rb") as f:
+                for n in range(self.size // len(self.block)):
+                    if f.read(len(self.block)) != self.at(n):
+                        return False
+                return f.read(1) == b""
+        except OSError:
+            return False
+
+
+class Syncd:
+    name = "syncd"
+
+    def __init__(self, exe, base):
+        self.exe, self.homes, self.pids = exe, {"alpha": base / "alpha", "beta": base / "beta"}, {}
+        self.mnts = {k: base / f"mnt-{k}" for k in self.homes}
+        self.send, self.recv = self.mnts["alpha"], self.mnts["beta"]
+
+    def cli(self, peer, *args, **kw):
+        return run([self.exe, "--home", self.homes[peer], *args], **kw)
+
+    def start(self):
+        port = {k: free_port() for k in self.homes}
+        self.cli("alpha", "init", "--name", "alpha", "--listen", f"127.0.0.1:{port['alpha']}")
+        key = self.cli("alpha", "cluster-key").split()[-1]
+        self.cli("beta", "init", "--name", "beta", "--listen", f"127.0.0.1:{port['beta']}",
+                 "--cluster-key", key)
+        self.cli("alpha", "peer", "add", "beta", f"http://127.0.0.1:{port['beta']}")
+        self.cli("beta", "peer", "add", "alpha", f"http://127.0.0.1:{port['alpha']}")
+        for peer, mnt in self.mnts.items():
+            mnt.mkdir()
+            print(out := self.cli(peer, "mount", mnt), flush=True)
+            self.pids[peer] = int(re.search(r"\(pid (\d+)\)", out).group(1))
+        warm = Content(4 * KIB)  # the peers have met and everything is loaded
+        warm.write(self.send / "warmup")
+        wait_until("syncd warm-up file", warm.matches, self.recv / "warmup", timeout=60)
+
+    def prepare(self, sub):
+        (self.send / sub).mkdir()
+        wait_until(f"syncd dir {sub} on beta", (self.recv / sub).is_dir, timeout=60)
+        return sub
+
+    def push(self, sub):
+        pass  # the mount pushes by itself
+
+    def missing(self):
+        return json.loads(self.cli("beta", "status", "--json"))["files"]["missing"]
+
+    def stop(self):
+        for peer, home in self.homes.items():
+            mnt, pid = self.mnts[peer], self.pids.get(peer)
+            if not (pid or (home / "lock").exists() or mounted(mnt)):
+                continue
+            if not pid and (home / "lock").exists():  # interrupted while mounting
+                m = re.search(r'"pid":\s*(\d+)', (home / "lock").read_text(errors="replace"))
+                pid = m and int(m.group(1))
+            try:
+                code, out = self.cli(peer, "umount", timeout=300, check=False)
+                print(f"syncd umount {peer}: exit {code} {out}", flush=True)
+            except subprocess.TimeoutExpired:
+                note(f"syncd umount {peer} did not return within 300 s")
+            if mounted(mnt):
+                note(f"{mnt} still mounted after syncd umount: fusermount3 -u -z")
+                run(["fusermount3", "-u", "-z", mnt], check=False)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for _ in range(50):
+                    if not (pid and alive(pid)):
+                        break
+                    time.sleep(0.2)
+                else:
+                    note(f"syncd process {pid} ({peer}) still running: {sig.name}")
+                    os.kill(pid, sig)
+
+
+def mounted(mnt):
+    return any(ln.split()[1] == str(mnt) for ln in Path("/proc/mounts").read_text().splitlines())
+
+
+def alive(pid):
+    try:
+        return b"syncd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+class Rsync:
+    name = "rsync"
+
+    def __init__(self, base):
+        self.send, self.recv, self.conf = base / "rsync-src", base / "rsync-dst", base / "rsyncd"
+        self.port, self.proc = free_port(), None
+
+    def start(self):
+        self.send.mkdir()
+        self.recv.mkdir()
+        self.conf.write_text(
+            f"log file = {self.conf.parent / 'rsyncd.log'}\nsocket options = TCP_NODELAY\n"
+            f"[mod]\npath = {self.recv}\nread only = no\nuid = root\ngid = root\n"
+            "use chroot = no\n")
+        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={self.conf}",
+                                      "--address=127.0.0.1", f"--port={self.port}"])
+        wait_until("rsync daemon", lambda: self.proc.poll() is not None or self.listening(),
+                   timeout=10)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the rsync daemon exited ({self.proc.returncode})")
+
+    def listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def prepare(self, sub):
+        (self.send / sub).mkdir()
+        self.push(sub)
+        return sub
+
+    def push(self, sub):
+        run(["rsync", "-a", "--sockopts=TCP_NODELAY", f"{self.send / sub}/",
+             f"rsync://127.0.0.1:{self.port}/mod/{sub}/"])
+
+    def missing(self):
+        return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def transfer(s, sub, files):
+    """One timed run: files ({name: Content}) written into sub on the sender, until all are
+    readable on the receiver. Returns {phase: seconds since the start}: written (last close
+    on the sender), pushed (the rsync run done), listed (stat on the receiver shows every
+    file's size: metadata arrived), readable (the total)."""
+    t = time.perf_counter()
+    for name, c in files.items():
+        c.write(s.send / sub / name)
+    m = {"written": time.perf_counter() - t}
+    s.push(sub)
+    m["pushed"] = time.perf_counter() - t
+    for name, c in files.items():  # in order: one failing lookup per poll, not one per file
+        wait_until(f"{s.name} {sub}/{name} listed", size_is, s.recv / sub / name, c.size)
+    m["listed"] = time.perf_counter() - t
+    for name, c in files.items():
+        wait_until(f"{s.name} {sub}/{name}", c.matches, s.recv / sub / name)
+    m["readable"] = time.perf_counter() - t
+    return m
+
+
+def latency(s, args):
+    s.prepare("lat")
+    out = []
+    for i in range(args.trials):
+        out.append(transfer(s, "lat", {f"f{i}": Content(4 * KIB)}))
+        time.sleep(0.1)  # let the last one settle
+    return out
+
+
+def many(s, args):
+    return [transfer(s, s.prepare(f"many{r}"),
+                     {f"f{k:05d}": Content(4 * KIB) for k in range(args.files)})
+            for r in range(args.repeat)]
+
+
+def big(s, args):
+    return [transfer(s, s.prepare(f"big{r}"), {"big": Content(args.big_mib * MIB)})
+            for r in range(args.repeat)]
+
+
+def lazy(s, args):
+    """Untimed: files written, pushed and listed on the receiver, never opened there; then
+    each first open + read is timed."""
+    files = {f"f{i}": Content(MIB) for i in range(max(3, args.trials // 4))}
+    d = s.prepare("lazy")
+    for name, c in files.items():
+        c.write(s.send / d / name)
+        s.push(d)
+        wait_until(f"{s.name} {d}/{name} listed", size_is, s.recv / d / name, MIB)
+    if (missing := s.missing()) is not None and missing < len(files):
+        note(f"lazy: only {missing} of {len(files)} files missing on beta before their first "
+             "open (content fetched ahead): those opens are not lazy")
+    out = []
+    for name, c in files.items():
+        t = time.perf_counter()
+        if not c.matches(s.recv / d / name):
+            raise RuntimeError(f"{s.name} {d}/{name}: first open did not read the same bytes")
+        out.append({"readable": time.perf_counter() - t})
+    return out
+
+
+WORKLOADS = {"latency": latency, "many": many, "big": big, "lazy": lazy}
+
+
+def median(ms, phase="readable"):
+    return statistics.median(m[phase] for m in ms)
+
+
+def p90(ms):
+    xs = [m["readable"] for m in ms]
+    return statistics.quantiles(xs, n=10, method="inclusive")[8] if len(xs) > 1 else xs[0]
+
+
+def report(res, args):
+    def mbs(ms):
+        return args.big_mib * MIB / 1e6 / median(ms)
+    rows = []
+    for w, unit, wl, f, scale, target, ok in (
+            ("4 KiB propagation, median", "ms", "latency", median, 1e3, "< 50 ms",
+             lambda sv, rv: sv < 50),
+            ("4 KiB propagation, p90", "ms", "latency", p90, 1e3, "", None),
+            (f"{args.files:,} x 4 KiB files", "s", "many", median, 1, "<= 2x rsync time",
+             lambda sv, rv: sv <= 2 * rv),
+            (f"{args.big_mib} MiB file", "MB/s", "big", mbs, 1, ">= 0.8x rsync MB/s",
+             lambda sv, rv: sv >= 0.8 * rv),
+            ("lazy first open, 1 MiB", "ms", "lazy", median, 1e3, "< 30 ms",
+             lambda sv, rv: sv < 30)):
+        sv, rv = (f(ms) * scale if isinstance(ms := res.get(side, {}).get(wl), list) else None
+                  for side in ("syncd", "rsync"))
+        both = sv is not None and rv is not None
+        rows.append({"workload": w, "unit": unit, "syncd": sv, "rsync": rv,
+                     "ratio": sv / rv if both and wl != "lazy" else None, "target": target,
+                     "met": ok(sv, rv) if ok and both else None})
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3g}" if x < 100 else f"{x:.0f}"
+    print(f"\n{'workload':26} {'unit':5} {'syncd':>8} {'rsync':>8} {'ratio':>6}  "
+          f"{'target':19} met")
+    for r in rows:
+        met = {None: "-", True: "met", False: "NOT MET"}[r["met"]] if r["target"] else ""
+        print(f"{r['workload']:26} {r['unit']:5} {fmt(r['syncd']):>8} {fmt(r['rsync']):>8} "
+              f"{fmt(r['ratio']):>6}  {r['target']:19} {met}")
+    print("ratio = syncd / rsync of the figure shown (time, or MB/s); medians; lazy: rsync's "
+          "figure is a plain read of the file it delivered, for scale")
+    for n in notes:
+        print("note:", n)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", help="where to make the fresh base dir (default /var/tmp)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 5 trials, 100 files, 16 MiB")
+    p.add_argument("--trials", type=int, help="latency trials (default 20, quick 5)")
+    p.add_argument("--files", type=int, help="small files (default 1000, quick 100)")
+    p.add_argument("--big-mib", type=int, help="big file size (default 256, quick 16)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of many and big (median)")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
+    args = p.parse_args()
+    for k, full, quick in (("trials", 20, 5), ("files", 1000, 100), ("big_mib", 256, 16)):
+        if getattr(args, k) is None:
+            setattr(args, k, quick if args.quick else full)
+    here = Path(sys.executable).parent / "syncd"
+    exe = args.syncd or (str(here) if here.exists() else shutil.which("syncd"))
+    if not exe or not shutil.which("rsync"):
+        p.error("needs syncd (next to python, on PATH, or --syncd) and rsync")
+    print("syncthing: " + ("installed, but not implemented in this script, skipped"
+                           if shutil.which("syncthing") else "not installed, skipped"))
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    base = Path(tempfile.mkdtemp(prefix="syncd-sync-bench-", dir=args.dir or "/var/tmp"))
+    print(f"sync bench in {base}: nproc {os.cpu_count()}, kernel {platform.release()}, "
+          f"{run(['rsync', '--version']).splitlines()[0]}", flush=True)
+    systems, res = [Syncd(exe, base), Rsync(base)], {}
+    try:
+        for s in systems:
+            s.start()
+        for w in WORKLOADS:
+            for s in systems:
+                try:
+                    ms = res.setdefault(s.name, {})[w] = WORKLOADS[w](s, args)
+                    print(f"  {s.name:5} {w:7} median of {len(ms)}: " + ", ".join(
+                        f"{k} {median(ms, k):.3f}s" for k in ms[0]), flush=True)
+                except Exception as e:  # keep going: the failure shows in the table
+                    res.setdefault(s.name, {})[w] = f"error: {e}"
+                    note(f"{s.name} {w} failed: {type(e).__name__}: {e}")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
+        for s in systems:
+            try:
+                s.stop()
+            except Exception as e:
+                note(f"stopping {s.name}: {type(e).__name__}: {e}")
+        shutil.rmtree(base, ignore_errors=True)
+    rows = report(res, args)
+    if args.json:
+        params = {k: getattr(args, k) for k in ("trials", "files", "big_mib", "repeat")}
+        Path(args.json).write_text(json.dumps(
+            {"schema_version": 1, "params": params, "syncd": exe, "nproc": os.cpu_count(),
+             "kernel": platform.release(), "results": rows, "runs": res, "notes": notes},
+            indent=1))
+
+
+if __name__ == "__main__":
+    main()
