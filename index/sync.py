@@ -57,13 +57,10 @@ class Effects:
     entries: set[tuple[int, str]] = field(default_factory=set)  # (parent ino, name)
     inodes: set[int] = field(default_factory=set)  # attributes changed in place
     orphans: set[int] = field(default_factory=set)
-    applied: int = 0
-
-    def merge(self, other: Effects) -> None:
-        self.entries |= other.entries
-        self.inodes |= other.inodes
-        self.orphans |= other.orphans
-        self.applied += other.applied
+    # File inodes a remote change took from their node: inode -> (node, content version
+    # vector the inode had). A local writer still on one makes a concurrent version.
+    detached: dict[int, tuple[str, dict[str, int]]] = field(default_factory=dict)
+    missing: set[int] = field(default_factory=set)  # new file inodes whose chunks are not here
 
 
 NODE_COLUMNS = (
@@ -94,6 +91,20 @@ def _state(row) -> dict:
     }
 
 
+def pending(conn, cursor: int, device: str | None) -> tuple[int, int, int | None]:
+    """What a peer has yet to receive (DESIGN, "Sequence numbers"): the nodes stamped
+    after its cursor that it did not send us, their content bytes, and the journal time
+    (unix seconds) of the oldest."""
+    changes, size, oldest_seq = conn.execute(
+        "SELECT count(*), coalesce(sum(i.size), 0), min(n.seq) FROM nodes n "
+        "LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file' "
+        "WHERE n.seq > ? AND (n.origin IS NULL OR n.origin != ?)",
+        (cursor, device or ""),
+    ).fetchone()
+    row = conn.execute("SELECT at FROM journal WHERE seq = ?", (oldest_seq,)).fetchone()
+    return changes, size, row[0] if row else None
+
+
 class Replica:
     def __init__(self, catalog: Catalog):
         self.cat = catalog
@@ -114,18 +125,6 @@ class Replica:
             return [], since
         states = [_state(r) for r in rows if skip_origin is None or r[7] != skip_origin]
         return states, rows[-1][6]
-
-    def pending(self, cursor: int, device: str | None) -> tuple[int, int, int | None]:
-        """(changes, content bytes, oldest journal time) a peer has yet to receive."""
-        changes, size, oldest_seq = self.conn.execute(
-            "SELECT count(*), coalesce(sum(i.size), 0), min(n.seq) FROM nodes n "
-            "LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file' "
-            "WHERE n.seq > ? AND (n.origin IS NULL OR n.origin != ?)",
-            (cursor, device or ""),
-        ).fetchone()
-        row = self.conn.execute("SELECT at FROM journal WHERE seq = ?",
-                                (oldest_seq,)).fetchone()
-        return changes, size, row[0] if row else None
 
     # -- in
 
@@ -151,6 +150,32 @@ class Replica:
                     "INSERT OR REPLACE INTO limbo (id, state, origin) VALUES (?, ?, ?)",
                     (state["id"], json.dumps(state), origin))
             self._drain_limbo(effects)
+
+        self.cat._atomic(run)
+        return effects
+
+    def commit_detached(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
+                        size: int, mtime_ns: int) -> Effects:
+        """A file written here while a peer's change replaced or deleted it (rule 6) was
+        closed: its content is a version concurrent with that change, merged by rule 3
+        like any other (the later mtime keeps the name, the other is a conflict copy; an
+        edit beats a delete). Nothing anyone wrote is lost."""
+        effects = Effects()
+
+        def run() -> None:
+            row = self._row(node)
+            if row is None:
+                return
+            mine = _state(row)
+            device = self.cat.device
+            mine["deleted"] = False
+            mine["content"] = {
+                "vv": {**base_vv, device: self.cat.seq + 1}, "clock": self.cat.clock + 1,
+                "device": device, "hash": file_hash(b"".join(chunks)), "size": size,
+                "mtime_ns": mtime_ns, "chunks": [c.hex() for c in chunks], "target": None}
+            if mine["mode"]["mode"] == 0:
+                mine["mode"]["mode"] = 0o644
+            self._apply_one(mine, None, effects)
 
         self.cat._atomic(run)
         return effects
@@ -284,7 +309,7 @@ class Replica:
             self._stamp(node, "apply-delete", origin, state)
             return
         parent = self._live_parent(state["parent"], effects)
-        ino = self._new_inode(state)
+        ino = self._new_inode(state, effects)
         self.conn.execute(
             "INSERT INTO nodes (id, kind, ino, parent, name, seq, conflict_of)"
             " VALUES (?, ?, ?, NULL, ?, 0, ?)",
@@ -305,6 +330,7 @@ class Replica:
                                   (node,))
                 self.cat._dir_nodes.pop(ino, None)
                 effects.orphans.add(ino)
+                effects.detached[ino] = (node, old["content"]["vv"])
                 self._entry_changed(old_parent, old_name, effects)
             self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
                               (merged["parent"], merged["name"], node))
@@ -317,11 +343,12 @@ class Replica:
             old["content"][k] != merged["content"][k]
             for k in ("hash", "mtime_ns", "target")) or old["kind"] != merged["kind"]
         if content_changed and (merged["kind"] != "dir" or ino is None):
-            new_ino = self._new_inode(merged)
+            new_ino = self._new_inode(merged, effects)
             self.conn.execute("UPDATE nodes SET ino = ?, deleted = 0 WHERE id = ?",
                               (new_ino, node))
             if ino is not None:
                 effects.orphans.add(ino)
+                effects.detached[ino] = (node, old["content"]["vv"])
             self._entry_changed(old_parent, old_name, effects)
             ino = new_ino
         elif old["mode"]["mode"] != merged["mode"]["mode"]:
@@ -338,7 +365,7 @@ class Replica:
                 return
         self._stamp(node, "apply", origin if name == merged["name"] else None, merged)
 
-    def _new_inode(self, state: dict) -> int:
+    def _new_inode(self, state: dict, effects: Effects) -> int:
         c = state["content"]
         uid, gid = self.conn.execute(
             "SELECT uid, gid FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
@@ -357,6 +384,8 @@ class Replica:
         ).lastrowid
         if chunks:
             self.cat._reref(chunks, size, [])
+        if not local:
+            effects.missing.add(ino)
         return ino
 
     def _set_versions(self, node: str, state: dict) -> None:
@@ -409,7 +438,7 @@ class Replica:
         state = _state(row)
         parent = self._live_parent(state["parent"], effects)
         state["mode"]["mode"] = 0o755
-        ino = self._new_inode(state)
+        ino = self._new_inode(state, effects)
         self.conn.execute("UPDATE nodes SET deleted = 0, ino = ?, parent = NULL WHERE id = ?",
                           (ino, node))
         if self._place(node, state, parent, effects) is not None:

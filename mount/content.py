@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -35,6 +36,11 @@ class Content:
         self.store = store
         self.drafts: dict[int, Draft] = {}
         self.locks: dict[int, trio.Lock] = {}
+        # Inodes being written here that a peer's change took from their node (rule 6):
+        # inode -> (node, its content version vector then). Their next commit goes to
+        # `on_detached_commit`, which merges it as a concurrent version.
+        self.detached: dict[int, tuple[str, dict[str, int]]] = {}
+        self.on_detached_commit: Callable[..., None] | None = None
 
     def draft(self, ino: int) -> Draft:
         """The inode's draft, started if there is none: for reads (a clean draft caches the
@@ -108,6 +114,10 @@ class Content:
             draft.rebase(chunks, sealed.size)
             for digest in garbage:
                 self.store.remove(digest)
+            detached = self.detached.pop(ino, None)
+            if detached is not None and self.on_detached_commit is not None:
+                self.on_detached_commit(*detached, chunks, sealed.size,
+                                        draft.mtime_ns or time.time_ns())
             return True
 
     async def sync_all(self) -> None:
@@ -133,3 +143,4 @@ class Content:
         if draft is not None:
             draft.discard()
         self.locks.pop(ino, None)
+        self.detached.pop(ino, None)

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import stat
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -30,7 +31,9 @@ from pyfuse3 import FUSEError
 
 from index.catalog import Catalog, Inode, check_name
 from index.store import ChunkStore
+from index.sync import Effects, Replica
 from mount.content import Content
+from mount.notify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,30 @@ class Filesystem(pyfuse3.Operations):
         self.writers: Counter[int] = Counter()  # open writable handles per inode
         self._next_fh = 1
         self.initialized = trio.Event()  # the kernel's INIT has been answered
+        # Gets a file's missing content from peers before an open proceeds (the daemon's
+        # fetcher); None when this home has no peers to ask.
+        self.fetch: Callable[[int], Awaitable[None]] | None = None
+        self.notifier = Notifier()
+        self.replica = Replica(catalog)
+        self.content.on_detached_commit = self._detached_commit
+
+    def remote_changed(self, effects: Effects) -> None:
+        """A peer's change has been committed to the index: drop what the kernel caches
+        of it (on the notifier's thread) and purge inodes it left without names. A file
+        open for writing here keeps its inode, and its next commit is a concurrent
+        version (rule 6)."""
+        self.notifier.post(effects)
+        for ino, origin in effects.detached.items():
+            draft = self.content.drafts.get(ino)
+            if self.writers[ino] or (draft is not None and draft.dirty):
+                self.content.detached[ino] = origin
+        for ino in effects.orphans:
+            self._maybe_purge(ino)
+
+    def _detached_commit(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
+                         size: int, mtime_ns: int) -> None:
+        self.remote_changed(self.replica.commit_detached(node, base_vv, chunks, size,
+                                                         mtime_ns))
 
     def init(self) -> None:
         self.initialized.set()
@@ -306,6 +333,8 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def open(self, inode, flags, ctx):
+        if self.fetch is not None and not flags & os.O_TRUNC:
+            await self.fetch(inode)  # the bytes are here and verified before any read
         info = self._open_handle(inode, flags)
         # libfuse enables ATOMIC_O_TRUNC, so O_TRUNC arrives here, not as a setattr. Linux
         # honours it even for O_RDONLY (the kernel has checked write permission), and

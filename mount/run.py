@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sqlite3
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from index.catalog import Catalog
 from index.recovery import recover
 from index.store import ChunkStore
 from mount.operations import Filesystem
+from syncd.daemon import Daemon
 from syncd.home import FAILURE, Home, UserError, mount_table
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,13 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         for name in recover(catalog, store):
             log.warning("uncommitted writes from before a crash were kept as %s", name)
         fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]))
+        daemon = None
+        if home.key_path.exists():
+            daemon = Daemon(home, catalog, on_effects=fs.remote_changed)
+            _check_listen(daemon.listen)
+            fs.fetch = daemon.fetcher.ensure_local
+        else:
+            log.warning("%s has no cluster key: serving without peers", home.path)
         options = set(pyfuse3.default_options) | {"subtype=syncd", _fsname(home)}
         if allow_other:
             options.add("allow_other")
@@ -57,9 +66,8 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
                 hint = (f" (/dev/fuse is mode {os.stat('/dev/fuse').st_mode & 0o777:o} and "
                         "not usable by you; Debian makes it 0666)")
             raise UserError(f"cannot mount on {mountpoint}: {e}{hint}", FAILURE) from None
-        ready()
         try:
-            trio.run(_main, fs, home.db_path, mountpoint)
+            trio.run(_main, fs, daemon, home.db_path, mountpoint, ready)
         finally:
             pyfuse3.close(unmount=True)
             dirty = [ino for ino, d in fs.content.drafts.items() if d.dirty]
@@ -72,17 +80,34 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         home.release()
 
 
+def _check_listen(listen: str) -> None:
+    """Fail before mounting, with a clear message, when the peer port is taken."""
+    host, _, port = listen.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as e:
+            raise UserError(f"cannot listen for peers on {listen}: {e.strerror} (set "
+                            "another address with 'listen' in config.json)") from None
+
+
 def _fsname(home: Home) -> str:
     """Shown as the mount's source in `mount` and /proc/mounts (options split on commas)."""
     path = str(home.path)
     return f"fsname=syncd:{path}" if "," not in path else "fsname=syncd"
 
 
-async def _main(fs: Filesystem, db_path, mountpoint: str) -> None:
+async def _main(fs: Filesystem, daemon: Daemon | None, db_path, mountpoint: str,
+                ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
         nursery.start_soon(_checkpoints, db_path)
         nursery.start_soon(_raise_readahead, fs, mountpoint)
+        nursery.start_soon(fs.notifier.run)
+        if daemon is not None:
+            await nursery.start(daemon.run)
+        ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

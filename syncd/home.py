@@ -181,6 +181,12 @@ def _write_private(path: Path, text: str) -> None:
     os.rename(tmp, path)
 
 
+def utc(seconds: int | None) -> str | None:
+    """A time as every JSON output gives it (docs/cli.md, "JSON")."""
+    return None if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                       time.gmtime(seconds))
+
+
 def mount_table(field: str = "type") -> dict[str, str]:
     """Mount point -> file system type (or "device", major:minor), from the kernel's table
     of this mount namespace."""

@@ -10,11 +10,10 @@ import contextlib
 import json
 import re
 import sqlite3
-import time
 from collections.abc import Iterator
 
 from index import schema
-from syncd.home import STATE, USAGE, Home, UserError
+from syncd.home import STATE, USAGE, Home, UserError, utc
 
 PEERS_SCHEMA = 1
 
@@ -70,7 +69,7 @@ def collect(home: Home) -> dict:
         db.close()
     return {"schema_version": PEERS_SCHEMA,
             "peers": [{"name": name, "url": url, "device": device, "state": state,
-                       "last_seen": _utc(seen)} for name, url, device, state, seen in rows]}
+                       "last_seen": utc(seen)} for name, url, device, state, seen in rows]}
 
 
 def print_peers(home: Home, as_json: bool) -> None:
@@ -98,9 +97,3 @@ def _db(home: Home) -> Iterator[sqlite3.Connection]:
             yield db.conn
     finally:
         db.close()
-
-
-def _utc(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

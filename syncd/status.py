@@ -6,7 +6,8 @@ import json
 
 from index import schema
 from index.store import ChunkStore
-from syncd.home import Home, mounted_at
+from index.sync import pending
+from syncd.home import Home, mounted_at, utc
 
 STATUS_SCHEMA = 1
 
@@ -35,6 +36,15 @@ def collect(home: Home) -> dict:
         total, local, pinned, conflicts, size, size_local = db.conn.execute(
             FILE_COUNTS).fetchone()
         dirty = len(ChunkStore(home.store_path).dirty_inodes())
+        peers = []
+        for name, url, device, state, cursor, last_seen, error in db.conn.execute(
+                "SELECT name, url, device, state, cursor, last_seen, last_error FROM peers "
+                "ORDER BY name"):
+            changes, size, oldest = pending(db.conn, cursor, device)
+            peers.append({"name": name, "url": url, "device": device, "state": state,
+                          "last_seen": utc(last_seen), "pending_changes": changes,
+                          "pending_bytes": size, "oldest_pending": utc(oldest),
+                          "last_error": error})
     finally:
         db.close()
     where, pid = mounted_at(home)
@@ -48,7 +58,7 @@ def collect(home: Home) -> dict:
                   "pinned": pinned, "conflicts": conflicts, "bytes": size,
                   "bytes_local": size_local},
         "dirty": dirty,
-        "peers": [],
+        "peers": peers,
     }
 
 
@@ -66,11 +76,21 @@ def print_status(home: Home, as_json: bool) -> None:
         ("files", f"{f['total']} ({_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
-        ("peers", "none"),
+        ("peers", "none" if not s["peers"] else f"{len(s['peers'])}"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    if s["peers"]:
+        print()
+        table = [("PEER", "STATE", "LAST SEEN", "PENDING", "BYTES", "OLDEST PENDING")]
+        for p in s["peers"]:
+            table.append((p["name"], p["state"], p["last_seen"] or "never",
+                          str(p["pending_changes"]), _size(p["pending_bytes"]),
+                          p["oldest_pending"] or "-"))
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        for r in table:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _size(n: int) -> str:

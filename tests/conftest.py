@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Mount, force_cleanup, syncd
+from tests.helpers import Mount, force_cleanup, free_port, syncd
 
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -15,7 +15,7 @@ needs_fuse = pytest.mark.skipif(
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
-    syncd(h, "init", "--name", "test")
+    syncd(h, "init", "--name", "test", "--listen", f"127.0.0.1:{free_port()}")
     return h
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,12 @@ def syncd(home: Path, *args: str, check: bool = True, timeout: float = 90,
         raise AssertionError(f"syncd {' '.join(args)} exited {done.returncode}:\n"
                              f"{done.stdout}{done.stderr}")
     return done
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def status(home: Path) -> dict:

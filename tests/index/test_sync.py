@@ -74,13 +74,18 @@ def send(src: Device, dst: Device) -> int:
         states, last = src.replica.changes_since(src.sent.get(dst.id, 0), 100, dst.id)
         if last == src.sent.get(dst.id, 0):
             return applied
-        for s in states:
-            for h in s["content"]["chunks"]:
-                digest = bytes.fromhex(h)
-                if not dst.cat.store.has(digest) and src.cat.store.has(digest):
-                    dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
-        applied += dst.replica.apply(states, src.id).applied + len(states)
+        apply(src, dst, states)
+        applied += len(states)
         src.sent[dst.id] = last
+
+
+def apply(src: Device, dst: Device, states: list[dict]):
+    for s in states:
+        for h in s["content"]["chunks"]:
+            digest = bytes.fromhex(h)
+            if not dst.cat.store.has(digest) and src.cat.store.has(digest):
+                dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
+    return dst.replica.apply(states, src.id)
 
 
 def converge(*devices: Device) -> None:
@@ -242,3 +247,31 @@ def test_states_whose_parent_comes_later_wait(devs):
     assert b.tree() == {}
     b.replica.apply([s for s in states if s["name"] != "f"], a.id)
     assert set(b.tree()) == {"/e", "/e/f"}
+
+
+def test_a_file_written_while_a_peer_replaced_it_is_a_concurrent_version(devs):
+    a, b, _ = devs
+    a.write("/f", b"base", T)
+    converge(a, b)
+    b.write("/f", b"b's version", T + 1)
+    effects = apply(b, a, b.replica.changes_since(0)[0])  # /f is open for writing on a
+    ((ino, (node, vv)),) = effects.detached.items()
+    digest = a.cat.store.put(b"a's later write")
+    a.replica.commit_detached(node, vv, [digest], 15, T + 2)
+    converge(a, b)
+    assert a.data("/f") == b"a's later write"
+    (copy,) = [p for p in a.tree() if "sync-conflict" in p]
+    assert a.data(copy) == b"b's version"
+
+
+def test_a_file_written_while_a_peer_deleted_it_comes_back(devs):
+    a, b, _ = devs
+    a.write("/f", b"base", T)
+    converge(a, b)
+    b.cat.unlink(ROOT, "f")
+    effects = apply(b, a, b.replica.changes_since(0)[0])
+    ((ino, (node, vv)),) = effects.detached.items()
+    digest = a.cat.store.put(b"kept")
+    a.replica.commit_detached(node, vv, [digest], 4, T + 2)
+    converge(a, b)
+    assert b.data("/f") == b"kept"

@@ -1,0 +1,219 @@
+"""The peer API (docs/protocol.md): a FastAPI app behind a signing layer.
+
+FastAPI validates every body against the models below (a malformed one gets 422 and never
+reaches the index) and publishes the OpenAPI description at /openapi.json. Handlers are
+async and run on the trio thread, where every SQLite call of the process runs (DESIGN,
+"Where things run"). `Signed` wraps the app: it refuses unsigned, stale or replayed
+requests with 401 before any handler sees them, and signs every response (rule 7).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from typing import Annotated, Literal, Protocol
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from index.catalog import check_name
+from syncd import auth
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 << 20
+MAX_BATCH = 1000
+
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+NodeId = Annotated[str, StringConstraints(pattern=r"^(root|[0-9a-f]{32}:[0-9]{1,18})$")]
+Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Counter = Annotated[int, Field(ge=0, lt=1 << 62)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Version(Strict):
+    vv: dict[DeviceId, Counter]
+    clock: Counter
+    device: DeviceId | None
+
+
+class ContentVersion(Version):
+    hash: Annotated[str, StringConstraints(pattern=r"^blake3:[0-9a-f]{64}$")] | None
+    size: Annotated[int, Field(ge=0, lt=1 << 50)]
+    mtime_ns: Annotated[int, Field(ge=-(1 << 62), lt=1 << 62)]
+    chunks: Annotated[list[Hex64], Field(max_length=1 << 20)]
+    target: Annotated[str, StringConstraints(max_length=8192)] | None
+
+    @field_validator("target")
+    @classmethod
+    def _base64(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                base64.b64decode(v, validate=True)
+            except binascii.Error:
+                raise ValueError("target is not base64") from None
+        return v
+
+
+class ModeVersion(Version):
+    mode: Annotated[int, Field(ge=0, le=0o7777)]
+
+
+class NodeState(Strict):
+    id: NodeId
+    kind: Literal["file", "dir", "symlink"]
+    parent: NodeId | None
+    name: str
+    deleted: bool
+    conflict_of: NodeId | None
+    content: ContentVersion
+    mode: ModeVersion
+    place: Version
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        """One path component that stays inside its directory (rule 7)."""
+        try:
+            return check_name(v)
+        except OSError as e:
+            raise ValueError(f"bad name {v[:80]!r}: {e.strerror}") from None
+
+
+class Changes(Strict):
+    device: DeviceId
+    changes: Annotated[list[NodeState], Field(max_length=MAX_BATCH)]
+
+
+class Hello(Strict):
+    device: DeviceId
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class Node(Protocol):
+    """What the app serves from: the daemon (syncd/daemon.py)."""
+
+    def hello(self, device: str, name: str) -> dict: ...
+    def receive(self, device: str, states: list[dict]) -> int: ...
+    def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
+    def chunk_path(self, digest: bytes) -> str | None: ...
+
+
+def build_app(node: Node) -> FastAPI:
+    app = FastAPI(title="syncd peer API", version="1", docs_url=None, redoc_url=None)
+
+    @app.post("/v1/hello")
+    async def hello(body: Hello) -> dict:
+        return node.hello(body.device, body.name)
+
+    @app.post("/v1/changes")
+    async def push(body: Changes) -> dict:
+        for s in body.changes:
+            if s.parent is None and s.id != "root":
+                raise HTTPException(422, f"node {s.id} has no parent")
+        applied = node.receive(body.device, [s.model_dump() for s in body.changes])
+        return {"applied": applied}
+
+    @app.get("/v1/changes")
+    async def pull(since: Annotated[int, Query(ge=0)] = 0,
+                   limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
+        states, last = node.changes_since(since, limit)
+        return {"changes": states, "seq": last}
+
+    @app.get("/v1/chunks/{digest}")
+    async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],
+                    request: Request) -> Response:
+        path = node.chunk_path(bytes.fromhex(digest))
+        if path is None:
+            raise HTTPException(404, f"chunk {digest} is not held here")
+        with open(path, "rb") as f:
+            data = f.read()
+        start = _range_start(request.headers.get("range"), len(data))
+        if start is None:
+            return Response(data, media_type="application/octet-stream")
+        return Response(data[start:], status_code=206, media_type="application/octet-stream",
+                        headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+
+    return app
+
+
+def _range_start(header: str | None, size: int) -> int | None:
+    if not header:
+        return None
+    m = re.fullmatch(r"bytes=(\d+)-", header.strip())
+    if not m or int(m[1]) >= size:
+        raise HTTPException(416, f"unsupported or unsatisfiable range {header[:40]!r}")
+    return int(m[1])
+
+
+class Signed:
+    """ASGI layer: checks each request's signature before the app, signs each response.
+
+    The body is read whole (at most MAX_BODY) because its hash is part of the signature;
+    so is the response body. Chunks are at most 1 MiB, batches a few MiB.
+    """
+
+    def __init__(self, app, key: bytes):
+        self.app = app
+        self.key = key
+        self.verifier = auth.Verifier(key)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                return await _reply(send, 413, {"detail": "body over 64 MiB"})
+            if not message.get("more_body"):
+                break
+        target = scope["raw_path"].decode("latin-1")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        try:
+            self.verifier.check_request(scope["method"], target, headers, bytes(body))
+        except auth.AuthError as e:
+            log.warning("refused %s %s: %s", scope["method"], target[:200], e)
+            return await _reply(send, 401, {"detail": str(e)})
+        nonce = headers.get(auth.NONCE.lower(), "")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return {"type": "http.disconnect"}
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        start: dict = {}
+        out = bytearray()
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                out.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    signed = auth.sign_response(self.key, start["status"], nonce, bytes(out))
+                    extra = [(k.lower().encode(), v.encode()) for k, v in signed.items()]
+                    await send({**start, "headers": [*start.get("headers", []), *extra]})
+                    await send({"type": "http.response.body", "body": bytes(out)})
+
+        await self.app(scope, replay, capture)
+
+
+async def _reply(send, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

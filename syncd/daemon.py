@@ -1,0 +1,235 @@
+"""The sync daemon: the peer API server, one loop per peer, the fetcher and the control
+socket, in the nursery of the serving process (DESIGN, "The shape").
+
+It runs beside `pyfuse3.main` in one trio run (or alone, for `syncd serve`), on the trio
+thread that makes every SQLite call of the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as serve_http
+
+from index.catalog import Catalog
+from index.schema import ROOT_ID
+from index.sync import Effects, Replica
+from syncd.api import Signed, build_app
+from syncd.control import serve_control
+from syncd.fetcher import Fetcher
+from syncd.home import Home
+from syncd.peerlink import PeerLink
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+
+PEER_COLUMNS = {"device", "state", "cursor", "last_seen", "last_error"}
+
+
+class Daemon:
+    def __init__(self, home: Home, catalog: Catalog, on_effects=None, mirror: bool = False):
+        self.home = home
+        self.catalog = catalog
+        self.store = catalog.store
+        self.key = home.cluster_key()
+        config = home.config()
+        self.name: str = config["name"]
+        self.listen: str = config["listen"]
+        self.device = catalog.device
+        self.replica = Replica(catalog)
+        self.fetcher = Fetcher(self)
+        self.links: dict[str, PeerLink] = {}
+        # The mount's part after a remote change lands: kernel invalidation, purges.
+        self.on_effects = on_effects or self._purge_orphans
+        self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
+        self._nursery: trio.Nursery | None = None
+        catalog.on_change = self.poke_all
+
+    # -- what the API serves (syncd/api.py, Node)
+
+    def hello(self, device: str, name: str) -> dict:
+        for link in self.links.values():
+            if link.device == device or (link.device is None and link.name == name):
+                link.poke()  # it is back: send what waits for it now
+        return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
+                "accepts": []}
+
+    def receive(self, device: str, states: list[dict]) -> int:
+        effects = self.replica.apply(states, device)
+        self.on_effects(effects)
+        wanted = [ino for ino in effects.missing if self.mirror or self._pinned(ino)]
+        if wanted:
+            self._nursery.start_soon(self._prefetch, wanted)
+        return len(states)
+
+    def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
+        return self.replica.changes_since(since, limit)
+
+    def chunk_path(self, digest: bytes) -> str | None:
+        return self.store.chunk_path(digest) if self.store.has(digest) else None
+
+    # -- peers
+
+    def holders(self) -> list[PeerLink]:
+        """Peers to ask for content, the ones known to answer first."""
+        usable = [p for p in self.links.values() if p.state != "outofuse"]
+        return sorted(usable, key=lambda p: p.state != "online")
+
+    def poke_all(self) -> None:
+        for link in self.links.values():
+            link.poke()
+
+    def save_peer(self, link: PeerLink, **columns) -> None:
+        assert set(columns) <= PEER_COLUMNS
+        with self.catalog.db.atomic():
+            self.catalog.conn.execute(
+                f"UPDATE peers SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
+                (*columns.values(), link.name))
+
+    def load_peers(self) -> None:
+        """Start a loop for each peer in the table, stop those removed from it, and take
+        the operator's outofuse/auto (syncd peer ...)."""
+        rows = self.catalog.conn.execute(
+            "SELECT name, url, device, state, cursor FROM peers").fetchall()
+        wanted = {r[0]: r for r in rows}
+        for name in list(self.links):
+            link = self.links[name]
+            row = wanted.get(name)
+            if row is None or row[1].rstrip("/") != link.url:
+                link.cancel.cancel()
+                del self.links[name]
+            elif (row[3] == "outofuse") != (link.state == "outofuse"):
+                link.state = row[3]
+                link.poke()
+        for name, url, device, state, cursor in rows:
+            if name not in self.links:
+                link = self.links[name] = PeerLink(self, name, url, device, state, cursor)
+                self._nursery.start_soon(link.run, name=f"peer {name}")
+
+    # -- content held ahead of time: pins and mirrors
+
+    def _pinned(self, ino: int) -> bool:
+        row = self.catalog.conn.execute(
+            "WITH RECURSIVE up (id, parent, pinned) AS ("
+            " SELECT id, parent, pinned FROM nodes WHERE ino = ? AND deleted = 0"
+            " UNION SELECT n.id, n.parent, n.pinned FROM nodes n JOIN up ON n.id = up.parent)"
+            " SELECT max(pinned) FROM up", (ino,)).fetchone()
+        return bool(row and row[0])
+
+    async def _prefetch(self, inos: list[int]) -> None:
+        for ino in inos:
+            try:
+                await self.fetcher.ensure_local(ino)
+            except OSError as e:
+                log.warning("could not fetch ahead inode %d: %s", ino, e)
+
+    def _files_under(self, node: str) -> list[int]:
+        return [r[0] for r in self.catalog.conn.execute(
+            "WITH RECURSIVE down (id, kind, ino) AS ("
+            " SELECT id, kind, ino FROM nodes WHERE id = ? AND deleted = 0"
+            " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN down ON n.parent = down.id"
+            " WHERE n.deleted = 0) SELECT DISTINCT ino FROM down WHERE kind = 'file'",
+            (node,))]
+
+    def resolve(self, path: str) -> str:
+        """The node at a share path ('' is the root), or OSError(ENOENT)."""
+        node = ROOT_ID
+        for part in filter(None, path.split("/")):
+            row = self.catalog.conn.execute(
+                "SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
+                (node, part)).fetchone()
+            if row is None:
+                raise FileNotFoundError(errno.ENOENT, f"no {path!r} in the share")
+            node = row[0]
+        return node
+
+    async def fetch_tree(self, path: str) -> dict:
+        """`syncd fetch`: every file under `path` here and verified. Local chunks are
+        re-hashed; a damaged one is dropped and fetched again."""
+        inos = self._files_under(self.resolve(path))
+        damaged, failed = 0, []
+        for ino in inos:
+            for digest in dict.fromkeys(self.catalog.chunks(ino)):
+                if self.store.has(digest) and not await trio.to_thread.run_sync(
+                        self.store.verify, digest):
+                    log.warning("chunk %s in the store is damaged: fetching it again",
+                                digest.hex()[:12])
+                    self.store.remove(digest)
+                    with self.catalog.db.atomic():
+                        self.catalog.conn.execute(
+                            "UPDATE inodes SET local = 0 WHERE instr(chunks, ?) > 0", (digest,))
+                    damaged += 1
+            try:
+                await self.fetcher.ensure_local(ino)
+            except OSError:
+                failed.append(self.fetcher.name(ino))
+        size = self.catalog.conn.execute(
+            f"SELECT coalesce(sum(size), 0) FROM inodes WHERE ino IN "
+            f"({','.join('?' * len(inos))})", inos).fetchone()[0] if inos else 0
+        return {"ok": not failed, "files": len(inos), "bytes": size, "damaged": damaged,
+                "failed": failed[:100],
+                "error": f"{len(failed)} file(s) have no reachable holder" if failed else None}
+
+    # -- running
+
+    def _purge_orphans(self, effects: Effects) -> None:
+        for ino in effects.orphans:
+            if not self.catalog.nodes_of(ino):
+                for digest in self.catalog.purge_inode(ino):
+                    self.store.remove(digest)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = Config()
+        config.bind = [self.listen]
+        config.accesslog = None
+        config.loglevel = "WARNING"
+        app = Signed(build_app(self), self.key)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await nursery.start(functools.partial(
+                    serve_http, app, config, shutdown_trigger=trio.sleep_forever))
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {self.listen} for peers: "
+                                       f"{e.strerror}") from None
+            await nursery.start(serve_control, self.home.path / "control.sock",
+                                {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
+                                 "pin": self._pin_op})
+            self.load_peers()
+            held = self.catalog.conn.execute("SELECT ino FROM inodes WHERE local = 0")
+            wanted = [r[0] for r in held if self.mirror or self._pinned(r[0])]
+            if wanted:
+                nursery.start_soon(self._prefetch, wanted)
+            log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
+                     self.listen)
+            task_status.started()
+
+    async def _fetch_op(self, request: dict) -> dict:
+        try:
+            return await self.fetch_tree(str(request.get("path", "")))
+        except FileNotFoundError as e:
+            return {"ok": False, "error": e.strerror}
+
+    async def _pin_op(self, request: dict) -> dict:
+        """Pin or unpin a subtree (a local fact, never synced); a pin fetches its
+        content now, in the background."""
+        try:
+            node = self.resolve(str(request.get("path", "")))
+        except FileNotFoundError as e:
+            return {"ok": False, "error": e.strerror}
+        pin = bool(request.get("pin"))
+        with self.catalog.db.atomic():
+            self.catalog.conn.execute("UPDATE nodes SET pinned = ? WHERE id = ?",
+                                      (int(pin), node))
+        if pin:
+            self._nursery.start_soon(self._prefetch, self._files_under(node))
+        return {"ok": True}
+
+    async def _reload_peers(self, request: dict) -> dict:
+        self.load_peers()
+        return {"ok": True, "peers": sorted(self.links)}
+

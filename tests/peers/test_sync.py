@@ -1,0 +1,173 @@
+"""Two and three real peers with real mounts: what a user does on one is there on the
+others. Every wait polls for the state expected under a deadline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+
+from syncd import auth
+from tests.helpers import wait_for
+from tests.peers.conftest import read, settled, wait_content, wait_gone
+
+
+def test_every_kind_of_change_propagates(cluster):
+    a, b = cluster(2)
+    (a / "f.txt").write_bytes(b"hello")
+    wait_content(b / "f.txt", b"hello")
+    (a / "f.txt").write_bytes(b"modified")
+    wait_content(b / "f.txt", b"modified")
+    with open(a / "f.txt", "ab") as f:
+        f.write(b" and appended")
+    wait_content(b / "f.txt", b"modified and appended")
+    os.truncate(a / "f.txt", 3)
+    wait_content(b / "f.txt", b"mod")
+    os.chmod(a / "f.txt", 0o600)
+    wait_for(lambda: os.stat(b / "f.txt").st_mode & 0o777 == 0o600, 20, "chmod on beta")
+    os.mkdir(b / "dir")
+    (b / "dir" / "inner").write_bytes(b"in")
+    wait_content(a / "dir" / "inner", b"in")
+    os.rename(a / "dir", a / "moved")
+    wait_content(b / "moved" / "inner", b"in")
+    assert not os.path.exists(b / "dir")
+    os.rename(b / "f.txt", b / "moved" / "g.txt")
+    wait_content(a / "moved" / "g.txt", b"mod")
+    os.symlink("g.txt", a / "moved" / "link")
+    wait_for(lambda: os.path.islink(b / "moved" / "link"), 20, "symlink on beta")
+    assert os.readlink(b / "moved" / "link") == "g.txt"
+    assert read(b / "moved" / "link") == b"mod"
+    os.unlink(b / "moved" / "link")
+    wait_gone(a / "moved" / "link")
+    shutil.rmtree(a / "moved")
+    wait_gone(b / "moved")
+    assert os.listdir(b.path) == []
+    wait_for(lambda: settled(a, b), 20, "nothing pending")
+
+
+def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
+    a, b = cluster(2)
+    data = os.urandom(3 * (1 << 20) + 5)
+    (a / "big").write_bytes(data)
+    wait_for(lambda: os.path.exists(b / "big") and os.stat(b / "big").st_size == len(data),
+             20, "big's size on beta")  # metadata is eager
+    assert b.status()["files"]["missing"] == 1  # content is lazy
+    assert (b / "big").read_bytes() == data
+    assert b.status()["files"]["missing"] == 0
+
+
+def test_a_peer_serving_wrong_bytes_is_caught(cluster):
+    a, b, c = cluster(3)
+    data = b"the right bytes" * 1000
+    (a / "f").write_bytes(data)
+    wait_content(b / "f", data)  # beta holds the chunk now too
+    wait_for(lambda: os.path.exists(c / "f") and os.stat(c / "f").st_size == len(data), 20,
+             "f on gamma")
+    (chunk,) = [p for p in (a.home / "store" / "chunks").rglob("*") if p.is_file()]
+    chunk.write_bytes(b"X" * len(data))  # alpha, asked first, now serves wrong bytes
+    assert (c / "f").read_bytes() == data
+    assert "peer alpha served wrong bytes for chunk" in c.mount.log()
+
+
+def test_offline_peer_catches_up_and_its_queue_survives_a_restart(cluster):
+    a, b = cluster(2)
+    (a / "before").write_bytes(b"1")
+    wait_content(b / "before", b"1")
+    b.stop()
+    (a / "while-away").write_bytes(b"22")
+    os.unlink(a / "before")
+    wait_for(lambda: a.peer("beta")["pending_changes"] == 2, 20, "two pending for beta")
+    pending = a.peer("beta")
+    assert pending["pending_bytes"] == 2 and pending["oldest_pending"] is not None
+    a.stop()  # the sender restarts: the queue is in its index
+    assert a.peer("beta")["pending_changes"] == 2
+    a.start()
+    b.start()
+    wait_content(b / "while-away", b"22")
+    wait_gone(b / "before")
+    wait_for(lambda: a.peer("beta")["pending_changes"] == 0, 20, "nothing pending for beta")
+    assert a.peer("beta")["state"] == "online"
+
+
+def test_concurrent_edits_make_the_same_conflict_copy_everywhere(cluster):
+    a, b, c = cluster(3)
+    (a / "doc.txt").write_bytes(b"base")
+    wait_content(b / "doc.txt", b"base")
+    wait_content(c / "doc.txt", b"base")
+    for p in (a, b, c):
+        for q in ("alpha", "beta", "gamma"):
+            if q != p.name:
+                p.set_peer(q, "outofuse")
+    (a / "doc.txt").write_bytes(b"alpha's edit")
+    os.utime(a / "doc.txt", ns=(0, 1_800_000_000 * 10**9))
+    (b / "doc.txt").write_bytes(b"beta's edit")
+    os.utime(b / "doc.txt", ns=(0, 1_800_000_100 * 10**9))  # later: beta's keeps the name
+    for p in (a, b, c):
+        for q in ("alpha", "beta", "gamma"):
+            if q != p.name:
+                p.set_peer(q, "auto")
+    copy = "doc.sync-conflict-20270115-080000-" + a.status()["device"]["id"][:7] + ".txt"
+    for p in (a, b, c):
+        wait_content(p / "doc.txt", b"beta's edit")
+        wait_content(p / copy, b"alpha's edit")
+    wait_for(lambda: settled(a, b, c), 30, "nothing pending")
+    for p in (a, b, c):
+        assert sorted(os.listdir(p.path)) == sorted(["doc.txt", copy])
+        assert p.status()["files"]["conflicts"] == 1
+
+
+def test_edit_against_delete_keeps_the_edit(cluster):
+    a, b = cluster(2)
+    (a / "keep").write_bytes(b"v1")
+    wait_content(b / "keep", b"v1")
+    a.set_peer("beta", "outofuse")
+    b.set_peer("alpha", "outofuse")
+    os.unlink(a / "keep")
+    (b / "keep").write_bytes(b"v2")
+    a.set_peer("beta", "auto")
+    b.set_peer("alpha", "auto")
+    wait_content(a / "keep", b"v2")
+    wait_for(lambda: settled(a, b), 20, "nothing pending")
+    assert read(b / "keep") == b"v2"
+
+
+def test_a_request_with_a_wrong_key_changes_nothing(cluster):
+    a, _ = cluster(2)
+    seq = a.status()["device"]["seq"]
+    body = b'{"device": "' + b"0" * 32 + b'", "changes": []}'
+    for key in (auth.new_key(), None):
+        headers = auth.sign_request(key, "POST", "/v1/changes", body) if key else {}
+        r = httpx.post(f"{a.url}/v1/changes", content=body, headers=headers)
+        assert r.status_code == 401, r.text
+    assert a.status()["device"]["seq"] == seq
+    assert "refused POST /v1/changes" in a.mount.log()
+
+
+def test_a_remote_change_leaves_open_handles_alone(cluster):
+    a, b = cluster(2)
+    (a / "f").write_bytes(b"old")
+    wait_content(b / "f", b"old")
+    with open(b / "f", "rb") as reader:
+        (a / "f").write_bytes(b"new!")
+        wait_content(b / "f", b"new!")
+        assert reader.read() == b"old"  # DESIGN rule 6
+
+
+def test_a_writer_that_closes_after_a_remote_change_makes_a_conflict_copy(cluster):
+    a, b = cluster(2)
+    (a / "f").write_bytes(b"old")
+    wait_content(b / "f", b"old")
+    with open(b / "f", "r+b") as writer:
+        writer.write(b"beta")
+        writer.flush()  # in the draft, not yet committed
+        (a / "f").write_bytes(b"alpha's")
+        wait_content(b / "f", b"alpha's")
+    # closed later than alpha's edit: beta's version keeps the name
+    for p in (a, b):
+        wait_content(p / "f", b"beta")
+        wait_for(lambda p=p: [n for n in os.listdir(p.path) if "sync-conflict" in n], 20,
+                 f"the conflict copy on {p.name}")
+        (copy,) = [n for n in os.listdir(p.path) if "sync-conflict" in n]
+        assert read(p / copy) == b"alpha's"
+    wait_for(lambda: settled(a, b), 20, "nothing pending")
