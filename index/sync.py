@@ -91,15 +91,16 @@ def _state(row) -> dict:
     }
 
 
-def pending(conn, cursor: int, device: str | None) -> tuple[int, int, int | None]:
+def pending(conn, cursor: int, device: str | None,
+            upto: int | None = None) -> tuple[int, int, int | None]:
     """What a peer has yet to receive (DESIGN, "Sequence numbers"): the nodes stamped
-    after its cursor that it did not send us, their content bytes, and the journal time
-    (unix seconds) of the oldest."""
+    after its cursor (and up to `upto`) that it did not send us, their content bytes, and
+    the journal time (unix seconds) of the oldest."""
     changes, size, oldest_seq = conn.execute(
         "SELECT count(*), coalesce(sum(i.size), 0), min(n.seq) FROM nodes n "
         "LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file' "
-        "WHERE n.seq > ? AND (n.origin IS NULL OR n.origin != ?)",
-        (cursor, device or ""),
+        "WHERE n.seq > ? AND n.seq <= ? AND (n.origin IS NULL OR n.origin != ?)",
+        (cursor, upto if upto is not None else 1 << 62, device or ""),
     ).fetchone()
     row = conn.execute("SELECT at FROM journal WHERE seq = ?", (oldest_seq,)).fetchone()
     return changes, size, row[0] if row else None
@@ -466,9 +467,11 @@ class Replica:
                 self._adopt(other["id"], node, effects)
                 return name
             if _name_key(state) > _name_key(other):
-                self._rename_loser(other, parent, effects)
+                self._rename_loser(other, node, parent, effects)
             else:
                 name = self._loser_name(state, parent)
+                self.conn.execute("UPDATE nodes SET conflict_of = ? WHERE id = ?",
+                                  (other["id"], node))
         self._set_place(node, parent, name, effects)
         return name
 
@@ -482,9 +485,10 @@ class Replica:
         tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{(c['device'] or '')[:7]}"
         return free_tagged_name(state["name"], tag, lambda n: self.cat._live(parent, n))
 
-    def _rename_loser(self, loser: dict, parent: str, effects: Effects) -> None:
+    def _rename_loser(self, loser: dict, winner: str, parent: str, effects: Effects) -> None:
         name = self._loser_name(loser, parent)
-        self.conn.execute("UPDATE nodes SET name = ? WHERE id = ?", (name, loser["id"]))
+        self.conn.execute("UPDATE nodes SET name = ?, conflict_of = ? WHERE id = ?",
+                          (name, winner, loser["id"]))
         self._stamp(loser["id"], "apply-rename", None, loser)
         self._entry_changed(parent, loser["name"], effects)
         self._entry_changed(parent, name, effects)

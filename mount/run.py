@@ -80,6 +80,39 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         home.release()
 
 
+def serve_only(home: Home, mirror: bool, ready: Callable[[], None] = lambda: None) -> None:
+    """`syncd serve`: the daemon without a mount, until SIGINT/SIGTERM."""
+    _raise_fd_limit()
+    home.acquire(None)
+    try:
+        try:
+            db = schema.open_db(home.db_path)
+        except schema.SchemaError as e:
+            raise UserError(str(e), FAILURE) from None
+        store = ChunkStore(home.store_path)
+        catalog = Catalog(db, store)
+        for name in recover(catalog, store):
+            log.warning("uncommitted writes from before a crash were kept as %s", name)
+        daemon = Daemon(home, catalog, mirror=mirror)
+        _check_listen(daemon.listen)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            trio.run(_serve_daemon, daemon, ready)
+        finally:
+            store.close()
+            db.close()
+    finally:
+        home.release()
+
+
+async def _serve_daemon(daemon: Daemon, ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        ready()
+        await _stop_on_signal()
+        nursery.cancel_scope.cancel()
+
+
 def _check_listen(listen: str) -> None:
     """Fail before mounting, with a clear message, when the peer port is taken."""
     host, _, port = listen.rpartition(":")
@@ -101,7 +134,7 @@ def _fsname(home: Home) -> str:
 async def _main(fs: Filesystem, daemon: Daemon | None, db_path, mountpoint: str,
                 ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
         nursery.start_soon(_checkpoints, db_path)
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
@@ -145,13 +178,13 @@ async def _checkpoints(db_path, interval: float = 1.0) -> None:
         conn.close()
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(stop: Callable[[], None] = lambda: None) -> None:
     # pyfuse3 installs no signal handlers; terminate() makes main() return.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
+            log.info("signal %d: stopping", signum)
+            stop()
             return
 
 

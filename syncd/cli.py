@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from index.schema import SchemaError
-from syncd import peers
+from syncd import peers, share
 from syncd.auth import parse_key
 from syncd.home import (
     FAILURE,
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="show this machine's state")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    share.add_parsers(sub, common)
     return parser
 
 
@@ -342,4 +343,4 @@ def _reload_peers(home: Home) -> None:
 
 
 COMMANDS = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-            "cluster-key": cmd_cluster_key, "peer": cmd_peer}
+            "cluster-key": cmd_cluster_key, "peer": cmd_peer, **share.COMMANDS}

@@ -1,0 +1,174 @@
+"""Commands about the share's content and its peers: serve, pin, unpin, fetch, conflicts,
+wait (docs/cli.md). Those that act ask the serving process over the control socket; those
+that only look read the index directly, read-only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from index import schema
+from index.sync import pending
+from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError, mounted_at
+
+log = logging.getLogger("syncd")
+
+FETCH_TIMEOUT = 7 * 24 * 3600.0  # a fetch that keeps moving may take long; stalls are bounded
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("serve", parents=[common],
+                       help="run the daemon without a mount (an always-on machine)")
+    p.add_argument("--mirror", action="store_true",
+                   help="keep every file's content here, so peers always find a holder")
+    for name, text in (("pin", "keep a subtree's content here, fetched ahead of time"),
+                       ("unpin", "let a subtree's content be fetched on open again")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("path", metavar="PATH")
+    p = sub.add_parser("fetch", parents=[common],
+                       help="fetch and verify a subtree now; exit 0 only when all is here")
+    p.add_argument("path", metavar="PATH", nargs="?", default=".")
+    p = sub.add_parser("conflicts", parents=[common], help="list the conflict copies")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    p = sub.add_parser("wait", parents=[common],
+                       help="wait until peers have confirmed every change made here")
+    p.add_argument("--peer", metavar="NAME", help="only this peer (default: every online one)")
+    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+
+
+def cmd_serve(home: Home, args) -> int:
+    home.require()
+    from mount.run import serve_only  # trio and the daemon load only here
+
+    holder = home.holder()
+    if holder is not None:
+        raise UserError(f"{home.path} is already served (pid {holder.pid})", STATE)
+    log.info("serving %s without a mount%s", home.path, " (mirror)" if args.mirror else "")
+    serve_only(home, args.mirror)
+    return OK
+
+
+def _ask(home: Home, op: str, timeout: float = 30.0, **request) -> dict:
+    if home.holder() is None:
+        raise UserError(f"{home.path} is not mounted or served: 'syncd mount' or "
+                        "'syncd serve' first", STATE)
+    from syncd import control
+
+    answer = control.request(home, op, timeout=timeout, **request)
+    if not answer.get("ok") and "files" not in answer:
+        raise UserError(answer.get("error") or f"{op} failed")
+    return answer
+
+
+def _share_path(home: Home, arg: str) -> str:
+    from syncd.paths import share_path
+
+    return share_path(home, arg, mounted_at(home)[0])
+
+
+def cmd_pin(home: Home, args) -> int:
+    home.require()
+    path = _share_path(home, args.path)
+    _ask(home, "pin", path=path, pin=args.command == "pin")
+    print(f"{args.command}ned /{path}")
+    return OK
+
+
+def cmd_fetch(home: Home, args) -> int:
+    home.require()
+    path = _share_path(home, args.path)
+    started = time.monotonic()
+    answer = _ask(home, "fetch", timeout=FETCH_TIMEOUT, path=path)
+    took = time.monotonic() - started
+    print(f"/{path}: {answer['files']} file(s), {answer['bytes']} bytes, here and verified"
+          if answer["ok"] else f"/{path}: {len(answer['failed'])} of {answer['files']} "
+          f"file(s) could not be fetched", f"({took:.1f} s; {answer['damaged']} damaged "
+          "chunk(s) fetched again)")
+    if not answer["ok"]:
+        for name in answer["failed"]:
+            print(f"  missing: {name}", file=sys.stderr)
+        raise UserError(answer["error"], UNREACHABLE)
+    return OK
+
+
+def cmd_conflicts(home: Home, args) -> int:
+    home.require()
+    db = schema.open_db(home.db_path, readonly=True)
+    try:
+        rows = db.conn.execute(
+            "WITH RECURSIVE up (start, id, parent, path) AS ("
+            " SELECT id, id, parent, name FROM nodes WHERE conflict_of IS NOT NULL"
+            " AND deleted = 0 AND kind != 'dir'"
+            " UNION ALL SELECT up.start, n.id, n.parent, n.name || '/' || up.path"
+            " FROM nodes n JOIN up ON n.id = up.parent WHERE n.id != 'root')"
+            " SELECT up.path, i.size, i.mtime_ns FROM up"
+            " JOIN nodes c ON c.id = up.start JOIN inodes i ON i.ino = c.ino"
+            " WHERE up.parent = 'root' ORDER BY up.path").fetchall()
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps({"schema_version": 1, "conflicts": [
+            {"path": p, "size": size, "mtime": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime // 10**9))}
+            for p, size, mtime in rows]}, indent=2))
+    elif rows:
+        for path, _, _ in rows:
+            print(path)
+    else:
+        print("no conflicts")
+    return OK
+
+
+def cmd_wait(home: Home, args) -> int:
+    """Poll the index (read-only) until the peers' cursors cover every change made here
+    up to now."""
+    home.require()
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    target = None
+    while True:
+        db = schema.open_db(home.db_path, readonly=True)
+        try:
+            if target is None:
+                target = db.conn.execute("SELECT coalesce(max(seq), 0) FROM journal"
+                                         ).fetchone()[0]
+            behind = _behind(db.conn, target, args.peer)
+        finally:
+            db.close()
+        if behind is None:
+            raise UserError("no peer is reachable: nothing could confirm the changes",
+                            UNREACHABLE)
+        if not behind:
+            print("every change made here has been confirmed"
+                  + (f" by {args.peer}" if args.peer else " by every online peer"))
+            return OK
+        if deadline is not None and time.monotonic() > deadline:
+            report = ", ".join(f"{name} ({n} change(s), {size} bytes)"
+                               for name, n, size in behind)
+            raise UserError(f"timed out after {args.timeout:g} s; behind: {report}",
+                            UNREACHABLE)
+        time.sleep(0.1)
+
+
+def _behind(conn, target: int, only: str | None) -> list[tuple] | None:
+    """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
+    peer that counts is online."""
+    rows = conn.execute("SELECT name, device, state, cursor FROM peers").fetchall()
+    if only is not None:
+        rows = [r for r in rows if r[0] == only]
+        if not rows:
+            raise UserError(f"no peer named {only!r}", FAILURE)
+    online = [r for r in rows if r[2] == "online"]
+    if not online:
+        return None
+    behind = []
+    for name, device, _, cursor in online:
+        changes, size, _ = pending(conn, cursor, device, upto=target)
+        if changes:
+            behind.append((name, changes, size))
+    return behind
+
+
+COMMANDS = {"serve": cmd_serve, "pin": cmd_pin, "unpin": cmd_pin, "fetch": cmd_fetch,
+            "conflicts": cmd_conflicts, "wait": cmd_wait}

@@ -1,0 +1,117 @@
+"""fetch, pin, serve --mirror, conflicts and wait, through the real `syncd` command
+against real mounted peers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.helpers import SYNCD, syncd, wait_for
+from tests.peers.conftest import Peer, read, wait_content
+
+
+def wait_listed(path, size: int) -> None:
+    wait_for(lambda: os.path.exists(path) and os.stat(path).st_size == size, 20,
+             f"{path} listed with its size")
+
+
+def test_fetch_verifies_everything_and_repairs_damage(cluster):
+    a, b = cluster(2)
+    os.mkdir(a / "inputs")
+    for i in range(3):
+        (a / "inputs" / f"{i}.dat").write_bytes(bytes([i]) * 5000)
+    wait_listed(b / "inputs" / "2.dat", 5000)
+    assert b.status()["files"]["missing"] == 3
+    done = syncd(b.home, "fetch", str(b / "inputs"))
+    assert "3 file(s), 15000 bytes, here and verified" in done.stdout
+    assert b.status()["files"]["missing"] == 0
+    (chunk,) = [p for p in (b.home / "store" / "chunks").rglob("*")
+                if p.is_file() and p.read_bytes() == bytes([1]) * 5000]
+    chunk.write_bytes(b"rot" * 10)
+    done = syncd(b.home, "fetch", "inputs")  # relative to the share's root
+    assert "1 damaged chunk(s) fetched again" in done.stdout
+    assert chunk.read_bytes() == bytes([1]) * 5000
+
+
+def test_without_a_reachable_holder_fetch_fails_and_open_gives_eio(cluster):
+    a, b = cluster(2)
+    (a / "only-on-alpha").write_bytes(b"x" * 100)
+    wait_listed(b / "only-on-alpha", 100)
+    a.stop()
+    done = syncd(b.home, "fetch", ".", check=False)
+    assert done.returncode == 5, done.stderr
+    assert "missing: 'only-on-alpha'" in done.stderr
+    with pytest.raises(OSError) as e:
+        (b / "only-on-alpha").read_bytes()
+    assert e.value.errno == errno.EIO
+    assert "cannot fetch 'only-on-alpha'" in b.mount.log()
+    assert "tried: alpha" in b.mount.log()
+
+
+def test_a_pinned_subtree_is_fetched_ahead_of_time(cluster):
+    a, b = cluster(2)
+    os.mkdir(a / "keep")
+    (a / "keep" / "one").write_bytes(b"1" * 10)
+    wait_listed(b / "keep" / "one", 10)
+    syncd(b.home, "pin", str(b / "keep"))
+    wait_for(lambda: b.status()["files"]["missing"] == 0, 20, "the pinned file fetched")
+    (a / "keep" / "two").write_bytes(b"2" * 20)
+    wait_listed(b / "keep" / "two", 20)
+    wait_for(lambda: b.status()["files"]["missing"] == 0, 20, "a new pinned file fetched")
+    assert b.status()["files"]["pinned"] == 2
+    a.stop()
+    assert read(b / "keep" / "two") == b"2" * 20  # held here: no peer needed
+
+
+def test_a_mirror_holds_everything_for_peers_that_come_and_go(cluster, tmp_path):
+    a, b = cluster(2)
+    m = Peer(tmp_path, "mirror", a.key)
+    for p in (a, b):
+        syncd(p.home, "peer", "add", "mirror", m.url)
+        syncd(m.home, "peer", "add", p.name, p.url)
+    proc = subprocess.Popen([*SYNCD, "--home", str(m.home), "serve", "--mirror"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "m.log", "wb"))
+    try:
+        (a / "report").write_bytes(b"final numbers")
+        wait_for(lambda: m.status()["files"]["local"] == 1, 20, "the mirror to hold it")
+        assert m.status()["mounted_at"] is None and m.status()["pid"] == proc.pid
+        wait_listed(b / "report", 13)
+        a.stop()
+        assert read(b / "report") == b"final numbers"  # from the mirror
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert "Traceback" not in (tmp_path / "m.log").read_text()
+
+
+def test_conflicts_are_listed(cluster):
+    a, b = cluster(2)
+    for p, q in ((a, "beta"), (b, "alpha")):
+        p.set_peer(q, "outofuse")
+    (a / "n.txt").write_bytes(b"a")
+    (b / "n.txt").write_bytes(b"b")
+    for p, q in ((a, "beta"), (b, "alpha")):
+        p.set_peer(q, "auto")
+    wait_for(lambda: len(os.listdir(a.path)) == 2 and len(os.listdir(b.path)) == 2, 20,
+             "both names on both")
+    listed = json.loads(syncd(a.home, "conflicts", "--json").stdout)["conflicts"]
+    assert [c["path"] for c in listed] == [n for n in os.listdir(a.path) if n != "n.txt"]
+    assert syncd(b.home, "conflicts").stdout.strip() == listed[0]["path"]
+
+
+def test_wait_returns_once_peers_confirmed_and_fails_when_none_answers(cluster):
+    a, b = cluster(2)
+    (a / "f").write_bytes(b"data")
+    done = syncd(a.home, "wait", "--timeout", "20")
+    assert "confirmed" in done.stdout
+    wait_content(b / "f", b"data")
+    b.stop()
+    (a / "g").write_bytes(b"more")
+    wait_for(lambda: a.peer("beta")["state"] == "offline", 20, "beta seen offline")
+    done = syncd(a.home, "wait", "--peer", "beta", "--timeout", "1", check=False)
+    assert done.returncode == 5 and "no peer is reachable" in done.stderr
