@@ -20,12 +20,13 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from index.catalog import check_name
-from syncd import auth
+from syncd import auth, compress
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 << 20
 MAX_BATCH = 1000
+MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 NodeId = Annotated[str, StringConstraints(pattern=r"^(root|[0-9a-f]{32}:[0-9]{1,18})$")]
@@ -91,6 +92,10 @@ class Changes(Strict):
     changes: Annotated[list[NodeState], Field(max_length=MAX_BATCH)]
 
 
+class ChunkList(Strict):
+    chunks: Annotated[list[Hex64], Field(min_length=1, max_length=MAX_CHUNKS)]
+
+
 class Hello(Strict):
     device: DeviceId
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -102,7 +107,7 @@ class Node(Protocol):
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
-    def chunk_path(self, digest: bytes) -> str | None: ...
+    def read_chunk(self, digest: bytes) -> bytes | None: ...
 
 
 def build_app(node: Node) -> FastAPI:
@@ -129,16 +134,24 @@ def build_app(node: Node) -> FastAPI:
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],
                     request: Request) -> Response:
-        path = node.chunk_path(bytes.fromhex(digest))
-        if path is None:
+        data = node.read_chunk(bytes.fromhex(digest))
+        if data is None:
             raise HTTPException(404, f"chunk {digest} is not held here")
-        with open(path, "rb") as f:
-            data = f.read()
         start = _range_start(request.headers.get("range"), len(data))
         if start is None:
             return Response(data, media_type="application/octet-stream")
         return Response(data[start:], status_code=206, media_type="application/octet-stream",
                         headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+
+    @app.post("/v1/chunks")
+    async def chunks(body: ChunkList) -> Response:
+        """Many chunks in one answer (small files): their bytes one after another, and
+        X-Syncd-Sizes giving each one's length, -1 for one not held here."""
+        found = [node.read_chunk(bytes.fromhex(h)) for h in body.chunks]
+        sizes = ",".join(str(-1 if d is None else len(d)) for d in found)
+        return Response(b"".join(d for d in found if d is not None),
+                        media_type="application/octet-stream",
+                        headers={"X-Syncd-Sizes": sizes})
 
     return app
 
@@ -156,7 +169,9 @@ class Signed:
     """ASGI layer: checks each request's signature before the app, signs each response.
 
     The body is read whole (at most MAX_BODY) because its hash is part of the signature;
-    so is the response body. Chunks are at most 1 MiB, batches a few MiB.
+    so is the response body. Chunks are at most 1 MiB, batches a few MiB. Signatures cover
+    bodies as sent: a zstd request body is verified before it is decompressed, and a
+    response is compressed (when the client accepts zstd and it pays) before it is signed.
     """
 
     def __init__(self, app, key: bytes):
@@ -185,6 +200,16 @@ class Signed:
             log.warning("refused %s %s: %s", scope["method"], target[:200], e)
             return await _reply(send, 401, {"detail": str(e)})
         nonce = headers.get(auth.NONCE.lower(), "")
+        if headers.get("content-encoding", "identity") not in ("identity", "zstd"):
+            return await _reply(send, 415, {"detail": "bodies are zstd or not encoded"})
+        if headers.get("content-encoding") == "zstd":
+            try:
+                body = compress.unpack(bytes(body), MAX_BODY)
+            except compress.BadEncoding as e:
+                return await _reply(send, 400, {"detail": str(e)})
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
+                                          if k.lower() != b"content-encoding"]}
+        zstd_ok = "zstd" in headers.get("accept-encoding", "")
         replayed = False
 
         async def replay():
@@ -195,18 +220,26 @@ class Signed:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         start: dict = {}
-        out = bytearray()
+        parts: list[bytes] = []
 
         async def capture(message):
             if message["type"] == "http.response.start":
                 start.update(message)
             elif message["type"] == "http.response.body":
-                out.extend(message.get("body", b""))
+                parts.append(message.get("body", b""))
                 if not message.get("more_body"):
-                    signed = auth.sign_response(self.key, start["status"], nonce, bytes(out))
-                    extra = [(k.lower().encode(), v.encode()) for k, v in signed.items()]
-                    await send({**start, "headers": [*start.get("headers", []), *extra]})
-                    await send({"type": "http.response.body", "body": bytes(out)})
+                    out = parts[0] if len(parts) == 1 else b"".join(parts)
+                    headers = start.get("headers", [])
+                    packed = compress.pack(out) if zstd_ok else None
+                    if packed is not None:
+                        out = packed
+                        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                        headers += [(b"content-encoding", b"zstd"),
+                                    (b"content-length", str(len(out)).encode())]
+                    signed = auth.sign_response(self.key, start["status"], nonce, out)
+                    headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": out})
 
         await self.app(scope, replay, capture)
 

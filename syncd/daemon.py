@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 
 import trio
 from hypercorn.config import Config
@@ -46,6 +47,10 @@ class Daemon:
         # The mount's part after a remote change lands: kernel invalidation, purges.
         self.on_effects = on_effects or self._purge_orphans
         self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
+        # Files smaller than this are fetched as soon as they are announced, many per
+        # request (0: every file waits for its first open).
+        self.prefetch_below = int(config["prefetch_below"])
+        self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         catalog.on_change = self.poke_all
 
@@ -56,21 +61,47 @@ class Daemon:
             if link.device == device or (link.device is None and link.name == name):
                 link.poke()  # it is back: send what waits for it now
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
-                "accepts": []}
+                "accepts": ["zstd"]}
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.replica.apply(states, device)
         self.on_effects(effects)
-        wanted = [ino for ino in effects.missing if self.mirror or self._pinned(ino)]
+        self._fetch_ahead(effects.missing)
+        return len(states)
+
+    def _fetch_ahead(self, inos) -> None:
+        wanted = [ino for ino in inos if self.mirror or self._pinned(ino)]
         if wanted:
             self._nursery.start_soon(self._prefetch, wanted)
-        return len(states)
+        small = self._smaller_than([i for i in inos if i not in wanted], self.prefetch_below)
+        if small:
+            self._small_send.send_nowait(small)
+
+    def _smaller_than(self, inos: list[int], size: int) -> list[int]:
+        if not inos or size <= 0:
+            return []
+        return [r[0] for r in self.catalog.conn.execute(
+            f"SELECT ino FROM inodes WHERE size < ? AND ino IN ({','.join('?' * len(inos))})",
+            (size, *inos))]
+
+    async def _prefetch_small(self) -> None:
+        async for inos in self._small_receive:
+            while True:  # take everything queued meanwhile into one round
+                try:
+                    inos += self._small_receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            await self.fetcher.prefetch_small(inos)
 
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
         return self.replica.changes_since(since, limit)
 
-    def chunk_path(self, digest: bytes) -> str | None:
-        return self.store.chunk_path(digest) if self.store.has(digest) else None
+    def read_chunk(self, digest: bytes) -> bytes | None:
+        try:
+            with open(self.store.chunk_path(digest), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     # -- peers
 
@@ -200,10 +231,9 @@ class Daemon:
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op})
             self.load_peers()
-            held = self.catalog.conn.execute("SELECT ino FROM inodes WHERE local = 0")
-            wanted = [r[0] for r in held if self.mirror or self._pinned(r[0])]
-            if wanted:
-                nursery.start_soon(self._prefetch, wanted)
+            nursery.start_soon(self._prefetch_small)
+            self._fetch_ahead([r[0] for r in self.catalog.conn.execute(
+                "SELECT ino FROM inodes WHERE local = 0")])
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
             task_status.started()

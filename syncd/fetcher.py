@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PARALLEL = 4  # chunks of one file in flight at once
+BATCH_CHUNKS = 64  # chunks asked for in one request when prefetching small files
+
 
 class Fetcher:
     def __init__(self, daemon: Daemon):
@@ -50,13 +53,65 @@ class Fetcher:
         done = self.inflight[ino] = trio.Event()
         what = self.name(ino)
         try:
-            for digest in self.missing(ino):
-                await self.fetch_chunk(digest, what)
-            with self.daemon.catalog.db.atomic():
-                self.conn.execute("UPDATE inodes SET local = 1 WHERE ino = ?", (ino,))
+            failed: list[OSError] = []
+            # Several chunks in flight at once: each side's CPU work (hashing, signing)
+            # overlaps the other's and the network's.
+            async with trio.open_nursery() as nursery:
+                limit = trio.Semaphore(PARALLEL)
+                for digest in self.missing(ino):
+                    await limit.acquire()
+                    nursery.start_soon(self._fetch_one, digest, what, limit, failed)
+            if failed:
+                raise failed[0]
+            self._mark_local([ino])
         finally:
             del self.inflight[ino]
             done.set()
+
+    async def _fetch_one(self, digest: bytes, what: str, limit: trio.Semaphore,
+                         failed: list[OSError]) -> None:
+        try:
+            await self.fetch_chunk(digest, what)
+        except OSError as e:
+            failed.append(e)
+        finally:
+            limit.release()
+
+    def _mark_local(self, inos: list[int]) -> None:
+        with self.daemon.catalog.db.atomic():
+            self.conn.executemany("UPDATE inodes SET local = 1 WHERE ino = ?",
+                                  [(i,) for i in inos])
+
+    async def prefetch_small(self, inos: list[int]) -> None:
+        """Fetch the content of small files ahead of any open, many chunks per request: for
+        a small file the round trip costs more than its bytes. Best effort: what fails
+        here is fetched again on open."""
+        wanted: dict[bytes, None] = {}
+        for ino in inos:
+            wanted.update(dict.fromkeys(self.missing(ino)))
+        todo = list(wanted)
+        for link in self.daemon.holders():
+            left = []
+            for i in range(0, len(todo), BATCH_CHUNKS):
+                batch = todo[i:i + BATCH_CHUNKS]
+                try:
+                    got = await link.get_chunks(batch)
+                except PeerError as e:
+                    log.debug("prefetch from %s: %s", link.name, e)
+                    left += batch
+                    continue
+                for digest in batch:
+                    data = got.get(digest)
+                    if data is None:
+                        left.append(digest)
+                    elif not await trio.to_thread.run_sync(self._install, digest, data):
+                        log.warning("peer %s served wrong bytes for chunk %s: not installed",
+                                    link.name, digest.hex()[:12])
+                        left.append(digest)
+            todo = left
+            if not todo:
+                break
+        self._mark_local([ino for ino in inos if not self.missing(ino)])
 
     def name(self, ino: int) -> str:
         row = self.conn.execute("SELECT name FROM nodes WHERE ino = ? AND deleted = 0",

@@ -26,7 +26,8 @@ from syncd import auth
 # Exit codes (docs/cli.md)
 OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5
 
-DEFAULT_CONFIG = {"listen": "127.0.0.1:7700", "attr_timeout": 60.0}
+DEFAULT_CONFIG = {"listen": "127.0.0.1:7700", "attr_timeout": 60.0,
+                  "prefetch_below": 256 * 1024}
 _FLOCK = "hhqqi"  # struct flock on Linux: type, whence, start, len, pid
 
 

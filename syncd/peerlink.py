@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 import trio
 
-from syncd import auth
+from syncd import auth, compress
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
@@ -27,8 +28,19 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 KEEPALIVE = 30.0  # seconds between probes of an idle online peer
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+BURST, COALESCE = 0.05, 0.005  # seconds: a push this soon after the last one waits this long
 # A stall, not a transfer, is bounded: every read must make progress within `read`.
 TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=10.0)
+
+
+MAX_ANSWER = 128 << 20  # bytes an answer may decompress to
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: httpx.Headers
+    body: bytes
 
 
 class PeerError(Exception):
@@ -48,6 +60,8 @@ class PeerLink:
         self.backoff = BACKOFF_MIN
         self.cancel = trio.CancelScope()
         self.stale = False  # an idle keep-alive is due: say hello again
+        self.last_push = 0.0
+        self.accepts_zstd = False  # learned at hello
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
             retries=0, socket_options=_NODELAY))
 
@@ -57,34 +71,55 @@ class PeerLink:
     # -- requests
 
     async def request(self, method: str, path: str, payload: dict | None = None,
-                      headers: dict | None = None) -> httpx.Response:
+                      headers: dict | None = None) -> Reply:
+        """One signed exchange. Bodies are compressed when the peer accepts zstd and it
+        pays; the signature covers the bytes as sent, both ways."""
         body = json.dumps(payload).encode() if payload is not None else b""
-        signed = auth.sign_request(self.daemon.key, method, path, body)
-        all_headers = {**signed, **(headers or {})}
+        all_headers = {"accept-encoding": "zstd", **(headers or {})}
         if payload is not None:
             all_headers["content-type"] = "application/json"
+        packed = compress.pack(body) if self.accepts_zstd else None
+        if packed is not None:
+            body = packed
+            all_headers["content-encoding"] = "zstd"
+        signed = auth.sign_request(self.daemon.key, method, path, body)
+        all_headers.update(signed)
         try:
-            r = await self.client.request(method, self.url + path, content=body,
-                                          headers=all_headers)
+            request = self.client.build_request(method, self.url + path, content=body,
+                                                headers=all_headers)
+            r = await self.client.send(request, stream=True)
+            try:
+                raw = b"".join([part async for part in r.aiter_raw()])
+            finally:
+                await r.aclose()
         except httpx.HTTPError as e:
             raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
         try:
             auth.check_response(self.daemon.key, r.status_code, signed[auth.NONCE], r.headers,
-                                r.content)
+                                raw)
         except auth.AuthError as e:
             raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
-        return r
+        if r.headers.get("content-encoding") == "zstd":
+            try:
+                raw = compress.unpack(raw, MAX_ANSWER)
+            except compress.BadEncoding as e:
+                raise PeerError(f"{self.name} sent a bad body: {e}") from None
+        return Reply(r.status_code, r.headers, raw)
 
     async def call(self, method: str, path: str, payload: dict | None = None) -> dict:
         r = await self.request(method, path, payload)
-        if r.status_code != 200:
-            raise PeerError(f"{self.name} refused {method} {path}: {r.status_code} "
-                            f"{r.text[:300]}")
-        return r.json()
+        if r.status != 200:
+            raise PeerError(f"{self.name} refused {method} {path}: {r.status} "
+                            f"{r.body[:300].decode(errors='replace')}")
+        try:
+            return json.loads(r.body)
+        except ValueError:
+            raise PeerError(f"{self.name} answered {method} {path} with bad JSON") from None
 
     async def hello(self) -> None:
         answer = await self.call("POST", "/v1/hello", {"device": self.daemon.device,
                                                       "name": self.daemon.name})
+        self.accepts_zstd = "zstd" in answer.get("accepts", [])
         if self.device is None or self.device != answer.get("device"):
             self.device = answer["device"]
             self.daemon.save_peer(self, device=self.device)
@@ -93,11 +128,29 @@ class PeerLink:
         """A chunk's bytes, not yet verified. Transfers resume per chunk: the chunks of a
         file that arrived are installed, so a retry asks only for the rest."""
         r = await self.request("GET", f"/v1/chunks/{digest.hex()}")
-        if r.status_code == 404:
+        if r.status == 404:
             raise PeerError(f"{self.name} does not hold chunk {digest.hex()[:12]}")
-        if r.status_code != 200:
-            raise PeerError(f"{self.name} answered {r.status_code} for a chunk")
-        return r.content
+        if r.status != 200:
+            raise PeerError(f"{self.name} answered {r.status} for a chunk")
+        return r.body
+
+    async def get_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        """Many chunks in one request (not yet verified); those not held are left out."""
+        r = await self.request("POST", "/v1/chunks", {"chunks": [d.hex() for d in digests]})
+        if r.status != 200:
+            raise PeerError(f"{self.name} answered {r.status} for chunks")
+        try:
+            sizes = [int(n) for n in r.headers["x-syncd-sizes"].split(",")]
+        except (KeyError, ValueError):
+            raise PeerError(f"{self.name} sent chunks without valid sizes") from None
+        if len(sizes) != len(digests) or sum(n for n in sizes if n > 0) != len(r.body):
+            raise PeerError(f"{self.name} sent chunks that do not add up")
+        out, at = {}, 0
+        for digest, n in zip(digests, sizes, strict=True):
+            if n >= 0:
+                out[digest] = r.body[at:at + n]
+                at += n
+        return out
 
     # -- the loop
 
@@ -133,7 +186,11 @@ class PeerLink:
         self.stale = idle.cancelled_caught
 
     async def _push(self) -> bool:
-        """Send one batch; True when there may be more."""
+        """Send one batch; True when there may be more. In a burst of changes (the last
+        push was moments ago), wait a little so that one batch carries many."""
+        if time.monotonic() - self.last_push < BURST:
+            await trio.sleep(COALESCE)
+        self.last_push = time.monotonic()
         states, last = self.daemon.replica.changes_since(self.cursor, BATCH, self.device)
         if last == self.cursor:
             return False

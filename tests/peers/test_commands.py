@@ -15,6 +15,9 @@ from tests.helpers import SYNCD, syncd, wait_for
 from tests.peers.conftest import Peer, read, wait_content
 
 
+BIG = 300_000  # above prefetch_below: content waits for an open, a pin or a fetch
+
+
 def wait_listed(path, size: int) -> None:
     wait_for(lambda: os.path.exists(path) and os.stat(path).st_size == size, 20,
              f"{path} listed with its size")
@@ -24,24 +27,24 @@ def test_fetch_verifies_everything_and_repairs_damage(cluster):
     a, b = cluster(2)
     os.mkdir(a / "inputs")
     for i in range(3):
-        (a / "inputs" / f"{i}.dat").write_bytes(bytes([i]) * 5000)
-    wait_listed(b / "inputs" / "2.dat", 5000)
+        (a / "inputs" / f"{i}.dat").write_bytes(bytes([i]) * BIG)
+    wait_listed(b / "inputs" / "2.dat", BIG)
     assert b.status()["files"]["missing"] == 3
     done = syncd(b.home, "fetch", str(b / "inputs"))
-    assert "3 file(s), 15000 bytes, here and verified" in done.stdout
+    assert f"3 file(s), {3 * BIG} bytes, here and verified" in done.stdout
     assert b.status()["files"]["missing"] == 0
     (chunk,) = [p for p in (b.home / "store" / "chunks").rglob("*")
-                if p.is_file() and p.read_bytes() == bytes([1]) * 5000]
+                if p.is_file() and p.read_bytes() == bytes([1]) * BIG]
     chunk.write_bytes(b"rot" * 10)
     done = syncd(b.home, "fetch", "inputs")  # relative to the share's root
     assert "1 damaged chunk(s) fetched again" in done.stdout
-    assert chunk.read_bytes() == bytes([1]) * 5000
+    assert chunk.read_bytes() == bytes([1]) * BIG
 
 
 def test_without_a_reachable_holder_fetch_fails_and_open_gives_eio(cluster):
     a, b = cluster(2)
-    (a / "only-on-alpha").write_bytes(b"x" * 100)
-    wait_listed(b / "only-on-alpha", 100)
+    (a / "only-on-alpha").write_bytes(b"x" * BIG)
+    wait_listed(b / "only-on-alpha", BIG)
     a.stop()
     done = syncd(b.home, "fetch", ".", check=False)
     assert done.returncode == 5, done.stderr
@@ -56,16 +59,16 @@ def test_without_a_reachable_holder_fetch_fails_and_open_gives_eio(cluster):
 def test_a_pinned_subtree_is_fetched_ahead_of_time(cluster):
     a, b = cluster(2)
     os.mkdir(a / "keep")
-    (a / "keep" / "one").write_bytes(b"1" * 10)
-    wait_listed(b / "keep" / "one", 10)
+    (a / "keep" / "one").write_bytes(b"1" * BIG)
+    wait_listed(b / "keep" / "one", BIG)
     syncd(b.home, "pin", str(b / "keep"))
     wait_for(lambda: b.status()["files"]["missing"] == 0, 20, "the pinned file fetched")
-    (a / "keep" / "two").write_bytes(b"2" * 20)
-    wait_listed(b / "keep" / "two", 20)
+    (a / "keep" / "two").write_bytes(b"2" * BIG)
+    wait_listed(b / "keep" / "two", BIG)
     wait_for(lambda: b.status()["files"]["missing"] == 0, 20, "a new pinned file fetched")
     assert b.status()["files"]["pinned"] == 2
     a.stop()
-    assert read(b / "keep" / "two") == b"2" * 20  # held here: no peer needed
+    assert read(b / "keep" / "two") == b"2" * BIG  # held here: no peer needed
 
 
 def test_a_mirror_holds_everything_for_peers_that_come_and_go(cluster, tmp_path):
@@ -77,16 +80,27 @@ def test_a_mirror_holds_everything_for_peers_that_come_and_go(cluster, tmp_path)
     proc = subprocess.Popen([*SYNCD, "--home", str(m.home), "serve", "--mirror"],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "m.log", "wb"))
     try:
-        (a / "report").write_bytes(b"final numbers")
+        (a / "report").write_bytes(b"final numbers" * BIG)
         wait_for(lambda: m.status()["files"]["local"] == 1, 20, "the mirror to hold it")
         assert m.status()["mounted_at"] is None and m.status()["pid"] == proc.pid
-        wait_listed(b / "report", 13)
+        wait_listed(b / "report", 13 * BIG)
+        assert b.status()["files"]["missing"] == 1
         a.stop()
-        assert read(b / "report") == b"final numbers"  # from the mirror
+        assert read(b / "report") == b"final numbers" * BIG  # from the mirror
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     assert "Traceback" not in (tmp_path / "m.log").read_text()
+
+
+def test_small_files_arrive_without_being_opened(cluster):
+    a, b = cluster(2)
+    for i in range(50):
+        (a / f"small-{i}").write_bytes(b"%d" % i * 100)
+    wait_listed(b / "small-49", 200)
+    wait_for(lambda: b.status()["files"]["missing"] == 0, 20, "small files fetched ahead")
+    a.stop()
+    assert read(b / "small-7") == b"7" * 100
 
 
 def test_conflicts_are_listed(cluster):

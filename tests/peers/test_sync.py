@@ -59,7 +59,7 @@ def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
 
 def test_a_peer_serving_wrong_bytes_is_caught(cluster):
     a, b, c = cluster(3)
-    data = b"the right bytes" * 1000
+    data = b"the right bytes" * 20000  # above prefetch_below: fetched on open
     (a / "f").write_bytes(data)
     wait_content(b / "f", data)  # beta holds the chunk now too
     wait_for(lambda: os.path.exists(c / "f") and os.stat(c / "f").st_size == len(data), 20,
@@ -171,3 +171,21 @@ def test_a_writer_that_closes_after_a_remote_change_makes_a_conflict_copy(cluste
         (copy,) = [n for n in os.listdir(p.path) if "sync-conflict" in n]
         assert read(p / copy) == b"alpha's"
     wait_for(lambda: settled(a, b), 20, "nothing pending")
+
+
+def test_bodies_travel_compressed_when_it_pays(cluster):
+    a, b = cluster(2)
+    text = b"a line of a simulation input file\n" * 10000
+    (a / "input.txt").write_bytes(text)
+    wait_content(b / "input.txt", text)
+    (digest,) = [p.name for p in (a.home / "store" / "chunks").rglob("*") if p.is_file()]
+    key = bytes.fromhex(a.key)
+    path = f"/v1/chunks/{digest}"
+    headers = auth.sign_request(key, "GET", path, b"")
+    r = httpx.get(a.url + path, headers={**headers, "accept-encoding": "zstd"})
+    assert r.status_code == 200 and r.headers["content-encoding"] == "zstd"
+    assert len(r.content) == len(text)  # (httpx decodes it)
+    assert int(r.headers["content-length"]) < len(text) // 10
+    noise = os.urandom(5000)
+    (a / "noise").write_bytes(noise)
+    wait_content(b / "noise", noise)  # incompressible: sent as it is, still verified
