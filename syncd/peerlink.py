@@ -59,7 +59,9 @@ class PeerLink:
         self.wake = trio.Event()
         self.backoff = BACKOFF_MIN
         self.cancel = trio.CancelScope()
-        self.stale = False  # an idle keep-alive is due: say hello again
+        # Say hello first: whatever state was stored, the peer must learn that we are back
+        # (its loop for us may be sleeping in back-off), and we learn what it accepts.
+        self.stale = True
         self.last_push = 0.0
         self.accepts_zstd = False  # learned at hello
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(

@@ -40,10 +40,10 @@ def collect(home: Home) -> dict:
         for name, url, device, state, cursor, last_seen, error in db.conn.execute(
                 "SELECT name, url, device, state, cursor, last_seen, last_error FROM peers "
                 "ORDER BY name"):
-            changes, size, oldest = pending(db.conn, cursor, device)
+            changes, waiting, oldest = pending(db.conn, cursor, device)
             peers.append({"name": name, "url": url, "device": device, "state": state,
                           "last_seen": utc(last_seen), "pending_changes": changes,
-                          "pending_bytes": size, "oldest_pending": utc(oldest),
+                          "pending_bytes": waiting, "oldest_pending": utc(oldest),
                           "last_error": error})
     finally:
         db.close()

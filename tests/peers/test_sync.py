@@ -52,7 +52,9 @@ def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
     (a / "big").write_bytes(data)
     wait_for(lambda: os.path.exists(b / "big") and os.stat(b / "big").st_size == len(data),
              20, "big's size on beta")  # metadata is eager
-    assert b.status()["files"]["missing"] == 1  # content is lazy
+    files = b.status()["files"]
+    assert files["missing"] == 1 and files["bytes"] == len(data)  # content is lazy
+    assert files["bytes_local"] == 0
     assert (b / "big").read_bytes() == data
     assert b.status()["files"]["missing"] == 0
 
