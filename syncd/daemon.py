@@ -229,7 +229,7 @@ class Daemon:
                                        f"{e.strerror}") from None
             await nursery.start(serve_control, self.home.path / "control.sock",
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
-                                 "pin": self._pin_op})
+                                 "pin": self._pin_op, "transfers": self._transfers_op})
             self.load_peers()
             nursery.start_soon(self._prefetch_small)
             self._fetch_ahead([r[0] for r in self.catalog.conn.execute(
@@ -258,6 +258,11 @@ class Daemon:
         if pin:
             self._nursery.start_soon(self._prefetch, self._files_under(node))
         return {"ok": True}
+
+    async def _transfers_op(self, request: dict) -> dict:
+        """What is being fetched right now (syncd status)."""
+        return {"ok": True, "fetching": sorted(self.fetcher.name(i) for i in self.fetcher.inflight),
+                "prefetching": self.fetcher.prefetching}
 
     async def _reload_peers(self, request: dict) -> dict:
         self.load_peers()

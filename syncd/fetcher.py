@@ -35,6 +35,7 @@ class Fetcher:
         self.store = daemon.catalog.store
         self.conn = daemon.catalog.conn
         self.inflight: dict[int, trio.Event] = {}
+        self.prefetching = 0  # small files in the current ahead-of-time round
 
     def missing(self, ino: int) -> list[bytes]:
         row = self.conn.execute("SELECT local, chunks FROM inodes WHERE ino = ?",
@@ -90,6 +91,14 @@ class Fetcher:
         for ino in inos:
             wanted.update(dict.fromkeys(self.missing(ino)))
         todo = list(wanted)
+        self.prefetching = len(inos)
+        try:
+            await self._prefetch_chunks(todo)
+        finally:
+            self.prefetching = 0
+        self._mark_local([ino for ino in inos if not self.missing(ino)])
+
+    async def _prefetch_chunks(self, todo: list[bytes]) -> None:
         for link in self.daemon.holders():
             left = []
             for i in range(0, len(todo), BATCH_CHUNKS):
@@ -111,7 +120,6 @@ class Fetcher:
             todo = left
             if not todo:
                 break
-        self._mark_local([ino for ino in inos if not self.missing(ino)])
 
     def name(self, ino: int) -> str:
         row = self.conn.execute("SELECT name FROM nodes WHERE ino = ? AND deleted = 0",

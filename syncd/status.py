@@ -7,7 +7,7 @@ import json
 from index import schema
 from index.store import ChunkStore
 from index.sync import pending
-from syncd.home import Home, mounted_at, utc
+from syncd.home import Home, UserError, mounted_at, utc
 
 STATUS_SCHEMA = 1
 
@@ -48,6 +48,7 @@ def collect(home: Home) -> dict:
     finally:
         db.close()
     where, pid = mounted_at(home)
+    transfers = _transfers(home) if pid is not None else None
     return {
         "schema_version": STATUS_SCHEMA,
         "device": {"id": meta["device_id"], "name": home.config()["name"],
@@ -59,7 +60,21 @@ def collect(home: Home) -> dict:
                   "bytes_local": size_local},
         "dirty": dirty,
         "peers": peers,
+        "transfers": transfers,
     }
+
+
+def _transfers(home: Home) -> dict | None:
+    """Fetches in flight, asked of the serving process (null when it does not answer)."""
+    from syncd import control
+
+    try:
+        answer = control.request(home, "transfers", timeout=2.0)
+    except UserError:
+        return None
+    if not answer.get("ok"):
+        return None
+    return {"fetching": answer.get("fetching", []), "prefetching": answer.get("prefetching", 0)}
 
 
 def print_status(home: Home, as_json: bool) -> None:
@@ -76,6 +91,9 @@ def print_status(home: Home, as_json: bool) -> None:
         ("files", f"{f['total']} ({_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
+        ("transfers", "-" if s["transfers"] is None else
+         f"{len(s['transfers']['fetching'])} file(s) being fetched on open, "
+         f"{s['transfers']['prefetching']} small file(s) ahead of time"),
         ("peers", "none" if not s["peers"] else f"{len(s['peers'])}"),
     ]
     width = max(len(k) for k, _ in rows)

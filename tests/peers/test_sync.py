@@ -55,6 +55,7 @@ def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
     files = b.status()["files"]
     assert files["missing"] == 1 and files["bytes"] == len(data)  # content is lazy
     assert files["bytes_local"] == 0
+    assert b.status()["transfers"] == {"fetching": [], "prefetching": 0}
     assert (b / "big").read_bytes() == data
     assert b.status()["files"]["missing"] == 0
 
@@ -191,3 +192,14 @@ def test_bodies_travel_compressed_when_it_pays(cluster):
     noise = os.urandom(5000)
     (a / "noise").write_bytes(noise)
     wait_content(b / "noise", noise)  # incompressible: sent as it is, still verified
+
+
+def test_changes_reach_a_peer_through_another_one(cluster):
+    a, b, c = cluster(3)
+    for p, q in ((a, "gamma"), (c, "alpha")):
+        p.set_peer(q, "outofuse")  # alpha and gamma never meet
+    (a / "relayed.txt").write_bytes(b"via beta")
+    wait_content(c / "relayed.txt", b"via beta")
+    os.rename(c / "relayed.txt", c / "back.txt")
+    wait_content(a / "back.txt", b"via beta")
+    assert not os.path.exists(a / "relayed.txt")
