@@ -96,6 +96,10 @@ class ChunkList(Strict):
     chunks: Annotated[list[Hex64], Field(min_length=1, max_length=MAX_CHUNKS)]
 
 
+class HoldList(Strict):
+    chunks: Annotated[list[Hex64], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 class Hello(Strict):
     device: DeviceId
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -108,6 +112,7 @@ class Node(Protocol):
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
     def read_chunk(self, digest: bytes) -> bytes | None: ...
+    def hold(self, digests: list[bytes]) -> int: ...
 
 
 def build_app(node: Node) -> FastAPI:
@@ -130,6 +135,12 @@ def build_app(node: Node) -> FastAPI:
                    limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
         states, last = node.changes_since(since, limit)
         return {"changes": states, "seq": last}
+
+    @app.post("/v1/hold")
+    async def hold(body: HoldList) -> dict:
+        """Keep a copy of these chunks: answers at once with how many are still missing
+        here, and fetches those in the background (the caller asks again)."""
+        return {"missing": node.hold([bytes.fromhex(h) for h in body.chunks])}
 
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],

@@ -18,12 +18,13 @@ from hypercorn.trio import serve as serve_http
 
 from index.catalog import Catalog
 from index.schema import ROOT_ID
+from index.store import split_chunks
 from index.sync import Effects, Replica
 from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
-from syncd.peerlink import PeerLink
+from syncd.peerlink import PeerError, PeerLink
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -52,6 +53,7 @@ class Daemon:
         self.prefetch_below = int(config["prefetch_below"])
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
+        self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
         catalog.on_change = self.poke_all
 
     # -- what the API serves (syncd/api.py, Node)
@@ -102,6 +104,48 @@ class Daemon:
                 return f.read()
         except FileNotFoundError:
             return None
+
+    def hold(self, digests: list[bytes]) -> int:
+        missing = [d for d in digests if not self.store.has(d)]
+        fresh = [d for d in missing if d not in self._holding]
+        if fresh:
+            self._holding.update(fresh)
+            self._nursery.start_soon(self._hold_fetch, fresh)
+        return len(missing)
+
+    async def _hold_fetch(self, digests: list[bytes]) -> None:
+        try:
+            await self.fetcher.fetch_chunks(digests)
+        finally:
+            self._holding.difference_update(digests)
+
+    async def copies(self, wanted: int, upto: int, timeout: float) -> dict:
+        """`syncd wait --copies N`: ask online peers to hold the content of every file
+        changed here up to sequence number `upto` until `wanted` of them hold all of it."""
+        digests = list(dict.fromkeys(
+            d for (blob,) in self.catalog.conn.execute(
+                "SELECT i.chunks FROM nodes n JOIN inodes i ON i.ino = n.ino"
+                " WHERE n.kind = 'file' AND n.deleted = 0 AND n.origin IS NULL"
+                " AND n.seq <= ?", (upto,))
+            for d in split_chunks(blob)))
+        left: dict[str, int] = {}
+        with trio.move_on_after(timeout):
+            while True:
+                holders = 0
+                for link in [p for p in self.links.values() if p.state == "online"]:
+                    try:
+                        left[link.name] = await link.hold(digests)
+                    except PeerError as e:
+                        left[link.name] = -1
+                        log.info("wait --copies: %s", e)
+                    holders += left[link.name] == 0
+                if holders >= wanted:
+                    return {"ok": True, "holders": holders, "chunks": len(digests)}
+                await trio.sleep(0.2)
+        behind = ", ".join(f"{n} ({'no answer' if m < 0 else f'{m} chunk(s) missing'})"
+                           for n, m in sorted(left.items()))
+        return {"ok": False, "error": f"fewer than {wanted} peer(s) hold every chunk made "
+                f"here; {behind or 'no peer online'}"}
 
     # -- peers
 
@@ -229,7 +273,8 @@ class Daemon:
                                        f"{e.strerror}") from None
             await nursery.start(serve_control, self.home.path / "control.sock",
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
-                                 "pin": self._pin_op, "transfers": self._transfers_op})
+                                 "pin": self._pin_op, "transfers": self._transfers_op,
+                                 "copies": self._copies_op})
             self.load_peers()
             nursery.start_soon(self._prefetch_small)
             self._fetch_ahead([r[0] for r in self.catalog.conn.execute(
@@ -258,6 +303,10 @@ class Daemon:
         if pin:
             self._nursery.start_soon(self._prefetch, self._files_under(node))
         return {"ok": True}
+
+    async def _copies_op(self, request: dict) -> dict:
+        return await self.copies(int(request["copies"]), int(request["upto"]),
+                                 float(request.get("seconds") or 3600))
 
     async def _transfers_op(self, request: dict) -> dict:
         """What is being fetched right now (syncd status)."""

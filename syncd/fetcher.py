@@ -98,6 +98,12 @@ class Fetcher:
             self.prefetching = 0
         self._mark_local([ino for ino in inos if not self.missing(ino)])
 
+    async def fetch_chunks(self, digests: list[bytes]) -> None:
+        """Chunks a peer asked us to hold, then the files they complete marked local."""
+        await self._prefetch_chunks([d for d in digests if not self.store.has(d)])
+        waiting = [r[0] for r in self.conn.execute("SELECT ino FROM inodes WHERE local = 0")]
+        self._mark_local([ino for ino in waiting if not self.missing(ino)])
+
     async def _prefetch_chunks(self, todo: list[bytes]) -> None:
         for link in self.daemon.holders():
             left = []

@@ -154,6 +154,14 @@ class PeerLink:
                 at += n
         return out
 
+    async def hold(self, digests: list[bytes]) -> int:
+        """Ask the peer to keep a copy of these chunks; how many it still lacks."""
+        missing = 0
+        for i in range(0, len(digests), 1000):
+            batch = [d.hex() for d in digests[i:i + 1000]]
+            missing += int((await self.call("POST", "/v1/hold", {"chunks": batch}))["missing"])
+        return missing
+
     # -- the loop
 
     async def run(self) -> None:

@@ -35,6 +35,9 @@ def add_parsers(sub, common) -> None:
     p = sub.add_parser("wait", parents=[common],
                        help="wait until peers have confirmed every change made here")
     p.add_argument("--peer", metavar="NAME", help="only this peer (default: every online one)")
+    p.add_argument("--copies", type=int, default=1, metavar="N",
+                   help="and the content of each change is held by N other machines "
+                        "(default 1; 0: do not check content)")
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
 
 
@@ -142,13 +145,30 @@ def cmd_wait(home: Home, args) -> int:
         if not behind:
             print("every change made here has been confirmed"
                   + (f" by {args.peer}" if args.peer else " by every online peer"))
-            return OK
+            return _wait_copies(home, args, target, deadline)
         if deadline is not None and time.monotonic() > deadline:
             report = ", ".join(f"{name} ({n} change(s), {size} bytes)"
                                for name, n, size in behind)
             raise UserError(f"timed out after {args.timeout:g} s; behind: {report}",
                             UNREACHABLE)
         time.sleep(0.1)
+
+
+def _wait_copies(home: Home, args, target: int, deadline: float | None) -> int:
+    if args.copies <= 0:
+        return OK
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+    if home.holder() is None:
+        raise UserError(f"{home.path} is not mounted or served: nothing can ask peers to "
+                        "hold copies", STATE)
+    from syncd import control
+
+    answer = control.request(home, "copies", timeout=(left or FETCH_TIMEOUT) + 10,
+                             copies=args.copies, upto=target, seconds=left)
+    if not answer.get("ok"):
+        raise UserError(answer.get("error") or "copies failed", UNREACHABLE)
+    print(f"the content is held by {answer['holders']} other machine(s)")
+    return OK
 
 
 def _behind(conn, target: int, only: str | None) -> list[tuple] | None:

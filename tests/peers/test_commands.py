@@ -120,10 +120,16 @@ def test_conflicts_are_listed(cluster):
 
 def test_wait_returns_once_peers_confirmed_and_fails_when_none_answers(cluster):
     a, b = cluster(2)
-    (a / "f").write_bytes(b"data")
+    (a / "f").write_bytes(b"data" * BIG)
+    assert b.status()["files"]["missing"] in (0, 1)
     done = syncd(a.home, "wait", "--timeout", "20")
-    assert "confirmed" in done.stdout
-    wait_content(b / "f", b"data")
+    assert "confirmed" in done.stdout and "held by 1 other machine" in done.stdout
+    assert b.status()["files"]["missing"] == 0  # beta was asked to hold a copy
+    assert b.status()["transfers"] == {"fetching": [], "prefetching": 0}
+    (a / "f2").write_bytes(b"x")
+    done = syncd(a.home, "wait", "--copies", "2", "--timeout", "2", check=False)
+    assert done.returncode == 5 and "fewer than 2 peer(s)" in done.stderr
+    wait_content(b / "f", b"data" * BIG)
     b.stop()
     (a / "g").write_bytes(b"more")
     wait_for(lambda: a.peer("beta")["state"] == "offline", 20, "beta seen offline")
