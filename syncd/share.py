@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 from index import schema
@@ -83,7 +84,8 @@ def cmd_fetch(home: Home, args) -> int:
     home.require()
     path = _share_path(home, args.path)
     started = time.monotonic()
-    answer = _ask(home, "fetch", timeout=FETCH_TIMEOUT, path=path)
+    answer = _with_progress(home, path, lambda: _ask(home, "fetch", timeout=FETCH_TIMEOUT,
+                                                      path=path))
     took = time.monotonic() - started
     print(f"/{path}: {answer['files']} file(s), {answer['bytes']} bytes, here and verified"
           if answer["ok"] else f"/{path}: {len(answer['failed'])} of {answer['files']} "
@@ -94,6 +96,55 @@ def cmd_fetch(home: Home, args) -> int:
             print(f"  missing: {name}", file=sys.stderr)
         raise UserError(answer["error"], UNREACHABLE)
     return OK
+
+
+def _with_progress(home: Home, path: str, work):
+    """Run `work` on a thread and show, on a terminal, how much of the subtree's content is
+    here, read from the index (the serving process does the fetching)."""
+    from tqdm import tqdm
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["answer"] = work()
+        except BaseException as e:  # re-raised on the calling thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    total, here = _bytes_under(home, path)
+    with tqdm(total=total, initial=here, unit="B", unit_scale=True, desc=f"/{path}",
+              disable=not sys.stderr.isatty(), leave=False) as bar:
+        while thread.is_alive():
+            thread.join(0.25)
+            bar.update(_bytes_under(home, path)[1] - bar.n)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answer"]
+
+
+def _bytes_under(home: Home, path: str) -> tuple[int, int]:
+    """(content bytes, bytes held here) of the files under a share path."""
+    db = schema.open_db(home.db_path, readonly=True)
+    try:
+        node = "root"
+        for part in filter(None, path.split("/")):
+            row = db.conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ?"
+                                  " AND deleted = 0", (node, part)).fetchone()
+            if row is None:
+                return 0, 0
+            node = row[0]
+        return db.conn.execute(
+            "WITH RECURSIVE down (id, kind, ino) AS ("
+            " SELECT id, kind, ino FROM nodes WHERE id = ? AND deleted = 0"
+            " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN down ON n.parent = down.id"
+            " WHERE n.deleted = 0)"
+            " SELECT coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
+            " FROM down JOIN inodes i ON i.ino = down.ino WHERE down.kind = 'file'",
+            (node,)).fetchone()
+    finally:
+        db.close()
 
 
 def cmd_conflicts(home: Home, args) -> int:

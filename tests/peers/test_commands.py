@@ -30,7 +30,12 @@ def test_fetch_verifies_everything_and_repairs_damage(cluster):
         (a / "inputs" / f"{i}.dat").write_bytes(bytes([i]) * BIG)
     wait_listed(b / "inputs" / "2.dat", BIG)
     assert b.status()["files"]["missing"] == 3
-    done = syncd(b.home, "fetch", str(b / "inputs"))
+    cmd = " ".join([*SYNCD, "--home", str(b.home), "fetch", str(b / "inputs")])
+    done = subprocess.run(["script", "-qec", f"stty cols 100 rows 30; {cmd}", "/dev/null"],
+                          capture_output=True,
+                          text=True, timeout=60)  # on a terminal: with a progress bar
+    assert done.returncode == 0, done.stdout
+    assert "/inputs:" in done.stdout and "%|" in done.stdout  # tqdm's bar
     assert f"3 file(s), {3 * BIG} bytes, here and verified" in done.stdout
     assert b.status()["files"]["missing"] == 0
     (chunk,) = [p for p in (b.home / "store" / "chunks").rglob("*")
