@@ -9,6 +9,7 @@ and the next one asked. Concurrent opens of one file share one fetch.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -158,7 +159,12 @@ class Fetcher:
             return False
         path = self.store.chunk_path(digest)
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except OSError:  # a full disk: leave nothing half written behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         return True
