@@ -14,7 +14,6 @@ import pytest
 from tests.helpers import SYNCD, syncd, wait_for
 from tests.peers.conftest import Peer, read, wait_content
 
-
 BIG = 300_000  # above prefetch_below: content waits for an open, a pin or a fetch
 
 
@@ -82,8 +81,9 @@ def test_a_mirror_holds_everything_for_peers_that_come_and_go(cluster, tmp_path)
     for p in (a, b):
         syncd(p.home, "peer", "add", "mirror", m.url)
         syncd(m.home, "peer", "add", p.name, p.url)
-    proc = subprocess.Popen([*SYNCD, "--home", str(m.home), "serve", "--mirror"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "m.log", "wb"))
+    with open(tmp_path / "m.log", "wb") as log:
+        proc = subprocess.Popen([*SYNCD, "--home", str(m.home), "serve", "--mirror"],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         (a / "report").write_bytes(b"final numbers" * BIG)
         wait_for(lambda: m.status()["files"]["local"] == 1, 20, "the mirror to hold it")
