@@ -73,11 +73,40 @@ def _share_path(home: Home, arg: str) -> str:
 
 
 def cmd_pin(home: Home, args) -> int:
+    """Ask the serving process; with none, write the index under the home's lock (the
+    content is then fetched at the next mount or serve)."""
     home.require()
     path = _share_path(home, args.path)
-    _ask(home, "pin", path=path, pin=args.command == "pin")
+    pin = args.command == "pin"
+    if home.holder() is not None:
+        _ask(home, "pin", path=path, pin=pin)
+    else:
+        home.acquire(None)
+        try:
+            db = schema.open_db(home.db_path)
+            try:
+                node = _node_at(db.conn, path)
+                if node is None:
+                    raise UserError(f"no {path!r} in the share")
+                with db.conn:
+                    db.conn.execute("UPDATE nodes SET pinned = ? WHERE id = ?", (int(pin), node))
+            finally:
+                db.close()
+        finally:
+            home.release()
     print(f"{args.command}ned /{path}")
     return OK
+
+
+def _node_at(conn, path: str) -> str | None:
+    node = "root"
+    for part in filter(None, path.split("/")):
+        row = conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
+                           (node, part)).fetchone()
+        if row is None:
+            return None
+        node = row[0]
+    return node
 
 
 def cmd_fetch(home: Home, args) -> int:
@@ -128,13 +157,9 @@ def _bytes_under(home: Home, path: str) -> tuple[int, int]:
     """(content bytes, bytes held here) of the files under a share path."""
     db = schema.open_db(home.db_path, readonly=True)
     try:
-        node = "root"
-        for part in filter(None, path.split("/")):
-            row = db.conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ?"
-                                  " AND deleted = 0", (node, part)).fetchone()
-            if row is None:
-                return 0, 0
-            node = row[0]
+        node = _node_at(db.conn, path)
+        if node is None:
+            return 0, 0
         return db.conn.execute(
             "WITH RECURSIVE down (id, kind, ino) AS ("
             " SELECT id, kind, ino FROM nodes WHERE id = ? AND deleted = 0"

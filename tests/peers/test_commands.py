@@ -73,6 +73,9 @@ def test_a_pinned_subtree_is_fetched_ahead_of_time(cluster):
     assert b.status()["files"]["pinned"] == 2
     a.stop()
     assert read(b / "keep" / "two") == b"2" * BIG  # held here: no peer needed
+    b.stop()
+    syncd(b.home, "unpin", "keep")  # nothing serves beta: written under its lock
+    assert b.status()["files"]["pinned"] == 0
 
 
 def test_a_mirror_holds_everything_for_peers_that_come_and_go(cluster, tmp_path):
