@@ -1,10 +1,12 @@
 """The peer API (docs/protocol.md): a FastAPI app behind a signing layer.
 
-FastAPI validates every body against the models below (a malformed one gets 422 and never
-reaches the index) and publishes the OpenAPI description at /openapi.json. Handlers are
-async and run on the trio thread, where every SQLite call of the process runs (DESIGN,
-"Where things run"). `Signed` wraps the app: it refuses unsigned, stale or replayed
-requests with 401 before any handler sees them, and signs every response (rule 7).
+FastAPI validates every body against the models below (one that is not JSON gets 400, one
+that fails the models 422, and neither reaches the index; each refusal is logged once, its
+`detail` one line that never echoes the input) and publishes the OpenAPI description at
+/openapi.json. Handlers are async and run on the trio thread, where every SQLite call of
+the process runs (DESIGN, "Where things run"). `Signed` wraps the app: it refuses
+unsigned, stale or replayed requests with 401 before any handler sees them, and signs
+every response (rule 7).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import re
 from typing import Annotated, Literal, Protocol
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index.catalog import check_name
 from syncd import auth, compress
@@ -118,6 +124,25 @@ class Node(Protocol):
 def build_app(node: Node) -> FastAPI:
     app = FastAPI(title="syncd peer API", version="1", docs_url=None, redoc_url=None)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """400 for a body that is not a JSON object, 422 for one that fails the models;
+        `detail` is one line naming each field and what is wrong with it, never the input
+        (it may be huge, or not even encodable: lone surrogates)."""
+        errors = exc.errors()
+        malformed = any(e["type"] == "json_invalid" or tuple(e["loc"]) == ("body",)
+                        for e in errors)
+        detail = "; ".join(_describe(e) for e in errors[:5])
+        if len(errors) > 5:
+            detail += f"; and {len(errors) - 5} more"
+        _log_refusal(request, 400 if malformed else 422, detail)
+        return JSONResponse({"detail": detail}, status_code=400 if malformed else 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> Response:
+        _log_refusal(request, exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
     @app.post("/v1/hello")
     async def hello(body: Hello) -> dict:
         return node.hello(body.device, body.name)
@@ -131,7 +156,7 @@ def build_app(node: Node) -> FastAPI:
         return {"applied": applied}
 
     @app.get("/v1/changes")
-    async def pull(since: Annotated[int, Query(ge=0)] = 0,
+    async def pull(since: Annotated[int, Query(ge=0, lt=1 << 62)] = 0,
                    limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
         states, last = node.changes_since(since, limit)
         return {"changes": states, "seq": last}
@@ -176,6 +201,25 @@ def _range_start(header: str | None, size: int) -> int | None:
     return int(m[1])
 
 
+def _describe(error: dict) -> str:
+    """One validation error as `where: what`, without the input it was about."""
+    where = ".".join(str(p) for p in error["loc"][1:] if error["loc"][0] == "body") or \
+        ".".join(str(p) for p in error["loc"])
+    what = error["msg"]
+    if error["type"] == "json_invalid":
+        where = "body"
+        what = f"not JSON: {error.get('ctx', {}).get('error', what)}"
+    text = f"{where or 'body'}: {what}"[:300]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _log_refusal(request: Request, status: int, detail: str) -> None:
+    target = request.scope["raw_path"].decode("latin-1")[:200]
+    # a chunk asked of every holder in turn is no news; the rest says a peer misbehaves
+    log.log(logging.INFO if status == 404 else logging.WARNING, "refused %s %s: %d %s",
+            request.method, target, status, detail)
+
+
 class Signed:
     """ASGI layer: checks each request's signature before the app, signs each response.
 
@@ -194,17 +238,22 @@ class Signed:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = bytearray()
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                return await _reply(send, 413, {"detail": "body over 64 MiB"})
-            if not message.get("more_body"):
-                break
         target = scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":  # nobody to answer; nothing to do
+                log.warning("%s %s: the client left before sending its whole body",
+                            scope["method"], target[:200])
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                log.warning("refused %s %s: body over 64 MiB", scope["method"], target[:200])
+                return await _reply(send, 413, {"detail": "body over 64 MiB"})
+            if not message.get("more_body"):
+                break
         try:
             self.verifier.check_request(scope["method"], target, headers, bytes(body))
         except auth.AuthError as e:

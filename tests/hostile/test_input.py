@@ -1,0 +1,240 @@
+"""Hostile and broken input to the peer API of a real `syncd serve` (DESIGN rule 7): each
+gets a clear 4xx whose `detail` says what was wrong, is logged once, and changes nothing in
+the index or the store."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from syncd import auth
+from syncd.api import MAX_BODY
+from tests.hostile.conftest import new_device, node_id, refused, state
+
+# -- names and ids
+
+
+BAD_NAMES = {
+    "dot-dot": "..",
+    "dot": ".",
+    "slash": "a/b",
+    "absolute": "/etc/passwd",
+    "escaping": "../../outside",
+    "empty": "",
+    "nul": "a\0b",
+    "256 bytes": "x" * 256,
+    "256 bytes in 128 characters": "é" * 128,
+    "lone high surrogate": "\ud800",
+    "lone low surrogate": "a\udc80b",
+}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_a_name_that_escapes_or_is_not_one_component_is_refused(server, unchanged, name):
+    good = state(node_id(), name="fine")
+    r = server.push([good, state(node_id(), name=name)])  # the good one is not applied
+    refused(server, r, 422, "name")
+
+
+def test_a_name_of_255_bytes_is_fine(server):
+    r = server.push([state(node_id(), name="é" * 127 + "x")])
+    assert r.status_code == 200, r.text
+
+
+BAD_IDS = {
+    "traversal": "../x",
+    "root with a tail": "root/..",
+    "upper case": "ROOT",
+    "short device": "abc:1",
+    "no counter": "0" * 32,
+    "huge counter": "0" * 32 + ":" + "9" * 19,
+    "upper-case hex": "A" * 32 + ":1",
+    "empty": "",
+    "nul": "0" * 32 + ":1\0",
+}
+
+
+@pytest.mark.parametrize("field", ["id", "parent", "conflict_of"])
+@pytest.mark.parametrize("bad", BAD_IDS.values(), ids=BAD_IDS.keys())
+def test_a_bad_node_id_is_refused(server, unchanged, field, bad):
+    s = state(node_id(), name="ok")
+    s[field] = bad
+    refused(server, server.push([s]), 422, field)
+
+
+@pytest.mark.parametrize("bad", ["", "0" * 31, "g" * 32, "0" * 33, "../" + "0" * 29])
+def test_a_bad_device_id_is_refused(server, unchanged, bad):
+    refused(server, server.push([state(node_id(), name="ok")], device=bad), 422, "device")
+    hello = json.dumps({"device": bad, "name": "x"}).encode()
+    server.mark()
+    refused(server, server.request("POST", "/v1/hello", hello), 422, "device")
+
+
+def test_a_live_node_without_a_parent_is_refused(server, unchanged):
+    refused(server, server.push([state(node_id(), parent=None)]), 422, "parent")
+
+
+def test_a_bad_chunk_digest_is_refused(server, unchanged):
+    for digest in ["0" * 63, "A" * 64, "g" * 64, "0" * 65]:
+        server.mark()
+        refused(server, server.request("GET", f"/v1/chunks/{digest}"), 422, "digest")
+
+
+def test_a_chunk_path_that_tries_to_escape_the_store_is_not_served(server, unchanged):
+    for target in ["/v1/chunks/..%2F..%2Findex.db", "/v1/chunks/%2e%2e%2f%2e%2e%2fcluster.key",
+                   "/v1/chunks/../../cluster.key"]:
+        server.mark()
+        r = server.request("GET", target)
+        assert 400 <= r.status_code < 500, r.text
+        assert server.key.hex().encode() not in r.content
+        assert b"SQLite" not in r.content
+
+
+@pytest.mark.parametrize("query", ["since=-1", "since=x", f"since={1 << 64}", "limit=0",
+                                   "limit=1001", "since=1e3"])
+def test_a_bad_query_is_refused(server, unchanged, query):
+    refused(server, server.request("GET", f"/v1/changes?{query}"), 422)
+
+
+# -- bodies
+
+
+@pytest.mark.parametrize("body", [
+    b'{"device": "', b"{", b"not json", b"[]", b"null", b"7", b"\xff\xfe{}",
+    b'{"device": "' + b"0" * 32 + b'", "changes": [' + b"[" * 100_000,
+], ids=["truncated", "brace", "not json", "list", "null", "number", "not utf-8",
+        "deeply nested"])
+def test_a_malformed_body_is_refused(server, unchanged, body):
+    refused(server, server.request("POST", "/v1/changes", body), 400)
+
+
+def test_an_empty_body_is_refused(server, unchanged):
+    refused(server, server.request("POST", "/v1/changes", b""), 400)
+
+
+def test_unknown_fields_are_refused(server, unchanged):
+    s = {**state(node_id(), name="ok"), "path": "../../etc"}
+    refused(server, server.push([s]), 422, "path")
+
+
+def test_a_batch_over_the_limit_is_refused(server, unchanged):
+    d = new_device()
+    states = [state(node_id(d, i), name=f"f{i}") for i in range(1, 1002)]
+    refused(server, server.push(states, device=d), 422, "1000")
+
+
+def test_a_body_over_64_mib_gets_413(server, unchanged):
+    body = b'{"device": "' + b"0" * (MAX_BODY + 1)
+    refused(server, server.request("POST", "/v1/changes", body), 413, "64 MiB")
+
+
+def test_a_body_over_64_mib_without_a_length_gets_413(server, unchanged):
+    def stream():
+        for _ in range(65):
+            yield b" " * (1 << 20)
+
+    headers = auth.sign_request(server.key, "POST", "/v1/changes", b"")
+    r = server.client.post("/v1/changes", content=stream(), headers=headers)
+    refused(server, r, 413, "64 MiB")
+
+
+def test_a_request_cut_short_changes_nothing(server, unchanged):
+    """The client announces more body than it sends, then closes: nothing is applied,
+    and the server goes on serving."""
+    body = json.dumps({"device": new_device(), "changes": [state(node_id())]}).encode()
+    for sent in (body[: len(body) // 2], body[:-1], b""):
+        server.mark()
+        headers = auth.sign_request(server.key, "POST", "/v1/changes", sent)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(f"POST /v1/changes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                      f"{head}\r\n".encode() + sent)
+            s.shutdown(socket.SHUT_WR)
+            answer = s.recv(65536)  # the server's answer, if any, then EOF
+        assert not answer.startswith(b"HTTP/1.1 2"), answer
+        assert not answer.startswith(b"HTTP/1.1 5"), answer
+        assert server.request("GET", "/v1/changes?since=0").status_code == 200
+        complaints = [line for line in server.new_log().splitlines()
+                      if " WARNING " in line or " ERROR " in line]
+        assert len(complaints) <= 1, complaints
+
+
+# -- authentication
+
+
+BODY = json.dumps({"device": "0" * 32, "changes": []}).encode()
+JSON = {"content-type": "application/json"}
+
+
+def test_a_replayed_request_is_refused(server):
+    d = new_device()
+    body = json.dumps({"device": d, "changes": [state(node_id(d), name="once")]}).encode()
+    headers = {**auth.sign_request(server.key, "POST", "/v1/changes", body), **JSON}
+    first = server.client.post("/v1/changes", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    after_first = server.snapshot()
+    server.mark()
+    again = server.client.post("/v1/changes", content=body, headers=headers)
+    refused(server, again, 401, "replayed")
+    assert server.snapshot() == after_first
+
+
+def test_a_request_signed_with_another_key_is_refused(server, unchanged):
+    r = server.request("POST", "/v1/changes", BODY, key=auth.new_key())
+    refused(server, r, 401, "bad signature")
+
+
+@pytest.mark.parametrize("missing", [auth.TIME, auth.NONCE, auth.SIGNATURE])
+def test_a_request_missing_a_header_is_refused(server, unchanged, missing):
+    headers = {**auth.sign_request(server.key, "POST", "/v1/changes", BODY), **JSON}
+    del headers[missing]
+    r = server.client.post("/v1/changes", content=BODY, headers=headers)
+    refused(server, r, 401, "missing header", missing)
+
+
+def test_an_unsigned_request_is_refused(server, unchanged):
+    refused(server, server.request("POST", "/v1/changes", BODY, key=None), 401, "unsigned")
+
+
+@pytest.mark.parametrize("off", [-301, 301, -10**9])
+def test_a_stale_time_is_refused(server, unchanged, off):
+    r = server.request("POST", "/v1/changes", BODY, now=time.time() + off)
+    refused(server, r, 401, "stale time")
+
+
+@pytest.mark.parametrize(("header", "value", "word"), [
+    (auth.NONCE, "short", "malformed"), (auth.NONCE, "Z" * 32, "malformed"),
+    (auth.SIGNATURE, "00", "malformed"), (auth.SIGNATURE, "0" * 64, "bad signature"),
+    (auth.TIME, "1" * 10, "bad signature"),  # the signature covers the time
+])
+def test_a_malformed_auth_header_is_refused(server, unchanged, header, value, word):
+    headers = {**auth.sign_request(server.key, "POST", "/v1/changes", BODY), **JSON}
+    headers[header] = value
+    r = server.client.post("/v1/changes", content=BODY, headers=headers)
+    refused(server, r, 401, word)
+
+
+@pytest.mark.parametrize("stamp", ["soon", "-5", "1" * 40, "1e9", "+1"])
+def test_a_malformed_time_is_refused_even_when_signed(server, unchanged, stamp):
+    nonce = "ab" * 16
+    mac = auth._mac(server.key, ["syncd-request-v1", "POST", "/v1/changes", stamp, nonce],
+                    BODY)
+    headers = {auth.TIME: stamp, auth.NONCE: nonce, auth.SIGNATURE: mac, **JSON}
+    r = server.client.post("/v1/changes", content=BODY, headers=headers)
+    refused(server, r, 401, "malformed", auth.TIME)
+
+
+@pytest.mark.parametrize(("method", "target", "body"), [
+    ("POST", "/v1/changes", BODY + b" "),  # the body was altered
+    ("POST", "/v1/hello", BODY),  # signed for another path
+    ("GET", "/v1/changes", BODY),  # signed for another method
+    ("POST", "/v1/changes?x=1", BODY),  # a query was added
+])
+def test_a_request_altered_on_the_way_is_refused(server, unchanged, method, target, body):
+    headers = {**auth.sign_request(server.key, "POST", "/v1/changes", BODY), **JSON}
+    r = server.client.request(method, target, content=body, headers=headers)
+    refused(server, r, 401, "bad signature")
