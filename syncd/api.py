@@ -260,13 +260,20 @@ class Signed:
             log.warning("refused %s %s: %s", scope["method"], target[:200], e)
             return await _reply(send, 401, {"detail": str(e)})
         nonce = headers.get(auth.NONCE.lower(), "")
+
+        async def refuse(status: int, detail: str) -> None:
+            """Refuse a request that passed authentication: logged, and signed like
+            every answer to a signed request (a peer drops unsigned ones)."""
+            log.warning("refused %s %s: %d %s", scope["method"], target[:200], status, detail)
+            await _reply(send, status, {"detail": detail}, (self.key, nonce))
+
         if headers.get("content-encoding", "identity") not in ("identity", "zstd"):
-            return await _reply(send, 415, {"detail": "bodies are zstd or not encoded"})
+            return await refuse(415, "bodies are zstd or not encoded")
         if headers.get("content-encoding") == "zstd":
             try:
                 body = compress.unpack(bytes(body), MAX_BODY)
             except compress.BadEncoding as e:
-                return await _reply(send, 400, {"detail": str(e)})
+                return await refuse(400, str(e))
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
                                           if k.lower() != b"content-encoding"]}
         zstd_ok = "zstd" in headers.get("accept-encoding", "")
@@ -304,9 +311,14 @@ class Signed:
         await self.app(scope, replay, capture)
 
 
-async def _reply(send, status: int, payload: dict) -> None:
+async def _reply(send, status: int, payload: dict,
+                 signing: tuple[bytes, str] | None = None) -> None:
+    """A JSON answer from the signing layer itself; signed with (key, request nonce)."""
     body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if signing is not None:
+        signed = auth.sign_response(signing[0], status, signing[1], body)
+        headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
