@@ -452,6 +452,8 @@ class Replica:
         rule keeps the name and the other becomes a conflict copy. Returns the name taken,
         or None when the node was merged into another directory."""
         name = check_name(state["name"])
+        if state["kind"] == "dir":
+            parent, name = self._break_cycle(node, state, parent, name, effects)
         row = self.conn.execute(
             f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
             "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0 AND n.id != ?",
@@ -474,6 +476,31 @@ class Replica:
                                   (other["id"], node))
         self._set_place(node, parent, name, effects)
         return name
+
+    def _break_cycle(self, node: str, state: dict, parent: str, name: str,
+                     effects: Effects) -> tuple[str, str]:
+        """Concurrent moves that would put a directory inside itself (rule 3): of the
+        directories on the cycle, the one whose move is oldest (lowest Lamport clock, then
+        device, then id) goes to the share's root under a conflict name. Every peer sees
+        the same cycle and picks the same one."""
+        ring, at = [], parent
+        while at is not None and at != ROOT_ID and at != node:
+            ring.append(at)
+            at = self.conn.execute("SELECT parent FROM nodes WHERE id = ?",
+                                   (at,)).fetchone()[0]
+        if at != node:
+            return parent, name
+        members = [state] + [_state(self._row(n)) for n in ring]
+        loser = min(members, key=lambda s: (s["place"]["clock"], s["place"]["device"] or "",
+                                            s["id"]))
+        tag = f"sync-conflict-{(loser['place']['device'] or '')[:7]}"
+        free = free_tagged_name(loser["name"], tag, lambda n: self.cat._live(ROOT_ID, n))
+        if loser["id"] == node:
+            return ROOT_ID, free
+        self._entry_changed(loser["parent"], loser["name"], effects)
+        self._set_place(loser["id"], ROOT_ID, free, effects)
+        self._stamp(loser["id"], "apply-move", None, loser)
+        return parent, name
 
     def _set_place(self, node: str, parent: str, name: str, effects: Effects) -> None:
         self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",

@@ -33,15 +33,8 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
     _raise_fd_limit()
     home.acquire(mountpoint)
     try:
-        try:
-            db = schema.open_db(home.db_path)
-        except schema.SchemaError as e:
-            raise UserError(str(e), FAILURE) from None
+        db, store, catalog = _open(home)
         db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoints
-        store = ChunkStore(home.store_path)
-        catalog = Catalog(db, store)
-        for name in recover(catalog, store):
-            log.warning("uncommitted writes from before a crash were kept as %s", name)
         fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]))
         daemon = None
         if home.key_path.exists():
@@ -80,24 +73,17 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         home.release()
 
 
-def serve_only(home: Home, mirror: bool, ready: Callable[[], None] = lambda: None) -> None:
+def serve_only(home: Home, mirror: bool) -> None:
     """`syncd serve`: the daemon without a mount, until SIGINT/SIGTERM."""
     _raise_fd_limit()
     home.acquire(None)
     try:
-        try:
-            db = schema.open_db(home.db_path)
-        except schema.SchemaError as e:
-            raise UserError(str(e), FAILURE) from None
-        store = ChunkStore(home.store_path)
-        catalog = Catalog(db, store)
-        for name in recover(catalog, store):
-            log.warning("uncommitted writes from before a crash were kept as %s", name)
+        db, store, catalog = _open(home)
         daemon = Daemon(home, catalog, mirror=mirror)
         _check_listen(daemon.listen)
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            trio.run(_serve_daemon, daemon, ready)
+            trio.run(_serve_daemon, daemon)
         finally:
             store.close()
             db.close()
@@ -105,10 +91,22 @@ def serve_only(home: Home, mirror: bool, ready: Callable[[], None] = lambda: Non
         home.release()
 
 
-async def _serve_daemon(daemon: Daemon, ready: Callable[[], None]) -> None:
+def _open(home: Home):
+    """The home's index, store and catalog, after recovering what a crash left."""
+    try:
+        db = schema.open_db(home.db_path)
+    except schema.SchemaError as e:
+        raise UserError(str(e), FAILURE) from None
+    store = ChunkStore(home.store_path)
+    catalog = Catalog(db, store)
+    for name in recover(catalog, store):
+        log.warning("uncommitted writes from before a crash were kept as %s", name)
+    return db, store, catalog
+
+
+async def _serve_daemon(daemon: Daemon) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
-        ready()
         await _stop_on_signal()
         nursery.cancel_scope.cancel()
 

@@ -275,3 +275,18 @@ def test_a_file_written_while_a_peer_deleted_it_comes_back(devs):
     a.replica.commit_detached(node, vv, [digest], 4, T + 2)
     converge(a, b)
     assert b.data("/f") == b"kept"
+
+
+def test_moves_that_would_make_a_cycle_leave_one_directory_at_the_root(devs):
+    a, b, c = devs
+    a.mkdir("/x")
+    a.mkdir("/y")
+    a.write("/x/in-x", b"1", T)
+    a.write("/y/in-y", b"2", T)
+    converge(a, b, c)
+    a.cat.rename(ROOT, "y", a.ino("/x"), "y")  # y into x
+    b.cat.rename(ROOT, "x", b.ino("/y"), "x")  # x into y, concurrently
+    converge(a, b, c)
+    files = sorted(p for p in a.tree() if p.endswith(("in-x", "in-y")))
+    assert len(files) == 2  # both still reachable from the root
+    assert any("sync-conflict" in p for p in a.tree())
