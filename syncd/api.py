@@ -22,10 +22,18 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index.catalog import check_name
+from index.store import CHUNK, file_hash
 from syncd import auth, compress
 
 log = logging.getLogger(__name__)
@@ -91,6 +99,29 @@ class NodeState(Strict):
             return check_name(v)
         except OSError as e:
             raise ValueError(f"bad name {v[:80]!r}: {e.strerror}") from None
+
+    @model_validator(mode="after")
+    def _content(self) -> NodeState:
+        """Content that can be installed as it is described (DESIGN, "The content store"):
+        a live file is its chunk list, 1 MiB chunks but the last, hashed as a list (the
+        hash decides conflicts, so it must be the list's); a live symlink has a target;
+        nothing else has chunks."""
+        c = self.content
+        if self.kind == "file" and not self.deleted:
+            want = -(-c.size // CHUNK)
+            if len(c.chunks) != want:
+                raise ValueError(f"a file of {c.size} bytes has {want} chunk(s), not "
+                                 f"{len(c.chunks)}")
+            if c.hash != file_hash(b"".join(bytes.fromhex(h) for h in c.chunks)):
+                raise ValueError("content.hash is not the hash of content.chunks")
+        elif c.chunks:
+            raise ValueError(f"a {'deleted ' if self.deleted else ''}{self.kind} has no "
+                             "chunks")
+        if self.kind == "symlink" and not self.deleted:
+            target = base64.b64decode(c.target) if c.target is not None else b""
+            if not target or b"\0" in target:
+                raise ValueError("a symlink's target is 1 or more bytes, none of them NUL")
+        return self
 
 
 class Changes(Strict):

@@ -238,3 +238,43 @@ def test_a_request_altered_on_the_way_is_refused(server, unchanged, method, targ
     headers = {**auth.sign_request(server.key, "POST", "/v1/changes", BODY), **JSON}
     r = server.client.request(method, target, content=body, headers=headers)
     refused(server, r, 401, "bad signature")
+
+
+# -- content that cannot be what it says
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("size", 5 << 40),  # a 5 TiB file of one chunk: reads would be zeros
+    ("size", 0),
+    ("chunks", []),
+    ("chunks", ["ab" * 32] * 3),  # 3 chunks to fetch for 1 byte
+    ("hash", "blake3:" + "0" * 64),  # a hash that is not the chunk list's decides conflicts
+    ("hash", None),
+])
+def test_a_file_whose_content_cannot_be_what_it_says_is_refused(server, unchanged, field,
+                                                                value):
+    s = state(node_id(), name="content", data=b"x")
+    s["content"][field] = value
+    refused(server, server.push([s]), 422, "changes.0")
+
+
+@pytest.mark.parametrize("kind", ["dir", "symlink"])
+def test_chunks_on_what_is_not_a_file_are_refused(server, unchanged, kind):
+    s = state(node_id(), name="odd", kind=kind)
+    s["content"]["chunks"] = ["ab" * 32]
+    refused(server, server.push([s]), 422, "chunks")
+
+
+@pytest.mark.parametrize("target", [None, "", "YQBi"])  # none, empty, b"a\0b"
+def test_a_symlink_without_a_usable_target_is_refused(server, unchanged, target):
+    s = state(node_id(), name="link", kind="symlink")
+    s["content"]["target"] = target
+    refused(server, server.push([s]), 422, "target")
+
+
+def test_a_tombstone_needs_no_content(server):
+    for kind in ("file", "dir", "symlink"):
+        s = state(node_id(), name=f"gone-{kind}", kind=kind, deleted=True)
+        assert s["content"]["chunks"] == [] and s["content"]["hash"] is None
+        r = server.push([s])
+        assert r.status_code == 200, r.text
