@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from index.catalog import ASPECTS, Catalog, check_name
 from index.names import free_tagged_name, utc_stamp
 from index.schema import ROOT_ID, ROOT_INO
 from index.store import file_hash, split_chunks
+
+log = logging.getLogger(__name__)
 
 # Outcome of comparing two version vectors: local is equal, greater (dominates), less, or
 # concurrent with remote.
@@ -213,6 +216,12 @@ class Replica:
             self._insert(remote, origin, effects)
             return
         local = _state(row)
+        if local["kind"] != remote["kind"]:
+            # A node's kind is fixed when it is made (its id says who made it, when);
+            # a state that says otherwise is not from a syncd that follows this protocol.
+            log.warning("ignored a state of node %s from %s: it says %s, the node is a %s",
+                        remote["id"], origin, remote["kind"], local["kind"])
+            return
         cmps = {a: compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
         if all(c in (EQ, GT) for c in cmps.values()) and not (
                 remote["deleted"] and not local["deleted"] and self._deletable(local)
@@ -345,8 +354,11 @@ class Replica:
             for k in ("hash", "mtime_ns", "target")) or old["kind"] != merged["kind"]
         if content_changed and (merged["kind"] != "dir" or ino is None):
             new_ino = self._new_inode(merged, effects)
-            self.conn.execute("UPDATE nodes SET ino = ?, deleted = 0 WHERE id = ?",
-                              (new_ino, node))
+            # Coming back from a tombstone, it leaves its old place first (another node may
+            # have taken that name meanwhile); _place below settles where it goes.
+            self.conn.execute(
+                "UPDATE nodes SET ino = ?, deleted = 0, parent = CASE WHEN deleted"
+                " THEN NULL ELSE parent END WHERE id = ?", (new_ino, node))
             if ino is not None:
                 effects.orphans.add(ino)
                 effects.detached[ino] = (node, old["content"]["vv"])
@@ -414,10 +426,12 @@ class Replica:
 
     # -- placement
 
-    def _live_parent(self, parent: str, effects: Effects) -> str:
+    def _live_parent(self, parent: str, effects: Effects,
+                     seen: set[str] | None = None) -> str:
         """The live directory a node goes into: a directory merged into another stands
-        for that one; a deleted one comes back (rule 3: the child's change wins)."""
-        seen = set()
+        for that one; a deleted one comes back (rule 3: the child's change wins). A chain
+        of parents that loops ends at the root."""
+        seen = set() if seen is None else seen
         while True:
             row = self.conn.execute(
                 "SELECT deleted, conflict_of, kind, ino FROM nodes WHERE id = ?", (parent,)
@@ -431,13 +445,13 @@ class Replica:
                 continue
             if not deleted:
                 return parent
-            self._resurrect(parent, effects)
+            self._resurrect(parent, effects, seen)
             seen.discard(parent)  # alive now, or merged into another directory
 
-    def _resurrect(self, node: str, effects: Effects) -> None:
+    def _resurrect(self, node: str, effects: Effects, seen: set[str]) -> None:
         row = self._row(node)
         state = _state(row)
-        parent = self._live_parent(state["parent"], effects)
+        parent = self._live_parent(state["parent"], effects, seen)
         state["mode"]["mode"] = 0o755
         ino = self._new_inode(state, effects)
         self.conn.execute("UPDATE nodes SET deleted = 0, ino = ?, parent = NULL WHERE id = ?",

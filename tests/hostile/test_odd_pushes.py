@@ -96,11 +96,6 @@ def test_a_file_that_a_peer_says_became_a_directory(server, tree):
     assert tree() == []
 
 
-@pytest.mark.xfail(strict=True, reason="index/sync.py _write never updates nodes.kind but "
-                   "gives the node a new inode of the new kind: a file that a peer says "
-                   "became a symlink is a 'file' node on a symlink inode (served onwards as a "
-                   "file with no content); a directory said to be a file, a 'dir' node on a "
-                   "file inode")
 @pytest.mark.parametrize(("first", "then"), [("file", "symlink"), ("symlink", "file"),
                                              ("dir", "symlink"), ("dir", "file")])
 def test_a_node_that_changes_kind(server, tree, first, then):
@@ -220,9 +215,6 @@ def revival_onto_a_taken_name() -> list[tuple[str, list[dict]]]:
             (f, [edit])]
 
 
-@pytest.mark.xfail(strict=True, reason="index/sync.py _live_parent and _resurrect recurse "
-                   "into each other through tombstones whose parents form a cycle: "
-                   "RecursionError, 500, and the batch is never applied")
 def test_a_child_of_tombstones_that_are_each_others_parents(fresh_server):
     server = fresh_server  # a 500 logs a traceback: not on the shared server
     for device, states in tombstone_cycle():
@@ -230,10 +222,6 @@ def test_a_child_of_tombstones_that_are_each_others_parents(fresh_server):
     assert tree_problems(server) == []
 
 
-@pytest.mark.xfail(strict=True, reason="index/sync.py _write brings a deleted node back "
-                   "(a concurrent edit beats the delete) at its old (parent, name) without "
-                   "looking whether another node took that name meanwhile: IntegrityError "
-                   "on nodes_name, 500, and the batch is never applied")
 def test_an_edit_that_revives_a_deleted_file_whose_name_was_taken(fresh_server):
     server = fresh_server  # a 500 logs a traceback: not on the shared server
     for device, states in revival_onto_a_taken_name():
@@ -280,8 +268,6 @@ def batches(draw) -> list[tuple[int, list[dict]]]:
 SEMANTIC_EXAMPLES = max(10, int(os.environ.get("SYNCD_FUZZ_EXAMPLES", "20")))
 
 
-@pytest.mark.xfail(strict=True, reason="the two bugs above, run first as explicit "
-                   "examples: index/sync.py raises RecursionError and IntegrityError (500)")
 def test_random_valid_batches_keep_the_tree_a_tree(fresh_server):
     server = fresh_server  # a 500 logs a traceback: not on the shared server
 
