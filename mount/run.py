@@ -43,7 +43,10 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
             fs.fetch = daemon.fetcher.ensure_local
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
-        options = set(pyfuse3.default_options) | {"subtype=syncd", _fsname(home)}
+        # nosuid, nodev: modes come from peers too, and a set-user-ID bit pushed by any
+        # member of the cluster must not make a program run as root here.
+        options = set(pyfuse3.default_options) | {"subtype=syncd", _fsname(home), "nosuid",
+                                                  "nodev"}
         if allow_other:
             options.add("allow_other")
         if debug_fuse:

@@ -203,3 +203,9 @@ def test_changes_reach_a_peer_through_another_one(cluster):
     os.rename(c / "relayed.txt", c / "back.txt")
     wait_content(a / "back.txt", b"via beta")
     assert not os.path.exists(a / "relayed.txt")
+
+
+def test_the_mount_ignores_set_user_id_bits_that_peers_can_send(cluster):
+    (a,) = cluster(1)
+    options = {line.split()[1]: line.split()[3] for line in open("/proc/mounts")}
+    assert {"nosuid", "nodev"} <= set(options[str(a.path)].split(","))
