@@ -37,7 +37,9 @@ def unpack(data: bytes, limit: int) -> bytes:
     try:
         out = _decompressor.decompress(data, max_output_size=limit)
     except zstandard.ZstdError as e:
-        raise BadEncoding(f"corrupt zstd body: {e}") from None
+        # zstandard says the same when the output would pass max_output_size
+        raise BadEncoding(f"zstd body corrupt or over the limit of {limit} bytes: {e}"
+                          ) from None
     if len(out) > limit:
         raise BadEncoding(f"zstd body over the limit of {limit} bytes")
     return out
