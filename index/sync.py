@@ -294,11 +294,11 @@ class Replica:
         state = {
             "id": node, "kind": loser["kind"], "parent": winner["parent"], "name": name,
             "deleted": False, "conflict_of": loser["id"], "content": dict(c),
-            "mode": {"vv": {}, "clock": 0, "device": None, "mode": loser["mode"]["mode"]},
+            # The loser's mode version, vector and all: peers that make this copy from
+            # different mode histories then merge its mode like any other.
+            "mode": dict(loser["mode"]),
             "place": {"vv": {}, "clock": 0, "device": None},
         }
-        if loser["mode"]["mode"] == 0:  # from a tombstone-less side: a sane default
-            state["mode"]["mode"] = 0o644
         self._insert(state, None, effects)
 
     def _deletable(self, local: dict) -> bool:
@@ -538,9 +538,12 @@ class Replica:
         """A directory merged into another: a tombstone that stands for `into`."""
         ino, parent, name = self.conn.execute(
             "SELECT ino, parent, name FROM nodes WHERE id = ?", (node,)).fetchone()
+        # A node on its way to a place (parent NULL meanwhile) keeps the place it merged
+        # at: every state sent to a peer has a parent.
         self.conn.execute(
-            "UPDATE nodes SET deleted = 1, ino = NULL, conflict_of = ? WHERE id = ?",
-            (into, node))
+            "UPDATE nodes SET deleted = 1, ino = NULL, conflict_of = ?, parent = coalesce("
+            "parent, (SELECT parent FROM nodes WHERE id = ?)) WHERE id = ?",
+            (into, into, node))
         if ino is not None:
             self.cat._dir_nodes.pop(ino, None)
             effects.orphans.add(ino)

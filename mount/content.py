@@ -36,9 +36,9 @@ class Content:
         self.store = store
         self.drafts: dict[int, Draft] = {}
         self.locks: dict[int, trio.Lock] = {}
-        # Inodes being written here that a peer's change took from their node (rule 6):
-        # inode -> (node, its content version vector then). Their next commit goes to
-        # `on_detached_commit`, which merges it as a concurrent version.
+        # Inodes that a peer's change took from their node (rule 6): inode -> (node, its
+        # content version vector then). Their commits go to `on_detached_commit`, which
+        # merges each as a concurrent version.
         self.detached: dict[int, tuple[str, dict[str, int]]] = {}
         self.on_detached_commit: Callable[..., None] | None = None
 
@@ -114,7 +114,9 @@ class Content:
             draft.rebase(chunks, sealed.size)
             for digest in garbage:
                 self.store.remove(digest)
-            detached = self.detached.pop(ino, None)
+            # Kept until the inode is discarded: every later commit through a handle on it
+            # is again a version concurrent with the change that took it.
+            detached = self.detached.get(ino)
             if detached is not None and self.on_detached_commit is not None:
                 self.on_detached_commit(*detached, chunks, sealed.size,
                                         draft.mtime_ns or time.time_ns())
@@ -143,4 +145,3 @@ class Content:
         if draft is not None:
             draft.discard()
         self.locks.pop(ino, None)
-        self.detached.pop(ino, None)

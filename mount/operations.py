@@ -112,13 +112,12 @@ class Filesystem(pyfuse3.Operations):
     def remote_changed(self, effects: Effects) -> None:
         """A peer's change has been committed to the index: drop what the kernel caches
         of it (on the notifier's thread) and purge inodes it left without names. A file
-        open for writing here keeps its inode, and its next commit is a concurrent
-        version (rule 6)."""
+        open here keeps its inode, and whatever is written to it and committed later is a
+        concurrent version (rule 6)."""
         self.notifier.post(effects)
-        for ino, origin in effects.detached.items():
-            draft = self.content.drafts.get(ino)
-            if self.writers[ino] or (draft is not None and draft.dirty):
-                self.content.detached[ino] = origin
+        # Every such inode, not only those open for writing now: the kernel may still
+        # hold a name for it, and open and write it before it forgets.
+        self.content.detached.update(effects.detached)
         for ino in effects.orphans:
             self._maybe_purge(ino)
 
@@ -419,5 +418,6 @@ class Filesystem(pyfuse3.Operations):
         self.content.discard(ino)
         if self.lookups[ino] > 0:
             return
+        self.content.detached.pop(ino, None)
         for digest in self.catalog.purge_inode(ino):
             self.store.remove(digest)

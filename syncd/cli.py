@@ -175,6 +175,12 @@ def _check_can_mount(home: Home, mountpoint: str) -> None:
     if not os.path.isdir(mountpoint):
         raise UserError(f"mount point {mountpoint} is not a directory", USAGE)
     fstype = mount_table().get(mountpoint)
+    if fstype == "fuse.syncd" and home.last_mountpoint() == mountpoint:
+        # Ours, and nobody serves it (checked above): a crash left it. stat() did not
+        # say ENOTCONN because the kernel answered from its attribute cache.
+        log.info("clearing the dead mount left on %s by a crash", mountpoint)
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+        fstype = mount_table().get(mountpoint)
     if fstype is not None:
         raise UserError(f"mount point {mountpoint} is busy: a {fstype} file system is "
                         "mounted there")

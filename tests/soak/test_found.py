@@ -35,10 +35,9 @@ def test_edit_revives_a_deleted_file_whose_name_was_taken(devs):
     assert names[0] == "/f" and len(names) == 2 and "sync-conflict" in names[1]
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 3: a directory merged into another of the "
-                   "same name is stamped with parent NULL; peers refuse its state (422 'has "
-                   "no parent') and the sender's link is stuck on that batch for ever")
 def test_a_merged_directory_is_sent_with_a_parent(devs):
+    """Soak bug 3: a directory merged into another of the same name was stamped with
+    parent NULL; peers refused its state (422) and the sender's link was stuck on it."""
     a, b, _ = devs
     a.mkdir("/data")
     b.mkdir("/data")  # apart: the same new name on both
@@ -50,10 +49,9 @@ def test_a_merged_directory_is_sent_with_a_parent(devs):
 
 
 @needs_fuse
-@pytest.mark.xfail(strict=True, reason="soak bug 2: after kill -9, 'syncd mount' says the "
-                   "mount point is busy instead of clearing the dead mount: os.stat of the "
-                   "dead mount point answers from the kernel's attribute cache, not ENOTCONN")
 def test_a_mount_killed_with_sigkill_mounts_again(home, tmp_path):
+    """Soak bug 2: after kill -9, 'syncd mount' said the mount point was busy instead of
+    clearing the dead mount: stat() of it answered from the kernel's attribute cache."""
     m = Mount(home, tmp_path / "mnt")
     try:
         m.start()
@@ -140,10 +138,9 @@ def test_a_directory_merge_ends_the_same_everywhere(devs):
     converge(a, b, c)
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 6: a conflict copy takes the mode the loser "
-                   "has on the peer that makes it, with no mode version: peers that made the "
-                   "same copy from different mode histories keep different modes for ever")
 def test_a_conflict_copy_has_one_mode_everywhere(devs):
+    """Soak bug 6: a conflict copy took the mode the loser had on the peer that made it,
+    with no mode version; now it carries the loser's mode version and merges."""
     a, b, c = devs
     a.write("/f", b"base", T)
     converge(a, b, c)
@@ -196,12 +193,11 @@ def rewrite(path, tag: bytes, observed: set, versions: list, lock) -> None:
 
 
 @needs_fuse
-@pytest.mark.xfail(reason="soak bug 8: a file opened for writing just as a peer's change "
-                   "takes its inode from its node (LOOKUP answered before the change, OPEN "
-                   "after it, or a dentry not yet invalidated) is written and closed with "
-                   "success, and its version belongs to no node: silently lost. A race, so "
-                   "not strict: a run may miss it")
 def test_a_version_closed_with_success_is_never_lost(cluster):
+    """Soak bug 8: a file opened for writing just as a peer's change took its inode from
+    its node (LOOKUP answered before the change, OPEN after it) was written and closed
+    with success, and its version belonged to no node: silently lost. A race: before the
+    fix this lost versions in most runs."""
     a, b = cluster(2)
     (a / "f").write_bytes(b"start")
     wait_for(lambda: os.path.exists(b / "f"), 20, "f on beta")
