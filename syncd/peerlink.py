@@ -47,6 +47,10 @@ class PeerError(Exception):
     """The peer did not answer, or answered something we cannot accept."""
 
 
+class Refused(PeerError):
+    """The peer answered that the request itself is wrong (4xx other than 401)."""
+
+
 class PeerLink:
     def __init__(self, daemon: Daemon, name: str, url: str, device: str | None,
                  state: str, cursor: int):
@@ -111,8 +115,9 @@ class PeerLink:
     async def call(self, method: str, path: str, payload: dict | None = None) -> dict:
         r = await self.request(method, path, payload)
         if r.status != 200:
-            raise PeerError(f"{self.name} refused {method} {path}: {r.status} "
-                            f"{r.body[:300].decode(errors='replace')}")
+            error = Refused if 400 <= r.status < 500 and r.status != 401 else PeerError
+            raise error(f"{self.name} refused {method} {path}: {r.status} "
+                        f"{r.body[:300].decode(errors='replace')}")
         try:
             return json.loads(r.body)
         except ValueError:
@@ -205,11 +210,26 @@ class PeerLink:
         if last == self.cursor:
             return False
         if states:
-            await self.call("POST", "/v1/changes", {"device": self.daemon.device,
-                                                    "changes": states})
+            await self._send(states)
         self.cursor = last
         self.daemon.save_peer(self, cursor=last, last_seen=int(time.time()))
         return True
+
+    async def _send(self, states: list[dict]) -> None:
+        """Push states; a batch the peer refuses as malformed is split until the state it
+        refuses is found, and that one is skipped with an error: sending it again would
+        be refused again, and would hold up everything after it for ever."""
+        try:
+            await self.call("POST", "/v1/changes", {"device": self.daemon.device,
+                                                    "changes": states})
+        except Refused as e:
+            if len(states) == 1:
+                log.error("peer %s refuses node %s (%r), which is skipped: %s", self.name,
+                          states[0]["id"], states[0]["name"], e)
+                return
+            half = len(states) // 2
+            await self._send(states[:half])
+            await self._send(states[half:])
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state == self.state:

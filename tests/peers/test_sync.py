@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 
 import httpx
 
@@ -209,3 +210,22 @@ def test_the_mount_ignores_set_user_id_bits_that_peers_can_send(cluster):
     (a,) = cluster(1)
     options = {line.split()[1]: line.split()[3] for line in open("/proc/mounts")}
     assert {"nosuid", "nodev"} <= set(options[str(a.path)].split(","))
+
+
+def test_a_state_the_peer_refuses_is_skipped_not_retried_for_ever(cluster):
+    a, b = cluster(2)
+    a.stop()
+    db = sqlite3.connect(a.home / "index.db")  # a node no peer may accept: "/" in its name
+    seq = db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0] + 1
+    device = a.status()["device"]["id"]
+    with db:
+        db.execute("INSERT INTO nodes (id, kind, ino, parent, name, seq, deleted)"
+                   " VALUES (?, 'dir', NULL, 'root', 'a/b', ?, 1)", (f"{device}:{seq}", seq))
+        db.execute("INSERT INTO journal (seq, clock, node, op, device, at)"
+                   " VALUES (?, ?, ?, 'delete', ?, 0)", (seq, seq, f"{device}:{seq}", device))
+    db.close()
+    a.start()
+    (a / "after").write_bytes(b"still delivered")
+    wait_content(b / "after", b"still delivered")
+    wait_for(lambda: a.peer("beta")["pending_changes"] == 0, 20, "nothing pending")
+    assert "which is skipped" in a.mount.log()
