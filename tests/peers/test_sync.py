@@ -208,7 +208,8 @@ def test_changes_reach_a_peer_through_another_one(cluster):
 
 def test_the_mount_ignores_set_user_id_bits_that_peers_can_send(cluster):
     (a,) = cluster(1)
-    options = {line.split()[1]: line.split()[3] for line in open("/proc/mounts")}
+    with open("/proc/mounts") as mounts:
+        options = {line.split()[1]: line.split()[3] for line in mounts}
     assert {"nosuid", "nodev"} <= set(options[str(a.path)].split(","))
 
 
