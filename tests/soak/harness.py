@@ -525,7 +525,7 @@ class Soak:
             op.error = errno.errorcode.get(e.errno, str(e.errno))
         op.t1 = time.monotonic()
         if err is None and op.new is not None and not self.stamped(peer, op.new):
-            op.note = (op.note or "") + " never stamped (bug 8)"
+            op.note = (op.note or "") + " on no node right after its close"
             with self.lock:
                 self.unstamped.add(op.new)
         if err is None and op.new is not None:
@@ -748,19 +748,9 @@ class Soak:
                           f"SIGKILL:\n{threads_of(pid)}")
 
     def remount(self, p: SoakPeer) -> None:
-        """`syncd mount` again after a kill -9: it must clear the dead mount itself."""
-        try:
-            p.peer.start()
-        except AssertionError as e:
-            if "is busy: a fuse.syncd file system is mounted there" not in str(e):
-                raise
-            # Known bug 2 (test_found.py): the dead mount's root answers stat from the
-            # kernel's cache, so mount thinks it is live. Clear it as its message says.
-            self.known_bug("bug 2: after kill -9, syncd mount says the dead mount point "
-                           "is busy (test_found.py::test_a_mount_killed_with_sigkill_"
-                           "mounts_again)")
-            subprocess.run(["fusermount3", "-u", "-z", str(p.path)], check=False)
-            p.peer.start()
+        """`syncd mount` again after a kill -9: it clears the dead mount itself (soak bug
+        2, fixed in 4f430b8: it used to say the mount point was busy)."""
+        p.peer.start()
 
     def known_bug(self, what: str) -> None:
         with self.lock:
@@ -1056,28 +1046,12 @@ class Soak:
                 text = (f"no convergence after {time.monotonic() - t0:.0f} s:\n"
                         + self.describe_status(st)
                         + "\n" + self.describe_differences())
-                explained = self.explain_stuck(st) if not self.quiet(st) else \
-                    self.explain_divergence()
+                # A link that stays stuck is never a known bug; differing trees may be.
+                explained = self.explain_divergence() if self.quiet(st) else None
                 if explained:
                     raise KnownBug(explained + "\n" + text)
                 raise Failure(text)
             time.sleep(0.5)
-
-    def explain_stuck(self, st: dict[str, dict]) -> str | None:
-        """When every link that is stuck is stuck on a known bug (test_found.py), say
-        which; None when any is not."""
-        why = set()
-        for s in st.values():
-            for q in s["peers"]:
-                if q["pending_changes"] == 0 and q["state"] == "online":
-                    continue
-                error = q["last_error"] or ""
-                if "refused POST /v1/changes: 422" in error and "has no parent" in error:
-                    why.add("bug 3: a merged directory is sent without a parent "
-                            "(test_found.py::test_a_merged_directory_is_sent_with_a_parent)")
-                else:
-                    return None
-        return "; ".join(sorted(why)) or None
 
     def index_tree(self, p: SoakPeer) -> dict[str, tuple]:
         """The live tree as p's index has it (read-only), for telling a stale kernel
@@ -1134,15 +1108,11 @@ class Soak:
         """Nothing is pending, yet the trees differ. Each difference must be one of the
         known bugs test_found.py reproduces, or None is returned:
         bug 5: a node at different places on different peers with one placement version
-        (a name clash resolved differently: a loser's conflict name, a directory merge);
-        bug 6: a conflict copy with different modes and one (empty) mode version."""
+        (a name clash resolved differently: a loser's conflict name, a directory merge)."""
         nodes = {p.name: self.nodes(p) for p in self.peers}
         ids = set.intersection(*(set(n) for n in nodes.values()))
         placed = {i for i in ids if len({nodes[p][i][:2] for p in nodes}) > 1
                   and len({nodes[p][i][2] for p in nodes}) == 1}
-        moded = {i for i in ids if nodes[NAMES[0]][i][5]
-                 and len({nodes[p][i][3] for p in nodes}) > 1
-                 and len({nodes[p][i][4] for p in nodes}) == 1}
         at = {p: {(v[0], v[1]): (i, v[3], v[6]) for i, v in n.items()}
               for p, n in nodes.items()}
         why = set()
@@ -1157,10 +1127,6 @@ class Soak:
                         "version, so peers keep different places for a node (test_found.py"
                         "::test_two_new_files_on_one_name_end_the_same_everywhere, ::test_a_"
                         "directory_merge_ends_the_same_everywhere)")
-            elif len(who) == 1 and who <= moded and len({h[2] for h in here}) == 1:
-                why.add("bug 6: a conflict copy takes the loser's mode on the peer that "
-                        "makes it, with no mode version (test_found.py::test_a_conflict_"
-                        "copy_has_one_mode_everywhere)")
             else:
                 return None
         if why:
@@ -1327,17 +1293,11 @@ class Soak:
                 continue
             required += 1
             if v.digest not in present:
-                if v.digest in self.unstamped:
-                    self.known_bug("bug 8: a version closed with success on an inode a "
-                                   "peer's change had just taken from its node is lost "
-                                   "(test_found.py::test_a_version_closed_with_success_is_"
-                                   "never_lost)")
-                    self.say(f"  {v.peer}'s version {v.digest} at {v.path} was never "
-                             "stamped on a node (bug 8)")
-                    continue
+                never = (" Right after its close no node had it (as soak bug 8, fixed in "
+                         "4f430b8)." if v.digest in self.unstamped else "")
                 lost.append(f"  {v.peer} closed {v.digest} ({v.size} bytes) at {v.path} "
                             f"(t={v.t0 - self.t_start:.2f}..{v.t1 - self.t_start:.2f}); "
-                            "nothing later replaced or removed it")
+                            f"nothing later replaced or removed it.{never}")
         n_island = sum(len(w) for w in required_island.values())
         self.say(f"round {r}: {required} connected + {n_island} island versions required")
         self.stats["required_versions"] = self.stats.get("required_versions", 0) + required
@@ -1349,7 +1309,7 @@ class Soak:
         """Right after a close returned: is the version it committed in the peer's index,
         as the content of a live node (its own, or a conflict copy when it was merged as
         concurrent, DESIGN rule 6), or journalled as a content change (a peer's change may
-        already have replaced it)? Known bug 8 commits it to an inode no node has."""
+        already have replaced it)? Soak bug 8 committed it to an inode no node had."""
         h = self.hashes[data_digest]
         conn = sqlite3.connect(f"file:{peer.home / 'index.db'}?mode=ro", uri=True)
         try:
@@ -1386,8 +1346,8 @@ class Soak:
                 if any("Server disconnected" in t for t in tries):
                     self.known_bug("bug 9: a request on a keep-alive connection the other "
                                    "peer's server closes as it goes out fails, not retried "
-                                   "(httpx keepalive_expiry and hypercorn keep_alive_timeout"
-                                   " are both 5 s)")
+                                   "(test_found.py::test_a_request_crossing_a_keep_alive_"
+                                   "close_is_retried)")
                 else:
                     self.known_bug("bug 7: open() fails with EIO while every peer is up, "
                                    "when its holders replaced the version known here "

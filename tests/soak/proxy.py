@@ -10,6 +10,9 @@ without touching the third peer. Modes:
   and then nothing is forwarded or answered (the peer waits for its own timeouts).
 - `flaky`: forward, but each new connection is reset, with probability `cut_rate`, after a
   random number of bytes of the answer (a transfer interrupted half way).
+- `close_reused`: forward the first exchange of each connection; when the client sends
+  again on it after an answer, close it unanswered: what a server that closes an idle
+  keep-alive connection does when a request crosses its close.
 
 Threads, not trio: the proxy runs beside blocking test code. Every socket it opens is
 closed by `close()`.
@@ -23,7 +26,7 @@ import socket
 import struct
 import threading
 
-MODES = ("pass", "reset", "blackhole", "flaky")
+MODES = ("pass", "reset", "blackhole", "flaky", "close_reused")
 
 
 def _reset(sock: socket.socket) -> None:
@@ -128,9 +131,10 @@ class Proxy:
             self.conns.add(pair)
             self.stats["accepted"] += 1
         done = threading.Semaphore(0)  # one release per direction that has ended
-        threading.Thread(target=self._pump, args=(client, upstream, pair, None, done),
-                         daemon=True).start()
-        self._pump(upstream, client, pair, cut_after, done)
+        answered = threading.Event()  # the server has sent something on this connection
+        threading.Thread(target=self._pump, args=(client, upstream, pair, None, done,
+                                                  answered), daemon=True).start()
+        self._pump(upstream, client, pair, cut_after, done, None, answered)
         done.acquire()
         done.acquire()
         with self.lock:
@@ -140,7 +144,11 @@ class Proxy:
                 s.close()
 
     def _pump(self, src: socket.socket, dst: socket.socket, pair, cut_after: int | None,
-              done: threading.Semaphore) -> None:
+              done: threading.Semaphore, reused: threading.Event | None = None,
+              answered: threading.Event | None = None) -> None:
+        """Copy src to dst. `reused` (client to server only): set once the server has
+        answered, so a further request can be refused in close_reused mode; `answered`
+        (server to client only): set when it does."""
         sent = 0
         try:
             while True:
@@ -149,6 +157,14 @@ class Proxy:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
                     return
+                if reused is not None and reused.is_set() and self.mode == "close_reused":
+                    self.stats["cut"] += 1
+                    for sock in pair:  # FINs, as a server closing the connection sends
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                    return
+                if answered is not None:
+                    answered.set()
                 if cut_after is not None and sent + len(data) > cut_after:
                     dst.sendall(data[: cut_after - sent])
                     self.stats["cut"] += 1

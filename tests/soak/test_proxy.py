@@ -75,6 +75,13 @@ def test_modes(echo):
             with contextlib.suppress(ConnectionResetError):
                 assert len(fetch(proxy.port)) < 1 << 20
         assert proxy.stats["cut"] == 5
+        proxy.set_mode("close_reused")  # the first exchange passes, the next is closed
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as s:
+            got = b""
+            while len(got) < 1 << 20:
+                got += s.recv(65536)
+            s.sendall(b"again")
+            assert s.recv(10) == b""
         proxy.set_mode("pass")
         assert fetch(proxy.port) == b"x" * (1 << 20)
     finally:

@@ -54,16 +54,14 @@ What is asserted, at the end of every round:
    EIO is accepted only from open() (the lazy fetch found no holder serving the bytes), and
    only while some fault was active; any other error fails the soak.
 
-Known bugs. Each bug the soak found is reproduced on its own in test_found.py. When one
-blocks the soak (its exact signature: a link stuck on a 422 'has no parent'; trees that
-differ only where a node has one placement version but different places, or a conflict
-copy one mode version but different modes; conflict copies no peer can read whose chunks
-no peer holds; EIO where every peer answered "does not hold chunk"; a version whose close
-succeeded but that no node ever got; a remount refused as 'busy' after kill -9, worked
-around with fusermount3 -u -z), the soak goes on as far as it can, checks everything else,
-and then the test xfails naming the bugs met. Anything else fails it.
-5. At the end: a clean `syncd umount` of every peer, no FUSE mount left, nothing written
-   into the bare mount points, no traceback in any mount.log.
+Known bugs. Each bug the soak found is reproduced on its own in test_found.py; those
+fixed stay there as plain tests. When one still open blocks the soak, the soak recognises
+its exact signature (trees that differ only where a node has one placement version but
+different places, bug 5; files no peer can read whose chunks no peer holds, when they are
+conflict copies or the result of a rename over, bug 4; EIO on open where every peer
+answered "does not hold chunk", bug 7, or a connection closed as the request went out,
+bug 9), goes on as far as it can, checks everything else, and then the test xfails naming
+the bugs met. Anything else fails it.
 
 Bounds: SYNCD_SOAK_SECONDS of activity in all (CI default 30), in rounds of
 SYNCD_SOAK_ROUND seconds (default 15), or until SYNCD_SOAK_STEPS operations (default
