@@ -290,7 +290,8 @@ class Replica:
         if self._row(node) is not None:
             return
         tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{device[:7]}"
-        name = free_tagged_name(winner["name"], tag, lambda n: False)
+        name = free_tagged_name(winner["name"], tag,
+                                lambda n: self.cat._live(winner["parent"], n))
         state = {
             "id": node, "kind": loser["kind"], "parent": winner["parent"], "name": name,
             "deleted": False, "conflict_of": loser["id"], "content": dict(c),
@@ -522,8 +523,13 @@ class Replica:
         self._entry_changed(parent, name, effects)
 
     def _loser_name(self, state: dict, parent: str) -> str:
-        c = state["content"]
-        tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{(c['device'] or '')[:7]}"
+        """A conflict name by the content version; directories have no content time (their
+        mtime is local), so theirs names the device of their placement alone."""
+        if state["kind"] == "dir":
+            tag = f"sync-conflict-{(state['place']['device'] or '')[:7]}"
+        else:
+            c = state["content"]
+            tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{(c['device'] or '')[:7]}"
         return free_tagged_name(state["name"], tag, lambda n: self.cat._live(parent, n))
 
     def _rename_loser(self, loser: dict, winner: str, parent: str, effects: Effects) -> None:

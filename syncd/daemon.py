@@ -29,6 +29,7 @@ from syncd.peerlink import PeerError, PeerLink
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
+KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerlink.py)
 PEER_COLUMNS = {"device", "state", "cursor", "last_seen", "last_error"}
 
 
@@ -261,6 +262,7 @@ class Daemon:
         config = Config()
         config.bind = [self.listen]
         config.accesslog = None
+        config.keep_alive_timeout = KEEPALIVE_SERVER
         config.loglevel = "WARNING"
         app = Signed(build_app(self), self.key)
         async with trio.open_nursery() as nursery:

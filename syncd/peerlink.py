@@ -68,8 +68,10 @@ class PeerLink:
         self.stale = True
         self.last_push = 0.0
         self.accepts_zstd = False  # learned at hello
+        # Idle connections are dropped here before the server drops them (KEEPALIVE_SERVER
+        # in daemon.py), so a request rarely meets a connection closing under it.
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
-            retries=0, socket_options=_NODELAY))
+            retries=0, socket_options=_NODELAY, limits=httpx.Limits(keepalive_expiry=2.0)))
 
     def poke(self) -> None:
         self.wake.set()
@@ -88,18 +90,27 @@ class PeerLink:
         if packed is not None:
             body = packed
             all_headers["content-encoding"] = "zstd"
-        signed = auth.sign_request(self.daemon.key, method, path, body)
-        all_headers.update(signed)
-        try:
-            request = self.client.build_request(method, self.url + path, content=body,
-                                                headers=all_headers)
-            r = await self.client.send(request, stream=True)
+        # Every request of the protocol may be sent twice (applying states is idempotent),
+        # so one that fails on a kept-alive connection the server closed at that moment is
+        # sent again on a new one, signed anew (the nonce of the first may have arrived).
+        for attempt in (1, 2):
+            signed = auth.sign_request(self.daemon.key, method, path, body)
+            all_headers.update(signed)
             try:
-                raw = b"".join([part async for part in r.aiter_raw()])
-            finally:
-                await r.aclose()
-        except httpx.HTTPError as e:
-            raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
+                request = self.client.build_request(method, self.url + path, content=body,
+                                                    headers=all_headers)
+                r = await self.client.send(request, stream=True)
+                try:
+                    raw = b"".join([part async for part in r.aiter_raw()])
+                finally:
+                    await r.aclose()
+                break
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+                if attempt == 2:
+                    raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}"
+                                    ) from None
+            except httpx.HTTPError as e:
+                raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
         try:
             auth.check_response(self.daemon.key, r.status_code, signed[auth.NONCE], r.headers,
                                 raw)

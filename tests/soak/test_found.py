@@ -243,9 +243,6 @@ def test_a_file_renamed_over_another_can_be_read_somewhere(devs):
             f"/t on {d.id[:4]} is held by nobody"
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 10 (cosmetic): two conflict copies of one "
-                   "device's versions within one second get NAME.sync-conflict-X.sync-"
-                   "conflict-X.EXT for the second, not the -2 free_tagged_name is there for")
 def test_two_conflict_copies_in_one_second_are_numbered(devs):
     a, b, _ = devs
     a.write("/f.txt", b"base", T)
@@ -259,9 +256,6 @@ def test_two_conflict_copies_in_one_second_are_numbered(devs):
                      "/f.sync-conflict-20270115-080000-aaaaaaa.txt"}, names
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 11 (cosmetic): a directory that loses its "
-                   "name to a file is renamed NAME.sync-conflict-19700101-000000-DEV: "
-                   "directories have no content mtime, and 0 is used")
 def test_a_directory_conflict_name_has_a_real_time(devs):
     a, b, _ = devs
     a.mkdir("/x")  # apart: a directory on alpha, a file on beta, one name
@@ -271,11 +265,6 @@ def test_a_directory_conflict_name_has_a_real_time(devs):
 
 
 @needs_fuse
-@pytest.mark.xfail(strict=True, reason="soak bug 9: a request sent on a kept-alive connection "
-                   "that the other peer's server closes at that moment fails, and is not "
-                   "retried on a new connection: an open gets EIO, a push marks the peer "
-                   "offline. Both sides idle out at 5 s (httpx keepalive_expiry, hypercorn "
-                   "keep_alive_timeout), so requests cross closes")
 def test_a_request_crossing_a_keep_alive_close_is_retried(tmp_path):
     alpha = Peer(tmp_path, "alpha", None)
     beta = Peer(tmp_path, "beta", alpha.key)
