@@ -1325,9 +1325,9 @@ class Soak:
     def check_eio(self) -> None:
         """An open that cannot fetch content fails with EIO; that is right only while some
         fault keeps every holder out of reach. The fetcher's log line for the file says
-        why each peer failed; two more causes are known bugs: every peer answered that it
-        does not hold the chunk (bug 7), or a peer's keep-alive connection was closed as
-        the request went out (bug 9)."""
+        why each peer failed; one more cause is a known bug: every peer answered that it
+        does not hold the chunk (bug 7). A connection closed as the request went out was
+        bug 9, fixed in 4d297d5."""
         r = self.round
         logs = {}
         for op in [o for o in self.eio if o.round == r]:
@@ -1341,18 +1341,11 @@ class Soak:
             why = fetch_failures(logs[op.peer], op.wall - 0.1, op.wall + op.t1 - op.t0 + 0.3,
                                  name)
             tries = [t for line in why for t in line]
-            if why and all("does not hold chunk" in t or "Server disconnected without "
-                           "sending a response" in t for t in tries):
-                if any("Server disconnected" in t for t in tries):
-                    self.known_bug("bug 9: a request on a keep-alive connection the other "
-                                   "peer's server closes as it goes out fails, not retried "
-                                   "(test_found.py::test_a_request_crossing_a_keep_alive_"
-                                   "close_is_retried)")
-                else:
-                    self.known_bug("bug 7: open() fails with EIO while every peer is up, "
-                                   "when its holders replaced the version known here "
-                                   "(test_found.py::test_opening_a_file_replaced_on_its_"
-                                   "holder_is_not_an_io_error)")
+            if why and all("does not hold chunk" in t for t in tries):
+                self.known_bug("bug 7: open() fails with EIO while every peer is up, when "
+                               "its holders replaced the version known here (test_found.py"
+                               "::test_opening_a_file_replaced_on_its_holder_is_not_an_io_"
+                               "error)")
                 continue
             self.fail(f"{op.peer}: {op.kind} of {op.path} got EIO at "
                       f"t={op.t0 - self.t_start:.2f} with no fault active; the fetcher "

@@ -59,9 +59,8 @@ fixed stay there as plain tests. When one still open blocks the soak, the soak r
 its exact signature (trees that differ only where a node has one placement version but
 different places, bug 5; files no peer can read whose chunks no peer holds, when they are
 conflict copies or the result of a rename over, bug 4; EIO on open where every peer
-answered "does not hold chunk", bug 7, or a connection closed as the request went out,
-bug 9), goes on as far as it can, checks everything else, and then the test xfails naming
-the bugs met. Anything else fails it.
+answered "does not hold chunk", bug 7), goes on as far as it can, checks everything
+else, and then the test xfails naming the bugs met. Anything else fails it.
 
 Bounds: SYNCD_SOAK_SECONDS of activity in all (CI default 30), in rounds of
 SYNCD_SOAK_ROUND seconds (default 15), or until SYNCD_SOAK_STEPS operations (default
