@@ -940,7 +940,10 @@ class Soak:
         if not chosen:
             return
         rng = random.Random(u)
-        src, bad, dst = chosen
+        dst = chosen[0]
+        # A peer asks its peers in the order they were added (by name here), online first:
+        # damage the one dst asks first.
+        bad, src = sorted(chosen[1:], key=lambda p: p.name)
         try:
             with src.lock:
                 name, data = self.write_big(src, rng)
@@ -1338,8 +1341,9 @@ class Soak:
             if op.peer not in logs:
                 logs[op.peer] = self.logs()[op.peer].splitlines()
             name = repr(posixpath.basename(op.path))
-            why = fetch_failures(logs[op.peer], op.wall - 0.1, op.wall + op.t1 - op.t0 + 0.3,
-                                 name)
+            # the fetcher logs before the open returns: within the operation's own time
+            why = fetch_failures(logs[op.peer], op.wall - 0.05,
+                                 op.wall + op.t1 - op.t0 + 0.05, name)
             tries = [t for line in why for t in line]
             if why and all("does not hold chunk" in t for t in tries):
                 self.known_bug("bug 7: open() fails with EIO while every peer is up, when "

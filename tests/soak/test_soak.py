@@ -134,6 +134,9 @@ def test_convergence_soak(tmp_path):
             raise
     finally:
         soak.cleanup()
+    logs = "".join(soak.logs().values())
+    soak.stats["wrong_bytes_refused"] = logs.count("served wrong bytes")
+    soak.stats["damaged_chunks_mended"] = logs.count("is damaged: fetching it again")
     say(f"soak: {soak.stats}, faults: {summary(soak)}, rounds: {soak.round_times}")
     if blocked:  # every stuck link is stuck on a bug test_found.py reproduces
         pytest.xfail(f"the soak cannot converge because of a known bug: {blocked}\n{where}")
