@@ -248,8 +248,12 @@ class Soak:
                     syncd(a.home, "peer", "add", b.name, self.board.url(a.name, b.name))
         for p in self.peers:
             p.peer.start()
-        for d in DIRS[:-1]:  # the shared directories exist at the start (not "x")
+        for d in DIRS[:-1]:  # the shared directories exist at the start (not "x") ...
             os.mkdir(self.peers[0].path / d)
+        for f in FILES:  # ... and so do the files, made by alpha
+            data = f"<start {f}>\n".encode()
+            self.know(data)
+            (self.peers[0].path / f).write_bytes(data)
         self.converge()
 
     def cleanup(self) -> None:

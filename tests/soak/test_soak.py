@@ -9,7 +9,7 @@ does random operations on a shared set of paths (FILES, DIRS in harness.py): cre
 overwrite with unique content, append, truncate, read, rename of files and directories
 (over existing names too), mkdir, rmdir, unlink, chmod; in the round's last fifth (the
 "tail") only operations that read what they replace (overwrite, append, truncate), reads
-and chmod. The shared directories exist from the start. Meanwhile a fault thread starts,
+and chmod. The shared directories and files exist from the start. Meanwhile a fault thread starts,
 at random: kill -9 of a peer's serving process and a remount; kill -9 of the only holder of
 a big file while another peer fetches it (or of the fetching peer); a partition of one
 pair (TCP reset or a silent black hole) while the third talks to both; flaky links that
