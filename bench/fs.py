@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import alive, mounted
+
 MIB = 1 << 20
 # name: (unit, higher_is_better)
 WORKLOADS = {"write": ("MB/s", True), "read": ("MB/s", True), "small": ("files/s", True),
@@ -182,16 +184,6 @@ def machine_facts(base):
             "cpu": cpu.group(1) if cpu else "?", "mem_gib": round(int(mem.group(1)) / MIB, 1),
             "python": platform.python_version()}
 
-
-def mounted(mnt):
-    return any(ln.split()[1] == str(mnt) for ln in Path("/proc/mounts").read_text().splitlines())
-
-
-def alive(pid):
-    try:
-        return b"syncd" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def tool(name):

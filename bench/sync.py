@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import alive, mounted
+
 KIB, MIB = 1 << 10, 1 << 20
 notes = []
 
@@ -178,16 +180,6 @@ class Syncd:
                     note(f"syncd process {pid} ({peer}) still running: {sig.name}")
                     os.kill(pid, sig)
 
-
-def mounted(mnt):
-    return any(ln.split()[1] == str(mnt) for ln in Path("/proc/mounts").read_text().splitlines())
-
-
-def alive(pid):
-    try:
-        return b"syncd" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 class Rsync:

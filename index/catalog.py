@@ -34,6 +34,27 @@ INODE_COLUMNS = (
 )
 
 
+# The live nodes of a subtree: bind the top node's id; select from `subtree`.
+SUBTREE = (
+    "WITH RECURSIVE subtree (id, kind, ino) AS ("
+    " SELECT id, kind, ino FROM nodes WHERE id = ? AND deleted = 0"
+    " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN subtree s ON n.parent = s.id"
+    " WHERE n.deleted = 0) "
+)
+
+
+def node_at(conn: sqlite3.Connection, path: str) -> str | None:
+    """The live node at a share path ('a/b', '' for the root), or None."""
+    node = ROOT_ID
+    for part in filter(None, path.split("/")):
+        row = conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
+                           (node, part)).fetchone()
+        if row is None:
+            return None
+        node = row[0]
+    return node
+
+
 def fail(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
 

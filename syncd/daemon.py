@@ -16,8 +16,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
-from index.catalog import Catalog
-from index.schema import ROOT_ID
+from index.catalog import SUBTREE, Catalog, node_at
 from index.store import split_chunks
 from index.sync import Effects, Replica
 from syncd.api import Signed, build_app
@@ -205,22 +204,13 @@ class Daemon:
 
     def _files_under(self, node: str) -> list[int]:
         return [r[0] for r in self.catalog.conn.execute(
-            "WITH RECURSIVE down (id, kind, ino) AS ("
-            " SELECT id, kind, ino FROM nodes WHERE id = ? AND deleted = 0"
-            " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN down ON n.parent = down.id"
-            " WHERE n.deleted = 0) SELECT DISTINCT ino FROM down WHERE kind = 'file'",
-            (node,))]
+            SUBTREE + "SELECT DISTINCT ino FROM subtree WHERE kind = 'file'", (node,))]
 
     def resolve(self, path: str) -> str:
         """The node at a share path ('' is the root), or OSError(ENOENT)."""
-        node = ROOT_ID
-        for part in filter(None, path.split("/")):
-            row = self.catalog.conn.execute(
-                "SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
-                (node, part)).fetchone()
-            if row is None:
-                raise FileNotFoundError(errno.ENOENT, f"no {path!r} in the share")
-            node = row[0]
+        node = node_at(self.catalog.conn, path)
+        if node is None:
+            raise FileNotFoundError(errno.ENOENT, f"no {path!r} in the share")
         return node
 
     async def fetch_tree(self, path: str) -> dict:

@@ -50,7 +50,7 @@ class Fetcher:
         when some chunk has no holder that serves it right."""
         while ino in self.inflight:
             await self.inflight[ino].wait()
-        if not self.missing(ino) and self._is_marked(ino):
+        if self._is_local(ino):  # every open of every file asks: one query
             return
         done = self.inflight[ino] = trio.Event()
         what = self.name(ino)
@@ -133,7 +133,7 @@ class Fetcher:
                                 (ino,)).fetchone()
         return repr(row[0]) if row else f"inode {ino}"
 
-    def _is_marked(self, ino: int) -> bool:
+    def _is_local(self, ino: int) -> bool:
         row = self.conn.execute("SELECT local FROM inodes WHERE ino = ?", (ino,)).fetchone()
         return row is None or bool(row[0])
 

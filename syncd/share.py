@@ -11,8 +11,10 @@ import threading
 import time
 
 from index import schema
+from index.catalog import SUBTREE, node_at
 from index.sync import pending
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError, mounted_at
+from syncd.paths import share_path
 
 log = logging.getLogger("syncd")
 
@@ -67,8 +69,6 @@ def _ask(home: Home, op: str, timeout: float = 30.0, **request) -> dict:
 
 
 def _share_path(home: Home, arg: str) -> str:
-    from syncd.paths import share_path
-
     return share_path(home, arg, mounted_at(home)[0])
 
 
@@ -85,7 +85,7 @@ def cmd_pin(home: Home, args) -> int:
         try:
             db = schema.open_db(home.db_path)
             try:
-                node = _node_at(db.conn, path)
+                node = node_at(db.conn, path)
                 if node is None:
                     raise UserError(f"no {path!r} in the share")
                 with db.conn:
@@ -97,16 +97,6 @@ def cmd_pin(home: Home, args) -> int:
     print(f"{args.command}ned /{path}")
     return OK
 
-
-def _node_at(conn, path: str) -> str | None:
-    node = "root"
-    for part in filter(None, path.split("/")):
-        row = conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
-                           (node, part)).fetchone()
-        if row is None:
-            return None
-        node = row[0]
-    return node
 
 
 def cmd_fetch(home: Home, args) -> int:
@@ -157,16 +147,12 @@ def _bytes_under(home: Home, path: str) -> tuple[int, int]:
     """(content bytes, bytes held here) of the files under a share path."""
     db = schema.open_db(home.db_path, readonly=True)
     try:
-        node = _node_at(db.conn, path)
+        node = node_at(db.conn, path)
         if node is None:
             return 0, 0
         return db.conn.execute(
-            "WITH RECURSIVE down (id, kind, ino) AS ("
-            " SELECT id, kind, ino FROM nodes WHERE id = ? AND deleted = 0"
-            " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN down ON n.parent = down.id"
-            " WHERE n.deleted = 0)"
-            " SELECT coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
-            " FROM down JOIN inodes i ON i.ino = down.ino WHERE down.kind = 'file'",
+            SUBTREE + "SELECT coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
+            " FROM subtree s JOIN inodes i ON i.ino = s.ino WHERE s.kind = 'file'",
             (node,)).fetchone()
     finally:
         db.close()

@@ -129,7 +129,6 @@ def test_conflicts_are_listed(cluster):
 def test_wait_returns_once_peers_confirmed_and_fails_when_none_answers(cluster):
     a, b = cluster(2)
     (a / "f").write_bytes(b"data" * BIG)
-    assert b.status()["files"]["missing"] in (0, 1)
     done = syncd(a.home, "wait", "--timeout", "20")
     assert "confirmed" in done.stdout and "held by 1 other machine" in done.stdout
     assert b.status()["files"]["missing"] == 0  # beta was asked to hold a copy
