@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from index.catalog import ASPECTS, Catalog, check_name
-from index.names import free_tagged_name, utc_stamp
+from index.names import free_tagged_name, tagged_name, utc_stamp
 from index.schema import ROOT_ID, ROOT_INO
 from index.store import file_hash, split_chunks
 
@@ -231,6 +231,12 @@ class Replica:
         same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
             merged["deleted"] == remote["deleted"]
         self._write(row, merged, origin if same_as_remote else None, effects)
+        if remote["deleted"] and not merged["deleted"] and not local["deleted"] and all(
+                c in (EQ, LT) for c in cmps.values()):
+            # A directory the deleter had seen whole, kept for the children it has here
+            # that the deleter did not: it comes back as a new version, so the deleter
+            # takes it back too instead of both keeping what they had.
+            self._decided(remote["id"], "restore")
 
     # -- merging (DESIGN rule 3)
 
@@ -301,6 +307,10 @@ class Replica:
             "place": {"vv": {}, "clock": 0, "device": None},
         }
         self._insert(state, None, effects)
+        if name != tagged_name(winner["name"], tag):
+            # Numbered because of copies that are here: a peer without them names it
+            # otherwise, so the name taken here is a version of its own.
+            self._decided(node, "conflict-copy")
 
     def _deletable(self, local: dict) -> bool:
         """A directory with live children stays: the children are changes the deleter
@@ -308,6 +318,15 @@ class Replica:
         return not (local["kind"] == "dir" and self.cat._has_children(local["id"]))
 
     # -- writing
+
+    def _decided(self, node: str, op: str, aspects: tuple[str, ...] = ("place",)) -> None:
+        """A change this peer decides because of what it holds (a name contest, a merge of
+        directories, a cycle, a directory brought back): a new local version, like a user's
+        rename. Merging versions of one node needs none, since every peer computes the
+        same result; these decisions depend on the state each peer has when the clash
+        reaches it, so without a version of their own a peer that decided otherwise, or
+        never saw the clash, would keep what it has for ever (soak bug 5)."""
+        self.cat._stamp(node, op, aspects, {"decided": True})
 
     def _insert(self, state: dict, origin: str | None, effects: Effects) -> None:
         node = state["id"]
@@ -326,10 +345,13 @@ class Replica:
             " VALUES (?, ?, ?, NULL, ?, 0, ?)",
             (node, state["kind"], ino, state["name"], state["conflict_of"]))
         self._set_versions(node, state)
-        name = self._place(node, state, parent, effects)
-        if name is None:  # merged into a directory already here
+        placed = self._place(node, state, parent, effects)
+        if placed is None:  # merged into a directory already here
             return
-        self._stamp(node, "apply-create", origin if name == state["name"] else None, state)
+        if placed == (state["parent"], state["name"]):
+            self._stamp(node, "apply-create", origin, state)
+        else:
+            self._decided(node, "apply-create")
 
     def _write(self, row, merged: dict, origin: str | None, effects: Effects) -> None:
         node, ino = merged["id"], row[8]
@@ -370,14 +392,17 @@ class Replica:
                               (merged["mode"]["mode"] & 0o7777, time.time_ns(), ino))
             effects.inodes.add(ino)
         self._set_versions(node, merged)
-        name = old_name
+        placed = (old_parent, old_name)
         if moved:
             self._entry_changed(old_parent, old_name, effects)
             self.conn.execute("UPDATE nodes SET parent = NULL WHERE id = ?", (node,))
-            name = self._place(node, merged, parent, effects)
-            if name is None:
+            placed = self._place(node, merged, parent, effects)
+            if placed is None:
                 return
-        self._stamp(node, "apply", origin if name == merged["name"] else None, merged)
+        if placed == (merged["parent"], merged["name"]):
+            self._stamp(node, "apply", origin, merged)
+        else:
+            self._decided(node, "apply")
 
     def _new_inode(self, state: dict, effects: Effects) -> int:
         c = state["content"]
@@ -458,14 +483,15 @@ class Replica:
         self.conn.execute("UPDATE nodes SET deleted = 0, ino = ?, parent = NULL WHERE id = ?",
                           (ino, node))
         if self._place(node, state, parent, effects) is not None:
-            self._stamp(node, "restore", None, state)
+            self._decided(node, "restore")
 
-    def _place(self, node: str, state: dict, parent: str, effects: Effects) -> str | None:
+    def _place(self, node: str, state: dict, parent: str,
+               effects: Effects) -> tuple[str, str] | None:
         """Put a live node under `parent` at its name, unless another live node has that
         name (rule 3, two nodes on one name): two directories merge, the higher id keeping
         the name and taking in the other's children; otherwise the winner by the content
-        rule keeps the name and the other becomes a conflict copy. Returns the name taken,
-        or None when the node was merged into another directory."""
+        rule keeps the name and the other becomes a conflict copy. Returns the (parent,
+        name) taken, or None when the node was merged into another directory."""
         name = check_name(state["name"])
         if state["kind"] == "dir":
             parent, name = self._break_cycle(node, state, parent, name, effects)
@@ -481,8 +507,7 @@ class Replica:
                     return None
                 self._alias(other["id"], node, effects)
                 self._set_place(node, parent, name, effects)
-                self._adopt(other["id"], node, effects)
-                return name
+                return parent, name
             if _name_key(state) > _name_key(other):
                 self._rename_loser(other, node, parent, effects)
             else:
@@ -490,7 +515,7 @@ class Replica:
                 self.conn.execute("UPDATE nodes SET conflict_of = ? WHERE id = ?",
                                   (other["id"], node))
         self._set_place(node, parent, name, effects)
-        return name
+        return parent, name
 
     def _break_cycle(self, node: str, state: dict, parent: str, name: str,
                      effects: Effects) -> tuple[str, str]:
@@ -514,7 +539,7 @@ class Replica:
             return ROOT_ID, free
         self._entry_changed(loser["parent"], loser["name"], effects)
         self._set_place(loser["id"], ROOT_ID, free, effects)
-        self._stamp(loser["id"], "apply-move", None, loser)
+        self._decided(loser["id"], "cycle-move")
         return parent, name
 
     def _set_place(self, node: str, parent: str, name: str, effects: Effects) -> None:
@@ -536,12 +561,15 @@ class Replica:
         name = self._loser_name(loser, parent)
         self.conn.execute("UPDATE nodes SET name = ?, conflict_of = ? WHERE id = ?",
                           (name, winner, loser["id"]))
-        self._stamp(loser["id"], "apply-rename", None, loser)
+        self._decided(loser["id"], "conflict-rename")
         self._entry_changed(parent, loser["name"], effects)
         self._entry_changed(parent, name, effects)
 
     def _alias(self, node: str, into: str, effects: Effects) -> None:
-        """A directory merged into another: a tombstone that stands for `into`."""
+        """A directory merged into another: a tombstone that stands for `into`. Its
+        children move first, so a peer that applies these changes in order finds it empty
+        when the tombstone comes."""
+        self._adopt(node, into, effects)
         ino, parent, name = self.conn.execute(
             "SELECT ino, parent, name FROM nodes WHERE id = ?", (node,)).fetchone()
         # A node on its way to a place (parent NULL meanwhile) keeps the place it merged
@@ -553,9 +581,8 @@ class Replica:
         if ino is not None:
             self.cat._dir_nodes.pop(ino, None)
             effects.orphans.add(ino)
-        self._stamp(node, "merge-dir", None, _state(self._row(node)))
+        self._decided(node, "merge-dir", ASPECTS)
         self._entry_changed(parent, name, effects)
-        self._adopt(node, into, effects)
 
     def _adopt(self, from_dir: str, into: str, effects: Effects) -> None:
         for row in self.conn.execute(
@@ -565,7 +592,7 @@ class Replica:
             self._entry_changed(from_dir, child["name"], effects)
             self.conn.execute("UPDATE nodes SET parent = NULL WHERE id = ?", (child["id"],))
             if self._place(child["id"], child, into, effects) is not None:
-                self._stamp(child["id"], "apply-move", None, child)
+                self._decided(child["id"], "merge-move")
 
     def _entry_changed(self, parent: str | None, name: str, effects: Effects) -> None:
         if parent is None:

@@ -127,10 +127,6 @@ class Failure(Exception):
     pass
 
 
-class KnownBug(Exception):
-    """The soak cannot go on because of a bug already reproduced in test_found.py."""
-
-
 class SoakPeer:
     def __init__(self, peer: Peer):
         self.peer = peer
@@ -1053,10 +1049,6 @@ class Soak:
                 text = (f"no convergence after {time.monotonic() - t0:.0f} s:\n"
                         + self.describe_status(st)
                         + "\n" + self.describe_differences())
-                # A link that stays stuck is never a known bug; differing trees may be.
-                explained = self.explain_divergence() if self.quiet(st) else None
-                if explained:
-                    raise KnownBug(explained + "\n" + text)
                 raise Failure(text)
             time.sleep(0.5)
 
@@ -1099,46 +1091,6 @@ class Soak:
                         lines.append(f"  {label}: {rel}: {NAMES[0]} {first.get(rel)}, "
                                      f"{name} {t.get(rel)}")
         return "\n".join(lines[:60]) or "  the mounts and indexes agree"
-
-    def nodes(self, p: SoakPeer) -> dict[str, tuple]:
-        """Live nodes in p's index: id -> (parent, name, placement vv, mode, mode vv,
-        conflict_of, content hash)."""
-        conn = sqlite3.connect(f"file:{p.home / 'index.db'}?mode=ro", uri=True)
-        try:
-            return {r[0]: tuple(r[1:]) for r in conn.execute(
-                "SELECT n.id, n.parent, n.name, n.place_vv, i.mode, n.mode_vv, n.conflict_of,"
-                " i.hash FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.deleted = 0")}
-        finally:
-            conn.close()
-
-    def explain_divergence(self) -> str | None:
-        """Nothing is pending, yet the trees differ. Each difference must be one of the
-        known bugs test_found.py reproduces, or None is returned:
-        bug 5: a node at different places on different peers with one placement version
-        (a name clash resolved differently: a loser's conflict name, a directory merge)."""
-        nodes = {p.name: self.nodes(p) for p in self.peers}
-        ids = set.intersection(*(set(n) for n in nodes.values()))
-        placed = {i for i in ids if len({nodes[p][i][:2] for p in nodes}) > 1
-                  and len({nodes[p][i][2] for p in nodes}) == 1}
-        at = {p: {(v[0], v[1]): (i, v[3], v[6]) for i, v in n.items()}
-              for p, n in nodes.items()}
-        why = set()
-        for place in set().union(*at.values()):
-            here = {at[p].get(place) for p in at}
-            if len(here) == 1:
-                continue
-            who = {h[0] if h else None for h in here}
-            if who & placed:
-                why.add("bug 5: name clashes (a loser's conflict name, a directory merge) "
-                        "are resolved from each peer's own history and make no placement "
-                        "version, so peers keep different places for a node (test_found.py"
-                        "::test_two_new_files_on_one_name_end_the_same_everywhere, ::test_a_"
-                        "directory_merge_ends_the_same_everywhere)")
-            else:
-                return None
-        if why:
-            self.say(f"  divergence explained by known bugs: {sorted(why)}")
-        return "; ".join(sorted(why)) or None
 
     def describe_status(self, st: dict[str, dict]) -> str:
         lines = []

@@ -109,11 +109,10 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
                 assert held, f"{path} (on {d.id[:4]}) is held by nobody"
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 5: which node keeps a contested name is "
-                   "decided from the content each peer has when the clash reaches it, and "
-                   "the rename of the loser makes no placement version: peers can end with "
-                   "different files on one name and nothing pending, for ever")
 def test_two_new_files_on_one_name_end_the_same_everywhere(devs):
+    """Soak bug 5: which node keeps a contested name was decided from the content each
+    peer had when the clash reached it, and the loser's rename made no placement version,
+    so peers kept different files on one name for ever. Now the rename is a version."""
     a, b, _ = devs
     a.write("/n", b"alpha's n", T)
     b.write("/n", b"beta's n", T + 1)  # apart: the same new name on both
@@ -122,10 +121,9 @@ def test_two_new_files_on_one_name_end_the_same_everywhere(devs):
     converge(a, b)  # alpha: beta's n is older than alpha's edit: beta's is the copy
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 5 (directories): merging two directories "
-                   "on one name (alias + adopting the children) is a local decision with no "
-                   "new versions; a peer that never saw the clash keeps both, for ever")
 def test_a_directory_merge_ends_the_same_everywhere(devs):
+    """Soak bug 5 (directories): a merge of two directories on one name (the alias and the
+    children it adopts) made no versions; a peer that never saw the clash kept both."""
     a, b, c = devs
     c.mkdir("/d0")
     c.mkdir("/d1")
