@@ -196,8 +196,10 @@ class Catalog:
             for aspect, vv_text in zip(aspects, row, strict=True):
                 vv = json.loads(vv_text)
                 vv[self.device] = self.seq
-                sets += [f"{aspect}_vv = ?", f"{aspect}_clock = ?", f"{aspect}_device = ?"]
-                params += [json.dumps(vv, sort_keys=True), self.clock, self.device]
+                sets += [f"{aspect}_vv = ?", f"{aspect}_made = ?", f"{aspect}_clock = ?",
+                         f"{aspect}_device = ?"]
+                text = json.dumps(vv, sort_keys=True)
+                params += [text, text, self.clock, self.device]
         self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
         self.conn.execute(
             "INSERT INTO journal (seq, clock, node, op, device, at, detail)"

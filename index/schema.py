@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 
@@ -49,7 +49,9 @@ CREATE TABLE inodes (
 -- Nodes: the synced identity of each file, directory and symlink. A hard link is a second
 -- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode.
 -- Each of content, mode and placement carries a version vector (JSON {device: counter}), a
--- Lamport clock and the device that made that version (DESIGN, "The data model").
+-- Lamport clock and the device that made that version (DESIGN, "The data model"). The
+-- vector (_vv) grows with every version merged in; _made is the vector its data was made
+-- at, which says which versions that data was made with knowledge of (index/sync.py).
 CREATE TABLE nodes (
     entry          INTEGER PRIMARY KEY,  -- local; readdir offset (stable, increasing)
     id             TEXT NOT NULL UNIQUE,               -- global id '<device>:<counter>'
@@ -70,7 +72,10 @@ CREATE TABLE nodes (
     place_vv       TEXT NOT NULL DEFAULT '{}',
     place_clock    INTEGER NOT NULL DEFAULT 0,
     place_device   TEXT,
-    origin         TEXT    -- device that sent the current state; NULL when changed here
+    origin         TEXT,   -- device that sent the current state; NULL when changed here
+    content_made   TEXT NOT NULL DEFAULT '{}',
+    mode_made      TEXT NOT NULL DEFAULT '{}',
+    place_made     TEXT NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX nodes_name ON nodes (parent, name) WHERE deleted = 0;
 CREATE INDEX nodes_children ON nodes (parent, entry) WHERE deleted = 0;
@@ -132,6 +137,13 @@ MIGRATIONS = {
             last_error TEXT
         );
         CREATE TABLE limbo (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NULL);
+    """,
+    # The vector each version's data was made at; the merged vector is the best we know.
+    3: """
+        ALTER TABLE nodes ADD COLUMN content_made TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE nodes ADD COLUMN mode_made TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE nodes ADD COLUMN place_made TEXT NOT NULL DEFAULT '{}';
+        UPDATE nodes SET content_made = content_vv, mode_made = mode_vv, place_made = place_vv;
     """,
 }
 

@@ -47,6 +47,25 @@ def vv_max(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {d: max(a.get(d, 0), b.get(d, 0)) for d in sorted(a.keys() | b.keys())}
 
 
+def supersedes(x: dict, y: dict) -> bool:
+    """Version x's data was made knowing version y: its maker had y, or a later version by
+    y's maker, when it made x. Vectors that merely merged y in (vv) do not count: a merge
+    keeps one side's data, so a version merged with a third one can look concurrent with
+    a later edit of its own maker, and then which wins would depend on the order in which a
+    peer met them (found by tests/index/test_convergence.py)."""
+    device = y["device"] or ""
+    return x["made"].get(device, 0) >= y["made"].get(device, 0)
+
+
+def refine(cmp: str, local: dict, remote: dict) -> str:
+    """Concurrent vectors whose data is not: the version made knowing the other wins."""
+    if cmp != CC:
+        return cmp
+    knows_local, knows_remote = supersedes(remote, local), supersedes(local, remote)
+    return LT if knows_local and not knows_remote else \
+        GT if knows_remote and not knows_local else CC
+
+
 def conflict_id(node: str, device: str, counter: int) -> str:
     """A conflict copy's id: the same on every peer that makes it (DESIGN, "Nodes")."""
     return blake3.blake3(f"{node}|{device}|{counter}".encode()).hexdigest()[:32] + ":0"
@@ -70,15 +89,18 @@ NODE_COLUMNS = (
     "n.id, n.kind, n.parent, n.name, n.deleted, n.conflict_of, n.seq, n.origin, n.ino, "
     "n.content_vv, n.content_clock, n.content_device, n.mode_vv, n.mode_clock, "
     "n.mode_device, n.place_vv, n.place_clock, n.place_device, "
-    "i.hash, i.size, i.mtime_ns, i.chunks, i.target, i.mode"
+    "i.hash, i.size, i.mtime_ns, i.chunks, i.target, i.mode, "
+    "n.content_made, n.mode_made, n.place_made"
 )
 
 
 def _state(row) -> dict:
     (node, kind, parent, name, deleted, conflict_of, _seq, _origin, ino, cvv, cclock, cdev,
-     mvv, mclock, mdev, pvv, pclock, pdev, digest, size, mtime, chunks, target, mode) = row
+     mvv, mclock, mdev, pvv, pclock, pdev, digest, size, mtime, chunks, target, mode,
+     cmade, mmade, pmade) = row
     alive = not deleted and ino is not None
-    content = {"vv": json.loads(cvv), "clock": cclock, "device": cdev, "hash": None,
+    content = {"vv": json.loads(cvv), "made": json.loads(cmade), "clock": cclock,
+               "device": cdev, "hash": None,
                "size": 0, "mtime_ns": 0, "chunks": [], "target": None}
     if alive and kind != "dir":
         content.update(hash=digest, size=size, mtime_ns=mtime,
@@ -88,9 +110,10 @@ def _state(row) -> dict:
     return {
         "id": node, "kind": kind, "parent": parent, "name": name, "deleted": bool(deleted),
         "conflict_of": conflict_of, "content": content,
-        "mode": {"vv": json.loads(mvv), "clock": mclock, "device": mdev,
-                 "mode": mode if alive else 0},
-        "place": {"vv": json.loads(pvv), "clock": pclock, "device": pdev},
+        "mode": {"vv": json.loads(mvv), "made": json.loads(mmade), "clock": mclock,
+                 "device": mdev, "mode": mode if alive else 0},
+        "place": {"vv": json.loads(pvv), "made": json.loads(pmade), "clock": pclock,
+                  "device": pdev},
     }
 
 
@@ -136,6 +159,10 @@ class Replica:
         """Apply a batch of remote states in one transaction. States whose parent is not
         known yet wait in `limbo` until it arrives."""
         effects = Effects()
+        for state in states:
+            for aspect in ASPECTS:  # a state without "made" was made at its vector
+                if state[aspect].get("made") is None:
+                    state[aspect]["made"] = state[aspect]["vv"]
 
         def run() -> None:
             queue = list(states)
@@ -173,8 +200,9 @@ class Replica:
             mine = _state(row)
             device = self.cat.device
             mine["deleted"] = False
+            vv = {**base_vv, device: self.cat.seq + 1}
             mine["content"] = {
-                "vv": {**base_vv, device: self.cat.seq + 1}, "clock": self.cat.clock + 1,
+                "vv": vv, "made": vv, "clock": self.cat.clock + 1,
                 "device": device, "hash": file_hash(b"".join(chunks)), "size": size,
                 "mtime_ns": mtime_ns, "chunks": [c.hex() for c in chunks], "target": None}
             if mine["mode"]["mode"] == 0:
@@ -222,12 +250,13 @@ class Replica:
             log.warning("ignored a state of node %s from %s: it says %s, the node is a %s",
                         remote["id"], origin, remote["kind"], local["kind"])
             return
-        cmps = {a: compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
-        if all(c in (EQ, GT) for c in cmps.values()) and not (
+        raw = {a: compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
+        if all(c in (EQ, GT) for c in raw.values()) and not (
                 remote["deleted"] and not local["deleted"] and self._deletable(local)
-                and all(c == EQ for c in cmps.values())):
+                and all(c == EQ for c in raw.values())):
             return  # nothing newer: dominated or the same
-        merged = self._merge(local, remote, cmps, effects)
+        cmps = {a: refine(raw[a], local[a], remote[a]) for a in ASPECTS}
+        merged = self._merge(local, remote, raw, cmps, effects)
         same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
             merged["deleted"] == remote["deleted"]
         self._write(row, merged, origin if same_as_remote else None, effects)
@@ -240,8 +269,9 @@ class Replica:
 
     # -- merging (DESIGN rule 3)
 
-    def _merge(self, local: dict, remote: dict, cmps: dict[str, str],
+    def _merge(self, local: dict, remote: dict, raw: dict[str, str], cmps: dict[str, str],
                effects: Effects) -> dict:
+        """The merged state. `raw` compares the vectors, `cmps` the versions (refine)."""
         merged = {k: remote[k] for k in ("id", "kind", "conflict_of")}
         # Deletion: a tombstone that has seen every version of the live side deletes it;
         # any concurrent or newer change keeps the node alive (rule 3, delete vs change).
@@ -270,11 +300,11 @@ class Replica:
                 take = remote if key(remote) > key(local) else local
             if take["deleted"] and not deleted and aspect != "place":
                 take = alive_side  # a tombstone carries no content or mode data
+            # The data, its clock and what it was made at are the side taken; the
+            # vector has seen both.
             merged[aspect] = dict(take[aspect])
-            if cmp == CC:
+            if raw[aspect] == CC:
                 merged[aspect]["vv"] = vv_max(local[aspect]["vv"], remote[aspect]["vv"])
-                merged[aspect]["clock"] = max(local[aspect]["clock"],
-                                              remote[aspect]["clock"])
             if aspect == "place":
                 merged["parent"], merged["name"] = take["parent"], take["name"]
         return merged
@@ -292,7 +322,7 @@ class Replica:
     def _conflict_copy(self, loser: dict, winner: dict, effects: Effects) -> None:
         c = loser["content"]
         device = c["device"] or ""
-        node = conflict_id(loser["id"], device, c["vv"].get(device, 0))
+        node = conflict_id(loser["id"], device, c["made"].get(device, 0))
         if self._row(node) is not None:
             return
         tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{device[:7]}"
@@ -304,7 +334,7 @@ class Replica:
             # The loser's mode version, vector and all: peers that make this copy from
             # different mode histories then merge its mode like any other.
             "mode": dict(loser["mode"]),
-            "place": {"vv": {}, "clock": 0, "device": None},
+            "place": {"vv": {}, "made": {}, "clock": 0, "device": None},
         }
         self._insert(state, None, effects)
         if name != tagged_name(winner["name"], tag):
@@ -430,8 +460,9 @@ class Replica:
     def _set_versions(self, node: str, state: dict) -> None:
         sets, params = [], []
         for a in ASPECTS:
-            sets += [f"{a}_vv = ?", f"{a}_clock = ?", f"{a}_device = ?"]
-            params += [json.dumps(state[a]["vv"], sort_keys=True), state[a]["clock"],
+            sets += [f"{a}_vv = ?", f"{a}_made = ?", f"{a}_clock = ?", f"{a}_device = ?"]
+            params += [json.dumps(state[a]["vv"], sort_keys=True),
+                       json.dumps(state[a]["made"], sort_keys=True), state[a]["clock"],
                        state[a]["device"]]
         self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?",
                           (*params, node))

@@ -54,6 +54,7 @@ class Strict(BaseModel):
 
 class Version(Strict):
     vv: dict[DeviceId, Counter]
+    made: dict[DeviceId, Counter] | None = None  # the vector its data was made at; vv if absent
     clock: Counter
     device: DeviceId | None
 

@@ -48,8 +48,9 @@ def test_newer_or_foreign_databases_are_refused(tmp_path):
         schema.open_db(foreign)
 
 
-def test_migrated_schema_equals_a_fresh_one(tmp_path):
-    shutil.copy(DATA / "schema-v1.db", tmp_path / "old.db")
+@pytest.mark.parametrize("old", ["schema-v1.db", "schema-v2.db"])
+def test_migrated_schema_equals_a_fresh_one(tmp_path, old):
+    shutil.copy(DATA / old, tmp_path / "old.db")
     migrated = schema.open_db(tmp_path / "old.db")
     fresh = schema.create(tmp_path / "new.db", "cd" * 16, 0, 0, 0)
 
@@ -60,3 +61,22 @@ def test_migrated_schema_equals_a_fresh_one(tmp_path):
                 for t in tables}
 
     assert columns(migrated) == columns(fresh)
+
+
+def test_second_schema_opens_with_its_tree_and_peers_intact(tmp_path):
+    """Version 2 (made by 87923ab): two devices' tree with a conflict copy, and a peer."""
+    shutil.copy(DATA / "schema-v2.db", tmp_path / "index.db")
+    db = schema.open_db(tmp_path / "index.db")
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    cat = Catalog(db, ChunkStore(tmp_path / "store"))
+    docs = cat.lookup(schema.ROOT_INO, "docs")
+    assert cat.lookup(docs.inode.ino, "report.txt").inode.mode & 0o777 == 0o600
+    names = {e.name for e in cat.children(schema.ROOT_INO, 0)}
+    assert names == {"docs", "notes.txt", "notes.sync-conflict-20270115-080000-bbbbbbb.txt"}
+    assert db.conn.execute("SELECT name, state, cursor FROM peers").fetchall() == [
+        ("alpha", "offline", 3)]
+    # version 3: each version's data was made at the vector it had then, as far as we know
+    for aspect in ("content", "mode", "place"):
+        assert db.conn.execute(
+            f"SELECT count(*) FROM nodes WHERE {aspect}_made != {aspect}_vv").fetchone() == (0,)
+    assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
