@@ -153,6 +153,10 @@ class Replica:
         states = [_state(r) for r in rows if skip_origin is None or r[7] != skip_origin]
         return states, rows[-1][6]
 
+    def state_of(self, node: str) -> dict | None:
+        row = self._row(node)
+        return _state(row) if row is not None else None
+
     # -- in
 
     def apply(self, states: list[dict], origin: str) -> Effects:
@@ -307,6 +311,12 @@ class Replica:
                 merged[aspect]["vv"] = vv_max(local[aspect]["vv"], remote[aspect]["vv"])
             if aspect == "place":
                 merged["parent"], merged["name"] = take["parent"], take["name"]
+                if take["deleted"] and not deleted:
+                    # A node back from a delete keeps the deleter's placement version,
+                    # with the lowest clock: a move concurrent with that delete must
+                    # still win (rule 3, delete vs change) on peers where the node is
+                    # alive, as it does where it meets the tombstone itself.
+                    merged["place"]["clock"] = 0
         return merged
 
     def _content_winner(self, local: dict, remote: dict, effects: Effects) -> dict:

@@ -151,6 +151,7 @@ class Node(Protocol):
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
     def read_chunk(self, digest: bytes) -> bytes | None: ...
     def hold(self, digests: list[bytes]) -> int: ...
+    def state_of(self, node: str) -> dict | None: ...
 
 
 def build_app(node: Node) -> FastAPI:
@@ -192,6 +193,16 @@ def build_app(node: Node) -> FastAPI:
                    limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
         states, last = node.changes_since(since, limit)
         return {"changes": states, "seq": last}
+
+    @app.get("/v1/nodes/{node_id}")
+    async def node_state(node_id: Annotated[str, StringConstraints(
+            pattern=NodeId.__metadata__[0].pattern)]) -> dict:
+        """One node's current state: for a peer whose version of it is held by nobody
+        any more, because a newer one is on its way (soak bug 7)."""
+        state = node.state_of(node_id)
+        if state is None:
+            raise HTTPException(404, f"node {node_id} is not known here")
+        return {"state": state}
 
     @app.post("/v1/hold")
     async def hold(body: HoldList) -> dict:

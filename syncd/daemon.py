@@ -98,6 +98,35 @@ class Daemon:
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
         return self.replica.changes_since(since, limit)
 
+    def state_of(self, node: str) -> dict | None:
+        return self.replica.state_of(node)
+
+    async def refresh(self, ino: int) -> bool:
+        """No peer that answered holds the content of inode `ino`: its holder may have
+        replaced that version before the newer state reached us (soak bug 7). Ask the
+        peers for the node's current state now; True when that gave it another inode."""
+        nodes = self.catalog.nodes_of(ino)
+        if not nodes:  # a peer's change took it from its name meanwhile (rule 6)
+            log.info("inode %d lost its name while it was being fetched", ino)
+            return True
+        for link in self.holders():
+            for node in nodes:
+                if link.device is None:
+                    continue
+                try:
+                    state = await link.get_node(node)
+                except PeerError as e:
+                    log.debug("asking %s for node %s: %s", link.name, node, e)
+                    continue
+                if state is not None:
+                    self.receive(link.device, [state])
+        newer = any(self.catalog.conn.execute(
+            "SELECT 1 FROM nodes WHERE id = ? AND (ino IS NULL OR ino != ?)",
+            (node, ino)).fetchone() for node in nodes)
+        log.info("asked the peers for the current state of %s (inode %d): %s", nodes, ino,
+                 "it has a newer version" if newer else "no newer version")
+        return newer
+
     def read_chunk(self, digest: bytes) -> bytes | None:
         try:
             with open(self.store.chunk_path(digest), "rb") as f:
@@ -229,10 +258,16 @@ class Daemon:
                         self.catalog.conn.execute(
                             "UPDATE inodes SET local = 0 WHERE instr(chunks, ?) > 0", (digest,))
                     damaged += 1
+            nodes = self.catalog.nodes_of(ino)
             try:
                 await self.fetcher.ensure_local(ino)
-            except OSError:
-                failed.append(self.fetcher.name(ino))
+            except OSError as e:
+                if e.errno != errno.ESTALE:
+                    failed.append(self.fetcher.name(ino))
+                    continue
+                inos += [r[0] for r in self.catalog.conn.execute(  # its newer version
+                    f"SELECT ino FROM nodes WHERE deleted = 0 AND kind = 'file' AND id IN "
+                    f"({','.join('?' * len(nodes))})", nodes)]
         size = self.catalog.conn.execute(
             f"SELECT coalesce(sum(size), 0) FROM inodes WHERE ino IN "
             f"({','.join('?' * len(inos))})", inos).fetchone()[0] if inos else 0

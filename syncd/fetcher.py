@@ -64,6 +64,10 @@ class Fetcher:
                     await limit.acquire()
                     nursery.start_soon(self._fetch_one, digest, what, limit, failed)
             if failed:
+                if await self.daemon.refresh(ino):
+                    # The name has a newer version now: ESTALE makes the kernel look
+                    # the name up again and open that instead.
+                    raise OSError(errno.ESTALE, f"{what} has a newer version")
                 raise failed[0]
             self._mark_local([ino])
         finally:

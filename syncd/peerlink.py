@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from syncd import auth, compress
+from syncd.api import NodeState
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
@@ -151,6 +152,22 @@ class PeerLink:
         if r.status != 200:
             raise PeerError(f"{self.name} answered {r.status} for a chunk")
         return r.body
+
+    async def get_node(self, node: str) -> dict | None:
+        """The peer's current state of one node, validated as a push is; None when the
+        peer does not know it."""
+        r = await self.request("GET", f"/v1/nodes/{node}")
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise PeerError(f"{self.name} answered {r.status} for node {node}")
+        try:
+            state = NodeState.model_validate(json.loads(r.body)["state"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise PeerError(f"{self.name} sent a bad state of node {node}: {e}") from None
+        if state.id != node or state.parent is None:
+            raise PeerError(f"{self.name} sent a state of another node or with no parent")
+        return state.model_dump()
 
     async def get_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
         """Many chunks in one request (not yet verified); those not held are left out."""
