@@ -307,3 +307,21 @@ def test_a_move_concurrent_with_a_delete_wins_where_the_node_came_back(devs):
     c.cat.unlink(ROOT, "a")
     send_some(c, b, 1, 1)
     converge(a, b, c)
+
+
+def test_an_edit_kept_against_a_delete_does_not_beat_its_makers_next_edit(devs):
+    """Bug 13, found by tests/index/test_convergence.py: an edit kept against a concurrent
+    delete took the deleter's counters into its vector, so its maker's next edit looked
+    concurrent with it and lost by mtime on a peer that met the merged version first,
+    while the maker kept its edit. Versions now carry the vector their data was made at."""
+    a, b, c = devs
+    a.write("/a", b"version 0", T)
+    a.write("/b", b"version 1", T + 1)
+    send(a, b)
+    a.write("/b", b"version 6", T + 10**9 + 6)
+    b.cat.unlink(ROOT, "b")
+    send(b, c)
+    send(a, b)  # beta: alpha's edit beats beta's delete
+    a.write("/b", b"version 10", T + 10)  # alpha's next edit, with an earlier mtime
+    converge(a, b, c)
+    assert a.data("/b") == b"version 10"
