@@ -325,3 +325,28 @@ def test_an_edit_kept_against_a_delete_does_not_beat_its_makers_next_edit(devs):
     a.write("/b", b"version 10", T + 10)  # alpha's next edit, with an earlier mtime
     converge(a, b, c)
     assert a.data("/b") == b"version 10"
+
+
+@pytest.mark.xfail(strict=True, reason="bug 14 (found by tests/index/test_convergence.py "
+                   "after about 3,000 random histories): gamma resolved beta's v14 against "
+                   "its own v22 (v22 won, v14 became a copy); alpha's v27, made knowing v22 "
+                   "but not v14, then replaces v22 on gamma, while beta, which never saw "
+                   "v22, resolves v14 against v27 and keeps v14. A loser must stay a "
+                   "candidate (a sibling) until a version made knowing it comes")
+def test_three_way_conflicts_on_one_name_end_the_same_everywhere(devs):
+    a, b, c = devs
+    b.mkdir("/b")
+    c.write("/a", b"version 8", T + 8)
+    c.write("/a", b"version 9", T + 9)
+    a.mkdir("/a")
+    b.write("/a", b"version 11", T + 11)
+    send_some(b, c, 2, 1)
+    b.write("/a", b"version 14", T + 10**9 + 14)
+    send_some(a, b, 1, 1)
+    a.write("/a/a", b"version 20", T + 20)
+    c.write("/a", b"version 22", T + 10**9 + 22)
+    send_some(a, b, 1, 1)
+    send_some(c, a, 3, 1)
+    send_some(b, c, 1, 1)
+    a.write("/a", b"version 27", T + 27)
+    converge(a, b, c)
