@@ -43,7 +43,8 @@ MAX_BATCH = 1000
 MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-NodeId = Annotated[str, StringConstraints(pattern=r"^(root|[0-9a-f]{32}:[0-9]{1,18})$")]
+NODE_ID = r"^(root|[0-9a-f]{32}:[0-9]{1,18})$"
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Counter = Annotated[int, Field(ge=0, lt=1 << 62)]
 
@@ -195,8 +196,7 @@ def build_app(node: Node) -> FastAPI:
         return {"changes": states, "seq": last}
 
     @app.get("/v1/nodes/{node_id}")
-    async def node_state(node_id: Annotated[str, StringConstraints(
-            pattern=NodeId.__metadata__[0].pattern)]) -> dict:
+    async def node_state(node_id: NodeId) -> dict:
         """One node's current state: for a peer whose version of it is held by nobody
         any more, because a newer one is on its way (soak bug 7)."""
         state = node.state_of(node_id)

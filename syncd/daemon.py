@@ -110,9 +110,9 @@ class Daemon:
             log.info("inode %d lost its name while it was being fetched", ino)
             return True
         for link in self.holders():
+            if link.device is None:  # never answered a hello: nothing it says is applied
+                continue
             for node in nodes:
-                if link.device is None:
-                    continue
                 try:
                     state = await link.get_node(node)
                 except PeerError as e:
@@ -246,7 +246,7 @@ class Daemon:
         """`syncd fetch`: every file under `path` here and verified. Local chunks are
         re-hashed; a damaged one is dropped and fetched again."""
         inos = self._files_under(self.resolve(path))
-        damaged, failed = 0, []
+        damaged, failed, replaced = 0, [], set()
         for ino in inos:
             for digest in dict.fromkeys(self.catalog.chunks(ino)):
                 if self.store.has(digest) and not await trio.to_thread.run_sync(
@@ -265,9 +265,11 @@ class Daemon:
                 if e.errno != errno.ESTALE:
                     failed.append(self.fetcher.name(ino))
                     continue
-                inos += [r[0] for r in self.catalog.conn.execute(  # its newer version
+                replaced.add(ino)  # a newer version came meanwhile: fetch that instead
+                inos += [r[0] for r in self.catalog.conn.execute(
                     f"SELECT ino FROM nodes WHERE deleted = 0 AND kind = 'file' AND id IN "
                     f"({','.join('?' * len(nodes))})", nodes)]
+        inos = [ino for ino in inos if ino not in replaced]
         size = self.catalog.conn.execute(
             f"SELECT coalesce(sum(size), 0) FROM inodes WHERE ino IN "
             f"({','.join('?' * len(inos))})", inos).fetchone()[0] if inos else 0

@@ -57,22 +57,11 @@ class Sign(requests.auth.AuthBase):
         return r
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("fuzz"))
-    try:
-        server.start()
-        yield server
-        assert server.alive(), server.log()
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log(), server.log()
-
 
 @pytest.fixture(scope="module")
-def api(target):
+def api(shared_server):
     """The description the running server publishes, fetched with a signed request."""
-    r = target.request("GET", "/openapi.json")
+    r = shared_server.request("GET", "/openapi.json")
     assert r.status_code == 200, r.text
     assert r.json() == build_app(None).openapi()
     return schemathesis.openapi.from_dict(r.json())
@@ -100,22 +89,22 @@ def fuzz(api, method: str, path: str, check, examples: int) -> None:
     run()
 
 
-def call(case, target: Server, http: requests.Session):
-    before = target.snapshot()
-    response = case.call(base_url=target.url, session=http)
-    assert target.alive(), f"syncd serve died on\n{case.as_curl_command()}\n{target.log()}"
+def call(case, server: Server, http: requests.Session):
+    before = server.snapshot()
+    response = case.call(base_url=server.url, session=http)
+    assert server.alive(), f"syncd serve died on\n{case.as_curl_command()}\n{server.log()}"
     if 400 <= response.status_code < 500:
-        assert target.snapshot() == before, (
+        assert server.snapshot() == before, (
             f"a refused request ({response.status_code}) changed the index or store:\n"
             f"{case.as_curl_command()}\n{response.text[:500]}")
     return response
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
-def test_signed_requests(api, target, method, path):
-    with session(target.key) as http:
+def test_signed_requests(api, shared_server, method, path):
+    with session(shared_server.key) as http:
         def check(case):
-            response = call(case, target, http)
+            response = call(case, shared_server, http)
             case.validate_response(response, checks=[not_a_server_error,
                                                      negative_data_rejection])
             assert response.status_code != 401, response.text
@@ -124,10 +113,10 @@ def test_signed_requests(api, target, method, path):
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
-def test_unsigned_requests_are_all_refused(api, target, method, path):
+def test_unsigned_requests_are_all_refused(api, shared_server, method, path):
     with session(None) as http:
         def check(case):
-            response = call(case, target, http)
+            response = call(case, shared_server, http)
             assert response.status_code == 401, response.text
 
         fuzz(api, method, path, check, max(5, EXAMPLES // 4))

@@ -142,3 +142,20 @@ def test_wait_returns_once_peers_confirmed_and_fails_when_none_answers(cluster):
     wait_for(lambda: a.peer("beta")["state"] == "offline", 20, "beta seen offline")
     done = syncd(a.home, "wait", "--peer", "beta", "--timeout", "1", check=False)
     assert done.returncode == 5 and "no peer is reachable" in done.stderr
+
+
+def test_fetch_follows_a_newer_version_when_nobody_holds_the_known_one(cluster):
+    """Beta knows version 1 of f; alpha, its only holder, has replaced it before version 2
+    reached beta. `syncd fetch` asks alpha for f's state and fetches version 2."""
+    a, b = cluster(2)
+    v1, v2 = b"1" * BIG, b"2" * BIG
+    (a / "f").write_bytes(v1)
+    wait_listed(b / "f", BIG)
+    a.set_peer("beta", "outofuse")  # alpha's next change is late to reach beta
+    (a / "f").write_bytes(v2)  # alpha drops version 1's chunk
+    try:
+        done = syncd(b.home, "fetch", "f")
+    finally:
+        a.set_peer("beta", "auto")
+    assert f"1 file(s), {BIG} bytes, here and verified" in done.stdout
+    assert read(b / "f") == v2
