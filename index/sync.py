@@ -289,6 +289,7 @@ class Replica:
             deleted = False
         merged["deleted"] = deleted
         alive_side = local if remote["deleted"] else remote
+        loser = None
         for aspect in ASPECTS:
             cmp = cmps[aspect]
             if cmp == LT:
@@ -298,7 +299,7 @@ class Replica:
             elif local["deleted"] != remote["deleted"]:
                 take = alive_side
             elif aspect == "content":
-                take = self._content_winner(local, remote, effects)
+                take, loser = self._content_winner(local, remote)
             else:  # mode, placement: the higher (Lamport clock, device) wins
                 key = lambda s, a=aspect: (s[a]["clock"], s[a]["device"] or "")  # noqa: E731
                 take = remote if key(remote) > key(local) else local
@@ -317,37 +318,44 @@ class Replica:
                     # still win (rule 3, delete vs change) on peers where the node is
                     # alive, as it does where it meets the tombstone itself.
                     merged["place"]["clock"] = 0
+        if loser is not None:
+            self._conflict_copy(loser, merged, effects)
         return merged
 
-    def _content_winner(self, local: dict, remote: dict, effects: Effects) -> dict:
+    @staticmethod
+    def _content_winner(local: dict, remote: dict) -> tuple[dict, dict | None]:
         """Concurrent content: the later mtime wins (ties: the higher device id); the other
-        becomes a conflict copy. Equal hashes are no conflict."""
+        (returned second) becomes a conflict copy. Equal hashes are no conflict."""
         lc, rc = local["content"], remote["content"]
         key = lambda c: (c["mtime_ns"], c["device"] or "")  # noqa: E731
         winner, loser = (remote, local) if key(rc) > key(lc) else (local, remote)
-        if lc["hash"] != rc["hash"] and local["kind"] != "dir":
-            self._conflict_copy(loser, winner, effects)
-        return winner
+        if lc["hash"] == rc["hash"] or local["kind"] == "dir":
+            return winner, None
+        return winner, loser
 
-    def _conflict_copy(self, loser: dict, winner: dict, effects: Effects) -> None:
+    def _conflict_copy(self, loser: dict, merged: dict, effects: Effects) -> None:
+        """The loser of a content conflict, as a new node beside the merged one. It takes
+        the merged node's placement version with its place: peers that settle the conflict
+        while they hold different places of the node (a concurrent rename) then settle the
+        copy's place like the node's, instead of each keeping its own (bug 15)."""
         c = loser["content"]
         device = c["device"] or ""
         node = conflict_id(loser["id"], device, c["made"].get(device, 0))
         if self._row(node) is not None:
             return
         tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{device[:7]}"
-        name = free_tagged_name(winner["name"], tag,
-                                lambda n: self.cat._live(winner["parent"], n))
+        name = free_tagged_name(merged["name"], tag,
+                                lambda n: self.cat._live(merged["parent"], n))
         state = {
-            "id": node, "kind": loser["kind"], "parent": winner["parent"], "name": name,
+            "id": node, "kind": loser["kind"], "parent": merged["parent"], "name": name,
             "deleted": False, "conflict_of": loser["id"], "content": dict(c),
             # The loser's mode version, vector and all: peers that make this copy from
             # different mode histories then merge its mode like any other.
             "mode": dict(loser["mode"]),
-            "place": {"vv": {}, "made": {}, "clock": 0, "device": None},
+            "place": dict(merged["place"]),
         }
         self._insert(state, None, effects)
-        if name != tagged_name(winner["name"], tag):
+        if name != tagged_name(merged["name"], tag):
             # Numbered because of copies that are here: a peer without them names it
             # otherwise, so the name taken here is a version of its own.
             self._decided(node, "conflict-copy")

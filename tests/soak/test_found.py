@@ -350,3 +350,25 @@ def test_three_way_conflicts_on_one_name_end_the_same_everywhere(devs):
     send_some(b, c, 1, 1)
     a.write("/a", b"version 27", T + 27)
     converge(a, b, c)
+
+
+def test_a_conflict_copy_lands_in_one_place_everywhere(devs):
+    """Bug 15, the CI soak of 2026-11-23: a conflict copy went next to whichever side won
+    the content, at that side's place. Alpha met beta's winning edit after gamma's rename
+    and put the copy at the old name; gamma, which had renamed first, put it at the new
+    one. The copy's placement had no version, so neither ever moved."""
+    a, b, c = devs
+    a.mkdir("/d0")
+    a.mkdir("/d1")
+    a.write("/d0/f1", b"version 0", T)
+    converge(a, b, c)
+    a.write("/d0/f1", b"alpha's edit", T + 1)
+    b.write("/d0/f1", b"beta's edit", T + 2)  # the later mtime: beta's edit wins
+    c.cat.rename(c.ino("/d0"), "f1", c.ino("/d1"), "f0")
+    send(c, a)  # alpha takes the rename
+    send(b, c)  # gamma: beta's edit, then alpha's (both at the new place): alpha's loses
+    send(a, c)
+    send(b, a)  # alpha: beta's edit, sent from the old place, beats its own
+    converge(a, b, c)
+    copies = [p for p in a.tree() if "sync-conflict" in p]
+    assert len(copies) == 1 and copies[0].startswith("/d1/f0.sync-conflict"), copies
