@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 
@@ -81,6 +81,7 @@ CREATE UNIQUE INDEX nodes_name ON nodes (parent, name) WHERE deleted = 0;
 CREATE INDEX nodes_children ON nodes (parent, entry) WHERE deleted = 0;
 CREATE INDEX nodes_ino ON nodes (ino);
 CREATE INDEX nodes_seq ON nodes (seq);
+CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
 
 -- History: one row per change, in the same transaction as the change (rule 1).
 CREATE TABLE journal (
@@ -144,6 +145,10 @@ MIGRATIONS = {
         ALTER TABLE nodes ADD COLUMN mode_made TEXT NOT NULL DEFAULT '{}';
         ALTER TABLE nodes ADD COLUMN place_made TEXT NOT NULL DEFAULT '{}';
         UPDATE nodes SET content_made = content_vv, mode_made = mode_vv, place_made = place_vv;
+    """,
+    # A node's conflict copies, looked up on every applied change (index/sync.py).
+    4: """
+        CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
     """,
 }
 

@@ -246,19 +246,28 @@ class Replica:
         row = self._row(remote["id"])
         if row is None:
             self._insert(remote, origin, effects)
+        elif self._merge_into(row, remote, origin, effects):
             return
+        # The node's content, or a conflict copy of another node's, changed: settle the
+        # contest among all the versions of that content again.
+        self._reconsider(remote["id"], effects)
+        if remote["conflict_of"]:
+            self._reconsider(remote["conflict_of"], effects)
+
+    def _merge_into(self, row, remote: dict, origin: str, effects: Effects) -> bool:
+        """Merge a remote state into the node's row; True when nothing changed."""
         local = _state(row)
         if local["kind"] != remote["kind"]:
             # A node's kind is fixed when it is made (its id says who made it, when);
             # a state that says otherwise is not from a syncd that follows this protocol.
             log.warning("ignored a state of node %s from %s: it says %s, the node is a %s",
                         remote["id"], origin, remote["kind"], local["kind"])
-            return
+            return True
         raw = {a: compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
         if all(c in (EQ, GT) for c in raw.values()) and not (
                 remote["deleted"] and not local["deleted"] and self._deletable(local)
                 and all(c == EQ for c in raw.values())):
-            return  # nothing newer: dominated or the same
+            return True  # nothing newer: dominated or the same
         cmps = {a: refine(raw[a], local[a], remote[a]) for a in ASPECTS}
         merged = self._merge(local, remote, raw, cmps, effects)
         same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
@@ -270,6 +279,52 @@ class Replica:
             # that the deleter did not: it comes back as a new version, so the deleter
             # takes it back too instead of both keeping what they had.
             self._decided(remote["id"], "restore")
+        return False
+
+    def _reconsider(self, node: str, effects: Effects) -> None:
+        """Rule 3 over every version of a node's content that no other one was made
+        knowing (its siblings): the node holds the winner of them all, the others are
+        conflict copies. A version kept as a copy stays a candidate: when a version made
+        without knowing it replaces the one it lost to, it may win now. Without this, a
+        peer that met the replacement first kept it, and one that met the copy's
+        version first kept that, with the same vector (bug 14).
+
+        Taking a copy's version back adds a dot of this device to the content vector, so
+        a peer that holds other copies, or none, takes the result instead of keeping its
+        own. The copy stays: it may be renamed or edited by now, and it is the only holder
+        of its name's history."""
+        row = self._row(node)
+        if row is None or row[4] or row[1] == "dir":
+            return
+        current = _state(row)
+        siblings = [current]
+        for r in self.conn.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+                "WHERE n.conflict_of = ? AND n.deleted = 0", (node,)):
+            copy = _state(r)
+            c = copy["content"]
+            device = c["device"] or ""
+            # A copy whose content was edited since is a file of its own.
+            if copy["kind"] == current["kind"] and copy["id"] == conflict_id(
+                    node, device, c["made"].get(device, 0)):
+                siblings.append(copy)
+        if len(siblings) == 1:
+            return
+        frontier = [s for s in siblings if not any(
+            supersedes(o["content"], s["content"]) and not supersedes(
+                s["content"], o["content"]) for o in siblings)]
+        best = max(frontier, key=_content_key)
+        if best["content"]["hash"] == current["content"]["hash"] or (
+                _content_key(best) <= _content_key(current)):
+            return
+        merged = dict(current)
+        merged["content"] = dict(best["content"], vv=vv_max(current["content"]["vv"],
+                                                               best["content"]["vv"]))
+        self._write(row, merged, None, effects)
+        merged["content"]["vv"][self.cat.device] = self.cat.seq
+        self.conn.execute("UPDATE nodes SET content_vv = ? WHERE id = ?",
+                          (json.dumps(merged["content"]["vv"], sort_keys=True), node))
+        self._conflict_copy(current, merged, effects)
 
     # -- merging (DESIGN rule 3)
 
@@ -326,10 +381,9 @@ class Replica:
     def _content_winner(local: dict, remote: dict) -> tuple[dict, dict | None]:
         """Concurrent content: the later mtime wins (ties: the higher device id); the other
         (returned second) becomes a conflict copy. Equal hashes are no conflict."""
-        lc, rc = local["content"], remote["content"]
-        key = lambda c: (c["mtime_ns"], c["device"] or "")  # noqa: E731
-        winner, loser = (remote, local) if key(rc) > key(lc) else (local, remote)
-        if lc["hash"] == rc["hash"] or local["kind"] == "dir":
+        winner, loser = (remote, local) if _content_key(remote) > _content_key(local) \
+            else (local, remote)
+        if local["content"]["hash"] == remote["content"]["hash"] or local["kind"] == "dir":
             return winner, None
         return winner, loser
 
@@ -656,7 +710,12 @@ class Replica:
                               (now, now, row[0]))
 
 
-def _name_key(state: dict) -> tuple:
-    """Who keeps a name two nodes want: the content rule (later mtime, then device)."""
+def _content_key(state: dict) -> tuple:
+    """Who wins concurrent content (rule 3): the later mtime, then the higher device."""
     c = state["content"]
-    return (c["mtime_ns"], c["device"] or "", state["id"])
+    return (c["mtime_ns"], c["device"] or "")
+
+
+def _name_key(state: dict) -> tuple:
+    """Who keeps a name two nodes want: the content rule, then the id."""
+    return (*_content_key(state), state["id"])

@@ -48,7 +48,7 @@ def test_newer_or_foreign_databases_are_refused(tmp_path):
         schema.open_db(foreign)
 
 
-@pytest.mark.parametrize("old", ["schema-v1.db", "schema-v2.db"])
+@pytest.mark.parametrize("old", ["schema-v1.db", "schema-v2.db", "schema-v3.db"])
 def test_migrated_schema_equals_a_fresh_one(tmp_path, old):
     shutil.copy(DATA / old, tmp_path / "old.db")
     migrated = schema.open_db(tmp_path / "old.db")
@@ -60,7 +60,12 @@ def test_migrated_schema_equals_a_fresh_one(tmp_path, old):
         return {t: [r[1:] for r in db.conn.execute(f"PRAGMA table_info({t})")]
                 for t in tables}
 
+    def indexes(db):
+        return db.conn.execute("SELECT name, tbl_name, sql FROM sqlite_master"
+                               " WHERE type = 'index' ORDER BY name").fetchall()
+
     assert columns(migrated) == columns(fresh)
+    assert [i[:2] for i in indexes(migrated)] == [i[:2] for i in indexes(fresh)]
 
 
 def test_second_schema_opens_with_its_tree_and_peers_intact(tmp_path):
@@ -79,4 +84,22 @@ def test_second_schema_opens_with_its_tree_and_peers_intact(tmp_path):
     for aspect in ("content", "mode", "place"):
         assert db.conn.execute(
             f"SELECT count(*) FROM nodes WHERE {aspect}_made != {aspect}_vv").fetchone() == (0,)
+    assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_third_schema_opens_with_its_conflict_copy_and_peer_intact(tmp_path):
+    """Version 3 (made by the commit before schema 4): a conflict on /docs/plan.txt, and a
+    peer. Version 4 adds an index of each node's conflict copies."""
+    shutil.copy(DATA / "schema-v3.db", tmp_path / "index.db")
+    db = schema.open_db(tmp_path / "index.db")
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    cat = Catalog(db, ChunkStore(tmp_path / "store"))
+    docs = cat.lookup(schema.ROOT_INO, "docs")
+    assert {e.name for e in cat.children(docs.inode.ino, 0)} == {
+        "plan.txt", "plan.sync-conflict-20270115-080000-aaaaaaa.txt"}
+    plan = db.conn.execute("SELECT id FROM nodes WHERE name = 'plan.txt'").fetchone()[0]
+    assert db.conn.execute(
+        "SELECT count(*) FROM nodes INDEXED BY nodes_copies WHERE conflict_of = ?",
+        (plan,)).fetchone() == (1,)
+    assert db.conn.execute("SELECT name, state FROM peers").fetchall() == [("beta", "online")]
     assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
