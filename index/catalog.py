@@ -356,8 +356,13 @@ class Catalog:
                 raise fail(errno.EISDIR, new_name)
             if dst.inode.kind == "dir" and self._has_children(dst.node):
                 raise fail(errno.ENOTEMPTY, new_name)
-            if src.inode.kind == "file" and dst.inode.kind == "file":
+            if src.inode.kind == "file" and dst.inode.kind == "file" and self._is_local(
+                    src.inode.ino):
                 # The target node takes the source inode's content and mode as one edit.
+                # Only content held here: that edit would be a version of ours whose
+                # chunks only the source's holder has, and that holder drops them once it
+                # replaces the source (soak bug 4). A source not fetched yet moves as
+                # itself instead, so the holder's newer versions still reach it.
                 self.conn.execute(
                     "UPDATE nodes SET ino = ? WHERE id = ?", (src.inode.ino, dst.node)
                 )
@@ -513,6 +518,10 @@ class Catalog:
         return self.conn.execute(
             "SELECT 1 FROM nodes WHERE parent = ? AND name = ? AND deleted = 0", (parent, name)
         ).fetchone() is not None
+
+    def _is_local(self, ino: int) -> bool:
+        return self.conn.execute("SELECT local FROM inodes WHERE ino = ?",
+                                 (ino,)).fetchone()[0] == 1
 
     def _has_children(self, node: str) -> bool:
         return self.conn.execute(
