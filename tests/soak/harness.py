@@ -1149,11 +1149,10 @@ class Soak:
         return first
 
     def unheld_conflict_copies(self, trees: dict[str, dict]) -> set[str]:
-        """Files no peer can read because no peer holds their content, when they are one
-        of the two shapes of known bug 4: a conflict copy (test_found.py::test_every_
-        conflict_copy_can_be_read_somewhere), or a file whose content came from a rename
-        over it by a peer that held only the metadata (::test_a_file_renamed_over_another_
-        can_be_read_somewhere). Any other unreadable file stays a failure."""
+        """Files no peer can read because no peer holds their content, when they are
+        conflict copies: known bug 4 (test_found.py::test_every_conflict_copy_can_be_read_
+        somewhere). Any other unreadable file stays a failure; its other shape, a rename
+        over by a peer that held only the metadata, is fixed."""
         out = set()
         paths = {rel for t in trees.values() for rel, v in t.items()
                  if v[0] == "file" and v[2] == "error EIO"}
@@ -1166,38 +1165,14 @@ class Soak:
                     all((q.home / "store" / "chunks" / c[:2] / c).exists() for c in chunks)
                     for q in self.peers):
                 continue
-            if ".sync-conflict-" in posixpath.basename(rel) or self.renamed_over(rel):
+            if ".sync-conflict-" in posixpath.basename(rel):
                 out.add(rel)
         if out:
-            self.known_bug("bug 4: files whose content only a peer that has since "
-                           "overwritten it held (a conflict copy, a rename over by a peer "
-                           "that had only the metadata) are unreadable everywhere "
-                           "(test_found.py::test_every_conflict_copy_can_be_read_somewhere,"
-                           " ::test_a_file_renamed_over_another_can_be_read_somewhere)")
+            self.known_bug("bug 4: conflict copies of a version only a peer that has "
+                           "since overwritten it held are unreadable everywhere "
+                           "(test_found.py::test_every_conflict_copy_can_be_read_somewhere)")
             self.say(f"  {len(out)} unreadable files nobody holds (bug 4): {sorted(out)[:5]}")
         return out
-
-    def renamed_over(self, rel: str) -> bool:
-        """Was the content of the file at rel made by a rename over it (journalled as
-        'content' replaced_by on the device that made the content)?"""
-        node = self.node_at(self.peers[0], rel)
-        if node is None:
-            return False
-        for p in self.peers:
-            conn = sqlite3.connect(f"file:{p.home / 'index.db'}?mode=ro", uri=True)
-            try:
-                device = conn.execute("SELECT value FROM meta WHERE key = 'device_id'"
-                                      ).fetchone()[0]
-                row = conn.execute("SELECT content_device FROM nodes WHERE id = ?",
-                                   (node,)).fetchone()
-                if row is None or row[0] != device:
-                    continue
-                last = conn.execute("SELECT detail FROM journal WHERE node = ? AND op = "
-                                    "'content' ORDER BY seq DESC LIMIT 1", (node,)).fetchone()
-                return bool(last and last[0] and "replaced_by" in last[0])
-            finally:
-                conn.close()
-        return False
 
     def node_at(self, p: SoakPeer, rel: str) -> str | None:
         conn = sqlite3.connect(f"file:{p.home / 'index.db'}?mode=ro", uri=True)

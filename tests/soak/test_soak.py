@@ -57,7 +57,7 @@ What is asserted, at the end of every round:
 Known bugs. Each bug the soak found is reproduced on its own in test_found.py; those
 fixed stay there as plain tests. When one still open blocks the soak, the soak recognises
 its exact signature (files no peer can read whose chunks no peer holds, when they are
-conflict copies or the result of a rename over, bug 4; EIO on open where every peer
+conflict copies, bug 4; EIO on open where every peer
 answered "does not hold chunk" and none had a newer state of the node, what is left of
 bug 7), works around it, checks everything else, and then the test xfails naming the bugs
 met. Anything else fails it, trees that differ included.
