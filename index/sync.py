@@ -83,6 +83,9 @@ class Effects:
     # vector the inode had). A local writer still on one makes a concurrent version.
     detached: dict[int, tuple[str, dict[str, int]]] = field(default_factory=dict)
     missing: set[int] = field(default_factory=set)  # new file inodes whose chunks are not here
+    # Conflict copies whose version another one made knowing it replaced, and whose content
+    # is not here: the daemon drops those nobody holds (Replica.drop_copy).
+    unheld_copies: set[str] = field(default_factory=set)
 
 
 NODE_COLUMNS = (
@@ -297,22 +300,12 @@ class Replica:
         if row is None or row[4] or row[1] == "dir":
             return
         current = _state(row)
-        siblings = [current]
-        for r in self.conn.execute(
-                f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
-                "WHERE n.conflict_of = ? AND n.deleted = 0", (node,)):
-            copy = _state(r)
-            c = copy["content"]
-            device = c["device"] or ""
-            # A copy whose content was edited since is a file of its own.
-            if copy["kind"] == current["kind"] and copy["id"] == conflict_id(
-                    node, device, c["made"].get(device, 0)):
-                siblings.append(copy)
+        siblings = [current, *self._copies(current)]
         if len(siblings) == 1:
             return
-        frontier = [s for s in siblings if not any(
-            supersedes(o["content"], s["content"]) and not supersedes(
-                s["content"], o["content"]) for o in siblings)]
+        frontier = [s for s in siblings if not _replaced(s, siblings)]
+        effects.unheld_copies.update(
+            s["id"] for s in siblings if s not in frontier and not self._held(s))
         best = max(frontier, key=_content_key)
         if best["content"]["hash"] == current["content"]["hash"] or (
                 _content_key(best) <= _content_key(current)):
@@ -413,6 +406,77 @@ class Replica:
             # Numbered because of copies that are here: a peer without them names it
             # otherwise, so the name taken here is a version of its own.
             self._decided(node, "conflict-copy")
+
+    def _copies(self, node: dict) -> list[dict]:
+        """The live conflict copies of a node whose content is still the version they
+        were made of (the id says which): a copy edited since is a file of its own."""
+        out = []
+        for r in self.conn.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+                "WHERE n.conflict_of = ? AND n.deleted = 0", (node["id"],)):
+            copy = _state(r)
+            c = copy["content"]
+            device = c["device"] or ""
+            if copy["kind"] == node["kind"] and copy["id"] == conflict_id(
+                    node["id"], device, c["made"].get(device, 0)):
+                out.append(copy)
+        return out
+
+    def _held(self, state: dict) -> bool:
+        return all(self.store.has(bytes.fromhex(h)) for h in state["content"]["chunks"])
+
+    # -- conflict copies nobody can read (soak bug 4)
+
+    def unheld_copies(self) -> list[str]:
+        """Every conflict copy that drop_copy may drop if no peer holds its content."""
+        rows = self.conn.execute(
+            "SELECT n.id FROM nodes n JOIN inodes i ON i.ino = n.ino"
+            " WHERE n.conflict_of IS NOT NULL AND n.deleted = 0 AND i.local = 0").fetchall()
+        return [r[0] for r in rows if self.droppable_copy(r[0]) is not None]
+
+    def droppable_copy(self, node: str) -> tuple[str, bytes] | None:
+        """For a conflict copy whose version is no longer a candidate (a version made
+        knowing it replaced it: rule 3 needs no copy of it) and whose content is not
+        here: the device that made that version and a chunk of it that is missing here.
+        None for any other node."""
+        row = self._row(node)
+        if row is None or row[4] or not row[5]:
+            return None
+        copy = _state(row)
+        original = self._row(copy["conflict_of"])
+        if original is None or original[4]:
+            return None
+        siblings = [_state(original), *self._copies(_state(original))]
+        if copy not in siblings or not _replaced(copy, siblings):
+            return None
+        missing = [bytes.fromhex(h) for h in copy["content"]["chunks"]
+                   if not self.store.has(bytes.fromhex(h))]
+        if not missing:
+            return None
+        return copy["content"]["device"] or "", missing[0]
+
+    def drop_copy(self, node: str) -> Effects | None:
+        """Delete a copy droppable_copy names, as a change of this peer: the daemon found
+        that no peer holds its content, its version's maker included (that maker replaced
+        it before anyone fetched it), so nobody can ever read it. None when the copy is
+        not droppable any more."""
+        effects = Effects()
+
+        def run() -> bool:
+            if self.droppable_copy(node) is None:
+                return False
+            row = self._row(node)
+            ino, parent, name = row[8], row[2], row[3]
+            self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
+                              (node,))
+            effects.orphans.add(ino)
+            # A writer that opened it with O_TRUNC keeps what it writes (rule 6).
+            effects.detached[ino] = (node, _state(row)["content"]["vv"])
+            self._decided(node, "drop-copy", ASPECTS)
+            self._entry_changed(parent, name, effects)
+            return True
+
+        return effects if self.cat._atomic(run) else None
 
     def _deletable(self, local: dict) -> bool:
         """A directory with live children stays: the children are changes the deleter
@@ -615,7 +679,8 @@ class Replica:
                 self._rename_loser(other, node, parent, effects)
             else:
                 name = self._loser_name(state, parent)
-                self.conn.execute("UPDATE nodes SET conflict_of = ? WHERE id = ?",
+                self.conn.execute("UPDATE nodes SET conflict_of = coalesce(conflict_of, ?)"
+                                  " WHERE id = ?",
                                   (other["id"], node))
         self._set_place(node, parent, name, effects)
         return parent, name
@@ -662,7 +727,9 @@ class Replica:
 
     def _rename_loser(self, loser: dict, winner: str, parent: str, effects: Effects) -> None:
         name = self._loser_name(loser, parent)
-        self.conn.execute("UPDATE nodes SET name = ?, conflict_of = ? WHERE id = ?",
+        # A conflict copy that loses a name stays a copy of the node it was made of.
+        self.conn.execute("UPDATE nodes SET name = ?, conflict_of = coalesce(conflict_of, ?)"
+                          " WHERE id = ?",
                           (name, winner, loser["id"]))
         self._decided(loser["id"], "conflict-rename")
         self._entry_changed(parent, loser["name"], effects)
@@ -708,6 +775,12 @@ class Replica:
             now = time.time_ns()
             self.conn.execute("UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
                               (now, now, row[0]))
+
+
+def _replaced(version: dict, siblings: list[dict]) -> bool:
+    """Another of the siblings was made knowing this version's content."""
+    return any(supersedes(o["content"], version["content"]) and not supersedes(
+        version["content"], o["content"]) for o in siblings)
 
 
 def _content_key(state: dict) -> tuple:

@@ -7,6 +7,7 @@ thread that makes every SQLite call of the process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -23,7 +24,7 @@ from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
-from syncd.peerlink import PeerError, PeerLink
+from syncd.peerlink import NotHeld, PeerError, PeerLink
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -69,7 +70,53 @@ class Daemon:
         effects = self.replica.apply(states, device)
         self.on_effects(effects)
         self._fetch_ahead(effects.missing)
+        self.check_copies(effects.unheld_copies)
         return len(states)
+
+    # -- conflict copies nobody can read (soak bug 4)
+
+    def check_copies(self, nodes) -> None:
+        if nodes and self._nursery is not None:
+            self._nursery.start_soon(self.drop_unheld, sorted(nodes))
+
+    async def drop_unheld(self, nodes: list[str]) -> bool:
+        """Drop the conflict copies among `nodes` that nobody can ever read: their
+        version was replaced by one made knowing it, so rule 3 needs no copy of it, and
+        no peer holds its content, its maker included (it replaced that version before
+        anyone fetched it). A peer that holds it serves a chunk and the copy stays. True
+        when one was dropped."""
+        dropped = False
+        for node in nodes:
+            found = self.replica.droppable_copy(node)
+            if found is None or await self._someone_may_hold(*found):
+                continue
+            effects = self.replica.drop_copy(node)
+            if effects is not None:
+                log.info("dropped conflict copy %s: its version was replaced, and no peer "
+                         "holds its content", node)
+                self.on_effects(effects)
+                dropped = True
+        return dropped
+
+    async def _someone_may_hold(self, maker: str, digest: bytes) -> bool:
+        """Unless every peer, the version's maker among them, answers that it does not
+        hold the chunk, someone may: keep the copy (and the chunk, if it came)."""
+        links = list(self.links.values())
+        if not any(link.device == maker for link in links) and maker != self.device:
+            return True
+        for link in links:
+            if link.state == "outofuse" or link.device is None:
+                return True
+            try:
+                data = await link.get_chunk(digest)
+            except NotHeld:
+                continue
+            except PeerError:
+                return True
+            with contextlib.suppress(OSError):  # a full disk: the copy stays anyway
+                await trio.to_thread.run_sync(self.fetcher.install, digest, data)
+            return True
+        return False
 
     def _fetch_ahead(self, inos) -> None:
         wanted = [ino for ino in inos if self.mirror or self._pinned(ino)]
@@ -104,15 +151,20 @@ class Daemon:
     async def refresh(self, ino: int) -> bool:
         """No peer that answered holds the content of inode `ino`: its holder may have
         replaced that version before the newer state reached us (soak bug 7). Ask the
-        peers for the node's current state now; True when that gave it another inode."""
+        peers for the node's current state now, and for that of the node a conflict copy
+        was made of (a version that replaced the copy's makes it droppable); True when
+        that gave it another inode or dropped it."""
         nodes = self.catalog.nodes_of(ino)
         if not nodes:  # a peer's change took it from its name meanwhile (rule 6)
             log.info("inode %d lost its name while it was being fetched", ino)
             return True
+        originals = [r[0] for r in self.catalog.conn.execute(
+            f"SELECT conflict_of FROM nodes WHERE conflict_of IS NOT NULL AND id IN "
+            f"({','.join('?' * len(nodes))})", nodes)]
         for link in self.holders():
             if link.device is None:  # never answered a hello: nothing it says is applied
                 continue
-            for node in nodes:
+            for node in nodes + originals:
                 try:
                     state = await link.get_node(node)
                 except PeerError as e:
@@ -125,7 +177,8 @@ class Daemon:
             (node, ino)).fetchone() for node in nodes)
         log.info("asked the peers for the current state of %s (inode %d): %s", nodes, ino,
                  "it has a newer version" if newer else "no newer version")
-        return newer
+        # A conflict copy nobody can read is dropped: the open then finds no file.
+        return newer or await self.drop_unheld(nodes)
 
     def read_chunk(self, digest: bytes) -> bytes | None:
         try:

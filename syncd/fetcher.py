@@ -124,7 +124,7 @@ class Fetcher:
                     data = got.get(digest)
                     if data is None:
                         left.append(digest)
-                    elif not await trio.to_thread.run_sync(self._install, digest, data):
+                    elif not await trio.to_thread.run_sync(self.install, digest, data):
                         log.warning("peer %s served wrong bytes for chunk %s: not installed",
                                     link.name, digest.hex()[:12])
                         left.append(digest)
@@ -149,7 +149,7 @@ class Fetcher:
             except PeerError as e:
                 tried.append(f"{link.name} ({e})")
                 continue
-            if await trio.to_thread.run_sync(self._install, digest, data):
+            if await trio.to_thread.run_sync(self.install, digest, data):
                 return
             log.warning("peer %s served wrong bytes for chunk %s of %s: not installed, "
                         "asking another", link.name, digest.hex()[:12], what)
@@ -158,7 +158,7 @@ class Fetcher:
                   digest.hex()[:12], "; ".join(tried) or "no peers")
         raise OSError(errno.EIO, f"no peer holds {what}")
 
-    def _install(self, digest: bytes, data: bytes) -> bool:
+    def install(self, digest: bytes, data: bytes) -> bool:
         if digest_of(data) != digest:
             return False
         path = self.store.chunk_path(digest)

@@ -52,6 +52,10 @@ class Refused(PeerError):
     """The peer answered that the request itself is wrong (4xx other than 401)."""
 
 
+class NotHeld(PeerError):
+    """The peer answered that it does not hold the chunk asked for."""
+
+
 class PeerLink:
     def __init__(self, daemon: Daemon, name: str, url: str, device: str | None,
                  state: str, cursor: int):
@@ -148,7 +152,7 @@ class PeerLink:
         file that arrived are installed, so a retry asks only for the rest."""
         r = await self.request("GET", f"/v1/chunks/{digest.hex()}")
         if r.status == 404:
-            raise PeerError(f"{self.name} does not hold chunk {digest.hex()[:12]}")
+            raise NotHeld(f"{self.name} does not hold chunk {digest.hex()[:12]}")
         if r.status != 200:
             raise PeerError(f"{self.name} answered {r.status} for a chunk")
         return r.body
@@ -266,6 +270,7 @@ class PeerLink:
             log.warning("peer %s is offline: %s", self.name, error)
         elif state == "online":
             log.info("peer %s is online", self.name)
+            self.daemon.check_copies(self.daemon.replica.unheld_copies())
         self.state = state
         self.daemon.save_peer(self, state=state, last_error=error,
                               **({"last_seen": int(time.time())} if state == "online" else {}))

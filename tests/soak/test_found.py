@@ -12,8 +12,6 @@ import os
 import signal
 import threading
 
-import pytest
-
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, alive, force_cleanup, syncd, wait_for
 from tests.index.test_convergence import send_some
@@ -87,10 +85,12 @@ def overwrite(d, path: str, data: bytes, mtime_ns: int) -> None:
         d.cat.store.remove(garbage)
 
 
-@pytest.mark.xfail(strict=True, reason="soak bug 4: a conflict copy is made of a version "
-                   "its author has already overwritten; nobody holds its content, so the "
-                   "copy is unreadable (EIO) on every peer for ever")
 def test_every_conflict_copy_can_be_read_somewhere(devs):
+    """Soak bug 4: gamma made a conflict copy of alpha's L from its metadata alone, and
+    alpha had already replaced L (its chunks collected): a copy nobody could ever read. A
+    copy whose version was replaced by one made knowing it, and whose content is not here,
+    is now droppable; the daemon drops it once no peer holds the content (the mounted
+    test below), here one peer drops it as the daemon would."""
     a, b, c = devs
     a.write("/f", b"base", T)
     converge(a, b, c)
@@ -101,13 +101,48 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
     lazy_send(b, c)  # gamma: L against W, W is later: L becomes a conflict copy
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
+    (copy,) = c.replica.unheld_copies()
+    assert c.replica.drop_copy(copy) is not None
+    for x, y in [(c, a), (c, b), (a, b), (b, a)]:
+        lazy_send(x, y)
     for d in (a, b, c):
+        assert not d.replica.unheld_copies()
         for path, (kind, _, _) in d.tree().items():
             if kind == "file":
                 chunks = d.cat.chunks(d.ino(path))
                 held = [x.id[:4] for x in (a, b, c)
                         if all(x.cat.store.has(h) for h in chunks)]
                 assert held, f"{path} (on {d.id[:4]}) is held by nobody"
+    assert a.tree() == b.tree() == c.tree()
+    assert len(a.tree()) == 2  # f (alpha's second edit) and W's conflict copy
+
+
+@needs_fuse
+def test_a_conflict_copy_nobody_holds_is_dropped(cluster):
+    """Soak bug 4 through real daemons: gamma makes a copy of L, which alpha replaced
+    before anyone fetched it; once gamma learns of the replacement it asks every peer,
+    finds no holder, and drops the copy everywhere. Every file left is readable."""
+    a, b, c = cluster(3)
+    big = 300_000  # above prefetch_below: fetched on open only
+    (a / "f").write_bytes(b"0" * big)
+    wait_for(lambda: all(os.path.exists(p / "f") for p in (b, c)), 20, "f everywhere")
+    a.set_peer("beta", "outofuse")  # beta must not learn of L before it edits f
+    c.set_peer("beta", "outofuse")
+    (a / "f").write_bytes(b"L" * (big + 1))
+    wait_for(lambda: os.path.getsize(c / "f") == big + 1, 20, "L's metadata on gamma")
+    a.set_peer("gamma", "outofuse")  # gamma must not learn of alpha's next edit yet
+    (a / "f").write_bytes(b"2" * (big + 2))  # replaces L: its chunk is collected
+    (b / "f").write_bytes(b"W" * (big + 3))  # concurrent with both, the latest
+    wait_for(lambda: len(os.listdir(c.path)) == 2, 20, "the copy of L on gamma")
+    for p, q in ((c, "beta"), (a, "beta"), (a, "gamma")):
+        p.set_peer(q, "auto")
+    wait_for(lambda: settled(a, b, c) and all(
+        sorted(os.listdir(p.path)) == sorted(os.listdir(a.path)) for p in (b, c)) and
+        len(os.listdir(a.path)) == 2, 60, "the copy of L dropped everywhere")
+    for p in (a, b, c):
+        assert (p / "f").read_bytes() == b"W" * (big + 3)
+        (copy,) = [n for n in os.listdir(p.path) if n != "f"]
+        assert (p / copy).read_bytes() == b"2" * (big + 2)
 
 
 def test_two_new_files_on_one_name_end_the_same_everywhere(devs):
