@@ -256,6 +256,8 @@ class Replica:
         self._reconsider(remote["id"], effects)
         if remote["conflict_of"]:
             self._reconsider(remote["conflict_of"], effects)
+            if self.unheld_copy(remote["id"]) is not None:
+                effects.unheld_copies.add(remote["id"])
 
     def _merge_into(self, row, remote: dict, origin: str, effects: Effects) -> bool:
         """Merge a remote state into the node's row; True when nothing changed."""
@@ -304,8 +306,7 @@ class Replica:
         if len(siblings) == 1:
             return
         frontier = [s for s in siblings if not _replaced(s, siblings)]
-        effects.unheld_copies.update(
-            s["id"] for s in siblings if s not in frontier and not self._held(s))
+        effects.unheld_copies.update(s["id"] for s in siblings[1:] if not self._held(s))
         best = max(frontier, key=_content_key)
         if best["content"]["hash"] == current["content"]["hash"] or (
                 _content_key(best) <= _content_key(current)):
@@ -428,27 +429,19 @@ class Replica:
     # -- conflict copies nobody can read (soak bug 4)
 
     def unheld_copies(self) -> list[str]:
-        """Every conflict copy that drop_copy may drop if no peer holds its content."""
-        rows = self.conn.execute(
-            "SELECT n.id FROM nodes n JOIN inodes i ON i.ino = n.ino"
-            " WHERE n.conflict_of IS NOT NULL AND n.deleted = 0 AND i.local = 0").fetchall()
-        return [r[0] for r in rows if self.droppable_copy(r[0]) is not None]
+        """Every conflict copy whose content is not all here: drop_copy drops one when no
+        peer holds its content either."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT n.id FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.conflict_of"
+            " IS NOT NULL AND n.deleted = 0 AND n.kind = 'file' AND i.local = 0")]
 
-    def droppable_copy(self, node: str) -> tuple[str, bytes] | None:
-        """For a conflict copy whose version is no longer a candidate (a version made
-        knowing it replaced it: rule 3 needs no copy of it) and whose content is not
-        here: the device that made that version and a chunk of it that is missing here.
-        None for any other node."""
+    def unheld_copy(self, node: str) -> tuple[str, bytes] | None:
+        """For a live conflict copy whose content is not all here: the device that made
+        its content, and a chunk of it that is missing here. None for any other node."""
         row = self._row(node)
-        if row is None or row[4] or not row[5]:
+        if row is None or row[4] or not row[5] or row[1] != "file":
             return None
         copy = _state(row)
-        original = self._row(copy["conflict_of"])
-        if original is None or original[4]:
-            return None
-        siblings = [_state(original), *self._copies(_state(original))]
-        if copy not in siblings or not _replaced(copy, siblings):
-            return None
         missing = [bytes.fromhex(h) for h in copy["content"]["chunks"]
                    if not self.store.has(bytes.fromhex(h))]
         if not missing:
@@ -456,14 +449,14 @@ class Replica:
         return copy["content"]["device"] or "", missing[0]
 
     def drop_copy(self, node: str) -> Effects | None:
-        """Delete a copy droppable_copy names, as a change of this peer: the daemon found
-        that no peer holds its content, its version's maker included (that maker replaced
-        it before anyone fetched it), so nobody can ever read it. None when the copy is
-        not droppable any more."""
+        """Delete a copy unheld_copy names, as a change of this peer: the daemon found
+        that no peer holds that chunk, its content's maker included (the maker replaced or
+        deleted that version before anyone fetched it), so nobody can ever read the copy.
+        None when it is not such a copy any more."""
         effects = Effects()
 
         def run() -> bool:
-            if self.droppable_copy(node) is None:
+            if self.unheld_copy(node) is None:
                 return False
             row = self._row(node)
             ino, parent, name = row[8], row[2], row[3]

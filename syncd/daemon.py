@@ -80,14 +80,14 @@ class Daemon:
             self._nursery.start_soon(self.drop_unheld, sorted(nodes))
 
     async def drop_unheld(self, nodes: list[str]) -> bool:
-        """Drop the conflict copies among `nodes` that nobody can ever read: their
-        version was replaced by one made knowing it, so rule 3 needs no copy of it, and
-        no peer holds its content, its maker included (it replaced that version before
-        anyone fetched it). A peer that holds it serves a chunk and the copy stays. True
-        when one was dropped."""
+        """Drop the conflict copies among `nodes` that nobody can ever read: a chunk of
+        theirs is missing here, and every peer answers that it does not hold it, the
+        content's maker included (it replaced or deleted that version before anyone
+        fetched it). A peer that holds the chunk serves it and the copy stays. True when
+        one was dropped."""
         dropped = False
         for node in nodes:
-            found = self.replica.droppable_copy(node)
+            found = self.replica.unheld_copy(node)
             if found is None or await self._someone_may_hold(*found):
                 continue
             effects = self.replica.drop_copy(node)
@@ -152,8 +152,8 @@ class Daemon:
         """No peer that answered holds the content of inode `ino`: its holder may have
         replaced that version before the newer state reached us (soak bug 7). Ask the
         peers for the node's current state now, and for that of the node a conflict copy
-        was made of (a version that replaced the copy's makes it droppable); True when
-        that gave it another inode or dropped it."""
+        was made of; True when that gave it another inode. A conflict copy nobody holds
+        is dropped (True too)."""
         nodes = self.catalog.nodes_of(ino)
         if not nodes:  # a peer's change took it from its name meanwhile (rule 6)
             log.info("inode %d lost its name while it was being fetched", ino)
