@@ -83,9 +83,9 @@ class Effects:
     # vector the inode had). A local writer still on one makes a concurrent version.
     detached: dict[int, tuple[str, dict[str, int]]] = field(default_factory=dict)
     missing: set[int] = field(default_factory=set)  # new file inodes whose chunks are not here
-    # Conflict copies whose version another one made knowing it replaced, and whose content
-    # is not here: the daemon drops those nobody holds (Replica.drop_copy).
-    unheld_copies: set[str] = field(default_factory=set)
+    # Files whose content may be held by nobody (conflict copies, files back from a
+    # delete) and is not all here: the daemon drops those nobody holds (drop_unheld).
+    unheld: set[str] = field(default_factory=set)
 
 
 NODE_COLUMNS = (
@@ -256,8 +256,8 @@ class Replica:
         self._reconsider(remote["id"], effects)
         if remote["conflict_of"]:
             self._reconsider(remote["conflict_of"], effects)
-            if self.unheld_copy(remote["id"]) is not None:
-                effects.unheld_copies.add(remote["id"])
+            if self.unheld_file(remote["id"]) is not None:
+                effects.unheld.add(remote["id"])
 
     def _merge_into(self, row, remote: dict, origin: str, effects: Effects) -> bool:
         """Merge a remote state into the node's row; True when nothing changed."""
@@ -278,6 +278,10 @@ class Replica:
         same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
             merged["deleted"] == remote["deleted"]
         self._write(row, merged, origin if same_as_remote else None, effects)
+        if (local["deleted"] or remote["deleted"]) and not merged["deleted"]:
+            # Back from a delete by a change that carried no content (a chmod, a move):
+            # the deleter may have collected the content before anyone fetched it.
+            effects.unheld.add(remote["id"])
         if remote["deleted"] and not merged["deleted"] and not local["deleted"] and all(
                 c in (EQ, LT) for c in cmps.values()):
             # A directory the deleter had seen whole, kept for the children it has here
@@ -306,7 +310,7 @@ class Replica:
         if len(siblings) == 1:
             return
         frontier = [s for s in siblings if not _replaced(s, siblings)]
-        effects.unheld_copies.update(s["id"] for s in siblings[1:] if not self._held(s))
+        effects.unheld.update(s["id"] for s in siblings[1:] if not self._held(s))
         best = max(frontier, key=_content_key)
         if best["content"]["hash"] == current["content"]["hash"] or (
                 _content_key(best) <= _content_key(current)):
@@ -426,20 +430,20 @@ class Replica:
     def _held(self, state: dict) -> bool:
         return all(self.store.has(bytes.fromhex(h)) for h in state["content"]["chunks"])
 
-    # -- conflict copies nobody can read (soak bug 4)
+    # -- files nobody can read (soak bug 4)
 
     def unheld_copies(self) -> list[str]:
-        """Every conflict copy whose content is not all here: drop_copy drops one when no
-        peer holds its content either."""
+        """Every conflict copy whose content is not all here: drop_unheld drops one when
+        no peer holds its content either."""
         return [r[0] for r in self.conn.execute(
             "SELECT n.id FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.conflict_of"
             " IS NOT NULL AND n.deleted = 0 AND n.kind = 'file' AND i.local = 0")]
 
-    def unheld_copy(self, node: str) -> tuple[str, bytes] | None:
-        """For a live conflict copy whose content is not all here: the device that made
-        its content, and a chunk of it that is missing here. None for any other node."""
+    def unheld_file(self, node: str) -> tuple[str, bytes] | None:
+        """For a live file whose content is not all here: the device that made its
+        content, and a chunk of it that is missing here. None for any other node."""
         row = self._row(node)
-        if row is None or row[4] or not row[5] or row[1] != "file":
+        if row is None or row[4] or row[1] != "file":
             return None
         copy = _state(row)
         missing = [bytes.fromhex(h) for h in copy["content"]["chunks"]
@@ -448,15 +452,15 @@ class Replica:
             return None
         return copy["content"]["device"] or "", missing[0]
 
-    def drop_copy(self, node: str) -> Effects | None:
-        """Delete a copy unheld_copy names, as a change of this peer: the daemon found
+    def drop_unheld(self, node: str) -> Effects | None:
+        """Delete a file unheld_file names, as a change of this peer: the daemon found
         that no peer holds that chunk, its content's maker included (the maker replaced or
-        deleted that version before anyone fetched it), so nobody can ever read the copy.
-        None when it is not such a copy any more."""
+        deleted that version before anyone fetched it), so nobody can ever read the file.
+        None when it is not such a file any more."""
         effects = Effects()
 
         def run() -> bool:
-            if self.unheld_copy(node) is None:
+            if self.unheld_file(node) is None:
                 return False
             row = self._row(node)
             ino, parent, name = row[8], row[2], row[3]
@@ -465,7 +469,7 @@ class Replica:
             effects.orphans.add(ino)
             # A writer that opened it with O_TRUNC keeps what it writes (rule 6).
             effects.detached[ino] = (node, _state(row)["content"]["vv"])
-            self._decided(node, "drop-copy", ASPECTS)
+            self._decided(node, "drop-unheld", ASPECTS)
             self._entry_changed(parent, name, effects)
             return True
 

@@ -70,30 +70,31 @@ class Daemon:
         effects = self.replica.apply(states, device)
         self.on_effects(effects)
         self._fetch_ahead(effects.missing)
-        self.check_copies(effects.unheld_copies)
+        self.check_unheld(effects.unheld)
         return len(states)
 
-    # -- conflict copies nobody can read (soak bug 4)
+    # -- files nobody can read (soak bug 4)
 
-    def check_copies(self, nodes) -> None:
+    def check_unheld(self, nodes) -> None:
         if nodes and self._nursery is not None:
             self._nursery.start_soon(self.drop_unheld, sorted(nodes))
 
     async def drop_unheld(self, nodes: list[str]) -> bool:
-        """Drop the conflict copies among `nodes` that nobody can ever read: a chunk of
-        theirs is missing here, and every peer answers that it does not hold it, the
-        content's maker included (it replaced or deleted that version before anyone
-        fetched it). A peer that holds the chunk serves it and the copy stays. True when
-        one was dropped."""
+        """Drop the files among `nodes` that nobody can ever read: a chunk of theirs is
+        missing here, and every peer answers that it does not hold it, the content's
+        maker included (it replaced or deleted that version before anyone fetched it: a
+        conflict copy made from metadata alone, a file a chmod or a move brought back from
+        its maker's delete). A peer that holds the chunk serves it and the file stays.
+        True when one was dropped."""
         dropped = False
         for node in nodes:
-            found = self.replica.unheld_copy(node)
+            found = self.replica.unheld_file(node)
             if found is None or await self._someone_may_hold(*found):
                 continue
-            effects = self.replica.drop_copy(node)
+            effects = self.replica.drop_unheld(node)
             if effects is not None:
-                log.info("dropped conflict copy %s: its version was replaced, and no peer "
-                         "holds its content", node)
+                log.info("dropped %s: no peer holds its content, its maker included",
+                         node)
                 self.on_effects(effects)
                 dropped = True
         return dropped
@@ -152,8 +153,8 @@ class Daemon:
         """No peer that answered holds the content of inode `ino`: its holder may have
         replaced that version before the newer state reached us (soak bug 7). Ask the
         peers for the node's current state now, and for that of the node a conflict copy
-        was made of; True when that gave it another inode. A conflict copy nobody holds
-        is dropped (True too)."""
+        was made of; True when that gave it another inode. A file nobody holds is
+        dropped (True too)."""
         nodes = self.catalog.nodes_of(ino)
         if not nodes:  # a peer's change took it from its name meanwhile (rule 6)
             log.info("inode %d lost its name while it was being fetched", ino)
@@ -177,7 +178,7 @@ class Daemon:
             (node, ino)).fetchone() for node in nodes)
         log.info("asked the peers for the current state of %s (inode %d): %s", nodes, ino,
                  "it has a newer version" if newer else "no newer version")
-        # A conflict copy nobody can read is dropped: the open then finds no file.
+        # A file nobody can read is dropped: the open then finds no file.
         return newer or await self.drop_unheld(nodes)
 
     def read_chunk(self, digest: bytes) -> bytes | None:

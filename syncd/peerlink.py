@@ -270,7 +270,7 @@ class PeerLink:
             log.warning("peer %s is offline: %s", self.name, error)
         elif state == "online":
             log.info("peer %s is online", self.name)
-            self.daemon.check_copies(self.daemon.replica.unheld_copies())
+            self.daemon.check_unheld(self.daemon.replica.unheld_copies())
         self.state = state
         self.daemon.save_peer(self, state=state, last_error=error,
                               **({"last_seen": int(time.time())} if state == "online" else {}))

@@ -102,9 +102,9 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
         lazy_send(x, y)
     dropped = []
     for copy in c.replica.unheld_copies():  # what the daemon does: ask every peer
-        _, chunk = c.replica.unheld_copy(copy)
+        _, chunk = c.replica.unheld_file(copy)
         if not any(d.cat.store.has(chunk) for d in (a, b)):
-            assert c.replica.drop_copy(copy) is not None
+            assert c.replica.drop_unheld(copy) is not None
             dropped.append(copy)
     assert len(dropped) == 1  # L's copy; W's is held by beta
     for x, y in [(c, a), (c, b), (a, b), (b, a)]:
@@ -412,3 +412,28 @@ def test_a_conflict_copy_lands_in_one_place_everywhere(devs):
     converge(a, b, c)
     copies = [p for p in a.tree() if "sync-conflict" in p]
     assert len(copies) == 1 and copies[0].startswith("/d1/f0.sync-conflict"), copies
+
+
+def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
+    """Soak bug 4 (delete): gamma deleted its new file before anyone fetched it, while
+    beta changed its mode; the chmod beats the delete (rule 3), and the file came back
+    everywhere with content nobody held, unreadable for ever. Applying such a return now
+    names the file for the daemon's check, which drops it once no peer holds it."""
+    a, b, c = devs
+    c.write("/f", b"gamma's file", T)
+    lazy_send(c, a)
+    lazy_send(c, b)
+    ino = c.ino("/f")
+    c.cat.unlink(ROOT, "f")
+    for garbage in c.cat.purge_inode(ino):  # what the mount does once it is closed
+        c.cat.store.remove(garbage)
+    b.cat.set_mode(b.ino("/f"), 0o600)
+    for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
+        lazy_send(x, y)
+    node = c.db.conn.execute("SELECT id FROM nodes WHERE name = 'f'").fetchone()[0]
+    maker, chunk = c.replica.unheld_file(node)  # back on gamma too, held by nobody
+    assert maker == c.id and not any(d.cat.store.has(chunk) for d in (a, b, c))
+    assert c.replica.drop_unheld(node) is not None
+    for x, y in [(c, a), (c, b)]:
+        lazy_send(x, y)
+    assert a.tree() == b.tree() == c.tree() == {}

@@ -133,6 +133,7 @@ def test_convergence_soak(tmp_path):
     logs = "".join(soak.logs().values())
     soak.stats["wrong_bytes_refused"] = logs.count("served wrong bytes")
     soak.stats["damaged_chunks_mended"] = logs.count("is damaged: fetching it again")
+    soak.stats["unheld_dropped"] = logs.count("no peer holds its content, its maker")
     say(f"soak: {soak.stats}, faults: {summary(soak)}, rounds: {soak.round_times}")
     for name, log in soak.logs().items():
         assert "Traceback" not in log, f"{name} logged an exception:\n{log}\n{where}"
