@@ -173,13 +173,21 @@ class Daemon:
                     continue
                 if state is not None:
                     self.receive(link.device, [state])
-        newer = any(self.catalog.conn.execute(
-            "SELECT 1 FROM nodes WHERE id = ? AND (ino IS NULL OR ino != ?)",
-            (node, ino)).fetchone() for node in nodes)
+        newer = self._moved_on(nodes, ino)
         log.info("asked the peers for the current state of %s (inode %d): %s", nodes, ino,
                  "it has a newer version" if newer else "no newer version")
-        # A file nobody can read is dropped: the open then finds no file.
-        return newer or await self.drop_unheld(nodes)
+        if newer:
+            return True
+        # A file nobody can read is dropped (here or by a check already under way): the
+        # open then finds no file.
+        await self.drop_unheld(nodes)
+        return self._moved_on(nodes, ino)
+
+    def _moved_on(self, nodes: list[str], ino: int) -> bool:
+        """Has any of the nodes another inode than `ino` now, or none?"""
+        return any(self.catalog.conn.execute(
+            "SELECT 1 FROM nodes WHERE id = ? AND (ino IS NULL OR ino != ?)",
+            (node, ino)).fetchone() for node in nodes)
 
     def read_chunk(self, digest: bytes) -> bytes | None:
         try:
