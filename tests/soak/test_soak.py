@@ -56,11 +56,12 @@ What is asserted, at the end of every round:
 
 Known bugs. Each bug the soak found is reproduced on its own in test_found.py; those
 fixed stay there as plain tests. When one still open blocks the soak, the soak recognises
-its exact signature (files no peer can read whose chunks no peer holds, when they are
-conflict copies, bug 4; EIO on open where every peer
-answered "does not hold chunk" and none had a newer state of the node, what is left of
-bug 7), works around it, checks everything else, and then the test xfails naming the bugs
-met. Anything else fails it, trees that differ included.
+its exact signature (open bug 16: EIO on open where every peer answered "does not hold
+chunk", none had a newer state of the node and the file was not dropped), works around
+it, checks everything else, and then the test xfails naming the bugs met. Anything else
+fails it, trees that differ and files nobody can read included. Files nobody holds are
+dropped by the peers (bug 4's fix); when reading them at the check finds them gone, the
+soak converges again before it compares.
 
 Bounds: SYNCD_SOAK_SECONDS of activity in all (CI default 30), in rounds of
 SYNCD_SOAK_ROUND seconds (default 15), or until SYNCD_SOAK_STEPS operations (default
