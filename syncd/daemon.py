@@ -101,7 +101,7 @@ class Daemon:
 
     async def _someone_may_hold(self, maker: str, digest: bytes) -> bool:
         """Unless every peer, the version's maker among them, answers that it does not
-        hold the chunk, someone may: keep the copy (and the chunk, if it came)."""
+        hold the chunk, someone may: keep the file (and the chunk, if it came)."""
         links = list(self.links.values())
         if not any(link.device == maker for link in links) and maker != self.device:
             return True
@@ -114,7 +114,7 @@ class Daemon:
                 continue
             except PeerError:
                 return True
-            with contextlib.suppress(OSError):  # a full disk: the copy stays anyway
+            with contextlib.suppress(OSError):  # a full disk: the file stays anyway
                 await trio.to_thread.run_sync(self.fetcher.install, digest, data)
             return True
         return False
