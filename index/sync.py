@@ -251,6 +251,8 @@ class Replica:
             self._insert(remote, origin, effects)
         elif self._merge_into(row, remote, origin, effects):
             return
+        if remote["kind"] == "dir":
+            return
         # The node's content, or a conflict copy of another node's, changed: settle the
         # contest among all the versions of that content again.
         self._reconsider(remote["id"], effects)
@@ -310,18 +312,16 @@ class Replica:
         if len(siblings) == 1:
             return
         frontier = [s for s in siblings if not _replaced(s, siblings)]
-        effects.unheld.update(s["id"] for s in siblings[1:] if not self._held(s))
+        effects.unheld.update(s["id"] for s in siblings[1:] if self._missing_chunk(s))
         best = max(frontier, key=_content_key)
         if best["content"]["hash"] == current["content"]["hash"] or (
                 _content_key(best) <= _content_key(current)):
             return
-        merged = dict(current)
-        merged["content"] = dict(best["content"], vv=vv_max(current["content"]["vv"],
-                                                               best["content"]["vv"]))
+        # The vector gains the sequence number _write stamps the node with.
+        vv = {**vv_max(current["content"]["vv"], best["content"]["vv"]),
+              self.cat.device: self.cat.seq + 1}
+        merged = dict(current, content=dict(best["content"], vv=vv))
         self._write(row, merged, None, effects)
-        merged["content"]["vv"][self.cat.device] = self.cat.seq
-        self.conn.execute("UPDATE nodes SET content_vv = ? WHERE id = ?",
-                          (json.dumps(merged["content"]["vv"], sort_keys=True), node))
         self._conflict_copy(current, merged, effects)
 
     # -- merging (DESIGN rule 3)
@@ -427,8 +427,10 @@ class Replica:
                 out.append(copy)
         return out
 
-    def _held(self, state: dict) -> bool:
-        return all(self.store.has(bytes.fromhex(h)) for h in state["content"]["chunks"])
+    def _missing_chunk(self, state: dict) -> bytes | None:
+        """A chunk of the state's content that is not in the store here, if any."""
+        return next((d for d in map(bytes.fromhex, state["content"]["chunks"])
+                     if not self.store.has(d)), None)
 
     # -- files nobody can read (soak bug 4)
 
@@ -445,12 +447,9 @@ class Replica:
         row = self._row(node)
         if row is None or row[4] or row[1] != "file":
             return None
-        copy = _state(row)
-        missing = [bytes.fromhex(h) for h in copy["content"]["chunks"]
-                   if not self.store.has(bytes.fromhex(h))]
-        if not missing:
-            return None
-        return copy["content"]["device"] or "", missing[0]
+        state = _state(row)
+        missing = self._missing_chunk(state)
+        return None if missing is None else (state["content"]["device"] or "", missing)
 
     def drop_unheld(self, node: str) -> Effects | None:
         """Delete a file unheld_file names, as a change of this peer: the daemon found

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from index import schema
 from index.catalog import Catalog
@@ -15,11 +16,16 @@ from index.store import ChunkStore
 DATA = Path(__file__).parent.parent / "data"
 
 
-def test_first_schema_opens_with_its_tree_intact(tmp_path):
-    shutil.copy(DATA / "schema-v1.db", tmp_path / "index.db")
+def opened(tmp_path, name: str) -> tuple[sqlite_utils.Database, Catalog]:
+    """A copy of a shipped database, opened (and so migrated) like a home's index."""
+    shutil.copy(DATA / name, tmp_path / "index.db")
     db = schema.open_db(tmp_path / "index.db")
     assert db.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    cat = Catalog(db, ChunkStore(tmp_path / "store"))
+    return db, Catalog(db, ChunkStore(tmp_path / "store"))
+
+
+def test_first_schema_opens_with_its_tree_intact(tmp_path):
+    db, cat = opened(tmp_path, "schema-v1.db")
     docs = cat.lookup(schema.ROOT_INO, "docs")
     assert docs.inode.kind == "dir"
     a = cat.lookup(docs.inode.ino, "a.txt")
@@ -70,10 +76,7 @@ def test_migrated_schema_equals_a_fresh_one(tmp_path, old):
 
 def test_second_schema_opens_with_its_tree_and_peers_intact(tmp_path):
     """Version 2 (made by 87923ab): two devices' tree with a conflict copy, and a peer."""
-    shutil.copy(DATA / "schema-v2.db", tmp_path / "index.db")
-    db = schema.open_db(tmp_path / "index.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    cat = Catalog(db, ChunkStore(tmp_path / "store"))
+    db, cat = opened(tmp_path, "schema-v2.db")
     docs = cat.lookup(schema.ROOT_INO, "docs")
     assert cat.lookup(docs.inode.ino, "report.txt").inode.mode & 0o777 == 0o600
     names = {e.name for e in cat.children(schema.ROOT_INO, 0)}
@@ -90,10 +93,7 @@ def test_second_schema_opens_with_its_tree_and_peers_intact(tmp_path):
 def test_third_schema_opens_with_its_conflict_copy_and_peer_intact(tmp_path):
     """Version 3 (made by the commit before schema 4): a conflict on /docs/plan.txt, and a
     peer. Version 4 adds an index of each node's conflict copies."""
-    shutil.copy(DATA / "schema-v3.db", tmp_path / "index.db")
-    db = schema.open_db(tmp_path / "index.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
-    cat = Catalog(db, ChunkStore(tmp_path / "store"))
+    db, cat = opened(tmp_path, "schema-v3.db")
     docs = cat.lookup(schema.ROOT_INO, "docs")
     assert {e.name for e in cat.children(docs.inode.ino, 0)} == {
         "plan.txt", "plan.sync-conflict-20270115-080000-aaaaaaa.txt"}

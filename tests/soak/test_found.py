@@ -65,15 +65,17 @@ def test_a_mount_killed_with_sigkill_mounts_again(home, tmp_path):
         force_cleanup(home, m.path)
 
 
-def lazy_send(src, dst) -> None:
+def lazy_send(src, dst) -> set[str]:
     """A peer loop's push without any fetch: node states only, as a peer that has not
-    opened the files holds them (content comes on open)."""
+    opened the files holds them (content comes on open). Returns the nodes applying named
+    for the daemon's check of files nobody holds (Effects.unheld)."""
+    unheld: set[str] = set()
     while True:
         since = src.sent.get(dst.id, 0)
         states, last = src.replica.changes_since(since, 100, dst.id)
         if last == since:
-            return
-        dst.replica.apply(states, src.id)
+            return unheld
+        unheld |= dst.replica.apply(states, src.id).unheld
         src.sent[dst.id] = last
 
 
@@ -97,7 +99,8 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
     lazy_send(a, c)  # gamma learns of L, does not open it
     overwrite(a, "/f", b"alpha's second edit", T + 3)  # alpha's L chunk is collected
     overwrite(b, "/f", b"W: beta's edit, concurrent with L", T + 2)
-    lazy_send(b, c)  # gamma: L against W, W is later: L becomes a conflict copy
+    flagged = lazy_send(b, c)  # gamma: L against W, W is later: L becomes a conflict copy
+    assert flagged == set(c.replica.unheld_copies()) != set()  # named for the check
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
     dropped = []
@@ -428,9 +431,10 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     for garbage in c.cat.purge_inode(ino):  # what the mount does once it is closed
         c.cat.store.remove(garbage)
     b.cat.set_mode(b.ino("/f"), 0o600)
+    node = c.db.conn.execute("SELECT id FROM nodes WHERE name = 'f'").fetchone()[0]
+    assert lazy_send(b, c) == {node}  # back from gamma's delete: named for the check
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
-    node = c.db.conn.execute("SELECT id FROM nodes WHERE name = 'f'").fetchone()[0]
     maker, chunk = c.replica.unheld_file(node)  # back on gamma too, held by nobody
     assert maker == c.id and not any(d.cat.store.has(chunk) for d in (a, b, c))
     assert c.replica.drop_unheld(node) is not None
