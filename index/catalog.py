@@ -488,6 +488,12 @@ class Catalog:
                     garbage.append(digest)
         return garbage
 
+    def retire(self, garbage: list[bytes]) -> None:
+        """Chunks a commit or purge left unreferenced leave the store (kept a while when
+        peers may still ask for them: ChunkStore.keep_replaced)."""
+        for digest in garbage:
+            self.store.retire(digest, self.seq)
+
     def purge_inode(self, ino: int) -> list[bytes]:
         """Forget an inode that has no names, no lookups and no handles left. Returns the
         chunks left unreferenced."""

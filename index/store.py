@@ -6,6 +6,8 @@ Layout under the store root:
                           the first one is the file's dirty mark
     work/<ino>.floor      the lowest size since the draft began, when below the committed
                           size
+    retired/<hex>         chunks no version here refers to any more, kept a while for
+                          peers that still know the version they belonged to (keep_replaced)
 
 A file's content is its chunk list; its hash is BLAKE3 over the concatenated digests. Every
 chunk is CHUNK bytes except the last, which may be shorter. Committed chunks are never
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -91,7 +94,11 @@ class ChunkStore:
         # Plain strings on the hot paths: building pathlib paths cost ~60 us per commit.
         self._chunks = f"{root}/chunks"
         self._work = f"{root}/work"
+        self._retired = f"{root}/retired"
         self.fds = FdCache()
+        # Retired chunk -> (the catalog's sequence number when it was retired, monotonic
+        # time); None while replaced chunks are removed at once (no peers to serve).
+        self.retired: dict[bytes, tuple[int, float]] | None = None
 
     @staticmethod
     def create(root: Path) -> None:
@@ -106,7 +113,8 @@ class ChunkStore:
         return f"{self._chunks}/{h[:2]}/{h}"
 
     def has(self, digest: bytes) -> bool:
-        return os.path.exists(self.chunk_path(digest))
+        """Is the chunk here? A retired one counts, and is put back in place."""
+        return os.path.exists(self.chunk_path(digest)) or self._revive(digest)
 
     def read(self, digest: bytes, offset: int, size: int) -> bytes:
         fd = self.fds.get(digest, self.chunk_path(digest), os.O_RDONLY)
@@ -144,6 +152,73 @@ class ChunkStore:
         self.fds.drop(digest)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.chunk_path(digest))
+
+    # -- replaced chunks, kept a while. A peer that learnt of a version just before its
+    # maker replaced or deleted it asks for its chunks: without them it could open nothing
+    # (soak bug 16), and a conflict copy or a file a move brought back from a delete would
+    # be held by nobody (bug 4). They are served, never read by the mount.
+
+    def keep_replaced(self, seq: int) -> None:
+        """Retire replaced chunks from now on instead of removing them. Those retired
+        before a restart count as retired at `seq`, now."""
+        os.makedirs(self._retired, exist_ok=True)
+        now = time.monotonic()
+        self.retired = {bytes.fromhex(name): (seq, now) for name in os.listdir(self._retired)
+                        if len(name) == 2 * DIGEST}
+
+    def retire(self, digest: bytes, seq: int) -> None:
+        """A chunk no version here refers to since sequence number `seq`."""
+        if self.retired is None:
+            self.remove(digest)
+            return
+        self.fds.drop(digest)
+        try:
+            os.rename(self.chunk_path(digest), self._retired_path(digest))
+        except FileNotFoundError:
+            return
+        self.retired[digest] = (seq, time.monotonic())
+
+    def read_served(self, digest: bytes) -> bytes | None:
+        """A chunk's bytes for a peer, retired or not; None when it is not here."""
+        for path in (self.chunk_path(digest), self._retired_path(digest)):
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                continue
+        return None
+
+    def expire_retired(self, confirmed: int, min_age: float, max_age: float) -> None:
+        """Remove the retired chunks every peer has seen replaced (retired at or before
+        the sequence number `confirmed`) once `min_age` seconds old, any at `max_age`."""
+        if not self.retired:
+            return
+        now = time.monotonic()
+        for digest, (seq, at) in list(self.retired.items()):
+            if now - at >= max_age or (seq <= confirmed and now - at >= min_age):
+                del self.retired[digest]
+                _unlink(self._retired_path(digest))
+
+    def drop_retired(self) -> bool:
+        """Remove every retired chunk (the disk is full); True when there were any."""
+        if not self.retired:
+            return False
+        for digest in list(self.retired):
+            del self.retired[digest]
+            _unlink(self._retired_path(digest))
+        return True
+
+    def _retired_path(self, digest: bytes) -> str:
+        return f"{self._retired}/{digest.hex()}"
+
+    def _revive(self, digest: bytes) -> bool:
+        if not self.retired or self.retired.pop(digest, None) is None:
+            return False
+        try:
+            os.rename(self._retired_path(digest), self.chunk_path(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
     def verify(self, digest: bytes) -> bool:
         try:

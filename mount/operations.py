@@ -55,10 +55,12 @@ def handler(fn):
                 raise FUSEError(errno.EIO) from None
             if e.errno == errno.ENOSPC:
                 log.warning("%s: no space left in %s", fn.__name__, self.store.root)
+                self.store.drop_retired()  # what follows may fit
             raise FUSEError(e.errno) from None
         except sqlite3.Error as e:
             if getattr(e, "sqlite_errorcode", None) == SQLITE_FULL:
                 log.warning("%s: the index is full (no space left on its disk)", fn.__name__)
+                self.store.drop_retired()
                 raise FUSEError(errno.ENOSPC) from None
             log.exception("%s%r failed", fn.__name__, args[:2])
             raise FUSEError(errno.EIO) from None
@@ -419,5 +421,4 @@ class Filesystem(pyfuse3.Operations):
         if self.lookups[ino] > 0:
             return
         self.content.detached.pop(ino, None)
-        for digest in self.catalog.purge_inode(ino):
-            self.store.remove(digest)
+        self.catalog.retire(self.catalog.purge_inode(ino))

@@ -31,6 +31,10 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per reques
 
 KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerlink.py)
 PEER_COLUMNS = {"device", "state", "cursor", "last_seen", "last_error"}
+# Replaced chunks are served this long after every peer in use confirmed the change that
+# replaced them (a fetch may be on its way), and at most this long for one that does not.
+KEEP_REPLACED_MIN = 2.0  # seconds
+KEEP_REPLACED_MAX = 600.0
 
 
 class Daemon:
@@ -115,7 +119,7 @@ class Daemon:
             except PeerError:
                 return True
             with contextlib.suppress(OSError):  # a full disk: the file stays anyway
-                await trio.to_thread.run_sync(self.fetcher.install, digest, data)
+                await self.fetcher.install(digest, data)
             return True
         return False
 
@@ -190,11 +194,7 @@ class Daemon:
             (node, ino)).fetchone() for node in nodes)
 
     def read_chunk(self, digest: bytes) -> bytes | None:
-        try:
-            with open(self.store.chunk_path(digest), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+        return self.store.read_served(digest)
 
     def hold(self, digests: list[bytes]) -> int:
         missing = [d for d in digests if not self.store.has(d)]
@@ -344,8 +344,7 @@ class Daemon:
     def _purge_orphans(self, effects: Effects) -> None:
         for ino in effects.orphans:
             if not self.catalog.nodes_of(ino):
-                for digest in self.catalog.purge_inode(ino):
-                    self.store.remove(digest)
+                self.catalog.retire(self.catalog.purge_inode(ino))
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         config = Config()
@@ -367,12 +366,21 @@ class Daemon:
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op})
             self.load_peers()
+            self.store.keep_replaced(self.catalog.seq)
+            nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             self._fetch_ahead([r[0] for r in self.catalog.conn.execute(
                 "SELECT ino FROM inodes WHERE local = 0")])
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
             task_status.started()
+
+    async def _expire_replaced(self) -> None:
+        while True:
+            await trio.sleep(KEEP_REPLACED_MIN / 2)
+            confirmed = min((link.cursor for link in self.links.values()
+                             if link.state != "outofuse"), default=self.catalog.seq)
+            self.store.expire_retired(confirmed, KEEP_REPLACED_MIN, KEEP_REPLACED_MAX)
 
     async def _fetch_op(self, request: dict) -> dict:
         try:

@@ -124,7 +124,7 @@ class Fetcher:
                     data = got.get(digest)
                     if data is None:
                         left.append(digest)
-                    elif not await trio.to_thread.run_sync(self.install, digest, data):
+                    elif not await self.install(digest, data):
                         log.warning("peer %s served wrong bytes for chunk %s: not installed",
                                     link.name, digest.hex()[:12])
                         left.append(digest)
@@ -149,7 +149,7 @@ class Fetcher:
             except PeerError as e:
                 tried.append(f"{link.name} ({e})")
                 continue
-            if await trio.to_thread.run_sync(self.install, digest, data):
+            if await self.install(digest, data):
                 return
             log.warning("peer %s served wrong bytes for chunk %s of %s: not installed, "
                         "asking another", link.name, digest.hex()[:12], what)
@@ -158,7 +158,17 @@ class Fetcher:
                   digest.hex()[:12], "; ".join(tried) or "no peers")
         raise OSError(errno.EIO, f"no peer holds {what}")
 
-    def install(self, digest: bytes, data: bytes) -> bool:
+    async def install(self, digest: bytes, data: bytes) -> bool:
+        """Verify a chunk's bytes and install them; False when they do not match. A full
+        disk first gives up the replaced chunks kept for peers."""
+        try:
+            return await trio.to_thread.run_sync(self._install, digest, data)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not self.store.drop_retired():
+                raise
+        return await trio.to_thread.run_sync(self._install, digest, data)
+
+    def _install(self, digest: bytes, data: bytes) -> bool:
         if digest_of(data) != digest:
             return False
         path = self.store.chunk_path(digest)

@@ -161,8 +161,7 @@ def _commit(c: Catalog, ino: int, draft: Draft) -> None:
         c.store.install(("w", ino, i), c.store.work_path(ino, i), sealed.digests[i])
     garbage = c.commit_content(ino, sealed.chunk_list(), sealed.size, draft.mtime_ns,
                                draft.mode, draft.content_changed)
-    for digest in garbage:
-        c.store.remove(digest)
+    c.retire(garbage)
     draft.rebase(sealed.chunk_list(), sealed.size)
 
 
@@ -295,3 +294,48 @@ def test_content_commit_through_the_mount_layer(cat):
     assert journal(cat)[n:] == [(f.node, "content")]
     assert content.read(f.inode.ino, 0, 200) == b"x" * 100 + b"y"
     assert cat.inode(f.inode.ino).mode == 0o700
+
+
+def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
+    """With keep_replaced (a daemon with peers), a chunk no version refers to any more
+    leaves the store's chunks but is still served; a version that needs it again takes it
+    back; it goes once every peer has confirmed the change (after min_age) or at max_age.
+    Without keep_replaced it is removed at once (the test above)."""
+    cat.store.keep_replaced(cat.seq)
+    _, ino, d = new_file(cat, "f")
+    old, new = b"old" * 1000, b"new" * 1000
+    d.write(0, old)
+    _commit(cat, ino, d)
+    old_chunk = cat.chunks(ino)[0]
+    d.truncate(0)
+    d.write(0, new)
+    _commit(cat, ino, d)  # retires the old chunk
+    assert not os.path.exists(cat.store.chunk_path(old_chunk))
+    assert cat.store.read_served(old_chunk) == old
+    seq = cat.seq
+    cat.store.expire_retired(seq - 1, 0, 60)  # a peer has not confirmed the change yet
+    assert cat.store.read_served(old_chunk) == old
+    cat.store.expire_retired(seq, 60, 60)  # all have, but it is too young
+    assert cat.store.read_served(old_chunk) == old
+    assert cat.store.has(old_chunk)  # needed again: back among the chunks
+    assert cat.store.read(old_chunk, 0, 3) == b"old"
+    cat.store.retire(old_chunk, seq)
+    cat.store.expire_retired(seq, 0, 60)
+    assert cat.store.read_served(old_chunk) is None and not cat.store.has(old_chunk)
+
+
+def test_replaced_chunks_survive_a_restart_and_give_way_to_a_full_disk(cat, tmp_path):
+    cat.store.keep_replaced(cat.seq)
+    _, ino, d = new_file(cat, "f")
+    d.write(0, b"v1")
+    _commit(cat, ino, d)
+    v1 = cat.chunks(ino)[0]
+    d.write(0, b"v2")
+    _commit(cat, ino, d)
+    again = ChunkStore(tmp_path / "store")
+    again.keep_replaced(cat.seq)
+    assert again.read_served(v1) == b"v1"
+    again.expire_retired(cat.seq - 1, 0, 3600)  # counted as retired at the restart's seq
+    assert again.read_served(v1) == b"v1"
+    assert again.drop_retired() and not again.drop_retired()
+    assert again.read_served(v1) is None

@@ -219,7 +219,6 @@ class Soak:
         self.known: set[str] = {EMPTY}  # every content any op meant to close
         self.hashes: dict[str, str] = {EMPTY: index_hash(b"")}  # digest -> index hash
         self.failures: list[str] = []
-        self.known_bugs: dict[str, int] = {}  # worked around; the test xfails naming them
         self.eio: list[Op] = []  # opens that could not fetch content
         self.unstamped: set[str] = set()  # versions closed on an inode without a node
         self.round = 0
@@ -764,10 +763,6 @@ class Soak:
         2, fixed in 4f430b8: it used to say the mount point was busy)."""
         p.peer.start()
 
-    def known_bug(self, what: str) -> None:
-        with self.lock:
-            self.known_bugs[what] = self.known_bugs.get(what, 0) + 1
-
     def fault_partition(self, u: float, duration: float) -> None:
         """Cut one pair of peers apart; the third still talks to both."""
         chosen = self.pick(u, 2)
@@ -1246,14 +1241,14 @@ class Soak:
             conn.close()
 
     def check_eio(self) -> None:
-        """An open that cannot fetch content fails with EIO; that is right only while some
-        fault keeps every holder out of reach. The fetcher's log line for the file says
-        why each peer failed. Every peer answering that it does not hold the chunk was
-        bug 7 (the holder had replaced that version): now the opener asks the peers for
-        the node's state and opens the newer version, or drops a file nobody holds (bug
-        4). What is left of it is open bug 16: an EIO that passes (the file reads fine
-        once the peers converge). A connection closed as the request went out was bug 9,
-        fixed in 4d297d5."""
+        """An open that cannot fetch content fails with EIO (or ESTALE, when the version
+        it found newer was gone too); that is right only while some fault keeps every
+        holder out of reach. The fetcher's log line for the file says why each peer
+        failed. Every peer answering that it does not hold the chunk was bug 7 (the
+        holder had replaced that version), then bug 16 (the same race, and a file a move
+        brought back from its holder's delete): holders now keep replaced chunks until
+        every peer has seen the replacement. A connection closed as the request went out
+        was bug 9, fixed in 4d297d5."""
         r = self.round
         logs = {}
         for op in [o for o in self.eio if o.round == r]:
@@ -1267,14 +1262,7 @@ class Soak:
             # the fetcher logs before the open returns: within the operation's own time
             why = fetch_failures(logs[op.peer], op.wall - 0.05,
                                  op.wall + op.t1 - op.t0 + 0.05, name)
-            tries = [t for line in why for t in line]
-            if why and all("does not hold chunk" in t for t in tries):
-                self.known_bug("bug 16: open() fails with EIO while every peer is up: no "
-                               "peer holds the version known here, none has a newer state "
-                               "of it, and it is not dropped (the file reads fine after "
-                               "convergence; not reproduced alone yet)")
-                continue
-            self.fail(f"{op.peer}: {op.kind} of {op.path} got EIO at "
+            self.fail(f"{op.peer}: {op.kind} of {op.path} got {op.error} at "
                       f"t={op.t0 - self.t_start:.2f} with no fault active; the fetcher "
                       f"said: {why}")
 

@@ -137,7 +137,10 @@ def test_a_conflict_copy_nobody_holds_is_dropped(cluster):
     (a / "f").write_bytes(b"L" * (big + 1))
     wait_for(lambda: os.path.getsize(c / "f") == big + 1, 20, "L's metadata on gamma")
     a.set_peer("gamma", "outofuse")  # gamma must not learn of alpha's next edit yet
-    (a / "f").write_bytes(b"2" * (big + 2))  # replaces L: its chunk is collected
+    (a / "f").write_bytes(b"2" * (big + 2))  # replaces L: its chunk is retired
+    # Kept for peers a while (bug 16), not for peers out of use once that is over.
+    wait_for(lambda: not os.listdir(a.home / "store" / "retired"), 20,
+             "alpha's replaced chunk of L to expire")
     (b / "f").write_bytes(b"W" * (big + 3))  # concurrent with both, the latest
     wait_for(lambda: len(os.listdir(c.path)) == 2, 20, "the copy of L on gamma")
     for p, q in ((c, "beta"), (a, "beta"), (a, "gamma")):
@@ -204,12 +207,45 @@ def test_opening_a_file_replaced_on_its_holder_is_not_an_io_error(cluster):
     (a / "f").write_bytes(v1)
     wait_for(lambda: os.path.exists(b / "f"), 20, "f on beta")  # metadata only
     a.set_peer("beta", "outofuse")  # alpha's next change is late to reach beta
-    (a / "f").write_bytes(v2)  # alpha drops version 1's chunk
+    (a / "f").write_bytes(v2)  # alpha retires version 1's chunk
     try:
+        # Kept a while for peers (bug 16), and not for one out of use once that is over.
+        wait_for(lambda: not os.listdir(a.home / "store" / "retired"), 20,
+                 "alpha's replaced chunk to expire")
         data = (b / "f").read_bytes()  # beta asks alpha, which is up and answers
     finally:
         a.set_peer("beta", "auto")
     assert data == v2  # version 1 is held by nobody
+
+
+@needs_fuse
+def test_a_file_its_holder_just_deleted_and_a_peer_moved_can_be_read(cluster):
+    """Soak bug 16: beta moved a file that alpha, its only holder, had just deleted; the
+    move wins (rule 3, delete vs change), but alpha had removed the content at the
+    delete, so beta's open failed with EIO or ESTALE, and the file was then dropped as
+    held by nobody. Likewise any open of a version its holder had just replaced. Now a
+    holder keeps replaced chunks until every peer has confirmed what replaced them (or
+    ten minutes): beta reads the version it knows, and the file lives on everywhere."""
+    a, b = cluster(2, mounted=False)
+    to_beta = Proxy(b.port, "alpha->beta")  # alpha's pushes go through it
+    try:
+        syncd(a.home, "peer", "remove", "beta")
+        syncd(a.home, "peer", "add", "beta", to_beta.url)
+        a.start()
+        b.start()
+        v1 = b"1" * 300_000  # above prefetch_below: fetched on open only
+        (a / "f").write_bytes(v1)
+        wait_for(lambda: os.path.exists(b / "f"), 20, "f on beta")  # metadata only
+        to_beta.set_mode("reset")  # alpha's delete does not reach beta
+        os.unlink(a / "f")
+        os.rename(b / "f", b / "g")  # reaches alpha: the move beats the delete
+        assert (b / "g").read_bytes() == v1
+        to_beta.set_mode("pass")
+        wait_for(lambda: settled(a, b), 30, "nothing pending")
+        assert (a / "g").read_bytes() == v1 == (b / "g").read_bytes()
+        assert not os.path.exists(a / "f") and not os.path.exists(b / "f")
+    finally:
+        to_beta.close()
 
 
 def rewrite(path, tag: bytes, observed: set, versions: list, lock) -> None:

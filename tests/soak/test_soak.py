@@ -54,14 +54,11 @@ What is asserted, at the end of every round:
    EIO is accepted only from open() (the lazy fetch found no holder serving the bytes), and
    only while some fault was active; any other error fails the soak.
 
-Known bugs. Each bug the soak found is reproduced on its own in test_found.py; those
-fixed stay there as plain tests. When one still open blocks the soak, the soak recognises
-its exact signature (open bug 16: EIO on open where every peer answered "does not hold
-chunk", none had a newer state of the node and the file was not dropped), works around
-it, checks everything else, and then the test xfails naming the bugs met. Anything else
-fails it, trees that differ and files nobody can read included. Files nobody holds are
-dropped by the peers (bug 4's fix); when reading them at the check finds them gone, the
-soak converges again before it compares.
+Known bugs. Each bug the soak found is reproduced on its own in test_found.py, as a plain
+test once fixed (a strict xfail while open), so it guards against a relapse. Anything the
+soak meets fails it, trees that differ and files nobody can read included. Files nobody
+holds are dropped by the peers (bug 4's fix); when reading them at the check finds them
+gone, the soak converges again before it compares.
 
 Bounds: SYNCD_SOAK_SECONDS of activity in all (CI default 30), in rounds of
 SYNCD_SOAK_ROUND seconds (default 15), or until SYNCD_SOAK_STEPS operations (default
@@ -138,8 +135,6 @@ def test_convergence_soak(tmp_path):
     say(f"soak: {soak.stats}, faults: {summary(soak)}, rounds: {soak.round_times}")
     for name, log in soak.logs().items():
         assert "Traceback" not in log, f"{name} logged an exception:\n{log}\n{where}"
-    if soak.known_bugs:  # everything else passed; these were worked around
-        pytest.xfail(f"known bugs were met and worked around: {soak.known_bugs}\n{where}")
 
 
 def summary(soak: Soak) -> dict[str, int]:
