@@ -113,8 +113,7 @@ class ChunkStore:
         return f"{self._chunks}/{h[:2]}/{h}"
 
     def has(self, digest: bytes) -> bool:
-        """Is the chunk here? A retired one counts, and is put back in place."""
-        return os.path.exists(self.chunk_path(digest)) or self._revive(digest)
+        return os.path.exists(self.chunk_path(digest))
 
     def read(self, digest: bytes, offset: int, size: int) -> bytes:
         fd = self.fds.get(digest, self.chunk_path(digest), os.O_RDONLY)
@@ -211,14 +210,24 @@ class ChunkStore:
     def _retired_path(self, digest: bytes) -> str:
         return f"{self._retired}/{digest.hex()}"
 
-    def _revive(self, digest: bytes) -> bool:
+    def take_back(self, digest: bytes) -> bool:
+        """Is the chunk here, for a version that needs it? A retired one is verified
+        and put back in place (a damaged one is removed): no fetch needed."""
+        if self.has(digest):
+            return True
         if not self.retired or self.retired.pop(digest, None) is None:
             return False
+        path = self._retired_path(digest)
         try:
-            os.rename(self._retired_path(digest), self.chunk_path(digest))
+            with open(path, "rb") as f:
+                intact = digest_of(f.read()) == digest
+            if intact:
+                os.rename(path, self.chunk_path(digest))
+                return True
         except FileNotFoundError:
             return False
-        return True
+        _unlink(path)
+        return False
 
     def verify(self, digest: bytes) -> bool:
         try:

@@ -430,7 +430,7 @@ class Replica:
     def _missing_chunk(self, state: dict) -> bytes | None:
         """A chunk of the state's content that is not in the store here, if any."""
         return next((d for d in map(bytes.fromhex, state["content"]["chunks"])
-                     if not self.store.has(d)), None)
+                     if not self.store.take_back(d)), None)
 
     # -- files nobody can read (soak bug 4)
 

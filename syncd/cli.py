@@ -156,6 +156,7 @@ def _check_can_mount(home: Home, mountpoint: str) -> None:
                         "fuse module (modprobe fuse)")
     if shutil.which("fusermount3") is None:
         raise UserError("fusermount3 not found: install the Debian package fuse3")
+    _end_stuck_holder(home)
     holder = home.holder()
     if holder is not None:
         where = f" at {holder.mountpoint}" if holder.mountpoint else ""
@@ -272,8 +273,16 @@ def _answers(path: str, timeout: float) -> bool:
     return done.wait(timeout)
 
 
+def _end_stuck_holder(home: Home) -> None:
+    stuck = home.holder()
+    if home.end_stuck_holder():
+        log.warning("aborted the FUSE connection of %s: its process %d had been killed and "
+                    "could not exit", stuck.mountpoint, stuck.pid)
+
+
 def cmd_umount(home: Home, args) -> int:
     home.require()
+    _end_stuck_holder(home)
     holder = home.holder()
     if holder is None:
         last = home.last_mountpoint()

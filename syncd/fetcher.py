@@ -43,7 +43,8 @@ class Fetcher:
                                 (ino,)).fetchone()
         if row is None or row[0]:
             return []
-        return [d for d in dict.fromkeys(split_chunks(row[1])) if not self.store.has(d)]
+        return [d for d in dict.fromkeys(split_chunks(row[1]))
+                if not self.store.take_back(d)]
 
     async def ensure_local(self, ino: int) -> None:
         """Return once every chunk of inode `ino` is here and verified; OSError(EIO)
@@ -105,7 +106,7 @@ class Fetcher:
 
     async def fetch_chunks(self, digests: list[bytes]) -> None:
         """Chunks a peer asked us to hold, then the files they complete marked local."""
-        await self._prefetch_chunks([d for d in digests if not self.store.has(d)])
+        await self._prefetch_chunks([d for d in digests if not self.store.take_back(d)])
         waiting = [r[0] for r in self.conn.execute("SELECT ino FROM inodes WHERE local = 0")]
         self._mark_local([ino for ino in waiting if not self.missing(ino)])
 

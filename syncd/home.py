@@ -15,6 +15,7 @@ import re
 import secrets
 import socket
 import struct
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ def default_home() -> Path:
         return Path(env)
     data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return Path(data) / "syncd"
+
+
+FUSE_CONNECTIONS = "/sys/fs/fuse/connections"  # fusectl: one directory per FUSE mount
 
 
 @dataclass
@@ -161,6 +165,31 @@ class Home:
         finally:
             os.close(fd)
 
+    def end_stuck_holder(self, timeout: float = 10.0) -> bool:
+        """A serving process that was killed (kill -9, the OOM killer) while a thread of
+        its was invalidating a kernel cache entry cannot exit: that thread waits for a
+        directory that a request in flight to this very process holds, and the request
+        waits for an answer that will never come. Its main thread is a zombie; the home
+        stays locked and a shell on the mount hangs. Aborting the mount's FUSE connection
+        ends that request, so the process can exit. True when it did."""
+        holder = self.holder()
+        if holder is None or holder.mountpoint is None or not _is_zombie(holder.pid):
+            return False
+        device = mount_table("device").get(holder.mountpoint, "")
+        abort = f"{FUSE_CONNECTIONS}/{device.partition(':')[2]}/abort"
+        if not os.path.exists(abort) and os.getuid() == 0:
+            subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSE_CONNECTIONS],
+                           capture_output=True, check=False)
+        try:
+            with open(abort, "w") as f:
+                f.write("1")
+        except OSError:
+            return False
+        deadline = time.monotonic() + timeout
+        while self.holder() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.holder() is None
+
     def last_mountpoint(self) -> str | None:
         """Where the lock file says this home was last mounted (even by a dead process)."""
         try:
@@ -186,6 +215,14 @@ def utc(seconds: int | None) -> str | None:
     """A time as every JSON output gives it (docs/cli.md, "JSON")."""
     return None if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                        time.gmtime(seconds))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def mount_table(field: str = "type") -> dict[str, str]:

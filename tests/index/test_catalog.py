@@ -317,11 +317,26 @@ def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
     assert cat.store.read_served(old_chunk) == old
     cat.store.expire_retired(seq, 60, 60)  # all have, but it is too young
     assert cat.store.read_served(old_chunk) == old
-    assert cat.store.has(old_chunk)  # needed again: back among the chunks
+    assert not cat.store.has(old_chunk)
+    assert cat.store.take_back(old_chunk)  # needed again: verified, back among the chunks
     assert cat.store.read(old_chunk, 0, 3) == b"old"
     cat.store.retire(old_chunk, seq)
     cat.store.expire_retired(seq, 0, 60)
-    assert cat.store.read_served(old_chunk) is None and not cat.store.has(old_chunk)
+    assert cat.store.read_served(old_chunk) is None and not cat.store.take_back(old_chunk)
+
+
+def test_a_damaged_retired_chunk_is_not_taken_back(cat):
+    cat.store.keep_replaced(cat.seq)
+    _, ino, d = new_file(cat, "f")
+    d.write(0, b"v1")
+    _commit(cat, ino, d)
+    v1 = cat.chunks(ino)[0]
+    d.write(0, b"v2")
+    _commit(cat, ino, d)
+    retired = cat.store.root / "retired" / v1.hex()
+    retired.write_bytes(b"v!")
+    assert not cat.store.take_back(v1)  # fetched from a peer instead, and verified
+    assert not retired.exists() and not cat.store.has(v1)
 
 
 def test_replaced_chunks_survive_a_restart_and_give_way_to_a_full_disk(cat, tmp_path):

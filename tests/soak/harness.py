@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from index.store import CHUNK
+from syncd.home import Home
 from tests.helpers import alive, force_cleanup, fuse_mounts, lock_pid, status, syncd
 from tests.peers.conftest import Peer
 from tests.soak.model import DIR, FILE, Model
@@ -757,6 +758,17 @@ class Soak:
         if alive(pid):
             raise Failure(f"{p.name}'s mount process {pid} is still there 10 s after "
                           f"SIGKILL:\n{threads_of(pid)}")
+        time.sleep(0.2)
+        if Home(p.home).holder() is not None:
+            # Killed while its notifier waited on a directory that a request in flight
+            # held: a thread is left, and the mount hangs. What a user runs ends it.
+            self.say(f"  {p.name}'s killed mount could not exit:\n{threads_of(pid)}")
+            syncd(p.home, "umount", check=False)
+            with self.lock:
+                self.stats["stuck_after_kill"] = self.stats.get("stuck_after_kill", 0) + 1
+            if Home(p.home).holder() is not None:
+                raise Failure(f"{p.name}: 'syncd umount' did not end the killed mount "
+                              f"{pid}:\n{threads_of(pid)}")
 
     def remount(self, p: SoakPeer) -> None:
         """`syncd mount` again after a kill -9: it clears the dead mount itself (soak bug
