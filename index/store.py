@@ -207,6 +207,15 @@ class ChunkStore:
             _unlink(self._retired_path(digest))
         return True
 
+    def retired_usage(self) -> tuple[int, int]:
+        """How many retired chunks there are, and their bytes (read from the disk, so
+        `syncd status` can tell without the serving process)."""
+        try:
+            sizes = [e.stat().st_size for e in os.scandir(self._retired)]
+        except FileNotFoundError:
+            return 0, 0
+        return len(sizes), sum(sizes)
+
     def _retired_path(self, digest: bytes) -> str:
         return f"{self._retired}/{digest.hex()}"
 

@@ -35,7 +35,9 @@ def collect(home: Home) -> dict:
         meta["seq"] = db.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
         total, local, pinned, conflicts, size, size_local = db.conn.execute(
             FILE_COUNTS).fetchone()
-        dirty = len(ChunkStore(home.store_path).dirty_inodes())
+        store = ChunkStore(home.store_path)
+        dirty = len(store.dirty_inodes())
+        replaced_chunks, replaced_bytes = store.retired_usage()
         peers = []
         for name, url, device, state, cursor, last_seen, error in db.conn.execute(
                 "SELECT name, url, device, state, cursor, last_seen, last_error FROM peers "
@@ -59,6 +61,7 @@ def collect(home: Home) -> dict:
                   "pinned": pinned, "conflicts": conflicts, "bytes": size,
                   "bytes_local": size_local},
         "dirty": dirty,
+        "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "peers": peers,
         "transfers": transfers,
     }
@@ -91,6 +94,8 @@ def print_status(home: Home, as_json: bool) -> None:
         ("files", f"{f['total']} ({_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
+        ("replaced", f"{s['replaced']['chunks']} chunk(s) ({_size(s['replaced']['bytes'])})"
+                     " of replaced versions kept for peers"),
         ("transfers", "-" if s["transfers"] is None else
          f"{len(s['transfers']['fetching'])} file(s) being fetched on open, "
          f"{s['transfers']['prefetching']} small file(s) ahead of time"),

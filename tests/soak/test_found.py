@@ -238,6 +238,8 @@ def test_a_file_its_holder_just_deleted_and_a_peer_moved_can_be_read(cluster):
         wait_for(lambda: os.path.exists(b / "f"), 20, "f on beta")  # metadata only
         to_beta.set_mode("reset")  # alpha's delete does not reach beta
         os.unlink(a / "f")
+        wait_for(lambda: a.status()["replaced"] == {"chunks": 1, "bytes": len(v1)}, 10,
+                 "f's chunk kept on alpha for beta")  # once the kernel forgot the inode
         os.rename(b / "f", b / "g")  # reaches alpha: the move beats the delete
         assert (b / "g").read_bytes() == v1
         to_beta.set_mode("pass")
