@@ -340,18 +340,25 @@ class Signed:
                 if not message.get("more_body"):
                     out = parts[0] if len(parts) == 1 else b"".join(parts)
                     headers = start.get("headers", [])
-                    packed = compress.pack(out) if zstd_ok else None
+                    packed, digest = _seal(out, zstd_ok)
                     if packed is not None:
                         out = packed
                         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
                         headers += [(b"content-encoding", b"zstd"),
                                     (b"content-length", str(len(out)).encode())]
-                    signed = auth.sign_response(self.key, start["status"], nonce, out)
+                    signed = auth.sign_response(self.key, start["status"], nonce, digest)
                     headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
                     await send({**start, "headers": headers})
                     await send({"type": "http.response.body", "body": out})
 
         await self.app(scope, replay, capture)
+
+
+def _seal(body: bytes, zstd_ok: bool) -> tuple[bytes | None, bytes]:
+    """A response body's zstd frame (None when it travels as it is, see compress.pack),
+    and the body_hash of the bytes that travel."""
+    packed = compress.pack(body) if zstd_ok else None
+    return packed, auth.body_hash(body if packed is None else packed)
 
 
 async def _reply(send, status: int, payload: dict,
@@ -361,7 +368,7 @@ async def _reply(send, status: int, payload: dict,
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
     if signing is not None:
-        signed = auth.sign_response(signing[0], status, signing[1], body)
+        signed = auth.sign_response(signing[0], status, signing[1], auth.body_hash(body))
         headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,9 @@
 """Signed requests and responses between peers (DESIGN rule 7, docs/protocol.md
-"Authentication"): HMAC-SHA256 with the cluster key, a time and a single-use nonce."""
+"Authentication"): HMAC-SHA256 with the cluster key, a time and a single-use nonce.
+
+A signature covers the body through its BLAKE3 digest, the hash chunks are named by: a
+response's functions take that digest rather than the body, so a receiver that hashes a
+chunk once can both check the signature and verify the chunk with it."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+
+import blake3
 
 KEY_BYTES = 32
 TIME = "X-Syncd-Time"
@@ -40,6 +46,11 @@ def parse_key(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def body_hash(body: bytes) -> bytes:
+    """The BLAKE3 digest of a body as sent: what a signature covers of it."""
+    return blake3.blake3(body).digest()
+
+
 def sign_request(key: bytes, method: str, target: str, body: bytes, now: float | None = None,
                  nonce: str | None = None) -> dict[str, str]:
     """The headers that sign a request; target is the path and "?query" as sent."""
@@ -47,24 +58,26 @@ def sign_request(key: bytes, method: str, target: str, body: bytes, now: float |
     nonce = secrets.token_hex(16) if nonce is None else nonce
     return {TIME: stamp, NONCE: nonce,
             SIGNATURE: _mac(key, ["syncd-request-v1", method.upper(), target, stamp, nonce],
-                            body)}
+                            body_hash(body))}
 
 
-def sign_response(key: bytes, status: int, request_nonce: str, body: bytes,
+def sign_response(key: bytes, status: int, request_nonce: str, digest: bytes,
                   now: float | None = None) -> dict[str, str]:
+    """The headers that sign a response whose body, as sent, has this body_hash."""
     stamp = str(int(time.time() if now is None else now))
     return {TIME: stamp,
             SIGNATURE: _mac(key, ["syncd-response-v1", str(status), request_nonce, stamp],
-                            body)}
+                            digest)}
 
 
 def check_response(key: bytes, status: int, request_nonce: str, headers: Mapping[str, str],
-                   body: bytes, skew: int = 300, now: float | None = None) -> None:
-    """Raise AuthError unless the response is signed for the request with this nonce."""
+                   digest: bytes, skew: int = 300, now: float | None = None) -> None:
+    """Raise AuthError unless the response is signed for the request with this nonce;
+    digest is the body_hash of its body as received."""
     found = _headers(headers, TIME, SIGNATURE)
     stamp, signature = found[TIME], found[SIGNATURE]
     _check_mac(signature, _mac(key, ["syncd-response-v1", str(status), request_nonce, stamp],
-                               body))
+                               digest))
     _check_time(stamp, skew, now)
 
 
@@ -94,7 +107,7 @@ class Verifier:
         if not _NONCE_TEXT.fullmatch(nonce):
             raise AuthError(f"malformed {NONCE}: want 32 lowercase hex digits")
         _check_mac(signature, _mac(self.key, ["syncd-request-v1", method.upper(), target,
-                                              stamp, nonce], body))
+                                              stamp, nonce], body_hash(body)))
         _check_time(stamp, self.skew, now)
         if nonce in self._seen:
             raise AuthError("replayed request: this nonce was already used")
@@ -106,9 +119,10 @@ class Verifier:
             self._seen.popitem(last=False)
 
 
-def _mac(key: bytes, lines: list[str], body: bytes) -> str:
-    """Hex HMAC of the signing string: the lines, then the body's SHA-256, joined by \\n."""
-    text = "\n".join([*lines, hashlib.sha256(body).hexdigest()])
+def _mac(key: bytes, lines: list[str], digest: bytes) -> str:
+    """Hex HMAC of the signing string: the lines, then the body's digest in hex, joined
+    by \\n."""
+    text = "\n".join([*lines, digest.hex()])
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 

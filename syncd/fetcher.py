@@ -124,7 +124,7 @@ class Fetcher:
                     data = got.get(digest)
                     if data is None:
                         left.append(digest)
-                    elif not await trio.to_thread.run_sync(self.install, digest, data):
+                    elif not await trio.to_thread.run_sync(self.install, digest, data, None):
                         log.warning("peer %s served wrong bytes for chunk %s: not installed",
                                     link.name, digest.hex()[:12])
                         left.append(digest)
@@ -145,11 +145,11 @@ class Fetcher:
         tried = []
         for link in self.daemon.holders():
             try:
-                data = await link.get_chunk(digest)
+                data, hashed = await link.get_chunk(digest)
             except PeerError as e:
                 tried.append(f"{link.name} ({e})")
                 continue
-            if await trio.to_thread.run_sync(self.install, digest, data):
+            if await trio.to_thread.run_sync(self.install, digest, data, hashed):
                 return
             log.warning("peer %s served wrong bytes for chunk %s of %s: not installed, "
                         "asking another", link.name, digest.hex()[:12], what)
@@ -158,8 +158,10 @@ class Fetcher:
                   digest.hex()[:12], "; ".join(tried) or "no peers")
         raise OSError(errno.EIO, f"no peer holds {what}")
 
-    def install(self, digest: bytes, data: bytes) -> bool:
-        if digest_of(data) != digest:
+    def install(self, digest: bytes, data: bytes, hashed: bytes | None) -> bool:
+        """Verify data against digest (hashed: its digest, when already computed) and
+        install it; False, installing nothing, when it does not match."""
+        if (digest_of(data) if hashed is None else hashed) != digest:
             return False
         path = self.store.chunk_path(digest)
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"

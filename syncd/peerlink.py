@@ -42,6 +42,7 @@ class Reply:
     status: int
     headers: httpx.Headers
     body: bytes
+    digest: bytes | None  # the body's BLAKE3 digest, when it travelled as it is
 
 
 class PeerError(Exception):
@@ -116,17 +117,19 @@ class PeerLink:
                                     ) from None
             except httpx.HTTPError as e:
                 raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
+        digest = auth.body_hash(raw)
         try:
             auth.check_response(self.daemon.key, r.status_code, signed[auth.NONCE], r.headers,
-                                raw)
+                                digest)
         except auth.AuthError as e:
             raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
         if r.headers.get("content-encoding") == "zstd":
             try:
-                raw = compress.unpack(raw, MAX_ANSWER)
+                body = compress.unpack(raw, MAX_ANSWER)
             except compress.BadEncoding as e:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
-        return Reply(r.status_code, r.headers, raw)
+            return Reply(r.status_code, r.headers, body, None)
+        return Reply(r.status_code, r.headers, raw, digest)
 
     async def call(self, method: str, path: str, payload: dict | None = None) -> dict:
         r = await self.request(method, path, payload)
@@ -147,15 +150,16 @@ class PeerLink:
             self.device = answer["device"]
             self.daemon.save_peer(self, device=self.device)
 
-    async def get_chunk(self, digest: bytes) -> bytes:
-        """A chunk's bytes, not yet verified. Transfers resume per chunk: the chunks of a
-        file that arrived are installed, so a retry asks only for the rest."""
+    async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:
+        """A chunk's bytes, not yet verified, and their BLAKE3 digest when the signature
+        check computed it (None: not computed). Transfers resume per chunk: the chunks
+        of a file that arrived are installed, so a retry asks only for the rest."""
         r = await self.request("GET", f"/v1/chunks/{digest.hex()}")
         if r.status == 404:
             raise NotHeld(f"{self.name} does not hold chunk {digest.hex()[:12]}")
         if r.status != 200:
             raise PeerError(f"{self.name} answered {r.status} for a chunk")
-        return r.body
+        return r.body, r.digest
 
     async def get_node(self, node: str) -> dict | None:
         """The peer's current state of one node, validated as a push is; None when the
