@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from syncd import auth, compress
-from syncd.api import NodeState
+from syncd.api import NodeState, off_loop
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
@@ -117,7 +117,7 @@ class PeerLink:
                                     ) from None
             except httpx.HTTPError as e:
                 raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
-        digest = auth.body_hash(raw)
+        digest = await off_loop(len(raw), auth.body_hash, raw)
         try:
             auth.check_response(self.daemon.key, r.status_code, signed[auth.NONCE], r.headers,
                                 digest)
@@ -125,7 +125,7 @@ class PeerLink:
             raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
         if r.headers.get("content-encoding") == "zstd":
             try:
-                body = compress.unpack(raw, MAX_ANSWER)
+                body = await off_loop(len(raw), compress.unpack, raw, MAX_ANSWER)
             except compress.BadEncoding as e:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
             return Reply(r.status_code, r.headers, body, None)
