@@ -226,13 +226,14 @@ def build_app(node: Node) -> FastAPI:
 
     @app.post("/v1/chunks")
     async def chunks(body: ChunkList) -> Response:
-        """Many chunks in one answer (small files): their bytes one after another, and
-        X-Syncd-Sizes giving each one's length, -1 for one not held here."""
-        found = await trio.to_thread.run_sync(
-            lambda: [node.read_chunk(bytes.fromhex(h)) for h in body.chunks])
-        sizes = ",".join(str(-1 if d is None else len(d)) for d in found)
-        return Response(b"".join(d for d in found if d is not None),
-                        media_type="application/octet-stream",
+        """Many chunks in one answer: their bytes one after another, and X-Syncd-Sizes
+        giving each one's length, -1 for one not held here."""
+        def read() -> tuple[str, bytes]:  # a worker thread's: files, and copies of MiBs
+            found = [node.read_chunk(bytes.fromhex(h)) for h in body.chunks]
+            return (",".join(str(-1 if d is None else len(d)) for d in found),
+                    b"".join(d for d in found if d is not None))
+        sizes, data = await trio.to_thread.run_sync(read)
+        return Response(data, media_type="application/octet-stream",
                         headers={"X-Syncd-Sizes": sizes})
 
     return app

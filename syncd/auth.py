@@ -1,9 +1,10 @@
 """Signed requests and responses between peers (DESIGN rule 7, docs/protocol.md
 "Authentication"): HMAC-SHA256 with the cluster key, a time and a single-use nonce.
 
-A signature covers the body through its BLAKE3 digest, the hash chunks are named by: a
-response's functions take that digest rather than the body, so a receiver that hashes a
-chunk once can both check the signature and verify the chunk with it."""
+A signature covers the body through its hash (body_hash): BLAKE3 over the BLAKE3 digests
+of its 1 MiB pieces, the hash chunks are named by. A response's functions take that hash
+rather than the body, so a receiver that hashes a body of whole chunks once, piece by
+piece, both checks the signature and verifies every chunk in it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 import blake3
+
+from index.store import CHUNK
 
 KEY_BYTES = 32
 TIME = "X-Syncd-Time"
@@ -46,9 +49,25 @@ def parse_key(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+PIECE = CHUNK  # bodies are hashed in pieces of a chunk's size
+
+
+def pieces(body: bytes) -> list[bytes]:
+    """The BLAKE3 digests of the body's consecutive PIECE-byte slices (the last may be
+    shorter; an empty body has none). Where a chunk fills a piece, its digest is the
+    chunk's name."""
+    view = memoryview(body)
+    return [blake3.blake3(view[i:i + PIECE]).digest() for i in range(0, len(view), PIECE)]
+
+
+def hash_of_pieces(digests: list[bytes]) -> bytes:
+    """What a signature covers of a body: BLAKE3 over its pieces' digests one after
+    another, as a file's hash is over its chunks' (DESIGN, "The content store")."""
+    return blake3.blake3(b"".join(digests)).digest()
+
+
 def body_hash(body: bytes) -> bytes:
-    """The BLAKE3 digest of a body as sent: what a signature covers of it."""
-    return blake3.blake3(body).digest()
+    return hash_of_pieces(pieces(body))
 
 
 def sign_request(key: bytes, method: str, target: str, body: bytes, now: float | None = None,

@@ -47,16 +47,30 @@ def test_keys():
             parse_key(bad)
 
 
+def documented_body_hash(body: bytes) -> str:
+    """docs/protocol.md: BLAKE3 over the BLAKE3 digests of the body's 1 MiB pieces."""
+    digests = b"".join(blake3.blake3(body[i:i + (1 << 20)]).digest()
+                       for i in range(0, len(body), 1 << 20))
+    return blake3.blake3(digests).hexdigest()
+
+
+def test_body_hash_is_the_documented_one():
+    for size in [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20]:
+        body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        assert body_hash(body).hex() == documented_body_hash(body), size
+    assert body_hash(b"").hex() == blake3.blake3(b"").hexdigest()
+
+
 def test_signature_is_the_documented_one():
     headers = signed(nonce="0" * 32)
     text = "\n".join(["syncd-request-v1", "POST", "/v1/changes?since=4", str(NOW), "0" * 32,
-                      blake3.blake3(BODY).hexdigest()])
+                      documented_body_hash(BODY)])
     assert headers == {
         "X-Syncd-Time": str(NOW), "X-Syncd-Nonce": "0" * 32,
         "X-Syncd-Signature": hmac.new(KEY, text.encode(), hashlib.sha256).hexdigest()}
     response = sign_response(KEY, 200, "0" * 32, body_hash(b"{}"), now=NOW)
     text = "\n".join(["syncd-response-v1", "200", "0" * 32, str(NOW),
-                      blake3.blake3(b"{}").hexdigest()])
+                      documented_body_hash(b"{}")])
     assert response == {"X-Syncd-Time": str(NOW),
                         "X-Syncd-Signature": hmac.new(KEY, text.encode(),
                                                       hashlib.sha256).hexdigest()}
