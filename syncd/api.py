@@ -18,6 +18,7 @@ import logging
 import re
 from typing import Annotated, Literal, Protocol
 
+import trio
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 << 20
 MAX_BATCH = 1000
 MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
+BIG_BODY = 64 << 10  # bytes: a body this large is hashed and packed on a worker thread
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 NODE_ID = r"^(root|[0-9a-f]{32}:[0-9]{1,18})$"
@@ -150,7 +152,7 @@ class Node(Protocol):
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
-    def read_chunk(self, digest: bytes) -> bytes | None: ...
+    def read_chunk(self, digest: bytes) -> bytes | None: ...  # on a worker thread: no SQLite
     def hold(self, digests: list[bytes]) -> int: ...
     def state_of(self, node: str) -> dict | None: ...
 
@@ -213,7 +215,7 @@ def build_app(node: Node) -> FastAPI:
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],
                     request: Request) -> Response:
-        data = node.read_chunk(bytes.fromhex(digest))
+        data = await trio.to_thread.run_sync(node.read_chunk, bytes.fromhex(digest))
         if data is None:
             raise HTTPException(404, f"chunk {digest} is not held here")
         start = _range_start(request.headers.get("range"), len(data))
@@ -224,12 +226,14 @@ def build_app(node: Node) -> FastAPI:
 
     @app.post("/v1/chunks")
     async def chunks(body: ChunkList) -> Response:
-        """Many chunks in one answer (small files): their bytes one after another, and
-        X-Syncd-Sizes giving each one's length, -1 for one not held here."""
-        found = [node.read_chunk(bytes.fromhex(h)) for h in body.chunks]
-        sizes = ",".join(str(-1 if d is None else len(d)) for d in found)
-        return Response(b"".join(d for d in found if d is not None),
-                        media_type="application/octet-stream",
+        """Many chunks in one answer: their bytes one after another, and X-Syncd-Sizes
+        giving each one's length, -1 for one not held here."""
+        def read() -> tuple[str, bytes]:  # a worker thread's: files, and copies of MiBs
+            found = [node.read_chunk(bytes.fromhex(h)) for h in body.chunks]
+            return (",".join(str(-1 if d is None else len(d)) for d in found),
+                    b"".join(d for d in found if d is not None))
+        sizes, data = await trio.to_thread.run_sync(read)
+        return Response(data, media_type="application/octet-stream",
                         headers={"X-Syncd-Sizes": sizes})
 
     return app
@@ -340,18 +344,34 @@ class Signed:
                 if not message.get("more_body"):
                     out = parts[0] if len(parts) == 1 else b"".join(parts)
                     headers = start.get("headers", [])
-                    packed = compress.pack(out) if zstd_ok else None
+                    packed, digest = await off_loop(len(out), _seal, out, zstd_ok)
                     if packed is not None:
                         out = packed
                         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
                         headers += [(b"content-encoding", b"zstd"),
                                     (b"content-length", str(len(out)).encode())]
-                    signed = auth.sign_response(self.key, start["status"], nonce, out)
+                    signed = auth.sign_response(self.key, start["status"], nonce, digest)
                     headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
                     await send({**start, "headers": headers})
                     await send({"type": "http.response.body", "body": out})
 
         await self.app(scope, replay, capture)
+
+
+async def off_loop(size: int, fn, *args):
+    """fn(*args), which works on a body of `size` bytes: on a worker thread when the body
+    is big, so that the trio thread (FUSE, the other peers) keeps moving and the second
+    core works; inline when it is small, where the hop would cost more than the work."""
+    if size < BIG_BODY:
+        return fn(*args)
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def _seal(body: bytes, zstd_ok: bool) -> tuple[bytes | None, bytes]:
+    """A response body's zstd frame (None when it travels as it is, see compress.pack),
+    and the body_hash of the bytes that travel."""
+    packed = compress.pack(body) if zstd_ok else None
+    return packed, auth.body_hash(body if packed is None else packed)
 
 
 async def _reply(send, status: int, payload: dict,
@@ -361,7 +381,7 @@ async def _reply(send, status: int, payload: dict,
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
     if signing is not None:
-        signed = auth.sign_response(signing[0], status, signing[1], body)
+        signed = auth.sign_response(signing[0], status, signing[1], auth.body_hash(body))
         headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

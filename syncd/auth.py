@@ -1,5 +1,10 @@
 """Signed requests and responses between peers (DESIGN rule 7, docs/protocol.md
-"Authentication"): HMAC-SHA256 with the cluster key, a time and a single-use nonce."""
+"Authentication"): HMAC-SHA256 with the cluster key, a time and a single-use nonce.
+
+A signature covers the body through its hash (body_hash): BLAKE3 over the BLAKE3 digests
+of its 1 MiB pieces, the hash chunks are named by. A response's functions take that hash
+rather than the body, so a receiver that hashes a body of whole chunks once, piece by
+piece, both checks the signature and verifies every chunk in it."""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+
+import blake3
+
+from index.store import CHUNK
 
 KEY_BYTES = 32
 TIME = "X-Syncd-Time"
@@ -40,6 +49,27 @@ def parse_key(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+PIECE = CHUNK  # bodies are hashed in pieces of a chunk's size
+
+
+def pieces(body: bytes) -> list[bytes]:
+    """The BLAKE3 digests of the body's consecutive PIECE-byte slices (the last may be
+    shorter; an empty body has none). Where a chunk fills a piece, its digest is the
+    chunk's name."""
+    view = memoryview(body)
+    return [blake3.blake3(view[i:i + PIECE]).digest() for i in range(0, len(view), PIECE)]
+
+
+def hash_of_pieces(digests: list[bytes]) -> bytes:
+    """What a signature covers of a body: BLAKE3 over its pieces' digests one after
+    another, as a file's hash is over its chunks' (DESIGN, "The content store")."""
+    return blake3.blake3(b"".join(digests)).digest()
+
+
+def body_hash(body: bytes) -> bytes:
+    return hash_of_pieces(pieces(body))
+
+
 def sign_request(key: bytes, method: str, target: str, body: bytes, now: float | None = None,
                  nonce: str | None = None) -> dict[str, str]:
     """The headers that sign a request; target is the path and "?query" as sent."""
@@ -47,24 +77,26 @@ def sign_request(key: bytes, method: str, target: str, body: bytes, now: float |
     nonce = secrets.token_hex(16) if nonce is None else nonce
     return {TIME: stamp, NONCE: nonce,
             SIGNATURE: _mac(key, ["syncd-request-v1", method.upper(), target, stamp, nonce],
-                            body)}
+                            body_hash(body))}
 
 
-def sign_response(key: bytes, status: int, request_nonce: str, body: bytes,
+def sign_response(key: bytes, status: int, request_nonce: str, digest: bytes,
                   now: float | None = None) -> dict[str, str]:
+    """The headers that sign a response whose body, as sent, has this body_hash."""
     stamp = str(int(time.time() if now is None else now))
     return {TIME: stamp,
             SIGNATURE: _mac(key, ["syncd-response-v1", str(status), request_nonce, stamp],
-                            body)}
+                            digest)}
 
 
 def check_response(key: bytes, status: int, request_nonce: str, headers: Mapping[str, str],
-                   body: bytes, skew: int = 300, now: float | None = None) -> None:
-    """Raise AuthError unless the response is signed for the request with this nonce."""
+                   digest: bytes, skew: int = 300, now: float | None = None) -> None:
+    """Raise AuthError unless the response is signed for the request with this nonce;
+    digest is the body_hash of its body as received."""
     found = _headers(headers, TIME, SIGNATURE)
     stamp, signature = found[TIME], found[SIGNATURE]
     _check_mac(signature, _mac(key, ["syncd-response-v1", str(status), request_nonce, stamp],
-                               body))
+                               digest))
     _check_time(stamp, skew, now)
 
 
@@ -94,7 +126,7 @@ class Verifier:
         if not _NONCE_TEXT.fullmatch(nonce):
             raise AuthError(f"malformed {NONCE}: want 32 lowercase hex digits")
         _check_mac(signature, _mac(self.key, ["syncd-request-v1", method.upper(), target,
-                                              stamp, nonce], body))
+                                              stamp, nonce], body_hash(body)))
         _check_time(stamp, self.skew, now)
         if nonce in self._seen:
             raise AuthError("replayed request: this nonce was already used")
@@ -106,9 +138,10 @@ class Verifier:
             self._seen.popitem(last=False)
 
 
-def _mac(key: bytes, lines: list[str], body: bytes) -> str:
-    """Hex HMAC of the signing string: the lines, then the body's SHA-256, joined by \\n."""
-    text = "\n".join([*lines, hashlib.sha256(body).hexdigest()])
+def _mac(key: bytes, lines: list[str], digest: bytes) -> str:
+    """Hex HMAC of the signing string: the lines, then the body's digest in hex, joined
+    by \\n."""
+    text = "\n".join([*lines, digest.hex()])
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 

@@ -8,9 +8,9 @@ import zstandard
 MIN_SIZE = 512  # below this a frame's overhead eats the gain
 PROBE = 64 * 1024  # a first slice tells incompressible data cheaply
 WORTH = 0.9  # compressed must be at most this fraction of the original
-
-_compressor = zstandard.ZstdCompressor(level=3)
-_decompressor = zstandard.ZstdDecompressor()
+LEVEL = 3
+# Large bodies are packed and unpacked on worker threads, and zstandard's (de)compressor
+# objects are not thread-safe: each call makes its own (~10 us).
 
 
 class BadEncoding(ValueError):
@@ -21,9 +21,10 @@ def pack(data: bytes) -> bytes | None:
     """The zstd frame of `data`, or None when compressing does not pay."""
     if len(data) < MIN_SIZE:
         return None
-    if len(data) > PROBE and len(_compressor.compress(data[:PROBE])) > WORTH * PROBE:
+    compressor = zstandard.ZstdCompressor(level=LEVEL)
+    if len(data) > PROBE and len(compressor.compress(data[:PROBE])) > WORTH * PROBE:
         return None
-    packed = _compressor.compress(data)
+    packed = compressor.compress(data)
     return packed if len(packed) <= WORTH * len(data) else None
 
 
@@ -35,7 +36,7 @@ def unpack(data: bytes, limit: int) -> bytes:
     if size > limit:
         raise BadEncoding(f"zstd body would be {size} bytes, over the limit of {limit}")
     try:
-        out = _decompressor.decompress(data, max_output_size=limit)
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
     except zstandard.ZstdError as e:
         # zstandard says the same when the output would pass max_output_size
         raise BadEncoding(f"zstd body corrupt or over the limit of {limit} bytes: {e}"

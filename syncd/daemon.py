@@ -113,13 +113,13 @@ class Daemon:
             if link.state == "outofuse" or link.device is None:
                 return True
             try:
-                data = await link.get_chunk(digest)
+                data, hashed = await link.get_chunk(digest)
             except NotHeld:
                 continue
             except PeerError:
                 return True
             with contextlib.suppress(OSError):  # a full disk: the file stays anyway
-                await self.fetcher.install(digest, data)
+                await self.fetcher.install_all({digest: (data, hashed)})
             return True
         return False
 

@@ -1,10 +1,12 @@
 """Lazy fetch: the content of a file that is not all here, got from peers before the open
 proceeds (DESIGN rule 2).
 
-Each missing chunk is asked of the peers in turn (online ones first); its bytes are
-verified against its digest and installed by write-to-temporary and rename, so the store
-never holds a chunk that does not match its name. A peer that serves wrong bytes is logged
-and the next one asked. Concurrent opens of one file share one fetch.
+A file's missing chunks are asked for several per request, of the peers in turn (online
+ones first); their bytes are verified against their digests and installed by
+write-to-temporary and rename, so the store never holds a chunk that does not match its
+name. A peer that serves wrong bytes is logged and the next one asked for them. Transfers
+resume per chunk: the chunks that arrived are installed, so a retry asks only for the
+rest. Concurrent opens of one file share one fetch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARALLEL = 4  # chunks of one file in flight at once
+PER_REQUEST = 8  # chunks of one file asked for in one request: 8 MiB of a big file
+PARALLEL = 2  # such requests in flight at once
 BATCH_CHUNKS = 64  # chunks asked for in one request when prefetching small files
 
 
@@ -57,13 +60,16 @@ class Fetcher:
         what = self.name(ino)
         try:
             failed: list[OSError] = []
-            # Several chunks in flight at once: each side's CPU work (hashing, signing)
+            # Several chunks per request (each request costs both sides more than a MiB
+            # of body), and two requests in flight, so that each side's CPU work
             # overlaps the other's and the network's.
             async with trio.open_nursery() as nursery:
                 limit = trio.Semaphore(PARALLEL)
-                for digest in self.missing(ino):
+                todo = self.missing(ino)
+                for i in range(0, len(todo), PER_REQUEST):
                     await limit.acquire()
-                    nursery.start_soon(self._fetch_one, digest, what, limit, failed)
+                    nursery.start_soon(self._fetch_some, todo[i:i + PER_REQUEST], what,
+                                       limit, failed)
             if failed:
                 if await self.daemon.refresh(ino):
                     # The name has a newer version now: ESTALE makes the kernel look
@@ -75,10 +81,10 @@ class Fetcher:
             del self.inflight[ino]
             done.set()
 
-    async def _fetch_one(self, digest: bytes, what: str, limit: trio.Semaphore,
-                         failed: list[OSError]) -> None:
+    async def _fetch_some(self, digests: list[bytes], what: str, limit: trio.Semaphore,
+                          failed: list[OSError]) -> None:
         try:
-            await self.fetch_chunk(digest, what)
+            await self.fetch_chunks_of(digests, what)
         except OSError as e:
             failed.append(e)
         finally:
@@ -121,14 +127,11 @@ class Fetcher:
                     log.debug("prefetch from %s: %s", link.name, e)
                     left += batch
                     continue
-                for digest in batch:
-                    data = got.get(digest)
-                    if data is None:
-                        left.append(digest)
-                    elif not await self.install(digest, data):
-                        log.warning("peer %s served wrong bytes for chunk %s: not installed",
-                                    link.name, digest.hex()[:12])
-                        left.append(digest)
+                installed = await self.install_all(got)
+                for digest in set(got) - installed:
+                    log.warning("peer %s served wrong bytes for chunk %s: not installed",
+                                link.name, digest.hex()[:12])
+                left += [d for d in batch if d not in installed]
             todo = left
             if not todo:
                 break
@@ -142,35 +145,48 @@ class Fetcher:
         row = self.conn.execute("SELECT local FROM inodes WHERE ino = ?", (ino,)).fetchone()
         return row is None or bool(row[0])
 
-    async def fetch_chunk(self, digest: bytes, what: str) -> None:
+    async def fetch_chunks_of(self, digests: list[bytes], what: str) -> None:
+        """Get, verify and install these chunks of `what` (at most api.MAX_CHUNKS), asking
+        the peers in turn for those still missing; OSError(EIO) when some chunk has no
+        peer that serves it right."""
         tried = []
         for link in self.daemon.holders():
             try:
-                data = await link.get_chunk(digest)
+                got = await link.get_chunks(digests)
             except PeerError as e:
                 tried.append(f"{link.name} ({e})")
                 continue
-            if await self.install(digest, data):
+            installed = await self.install_all(got)
+            for digest in set(got) - installed:
+                log.warning("peer %s served wrong bytes for chunk %s of %s: not installed, "
+                            "asking another", link.name, digest.hex()[:12], what)
+            left = [d for d in digests if d not in installed]
+            if not left:
                 return
-            log.warning("peer %s served wrong bytes for chunk %s of %s: not installed, "
-                        "asking another", link.name, digest.hex()[:12], what)
-            tried.append(f"{link.name} (wrong bytes)")
+            tried.append(f"{link.name} ({len(left)} missing or wrong)")
+            digests = left
         log.error("cannot fetch %s: no peer served chunk %s; tried: %s", what,
-                  digest.hex()[:12], "; ".join(tried) or "no peers")
+                  digests[0].hex()[:12], "; ".join(tried) or "no peers")
         raise OSError(errno.EIO, f"no peer holds {what}")
 
-    async def install(self, digest: bytes, data: bytes) -> bool:
-        """Verify a chunk's bytes and install them; False when they do not match. A full
-        disk first gives up the replaced chunks kept for peers."""
+    async def install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]
+                          ) -> set[bytes]:
+        """Install the chunks of a get_chunks answer that verify, on a worker thread;
+        their digests. A full disk first gives up the replaced chunks kept for peers."""
         try:
-            return await trio.to_thread.run_sync(self._install, digest, data)
+            return await trio.to_thread.run_sync(self._install_all, got)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self.store.drop_retired():
                 raise
-        return await trio.to_thread.run_sync(self._install, digest, data)
+        return await trio.to_thread.run_sync(self._install_all, got)
 
-    def _install(self, digest: bytes, data: bytes) -> bool:
-        if digest_of(data) != digest:
+    def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]) -> set[bytes]:
+        return {d for d, (data, hashed) in got.items() if self._install(d, data, hashed)}
+
+    def _install(self, digest: bytes, data: bytes | memoryview, hashed: bytes | None) -> bool:
+        """Verify data against digest (hashed: its digest, when already computed) and
+        install it; False, installing nothing, when it does not match."""
+        if (digest_of(data) if hashed is None else hashed) != digest:
             return False
         path = self.store.chunk_path(digest)
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"

@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from syncd import auth, compress
-from syncd.api import NodeState
+from syncd.api import NodeState, off_loop
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
@@ -46,6 +46,15 @@ class Reply:
     status: int
     headers: httpx.Headers
     body: bytes
+    pieces: list[bytes] | None  # auth.pieces(body), when it travelled as it is
+
+    def digest_at(self, at: int, size: int) -> bytes | None:
+        """The BLAKE3 digest of body[at:at + size] if the signature check computed it:
+        when that slice is one whole piece, or the body's last. None otherwise."""
+        if self.pieces is None or at % auth.PIECE or not 0 < size <= auth.PIECE:
+            return None
+        end = min(at + auth.PIECE, len(self.body))
+        return self.pieces[at // auth.PIECE] if at + size == end else None
 
 
 class PeerError(Exception):
@@ -111,7 +120,7 @@ class PeerLink:
                                                     headers=all_headers)
                 r = await self.client.send(request, stream=True)
                 try:
-                    raw = b"".join([part async for part in r.aiter_raw()])
+                    parts = [part async for part in r.aiter_raw()]
                 finally:
                     await r.aclose()
                 break
@@ -121,17 +130,19 @@ class PeerLink:
                                     ) from None
             except httpx.HTTPError as e:
                 raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
+        raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
         try:
             auth.check_response(self.daemon.key, r.status_code, signed[auth.NONCE], r.headers,
-                                raw)
+                                auth.hash_of_pieces(pieces))
         except auth.AuthError as e:
             raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
         if r.headers.get("content-encoding") == "zstd":
             try:
-                raw = compress.unpack(raw, MAX_ANSWER)
+                body = await off_loop(len(raw), compress.unpack, raw, MAX_ANSWER)
             except compress.BadEncoding as e:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
-        return Reply(r.status_code, r.headers, raw)
+            return Reply(r.status_code, r.headers, body, None)
+        return Reply(r.status_code, r.headers, raw, pieces)
 
     async def call(self, method: str, path: str, payload: dict | None = None) -> dict:
         r = await self.request(method, path, payload)
@@ -152,15 +163,15 @@ class PeerLink:
             self.device = answer["device"]
             self.daemon.save_peer(self, device=self.device)
 
-    async def get_chunk(self, digest: bytes) -> bytes:
-        """A chunk's bytes, not yet verified. Transfers resume per chunk: the chunks of a
-        file that arrived are installed, so a retry asks only for the rest."""
+    async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:
+        """A chunk's bytes, not yet verified, and their BLAKE3 digest when the signature
+        check computed it (None: not computed)."""
         r = await self.request("GET", f"/v1/chunks/{digest.hex()}")
         if r.status == 404:
             raise NotHeld(f"{self.name} does not hold chunk {digest.hex()[:12]}")
         if r.status != 200:
             raise PeerError(f"{self.name} answered {r.status} for a chunk")
-        return r.body
+        return r.body, r.digest_at(0, len(r.body))
 
     async def get_node(self, node: str) -> dict | None:
         """The peer's current state of one node, validated as a push is; None when the
@@ -178,8 +189,10 @@ class PeerLink:
             raise PeerError(f"{self.name} sent a state of another node or with no parent")
         return state.model_dump()
 
-    async def get_chunks(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        """Many chunks in one request (not yet verified); those not held are left out."""
+    async def get_chunks(self, digests: list[bytes]
+                         ) -> dict[bytes, tuple[memoryview, bytes | None]]:
+        """Many chunks in one request, not yet verified, each with its BLAKE3 digest when
+        the signature check computed it (as get_chunk); those not held are left out."""
         r = await self.request("POST", "/v1/chunks", {"chunks": [d.hex() for d in digests]})
         if r.status != 200:
             raise PeerError(f"{self.name} answered {r.status} for chunks")
@@ -189,10 +202,10 @@ class PeerLink:
             raise PeerError(f"{self.name} sent chunks without valid sizes") from None
         if len(sizes) != len(digests) or sum(n for n in sizes if n > 0) != len(r.body):
             raise PeerError(f"{self.name} sent chunks that do not add up")
-        out, at = {}, 0
+        out, at, view = {}, 0, memoryview(r.body)
         for digest, n in zip(digests, sizes, strict=True):
             if n >= 0:
-                out[digest] = r.body[at:at + n]
+                out[digest] = view[at:at + n], r.digest_at(at, n)
                 at += n
         return out
 
@@ -280,6 +293,12 @@ class PeerLink:
         self.state = state
         self.daemon.save_peer(self, state=state, last_error=error,
                               **({"last_seen": int(time.time())} if state == "online" else {}))
+
+
+def _joined(parts: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """A body from the parts it arrived in, and its auth.pieces."""
+    body = b"".join(parts)
+    return body, auth.pieces(body)
 
 
 _NODELAY = [(6, 1, 1)]  # IPPROTO_TCP, TCP_NODELAY, on: no Nagle delay per exchange

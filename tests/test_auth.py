@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import blake3
 import pytest
 
 from syncd.auth import (
     AuthError,
     Verifier,
+    body_hash,
     check_response,
     new_key,
     parse_key,
@@ -45,16 +47,30 @@ def test_keys():
             parse_key(bad)
 
 
+def documented_body_hash(body: bytes) -> str:
+    """docs/protocol.md: BLAKE3 over the BLAKE3 digests of the body's 1 MiB pieces."""
+    digests = b"".join(blake3.blake3(body[i:i + (1 << 20)]).digest()
+                       for i in range(0, len(body), 1 << 20))
+    return blake3.blake3(digests).hexdigest()
+
+
+def test_body_hash_is_the_documented_one():
+    for size in [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20]:
+        body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        assert body_hash(body).hex() == documented_body_hash(body), size
+    assert body_hash(b"").hex() == blake3.blake3(b"").hexdigest()
+
+
 def test_signature_is_the_documented_one():
     headers = signed(nonce="0" * 32)
     text = "\n".join(["syncd-request-v1", "POST", "/v1/changes?since=4", str(NOW), "0" * 32,
-                      hashlib.sha256(BODY).hexdigest()])
+                      documented_body_hash(BODY)])
     assert headers == {
         "X-Syncd-Time": str(NOW), "X-Syncd-Nonce": "0" * 32,
         "X-Syncd-Signature": hmac.new(KEY, text.encode(), hashlib.sha256).hexdigest()}
-    response = sign_response(KEY, 200, "0" * 32, b"{}", now=NOW)
+    response = sign_response(KEY, 200, "0" * 32, body_hash(b"{}"), now=NOW)
     text = "\n".join(["syncd-response-v1", "200", "0" * 32, str(NOW),
-                      hashlib.sha256(b"{}").hexdigest()])
+                      documented_body_hash(b"{}")])
     assert response == {"X-Syncd-Time": str(NOW),
                         "X-Syncd-Signature": hmac.new(KEY, text.encode(),
                                                       hashlib.sha256).hexdigest()}
@@ -136,20 +152,19 @@ def test_nonce_memory_must_outlast_two_skews():
 
 
 def test_response_check():
-    nonce = signed()["X-Syncd-Nonce"]
-    headers = sign_response(KEY, 200, nonce, b"{}", now=NOW)
-    check_response(KEY, 200, nonce, headers, b"{}", now=NOW + 10)
-    check_response(KEY, 200, nonce, {k.lower(): v for k, v in headers.items()}, b"{}",
-                   now=NOW)
+    nonce, body = signed()["X-Syncd-Nonce"], body_hash(b"{}")
+    headers = sign_response(KEY, 200, nonce, body, now=NOW)
+    check_response(KEY, 200, nonce, headers, body, now=NOW + 10)
+    check_response(KEY, 200, nonce, {k.lower(): v for k, v in headers.items()}, body, now=NOW)
     refusals = [
-        ((bytes(32), 200, nonce, headers, b"{}"), "bad signature"),
-        ((KEY, 500, nonce, headers, b"{}"), "bad signature"),
-        ((KEY, 200, "0" * 32, headers, b"{}"), "bad signature"),
-        ((KEY, 200, nonce, headers, b"{ }"), "bad signature"),
-        ((KEY, 200, nonce, {"X-Syncd-Time": str(NOW)}, b"{}"), "missing header"),
+        ((bytes(32), 200, nonce, headers, body), "bad signature"),
+        ((KEY, 500, nonce, headers, body), "bad signature"),
+        ((KEY, 200, "0" * 32, headers, body), "bad signature"),
+        ((KEY, 200, nonce, headers, body_hash(b"{ }")), "bad signature"),
+        ((KEY, 200, nonce, {"X-Syncd-Time": str(NOW)}, body), "missing header"),
     ]
     for args, reason in refusals:
         with pytest.raises(AuthError, match=reason):
             check_response(*args, now=NOW)
     with pytest.raises(AuthError, match="stale"):
-        check_response(KEY, 200, nonce, headers, b"{}", now=NOW + 301)
+        check_response(KEY, 200, nonce, headers, body, now=NOW + 301)

@@ -89,7 +89,8 @@ class Server:
         finally:
             r.close()
         if signing == self.key and r.status_code not in (401, 413):  # refused unread
-            auth.check_response(self.key, r.status_code, sent[auth.NONCE], r.headers, raw)
+            auth.check_response(self.key, r.status_code, sent[auth.NONCE], r.headers,
+                                auth.body_hash(raw))
         return httpx.Response(r.status_code, headers=r.headers, content=raw,
                               request=r.request)
 

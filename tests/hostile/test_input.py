@@ -223,7 +223,7 @@ def test_a_malformed_auth_header_is_refused(server, unchanged, header, value, wo
 def test_a_malformed_time_is_refused_even_when_signed(server, unchanged, stamp):
     nonce = "ab" * 16
     mac = auth._mac(server.key, ["syncd-request-v1", "POST", "/v1/changes", stamp, nonce],
-                    BODY)
+                    auth.body_hash(BODY))
     headers = {auth.TIME: stamp, auth.NONCE: nonce, auth.SIGNATURE: mac, **JSON}
     r = server.client.post("/v1/changes", content=BODY, headers=headers)
     refused(server, r, 401, "malformed", auth.TIME)
