@@ -97,7 +97,8 @@ class ChunkStore:
         self._retired = f"{root}/retired"
         self.fds = FdCache()
         # Retired chunk -> (the catalog's sequence number when it was retired, monotonic
-        # time); None while replaced chunks are removed at once (no peers to serve).
+        # time); None until keep_replaced (no daemon): replaced chunks are removed at once.
+        # Only the trio thread touches it; read_served, on worker threads, reads files.
         self.retired: dict[bytes, tuple[int, float]] | None = None
 
     @staticmethod

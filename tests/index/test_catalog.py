@@ -325,7 +325,8 @@ def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
     assert cat.store.read_served(old_chunk) is None and not cat.store.take_back(old_chunk)
 
 
-def test_a_damaged_retired_chunk_is_not_taken_back(cat):
+def replaced_v1(cat: Catalog) -> bytes:
+    """A file written as v1, then as v2, with replaced chunks kept: v1's chunk."""
     cat.store.keep_replaced(cat.seq)
     _, ino, d = new_file(cat, "f")
     d.write(0, b"v1")
@@ -333,6 +334,11 @@ def test_a_damaged_retired_chunk_is_not_taken_back(cat):
     v1 = cat.chunks(ino)[0]
     d.write(0, b"v2")
     _commit(cat, ino, d)
+    return v1
+
+
+def test_a_damaged_retired_chunk_is_not_taken_back(cat):
+    v1 = replaced_v1(cat)
     retired = cat.store.root / "retired" / v1.hex()
     retired.write_bytes(b"v!")
     assert not cat.store.take_back(v1)  # fetched from a peer instead, and verified
@@ -340,13 +346,7 @@ def test_a_damaged_retired_chunk_is_not_taken_back(cat):
 
 
 def test_replaced_chunks_survive_a_restart_and_give_way_to_a_full_disk(cat, tmp_path):
-    cat.store.keep_replaced(cat.seq)
-    _, ino, d = new_file(cat, "f")
-    d.write(0, b"v1")
-    _commit(cat, ino, d)
-    v1 = cat.chunks(ino)[0]
-    d.write(0, b"v2")
-    _commit(cat, ino, d)
+    v1 = replaced_v1(cat)
     again = ChunkStore(tmp_path / "store")
     again.keep_replaced(cat.seq)
     assert again.read_served(v1) == b"v1"
