@@ -131,7 +131,8 @@ def test_a_conflict_copy_nobody_holds_is_dropped(cluster):
     a, b, c = cluster(3)
     big = 300_000  # above prefetch_below: fetched on open only
     (a / "f").write_bytes(b"0" * big)
-    wait_for(lambda: all(os.path.exists(p / "f") for p in (b, c)), 20, "f everywhere")
+    wait_for(lambda: all(os.path.exists(p / "f") and os.path.getsize(p / "f") == big
+                         for p in (b, c)), 20, "f everywhere")  # not the empty create
     a.set_peer("beta", "outofuse")  # beta must not learn of L before it edits f
     c.set_peer("beta", "outofuse")
     (a / "f").write_bytes(b"L" * (big + 1))
@@ -205,7 +206,8 @@ def test_opening_a_file_replaced_on_its_holder_is_not_an_io_error(cluster):
     a, b = cluster(2)
     v1, v2 = b"1" * 300_000, b"2" * 300_000  # above prefetch_below: fetched on open
     (a / "f").write_bytes(v1)
-    wait_for(lambda: os.path.exists(b / "f"), 20, "f on beta")  # metadata only
+    wait_for(lambda: os.path.exists(b / "f") and os.path.getsize(b / "f") == len(v1), 20,
+             "f on beta")  # metadata only, and not the empty create
     a.set_peer("beta", "outofuse")  # alpha's next change is late to reach beta
     (a / "f").write_bytes(v2)  # alpha retires version 1's chunk
     try:
@@ -235,7 +237,8 @@ def test_a_file_its_holder_just_deleted_and_a_peer_moved_can_be_read(cluster):
         b.start()
         v1 = b"1" * 300_000  # above prefetch_below: fetched on open only
         (a / "f").write_bytes(v1)
-        wait_for(lambda: os.path.exists(b / "f"), 20, "f on beta")  # metadata only
+        wait_for(lambda: os.path.exists(b / "f") and os.path.getsize(b / "f") == len(v1),
+                 20, "f's content listed on beta")  # metadata only; not the empty create
         to_beta.set_mode("reset")  # alpha's delete does not reach beta
         os.unlink(a / "f")
         wait_for(lambda: a.status()["replaced"] == {"chunks": 1, "bytes": len(v1)}, 10,
