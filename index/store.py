@@ -220,24 +220,32 @@ class ChunkStore:
     def _retired_path(self, digest: bytes) -> str:
         return f"{self._retired}/{digest.hex()}"
 
-    def take_back(self, digest: bytes) -> bool:
-        """Is the chunk here, for a version that needs it? A retired one is verified
-        and put back in place (a damaged one is removed): no fetch needed."""
-        if self.has(digest):
-            return True
+    def is_retired(self, digest: bytes) -> bool:
+        return bool(self.retired) and digest in self.retired
+
+    def retired_intact(self, digest: bytes) -> bool:
+        """Does a retired chunk still match its name? Reads and hashes up to 1 MiB: for a
+        worker thread."""
+        try:
+            with open(self._retired_path(digest), "rb") as f:
+                return digest_of(f.read()) == digest
+        except FileNotFoundError:
+            return False
+
+    def put_back(self, digest: bytes, intact: bool) -> bool:
+        """A version needs a retired chunk again: back in place when `intact`
+        (retired_intact said so), removed when not. True when it is in place."""
         if not self.retired or self.retired.pop(digest, None) is None:
             return False
         path = self._retired_path(digest)
+        if not intact:
+            _unlink(path)
+            return False
         try:
-            with open(path, "rb") as f:
-                intact = digest_of(f.read()) == digest
-            if intact:
-                os.rename(path, self.chunk_path(digest))
-                return True
+            os.rename(path, self.chunk_path(digest))
         except FileNotFoundError:
             return False
-        _unlink(path)
-        return False
+        return True
 
     def verify(self, digest: bytes) -> bool:
         try:

@@ -428,9 +428,10 @@ class Replica:
         return out
 
     def _missing_chunk(self, state: dict) -> bytes | None:
-        """A chunk of the state's content that is not in the store here, if any."""
+        """A chunk of the state's content that is not in the store here, if any (a
+        retired one counts as here: the fetcher takes it back)."""
         return next((d for d in map(bytes.fromhex, state["content"]["chunks"])
-                     if not self.store.take_back(d)), None)
+                     if not self.store.has(d) and not self.store.is_retired(d)), None)
 
     # -- files nobody can read (soak bug 4)
 

@@ -197,7 +197,7 @@ class Daemon:
         return self.store.read_served(digest)
 
     def hold(self, digests: list[bytes]) -> int:
-        missing = [d for d in digests if not self.store.take_back(d)]
+        missing = [d for d in digests if not self.store.has(d)]
         fresh = [d for d in missing if d not in self._holding]
         if fresh:
             self._holding.update(fresh)

@@ -46,8 +46,19 @@ class Fetcher:
                                 (ino,)).fetchone()
         if row is None or row[0]:
             return []
-        return [d for d in dict.fromkeys(split_chunks(row[1]))
-                if not self.store.take_back(d)]
+        return [d for d in dict.fromkeys(split_chunks(row[1])) if not self.store.has(d)]
+
+    async def take_back(self, digests: list[bytes]) -> list[bytes]:
+        """Put back the retired chunks among `digests` that are intact (hashed on a worker
+        thread): no fetch needed for those. Returns the digests still missing."""
+        left = []
+        for digest in digests:
+            if self.store.is_retired(digest):
+                intact = await trio.to_thread.run_sync(self.store.retired_intact, digest)
+                if self.store.put_back(digest, intact):
+                    continue
+            left.append(digest)
+        return left
 
     async def ensure_local(self, ino: int) -> None:
         """Return once every chunk of inode `ino` is here and verified; OSError(EIO)
@@ -65,7 +76,7 @@ class Fetcher:
             # overlaps the other's and the network's.
             async with trio.open_nursery() as nursery:
                 limit = trio.Semaphore(PARALLEL)
-                todo = self.missing(ino)
+                todo = await self.take_back(self.missing(ino))
                 for i in range(0, len(todo), PER_REQUEST):
                     await limit.acquire()
                     nursery.start_soon(self._fetch_some, todo[i:i + PER_REQUEST], what,
@@ -102,7 +113,7 @@ class Fetcher:
         wanted: dict[bytes, None] = {}
         for ino in inos:
             wanted.update(dict.fromkeys(self.missing(ino)))
-        todo = list(wanted)
+        todo = await self.take_back(list(wanted))
         self.prefetching = len(inos)
         try:
             await self._prefetch_chunks(todo)
@@ -112,7 +123,8 @@ class Fetcher:
 
     async def fetch_chunks(self, digests: list[bytes]) -> None:
         """Chunks a peer asked us to hold, then the files they complete marked local."""
-        await self._prefetch_chunks([d for d in digests if not self.store.take_back(d)])
+        await self._prefetch_chunks(
+            await self.take_back([d for d in digests if not self.store.has(d)]))
         waiting = [r[0] for r in self.conn.execute("SELECT ino FROM inodes WHERE local = 0")]
         self._mark_local([ino for ino in waiting if not self.missing(ino)])
 

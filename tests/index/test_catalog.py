@@ -317,12 +317,13 @@ def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
     assert cat.store.read_served(old_chunk) == old
     cat.store.expire_retired(seq, 60, 60)  # all have, but it is too young
     assert cat.store.read_served(old_chunk) == old
-    assert not cat.store.has(old_chunk)
-    assert cat.store.take_back(old_chunk)  # needed again: verified, back among the chunks
-    assert cat.store.read(old_chunk, 0, 3) == b"old"
+    assert not cat.store.has(old_chunk) and cat.store.is_retired(old_chunk)
+    # needed again: verified, back among the chunks
+    assert cat.store.put_back(old_chunk, cat.store.retired_intact(old_chunk))
+    assert cat.store.read(old_chunk, 0, 3) == b"old" and not cat.store.is_retired(old_chunk)
     cat.store.retire(old_chunk, seq)
     cat.store.expire_retired(seq, 0, 60)
-    assert cat.store.read_served(old_chunk) is None and not cat.store.take_back(old_chunk)
+    assert cat.store.read_served(old_chunk) is None and not cat.store.is_retired(old_chunk)
 
 
 def replaced_v1(cat: Catalog) -> bytes:
@@ -341,8 +342,9 @@ def test_a_damaged_retired_chunk_is_not_taken_back(cat):
     v1 = replaced_v1(cat)
     retired = cat.store.root / "retired" / v1.hex()
     retired.write_bytes(b"v!")
-    assert not cat.store.take_back(v1)  # fetched from a peer instead, and verified
-    assert not retired.exists() and not cat.store.has(v1)
+    assert not cat.store.retired_intact(v1)
+    assert not cat.store.put_back(v1, False)  # fetched from a peer instead, and verified
+    assert not retired.exists() and not cat.store.has(v1) and not cat.store.is_retired(v1)
 
 
 def test_replaced_chunks_survive_a_restart_and_give_way_to_a_full_disk(cat, tmp_path):
