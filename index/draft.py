@@ -137,12 +137,16 @@ class Draft:
         fd = self.store.work_fd(self.ino, i)
         if wc is None:
             wc = WorkChunk()
-            self.work[i] = wc
             os.ftruncate(fd, 0)  # a leftover from an interrupted draft is not ours
             if i < len(self.base) and not covers:
                 data = self.store.read(self.base[i], 0, CHUNK)
-                os.pwrite(fd, data, 0)
+                try:
+                    _pwrite_all(fd, data, 0)
+                except OSError:  # a full disk: no half copy may pass for the chunk
+                    self.store.drop_work(self.ino, i)
+                    raise
                 wc.wrote(0, data)
+            self.work[i] = wc
         return wc, fd
 
     def _grow(self, new_size: int) -> None:
@@ -152,7 +156,9 @@ class Draft:
         if self.size % CHUNK and last < len(self.base) and new_size > self.size:
             self._work_chunk(last, covers=False)
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes) -> int:
+        """Write `data` at `offset`; how many bytes were written: fewer when the disk
+        filled up part way (as write(2) reports it), OSError (ENOSPC) when none were."""
         self.content_changed = True
         end = offset + len(data)
         if end > self.size:
@@ -163,13 +169,23 @@ class Draft:
             i, within = divmod(pos, CHUNK)
             n = min(end - pos, CHUNK - within)
             covers = within == 0 and n >= self.chunk_len(i)
-            wc, fd = self._work_chunk(i, covers)
-            piece = view[pos - offset : pos - offset + n]
-            os.pwrite(fd, piece, within)
-            wc.wrote(within, piece)
+            done = 0
+            try:
+                wc, fd = self._work_chunk(i, covers)
+                piece = view[pos - offset : pos - offset + n]
+                try:
+                    while done < n:  # a short write: the disk is full, and the next says so
+                        done += os.pwrite(fd, piece[done:], within + done)
+                finally:
+                    if done:  # what was written stays accounted for
+                        wc.wrote(within, piece[:done])
+                        self.size = max(self.size, pos + done)
+            except OSError:
+                if pos + done == offset:
+                    raise
+                return pos + done - offset
             pos += n
-            # per piece: if a later piece fails (ENOSPC), what was written stays consistent
-            self.size = max(self.size, pos)
+        return len(data)
 
     def truncate(self, new_size: int) -> None:
         self.content_changed = True
@@ -253,3 +269,12 @@ class Draft:
     def dirty(self) -> bool:
         return (self.content_changed or self.mtime_ns is not None or self.mode is not None
                 or bool(self.owner))
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    """All of `data` at offset `at`, or OSError: a short write means the disk is full, and
+    writing the rest says so (ENOSPC)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], at + done)

@@ -61,18 +61,20 @@ class Content:
         # committed chunk list, so a read costs no query (dropped at the last close).
         return self.draft(ino).read(offset, size)
 
-    async def write(self, ino: int, offset: int, data: bytes, append: bool = False) -> None:
+    async def write(self, ino: int, offset: int, data: bytes, append: bool = False) -> int:
+        """Bytes written: fewer than asked when the disk filled up part way."""
         async with self.lock(ino):
             draft = self.draft(ino)
             start = draft.size if append else offset
             try:
-                draft.write(start, data)
+                written = draft.write(start, data)
             except OSError as e:
                 # Replaced chunks kept for peers never cost a write its space.
                 if e.errno != errno.ENOSPC or not self.store.drop_retired():
                     raise
-                draft.write(start, data)
+                written = draft.write(start, data)
             draft.mtime_ns = time.time_ns()
+            return written
 
     async def truncate(self, ino: int, size: int) -> None:
         async with self.lock(ino):

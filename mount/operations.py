@@ -367,8 +367,7 @@ class Filesystem(pyfuse3.Operations):
     @handler
     async def write(self, fh, off, buf):
         h = self.handles[fh]
-        await self.content.write(h.ino, off, buf, append=h.append)
-        return len(buf)
+        return await self.content.write(h.ino, off, buf, append=h.append)
 
     @handler
     async def flush(self, fh):

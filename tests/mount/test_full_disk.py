@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import needs_fuse
-from tests.helpers import Mount, force_cleanup, status, syncd
+from tests.helpers import Mount, force_cleanup, free_port, status, syncd, wait_for
 
 pytestmark = [needs_fuse, pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs")]
 
@@ -52,3 +52,41 @@ def test_enospc_then_recovery(small_home):
     (m / "after.bin").write_bytes(block * 4)
     assert (m / "after.bin").read_bytes() == block * 4
     assert status(small_home.home)["dirty"] == 0
+
+
+def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
+    """A deleted file's chunks are kept for a peer that has not confirmed the delete (here
+    one that never answers); a write that needs their space gets it instead of ENOSPC."""
+    m, home = small_home.path, small_home.home
+    syncd(home, "peer", "add", "ghost", f"http://127.0.0.1:{free_port()}")
+    (m / "old").write_bytes(os.urandom(12 << 20))
+    os.unlink(m / "old")
+    wait_for(lambda: status(home)["replaced"]["chunks"] == 12, 10, "old's chunks kept")
+    data = os.urandom(14 << 20)  # does not fit beside them on the 24 MiB disk
+    (m / "new").write_bytes(data)
+    assert (m / "new").read_bytes() == data
+    assert status(home)["replaced"] == {"chunks": 0, "bytes": 0}
+
+
+def test_a_write_cut_short_by_a_full_disk_keeps_what_it_reported(small_home):
+    """A write that fills the disk half way through a request: the mount wrote part of it
+    and the kernel's next request failed, or it reported all of it written with zeros in
+    place of the tail (short pwrite results were ignored). What write() said it wrote is
+    what the file holds."""
+    m = small_home.path
+    ballast = small_home.home.parent / "ballast"  # beside the home, on its small disk
+    ballast.write_bytes(os.urandom(4 << 20))
+    data = os.urandom(40 << 20)  # more than the disk holds
+    fd = os.open(m / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+    written = 0
+    try:
+        with pytest.raises(OSError) as e:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        assert e.value.errno == errno.ENOSPC and written > 0
+        ballast.unlink()  # room for the commit at close
+    finally:
+        os.close(fd)
+    got = (m / "big").read_bytes()
+    assert len(got) == written
+    assert got == data[:written]
