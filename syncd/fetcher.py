@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from index.store import digest_of, split_chunks
-from syncd.peerlink import PeerError
+from syncd.peerlink import PeerError, PeerLink
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
@@ -134,16 +134,10 @@ class Fetcher:
             for i in range(0, len(todo), BATCH_CHUNKS):
                 batch = todo[i:i + BATCH_CHUNKS]
                 try:
-                    got = await link.get_chunks(batch)
+                    left += await self._take_from(link, batch, "a small file")
                 except PeerError as e:
                     log.debug("prefetch from %s: %s", link.name, e)
                     left += batch
-                    continue
-                installed = await self.install_all(got)
-                for digest in set(got) - installed:
-                    log.warning("peer %s served wrong bytes for chunk %s: not installed",
-                                link.name, digest.hex()[:12])
-                left += [d for d in batch if d not in installed]
             todo = left
             if not todo:
                 break
@@ -164,15 +158,10 @@ class Fetcher:
         tried = []
         for link in self.daemon.holders():
             try:
-                got = await link.get_chunks(digests)
+                left = await self._take_from(link, digests, what)
             except PeerError as e:
                 tried.append(f"{link.name} ({e})")
                 continue
-            installed = await self.install_all(got)
-            for digest in set(got) - installed:
-                log.warning("peer %s served wrong bytes for chunk %s of %s: not installed, "
-                            "asking another", link.name, digest.hex()[:12], what)
-            left = [d for d in digests if d not in installed]
             if not left:
                 return
             tried.append(f"{link.name} ({len(left)} missing or wrong)")
@@ -180,6 +169,17 @@ class Fetcher:
         log.error("cannot fetch %s: no peer served chunk %s; tried: %s", what,
                   digests[0].hex()[:12], "; ".join(tried) or "no peers")
         raise OSError(errno.EIO, f"no peer holds {what}")
+
+    async def _take_from(self, link: PeerLink, digests: list[bytes], what: str) -> list[bytes]:
+        """Ask one peer for these chunks of `what` and install those that verify; the
+        digests still missing (not held there, or wrong bytes: logged). PeerError when
+        the peer does not answer."""
+        got = await link.get_chunks(digests)
+        installed = await self.install_all(got)
+        for digest in set(got) - installed:
+            log.warning("peer %s served wrong bytes for chunk %s of %s: not installed",
+                        link.name, digest.hex()[:12], what)
+        return [d for d in digests if d not in installed]
 
     async def install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]
                           ) -> set[bytes]:

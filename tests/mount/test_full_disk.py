@@ -56,14 +56,25 @@ def test_enospc_then_recovery(small_home):
 
 def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
     """A deleted file's chunks are kept for a peer that has not confirmed the delete (here
-    one that never answers); a write that needs their space gets it instead of ENOSPC."""
+    one that never answers); a write that needs their space gets it instead of ENOSPC,
+    even when the disk is full from its very first byte."""
     m, home = small_home.path, small_home.home
     syncd(home, "peer", "add", "ghost", f"http://127.0.0.1:{free_port()}")
     (m / "old").write_bytes(os.urandom(12 << 20))
     os.unlink(m / "old")
     wait_for(lambda: status(home)["replaced"]["chunks"] == 12, 10, "old's chunks kept")
-    data = os.urandom(14 << 20)  # does not fit beside them on the 24 MiB disk
-    (m / "new").write_bytes(data)
+    fd = os.open(m / "new", os.O_WRONLY | os.O_CREAT, 0o644)
+    ballast = home.parent / "ballast"  # beside the home: every byte of the disk taken
+    try:
+        with open(ballast, "wb", buffering=0) as f, pytest.raises(OSError) as e:
+            while True:
+                f.write(os.urandom(1 << 20))
+        assert e.value.errno == errno.ENOSPC
+        data = os.urandom(256 << 10)
+        assert os.write(fd, data) == len(data)  # not ENOSPC, and not short
+    finally:
+        os.close(fd)
+    ballast.unlink()
     assert (m / "new").read_bytes() == data
     assert status(home)["replaced"] == {"chunks": 0, "bytes": 0}
 
