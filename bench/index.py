@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index import schema  # noqa: E402
-from index.catalog import Catalog  # noqa: E402
-from index.draft import Draft  # noqa: E402
-from index.store import ChunkStore  # noqa: E402
+from syncd.index import schema  # noqa: E402
+from syncd.index.catalog import Catalog  # noqa: E402
+from syncd.index.draft import Draft  # noqa: E402
+from syncd.index.store import ChunkStore  # noqa: E402
 
 
 def fresh(base: Path) -> tuple[Catalog, ChunkStore]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from index.schema import ROOT_ID, ROOT_INO
-from index.store import CHUNK, ChunkStore, digest_of, file_hash, split_chunks
+from syncd.index.schema import ROOT_ID, ROOT_INO
+from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash, split_chunks
 
 ASPECTS = ("content", "mode", "place")
 NAME_MAX = 255

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from index.store import CHUNK, ChunkStore, digest_of
+from syncd.index.store import CHUNK, ChunkStore, digest_of
 
 PREFETCH_CHUNKS = 2
 

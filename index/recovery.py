@@ -12,10 +12,10 @@ import logging
 import os
 import time
 
-from index.catalog import Catalog
-from index.names import free_tagged_name, utc_stamp
-from index.schema import ROOT_INO
-from index.store import CHUNK, ChunkStore, hash_file
+from syncd.index.catalog import Catalog
+from syncd.index.names import free_tagged_name, utc_stamp
+from syncd.index.schema import ROOT_INO
+from syncd.index.store import CHUNK, ChunkStore, hash_file
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from index.catalog import ASPECTS, Catalog, check_name
-from index.names import free_tagged_name, tagged_name, utc_stamp
-from index.schema import ROOT_ID, ROOT_INO
-from index.store import file_hash, split_chunks
+from syncd.index.catalog import ASPECTS, Catalog, check_name
+from syncd.index.names import free_tagged_name, tagged_name, utc_stamp
+from syncd.index.schema import ROOT_ID, ROOT_INO
+from syncd.index.store import file_hash, split_chunks
 
 log = logging.getLogger(__name__)
 

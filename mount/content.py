@@ -21,9 +21,9 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from index.catalog import Catalog
-from index.draft import Draft, Sealed
-from index.store import ChunkStore
+from syncd.index.catalog import Catalog
+from syncd.index.draft import Draft, Sealed
+from syncd.index.store import ChunkStore
 
 log = logging.getLogger(__name__)
 

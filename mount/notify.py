@@ -14,7 +14,7 @@ import math
 import pyfuse3
 import trio
 
-from index.sync import Effects
+from syncd.index.sync import Effects
 
 log = logging.getLogger(__name__)
 

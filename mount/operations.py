@@ -29,11 +29,11 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from index.catalog import Catalog, Inode, check_name
-from index.store import ChunkStore
-from index.sync import Effects, Replica
-from mount.content import Content
-from mount.notify import Notifier
+from syncd.index.catalog import Catalog, Inode, check_name
+from syncd.index.store import ChunkStore
+from syncd.index.sync import Effects, Replica
+from syncd.mount.content import Content
+from syncd.mount.notify import Notifier
 
 log = logging.getLogger(__name__)
 

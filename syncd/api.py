@@ -33,8 +33,8 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.catalog import check_name
-from index.store import CHUNK, file_hash
+from syncd.index.catalog import check_name
+from syncd.index.store import CHUNK, file_hash
 from syncd import auth, compress
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import blake3
 
-from index.store import CHUNK
+from syncd.index.store import CHUNK
 
 KEY_BYTES = 32
 TIME = "X-Syncd-Time"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from index.store import digest_of, split_chunks
+from syncd.index.store import digest_of, split_chunks
 from syncd.peerlink import PeerError, PeerLink
 
 if TYPE_CHECKING:

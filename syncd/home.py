@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from index import schema
-from index.store import ChunkStore
+from syncd.index import schema
+from syncd.index.store import ChunkStore
 from syncd import auth
 
 # Exit codes (docs/cli.md)

@@ -12,7 +12,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 
-from index import schema
+from syncd.index import schema
 from syncd.home import STATE, USAGE, Home, UserError, utc
 
 PEERS_SCHEMA = 1

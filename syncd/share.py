@@ -10,9 +10,9 @@ import sys
 import threading
 import time
 
-from index import schema
-from index.catalog import SUBTREE, node_at
-from index.sync import pending
+from syncd.index import schema
+from syncd.index.catalog import SUBTREE, node_at
+from syncd.index.sync import pending
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError, mounted_at
 from syncd.paths import share_path
 
@@ -46,7 +46,7 @@ def add_parsers(sub, common) -> None:
 
 def cmd_serve(home: Home, args) -> int:
     home.require()
-    from mount.run import serve_only  # trio and the daemon load only here
+    from syncd.mount.run import serve_only  # trio and the daemon load only here
 
     holder = home.holder()
     if holder is not None:

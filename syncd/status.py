@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from index import schema
-from index.store import ChunkStore
-from index.sync import pending
+from syncd.index import schema
+from syncd.index.store import ChunkStore
+from syncd.index.sync import pending
 from syncd.home import Home, UserError, mounted_at, utc
 
 STATUS_SCHEMA = 1

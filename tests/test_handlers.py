@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from index import schema
-from index.store import ChunkStore
-from mount.operations import Filesystem
+from syncd.index import schema
+from syncd.index.store import ChunkStore
+from syncd.mount.operations import Filesystem
 from tests.index.test_catalog import check_invariants
 
 ROOT = pyfuse3.ROOT_INODE
@@ -30,7 +30,7 @@ class Ctx:
 def fs(tmp_path):
     ChunkStore.create(tmp_path / "store")
     db = schema.create(tmp_path / "index.db", "cd" * 16, 1000, 1000, 10**18)
-    from index.catalog import Catalog
+    from syncd.index.catalog import Catalog
 
     store = ChunkStore(tmp_path / "store")
     f = Filesystem(Catalog(db, store), store)

@@ -18,7 +18,7 @@ import blake3
 import httpx
 import pytest
 
-from index.store import file_hash
+from syncd.index.store import file_hash
 from syncd import auth
 from tests.helpers import SYNCD, free_port, syncd, wait_for
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from index.store import CHUNK, digest_of
+from syncd.index.store import CHUNK, digest_of
 from syncd import auth
 from syncd.peerlink import Reply
 

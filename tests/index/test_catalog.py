@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from index import schema
-from index.catalog import Catalog
-from index.draft import Draft
-from index.recovery import recover
-from index.store import CHUNK, ChunkStore, digest_of, file_hash
-from mount.content import Content
+from syncd.index import schema
+from syncd.index.catalog import Catalog
+from syncd.index.draft import Draft
+from syncd.index.recovery import recover
+from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash
+from syncd.mount.content import Content
 
 ROOT = schema.ROOT_INO
 DEVICE = "ab" * 16

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from index import schema
-from index.catalog import Catalog
-from index.store import ChunkStore
+from syncd.index import schema
+from syncd.index.catalog import Catalog
+from syncd.index.store import ChunkStore
 
 DATA = Path(__file__).parent.parent / "data"
 

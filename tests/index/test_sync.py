@@ -10,10 +10,10 @@ import itertools
 
 import pytest
 
-from index import schema
-from index.catalog import Catalog
-from index.store import ChunkStore
-from index.sync import CC, EQ, GT, LT, Replica, compare
+from syncd.index import schema
+from syncd.index.catalog import Catalog
+from syncd.index.store import ChunkStore
+from syncd.index.sync import CC, EQ, GT, LT, Replica, compare
 from tests.index.test_catalog import check_invariants
 
 ROOT = schema.ROOT_INO

@@ -46,7 +46,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from index.store import CHUNK
+from syncd.index.store import CHUNK
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, syncd
 

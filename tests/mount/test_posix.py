@@ -261,9 +261,9 @@ def test_readdir_many_entries(home, tmp_path):
     """100,000 entries in one directory, listed through the kernel. They are made through
     the index (one transaction) because 100,000 creates through FUSE take minutes here;
     creating through the mount is tested everywhere else."""
-    from index import schema
-    from index.catalog import Catalog
-    from index.store import ChunkStore
+    from syncd.index import schema
+    from syncd.index.catalog import Catalog
+    from syncd.index.store import ChunkStore
 
     n = 100_000
     db = schema.open_db(home / "index.db")
