@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlite_utils
-
 from syncd.index.schema import ROOT_ID, ROOT_INO
 from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash, split_chunks
 

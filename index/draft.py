@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass, field
 
 import blake3
-
 from syncd.index.store import CHUNK, ChunkStore, digest_of
 
 PREFETCH_CHUNKS = 2

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 
 import blake3
-
 from syncd.index.catalog import ASPECTS, Catalog, check_name
 from syncd.index.names import free_tagged_name, tagged_name, utc_stamp
 from syncd.index.schema import ROOT_ID, ROOT_INO

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import pyfuse3
 import trio
-
 from syncd.index.catalog import Catalog
 from syncd.index.draft import Draft, Sealed
 from syncd.index.store import ChunkStore

@@ -13,7 +13,6 @@ import math
 
 import pyfuse3
 import trio
-
 from syncd.index.sync import Effects
 
 log = logging.getLogger(__name__)

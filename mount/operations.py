@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 from pyfuse3 import FUSEError
-
 from syncd.index.catalog import Catalog, Inode, check_name
 from syncd.index.store import ChunkStore
 from syncd.index.sync import Effects, Replica

@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import pyfuse3
 import trio
-
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
 from syncd.mount.operations import Filesystem
+
 from syncd.daemon import Daemon
 from syncd.home import FAILURE, Home, UserError, mount_table
 

@@ -33,9 +33,9 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from syncd import auth, compress
 from syncd.index.catalog import check_name
 from syncd.index.store import CHUNK, file_hash
-from syncd import auth, compress
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-from syncd.index.schema import SchemaError
 from syncd import peers, share
 from syncd.auth import parse_key
 from syncd.home import (
@@ -28,6 +27,7 @@ from syncd.home import (
     default_home,
     mount_table,
 )
+from syncd.index.schema import SchemaError
 from syncd.status import print_status
 
 log = logging.getLogger("syncd")

@@ -17,13 +17,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
-from syncd.index.catalog import SUBTREE, Catalog, node_at
-from syncd.index.store import split_chunks
-from syncd.index.sync import Effects, Replica
 from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
+from syncd.index.catalog import SUBTREE, Catalog, node_at
+from syncd.index.store import split_chunks
+from syncd.index.sync import Effects, Replica
 from syncd.peerlink import NotHeld, PeerError, PeerLink
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncd import auth
 from syncd.index import schema
 from syncd.index.store import ChunkStore
-from syncd import auth
 
 # Exit codes (docs/cli.md)
 OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5

@@ -12,8 +12,8 @@ import re
 import sqlite3
 from collections.abc import Iterator
 
-from syncd.index import schema
 from syncd.home import STATE, USAGE, Home, UserError, utc
+from syncd.index import schema
 
 PEERS_SCHEMA = 1
 

@@ -10,10 +10,10 @@ import sys
 import threading
 import time
 
+from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError, mounted_at
 from syncd.index import schema
 from syncd.index.catalog import SUBTREE, node_at
 from syncd.index.sync import pending
-from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError, mounted_at
 from syncd.paths import share_path
 
 log = logging.getLogger("syncd")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from syncd.home import Home, UserError, mounted_at, utc
 from syncd.index import schema
 from syncd.index.store import ChunkStore
 from syncd.index.sync import pending
-from syncd.home import Home, UserError, mounted_at, utc
 
 STATUS_SCHEMA = 1
 

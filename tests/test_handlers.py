@@ -11,10 +11,10 @@ import pyfuse3
 import pytest
 import trio
 import trio.testing
-
 from syncd.index import schema
 from syncd.index.store import ChunkStore
 from syncd.mount.operations import Filesystem
+
 from tests.index.test_catalog import check_invariants
 
 ROOT = pyfuse3.ROOT_INODE

@@ -17,8 +17,8 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-
 from syncd.index.store import file_hash
+
 from syncd import auth
 from tests.helpers import SYNCD, free_port, syncd, wait_for
 

@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.draft import Draft

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.store import ChunkStore

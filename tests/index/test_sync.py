@@ -9,11 +9,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.store import ChunkStore
 from syncd.index.sync import CC, EQ, GT, LT, Replica, compare
+
 from tests.index.test_catalog import check_invariants
 
 ROOT = schema.ROOT_INO

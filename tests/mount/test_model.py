@@ -45,8 +45,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-
 from syncd.index.store import CHUNK
+
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, syncd
 

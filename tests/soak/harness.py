@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from syncd.index.store import CHUNK
+
 from syncd.home import Home
 from tests.helpers import alive, force_cleanup, fuse_mounts, lock_pid, status, syncd
 from tests.peers.conftest import Peer
