@@ -39,14 +39,12 @@ def fresh(base: Path) -> tuple[Catalog, ChunkStore]:
 
 
 def commit_small(cat: Catalog, store: ChunkStore, ino: int, data: bytes) -> None:
-    """What a flush does for a small file: draft, seal, hash, install, one transaction."""
+    """What a flush does for a small file: draft, seal, hash, Catalog.commit_draft."""
     draft = Draft(store, ino, [], 0)
     draft.write(0, data)
     sealed = draft.seal()
     sealed.hash_pending(store)
-    for i in sealed.work:
-        store.install(("w", ino, i), store.work_path(ino, i), sealed.digests[i])
-    cat.commit_content(ino, sealed.chunk_list(), sealed.size, None, None, True)
+    cat.commit_draft(draft, sealed)
 
 
 def one_run(base: Path, n: int) -> dict[str, float]:

@@ -20,8 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlite_utils
+from syncd.index.draft import Draft, Sealed
+from syncd.index.faults import crash_point
 from syncd.index.schema import ROOT_ID, ROOT_INO
-from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash, split_chunks
+from syncd.index.store import (
+    CHUNK,
+    ChunkStore,
+    digest_of,
+    file_hash,
+    split_chunks,
+    zero_digest,
+)
 
 ASPECTS = ("content", "mode", "place")
 NAME_MAX = 255
@@ -109,6 +118,9 @@ class Catalog:
         self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
         # Called after every transaction that stamped something (the daemon's wake-up).
         self.on_change: Callable[[], None] = lambda: None
+        # Chunks retired since the last transaction, whose rows (refs 0) that transaction
+        # deletes (see retire).
+        self._collected: list[bytes] = []
 
     # -- reading
 
@@ -180,6 +192,14 @@ class Catalog:
         row = self.conn.execute("SELECT parent, name FROM nodes WHERE id = ?", (node,)).fetchone()
         return row[0], row[1]
 
+    def ino_of(self, node: str) -> int | None:
+        row = self.conn.execute("SELECT ino FROM nodes WHERE id = ?", (node,)).fetchone()
+        return row[0] if row else None
+
+    def inode_sizes(self) -> dict[int, int]:
+        """Every inode's committed size (recovery)."""
+        return dict(self.conn.execute("SELECT ino, size FROM inodes"))
+
     # -- stamping (call inside a transaction)
 
     def _stamp(self, node: str, op: str, aspects: tuple[str, ...], detail: dict | None) -> None:
@@ -218,10 +238,14 @@ class Catalog:
         before = self.seq
         try:
             with self.db.atomic():
+                if self._collected:
+                    self.conn.executemany("DELETE FROM chunks WHERE hash = ? AND refs <= 0",
+                                          [(d,) for d in self._collected])
                 result = fn(*args)
         except BaseException:
             self._load_counters()
             raise
+        self._collected = []
         if self.seq != before:
             self.on_change()
         return result
@@ -426,11 +450,11 @@ class Catalog:
         self, ino: int, chunks: list[bytes], size: int, mtime_ns: int | None,
         mode: int | None, content_changed: bool, owner: dict[str, int] | None = None,
     ) -> list[bytes]:
-        """Commit a file's draft: new chunk list, size and hash, plus any metadata set while
-        it was open, as one change per node (`owner`, uid and gid, is local and stamps
-        nothing). The caller clears the dirty mark afterwards. Returns the chunks that
-        no longer have any reference (the caller removes them from the store after this
-        commit is durable in the database)."""
+        """Commit new content of a file in the index: new chunk list, size and hash, plus
+        any metadata set while it was open, as one change per node (`owner`, uid and gid,
+        is local and stamps nothing). The chunks must be in the store, or be installed
+        right after with nothing in between (commit_draft). Returns the chunks left with
+        no reference, for `retire`."""
         blob = b"".join(chunks)
 
         def run() -> list[bytes]:
@@ -476,6 +500,8 @@ class Catalog:
                     (digest, sizes[digest], change),
                 )
             elif change < 0:
+                # A row left at 0 stays until its chunk has left the store (retire), so
+                # that a crash in between leaves a record of it (collect_unreferenced).
                 self.conn.execute(
                     "UPDATE chunks SET refs = refs + ? WHERE hash = ?", (change, digest)
                 )
@@ -483,15 +509,100 @@ class Catalog:
                     "SELECT refs FROM chunks WHERE hash = ?", (digest,)
                 ).fetchone()
                 if left is not None and left[0] <= 0:
-                    self.conn.execute("DELETE FROM chunks WHERE hash = ?", (digest,))
                     garbage.append(digest)
         return garbage
 
     def retire(self, garbage: list[bytes]) -> None:
         """Chunks a commit or purge left unreferenced leave the store (kept a while when
-        peers may still ask for them: ChunkStore.keep_replaced)."""
+        peers may still ask for them: ChunkStore.keep_replaced); their rows go with the
+        next transaction, which costs no commit of its own."""
         for digest in garbage:
-            self.store.retire(digest, self.seq)
+            row = self.conn.execute("SELECT refs FROM chunks WHERE hash = ?",
+                                    (digest,)).fetchone()
+            if row is None or row[0] <= 0:
+                self.store.retire(digest, self.seq)
+                self._collected.append(digest)
+
+    def collect_unreferenced(self) -> int:
+        """After a crash: remove the chunks a commit or purge left unreferenced that had
+        not left the store yet, and their rows. How many there were."""
+        garbage = [r[0] for r in self.conn.execute("SELECT hash FROM chunks WHERE refs <= 0")]
+        for digest in garbage:
+            self.store.remove(digest)
+        with self.db.atomic():
+            self.conn.execute("DELETE FROM chunks WHERE refs <= 0")
+        return len(garbage)
+
+    def store_new_chunks(self, wanted: dict[bytes, int | bytes]) -> None:
+        """Put chunks given as bytes (or as a length of zeros: holes) into the store ahead
+        of a commit that will refer to them. Rows are recorded first, with refs 0: a crash
+        before that commit leaves a record of them (collect_unreferenced), not a stray
+        chunk. Chunks already here cost one exists() each."""
+        missing = {d: v for d, v in wanted.items() if not self.store.has(d)}
+        if not missing:
+            return
+        with self.db.atomic():
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO chunks (hash, size, refs) VALUES (?, ?, 0)",
+                [(d, v if isinstance(v, int) else len(v)) for d, v in missing.items()])
+        for v in missing.values():
+            self.store.put(bytes(v) if isinstance(v, int) else v)
+
+    def recovery_target(self, ino: int) -> int | None:
+        """The inode a recovery of `ino`'s uncommitted writes created, if that recovery
+        was cut short after its commit (recovery.py)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?",
+                                (f"recovering:{ino}",)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_recovery_target(self, ino: int, target: int | None) -> None:
+        """Record (inside the transaction that creates the recovered copy) or forget it."""
+        with self.db.atomic():
+            if target is None:
+                self.conn.execute("DELETE FROM meta WHERE key = ?", (f"recovering:{ino}",))
+            else:
+                self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                  (f"recovering:{ino}", target))
+
+    def commit_draft(self, draft: Draft, sealed: Sealed, durable: bool = False) -> None:
+        """Make a sealed, hashed draft the file's committed version (DESIGN rule 1). The
+        index decides and the store follows, so every crash point leaves either the new
+        version or the old one with the draft still dirty:
+
+        1. One transaction: the new chunk list, size, hash and pending metadata, the chunk
+           references, a stamp and journal row per node. Until it commits, the working
+           chunks (the dirty mark) are untouched: a crash keeps the old version, and
+           recovery turns the draft into a `.sync-recovered-` copy.
+        2. The working chunks are renamed into the store under their digests and holes
+           stored as zero chunks. A crash meanwhile leaves working chunks whose digests
+           the committed chunk list names: recovery finishes the install.
+        3. Chunks no version refers to any more leave the store; after a crash, their
+           rows (refs 0) say which (collect_unreferenced).
+
+        With `durable` (fsync), the caller has made the working chunks durable first, and
+        the transaction is a full sync. Nothing here awaits: no other task sees the index
+        claim a chunk that is not in the store yet."""
+        chunks = sealed.chunk_list()
+        self.store_new_chunks({zero_digest(n): n for n in set(sealed.zeros.values())})
+        if durable:
+            self.conn.execute("PRAGMA synchronous = FULL")
+        try:
+            crash_point("commit:before-index")
+            garbage = self.commit_content(draft.ino, chunks, sealed.size, draft.mtime_ns,
+                                          draft.mode, draft.content_changed, draft.owner)
+        finally:
+            if durable:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+        crash_point("commit:after-index")
+        for n, i in enumerate(sealed.work):
+            if n == 1:
+                crash_point("commit:installing")
+            self.store.install(("w", draft.ino, i), self.store.work_path(draft.ino, i),
+                               sealed.digests[i])
+        crash_point("commit:installed")
+        draft.rebase(chunks, sealed.size)
+        self.retire(garbage)
+        crash_point("commit:retired")
 
     def purge_inode(self, ino: int) -> list[bytes]:
         """Forget an inode that has no names, no lookups and no handles left. Returns the

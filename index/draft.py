@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 import blake3
-from syncd.index.store import CHUNK, ChunkStore, digest_of
+from syncd.index.store import CHUNK, ChunkStore, digest_of, zero_digest
 
 PREFETCH_CHUNKS = 2
 
@@ -55,6 +55,9 @@ class Sealed:
     slots: list[bytes | None]  # digest, or None for a working chunk not yet hashed
     work: dict[int, WorkChunk] = field(default_factory=dict)
     digests: dict[int, bytes] = field(default_factory=dict)
+    # Holes: index -> length of zero chunks, stored only once the commit is decided, so
+    # that a crash before it leaves nothing in the store that nothing refers to.
+    zeros: dict[int, int] = field(default_factory=dict)
 
     def hash_pending(self, store: ChunkStore) -> None:
         """Hash working chunks not hashed on the fly. Safe on a worker thread: it touches
@@ -214,13 +217,15 @@ class Draft:
 
     def seal(self) -> Sealed:
         """Fix the final chunk list. Working chunks are brought to their exact length (a
-        shorter one grows with zeros, as reads showed it); holes become zero chunks."""
+        shorter one grows with zeros, as reads showed it); holes become zero chunks. The
+        store is not touched: Catalog.commit_draft installs what the commit needs."""
         nchunks = -(-self.size // CHUNK)
         for i in [i for i in self.work if i >= nchunks]:  # left by a write that failed
             del self.work[i]
             self.store.drop_work(self.ino, i)
         slots: list[bytes | None] = []
         work: dict[int, WorkChunk] = {}
+        zeros: dict[int, int] = {}
         for i in range(nchunks):
             length = self.chunk_len(i)
             wc = self.work.get(i)
@@ -237,8 +242,9 @@ class Draft:
             elif i < len(self.base):
                 slots.append(self.base[i])
             else:
-                slots.append(self.store.ensure_zero(length))
-        return Sealed(self.ino, self.size, slots, work)
+                slots.append(zero_digest(length))
+                zeros[i] = length
+        return Sealed(self.ino, self.size, slots, work, zeros=zeros)
 
     def discard(self) -> None:
         """Drop every uncommitted write, and with them the dirty mark."""
@@ -249,8 +255,8 @@ class Draft:
             self.store.drop_floor(self.ino)
 
     def rebase(self, chunks: list[bytes], size: int) -> None:
-        """After a commit (whose working chunks went into the store): the committed version
-        is the new base; nothing is pending."""
+        """After a commit (Catalog.commit_draft, which moved the working chunks into the
+        store): the committed version is the new base; nothing is pending."""
         if self.floor_recorded:
             self.store.drop_floor(self.ino)
             self.floor_recorded = False

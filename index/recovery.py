@@ -1,9 +1,19 @@
 """Crash recovery, run before a mount serves (DESIGN rule 1).
 
 A file that was being written when its process died is marked dirty: its uncommitted
-writes sit in its working chunks, store/work/<ino>.<index>. It keeps its last committed version;
-what was written since becomes NAME.sync-recovered-YYYYMMDD-HHMMSS.EXT beside it, an
-ordinary new file, so nothing is published as if closed and nothing is lost.
+writes sit in its working chunks, store/work/<ino>.<index>. Two cases:
+
+- Its commit had reached the index (Catalog.commit_draft: the index decides, then the
+  store follows): the committed chunk list names every working chunk's digest. The
+  install is finished, and the file is its new version.
+- Otherwise it keeps its last committed version, and what was written since becomes
+  NAME.sync-recovered-YYYYMMDD-HHMMSS.EXT beside it, an ordinary new file, so nothing is
+  published as if closed and nothing is lost.
+
+Recovery is crash-safe itself: the recovered copy's transaction records which inode it
+made (Catalog.set_recovery_target), so a recovery cut short after it finishes the install
+instead of making a second copy; chunks a cut-short commit or purge left without a
+reference are collected first.
 """
 
 from __future__ import annotations
@@ -13,27 +23,54 @@ import os
 import time
 
 from syncd.index.catalog import Catalog
+from syncd.index.faults import crash_point
 from syncd.index.names import free_tagged_name, utc_stamp
 from syncd.index.schema import ROOT_INO
-from syncd.index.store import CHUNK, ChunkStore, hash_file
+from syncd.index.store import CHUNK, ChunkStore, digest_of, hash_file, zero_digest
 
 log = logging.getLogger(__name__)
 
 
 def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
     """Recover every dirty file; drop inodes left without names. Returns the new names."""
+    if collected := catalog.collect_unreferenced():
+        log.info("removed %d chunk(s) that an interrupted commit had left unreferenced",
+                 collected)
     recovered = []
-    known = {r[0]: r[1] for r in catalog.conn.execute("SELECT ino, size FROM inodes")}
-    for ino in store.dirty_inodes():
+    sizes = catalog.inode_sizes()
+    for ino in store.work_inodes():
         work = store.work_chunks(ino)
-        if work and ino in known:
-            floor = min(known[ino], store.floor(ino) or known[ino])
+        digests = {i: hash_file(path) for i, path in work.items()}
+        interrupted = catalog.recovery_target(ino)
+        target = interrupted
+        if target is None and ino in sizes and _committed(catalog.chunks(ino), digests):
+            target = ino
+        if target is not None:  # the index has the version: finish the install
+            _install(catalog, store, target, work, digests)
+        elif work and ino in sizes:
+            lowest = store.floor(ino)  # 0 after O_TRUNC: the committed bytes are gone
+            floor = sizes[ino] if lowest is None else min(sizes[ino], lowest)
             recovered.append(_recover_file(catalog, store, ino, floor, work))
         store.clear_work(ino)
+        if interrupted is not None:
+            catalog.set_recovery_target(ino, None)
     for ino in catalog.orphan_inodes():
-        for digest in catalog.purge_inode(ino):
-            store.remove(digest)
+        catalog.retire(catalog.purge_inode(ino))
     return recovered
+
+
+def _committed(chunks: list[bytes], digests: dict[int, bytes]) -> bool:
+    """Does the committed chunk list hold every working chunk where the draft had it?
+    Then the commit reached the index (or the draft changed nothing)."""
+    return all(i < len(chunks) and chunks[i] == d for i, d in digests.items())
+
+
+def _install(catalog: Catalog, store: ChunkStore, ino: int, work: dict[int, str],
+             digests: dict[int, bytes]) -> None:
+    chunks = catalog.chunks(ino)
+    for i, path in work.items():
+        if i < len(chunks) and chunks[i] == digests[i]:
+            store.install(("w", ino, i), path, digests[i])
 
 
 def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
@@ -42,29 +79,32 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     zeros. Its size: the larger of `floor` and the end of the last working chunk."""
     base = catalog.chunks(ino)
     size = max([floor] + [i * CHUNK + os.path.getsize(p) for i, p in work.items()])
-    chunks = []
+    chunks, work_digests, made = [], {}, {}
     for i in range(-(-size // CHUNK)):
         length = min(CHUNK, size - i * CHUNK)
         if i in work:
             os.truncate(work[i], length)
-            digest = hash_file(work[i])
-            store.install(("w", ino, i), work[i], digest)
+            digest = work_digests[i] = hash_file(work[i])
         elif i < len(base) and i * CHUNK < floor:
             kept = min(length, floor - i * CHUNK)
-            data = store.read(base[i], 0, kept)
-            digest = base[i] if kept == length == CHUNK else store.put(
-                data + bytes(length - len(data)))
+            if kept == length == CHUNK:
+                digest = base[i]
+            else:
+                data = store.read(base[i], 0, kept)
+                data += bytes(length - len(data))
+                digest = digest_of(data)
+                made[digest] = data
         else:
-            digest = store.ensure_zero(length)
+            digest = zero_digest(length)
+            made[digest] = length
         chunks.append(digest)
+    catalog.store_new_chunks(made)
 
     inode = catalog.inode(ino)
     nodes = catalog.nodes_of(ino)
     if nodes:
         parent_node, name = catalog.placement(nodes[0])
-        parent_ino = catalog.conn.execute(
-            "SELECT ino FROM nodes WHERE id = ?", (parent_node,)
-        ).fetchone()[0]
+        parent_ino = catalog.ino_of(parent_node)
     else:  # its names were removed while it was open: keep the bytes at the root
         parent_ino, name = ROOT_INO, f"inode-{ino}"
     tag = f"sync-recovered-{utc_stamp()}"
@@ -74,5 +114,10 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     with catalog.db.atomic():
         entry = catalog.create(parent_ino, new_name, "file", inode.mode, inode.uid, inode.gid)
         catalog.commit_content(entry.inode.ino, chunks, size, time.time_ns(), None, True)
+        catalog.set_recovery_target(ino, entry.inode.ino)
+    crash_point("recover:after-index")
+    for i, path in work.items():
+        if i in work_digests:
+            store.install(("w", ino, i), path, work_digests[i])
     log.warning("recovered uncommitted writes to inode %d as %s", ino, new_name)
     return new_name

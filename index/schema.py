@@ -18,8 +18,10 @@ ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 
 SCHEMA = """
--- Key/value facts about this device: device_id, created (unix seconds). The sequence number
--- and the Lamport clock are those of the last journal row (every stamp writes one).
+-- Key/value facts about this device: device_id, created (unix seconds); while a crash
+-- recovery is cut short, recovering:<ino> = the inode of the recovered copy it committed
+-- (index/recovery.py). The sequence number and the Lamport clock are those of the last
+-- journal row (every stamp writes one).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value
@@ -114,7 +116,9 @@ CREATE TABLE limbo (
     origin TEXT NOT NULL
 );
 
--- Committed chunks in the store, with how many inode chunk-list slots refer to each.
+-- Committed chunks in the store, with how many inode chunk-list slots refer to each. A row
+-- at 0 is a chunk on its way out of the store (or, before a commit, on its way in): its
+-- row goes once the file has (Catalog.retire); after a crash, recovery collects it.
 CREATE TABLE chunks (
     hash BLOB PRIMARY KEY,
     size INTEGER NOT NULL,

@@ -8,6 +8,8 @@ Layout under the store root:
                           size
     retired/<hex>         chunks no version here refers to any more, kept a while for
                           peers that still know the version they belonged to (keep_replaced)
+    reserve               RESERVE bytes held for the index: on a full disk it gives way,
+                          so that a file can still be deleted (make_room)
 
 A file's content is its chunk list; its hash is BLAKE3 over the concatenated digests. Every
 chunk is CHUNK bytes except the last, which may be shorter. Committed chunks are never
@@ -17,6 +19,8 @@ modified: a write goes to a working chunk that is renamed into place at commit.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 import time
 from collections import OrderedDict
@@ -26,6 +30,9 @@ import blake3
 
 CHUNK = 1 << 20
 DIGEST = 32
+# Space held back for the index. Without it, a disk filled by a file's writes would leave
+# the index unable to commit anything, even the unlink that would free the space.
+RESERVE = 4 << 20
 
 
 def file_hash(chunks: bytes) -> str:
@@ -42,6 +49,12 @@ def split_chunks(blob: bytes) -> list[bytes]:
 
 
 ZERO_CHUNK = digest_of(bytes(CHUNK))
+
+
+@functools.lru_cache(maxsize=64)
+def zero_digest(length: int) -> bytes:
+    """The digest of `length` zero bytes (a hole), without storing it."""
+    return ZERO_CHUNK if length == CHUNK else digest_of(bytes(length))
 
 
 class FdCache:
@@ -100,6 +113,10 @@ class ChunkStore:
         # time); None until keep_replaced (no daemon): replaced chunks are removed at once.
         # Only the trio thread touches it; read_served, on worker threads, reads files.
         self.retired: dict[bytes, tuple[int, float]] | None = None
+        self._reserve = f"{root}/reserve"
+        # The reserve was given up (the index ran out of space) and not made again yet:
+        # writes of content then stop short of the last RESERVE bytes (short_of_space).
+        self.reserve_released = False
 
     @staticmethod
     def create(root: Path) -> None:
@@ -137,9 +154,10 @@ class ChunkStore:
 
     def ensure_zero(self, length: int) -> bytes:
         """The digest of `length` zero bytes, stored (holes in sparse files)."""
-        if length == CHUNK and os.path.exists(self.chunk_path(ZERO_CHUNK)):
-            return ZERO_CHUNK
-        return self.put(bytes(length))
+        digest = zero_digest(length)
+        if not os.path.exists(self.chunk_path(digest)):
+            self.put(bytes(length))
+        return digest
 
     def install(self, work_key: object, work_path: str, digest: bytes) -> None:
         """Move a finished working chunk into the store under its digest. Identical
@@ -206,6 +224,59 @@ class ChunkStore:
         for digest in list(self.retired):
             del self.retired[digest]
             _unlink(self._retired_path(digest))
+        return True
+
+    # -- a full disk
+
+    def make_room(self, for_index: bool = False) -> bool:
+        """The disk is full: give up the replaced chunks kept for peers and, when the index
+        itself could not commit, the reserve. True when anything was freed (worth one
+        more try)."""
+        freed = self.drop_retired()
+        if for_index and os.path.exists(self._reserve):
+            _unlink(self._reserve)
+            self.reserve_released = freed = True
+        return freed
+
+    def retry_when_full(self, fn, *args):
+        """fn(*args), tried once more after make_room when it fails with ENOSPC."""
+        try:
+            return fn(*args)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not self.make_room():
+                raise
+        return fn(*args)
+
+    def short_of_space(self) -> bool:
+        """While the reserve is given up: is the disk too full to take more content without
+        taking the index's last bytes? (One statvfs; nothing otherwise.)"""
+        if not self.reserve_released:
+            return False
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize < RESERVE
+
+    def keep_reserve(self) -> bool:
+        """Hold the reserve when the disk has room for it with as much to spare, give it up
+        when the disk is fuller than it; True when it is in place. Blocks (fallocate): for
+        a worker thread; the caller sets `reserve_released` from the answer."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if os.path.exists(self._reserve):
+            if free >= RESERVE:
+                return True
+            _unlink(self._reserve)
+            return False
+        if free < 2 * RESERVE:
+            return False
+        fd = os.open(self._reserve + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE)
+        except OSError:
+            _unlink(self._reserve + ".tmp")
+            return False
+        finally:
+            os.close(fd)
+        os.rename(self._reserve + ".tmp", self._reserve)
         return True
 
     def retired_usage(self) -> tuple[int, int]:
@@ -292,6 +363,11 @@ class ChunkStore:
             if ino.isdigit():
                 files.setdefault(int(ino), {})[part] = f"{self._work}/{name}"
         return files
+
+    def work_inodes(self) -> list[int]:
+        """Inodes with anything in the work area: uncommitted writes, or what a commit cut
+        short left (a floor without working chunks)."""
+        return sorted(self._work_files())
 
     def dirty_inodes(self) -> list[int]:
         """Inodes with uncommitted writes (only a mount's start and status scan for them)."""

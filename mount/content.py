@@ -1,8 +1,8 @@
 """File content for the mount: reads, drafts of files being written, and their commits.
 
 A file's writes gather in a Draft (index/draft.py) and become one committed version at
-flush or fsync (DESIGN rule 1): no SQLite on the write path. The dirty mark is the file's
-first working chunk in the store (index/store.py).
+flush or fsync (DESIGN rule 1, Catalog.commit_draft): no SQLite on the write path. The
+dirty mark is the file's first working chunk in the store (index/store.py).
 
 Lock: `Content.locks[ino]`, a trio.Lock per inode with a draft. It serialises write,
 truncate and commit of that inode, because a commit awaits a worker thread (hashing,
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 from syncd.index.catalog import Catalog
-from syncd.index.draft import Draft, Sealed
+from syncd.index.draft import Draft
 from syncd.index.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,12 @@ class Content:
         async with self.lock(ino):
             draft = self.draft(ino)
             start = draft.size if append else offset
-            try:
-                written = draft.write(start, data)
-            except OSError as e:
-                # Replaced chunks kept for peers never cost a write its space.
-                if e.errno != errno.ENOSPC or not self.store.drop_retired():
-                    raise
-                written = draft.write(start, data)
+            # Replaced chunks kept for peers never cost a write its space; the index's
+            # last bytes are not for content (ChunkStore.RESERVE).
+            if self.store.short_of_space() and (
+                    not self.store.make_room() or self.store.short_of_space()):
+                raise OSError(errno.ENOSPC, "no space left for content")
+            written = self.store.retry_when_full(draft.write, start, data)
             draft.mtime_ns = time.time_ns()
             return written
 
@@ -82,10 +81,10 @@ class Content:
             draft.mtime_ns = time.time_ns()
 
     async def commit(self, ino: int, durable: bool = False) -> bool:
-        """Make the draft the committed version: hash, install chunks, then one transaction.
-        With `durable` (fsync), chunks reach the disk before the database commit, and that
-        commit is a full sync (the WAL is synced with it). Returns whether there was
-        anything to commit."""
+        """Make the draft the committed version: seal and hash it (large parts on a worker
+        thread), then Catalog.commit_draft, which is crash-safe at every step. With
+        `durable` (fsync), the working chunks reach the disk first and the index's commit
+        is a full sync. Returns whether there was anything to commit."""
         draft = self.drafts.get(ino)
         if draft is None or not draft.dirty:  # every close ends here: skip the lock
             return False
@@ -104,41 +103,24 @@ class Content:
                     return False  # discarded meanwhile: its last name is gone
             else:
                 sealed.hash_pending(self.store)
-            self._install(sealed)
             if durable:
-                # One syncfs makes every chunk and rename durable: fsync per chunk would
+                # One syncfs makes every working chunk durable: fsync per chunk would
                 # cost a journal commit each (3x slower for a 1 GiB file here).
                 await self.sync_all()
-            chunks = sealed.chunk_list()
-            if durable:
-                self.catalog.conn.execute("PRAGMA synchronous = FULL")
-            try:
-                garbage = self.catalog.commit_content(
-                    ino, chunks, sealed.size, draft.mtime_ns, draft.mode,
-                    draft.content_changed, draft.owner,
-                )
-            finally:
-                if durable:
-                    self.catalog.conn.execute("PRAGMA synchronous = NORMAL")
-            draft.rebase(chunks, sealed.size)
-            self.catalog.retire(garbage)
+                if self.drafts.get(ino) is not draft:
+                    return False
+            self.catalog.commit_draft(draft, sealed, durable)
             # Kept until the inode is discarded: every later commit through a handle on it
             # is again a version concurrent with the change that took it.
             detached = self.detached.get(ino)
             if detached is not None and self.on_detached_commit is not None:
-                self.on_detached_commit(*detached, chunks, sealed.size,
-                                        draft.mtime_ns or time.time_ns())
+                self.on_detached_commit(*detached, sealed.chunk_list(), sealed.size,
+                                        time.time_ns())
             return True
 
     async def sync_all(self) -> None:
         """Make everything committed so far durable: the store and the index's WAL."""
         await trio.to_thread.run_sync(pyfuse3.syncfs, str(self.store.root))
-
-    def _install(self, sealed: Sealed) -> None:
-        for i in sealed.work:
-            self.store.install(
-                ("w", sealed.ino, i), self.store.work_path(sealed.ino, i), sealed.digests[i]
-            )
 
     def close(self, ino: int) -> None:
         """The last handle is gone and everything is committed: drop the draft."""

@@ -54,12 +54,12 @@ def handler(fn):
                 raise FUSEError(errno.EIO) from None
             if e.errno == errno.ENOSPC:
                 log.warning("%s: no space left in %s", fn.__name__, self.store.root)
-                self.store.drop_retired()  # what follows may fit
+                self.store.make_room()  # what follows may fit
             raise FUSEError(e.errno) from None
         except sqlite3.Error as e:
             if getattr(e, "sqlite_errorcode", None) == SQLITE_FULL:
                 log.warning("%s: the index is full (no space left on its disk)", fn.__name__)
-                self.store.drop_retired()
+                self.store.make_room(for_index=True)
                 raise FUSEError(errno.ENOSPC) from None
             log.exception("%s%r failed", fn.__name__, args[:2])
             raise FUSEError(errno.EIO) from None

@@ -101,6 +101,7 @@ def _open(home: Home):
     except schema.SchemaError as e:
         raise UserError(str(e), FAILURE) from None
     store = ChunkStore(home.store_path)
+    store.reserve_released = not store.keep_reserve()
     catalog = Catalog(db, store)
     for name in recover(catalog, store):
         log.warning("uncommitted writes from before a crash were kept as %s", name)
@@ -109,6 +110,7 @@ def _open(home: Home):
 
 async def _serve_daemon(daemon: Daemon) -> None:
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_keep_reserve, daemon.store)
         await nursery.start(daemon.run)
         await _stop_on_signal()
         nursery.cancel_scope.cancel()
@@ -137,6 +139,7 @@ async def _main(fs: Filesystem, daemon: Daemon | None, db_path, mountpoint: str,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
         nursery.start_soon(_checkpoints, db_path)
+        nursery.start_soon(_keep_reserve, fs.store)
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
         if daemon is not None:
@@ -177,6 +180,13 @@ async def _checkpoints(db_path, interval: float = 1.0) -> None:
             await trio.to_thread.run_sync(schema.checkpoint, conn)
     finally:
         conn.close()
+
+
+async def _keep_reserve(store: ChunkStore, interval: float = 1.0) -> None:
+    """Hold the index's reserve of space, made again once a full disk has room."""
+    while True:
+        await trio.sleep(interval)
+        store.reserve_released = not await trio.to_thread.run_sync(store.keep_reserve)
 
 
 async def _stop_on_signal(stop: Callable[[], None] = lambda: None) -> None:

@@ -232,7 +232,10 @@ def _mount_background(home: Home, mountpoint: str, args) -> int:
         proc.wait()
         raise UserError(message, int(code))
     if line != "ready":
-        code = proc.poll()
+        try:  # the pipe closes a moment before the process can be waited for
+            code = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
         if code is None:
             proc.kill()
             raise UserError(f"the mount process did not get ready in {READY_TIMEOUT:.0f} s; "

@@ -99,11 +99,13 @@ class Mount:
         self.home = home
         self.path = path
 
-    def start(self, *extra: str) -> Mount:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> Mount:
+        """Mount; `env` adds to the serving process's environment (fault points)."""
         # mkdir, not exists(): a dead mount there answers stat with ENOTCONN
         with contextlib.suppress(FileExistsError):
             self.path.mkdir()
-        syncd(self.home, "mount", str(self.path), *extra)
+        syncd(self.home, "mount", str(self.path), *extra,
+              env={**os.environ, **env} if env else None)
         assert fuse_mounts().get(str(self.path)) == "fuse.syncd"
         return self
 

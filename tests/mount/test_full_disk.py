@@ -38,8 +38,8 @@ def test_enospc_then_recovery(small_home):
     (m / "keep.txt").write_bytes(b"precious")
     block = os.urandom(1 << 20)
     with pytest.raises(OSError) as e, open(m / "big", "wb") as f:
-        for _ in range(64):  # more than the disk holds
-            f.write(block)
+        for _ in range(64):  # more than the disk holds; no two chunks alike
+            f.write(os.urandom(1 << 20))
             f.flush()
     assert e.value.errno == errno.ENOSPC
     # The index is consistent and what was committed is intact.

@@ -1,0 +1,108 @@
+"""A commit killed at each of its steps (DESIGN rule 1, Catalog.commit_draft): the mount
+arms a fault point through the environment (index/faults.py) and dies by SIGKILL there,
+as a power cut would. Whatever the step, the next mount shows either the new version, or
+the old one with the new bytes in a `.sync-recovered-` copy beside it; nothing is left
+dirty, and the store holds exactly the chunks the index refers to."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from syncd.index.store import CHUNK
+
+from tests.conftest import needs_fuse
+from tests.helpers import Mount, force_cleanup, status, wait_for
+
+pytestmark = needs_fuse
+
+OLD = os.urandom(3 * CHUNK + 11)
+HEAD, TAIL = os.urandom(CHUNK), os.urandom(1000)
+NEW = HEAD + bytes(2 * CHUNK) + TAIL  # two chunks of it are a hole
+
+
+def write_new_version(path: Path) -> None:
+    """Replace the content: two written chunks around a hole, so the commit installs two
+    working chunks, stores a zero chunk and leaves the four old chunks unreferenced."""
+    with open(path, "wb") as f:
+        f.write(HEAD)
+        f.seek(3 * CHUNK)
+        f.write(TAIL)
+
+
+def crash_in_commit(m: Mount, point: str) -> None:
+    """Mount with `point` armed and close a new version of f.bin: the mount dies there."""
+    m.start(env={"SYNCD_FAULT": point})
+    pid = m.pid
+    with pytest.raises(OSError):  # the close, or a request before it, meets a dead mount
+        write_new_version(m.path / "f.bin")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the mount to die")
+    force_cleanup(m.home, m.path)
+
+
+def store_matches_index(home: Path) -> None:
+    """No chunk file that the index does not refer to, none missing, nothing in work/."""
+    root = home / "store"
+    files = {p.name for p in (root / "chunks").glob("*/*")}
+    db = sqlite3.connect(f"file:{home / 'index.db'}?mode=ro", uri=True)
+    try:
+        referred = {h.hex() for (h,) in db.execute("SELECT hash FROM chunks WHERE refs > 0")}
+    finally:
+        db.close()
+    assert files == referred
+    assert os.listdir(root / "work") == []
+
+
+def recovered_copies(m: Mount) -> list[str]:
+    return sorted(n for n in os.listdir(m.path) if n.startswith("f.sync-recovered-"))
+
+
+@pytest.fixture
+def share(home: Path, tmp_path: Path):
+    m = Mount(home, tmp_path / "mnt")
+    try:
+        m.start()
+        (m.path / "f.bin").write_bytes(OLD)
+        m.stop()
+        yield m
+        m.stop()
+    finally:
+        force_cleanup(home, m.path)
+        assert "Traceback" not in m.log(), m.log()
+
+
+@pytest.mark.parametrize("point", ["commit:after-index", "commit:installing",
+                                   "commit:installed", "commit:retired"])
+def test_killed_after_the_index_decided_keeps_the_new_version(share, point):
+    crash_in_commit(share, point)
+    share.start()
+    assert (share.path / "f.bin").read_bytes() == NEW
+    assert recovered_copies(share) == []
+    assert status(share.home)["dirty"] == 0
+    store_matches_index(share.home)
+
+
+def test_killed_before_the_index_decided_keeps_the_old_version_and_a_copy(share):
+    crash_in_commit(share, "commit:before-index")
+    share.start()
+    assert (share.path / "f.bin").read_bytes() == OLD
+    [copy] = recovered_copies(share)
+    assert copy.endswith(".bin")
+    assert (share.path / copy).read_bytes() == NEW
+    assert status(share.home)["dirty"] == 0
+    store_matches_index(share.home)
+
+
+def test_a_recovery_killed_after_its_commit_makes_one_copy(share):
+    crash_in_commit(share, "commit:before-index")
+    with pytest.raises(AssertionError, match="died"):  # `syncd mount` reports the death
+        share.start(env={"SYNCD_FAULT": "recover:after-index"})
+    force_cleanup(share.home, share.path)
+    share.start()
+    assert (share.path / "f.bin").read_bytes() == OLD
+    [copy] = recovered_copies(share)
+    assert (share.path / copy).read_bytes() == NEW
+    assert status(share.home)["dirty"] == 0
+    store_matches_index(share.home)
