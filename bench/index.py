@@ -32,8 +32,8 @@ def fresh(base: Path) -> tuple[Catalog, ChunkStore]:
         shutil.rmtree(base)
     base.mkdir()
     ChunkStore.create(base / "store")
-    db = schema.create(base / "index.db", "ab" * 16, 0, 0, time.time_ns())
-    db.conn.execute("PRAGMA wal_autocheckpoint = 0")
+    schema.create(base / "index.db", "ab" * 16, 0, 0, time.time_ns()).close()
+    db = schema.open_db(base / "index.db", autocheckpoint=False)
     store = ChunkStore(base / "store")
     return Catalog(db, store), store
 

@@ -161,14 +161,25 @@ class SchemaError(Exception):
     """The database is of a schema this version cannot open."""
 
 
-def checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the WAL into the database file. The mount runs this on a worker thread with
-    a connection of its own, so commits on the trio thread never pay for it."""
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+class Checkpointer:
+    """Copies the WAL into the database file from a connection of its own, for a worker
+    thread (one at a time), so that commits on a serving connection opened with
+    `autocheckpoint=False` never pay for it."""
+
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(path, check_same_thread=False)
+
+    def __call__(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        self.conn.close()
 
 
-def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
-    """Open the index with the settings every user of it needs."""
+def connect(path: Path, readonly: bool = False,
+            autocheckpoint: bool = True) -> sqlite_utils.Database:
+    """Open the index with the settings every user of it needs. Without `autocheckpoint`,
+    a Checkpointer must copy the WAL back."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
@@ -179,7 +190,7 @@ def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL stays consistent across crashes; fsync() commits switch to FULL.
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA wal_autocheckpoint = 8192")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {8192 if autocheckpoint else 0}")
     return db
 
 
@@ -205,11 +216,12 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
     return db
 
 
-def open_db(path: Path, readonly: bool = False) -> sqlite_utils.Database:
+def open_db(path: Path, readonly: bool = False,
+            autocheckpoint: bool = True) -> sqlite_utils.Database:
     """Open an existing index, migrating it to SCHEMA_VERSION unless read-only."""
     if not path.exists():
         raise FileNotFoundError(path)
-    db = connect(path, readonly)
+    db = connect(path, readonly, autocheckpoint)
     version = db.conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaError(

@@ -188,7 +188,7 @@ def _check_can_mount(home: Home, mountpoint: str) -> None:
 
 
 def _mount_foreground(home: Home, mountpoint: str, args) -> int:
-    from syncd.mount.run import serve  # pyfuse3 and trio load only in the serving process
+    from syncd.serving import serve  # pyfuse3 and trio load only in the serving process
 
     ready_fd = args.ready_fd  # the pipe to a waiting `syncd mount`, until ready
 

@@ -46,7 +46,7 @@ def add_parsers(sub, common) -> None:
 
 def cmd_serve(home: Home, args) -> int:
     home.require()
-    from syncd.mount.run import serve_only  # trio and the daemon load only here
+    from syncd.serving import serve_only  # trio and the daemon load only here
 
     holder = home.holder()
     if holder is not None:

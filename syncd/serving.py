@@ -1,26 +1,25 @@
-"""Serving a home on a mount point: lock, recover, mount, serve until unmounted or
-signalled, then unmount and close. One mount per process (pyfuse3 keeps global state)."""
+"""The serving process of a home: take the home's lock, open the index (recovering what a
+crash left), then serve peers with or without a mount until unmounted or signalled, and
+close everything in order (DESIGN, "The shape": one process per home)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import signal
 import socket
-import sqlite3
 from collections.abc import Callable
 
-import pyfuse3
 import trio
+
+from syncd.daemon import Daemon
+from syncd.home import FAILURE, Home, UserError, mount_table
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
+from syncd.mount import session
 from syncd.mount.operations import Filesystem
-
-from syncd.daemon import Daemon
-from syncd.home import FAILURE, Home, UserError, mount_table
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,7 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
     _raise_fd_limit()
     home.acquire(mountpoint)
     try:
-        db, store, catalog = _open(home)
-        db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoints
+        db, store, catalog = _open(home, autocheckpoint=False)  # see _checkpoints
         fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]))
         daemon = None
         if home.key_path.exists():
@@ -43,29 +41,16 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
             fs.fetch = daemon.fetcher.ensure_local
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
-        # nosuid, nodev: modes come from peers too, and a set-user-ID bit pushed by any
-        # member of the cluster must not make a program run as root here.
-        options = set(pyfuse3.default_options) | {"subtype=syncd", _fsname(home), "nosuid",
-                                                  "nodev"}
-        if allow_other:
-            options.add("allow_other")
-        if debug_fuse:
-            options.add("debug")
-        # A SIGTERM between init() and trio's signal receiver would kill us and leave a
+        options = session.options(_fsname(home), allow_other, debug_fuse)
+        # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
         # dead mount: hold the signals until the receiver is in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            pyfuse3.init(fs, mountpoint, options)
-        except RuntimeError as e:
-            hint = ""
-            if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-                hint = (f" (/dev/fuse is mode {os.stat('/dev/fuse').st_mode & 0o777:o} and "
-                        "not usable by you; Debian makes it 0666)")
-            raise UserError(f"cannot mount on {mountpoint}: {e}{hint}", FAILURE) from None
-        try:
-            trio.run(_main, fs, daemon, home.db_path, mountpoint, ready)
+            with session.mounted(fs, mountpoint, options):
+                trio.run(_main, fs, daemon, home, mountpoint, ready)
+        except session.MountError as e:
+            raise UserError(str(e), FAILURE) from None
         finally:
-            pyfuse3.close(unmount=True)
             dirty = [ino for ino, d in fs.content.drafts.items() if d.dirty]
             if dirty:
                 log.warning("files still open for writing at exit keep their uncommitted "
@@ -94,17 +79,16 @@ def serve_only(home: Home, mirror: bool) -> None:
         home.release()
 
 
-def _open(home: Home):
+def _open(home: Home, autocheckpoint: bool = True):
     """The home's index, store and catalog, after recovering what a crash left."""
     try:
-        db = schema.open_db(home.db_path)
+        db = schema.open_db(home.db_path, autocheckpoint=autocheckpoint)
     except schema.SchemaError as e:
         raise UserError(str(e), FAILURE) from None
     store = ChunkStore(home.store_path)
     store.reserve_released = not store.keep_reserve()
     catalog = Catalog(db, store)
-    for name in recover(catalog, store):
-        log.warning("uncommitted writes from before a crash were kept as %s", name)
+    recover(catalog, store)
     return db, store, catalog
 
 
@@ -131,55 +115,41 @@ def _check_listen(listen: str) -> None:
 def _fsname(home: Home) -> str:
     """Shown as the mount's source in `mount` and /proc/mounts (options split on commas)."""
     path = str(home.path)
-    return f"fsname=syncd:{path}" if "," not in path else "fsname=syncd"
+    return f"syncd:{path}" if "," not in path else "syncd"
 
 
-async def _main(fs: Filesystem, daemon: Daemon | None, db_path, mountpoint: str,
+async def _main(fs: Filesystem, daemon: Daemon | None, home: Home, mountpoint: str,
                 ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
-        nursery.start_soon(_checkpoints, db_path)
+        nursery.start_soon(_stop_on_signal, session.stop)
+        nursery.start_soon(_checkpoints, home.db_path)
         nursery.start_soon(_keep_reserve, fs.store)
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
         if daemon is not None:
             await nursery.start(daemon.run)
         ready()
-        await pyfuse3.main()
+        await session.serve()
         nursery.cancel_scope.cancel()
 
 
-READAHEAD_KB = 1024
-
-
 async def _raise_readahead(fs: Filesystem, mountpoint: str) -> None:
-    """FUSE reads come in readahead-sized requests, 128 KiB by default; 1 MiB makes a
-    cold sequential read ~30% faster here. Only root may set it, and only after INIT,
-    which clamps it to what the kernel proposed."""
-    await fs.initialized.wait()
-    try:
-        device = mount_table("device")[mountpoint]
-        path = f"/sys/class/bdi/{device}/read_ahead_kb"
-        await trio.to_thread.run_sync(_write_text, path, str(READAHEAD_KB))
-    except (OSError, KeyError) as e:
-        log.debug("readahead left at the kernel's default: %s", e)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+    await fs.initialized.wait()  # the mount is in the table from then on
+    device = mount_table("device").get(mountpoint)
+    if device is not None:
+        await session.raise_readahead(fs, device)
 
 
 async def _checkpoints(db_path, interval: float = 1.0) -> None:
     """Checkpoint the WAL on a worker thread, off the request path (the serving
-    connection has autocheckpoint off). Its own connection, used by one thread at a time."""
-    conn = sqlite3.connect(db_path, check_same_thread=False)
+    connection has autocheckpoint off)."""
+    checkpoint = schema.Checkpointer(db_path)
     try:
         while True:
             await trio.sleep(interval)
-            await trio.to_thread.run_sync(schema.checkpoint, conn)
+            await trio.to_thread.run_sync(checkpoint)
     finally:
-        conn.close()
+        checkpoint.close()
 
 
 async def _keep_reserve(store: ChunkStore, interval: float = 1.0) -> None:
@@ -190,7 +160,6 @@ async def _keep_reserve(store: ChunkStore, interval: float = 1.0) -> None:
 
 
 async def _stop_on_signal(stop: Callable[[], None] = lambda: None) -> None:
-    # pyfuse3 installs no signal handlers; terminate() makes main() return.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         async for signum in signals:
