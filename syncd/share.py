@@ -11,9 +11,8 @@ import threading
 import time
 
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError, mounted_at
-from syncd.index import schema
-from syncd.index.catalog import SUBTREE, node_at
-from syncd.index.sync import pending
+from syncd.index.catalog import open_catalog
+from syncd.index.peers import list_peers, pending_for
 from syncd.paths import share_path
 
 log = logging.getLogger("syncd")
@@ -83,15 +82,11 @@ def cmd_pin(home: Home, args) -> int:
     else:
         home.acquire(None)
         try:
-            db = schema.open_db(home.db_path)
-            try:
-                node = node_at(db.conn, path)
+            with open_catalog(home.db_path, home.store_path) as cat:
+                node = cat.node_at(path)
                 if node is None:
                     raise UserError(f"no {path!r} in the share")
-                with db.conn:
-                    db.conn.execute("UPDATE nodes SET pinned = ? WHERE id = ?", (int(pin), node))
-            finally:
-                db.close()
+                cat.set_pin(node, pin)
         finally:
             home.release()
     print(f"{args.command}ned /{path}")
@@ -145,34 +140,15 @@ def _with_progress(home: Home, path: str, work):
 
 def _bytes_under(home: Home, path: str) -> tuple[int, int]:
     """(content bytes, bytes held here) of the files under a share path."""
-    db = schema.open_db(home.db_path, readonly=True)
-    try:
-        node = node_at(db.conn, path)
-        if node is None:
-            return 0, 0
-        return db.conn.execute(
-            SUBTREE + "SELECT coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
-            " FROM subtree s JOIN inodes i ON i.ino = s.ino WHERE s.kind = 'file'",
-            (node,)).fetchone()
-    finally:
-        db.close()
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        node = cat.node_at(path)
+        return (0, 0) if node is None else cat.bytes_under(node)
 
 
 def cmd_conflicts(home: Home, args) -> int:
     home.require()
-    db = schema.open_db(home.db_path, readonly=True)
-    try:
-        rows = db.conn.execute(
-            "WITH RECURSIVE up (start, id, parent, path) AS ("
-            " SELECT id, id, parent, name FROM nodes WHERE conflict_of IS NOT NULL"
-            " AND deleted = 0 AND kind != 'dir'"
-            " UNION ALL SELECT up.start, n.id, n.parent, n.name || '/' || up.path"
-            " FROM nodes n JOIN up ON n.id = up.parent WHERE n.id != 'root')"
-            " SELECT up.path, i.size, i.mtime_ns FROM up"
-            " JOIN nodes c ON c.id = up.start JOIN inodes i ON i.ino = c.ino"
-            " WHERE up.parent = 'root' ORDER BY up.path").fetchall()
-    finally:
-        db.close()
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        rows = cat.conflicts()
     if args.json:
         print(json.dumps({"schema_version": 1, "conflicts": [
             {"path": p, "size": size, "mtime": time.strftime(
@@ -193,14 +169,10 @@ def cmd_wait(home: Home, args) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     target = None
     while True:
-        db = schema.open_db(home.db_path, readonly=True)
-        try:
+        with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
             if target is None:
-                target = db.conn.execute("SELECT coalesce(max(seq), 0) FROM journal"
-                                         ).fetchone()[0]
-            behind = _behind(db.conn, target, args.peer)
-        finally:
-            db.close()
+                target = cat.seq
+            behind = _behind(cat.db, target, args.peer)
         if behind is None:
             raise UserError("no peer is reachable: nothing could confirm the changes",
                             UNREACHABLE)
@@ -233,22 +205,22 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None) -> int:
     return OK
 
 
-def _behind(conn, target: int, only: str | None) -> list[tuple] | None:
+def _behind(db, target: int, only: str | None) -> list[tuple] | None:
     """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
     peer that counts is online."""
-    rows = conn.execute("SELECT name, device, state, cursor FROM peers").fetchall()
+    peers = list_peers(db)
     if only is not None:
-        rows = [r for r in rows if r[0] == only]
-        if not rows:
+        peers = [p for p in peers if p.name == only]
+        if not peers:
             raise UserError(f"no peer named {only!r}", FAILURE)
-    online = [r for r in rows if r[2] == "online"]
+    online = [p for p in peers if p.state == "online"]
     if not online:
         return None
     behind = []
-    for name, device, _, cursor in online:
-        changes, size, _ = pending(conn, cursor, device, upto=target)
+    for peer in online:
+        changes, size, _ = pending_for(db, peer, upto=target)
         if changes:
-            behind.append((name, changes, size))
+            behind.append((peer.name, changes, size))
     return behind
 
 
