@@ -45,18 +45,6 @@ SUBTREE = (
 )
 
 
-def node_at(conn: sqlite3.Connection, path: str) -> str | None:
-    """The live node at a share path ('a/b', '' for the root), or None."""
-    node = ROOT_ID
-    for part in filter(None, path.split("/")):
-        row = conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
-                           (node, part)).fetchone()
-        if row is None:
-            return None
-        node = row[0]
-    return node
-
-
 def fail(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
 
