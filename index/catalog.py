@@ -10,19 +10,22 @@ Errors are OSError with the errno POSIX gives, so the mount can pass them on as 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import sqlite_utils
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
-from syncd.index.schema import ROOT_ID, ROOT_INO
+from syncd.index.schema import ROOT_ID, ROOT_INO, open_db
 from syncd.index.store import (
     CHUNK,
     ChunkStore,
@@ -49,18 +52,6 @@ SUBTREE = (
     " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN subtree s ON n.parent = s.id"
     " WHERE n.deleted = 0) "
 )
-
-
-def node_at(conn: sqlite3.Connection, path: str) -> str | None:
-    """The live node at a share path ('a/b', '' for the root), or None."""
-    node = ROOT_ID
-    for part in filter(None, path.split("/")):
-        row = conn.execute("SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
-                           (node, part)).fetchone()
-        if row is None:
-            return None
-        node = row[0]
-    return node
 
 
 def fail(code: int, what: str = "") -> OSError:
@@ -657,3 +648,183 @@ class Catalog:
         self.conn.execute(
             "UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, dir_ino)
         )
+
+    # -- content state: what is here, pins, and what the commands that look report.
+    # `local` and `pinned` are local facts: they change without a stamp.
+
+    def node_at(self, path: str) -> str | None:
+        """The live node at a share path ('a/b', '' for the root), or None."""
+        node = ROOT_ID
+        for part in filter(None, path.split("/")):
+            row = self.conn.execute(
+                "SELECT id FROM nodes WHERE parent = ? AND name = ? AND deleted = 0",
+                (node, part)).fetchone()
+            if row is None:
+                return None
+            node = row[0]
+        return node
+
+    def display_name(self, ino: int) -> str:
+        """How logs and messages name an inode: a name of it, quoted, or its number."""
+        row = self.conn.execute("SELECT name FROM nodes WHERE ino = ? AND deleted = 0",
+                                (ino,)).fetchone()
+        return repr(row[0]) if row else f"inode {ino}"
+
+    def is_local(self, ino: int) -> bool:
+        """Is every chunk of inode `ino` here? One that is gone has nothing to fetch."""
+        row = self.conn.execute("SELECT local FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        return row is None or bool(row[0])
+
+    def missing_chunks(self, ino: int) -> list[bytes]:
+        """The chunks of inode `ino` that are not in the store, each once (none when it is
+        marked local)."""
+        row = self.conn.execute("SELECT local, chunks FROM inodes WHERE ino = ?",
+                                (ino,)).fetchone()
+        if row is None or row[0]:
+            return []
+        return [d for d in dict.fromkeys(split_chunks(row[1])) if not self.store.has(d)]
+
+    def mark_local(self, inos: list[int]) -> None:
+        """Every chunk of these inodes is here now, verified when it was installed."""
+        with self.db.atomic():
+            self.conn.executemany("UPDATE inodes SET local = 1 WHERE ino = ?",
+                                  [(ino,) for ino in inos])
+
+    def drop_damaged_chunk(self, digest: bytes) -> None:
+        """A chunk in the store no longer matches its name: the inodes that use it are
+        no longer local (so they are fetched again), then the chunk leaves the store."""
+        with self.db.atomic():
+            self.conn.execute("UPDATE inodes SET local = 0 WHERE instr(chunks, ?) > 0",
+                              (digest,))
+        self.store.remove(digest)
+
+    def not_local(self) -> list[int]:
+        """Inodes with some chunk not here."""
+        return [r[0] for r in self.conn.execute("SELECT ino FROM inodes WHERE local = 0")]
+
+    def smaller_than(self, inos: list[int], size: int) -> list[int]:
+        """Those of `inos` whose committed size is below `size` bytes."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT ino FROM inodes WHERE size < ? AND ino IN (SELECT value FROM json_each(?))",
+            (size, json.dumps(inos)))]
+
+    def total_size(self, inos: list[int]) -> int:
+        """The committed sizes of these inodes, added up."""
+        return self.conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM inodes"
+            " WHERE ino IN (SELECT value FROM json_each(?))", (json.dumps(inos),)).fetchone()[0]
+
+    def pinned(self, ino: int) -> bool:
+        """Is inode `ino` under a pin: pinned itself, or a directory above one of its
+        names?"""
+        row = self.conn.execute(
+            "WITH RECURSIVE up (id, parent, pinned) AS ("
+            " SELECT id, parent, pinned FROM nodes WHERE ino = ? AND deleted = 0"
+            " UNION SELECT n.id, n.parent, n.pinned FROM nodes n JOIN up ON n.id = up.parent)"
+            " SELECT max(pinned) FROM up", (ino,)).fetchone()
+        return bool(row and row[0])
+
+    def set_pin(self, node: str, pinned: bool) -> None:
+        """Pin or unpin the subtree at `node`: its content is kept here, fetched ahead of
+        any open (a local fact, never synced)."""
+        with self.db.atomic():
+            self.conn.execute("UPDATE nodes SET pinned = ? WHERE id = ?", (int(pinned), node))
+
+    def files_under(self, node: str) -> list[int]:
+        """The inodes of the files in the live subtree at `node`, each once."""
+        return [r[0] for r in self.conn.execute(
+            SUBTREE + "SELECT DISTINCT ino FROM subtree WHERE kind = 'file'", (node,))]
+
+    def bytes_under(self, node: str) -> tuple[int, int]:
+        """(content bytes, bytes held here) of the files in the live subtree at `node`."""
+        return self.conn.execute(
+            SUBTREE + "SELECT coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
+            " FROM subtree s JOIN inodes i ON i.ino = s.ino WHERE s.kind = 'file'",
+            (node,)).fetchone()
+
+    def live_files_of(self, nodes: list[str]) -> list[int]:
+        """The inodes of those of `nodes` that are live files now."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT ino FROM nodes WHERE deleted = 0 AND kind = 'file'"
+            " AND id IN (SELECT value FROM json_each(?))", (json.dumps(nodes),))]
+
+    def left_inode(self, nodes: list[str], ino: int) -> bool:
+        """Has any of `nodes` left inode `ino`: another inode now (a newer version came),
+        or none (deleted)?"""
+        return self.conn.execute(
+            "SELECT 1 FROM nodes WHERE (ino IS NULL OR ino != ?)"
+            " AND id IN (SELECT value FROM json_each(?)) LIMIT 1",
+            (ino, json.dumps(nodes))).fetchone() is not None
+
+    def originals_of(self, nodes: list[str]) -> list[str]:
+        """The nodes that those of `nodes` which are conflict copies were made of."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT conflict_of FROM nodes WHERE conflict_of IS NOT NULL"
+            " AND id IN (SELECT value FROM json_each(?))", (json.dumps(nodes),))]
+
+    def chunks_made_here(self, upto: int) -> list[bytes]:
+        """The chunks, each once, of the live files whose current version was made here
+        at sequence number `upto` or before (syncd wait --copies)."""
+        return list(dict.fromkeys(
+            d for (blob,) in self.conn.execute(
+                "SELECT i.chunks FROM nodes n JOIN inodes i ON i.ino = n.ino"
+                " WHERE n.kind = 'file' AND n.deleted = 0 AND n.origin IS NULL"
+                " AND n.seq <= ?", (upto,))
+            for d in split_chunks(blob)))
+
+    def conflicts(self) -> list[Conflict]:
+        """The live conflict copies (files and symlinks), by path."""
+        return [Conflict(*row) for row in self.conn.execute(
+            "WITH RECURSIVE up (start, id, parent, path) AS ("
+            " SELECT id, id, parent, name FROM nodes WHERE conflict_of IS NOT NULL"
+            " AND deleted = 0 AND kind != 'dir'"
+            " UNION ALL SELECT up.start, n.id, n.parent, n.name || '/' || up.path"
+            " FROM nodes n JOIN up ON n.id = up.parent WHERE n.id != 'root')"
+            " SELECT up.path, i.size, i.mtime_ns FROM up"
+            " JOIN nodes c ON c.id = up.start JOIN inodes i ON i.ino = c.ino"
+            " WHERE up.parent = 'root' ORDER BY up.path")]
+
+    def file_counts(self) -> FileCounts:
+        """What `syncd status` says of the files: a hard link counts once per name."""
+        return FileCounts(*self.conn.execute(
+            "WITH RECURSIVE pinned (id) AS ("
+            " SELECT id FROM nodes WHERE pinned = 1 AND deleted = 0"
+            " UNION SELECT n.id FROM nodes n JOIN pinned p ON n.parent = p.id"
+            " WHERE n.deleted = 0)"
+            " SELECT count(*), coalesce(sum(i.local), 0),"
+            " coalesce(sum(n.id IN (SELECT id FROM pinned)), 0),"
+            " coalesce(sum(n.conflict_of IS NOT NULL), 0),"
+            " coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
+            " FROM nodes n JOIN inodes i ON i.ino = n.ino"
+            " WHERE n.kind = 'file' AND n.deleted = 0").fetchone())
+
+
+class Conflict(NamedTuple):
+    path: str  # from the share's root, without a leading slash
+    size: int
+    mtime_ns: int
+
+
+class FileCounts(NamedTuple):
+    total: int
+    local: int
+    pinned: int
+    conflicts: int
+    bytes: int
+    bytes_local: int
+
+
+@contextlib.contextmanager
+def open_catalog(db_path: Path, store_path: Path, readonly: bool = False) -> Iterator[Catalog]:
+    """A home's catalog for one command, closed when the block ends. Read-only for the
+    commands that only look: WAL lets them read while the serving process writes, and
+    any write through it fails."""
+    db = open_db(db_path, readonly=readonly)
+    try:
+        catalog = Catalog(db, ChunkStore(store_path))
+        try:
+            yield catalog
+        finally:
+            catalog.store.close()
+    finally:
+        db.close()

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import functools
 import os
+import secrets
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -170,6 +171,26 @@ class ChunkStore:
         self.fds.drop(digest)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.chunk_path(digest))
+
+    def put_verified(self, digest: bytes, data: bytes | memoryview,
+                     hashed: bytes | None = None) -> bool:
+        """Install a chunk that came from elsewhere (a peer) if its bytes match `digest`
+        (`hashed`: their digest, when already computed); False, installing nothing, when
+        they do not (DESIGN rule 2). Written to a temporary of its own (several worker
+        threads may install at once) and renamed into place, so the store never holds a
+        half-written chunk: a write that fails (a full disk) leaves nothing behind."""
+        if (digest_of(data) if hashed is None else hashed) != digest:
+            return False
+        path = self.chunk_path(digest)
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except OSError:
+            _unlink(tmp)
+            raise
+        return True
 
     # -- replaced chunks, kept a while. A peer that learnt of a version just before its
     # maker replaced or deleted it asks for its chunks: without them it could open nothing

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from syncd import peers, share
+from syncd import content, peers, serve, waiting
 from syncd.auth import parse_key
 from syncd.home import (
     FAILURE,
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="show this machine's state")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
-    share.add_parsers(sub, common)
+    for commands in (serve, content, waiting):
+        commands.add_parsers(sub, common)
     return parser
 
 
@@ -361,4 +362,5 @@ def _reload_peers(home: Home) -> None:
 
 
 COMMANDS = {"init": cmd_init, "mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-            "cluster-key": cmd_cluster_key, "peer": cmd_peer, **share.COMMANDS}
+            "cluster-key": cmd_cluster_key, "peer": cmd_peer, **serve.COMMANDS,
+            **content.COMMANDS, **waiting.COMMANDS}

@@ -21,8 +21,8 @@ from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
-from syncd.index.catalog import SUBTREE, Catalog, node_at
-from syncd.index.store import split_chunks
+from syncd.index import peers as peer_table
+from syncd.index.catalog import Catalog
 from syncd.index.sync import Effects, Replica
 from syncd.peerlink import NotHeld, PeerError, PeerLink
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
 KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerlink.py)
-PEER_COLUMNS = {"device", "state", "cursor", "last_seen", "last_error"}
 # Replaced chunks are served this long after every peer in use confirmed the change that
 # replaced them (a fetch may be on its way), and at most this long for one that does not.
 KEEP_REPLACED_MIN = 2.0  # seconds
@@ -124,7 +123,7 @@ class Daemon:
         return False
 
     def _fetch_ahead(self, inos) -> None:
-        wanted = [ino for ino in inos if self.mirror or self._pinned(ino)]
+        wanted = [ino for ino in inos if self.mirror or self.catalog.pinned(ino)]
         if wanted:
             self._nursery.start_soon(self._prefetch, wanted)
         small = self._smaller_than([i for i in inos if i not in wanted], self.prefetch_below)
@@ -134,9 +133,7 @@ class Daemon:
     def _smaller_than(self, inos: list[int], size: int) -> list[int]:
         if not inos or size <= 0:
             return []
-        return [r[0] for r in self.catalog.conn.execute(
-            f"SELECT ino FROM inodes WHERE size < ? AND ino IN ({','.join('?' * len(inos))})",
-            (size, *inos))]
+        return self.catalog.smaller_than(inos, size)
 
     async def _prefetch_small(self) -> None:
         async for inos in self._small_receive:
@@ -163,9 +160,7 @@ class Daemon:
         if not nodes:  # a peer's change took it from its name meanwhile (rule 6)
             log.info("inode %d lost its name while it was being fetched", ino)
             return True
-        originals = [r[0] for r in self.catalog.conn.execute(
-            f"SELECT conflict_of FROM nodes WHERE conflict_of IS NOT NULL AND id IN "
-            f"({','.join('?' * len(nodes))})", nodes)]
+        originals = self.catalog.originals_of(nodes)
         for link in self.holders():
             if link.device is None:  # never answered a hello: nothing it says is applied
                 continue
@@ -177,7 +172,7 @@ class Daemon:
                     continue
                 if state is not None:
                     self.receive(link.device, [state])
-        newer = self._moved_on(nodes, ino)
+        newer = self.catalog.left_inode(nodes, ino)
         log.info("asked the peers for the current state of %s (inode %d): %s", nodes, ino,
                  "it has a newer version" if newer else "no newer version")
         if newer:
@@ -185,13 +180,7 @@ class Daemon:
         # A file nobody can read is dropped (here or by a check already under way): the
         # open then finds no file.
         await self.drop_unheld(nodes)
-        return self._moved_on(nodes, ino)
-
-    def _moved_on(self, nodes: list[str], ino: int) -> bool:
-        """Has any of the nodes another inode than `ino` now, or none?"""
-        return any(self.catalog.conn.execute(
-            "SELECT 1 FROM nodes WHERE id = ? AND (ino IS NULL OR ino != ?)",
-            (node, ino)).fetchone() for node in nodes)
+        return self.catalog.left_inode(nodes, ino)
 
     def read_chunk(self, digest: bytes) -> bytes | None:
         return self.store.read_served(digest)
@@ -213,12 +202,7 @@ class Daemon:
     async def copies(self, wanted: int, upto: int, timeout: float) -> dict:
         """`syncd wait --copies N`: ask online peers to hold the content of every file
         changed here up to sequence number `upto` until `wanted` of them hold all of it."""
-        digests = list(dict.fromkeys(
-            d for (blob,) in self.catalog.conn.execute(
-                "SELECT i.chunks FROM nodes n JOIN inodes i ON i.ino = n.ino"
-                " WHERE n.kind = 'file' AND n.deleted = 0 AND n.origin IS NULL"
-                " AND n.seq <= ?", (upto,))
-            for d in split_chunks(blob)))
+        digests = self.catalog.chunks_made_here(upto)
         left: dict[str, int] = {}
         with trio.move_on_after(timeout):
             while True:
@@ -250,41 +234,29 @@ class Daemon:
             link.poke()
 
     def save_peer(self, link: PeerLink, **columns) -> None:
-        assert set(columns) <= PEER_COLUMNS
-        with self.catalog.db.atomic():
-            self.catalog.conn.execute(
-                f"UPDATE peers SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
-                (*columns.values(), link.name))
+        peer_table.save_peer(self.catalog.db, link.name, **columns)
 
     def load_peers(self) -> None:
         """Start a loop for each peer in the table, stop those removed from it, and take
         the operator's outofuse/auto (syncd peer ...)."""
-        rows = self.catalog.conn.execute(
-            "SELECT name, url, device, state, cursor FROM peers").fetchall()
-        wanted = {r[0]: r for r in rows}
+        peers = peer_table.list_peers(self.catalog.db)
+        wanted = {p.name: p for p in peers}
         for name in list(self.links):
             link = self.links[name]
-            row = wanted.get(name)
-            if row is None or row[1].rstrip("/") != link.url:
+            peer = wanted.get(name)
+            if peer is None or peer.url.rstrip("/") != link.url:
                 link.cancel.cancel()
                 del self.links[name]
-            elif (row[3] == "outofuse") != (link.state == "outofuse"):
-                link.state = row[3]
+            elif (peer.state == "outofuse") != (link.state == "outofuse"):
+                link.state = peer.state
                 link.poke()
-        for name, url, device, state, cursor in rows:
-            if name not in self.links:
-                link = self.links[name] = PeerLink(self, name, url, device, state, cursor)
-                self._nursery.start_soon(link.run, name=f"peer {name}")
+        for p in peers:
+            if p.name not in self.links:
+                link = self.links[p.name] = PeerLink(self, p.name, p.url, p.device, p.state,
+                                                     p.cursor)
+                self._nursery.start_soon(link.run, name=f"peer {p.name}")
 
     # -- content held ahead of time: pins and mirrors
-
-    def _pinned(self, ino: int) -> bool:
-        row = self.catalog.conn.execute(
-            "WITH RECURSIVE up (id, parent, pinned) AS ("
-            " SELECT id, parent, pinned FROM nodes WHERE ino = ? AND deleted = 0"
-            " UNION SELECT n.id, n.parent, n.pinned FROM nodes n JOIN up ON n.id = up.parent)"
-            " SELECT max(pinned) FROM up", (ino,)).fetchone()
-        return bool(row and row[0])
 
     async def _prefetch(self, inos: list[int]) -> None:
         for ino in inos:
@@ -293,13 +265,9 @@ class Daemon:
             except OSError as e:
                 log.warning("could not fetch ahead inode %d: %s", ino, e)
 
-    def _files_under(self, node: str) -> list[int]:
-        return [r[0] for r in self.catalog.conn.execute(
-            SUBTREE + "SELECT DISTINCT ino FROM subtree WHERE kind = 'file'", (node,))]
-
     def resolve(self, path: str) -> str:
         """The node at a share path ('' is the root), or OSError(ENOENT)."""
-        node = node_at(self.catalog.conn, path)
+        node = self.catalog.node_at(path)
         if node is None:
             raise FileNotFoundError(errno.ENOENT, f"no {path!r} in the share")
         return node
@@ -307,7 +275,7 @@ class Daemon:
     async def fetch_tree(self, path: str) -> dict:
         """`syncd fetch`: every file under `path` here and verified. Local chunks are
         re-hashed; a damaged one is dropped and fetched again."""
-        inos = self._files_under(self.resolve(path))
+        inos = self.catalog.files_under(self.resolve(path))
         damaged, failed, replaced = 0, [], set()
         for ino in inos:
             for digest in dict.fromkeys(self.catalog.chunks(ino)):
@@ -315,26 +283,19 @@ class Daemon:
                         self.store.verify, digest):
                     log.warning("chunk %s in the store is damaged: fetching it again",
                                 digest.hex()[:12])
-                    self.store.remove(digest)
-                    with self.catalog.db.atomic():
-                        self.catalog.conn.execute(
-                            "UPDATE inodes SET local = 0 WHERE instr(chunks, ?) > 0", (digest,))
+                    self.catalog.drop_damaged_chunk(digest)
                     damaged += 1
             nodes = self.catalog.nodes_of(ino)
             try:
                 await self.fetcher.ensure_local(ino)
             except OSError as e:
                 if e.errno != errno.ESTALE:
-                    failed.append(self.fetcher.name(ino))
+                    failed.append(self.catalog.display_name(ino))
                     continue
                 replaced.add(ino)  # a newer version came meanwhile: fetch that instead
-                inos += [r[0] for r in self.catalog.conn.execute(
-                    f"SELECT ino FROM nodes WHERE deleted = 0 AND kind = 'file' AND id IN "
-                    f"({','.join('?' * len(nodes))})", nodes)]
+                inos += self.catalog.live_files_of(nodes)
         inos = [ino for ino in inos if ino not in replaced]
-        size = self.catalog.conn.execute(
-            f"SELECT coalesce(sum(size), 0) FROM inodes WHERE ino IN "
-            f"({','.join('?' * len(inos))})", inos).fetchone()[0] if inos else 0
+        size = self.catalog.total_size(inos)
         return {"ok": not failed, "files": len(inos), "bytes": size, "damaged": damaged,
                 "failed": failed[:100],
                 "error": f"{len(failed)} file(s) have no reachable holder" if failed else None}
@@ -369,8 +330,7 @@ class Daemon:
             self.store.keep_replaced(self.catalog.seq)
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
-            self._fetch_ahead([r[0] for r in self.catalog.conn.execute(
-                "SELECT ino FROM inodes WHERE local = 0")])
+            self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
             task_status.started()
@@ -396,11 +356,9 @@ class Daemon:
         except FileNotFoundError as e:
             return {"ok": False, "error": e.strerror}
         pin = bool(request.get("pin"))
-        with self.catalog.db.atomic():
-            self.catalog.conn.execute("UPDATE nodes SET pinned = ? WHERE id = ?",
-                                      (int(pin), node))
+        self.catalog.set_pin(node, pin)
         if pin:
-            self._nursery.start_soon(self._prefetch, self._files_under(node))
+            self._nursery.start_soon(self._prefetch, self.catalog.files_under(node))
         return {"ok": True}
 
     async def _copies_op(self, request: dict) -> dict:
@@ -409,7 +367,8 @@ class Daemon:
 
     async def _transfers_op(self, request: dict) -> dict:
         """What is being fetched right now (syncd status)."""
-        return {"ok": True, "fetching": sorted(self.fetcher.name(i) for i in self.fetcher.inflight),
+        return {"ok": True,
+                "fetching": sorted(self.catalog.display_name(i) for i in self.fetcher.inflight),
                 "prefetching": self.fetcher.prefetching}
 
     async def _reload_peers(self, request: dict) -> dict:

@@ -11,16 +11,12 @@ rest. Concurrent opens of one file share one fetch.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
-import os
-import secrets
 from typing import TYPE_CHECKING
 
 import trio
 
-from syncd.index.store import digest_of, split_chunks
 from syncd.peerlink import PeerError, PeerLink
 
 if TYPE_CHECKING:
@@ -36,17 +32,10 @@ BATCH_CHUNKS = 64  # chunks asked for in one request when prefetching small file
 class Fetcher:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
+        self.catalog = daemon.catalog
         self.store = daemon.catalog.store
-        self.conn = daemon.catalog.conn
         self.inflight: dict[int, trio.Event] = {}
         self.prefetching = 0  # small files in the current ahead-of-time round
-
-    def missing(self, ino: int) -> list[bytes]:
-        row = self.conn.execute("SELECT local, chunks FROM inodes WHERE ino = ?",
-                                (ino,)).fetchone()
-        if row is None or row[0]:
-            return []
-        return [d for d in dict.fromkeys(split_chunks(row[1])) if not self.store.has(d)]
 
     async def take_back(self, digests: list[bytes]) -> list[bytes]:
         """Put back the retired chunks among `digests` that are intact (hashed on a worker
@@ -65,10 +54,10 @@ class Fetcher:
         when some chunk has no holder that serves it right."""
         while ino in self.inflight:
             await self.inflight[ino].wait()
-        if self._is_local(ino):  # every open of every file asks: one query
+        if self.catalog.is_local(ino):  # every open of every file asks: one query
             return
         done = self.inflight[ino] = trio.Event()
-        what = self.name(ino)
+        what = self.catalog.display_name(ino)
         try:
             failed: list[OSError] = []
             # Several chunks per request (each request costs both sides more than a MiB
@@ -76,7 +65,7 @@ class Fetcher:
             # overlaps the other's and the network's.
             async with trio.open_nursery() as nursery:
                 limit = trio.Semaphore(PARALLEL)
-                todo = await self.take_back(self.missing(ino))
+                todo = await self.take_back(self.catalog.missing_chunks(ino))
                 for i in range(0, len(todo), PER_REQUEST):
                     await limit.acquire()
                     nursery.start_soon(self._fetch_some, todo[i:i + PER_REQUEST], what,
@@ -87,7 +76,7 @@ class Fetcher:
                     # the name up again and open that instead.
                     raise OSError(errno.ESTALE, f"{what} has a newer version")
                 raise failed[0]
-            self._mark_local([ino])
+            self.catalog.mark_local([ino])
         finally:
             del self.inflight[ino]
             done.set()
@@ -101,32 +90,27 @@ class Fetcher:
         finally:
             limit.release()
 
-    def _mark_local(self, inos: list[int]) -> None:
-        with self.daemon.catalog.db.atomic():
-            self.conn.executemany("UPDATE inodes SET local = 1 WHERE ino = ?",
-                                  [(i,) for i in inos])
-
     async def prefetch_small(self, inos: list[int]) -> None:
         """Fetch the content of small files ahead of any open, many chunks per request: for
         a small file the round trip costs more than its bytes. Best effort: what fails
         here is fetched again on open."""
         wanted: dict[bytes, None] = {}
         for ino in inos:
-            wanted.update(dict.fromkeys(self.missing(ino)))
+            wanted.update(dict.fromkeys(self.catalog.missing_chunks(ino)))
         todo = await self.take_back(list(wanted))
         self.prefetching = len(inos)
         try:
             await self._prefetch_chunks(todo)
         finally:
             self.prefetching = 0
-        self._mark_local([ino for ino in inos if not self.missing(ino)])
+        self.catalog.mark_local([ino for ino in inos if not self.catalog.missing_chunks(ino)])
 
     async def fetch_chunks(self, digests: list[bytes]) -> None:
         """Chunks a peer asked us to hold, then the files they complete marked local."""
         await self._prefetch_chunks(
             await self.take_back([d for d in digests if not self.store.has(d)]))
-        waiting = [r[0] for r in self.conn.execute("SELECT ino FROM inodes WHERE local = 0")]
-        self._mark_local([ino for ino in waiting if not self.missing(ino)])
+        self.catalog.mark_local([ino for ino in self.catalog.not_local()
+                                 if not self.catalog.missing_chunks(ino)])
 
     async def _prefetch_chunks(self, todo: list[bytes]) -> None:
         for link in self.daemon.holders():
@@ -141,15 +125,6 @@ class Fetcher:
             todo = left
             if not todo:
                 break
-
-    def name(self, ino: int) -> str:
-        row = self.conn.execute("SELECT name FROM nodes WHERE ino = ? AND deleted = 0",
-                                (ino,)).fetchone()
-        return repr(row[0]) if row else f"inode {ino}"
-
-    def _is_local(self, ino: int) -> bool:
-        row = self.conn.execute("SELECT local FROM inodes WHERE ino = ?", (ino,)).fetchone()
-        return row is None or bool(row[0])
 
     async def fetch_chunks_of(self, digests: list[bytes], what: str) -> None:
         """Get, verify and install these chunks of `what` (at most api.MAX_CHUNKS), asking
@@ -188,26 +163,10 @@ class Fetcher:
         try:
             return await trio.to_thread.run_sync(self._install_all, got)
         except OSError as e:
-            if e.errno != errno.ENOSPC or not self.store.drop_retired():
+            if e.errno != errno.ENOSPC or not self.store.make_room():
                 raise
         return await trio.to_thread.run_sync(self._install_all, got)
 
     def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]) -> set[bytes]:
-        return {d for d, (data, hashed) in got.items() if self._install(d, data, hashed)}
-
-    def _install(self, digest: bytes, data: bytes | memoryview, hashed: bytes | None) -> bool:
-        """Verify data against digest (hashed: its digest, when already computed) and
-        install it; False, installing nothing, when it does not match."""
-        if (digest_of(data) if hashed is None else hashed) != digest:
-            return False
-        path = self.store.chunk_path(digest)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.rename(tmp, path)
-        except OSError:  # a full disk: leave nothing half written behind
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return True
+        return {d for d, (data, hashed) in got.items()
+                if self.store.put_verified(d, data, hashed)}

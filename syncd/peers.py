@@ -6,14 +6,19 @@ do so while the serving process runs, and they then ask it to reload its peers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sqlite3
-from collections.abc import Iterator
 
 from syncd.home import STATE, USAGE, Home, UserError, utc
-from syncd.index import schema
+from syncd.index.catalog import open_catalog
+from syncd.index.peers import (
+    NoSuchPeer,
+    PeerExists,
+    add_peer,
+    list_peers,
+    remove_peer,
+    set_peer_use,
+)
 
 PEERS_SCHEMA = 1
 
@@ -39,37 +44,36 @@ def check_url(url: str) -> str:
 
 def add(home: Home, name: str, url: str) -> None:
     try:
-        with _db(home) as db:
-            db.execute("INSERT INTO peers (name, url) VALUES (?, ?)", (name, url))
-    except sqlite3.IntegrityError:
+        with open_catalog(home.db_path, home.store_path) as cat:
+            add_peer(cat.db, name, url)
+    except PeerExists:
         raise UserError(f"there is already a peer named {name!r}; "
                         "'syncd peer remove' it first", STATE) from None
 
 
 def remove(home: Home, name: str) -> None:
-    with _db(home) as db:
-        if not db.execute("DELETE FROM peers WHERE name = ?", (name,)).rowcount:
-            raise UserError(f"no peer named {name!r}")
+    try:
+        with open_catalog(home.db_path, home.store_path) as cat:
+            remove_peer(cat.db, name)
+    except NoSuchPeer:
+        raise UserError(f"no peer named {name!r}") from None
 
 
 def set_use(home: Home, name: str, use: str) -> None:
     """use: "outofuse" (never contacted, catch-up kept) or "auto" (probed afresh)."""
-    state = "outofuse" if use == "outofuse" else "unknown"
-    with _db(home) as db:
-        if not db.execute("UPDATE peers SET state = ? WHERE name = ?", (state, name)).rowcount:
-            raise UserError(f"no peer named {name!r}")
+    try:
+        with open_catalog(home.db_path, home.store_path) as cat:
+            set_peer_use(cat.db, name, use)
+    except NoSuchPeer:
+        raise UserError(f"no peer named {name!r}") from None
 
 
 def collect(home: Home) -> dict:
-    db = schema.open_db(home.db_path, readonly=True)
-    try:
-        rows = db.conn.execute(
-            "SELECT name, url, device, state, last_seen FROM peers ORDER BY name").fetchall()
-    finally:
-        db.close()
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        peers = list_peers(cat.db)
     return {"schema_version": PEERS_SCHEMA,
-            "peers": [{"name": name, "url": url, "device": device, "state": state,
-                       "last_seen": utc(seen)} for name, url, device, state, seen in rows]}
+            "peers": [{"name": p.name, "url": p.url, "device": p.device, "state": p.state,
+                       "last_seen": utc(p.last_seen)} for p in peers]}
 
 
 def print_peers(home: Home, as_json: bool) -> None:
@@ -86,14 +90,3 @@ def print_peers(home: Home, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-@contextlib.contextmanager
-def _db(home: Home) -> Iterator[sqlite3.Connection]:
-    """The index, in one transaction: committed when the block ends, else rolled back."""
-    db = schema.open_db(home.db_path)
-    try:
-        with db.conn:
-            yield db.conn
-    finally:
-        db.close()

@@ -5,61 +5,36 @@ from __future__ import annotations
 import json
 
 from syncd.home import Home, UserError, mounted_at, utc
-from syncd.index import schema
-from syncd.index.store import ChunkStore
-from syncd.index.sync import pending
+from syncd.index.catalog import open_catalog
+from syncd.index.peers import list_peers, pending_for
 
 STATUS_SCHEMA = 1
 
-FILE_COUNTS = """
-WITH RECURSIVE pinned (id) AS (
-    SELECT id FROM nodes WHERE pinned = 1 AND deleted = 0
-    UNION SELECT n.id FROM nodes n JOIN pinned p ON n.parent = p.id WHERE n.deleted = 0
-)
-SELECT
-    count(*),
-    coalesce(sum(i.local), 0),
-    coalesce(sum(n.id IN (SELECT id FROM pinned)), 0),
-    coalesce(sum(n.conflict_of IS NOT NULL), 0),
-    coalesce(sum(i.size), 0),
-    coalesce(sum(i.size * i.local), 0)
-FROM nodes n JOIN inodes i ON i.ino = n.ino
-WHERE n.kind = 'file' AND n.deleted = 0
-"""
-
 
 def collect(home: Home) -> dict:
-    db = schema.open_db(home.db_path, readonly=True)
-    try:
-        meta = dict(db.conn.execute("SELECT key, value FROM meta"))
-        meta["seq"] = db.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
-        total, local, pinned, conflicts, size, size_local = db.conn.execute(
-            FILE_COUNTS).fetchone()
-        store = ChunkStore(home.store_path)
-        dirty = len(store.dirty_inodes())
-        replaced_chunks, replaced_bytes = store.retired_usage()
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        device, seq = cat.device, cat.seq
+        files = cat.file_counts()
+        dirty = len(cat.store.dirty_inodes())
+        replaced_chunks, replaced_bytes = cat.store.retired_usage()
         peers = []
-        for name, url, device, state, cursor, last_seen, error in db.conn.execute(
-                "SELECT name, url, device, state, cursor, last_seen, last_error FROM peers "
-                "ORDER BY name"):
-            changes, waiting, oldest = pending(db.conn, cursor, device)
-            peers.append({"name": name, "url": url, "device": device, "state": state,
-                          "last_seen": utc(last_seen), "pending_changes": changes,
+        for p in list_peers(cat.db):
+            changes, waiting, oldest = pending_for(cat.db, p)
+            peers.append({"name": p.name, "url": p.url, "device": p.device, "state": p.state,
+                          "last_seen": utc(p.last_seen), "pending_changes": changes,
                           "pending_bytes": waiting, "oldest_pending": utc(oldest),
-                          "last_error": error})
-    finally:
-        db.close()
+                          "last_error": p.last_error})
     where, pid = mounted_at(home)
     transfers = _transfers(home) if pid is not None else None
     return {
         "schema_version": STATUS_SCHEMA,
-        "device": {"id": meta["device_id"], "name": home.config()["name"],
-                   "seq": int(meta["seq"])},
+        "device": {"id": device, "name": home.config()["name"], "seq": seq},
         "mounted_at": where,
         "pid": pid,
-        "files": {"total": total, "local": local, "missing": total - local,
-                  "pinned": pinned, "conflicts": conflicts, "bytes": size,
-                  "bytes_local": size_local},
+        "files": {"total": files.total, "local": files.local,
+                  "missing": files.total - files.local, "pinned": files.pinned,
+                  "conflicts": files.conflicts, "bytes": files.bytes,
+                  "bytes_local": files.bytes_local},
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "peers": peers,

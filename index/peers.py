@@ -1,0 +1,100 @@
+"""Peer records: the peers table (DESIGN, "Peer states"), and what each has yet to receive.
+
+The operator's commands add, remove and take peers out of use; the serving process loads
+them and saves what it learns of each (state, device, cursor, last answer, last error).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import sqlite_utils
+
+# What the serving process records about a peer as it talks to it.
+SAVED_COLUMNS = frozenset({"device", "state", "cursor", "last_seen", "last_error"})
+
+
+class PeerExists(Exception):
+    """A peer of that name is already in the table."""
+
+
+class NoSuchPeer(LookupError):
+    """No peer of that name is in the table."""
+
+
+@dataclass
+class Peer:
+    name: str
+    url: str
+    device: str | None  # learned at the first hello
+    state: str  # unknown, online, offline or outofuse
+    cursor: int  # our sequence number up to which it confirmed our changes (rule 5)
+    last_seen: int | None  # unix seconds of its last answer
+    last_error: str | None
+
+
+class Pending(NamedTuple):
+    changes: int
+    bytes: int
+    oldest: int | None  # unix seconds of the oldest change's journal row
+
+
+def add_peer(db: sqlite_utils.Database, name: str, url: str) -> None:
+    """A new peer, state unknown; PeerExists when the name is taken."""
+    try:
+        with db.atomic():
+            db.conn.execute("INSERT INTO peers (name, url) VALUES (?, ?)", (name, url))
+    except sqlite3.IntegrityError:
+        raise PeerExists(name) from None
+
+
+def remove_peer(db: sqlite_utils.Database, name: str) -> None:
+    """Forget a peer and its catch-up; NoSuchPeer when there is none of that name."""
+    with db.atomic():
+        if not db.conn.execute("DELETE FROM peers WHERE name = ?", (name,)).rowcount:
+            raise NoSuchPeer(name)
+
+
+def set_peer_use(db: sqlite_utils.Database, name: str, use: str) -> None:
+    """use: "outofuse" (never contacted, catch-up kept) or "auto" (probed afresh, so its
+    state starts over as unknown). NoSuchPeer when there is none of that name."""
+    if use not in ("outofuse", "auto"):
+        raise ValueError(f"bad use {use!r}")
+    state = "outofuse" if use == "outofuse" else "unknown"
+    with db.atomic():
+        if not db.conn.execute("UPDATE peers SET state = ? WHERE name = ?",
+                               (state, name)).rowcount:
+            raise NoSuchPeer(name)
+
+
+def list_peers(db: sqlite_utils.Database) -> list[Peer]:
+    """Every peer, by name."""
+    return [Peer(*row) for row in db.conn.execute(
+        "SELECT name, url, device, state, cursor, last_seen, last_error FROM peers "
+        "ORDER BY name")]
+
+
+def save_peer(db: sqlite_utils.Database, name: str, **columns) -> None:
+    """Record what the serving process learnt of a peer (SAVED_COLUMNS only)."""
+    if not columns or not set(columns) <= SAVED_COLUMNS:
+        raise ValueError(f"cannot save {sorted(columns)} of a peer")
+    with db.atomic():
+        db.conn.execute(
+            f"UPDATE peers SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
+            (*columns.values(), name))
+
+
+def pending_for(db: sqlite_utils.Database, peer: Peer, upto: int | None = None) -> Pending:
+    """What a peer has yet to receive (DESIGN, "Sequence numbers"): the nodes stamped
+    after its cursor (and up to `upto`) that it did not send us, their content bytes, and
+    the journal time of the oldest."""
+    changes, size, oldest_seq = db.conn.execute(
+        "SELECT count(*), coalesce(sum(i.size), 0), min(n.seq) FROM nodes n "
+        "LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file' "
+        "WHERE n.seq > ? AND n.seq <= ? AND (n.origin IS NULL OR n.origin != ?)",
+        (peer.cursor, upto if upto is not None else 1 << 62, peer.device or ""),
+    ).fetchone()
+    row = db.conn.execute("SELECT at FROM journal WHERE seq = ?", (oldest_seq,)).fetchone()
+    return Pending(changes, size, row[0] if row else None)

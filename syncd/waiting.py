@@ -1,0 +1,86 @@
+"""`syncd wait`: until the peers have confirmed every change made here, and other
+machines hold its content (docs/cli.md)."""
+
+from __future__ import annotations
+
+import time
+
+from syncd.content import FETCH_TIMEOUT
+from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError
+from syncd.index.catalog import open_catalog
+from syncd.index.peers import list_peers, pending_for
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("wait", parents=[common],
+                       help="wait until peers have confirmed every change made here")
+    p.add_argument("--peer", metavar="NAME", help="only this peer (default: every online one)")
+    p.add_argument("--copies", type=int, default=1, metavar="N",
+                   help="and the content of each change is held by N other machines "
+                        "(default 1; 0: do not check content)")
+    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+
+
+def cmd_wait(home: Home, args) -> int:
+    """Poll the index (read-only) until the peers' cursors cover every change made here
+    up to now."""
+    home.require()
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    target = None
+    while True:
+        with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+            if target is None:
+                target = cat.seq
+            behind = _behind(cat.db, target, args.peer)
+        if behind is None:
+            raise UserError("no peer is reachable: nothing could confirm the changes",
+                            UNREACHABLE)
+        if not behind:
+            print("every change made here has been confirmed"
+                  + (f" by {args.peer}" if args.peer else " by every online peer"))
+            return _wait_copies(home, args, target, deadline)
+        if deadline is not None and time.monotonic() > deadline:
+            report = ", ".join(f"{name} ({n} change(s), {size} bytes)"
+                               for name, n, size in behind)
+            raise UserError(f"timed out after {args.timeout:g} s; behind: {report}",
+                            UNREACHABLE)
+        time.sleep(0.1)
+
+
+def _wait_copies(home: Home, args, target: int, deadline: float | None) -> int:
+    if args.copies <= 0:
+        return OK
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+    if home.holder() is None:
+        raise UserError(f"{home.path} is not mounted or served: nothing can ask peers to "
+                        "hold copies", STATE)
+    from syncd import control
+
+    answer = control.request(home, "copies", timeout=(left or FETCH_TIMEOUT) + 10,
+                             copies=args.copies, upto=target, seconds=left)
+    if not answer.get("ok"):
+        raise UserError(answer.get("error") or "copies failed", UNREACHABLE)
+    print(f"the content is held by {answer['holders']} other machine(s)")
+    return OK
+
+
+def _behind(db, target: int, only: str | None) -> list[tuple] | None:
+    """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
+    peer that counts is online."""
+    peers = list_peers(db)
+    if only is not None:
+        peers = [p for p in peers if p.name == only]
+        if not peers:
+            raise UserError(f"no peer named {only!r}", FAILURE)
+    online = [p for p in peers if p.state == "online"]
+    if not online:
+        return None
+    behind = []
+    for peer in online:
+        changes, size, _ = pending_for(db, peer, upto=target)
+        if changes:
+            behind.append((peer.name, changes, size))
+    return behind
+
+
+COMMANDS = {"wait": cmd_wait}

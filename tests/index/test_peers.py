@@ -1,0 +1,112 @@
+"""Peer records and what each peer has yet to receive, on real index files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from syncd.index.catalog import open_catalog
+from syncd.index.peers import (
+    NoSuchPeer,
+    Peer,
+    PeerExists,
+    add_peer,
+    list_peers,
+    pending_for,
+    remove_peer,
+    save_peer,
+    set_peer_use,
+)
+
+from tests.index.test_sync import Device, T, send
+
+A, B, C = "a" * 32, "b" * 32, "c" * 32
+
+
+@pytest.fixture
+def dev(tmp_path) -> Device:
+    d = Device(tmp_path, A, T)
+    yield d
+    d.db.close()
+
+
+def test_a_new_peer_is_unknown_with_nothing_confirmed(dev):
+    add_peer(dev.db, "beta", "http://b:7700")
+    add_peer(dev.db, "alpha", "http://a:7700")
+    assert list_peers(dev.db) == [
+        Peer("alpha", "http://a:7700", None, "unknown", 0, None, None),
+        Peer("beta", "http://b:7700", None, "unknown", 0, None, None)]
+
+
+def test_a_taken_name_is_refused_and_changes_nothing(dev):
+    add_peer(dev.db, "beta", "http://b:7700")
+    with pytest.raises(PeerExists):
+        add_peer(dev.db, "beta", "http://other:7700")
+    assert [p.url for p in list_peers(dev.db)] == ["http://b:7700"]
+
+
+def test_remove_and_set_use_want_an_existing_peer(dev):
+    for change in (lambda: remove_peer(dev.db, "nobody"),
+                   lambda: set_peer_use(dev.db, "nobody", "auto")):
+        with pytest.raises(NoSuchPeer):
+            change()
+    add_peer(dev.db, "beta", "http://b:7700")
+    remove_peer(dev.db, "beta")
+    assert list_peers(dev.db) == []
+
+
+def test_out_of_use_keeps_the_cursor_and_auto_starts_over_as_unknown(dev):
+    add_peer(dev.db, "beta", "http://b:7700")
+    save_peer(dev.db, "beta", device=B, state="online", cursor=7, last_seen=100)
+    set_peer_use(dev.db, "beta", "outofuse")
+    (p,) = list_peers(dev.db)
+    assert (p.state, p.cursor, p.device, p.last_seen) == ("outofuse", 7, B, 100)
+    set_peer_use(dev.db, "beta", "auto")
+    assert list_peers(dev.db)[0].state == "unknown"
+
+
+def test_save_takes_only_what_the_daemon_learns(dev):
+    add_peer(dev.db, "beta", "http://b:7700")
+    save_peer(dev.db, "beta", state="offline", last_error="connection refused")
+    assert list_peers(dev.db)[0].last_error == "connection refused"
+    with pytest.raises(ValueError):
+        save_peer(dev.db, "beta", url="http://elsewhere:1")
+    with pytest.raises(ValueError):
+        save_peer(dev.db, "beta")
+
+
+def test_pending_counts_each_node_once_less_what_the_peer_sent(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Device(tmp_path / "a", A, T), Device(tmp_path / "b", B, T)
+    try:
+        add_peer(a.db, "beta", "http://b:7700")
+        add_peer(a.db, "gamma", "http://c:7700")
+        save_peer(a.db, "beta", device=B)
+        save_peer(a.db, "gamma", device=C)
+        a.mkdir("/d")
+        a.write("/d/f", b"hello", T)
+        a.write("/d/f", b"hello, world", T + 1)  # superseded: still one node
+        b.write("/g", b"from b", T)
+        send(b, a)  # /g came from beta: beta holds it, gamma does not
+        beta, gamma = list_peers(a.db)
+        first = a.cat.conn.execute("SELECT at FROM journal WHERE seq = 1").fetchone()[0]
+        assert pending_for(a.db, beta) == (2, 12, first)
+        assert pending_for(a.db, gamma) == (3, 18, first)
+        assert pending_for(a.db, gamma, upto=1) == (1, 0, first)  # the directory
+        save_peer(a.db, "gamma", cursor=a.cat.seq)
+        assert pending_for(a.db, list_peers(a.db)[1]) == (0, 0, None)
+    finally:
+        a.db.close()
+        b.db.close()
+
+
+def test_a_read_only_index_shows_peers_and_refuses_changes(dev, tmp_path):
+    add_peer(dev.db, "beta", "http://b:7700")
+    dev.write("/f", b"abc", T)
+    with open_catalog(tmp_path / "index.db", tmp_path / "store", readonly=True) as cat:
+        (beta,) = list_peers(cat.db)
+        assert pending_for(cat.db, beta).changes == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            add_peer(cat.db, "gamma", "http://c:7700")
+    assert [p.name for p in list_peers(dev.db)] == ["beta"]

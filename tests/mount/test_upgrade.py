@@ -1,0 +1,58 @@
+"""A home made by an earlier syncd opens with this one, its files intact
+(tests/data/home-v4.tar.gz: a home made and filled through a mount by the landed version
+of 2026-12-01, 916a72d, schema 4)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_fuse
+from tests.helpers import Mount, force_cleanup, status, syncd
+
+pytestmark = needs_fuse
+
+DATA = Path(__file__).parent.parent / "data"
+BIG = b"".join(b"line %d of the landed version\n" % i for i in range(80000))
+
+
+@pytest.fixture
+def old_home(tmp_path: Path):
+    with tarfile.open(DATA / "home-v4.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    m = Mount(tmp_path / "home", tmp_path / "mnt")
+    try:
+        yield m
+    finally:
+        force_cleanup(m.home, m.path)
+        assert "Traceback" not in m.log(), m.log()
+
+
+def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
+    old_home.start()
+    m = old_home.path
+    assert sorted(os.listdir(m)) == ["docs", "link", "sparse.bin"]
+    assert (m / "docs" / "small.txt").read_bytes() == b"hello from the landed version\n"
+    assert os.stat(m / "docs" / "small.txt").st_nlink == 2  # with docs/hard.txt
+    assert (m / "docs" / "deep" / "big.bin").read_bytes() == BIG
+    assert os.stat(m / "docs" / "deep" / "big.bin").st_mode & 0o777 == 0o600
+    assert (m / "sparse.bin").read_bytes() == b"head" + bytes(3 * 2**20 - 4) + b"tail"
+    assert os.readlink(m / "link") == "docs/small.txt"
+    # what this version writes commits as usual on it, and stays across a remount
+    (m / "docs" / "new.txt").write_text("written by this version\n")
+    old_home.stop()
+    old_home.start()
+    assert (m / "docs" / "new.txt").read_text() == "written by this version\n"
+    assert status(old_home.home)["files"]["total"] == 5
+    assert "beta" in syncd(old_home.home, "peer", "list").stdout
+    old_home.stop()
+    db = sqlite3.connect(old_home.home / "index.db")
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        db.close()
