@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from syncd.home import Home, UserError, mounted_at, utc
+from syncd.home import OK, Home, UserError, mounted_at, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import list_peers, pending_for
 
@@ -97,3 +97,17 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("status", parents=[common], help="show this machine's state")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+
+
+def cmd_status(home: Home, args) -> int:
+    home.require()
+    print_status(home, as_json=args.json)
+    return OK
+
+
+COMMANDS = {"status": cmd_status}

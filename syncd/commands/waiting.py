@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from syncd.content import FETCH_TIMEOUT
+from syncd.commands.content import FETCH_TIMEOUT
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import list_peers, pending_for

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
-from syncd.home import STATE, USAGE, Home, UserError, utc
+from syncd.home import OK, STATE, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import (
     NoSuchPeer,
@@ -90,3 +91,57 @@ def print_peers(home: Home, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("peer", parents=[common], help="add, list, remove or set peers")
+    peer = p.add_subparsers(dest="peer_command", required=True, metavar="PEER_COMMAND")
+    p = peer.add_parser("add", parents=[common], help="add a peer")
+    p.add_argument("name", metavar="NAME", help="its name here: 1-64 of A-Z a-z 0-9 . _ -")
+    p.add_argument("url", metavar="URL", help="where it listens: http://HOST:PORT")
+    p = peer.add_parser("list", parents=[common], help="list the peers")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    p = peer.add_parser("remove", parents=[common], help="forget a peer")
+    p.add_argument("name", metavar="NAME")
+    p = peer.add_parser("set", parents=[common], help="take a peer out of use, or back")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("use", choices=["outofuse", "auto"],
+                   help="outofuse: never contact it, keep its catch-up; auto: contact it")
+
+
+def cmd_peer(home: Home, args) -> int:
+    home.require()
+    if args.peer_command == "list":
+        print_peers(home, as_json=args.json)
+        return OK
+    if args.peer_command == "add":
+        name, url = check_name(home, args.name), check_url(args.url)
+        add(home, name, url)
+        print(f"added peer {args.name} at {url}")
+    elif args.peer_command == "remove":
+        remove(home, args.name)
+        print(f"removed peer {args.name}")
+    else:
+        set_use(home, args.name, args.use)
+        print(f"peer {args.name}: {args.use}")
+    _reload_peers(home)
+    return OK
+
+
+def _reload_peers(home: Home) -> None:
+    """Tell the serving process, if any, that the peers table changed."""
+    holder = home.holder()
+    if holder is None:
+        return
+    from syncd import control  # trio loads only when something is served
+
+    try:
+        answer = control.request(home, "reload-peers")
+    except UserError as e:
+        answer = {"error": str(e)}
+    if not answer.get("ok"):
+        print(f"syncd: warning: the serving process (pid {holder.pid}) did not take the "
+              f"change ({answer.get('error')}); it will at its next start", file=sys.stderr)
+
+
+COMMANDS = {"peer": cmd_peer}
