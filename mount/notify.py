@@ -1,8 +1,10 @@
-"""Telling the kernel what peers changed behind its back (pyfuse3-notes.md, section 4).
+"""Telling the kernel what peers changed behind its back.
 
 Invalidation calls block in C until the kernel is done, and the kernel may first need our
-handlers: so they run on one worker thread, never from a handler, never under a lock a
-handler needs, and no handler ever waits for them. Long cache timeouts stay; this is what
+handlers: invalidating an entry waits for the operations in progress on its directory
+(libfuse's fuse_lowlevel.h lists them), and libfuse's doc/README.notifications forbids
+notifying while a request is being handled. So they run on one worker thread, never from a
+handler, never under a lock a handler needs, and no handler ever waits for them. Long cache timeouts stay; this is what
 keeps a peer's change visible at once.
 """
 

@@ -2,8 +2,9 @@
 
 Caching contract. Attributes and entries are cached by the kernel for `timeout` seconds and
 pages survive a reopen (`keep_cache`); every change made through this mount goes through
-the kernel, which keeps those caches right. Changes made behind the kernel's back (peers,
-later) must invalidate explicitly, from a notifier thread, never from a handler. The
+the kernel, which keeps those caches right. Changes made behind the kernel's back (a peer's,
+applied by the daemon) are invalidated explicitly, from a notifier thread, never from a
+handler (mount/notify.py). The
 writeback cache stays off: the kernel would then own sizes and times.
 
 Lookup counts live in memory (they belong to one mount session). An inode is purged when
