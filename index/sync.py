@@ -188,7 +188,7 @@ class Replica:
                     (state["id"], json.dumps(state), origin))
             self._drain_limbo(effects)
 
-        self.cat._atomic(run)
+        self.cat.transaction(run)
         return effects
 
     def commit_detached(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
@@ -215,7 +215,7 @@ class Replica:
                 mine["mode"]["mode"] = 0o644
             self._apply_one(mine, None, effects)
 
-        self.cat._atomic(run)
+        self.cat.transaction(run)
         return effects
 
     def _drain_limbo(self, effects: Effects) -> None:
@@ -244,7 +244,7 @@ class Replica:
     def _apply_one(self, remote: dict, origin: str, effects: Effects) -> None:
         if remote["id"] == ROOT_ID:
             return
-        self.cat.clock = max(self.cat.clock, *(remote[a]["clock"] for a in ASPECTS))
+        self.cat.observe_clock(max(remote[a]["clock"] for a in ASPECTS))
         row = self._row(remote["id"])
         if row is None:
             self._insert(remote, origin, effects)
@@ -396,7 +396,7 @@ class Replica:
             return
         tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{device[:7]}"
         name = free_tagged_name(merged["name"], tag,
-                                lambda n: self.cat._live(merged["parent"], n))
+                                lambda n: self.cat.is_live_name(merged["parent"], n))
         state = {
             "id": node, "kind": loser["kind"], "parent": merged["parent"], "name": name,
             "deleted": False, "conflict_of": loser["id"], "content": dict(c),
@@ -472,12 +472,12 @@ class Replica:
             self._entry_changed(parent, name, effects)
             return True
 
-        return effects if self.cat._atomic(run) else None
+        return effects if self.cat.transaction(run) else None
 
     def _deletable(self, local: dict) -> bool:
         """A directory with live children stays: the children are changes the deleter
         did not see."""
-        return not (local["kind"] == "dir" and self.cat._has_children(local["id"]))
+        return not (local["kind"] == "dir" and self.cat.has_children(local["id"]))
 
     # -- writing
 
@@ -488,7 +488,7 @@ class Replica:
         same result; these decisions depend on the state each peer has when the clash
         reaches it, so without a version of their own a peer that decided otherwise, or
         never saw the clash, would keep what it has for ever (soak bug 5)."""
-        self.cat._stamp(node, op, aspects, {"decided": True})
+        self.cat.stamp_local(node, op, aspects, {"decided": True})
 
     def _insert(self, state: dict, origin: str | None, effects: Effects) -> None:
         node = state["id"]
@@ -523,7 +523,7 @@ class Replica:
             if ino is not None:
                 self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
                                   (node,))
-                self.cat._dir_nodes.pop(ino, None)
+                self.cat.forget_dir(ino)
                 effects.orphans.add(ino)
                 effects.detached[ino] = (node, old["content"]["vv"])
                 self._entry_changed(old_parent, old_name, effects)
@@ -584,7 +584,7 @@ class Replica:
              digest, b"".join(chunks), target, int(local)),
         ).lastrowid
         if chunks:
-            self.cat._reref(chunks, size, [])
+            self.cat.add_chunk_refs(chunks, size)
         if not local:
             effects.missing.add(ino)
         return ino
@@ -600,18 +600,10 @@ class Replica:
                           (*params, node))
 
     def _stamp(self, node: str, op: str, origin: str | None, state: dict) -> None:
-        """An applied change: the next sequence number and a journal row, no new version."""
-        cat = self.cat
-        cat.seq += 1
-        cat.clock += 1
-        self.conn.execute("UPDATE nodes SET seq = ?, origin = ? WHERE id = ?",
-                          (cat.seq, origin, node))
+        """An applied change, journalled as made by the device of its latest version."""
         device = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
-        self.conn.execute(
-            "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (cat.seq, cat.clock, node, op, device or cat.device, int(time.time()),
-             json.dumps({"from": origin} if origin else {"merged": True})))
+        self.cat.stamp_applied(node, op, origin, device,
+                               {"from": origin} if origin else {"merged": True})
 
     # -- placement
 
@@ -698,7 +690,7 @@ class Replica:
         loser = min(members, key=lambda s: (s["place"]["clock"], s["place"]["device"] or "",
                                             s["id"]))
         tag = f"sync-conflict-{(loser['place']['device'] or '')[:7]}"
-        free = free_tagged_name(loser["name"], tag, lambda n: self.cat._live(ROOT_ID, n))
+        free = free_tagged_name(loser["name"], tag, lambda n: self.cat.is_live_name(ROOT_ID, n))
         if loser["id"] == node:
             return ROOT_ID, free
         self._entry_changed(loser["parent"], loser["name"], effects)
@@ -719,7 +711,7 @@ class Replica:
         else:
             c = state["content"]
             tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{(c['device'] or '')[:7]}"
-        return free_tagged_name(state["name"], tag, lambda n: self.cat._live(parent, n))
+        return free_tagged_name(state["name"], tag, lambda n: self.cat.is_live_name(parent, n))
 
     def _rename_loser(self, loser: dict, winner: str, parent: str, effects: Effects) -> None:
         name = self._loser_name(loser, parent)
@@ -745,7 +737,7 @@ class Replica:
             "parent, (SELECT parent FROM nodes WHERE id = ?)) WHERE id = ?",
             (into, into, node))
         if ino is not None:
-            self.cat._dir_nodes.pop(ino, None)
+            self.cat.forget_dir(ino)
             effects.orphans.add(ino)
         self._decided(node, "merge-dir", ASPECTS)
         self._entry_changed(parent, name, effects)
