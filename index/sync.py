@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import blake3
 from syncd.index.catalog import ASPECTS, Catalog, check_name
-from syncd.index.names import free_tagged_name, tagged_name, utc_stamp
+from syncd.index.names import conflict_name
 from syncd.index.schema import ROOT_ID, ROOT_INO
 from syncd.index.store import file_hash, split_chunks
 
@@ -394,9 +394,8 @@ class Replica:
         node = conflict_id(loser["id"], device, c["made"].get(device, 0))
         if self._row(node) is not None:
             return
-        tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{device[:7]}"
-        name = free_tagged_name(merged["name"], tag,
-                                lambda n: self.cat.is_live_name(merged["parent"], n))
+        name = conflict_name(merged["name"], device, c["mtime_ns"],
+                             lambda n: self.cat.is_live_name(merged["parent"], n))
         state = {
             "id": node, "kind": loser["kind"], "parent": merged["parent"], "name": name,
             "deleted": False, "conflict_of": loser["id"], "content": dict(c),
@@ -406,7 +405,7 @@ class Replica:
             "place": dict(merged["place"]),
         }
         self._insert(state, None, effects)
-        if name != tagged_name(merged["name"], tag):
+        if name != conflict_name(merged["name"], device, c["mtime_ns"]):
             # Numbered because of copies that are here: a peer without them names it
             # otherwise, so the name taken here is a version of its own.
             self._decided(node, "conflict-copy")
@@ -689,8 +688,8 @@ class Replica:
         members = [state] + [_state(self._row(n)) for n in ring]
         loser = min(members, key=lambda s: (s["place"]["clock"], s["place"]["device"] or "",
                                             s["id"]))
-        tag = f"sync-conflict-{(loser['place']['device'] or '')[:7]}"
-        free = free_tagged_name(loser["name"], tag, lambda n: self.cat.is_live_name(ROOT_ID, n))
+        free = conflict_name(loser["name"], loser["place"]["device"],
+                             taken=lambda n: self.cat.is_live_name(ROOT_ID, n))
         if loser["id"] == node:
             return ROOT_ID, free
         self._entry_changed(loser["parent"], loser["name"], effects)
@@ -706,12 +705,13 @@ class Replica:
     def _loser_name(self, state: dict, parent: str) -> str:
         """A conflict name by the content version; directories have no content time (their
         mtime is local), so theirs names the device of their placement alone."""
+        def taken(n: str) -> bool:
+            return self.cat.is_live_name(parent, n)
+
         if state["kind"] == "dir":
-            tag = f"sync-conflict-{(state['place']['device'] or '')[:7]}"
-        else:
-            c = state["content"]
-            tag = f"sync-conflict-{utc_stamp(c['mtime_ns'] / 1e9)}-{(c['device'] or '')[:7]}"
-        return free_tagged_name(state["name"], tag, lambda n: self.cat.is_live_name(parent, n))
+            return conflict_name(state["name"], state["place"]["device"], taken=taken)
+        c = state["content"]
+        return conflict_name(state["name"], c["device"], c["mtime_ns"], taken)
 
     def _rename_loser(self, loser: dict, winner: str, parent: str, effects: Effects) -> None:
         name = self._loser_name(loser, parent)

