@@ -13,7 +13,7 @@ import math
 
 import pyfuse3
 import trio
-from syncd.index.sync import Effects
+from syncd.index.effects import Effects
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import os
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from syncd.index.states import changes_since
 
 from tests.index.test_catalog import check_invariants
 from tests.index.test_sync import Device, T
@@ -34,7 +35,7 @@ def send_some(src: Device, dst: Device, batch: int, batches: int) -> int:
     moved = 0
     for _ in range(batches):
         since = src.sent.get(dst.id, 0)
-        states, last = src.replica.changes_since(since, batch, dst.id)
+        states, last = changes_since(src.cat.conn, since, batch, dst.id)
         if last == since:
             break
         for s in states:
@@ -42,7 +43,7 @@ def send_some(src: Device, dst: Device, batch: int, batches: int) -> int:
                 digest = bytes.fromhex(h)
                 if not dst.cat.store.has(digest) and src.cat.store.has(digest):
                     dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
-        dst.replica.apply(states, src.id)
+        dst.merger.apply(states, src.id)
         src.sent[dst.id] = last
         moved += len(states)
     return moved

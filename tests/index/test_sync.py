@@ -11,9 +11,11 @@ import itertools
 import pytest
 from syncd.index import schema
 from syncd.index.catalog import Catalog
+from syncd.index.merge import Merger
 from syncd.index.names import conflict_name
+from syncd.index.rules import CC, EQ, GT, LT, compare
+from syncd.index.states import changes_since
 from syncd.index.store import ChunkStore
-from syncd.index.sync import CC, EQ, GT, LT, Replica, compare
 
 from tests.index.test_catalog import check_invariants
 
@@ -25,7 +27,7 @@ class Device:
         ChunkStore.create(path / "store")
         self.db = schema.create(path / "index.db", device_id, 1000, 1000, t0)
         self.cat = Catalog(self.db, ChunkStore(path / "store"))
-        self.replica = Replica(self.cat)
+        self.merger = Merger(self.cat)
         self.id = device_id
         self.sent: dict[str, int] = {}  # peer device -> our seq it has applied
 
@@ -72,7 +74,7 @@ def send(src: Device, dst: Device) -> int:
     a fetch would bring them), and move the cursor once applied."""
     applied = 0
     while True:
-        states, last = src.replica.changes_since(src.sent.get(dst.id, 0), 100, dst.id)
+        states, last = changes_since(src.cat.conn, src.sent.get(dst.id, 0), 100, dst.id)
         if last == src.sent.get(dst.id, 0):
             return applied
         apply(src, dst, states)
@@ -86,7 +88,7 @@ def apply(src: Device, dst: Device, states: list[dict]):
             digest = bytes.fromhex(h)
             if not dst.cat.store.has(digest) and src.cat.store.has(digest):
                 dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
-    return dst.replica.apply(states, src.id)
+    return dst.merger.apply(states, src.id)
 
 
 def converge(*devices: Device) -> None:
@@ -242,11 +244,11 @@ def test_states_whose_parent_comes_later_wait(devs):
     a.mkdir("/d")
     a.write("/d/f", b"x", T)
     a.cat.rename(ROOT, "d", ROOT, "e")  # d now has a later seq than its child
-    states, _ = a.replica.changes_since(0)
+    states, _ = changes_since(a.cat.conn, 0)
     child = [s for s in states if s["name"] == "f"]
-    b.replica.apply(child, a.id)
+    b.merger.apply(child, a.id)
     assert b.tree() == {}
-    b.replica.apply([s for s in states if s["name"] != "f"], a.id)
+    b.merger.apply([s for s in states if s["name"] != "f"], a.id)
     assert set(b.tree()) == {"/e", "/e/f"}
 
 
@@ -255,10 +257,10 @@ def test_a_file_written_while_a_peer_replaced_it_is_a_concurrent_version(devs):
     a.write("/f", b"base", T)
     converge(a, b)
     b.write("/f", b"b's version", T + 1)
-    effects = apply(b, a, b.replica.changes_since(0)[0])  # /f is open for writing on a
+    effects = apply(b, a, changes_since(b.cat.conn, 0)[0])  # /f is open for writing on a
     ((ino, (node, vv)),) = effects.detached.items()
     digest = a.cat.store.put(b"a's later write")
-    a.replica.commit_detached(node, vv, [digest], 15, T + 2)
+    a.merger.commit_detached(node, vv, [digest], 15, T + 2)
     converge(a, b)
     assert a.data("/f") == b"a's later write"
     (copy,) = [p for p in a.tree() if "sync-conflict" in p]
@@ -270,10 +272,10 @@ def test_a_file_written_while_a_peer_deleted_it_comes_back(devs):
     a.write("/f", b"base", T)
     converge(a, b)
     b.cat.unlink(ROOT, "f")
-    effects = apply(b, a, b.replica.changes_since(0)[0])
+    effects = apply(b, a, changes_since(b.cat.conn, 0)[0])
     ((ino, (node, vv)),) = effects.detached.items()
     digest = a.cat.store.put(b"kept")
-    a.replica.commit_detached(node, vv, [digest], 4, T + 2)
+    a.merger.commit_detached(node, vv, [digest], 4, T + 2)
     converge(a, b)
     assert b.data("/f") == b"kept"
 
