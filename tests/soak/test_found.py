@@ -18,9 +18,8 @@ from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, alive, force_cleanup, syncd, wait_for
-from tests.index.test_convergence import send_some
-from tests.index.test_sync import ROOT, T, converge, send
 from tests.peers.conftest import Peer, settled
+from tests.replicas import ROOT, T, converge, send, send_some
 from tests.soak.proxy import Proxy
 
 
