@@ -4,7 +4,7 @@ Every public method that changes the share runs in one transaction that also sta
 changed node with the next sequence number, bumps its version vector and Lamport clock for
 the aspect that changed (content, mode or placement) and appends a journal row (rule 1).
 Local-only facts (owner, atime) change without a stamp. States applied from peers are
-stamped here too (`stamp_applied`, from index/merge.py), so the journal and the counters
+stamped here too (`stamp_applied`, for index/merge.py), so the journal and the counters
 have this one writer.
 
 Errors are OSError with the errno POSIX gives, so the mount can pass them on as they are.

@@ -24,7 +24,7 @@ import time
 from syncd.index import rules
 from syncd.index.catalog import ASPECTS, Catalog
 from syncd.index.effects import Effects
-from syncd.index.node_rows import decided, entry_changed, new_inode, set_versions, stamp_applied
+from syncd.index.node_rows import decided, entry_changed, new_inode, set_versions, stamp_state
 from syncd.index.placement import Placement
 from syncd.index.schema import ROOT_ID
 from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
@@ -248,7 +248,7 @@ class Merger:
                 " VALUES (?, ?, NULL, ?, ?, 1, 0, ?)",
                 (node, state["kind"], state["parent"], state["name"], state["conflict_of"]))
             set_versions(self.cat, node, state)
-            stamp_applied(self.cat, node, "apply-delete", origin, state)
+            stamp_state(self.cat, node, "apply-delete", origin, state)
             return
         parent = self.placement.live_parent(state["parent"], effects)
         ino = new_inode(self.cat, state, effects)
@@ -261,7 +261,7 @@ class Merger:
         if placed is None:  # merged into a directory already here
             return
         if placed == (state["parent"], state["name"]):
-            stamp_applied(self.cat, node, "apply-create", origin, state)
+            stamp_state(self.cat, node, "apply-create", origin, state)
         else:
             decided(self.cat, node, "apply-create")
 
@@ -280,7 +280,7 @@ class Merger:
             self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
                               (merged["parent"], merged["name"], node))
             set_versions(self.cat, node, merged)
-            stamp_applied(self.cat, node, "apply-delete", origin, merged)
+            stamp_state(self.cat, node, "apply-delete", origin, merged)
             return
         parent = self.placement.live_parent(merged["parent"], effects)
         moved = old["deleted"] or (parent, merged["name"]) != (old_parent, old_name)
@@ -312,6 +312,6 @@ class Merger:
             if placed is None:
                 return
         if placed == (merged["parent"], merged["name"]):
-            stamp_applied(self.cat, node, "apply", origin, merged)
+            stamp_state(self.cat, node, "apply", origin, merged)
         else:
             decided(self.cat, node, "apply")

@@ -50,8 +50,9 @@ def set_versions(cat: Catalog, node: str, state: dict) -> None:
     cat.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
 
 
-def stamp_applied(cat: Catalog, node: str, op: str, origin: str | None, state: dict) -> None:
-    """An applied change, journalled as made by the device of its latest version."""
+def stamp_state(cat: Catalog, node: str, op: str, origin: str | None, state: dict) -> None:
+    """Catalog.stamp_applied for a state applied as it is: journalled as made by the
+    device of its latest version, and as from `origin` (None: merged here)."""
     device = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
     cat.stamp_applied(node, op, origin, device,
                       {"from": origin} if origin else {"merged": True})
