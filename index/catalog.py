@@ -3,7 +3,9 @@
 Every public method that changes the share runs in one transaction that also stamps each
 changed node with the next sequence number, bumps its version vector and Lamport clock for
 the aspect that changed (content, mode or placement) and appends a journal row (rule 1).
-Local-only facts (owner, atime) change without a stamp.
+Local-only facts (owner, atime) change without a stamp. States applied from peers are
+stamped here too (`stamp_applied`, for index/merge.py), so the journal and the counters
+have this one writer.
 
 Errors are OSError with the errno POSIX gives, so the mount can pass them on as they are.
 """
@@ -191,11 +193,36 @@ class Catalog:
         """Every inode's committed size (recovery)."""
         return dict(self.conn.execute("SELECT ino, size FROM inodes"))
 
-    # -- stamping (call inside a transaction)
+    # -- transactions and stamps (DESIGN rule 1)
+    #
+    # A node change, its sequence stamp and its journal row commit in one transaction:
+    # local changes and applied remote states alike go through these, and nothing else
+    # writes the journal or the counters.
 
-    def _stamp(self, node: str, op: str, aspects: tuple[str, ...], detail: dict | None) -> None:
-        self.seq += 1
-        self.clock += 1
+    def transaction(self, fn, *args):
+        """fn(*args) in one SQLite transaction; its result. When it fails, nothing it did
+        stays, the counters included; when it stamped something, on_change follows."""
+        before = self.seq
+        try:
+            with self.db.atomic():
+                if self._collected:  # rows of chunks retired since the last one
+                    self.conn.executemany("DELETE FROM chunks WHERE hash = ? AND refs <= 0",
+                                          [(d,) for d in self._collected])
+                result = fn(*args)
+        except BaseException:
+            self._load_counters()
+            raise
+        self._collected = []
+        if self.seq != before:
+            self.on_change()
+        return result
+
+    def stamp_local(self, node: str, op: str, aspects: tuple[str, ...],
+                    detail: dict | None) -> None:
+        """A change made here (inside a transaction): the next sequence number, a new
+        version of each of `aspects` (this device's entry in its vector is that number,
+        its clock the next Lamport clock) and a journal row."""
+        self._next_stamp()
         sets = ["seq = ?", "origin = NULL"]
         params: list[object] = [self.seq]
         if aspects:
@@ -211,10 +238,32 @@ class Catalog:
                 text = json.dumps(vv, sort_keys=True)
                 params += [text, text, self.clock, self.device]
         self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
+        self._journal(node, op, self.device, detail)
+
+    def stamp_applied(self, node: str, op: str, origin: str | None, device: str | None,
+                      detail: dict) -> None:
+        """A state applied from a peer, or merged here (inside a transaction): the next
+        sequence number and a journal row, no new version. `origin` is the peer that sent
+        it, which holds it already (None: every peer needs it); `device` made the change
+        (None: this one)."""
+        self._next_stamp()
+        self.conn.execute("UPDATE nodes SET seq = ?, origin = ? WHERE id = ?",
+                          (self.seq, origin, node))
+        self._journal(node, op, device or self.device, detail)
+
+    def observe_clock(self, clock: int) -> None:
+        """A Lamport clock seen in a remote state: changes made here come after it."""
+        self.clock = max(self.clock, clock)
+
+    def _next_stamp(self) -> None:
+        self.seq += 1
+        self.clock += 1
+
+    def _journal(self, node: str, op: str, device: str, detail: dict | None) -> None:
         self.conn.execute(
             "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.seq, self.clock, node, op, self.device, int(time.time()),
+            (self.seq, self.clock, node, op, device, int(time.time()),
              json.dumps(detail, sort_keys=True) if detail else None),
         )
 
@@ -225,21 +274,6 @@ class Catalog:
             "SELECT seq, clock FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         self.seq, self.clock = row if row else (0, 0)
 
-    def _atomic(self, fn, *args):
-        before = self.seq
-        try:
-            with self.db.atomic():
-                if self._collected:
-                    self.conn.executemany("DELETE FROM chunks WHERE hash = ? AND refs <= 0",
-                                          [(d,) for d in self._collected])
-                result = fn(*args)
-        except BaseException:
-            self._load_counters()
-            raise
-        self._collected = []
-        if self.seq != before:
-            self.on_change()
-        return result
 
     # -- creating
 
@@ -271,12 +305,12 @@ class Catalog:
                 ).lastrowid
             except sqlite3.IntegrityError:  # nodes_name: one live node per name
                 raise fail(errno.EEXIST, name) from None
-            self._stamp(node, "create", ASPECTS, {"kind": kind})
+            self.stamp_local(node, "create", ASPECTS, {"kind": kind})
             self._touch_dir(parent_ino, now)
             return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, now,
                                                   now, now, digest, target, 1))
 
-        return self._atomic(run)
+        return self.transaction(run)
 
     def link(self, ino: int, parent_ino: int, name: str) -> Entry:
         """A hard link: a second node on the same inode (peers see a separate file)."""
@@ -288,29 +322,29 @@ class Catalog:
             inode = self.inode(ino)
             if inode.kind == "dir":
                 raise fail(errno.EPERM)
-            if self._live(parent, name):
+            if self.is_live_name(parent, name):
                 raise fail(errno.EEXIST, name)
             node = f"{self.device}:{self.seq + 1}"
             self.conn.execute(
                 "INSERT INTO nodes (id, kind, ino, parent, name, seq) VALUES (?, ?, ?, ?, ?, 0)",
                 (node, inode.kind, ino, parent, name),
             )
-            self._stamp(node, "create", ASPECTS, {"kind": inode.kind, "link": True})
+            self.stamp_local(node, "create", ASPECTS, {"kind": inode.kind, "link": True})
             self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
             self._touch_dir(parent_ino, now)
             return self.lookup(parent_ino, name)
 
-        return self._atomic(run)
+        return self.transaction(run)
 
     # -- removing
 
     def unlink(self, parent_ino: int, name: str) -> int:
         """Remove a non-directory name: its node becomes a tombstone. Returns the inode,
         which the caller purges once nothing refers to it."""
-        return self._atomic(self._remove, parent_ino, check_name(name), False)
+        return self.transaction(self._remove, parent_ino, check_name(name), False)
 
     def rmdir(self, parent_ino: int, name: str) -> int:
-        return self._atomic(self._remove, parent_ino, check_name(name), True)
+        return self.transaction(self._remove, parent_ino, check_name(name), True)
 
     def _remove(self, parent_ino: int, name: str, want_dir: bool) -> int:
         entry = self.lookup(parent_ino, name)
@@ -321,7 +355,7 @@ class Catalog:
             raise fail(errno.ENOTDIR, name)
         if not want_dir and is_dir:
             raise fail(errno.EISDIR, name)
-        if is_dir and self._has_children(entry.node):
+        if is_dir and self.has_children(entry.node):
             raise fail(errno.ENOTEMPTY, name)
         self._tombstone(entry)
         now = time.time_ns()
@@ -332,7 +366,7 @@ class Catalog:
     def _tombstone(self, entry: Entry) -> None:
         self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
                           (entry.node,))
-        self._stamp(entry.node, "delete", ASPECTS, None)
+        self.stamp_local(entry.node, "delete", ASPECTS, None)
         if entry.inode.kind == "dir":
             self._dir_nodes.pop(entry.inode.ino, None)
 
@@ -348,7 +382,8 @@ class Catalog:
         takes the source's inode as an edit, and the source node is deleted (DESIGN rule 3).
         """
         old_name, new_name = check_name(old_name), check_name(new_name)
-        return self._atomic(self._rename, old_parent, old_name, new_parent, new_name, noreplace)
+        return self.transaction(self._rename, old_parent, old_name, new_parent, new_name,
+                                noreplace)
 
     def _rename(self, old_parent, old_name, new_parent, new_name, noreplace):
         src = self.lookup(old_parent, old_name)
@@ -368,7 +403,7 @@ class Catalog:
                 raise fail(errno.ENOTDIR, new_name)
             if src.inode.kind != "dir" and dst.inode.kind == "dir":
                 raise fail(errno.EISDIR, new_name)
-            if dst.inode.kind == "dir" and self._has_children(dst.node):
+            if dst.inode.kind == "dir" and self.has_children(dst.node):
                 raise fail(errno.ENOTEMPTY, new_name)
             if src.inode.kind == "file" and dst.inode.kind == "file" and self._is_local(
                     src.inode.ino):
@@ -380,8 +415,8 @@ class Catalog:
                 self.conn.execute(
                     "UPDATE nodes SET ino = ? WHERE id = ?", (src.inode.ino, dst.node)
                 )
-                self._stamp(dst.node, "content", ("content", "mode"),
-                            {"replaced_by": src.node})
+                self.stamp_local(dst.node, "content", ("content", "mode"),
+                                 {"replaced_by": src.node})
                 self._tombstone(src)
                 self._touch_dir(old_parent, now)
                 self._touch_dir(new_parent, now)
@@ -394,8 +429,8 @@ class Catalog:
             "UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
             (new_parent_node, new_name, src.node),
         )
-        self._stamp(src.node, "rename", ("place",),
-                    {"from": [self.dir_node(old_parent), old_name]})
+        self.stamp_local(src.node, "rename", ("place",),
+                         {"from": [self.dir_node(old_parent), old_name]})
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino))
         self._touch_dir(old_parent, now)
         self._touch_dir(new_parent, now)
@@ -411,9 +446,9 @@ class Catalog:
                 (mode & 0o7777, time.time_ns(), ino),
             )
             for node in self.nodes_of(ino):
-                self._stamp(node, "mode", ("mode",), {"mode": mode & 0o7777})
+                self.stamp_local(node, "mode", ("mode",), {"mode": mode & 0o7777})
 
-        self._atomic(run)
+        self.transaction(run)
 
     def set_mtime(self, ino: int, mtime_ns: int) -> None:
         """utimens on a file not open for writing: the mtime is part of the content version."""
@@ -423,9 +458,9 @@ class Catalog:
                 (mtime_ns, time.time_ns(), ino),
             )
             for node in self.nodes_of(ino):
-                self._stamp(node, "content", ("content",), {"mtime_ns": mtime_ns})
+                self.stamp_local(node, "content", ("content",), {"mtime_ns": mtime_ns})
 
-        self._atomic(run)
+        self.transaction(run)
 
     def set_local(self, ino: int, **columns: int) -> None:
         """Owner, atime, ctime and a directory's mtime: local facts, not versioned, no
@@ -470,11 +505,11 @@ class Catalog:
             garbage = self._reref(chunks, size, old)
             if aspects:
                 for node in self.nodes_of(ino):
-                    self._stamp(node, "content" if "content" in aspects else "mode", aspects,
+                    self.stamp_local(node, "content" if "content" in aspects else "mode", aspects,
                                 {"hash": digest, "size": size})
             return garbage
 
-        return self._atomic(run)
+        return self.transaction(run)
 
     def _reref(self, new: list[bytes], size: int, old: list[bytes]) -> list[bytes]:
         """Move chunk reference counts from `old` to `new`; return chunks left unreferenced."""
@@ -606,7 +641,7 @@ class Catalog:
             return self._reref([], 0, old)
 
         self._dir_nodes.pop(ino, None)
-        return self._atomic(run)
+        return self.transaction(run)
 
     def orphan_inodes(self) -> list[int]:
         """Inodes with no live node (their last handle was open at a crash)."""
@@ -621,7 +656,7 @@ class Catalog:
 
     # -- helpers
 
-    def _live(self, parent: str, name: str) -> bool:
+    def is_live_name(self, parent: str, name: str) -> bool:
         return self.conn.execute(
             "SELECT 1 FROM nodes WHERE parent = ? AND name = ? AND deleted = 0", (parent, name)
         ).fetchone() is not None
@@ -630,10 +665,18 @@ class Catalog:
         return self.conn.execute("SELECT local FROM inodes WHERE ino = ?",
                                  (ino,)).fetchone()[0] == 1
 
-    def _has_children(self, node: str) -> bool:
+    def has_children(self, node: str) -> bool:
         return self.conn.execute(
             "SELECT 1 FROM nodes WHERE parent = ? AND deleted = 0 LIMIT 1", (node,)
         ).fetchone() is not None
+
+    def forget_dir(self, ino: int) -> None:
+        """A directory inode whose node is gone (deleted, or merged into another)."""
+        self._dir_nodes.pop(ino, None)
+
+    def add_chunk_refs(self, chunks: list[bytes], size: int) -> None:
+        """A new inode holds these chunks (`size` bytes of content): a reference each."""
+        self._reref(chunks, size, [])
 
     def _is_within(self, node: str, ancestor: str) -> bool:
         """Is `node` `ancestor` or below it?"""

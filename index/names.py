@@ -30,5 +30,15 @@ def free_tagged_name(name: str, tag: str, taken: Callable[[str], bool]) -> str:
     return candidate
 
 
+def conflict_name(name: str, device: str | None, mtime_ns: int | None = None,
+                  taken: Callable[[str], bool] = lambda _: False) -> str:
+    """NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT, a conflict copy beside `name` (DESIGN
+    rule 3): the loser's mtime in UTC and the first 7 characters of its device id. Without
+    an mtime (a directory's is local, not versioned) the device alone. Numbered while
+    `taken`."""
+    stamp = "" if mtime_ns is None else f"{utc_stamp(mtime_ns / 1e9)}-"
+    return free_tagged_name(name, f"sync-conflict-{stamp}{(device or '')[:7]}", taken)
+
+
 def utc_stamp(t: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(t))

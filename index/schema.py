@@ -53,7 +53,7 @@ CREATE TABLE inodes (
 -- Each of content, mode and placement carries a version vector (JSON {device: counter}), a
 -- Lamport clock and the device that made that version (DESIGN, "The data model"). The
 -- vector (_vv) grows with every version merged in; _made is the vector its data was made
--- at, which says which versions that data was made with knowledge of (index/sync.py).
+-- at, which says which versions that data was made with knowledge of (index/merge.py).
 CREATE TABLE nodes (
     entry          INTEGER PRIMARY KEY,  -- local; readdir offset (stable, increasing)
     id             TEXT NOT NULL UNIQUE,               -- global id '<device>:<counter>'
@@ -150,7 +150,7 @@ MIGRATIONS = {
         ALTER TABLE nodes ADD COLUMN place_made TEXT NOT NULL DEFAULT '{}';
         UPDATE nodes SET content_made = content_vv, mode_made = mode_vv, place_made = place_vv;
     """,
-    # A node's conflict copies, looked up on every applied change (index/sync.py).
+    # A node's conflict copies, looked up on every applied change (index/merge.py).
     4: """
         CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
     """,

@@ -4,8 +4,8 @@ Invalidation calls block in C until the kernel is done, and the kernel may first
 handlers: invalidating an entry waits for the operations in progress on its directory
 (libfuse's fuse_lowlevel.h lists them), and libfuse's doc/README.notifications forbids
 notifying while a request is being handled. So they run on one worker thread, never from a
-handler, never under a lock a handler needs, and no handler ever waits for them. Long cache timeouts stay; this is what
-keeps a peer's change visible at once.
+handler, never under a lock a handler needs, and no handler ever waits for them. Long cache
+timeouts stay; this is what keeps a peer's change visible at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 
 import pyfuse3
 import trio
-from syncd.index.sync import Effects
+from syncd.index.effects import Effects
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 from syncd.index.catalog import Catalog, Inode, check_name
+from syncd.index.effects import Effects
+from syncd.index.merge import Merger
 from syncd.index.store import ChunkStore
-from syncd.index.sync import Effects, Replica
 from syncd.mount.content import Content
 from syncd.mount.notify import Notifier
 
@@ -108,7 +109,7 @@ class Filesystem(pyfuse3.Operations):
         # fetcher); None when this home has no peers to ask.
         self.fetch: Callable[[int], Awaitable[None]] | None = None
         self.notifier = Notifier()
-        self.replica = Replica(catalog)
+        self.merger = Merger(catalog)
         self.content.on_detached_commit = self._detached_commit
 
     def remote_changed(self, effects: Effects) -> None:
@@ -125,8 +126,8 @@ class Filesystem(pyfuse3.Operations):
 
     def _detached_commit(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
                          size: int, mtime_ns: int) -> None:
-        self.remote_changed(self.replica.commit_detached(node, base_vv, chunks, size,
-                                                         mtime_ns))
+        self.remote_changed(self.merger.commit_detached(node, base_vv, chunks, size,
+                                                        mtime_ns))
 
     def init(self) -> None:
         self.initialized.set()

@@ -23,7 +23,10 @@ from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index import peers as peer_table
 from syncd.index.catalog import Catalog
-from syncd.index.sync import Effects, Replica
+from syncd.index.effects import Effects
+from syncd.index.merge import Merger
+from syncd.index.states import changes_since, state_of
+from syncd.index.unheld import drop_unheld, unheld_file
 from syncd.peerlink import NotHeld, PeerError, PeerLink
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ class Daemon:
         self.name: str = config["name"]
         self.listen: str = config["listen"]
         self.device = catalog.device
-        self.replica = Replica(catalog)
+        self.merger = Merger(catalog)
         self.fetcher = Fetcher(self)
         self.links: dict[str, PeerLink] = {}
         # The mount's part after a remote change lands: kernel invalidation, purges.
@@ -70,7 +73,7 @@ class Daemon:
                 "accepts": ["zstd"]}
 
     def receive(self, device: str, states: list[dict]) -> int:
-        effects = self.replica.apply(states, device)
+        effects = self.merger.apply(states, device)
         self.on_effects(effects)
         self._fetch_ahead(effects.missing)
         self.check_unheld(effects.unheld)
@@ -91,10 +94,10 @@ class Daemon:
         True when one was dropped."""
         dropped = False
         for node in nodes:
-            found = self.replica.unheld_file(node)
+            found = unheld_file(self.catalog, node)
             if found is None or await self._someone_may_hold(*found):
                 continue
-            effects = self.replica.drop_unheld(node)
+            effects = drop_unheld(self.catalog, node)
             if effects is not None:
                 log.info("dropped %s: no peer holds its content, its maker included",
                          node)
@@ -145,10 +148,10 @@ class Daemon:
             await self.fetcher.prefetch_small(inos)
 
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
-        return self.replica.changes_since(since, limit)
+        return changes_since(self.catalog.conn, since, limit)
 
     def state_of(self, node: str) -> dict | None:
-        return self.replica.state_of(node)
+        return state_of(self.catalog.conn, node)
 
     async def refresh(self, ino: int) -> bool:
         """No peer that answered holds the content of inode `ino`: its holder may have

@@ -20,6 +20,8 @@ import trio
 
 from syncd import auth, compress
 from syncd.api import NodeState, off_loop
+from syncd.index.states import changes_since
+from syncd.index.unheld import unheld_copies
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
@@ -256,7 +258,8 @@ class PeerLink:
         if time.monotonic() - self.last_push < BURST:
             await trio.sleep(COALESCE_BURST if self.last_size > 2 else COALESCE)
         self.last_push = time.monotonic()
-        states, last = self.daemon.replica.changes_since(self.cursor, BATCH, self.device)
+        states, last = changes_since(self.daemon.catalog.conn, self.cursor, BATCH,
+                                     self.device)
         self.last_size = len(states)
         if last == self.cursor:
             return False
@@ -289,7 +292,7 @@ class PeerLink:
             log.warning("peer %s is offline: %s", self.name, error)
         elif state == "online":
             log.info("peer %s is online", self.name)
-            self.daemon.check_unheld(self.daemon.replica.unheld_copies())
+            self.daemon.check_unheld(unheld_copies(self.daemon.catalog))
         self.state = state
         self.daemon.save_peer(self, state=state, last_error=error,
                               **({"last_seen": int(time.time())} if state == "online" else {}))

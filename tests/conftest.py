@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Mount, force_cleanup, free_port, syncd
+from tests.replicas import three_devices
 
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -33,3 +34,12 @@ def mount(home: Path, tmp_path: Path):
         force_cleanup(home, m.path)
         log = m.log()
         assert "Traceback" not in log, f"the mount logged an exception:\n{log}"
+
+
+@pytest.fixture
+def devs(tmp_path: Path):
+    """Three devices of real indexes, without mounts or network (tests/replicas.py)."""
+    made = three_devices(tmp_path)
+    yield made
+    for d in made:
+        d.db.close()

@@ -15,7 +15,7 @@ from syncd.index import schema
 from syncd.index.store import ChunkStore
 from syncd.mount.operations import Filesystem
 
-from tests.index.test_catalog import check_invariants
+from tests.replicas import check_invariants
 
 ROOT = pyfuse3.ROOT_INODE
 

@@ -14,6 +14,8 @@ from syncd.index.recovery import recover
 from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash
 from syncd.mount.content import Content
 
+from tests.replicas import check_invariants
+
 ROOT = schema.ROOT_INO
 DEVICE = "ab" * 16
 
@@ -26,24 +28,6 @@ def cat(tmp_path) -> Catalog:
     yield c
     check_invariants(c)
     db.close()
-
-
-def check_invariants(c: Catalog) -> None:
-    """What must hold after any operation: counters match the journal, every node's seq is
-    a journal row about it, live names are unique, chunk refs match the chunk lists."""
-    top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
-    assert top == c.seq
-    for node, seq in c.conn.execute("SELECT id, seq FROM nodes WHERE id != 'root'"):
-        assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
-            node,)
-    refs: dict[bytes, int] = {}
-    for (blob,) in c.conn.execute("SELECT chunks FROM inodes"):
-        for i in range(0, len(blob), 32):
-            refs[blob[i : i + 32]] = refs.get(blob[i : i + 32], 0) + 1
-    stored = {h: n for h, n in c.conn.execute("SELECT hash, refs FROM chunks WHERE refs > 0")}
-    assert stored == refs
-    for digest in stored:
-        assert c.store.verify(digest)
 
 
 def journal(c: Catalog) -> list[tuple[str, str]]:

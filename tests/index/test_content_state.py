@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 from syncd.index.catalog import Conflict, FileCounts, open_catalog
+from syncd.index.states import changes_since
 from syncd.index.store import CHUNK
 
-from tests.index.test_catalog import check_invariants
-from tests.index.test_sync import Device, T, converge
+from tests.replicas import Device, T, check_invariants, converge
 
 ROOT = 1
 
@@ -31,8 +31,8 @@ def devs(tmp_path):
 def announce(src: Device, dst: Device) -> None:
     """Send src's changes to dst without their chunks, as a push does: dst's new inodes
     are not local until fetched."""
-    states, _ = src.replica.changes_since(0, 1000, dst.id)
-    dst.replica.apply(states, src.id)
+    states, _ = changes_since(src.cat.conn, 0, 1000, dst.id)
+    dst.merger.apply(states, src.id)
 
 
 def test_paths_and_names(devs):

@@ -17,8 +17,7 @@ import os
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.index.test_catalog import check_invariants
-from tests.index.test_sync import Device, T
+from tests.replicas import Device, T, check_invariants, send_some, three_devices
 
 LONG_RUN = int(os.environ.get("SYNCD_CONVERGENCE_EXAMPLES", "0"))
 # Shrinking a failure takes minutes: on demand, when hunting (SYNCD_SHRINK=1).
@@ -27,25 +26,6 @@ PHASES = list(Phase) if os.environ.get("SYNCD_SHRINK") else [
 NAMES = ["a", "b", "c.txt"]
 EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR,
             errno.EINVAL}
-
-
-def send_some(src: Device, dst: Device, batch: int, batches: int) -> int:
-    """Part of a peer loop's push: at most `batches` batches of `batch` states."""
-    moved = 0
-    for _ in range(batches):
-        since = src.sent.get(dst.id, 0)
-        states, last = src.replica.changes_since(since, batch, dst.id)
-        if last == since:
-            break
-        for s in states:
-            for h in s["content"]["chunks"]:
-                digest = bytes.fromhex(h)
-                if not dst.cat.store.has(digest) and src.cat.store.has(digest):
-                    dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
-        dst.replica.apply(states, src.id)
-        src.sent[dst.id] = last
-        moved += len(states)
-    return moved
 
 
 def paths(d: Device, kind: str | None = None) -> list[str]:
@@ -96,11 +76,7 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_random_histories_converge(tmp_path_factory, data):
-    root = tmp_path_factory.mktemp("converge")
-    devices = []
-    for i, dev in enumerate(("a" * 32, "b" * 32, "c" * 32)):
-        (root / dev[:1]).mkdir()
-        devices.append(Device(root / dev[:1], dev, 1_700_000_000 * 10**9 + i))
+    devices = three_devices(tmp_path_factory.mktemp("converge"))
     log: list[str] = []
     try:
         for n in range(data.draw(st.integers(1, 30), label="steps")):

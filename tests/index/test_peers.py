@@ -18,7 +18,7 @@ from syncd.index.peers import (
     set_peer_use,
 )
 
-from tests.index.test_sync import Device, T, send
+from tests.replicas import Device, T, send
 
 A, B, C = "a" * 32, "b" * 32, "c" * 32
 

@@ -6,112 +6,11 @@ Each test makes two or three devices, changes them apart, exchanges node states 
 
 from __future__ import annotations
 
-import itertools
+from syncd.index.names import conflict_name
+from syncd.index.rules import CC, EQ, GT, LT, compare
+from syncd.index.states import changes_since
 
-import pytest
-from syncd.index import schema
-from syncd.index.catalog import Catalog
-from syncd.index.store import ChunkStore
-from syncd.index.sync import CC, EQ, GT, LT, Replica, compare
-
-from tests.index.test_catalog import check_invariants
-
-ROOT = schema.ROOT_INO
-
-
-class Device:
-    def __init__(self, path, device_id: str, t0: int):
-        ChunkStore.create(path / "store")
-        self.db = schema.create(path / "index.db", device_id, 1000, 1000, t0)
-        self.cat = Catalog(self.db, ChunkStore(path / "store"))
-        self.replica = Replica(self.cat)
-        self.id = device_id
-        self.sent: dict[str, int] = {}  # peer device -> our seq it has applied
-
-    def ino(self, path: str) -> int:
-        ino = ROOT
-        for part in filter(None, path.split("/")):
-            e = self.cat.lookup(ino, part)
-            assert e is not None, f"{path} missing on {self.id[:4]}"
-            ino = e.inode.ino
-        return ino
-
-    def write(self, path: str, data: bytes, mtime_ns: int) -> None:
-        parent, _, name = path.rpartition("/")
-        e = self.cat.lookup(self.ino(parent), name)
-        ino = e.inode.ino if e else self.cat.create(
-            self.ino(parent), name, "file", 0o644, 1000, 1000).inode.ino
-        digest = self.cat.store.put(data)
-        self.cat.commit_content(ino, [digest] if data else [], len(data), mtime_ns, None, True)
-
-    def mkdir(self, path: str) -> None:
-        parent, _, name = path.rpartition("/")
-        self.cat.create(self.ino(parent), name, "dir", 0o755, 1000, 1000)
-
-    def tree(self) -> dict[str, tuple]:
-        out = {}
-
-        def walk(ino: int, prefix: str) -> None:
-            for e in self.cat.children(ino, 0):
-                path = f"{prefix}/{e.name}"
-                out[path] = (e.inode.kind, e.inode.hash, e.inode.mode)
-                if e.inode.kind == "dir":
-                    walk(e.inode.ino, path)
-
-        walk(ROOT, "")
-        return out
-
-    def data(self, path: str) -> bytes:
-        ino = self.ino(path)
-        return b"".join(self.cat.store.read(d, 0, 1 << 20) for d in self.cat.chunks(ino))
-
-
-def send(src: Device, dst: Device) -> int:
-    """What a peer loop does: push src's changes since dst's cursor, chunks included (as
-    a fetch would bring them), and move the cursor once applied."""
-    applied = 0
-    while True:
-        states, last = src.replica.changes_since(src.sent.get(dst.id, 0), 100, dst.id)
-        if last == src.sent.get(dst.id, 0):
-            return applied
-        apply(src, dst, states)
-        applied += len(states)
-        src.sent[dst.id] = last
-
-
-def apply(src: Device, dst: Device, states: list[dict]):
-    for s in states:
-        for h in s["content"]["chunks"]:
-            digest = bytes.fromhex(h)
-            if not dst.cat.store.has(digest) and src.cat.store.has(digest):
-                dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
-    return dst.replica.apply(states, src.id)
-
-
-def converge(*devices: Device) -> None:
-    for _ in range(6):
-        moved = sum(send(a, b) for a, b in itertools.permutations(devices, 2))
-        if not moved:
-            break
-    trees = [d.tree() for d in devices]
-    for d, t in zip(devices[1:], trees[1:], strict=True):
-        assert t == trees[0], f"{d.id[:4]} differs"
-    for d in devices:
-        check_invariants(d.cat)
-
-
-@pytest.fixture
-def devs(tmp_path):
-    made = []
-    for i, dev in enumerate(("a" * 32, "b" * 32, "c" * 32)):
-        (tmp_path / dev[:1]).mkdir()
-        made.append(Device(tmp_path / dev[:1], dev, 1_700_000_000 * 10**9 + i))
-    yield made
-    for d in made:
-        d.db.close()
-
-
-T = 1_800_000_000 * 10**9
+from tests.replicas import ROOT, T, apply, converge, send
 
 
 def test_compare_version_vectors():
@@ -159,7 +58,7 @@ def test_concurrent_edits_make_one_conflict_copy_everywhere(devs):
     converge(a, b, c)
     assert a.data("/f.txt") == b"from b"
     copies = [p for p in a.tree() if "sync-conflict" in p]
-    assert copies == ["/f.sync-conflict-20270115-080000-aaaaaaa.txt"]
+    assert copies == ["/" + conflict_name("f.txt", a.id, T + 10)]
     assert a.data(copies[0]) == b"from a"
 
 
@@ -241,11 +140,11 @@ def test_states_whose_parent_comes_later_wait(devs):
     a.mkdir("/d")
     a.write("/d/f", b"x", T)
     a.cat.rename(ROOT, "d", ROOT, "e")  # d now has a later seq than its child
-    states, _ = a.replica.changes_since(0)
+    states, _ = changes_since(a.cat.conn, 0)
     child = [s for s in states if s["name"] == "f"]
-    b.replica.apply(child, a.id)
+    b.merger.apply(child, a.id)
     assert b.tree() == {}
-    b.replica.apply([s for s in states if s["name"] != "f"], a.id)
+    b.merger.apply([s for s in states if s["name"] != "f"], a.id)
     assert set(b.tree()) == {"/e", "/e/f"}
 
 
@@ -254,10 +153,10 @@ def test_a_file_written_while_a_peer_replaced_it_is_a_concurrent_version(devs):
     a.write("/f", b"base", T)
     converge(a, b)
     b.write("/f", b"b's version", T + 1)
-    effects = apply(b, a, b.replica.changes_since(0)[0])  # /f is open for writing on a
+    effects = apply(b, a, changes_since(b.cat.conn, 0)[0])  # /f is open for writing on a
     ((ino, (node, vv)),) = effects.detached.items()
     digest = a.cat.store.put(b"a's later write")
-    a.replica.commit_detached(node, vv, [digest], 15, T + 2)
+    a.merger.commit_detached(node, vv, [digest], 15, T + 2)
     converge(a, b)
     assert a.data("/f") == b"a's later write"
     (copy,) = [p for p in a.tree() if "sync-conflict" in p]
@@ -269,10 +168,10 @@ def test_a_file_written_while_a_peer_deleted_it_comes_back(devs):
     a.write("/f", b"base", T)
     converge(a, b)
     b.cat.unlink(ROOT, "f")
-    effects = apply(b, a, b.replica.changes_since(0)[0])
+    effects = apply(b, a, changes_since(b.cat.conn, 0)[0])
     ((ino, (node, vv)),) = effects.detached.items()
     digest = a.cat.store.put(b"kept")
-    a.replica.commit_detached(node, vv, [digest], 4, T + 2)
+    a.merger.commit_detached(node, vv, [digest], 4, T + 2)
     converge(a, b)
     assert b.data("/f") == b"kept"
 

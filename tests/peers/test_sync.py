@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 
 import httpx
+from syncd.index.names import conflict_name
 
 from syncd import auth
 from tests.helpers import wait_for
@@ -103,15 +104,16 @@ def test_concurrent_edits_make_the_same_conflict_copy_everywhere(cluster):
         for q in ("alpha", "beta", "gamma"):
             if q != p.name:
                 p.set_peer(q, "outofuse")
+    alpha_mtime = 1_800_000_000 * 10**9
     (a / "doc.txt").write_bytes(b"alpha's edit")
-    os.utime(a / "doc.txt", ns=(0, 1_800_000_000 * 10**9))
+    os.utime(a / "doc.txt", ns=(0, alpha_mtime))
     (b / "doc.txt").write_bytes(b"beta's edit")
     os.utime(b / "doc.txt", ns=(0, 1_800_000_100 * 10**9))  # later: beta's keeps the name
     for p in (a, b, c):
         for q in ("alpha", "beta", "gamma"):
             if q != p.name:
                 p.set_peer(q, "auto")
-    copy = "doc.sync-conflict-20270115-080000-" + a.status()["device"]["id"][:7] + ".txt"
+    copy = conflict_name("doc.txt", a.status()["device"]["id"], alpha_mtime)
     for p in (a, b, c):
         wait_content(p / "doc.txt", b"beta's edit")
         wait_content(p / copy, b"alpha's edit")

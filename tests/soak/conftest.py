@@ -1,5 +1,5 @@
-"""Fixtures the soak's reproductions borrow: three indexes without a network
-(tests/index/test_sync.py) and clusters of real mounted peers (tests/peers/conftest.py)."""
+"""Fixtures the soak's reproductions borrow: clusters of real mounted peers
+(tests/peers/conftest.py). Three indexes without a network (`devs`) come from
+tests/conftest.py."""
 
-from tests.index.test_sync import devs  # noqa: F401
 from tests.peers.conftest import cluster  # noqa: F401

@@ -12,17 +12,20 @@ import os
 import signal
 import threading
 
+from syncd.index.names import conflict_name
+from syncd.index.states import changes_since
+from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
+
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, alive, force_cleanup, syncd, wait_for
-from tests.index.test_convergence import send_some
-from tests.index.test_sync import ROOT, T, converge, send
 from tests.peers.conftest import Peer, settled
+from tests.replicas import ROOT, T, converge, send, send_some
 from tests.soak.proxy import Proxy
 
 
 def test_edit_revives_a_deleted_file_whose_name_was_taken(devs):
-    """Soak bug 1 (IntegrityError in Replica._write, the peer answering 500 for ever);
-    fixed in 851a758."""
+    """Soak bug 1 (IntegrityError in Replica._write, now Merger._write, the peer answering
+    500 for ever); fixed in 851a758."""
     a, b, _ = devs
     a.write("/f", b"v1", T)
     converge(a, b)
@@ -43,7 +46,7 @@ def test_a_merged_directory_is_sent_with_a_parent(devs):
     b.mkdir("/data")  # apart: the same new name on both
     converge(a, b)
     for d in (a, b):
-        states, _ = d.replica.changes_since(0, 1000)
+        states, _ = changes_since(d.cat.conn, 0, 1000)
         orphans = [s for s in states if s["parent"] is None and s["id"] != "root"]
         assert not orphans, f"{d.id[:4]} would send states the API refuses: {orphans}"
 
@@ -72,10 +75,10 @@ def lazy_send(src, dst) -> set[str]:
     unheld: set[str] = set()
     while True:
         since = src.sent.get(dst.id, 0)
-        states, last = src.replica.changes_since(since, 100, dst.id)
+        states, last = changes_since(src.cat.conn, since, 100, dst.id)
         if last == since:
             return unheld
-        unheld |= dst.replica.apply(states, src.id).unheld
+        unheld |= dst.merger.apply(states, src.id).unheld
         src.sent[dst.id] = last
 
 
@@ -100,14 +103,14 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
     overwrite(a, "/f", b"alpha's second edit", T + 3)  # alpha's L chunk is collected
     overwrite(b, "/f", b"W: beta's edit, concurrent with L", T + 2)
     flagged = lazy_send(b, c)  # gamma: L against W, W is later: L becomes a conflict copy
-    assert flagged == set(c.replica.unheld_copies()) != set()  # named for the check
+    assert flagged == set(unheld_copies(c.cat)) != set()  # named for the check
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
     dropped = []
-    for copy in c.replica.unheld_copies():  # what the daemon does: ask every peer
-        _, chunk = c.replica.unheld_file(copy)
+    for copy in unheld_copies(c.cat):  # what the daemon does: ask every peer
+        _, chunk = unheld_file(c.cat, copy)
         if not any(d.cat.store.has(chunk) for d in (a, b)):
-            assert c.replica.drop_unheld(copy) is not None
+            assert drop_unheld(c.cat, copy) is not None
             dropped.append(copy)
     assert len(dropped) == 1  # L's copy; W's is held by beta
     for x, y in [(c, a), (c, b), (a, b), (b, a)]:
@@ -334,9 +337,10 @@ def test_two_conflict_copies_in_one_second_are_numbered(devs):
         a.write("/f.txt", b"alpha %d" % i, T + i)
         b.write("/f.txt", b"beta %d" % i, T + i + 1)
         converge(a, b)
+    first = conflict_name("f.txt", a.id, T + 1)
+    second = conflict_name("f.txt", a.id, T + 3, taken={first}.__contains__)
     names = set(a.tree())
-    assert names == {"/f.txt", "/f.sync-conflict-20270115-080000-aaaaaaa-2.txt",
-                     "/f.sync-conflict-20270115-080000-aaaaaaa.txt"}, names
+    assert names == {"/f.txt", f"/{first}", f"/{second}"}, names
 
 
 def test_a_directory_conflict_name_has_a_real_time(devs):
@@ -476,9 +480,9 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     assert lazy_send(b, c) == {node}  # back from gamma's delete: named for the check
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
-    maker, chunk = c.replica.unheld_file(node)  # back on gamma too, held by nobody
+    maker, chunk = unheld_file(c.cat, node)  # back on gamma too, held by nobody
     assert maker == c.id and not any(d.cat.store.has(chunk) for d in (a, b, c))
-    assert c.replica.drop_unheld(node) is not None
+    assert drop_unheld(c.cat, node) is not None
     for x, y in [(c, a), (c, b)]:
         lazy_send(x, y)
     assert a.tree() == b.tree() == c.tree() == {}

@@ -1,0 +1,317 @@
+"""Node states in: applying remote states to the catalog by DESIGN rule 3.
+
+A node travels as its whole current state (docs/protocol.md, "Node states"). Applying a
+remote state compares its three version vectors with the local ones, aspect by aspect:
+a dominating remote version is taken, a dominated one ignored, and concurrent ones are
+resolved by rules every peer computes alike from the two versions alone (index/rules.py).
+A merge takes the pointwise maximum of the vectors with no new local increment, so peers
+that merge the same versions agree and stop. Every applied change is stamped with the next
+local sequence number and journalled in the same transaction (rule 1, Catalog's stamps),
+and remembers which peer sent it (`origin`), so it is not sent back there.
+
+A remote content change gives the node a fresh local inode (rule 6): open handles keep the
+bytes they had, and the kernel sees the new inode at its next lookup. The new inode holds
+the chunk list; its chunks arrive when the file is opened (the fetcher), and `local` says
+whether they all are here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from syncd.index import rules
+from syncd.index.catalog import ASPECTS, Catalog
+from syncd.index.effects import Effects
+from syncd.index.node_rows import decided, entry_changed, new_inode, set_versions, stamp_state
+from syncd.index.placement import Placement
+from syncd.index.schema import ROOT_ID
+from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
+from syncd.index.store import file_hash
+from syncd.index.unheld import missing_chunk, unheld_file
+
+log = logging.getLogger(__name__)
+
+
+class Merger:
+    """Merges remote node states, and files written here while a peer replaced them, into
+    the catalog."""
+
+    def __init__(self, catalog: Catalog):
+        self.cat = catalog
+        self.conn = catalog.conn
+        self.placement = Placement(catalog)
+
+    def apply(self, states: list[dict], origin: str) -> Effects:
+        """Apply a batch of remote states in one transaction. States whose parent is not
+        known yet wait in `limbo` until it arrives."""
+        effects = Effects()
+        for state in states:
+            for aspect in ASPECTS:  # a state without "made" was made at its vector
+                if state[aspect].get("made") is None:
+                    state[aspect]["made"] = state[aspect]["vv"]
+
+        def run() -> None:
+            queue = list(states)
+            while queue:
+                waiting = []
+                for state in queue:
+                    if self._known(state) or self._parent_known(state):
+                        self._apply_one(state, origin, effects)
+                    else:
+                        waiting.append(state)
+                if len(waiting) == len(queue):
+                    break
+                queue = waiting
+            for state in queue:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO limbo (id, state, origin) VALUES (?, ?, ?)",
+                    (state["id"], json.dumps(state), origin))
+            self._drain_limbo(effects)
+
+        self.cat.transaction(run)
+        return effects
+
+    def commit_detached(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
+                        size: int, mtime_ns: int) -> Effects:
+        """A file written here while a peer's change replaced or deleted it (rule 6) was
+        closed: its content is a version concurrent with that change, merged by rule 3
+        like any other (the later mtime keeps the name, the other is a conflict copy; an
+        edit beats a delete). Nothing anyone wrote is lost."""
+        effects = Effects()
+
+        def run() -> None:
+            row = node_row(self.conn, node)
+            if row is None:
+                return
+            mine = state_from_row(row)
+            device = self.cat.device
+            mine["deleted"] = False
+            vv = {**base_vv, device: self.cat.seq + 1}
+            mine["content"] = {
+                "vv": vv, "made": vv, "clock": self.cat.clock + 1,
+                "device": device, "hash": file_hash(b"".join(chunks)), "size": size,
+                "mtime_ns": mtime_ns, "chunks": [c.hex() for c in chunks], "target": None}
+            if mine["mode"]["mode"] == 0:
+                mine["mode"]["mode"] = 0o644
+            self._apply_one(mine, None, effects)
+
+        self.cat.transaction(run)
+        return effects
+
+    def _drain_limbo(self, effects: Effects) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for node, text, origin in self.conn.execute(
+                    "SELECT id, state, origin FROM limbo").fetchall():
+                state = json.loads(text)
+                if self._parent_known(state):
+                    self.conn.execute("DELETE FROM limbo WHERE id = ?", (node,))
+                    self._apply_one(state, origin, effects)
+                    progress = True
+
+    def _known(self, state: dict) -> bool:
+        return node_row(self.conn, state["id"]) is not None
+
+    def _parent_known(self, state: dict) -> bool:
+        return state["deleted"] or node_row(self.conn, state["parent"]) is not None
+
+    def _apply_one(self, remote: dict, origin: str | None, effects: Effects) -> None:
+        if remote["id"] == ROOT_ID:
+            return
+        self.cat.observe_clock(max(remote[a]["clock"] for a in ASPECTS))
+        row = node_row(self.conn, remote["id"])
+        if row is None:
+            self._insert(remote, origin, effects)
+        elif self._merge_into(row, remote, origin, effects):
+            return
+        if remote["kind"] == "dir":
+            return
+        # The node's content, or a conflict copy of another node's, changed: settle the
+        # contest among all the versions of that content again.
+        self._reconsider(remote["id"], effects)
+        if remote["conflict_of"]:
+            self._reconsider(remote["conflict_of"], effects)
+            if unheld_file(self.cat, remote["id"]) is not None:
+                effects.unheld.add(remote["id"])
+
+    def _merge_into(self, row, remote: dict, origin: str | None, effects: Effects) -> bool:
+        """Merge a remote state into the node's row; True when nothing changed."""
+        local = state_from_row(row)
+        if local["kind"] != remote["kind"]:
+            # A node's kind is fixed when it is made (its id says who made it, when);
+            # a state that says otherwise is not from a syncd that follows this protocol.
+            log.warning("ignored a state of node %s from %s: it says %s, the node is a %s",
+                        remote["id"], origin, remote["kind"], local["kind"])
+            return True
+        # Only a tombstone that meets a live node asks whether children here keep it.
+        has_children = remote["deleted"] and not local["deleted"] and \
+            self.cat.has_children(local["id"])
+        raw = {a: rules.compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
+        if not rules.is_news(local, remote, raw, has_children):
+            return True
+        cmps = {a: rules.refine(raw[a], local[a], remote[a]) for a in ASPECTS}
+        merged, loser = rules.merge(local, remote, raw, cmps, has_children)
+        if loser is not None:
+            self._conflict_copy(loser, merged, effects)
+        same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
+            merged["deleted"] == remote["deleted"]
+        self._write(row, merged, origin if same_as_remote else None, effects)
+        if (local["deleted"] or remote["deleted"]) and not merged["deleted"]:
+            # Back from a delete by a change that carried no content (a chmod, a move):
+            # the deleter may have collected the content before anyone fetched it.
+            effects.unheld.add(remote["id"])
+        if rules.kept_for_children(local, remote, merged, cmps):
+            decided(self.cat, remote["id"], "restore")
+        return False
+
+    def _reconsider(self, node: str, effects: Effects) -> None:
+        """Rule 3 over every version of a node's content that no other one was made
+        knowing (its siblings): the node holds the winner of them all, the others are
+        conflict copies. A version kept as a copy stays a candidate: when a version made
+        without knowing it replaces the one it lost to, it may win now. Without this, a
+        peer that met the replacement first kept it, and one that met the copy's
+        version first kept that, with the same vector (bug 14).
+
+        Taking a copy's version back adds a dot of this device to the content vector, so
+        a peer that holds other copies, or none, takes the result instead of keeping its
+        own. The copy stays: it may be renamed or edited by now, and it is the only holder
+        of its name's history."""
+        row = node_row(self.conn, node)
+        if row is None or row[4] or row[1] == "dir":
+            return
+        current = state_from_row(row)
+        copies = self._copies(current)
+        if not copies:
+            return
+        effects.unheld.update(s["id"] for s in copies if missing_chunk(self.cat.store, s))
+        best = rules.content_to_take(current, copies)
+        if best is None:
+            return
+        # The vector gains the sequence number _write stamps the node with.
+        vv = {**rules.vv_max(current["content"]["vv"], best["content"]["vv"]),
+              self.cat.device: self.cat.seq + 1}
+        merged = dict(current, content=dict(best["content"], vv=vv))
+        self._write(row, merged, None, effects)
+        self._conflict_copy(current, merged, effects)
+
+    def _conflict_copy(self, loser: dict, merged: dict, effects: Effects) -> None:
+        """The loser of a content conflict, as a new node beside the merged one. It takes
+        the merged node's placement version with its place: peers that settle the conflict
+        while they hold different places of the node (a concurrent rename) then settle the
+        copy's place like the node's, instead of each keeping its own (bug 15)."""
+        c = loser["content"]
+        device = c["device"] or ""
+        node = rules.conflict_id(loser["id"], device, c["made"].get(device, 0))
+        if node_row(self.conn, node) is not None:
+            return
+        name = rules.copy_name(loser, merged["name"],
+                               lambda n: self.cat.is_live_name(merged["parent"], n))
+        state = {
+            "id": node, "kind": loser["kind"], "parent": merged["parent"], "name": name,
+            "deleted": False, "conflict_of": loser["id"], "content": dict(c),
+            # The loser's mode version, vector and all: peers that make this copy from
+            # different mode histories then merge its mode like any other.
+            "mode": dict(loser["mode"]),
+            "place": dict(merged["place"]),
+        }
+        self._insert(state, None, effects)
+        if name != rules.copy_name(loser, merged["name"]):
+            # Numbered because of copies that are here: a peer without them names it
+            # otherwise, so the name taken here is a version of its own.
+            decided(self.cat, node, "conflict-copy")
+
+    def _copies(self, node: dict) -> list[dict]:
+        """The live conflict copies of a node whose content is still the version they
+        were made of (the id says which): a copy edited since is a file of its own."""
+        out = []
+        for r in self.conn.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+                "WHERE n.conflict_of = ? AND n.deleted = 0", (node["id"],)):
+            copy = state_from_row(r)
+            c = copy["content"]
+            device = c["device"] or ""
+            if copy["kind"] == node["kind"] and copy["id"] == rules.conflict_id(
+                    node["id"], device, c["made"].get(device, 0)):
+                out.append(copy)
+        return out
+
+    # -- writing
+
+    def _insert(self, state: dict, origin: str | None, effects: Effects) -> None:
+        node = state["id"]
+        if state["deleted"]:
+            self.conn.execute(
+                "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq, conflict_of)"
+                " VALUES (?, ?, NULL, ?, ?, 1, 0, ?)",
+                (node, state["kind"], state["parent"], state["name"], state["conflict_of"]))
+            set_versions(self.cat, node, state)
+            stamp_state(self.cat, node, "apply-delete", origin, state)
+            return
+        parent = self.placement.live_parent(state["parent"], effects)
+        ino = new_inode(self.cat, state, effects)
+        self.conn.execute(
+            "INSERT INTO nodes (id, kind, ino, parent, name, seq, conflict_of)"
+            " VALUES (?, ?, ?, NULL, ?, 0, ?)",
+            (node, state["kind"], ino, state["name"], state["conflict_of"]))
+        set_versions(self.cat, node, state)
+        placed = self.placement.place(node, state, parent, effects)
+        if placed is None:  # merged into a directory already here
+            return
+        if placed == (state["parent"], state["name"]):
+            stamp_state(self.cat, node, "apply-create", origin, state)
+        else:
+            decided(self.cat, node, "apply-create")
+
+    def _write(self, row, merged: dict, origin: str | None, effects: Effects) -> None:
+        node, ino = merged["id"], row[8]
+        old = state_from_row(row)
+        old_parent, old_name = old["parent"], old["name"]
+        if merged["deleted"]:
+            if ino is not None:
+                self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
+                                  (node,))
+                self.cat.forget_dir(ino)
+                effects.orphans.add(ino)
+                effects.detached[ino] = (node, old["content"]["vv"])
+                entry_changed(self.cat, old_parent, old_name, effects)
+            self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
+                              (merged["parent"], merged["name"], node))
+            set_versions(self.cat, node, merged)
+            stamp_state(self.cat, node, "apply-delete", origin, merged)
+            return
+        parent = self.placement.live_parent(merged["parent"], effects)
+        moved = old["deleted"] or (parent, merged["name"]) != (old_parent, old_name)
+        content_changed = old["deleted"] or any(
+            old["content"][k] != merged["content"][k]
+            for k in ("hash", "mtime_ns", "target")) or old["kind"] != merged["kind"]
+        if content_changed and (merged["kind"] != "dir" or ino is None):
+            new_ino = new_inode(self.cat, merged, effects)
+            # Coming back from a tombstone, it leaves its old place first (another node may
+            # have taken that name meanwhile); place() below settles where it goes.
+            self.conn.execute(
+                "UPDATE nodes SET ino = ?, deleted = 0, parent = CASE WHEN deleted"
+                " THEN NULL ELSE parent END WHERE id = ?", (new_ino, node))
+            if ino is not None:
+                effects.orphans.add(ino)
+                effects.detached[ino] = (node, old["content"]["vv"])
+            entry_changed(self.cat, old_parent, old_name, effects)
+            ino = new_ino
+        elif old["mode"]["mode"] != merged["mode"]["mode"]:
+            self.conn.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?",
+                              (merged["mode"]["mode"] & 0o7777, time.time_ns(), ino))
+            effects.inodes.add(ino)
+        set_versions(self.cat, node, merged)
+        placed = (old_parent, old_name)
+        if moved:
+            entry_changed(self.cat, old_parent, old_name, effects)
+            self.conn.execute("UPDATE nodes SET parent = NULL WHERE id = ?", (node,))
+            placed = self.placement.place(node, merged, parent, effects)
+            if placed is None:
+                return
+        if placed == (merged["parent"], merged["name"]):
+            stamp_state(self.cat, node, "apply", origin, merged)
+        else:
+            decided(self.cat, node, "apply")

@@ -1,0 +1,83 @@
+"""The row writes that applying a node state is made of, shared by index/merge.py and
+index/placement.py: a fresh inode for a state's content, its versions, the stamps of an
+applied state and of a decision, and a directory entry that changed. Call them inside a
+Catalog transaction."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from syncd.index.catalog import ASPECTS, Catalog
+from syncd.index.effects import Effects
+from syncd.index.schema import ROOT_INO
+from syncd.index.store import file_hash
+
+
+def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
+    """An inode holding the state's content (its chunks may not be here yet: `local`)."""
+    c = state["content"]
+    uid, gid = cat.conn.execute(
+        "SELECT uid, gid FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
+    now = time.time_ns()
+    chunks = [bytes.fromhex(h) for h in c["chunks"]] if state["kind"] == "file" else []
+    target = base64.b64decode(c["target"]) if state["kind"] == "symlink" else None
+    digest = file_hash(b"".join(chunks)) if state["kind"] == "file" else c["hash"]
+    size = c["size"] if state["kind"] == "file" else len(target or b"")
+    mtime = c["mtime_ns"] if state["kind"] != "dir" else now
+    local = all(cat.store.has(d) for d in chunks)
+    ino = cat.conn.execute(
+        "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
+        " hash, chunks, target, local) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (state["kind"], state["mode"]["mode"] & 0o7777, uid, gid, size, mtime, now, now,
+         digest, b"".join(chunks), target, int(local)),
+    ).lastrowid
+    if chunks:
+        cat.add_chunk_refs(chunks, size)
+    if not local:
+        effects.missing.add(ino)
+    return ino
+
+
+def set_versions(cat: Catalog, node: str, state: dict) -> None:
+    sets, params = [], []
+    for a in ASPECTS:
+        sets += [f"{a}_vv = ?", f"{a}_made = ?", f"{a}_clock = ?", f"{a}_device = ?"]
+        params += [json.dumps(state[a]["vv"], sort_keys=True),
+                   json.dumps(state[a]["made"], sort_keys=True), state[a]["clock"],
+                   state[a]["device"]]
+    cat.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
+
+
+def stamp_state(cat: Catalog, node: str, op: str, origin: str | None, state: dict) -> None:
+    """Catalog.stamp_applied for a state applied as it is: journalled as made by the
+    device of its latest version, and as from `origin` (None: merged here)."""
+    device = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
+    cat.stamp_applied(node, op, origin, device,
+                      {"from": origin} if origin else {"merged": True})
+
+
+def decided(cat: Catalog, node: str, op: str, aspects: tuple[str, ...] = ("place",)) -> None:
+    """A change this peer decides because of what it holds (a name contest, a merge of
+    directories, a cycle, a directory brought back): a new local version, like a user's
+    rename. Merging versions of one node needs none, since every peer computes the
+    same result; these decisions depend on the state each peer has when the clash
+    reaches it, so without a version of their own a peer that decided otherwise, or
+    never saw the clash, would keep what it has for ever (soak bug 5)."""
+    cat.stamp_local(node, op, aspects, {"decided": True})
+
+
+def entry_changed(cat: Catalog, parent: str | None, name: str, effects: Effects) -> None:
+    """A name under `parent` changed: the kernel forgets the entry, and the directory's
+    local mtime and ctime follow."""
+    if parent is None:
+        return
+    row = cat.conn.execute("SELECT ino FROM nodes WHERE id = ? AND deleted = 0",
+                           (parent,)).fetchone()
+    if row is not None and row[0] is not None:
+        effects.entries.add((row[0], name))
+        effects.inodes.add(row[0])
+        now = time.time_ns()
+        cat.conn.execute("UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+                         (now, now, row[0]))

@@ -1,0 +1,69 @@
+"""Node states out: a node's whole current state as the wire carries it (docs/protocol.md,
+"Node states"), read from the catalog's rows, and the states stamped since a sequence
+number (DESIGN, "Sequence numbers": superseded versions are never sent)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+
+from syncd.index.store import split_chunks
+
+# The columns state_from_row reads, from `nodes n LEFT JOIN inodes i ON i.ino = n.ino`.
+NODE_COLUMNS = (
+    "n.id, n.kind, n.parent, n.name, n.deleted, n.conflict_of, n.seq, n.origin, n.ino, "
+    "n.content_vv, n.content_clock, n.content_device, n.mode_vv, n.mode_clock, "
+    "n.mode_device, n.place_vv, n.place_clock, n.place_device, "
+    "i.hash, i.size, i.mtime_ns, i.chunks, i.target, i.mode, "
+    "n.content_made, n.mode_made, n.place_made"
+)
+
+
+def state_from_row(row) -> dict:
+    (node, kind, parent, name, deleted, conflict_of, _seq, _origin, ino, cvv, cclock, cdev,
+     mvv, mclock, mdev, pvv, pclock, pdev, digest, size, mtime, chunks, target, mode,
+     cmade, mmade, pmade) = row
+    alive = not deleted and ino is not None
+    content = {"vv": json.loads(cvv), "made": json.loads(cmade), "clock": cclock,
+               "device": cdev, "hash": None,
+               "size": 0, "mtime_ns": 0, "chunks": [], "target": None}
+    if alive and kind != "dir":
+        content.update(hash=digest, size=size, mtime_ns=mtime,
+                       chunks=[c.hex() for c in split_chunks(chunks or b"")],
+                       target=base64.b64encode(target).decode() if target is not None
+                       else None)
+    return {
+        "id": node, "kind": kind, "parent": parent, "name": name, "deleted": bool(deleted),
+        "conflict_of": conflict_of, "content": content,
+        "mode": {"vv": json.loads(mvv), "made": json.loads(mmade), "clock": mclock,
+                 "device": mdev, "mode": mode if alive else 0},
+        "place": {"vv": json.loads(pvv), "made": json.loads(pmade), "clock": pclock,
+                  "device": pdev},
+    }
+
+
+def node_row(conn: sqlite3.Connection, node: str):
+    """A node's row in NODE_COLUMNS, or None."""
+    return conn.execute(
+        f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+        "WHERE n.id = ?", (node,)).fetchone()
+
+
+def state_of(conn: sqlite3.Connection, node: str) -> dict | None:
+    row = node_row(conn, node)
+    return state_from_row(row) if row is not None else None
+
+
+def changes_since(conn: sqlite3.Connection, since: int, limit: int = 1000,
+                  skip_origin: str | None = None) -> tuple[list[dict], int]:
+    """Node states stamped after `since`, oldest first, and the sequence number to ask
+    from next. States that `skip_origin` sent us are left out: it holds them."""
+    rows = conn.execute(
+        f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+        "WHERE n.seq > ? ORDER BY n.seq LIMIT ?", (since, limit),
+    ).fetchall()
+    if not rows:
+        return [], since
+    states = [state_from_row(r) for r in rows if skip_origin is None or r[7] != skip_origin]
+    return states, rows[-1][6]

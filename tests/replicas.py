@@ -1,0 +1,142 @@
+"""Devices made of real indexes without mounts or network, and the exchanges between them
+that the daemon would make: the helpers of the merge tests (tests/index) and of the soak's
+reproductions (tests/soak/test_found.py). check_invariants is what must hold of any
+catalog after any operation."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from syncd.index import schema
+from syncd.index.catalog import Catalog
+from syncd.index.merge import Merger
+from syncd.index.states import changes_since
+from syncd.index.store import ChunkStore
+
+ROOT = schema.ROOT_INO
+T = 1_800_000_000 * 10**9  # 2027-01-15 08:00:00 UTC, in ns: a time for mtimes
+
+
+class Device:
+    def __init__(self, path: Path, device_id: str, t0: int):
+        ChunkStore.create(path / "store")
+        self.db = schema.create(path / "index.db", device_id, 1000, 1000, t0)
+        self.cat = Catalog(self.db, ChunkStore(path / "store"))
+        self.merger = Merger(self.cat)
+        self.id = device_id
+        self.sent: dict[str, int] = {}  # peer device -> our seq it has applied
+
+    def ino(self, path: str) -> int:
+        ino = ROOT
+        for part in filter(None, path.split("/")):
+            e = self.cat.lookup(ino, part)
+            assert e is not None, f"{path} missing on {self.id[:4]}"
+            ino = e.inode.ino
+        return ino
+
+    def write(self, path: str, data: bytes, mtime_ns: int) -> None:
+        parent, _, name = path.rpartition("/")
+        e = self.cat.lookup(self.ino(parent), name)
+        ino = e.inode.ino if e else self.cat.create(
+            self.ino(parent), name, "file", 0o644, 1000, 1000).inode.ino
+        digest = self.cat.store.put(data)
+        self.cat.commit_content(ino, [digest] if data else [], len(data), mtime_ns, None, True)
+
+    def mkdir(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        self.cat.create(self.ino(parent), name, "dir", 0o755, 1000, 1000)
+
+    def tree(self) -> dict[str, tuple]:
+        out = {}
+
+        def walk(ino: int, prefix: str) -> None:
+            for e in self.cat.children(ino, 0):
+                path = f"{prefix}/{e.name}"
+                out[path] = (e.inode.kind, e.inode.hash, e.inode.mode)
+                if e.inode.kind == "dir":
+                    walk(e.inode.ino, path)
+
+        walk(ROOT, "")
+        return out
+
+    def data(self, path: str) -> bytes:
+        ino = self.ino(path)
+        return b"".join(self.cat.store.read(d, 0, 1 << 20) for d in self.cat.chunks(ino))
+
+
+def three_devices(root: Path) -> list[Device]:
+    """Devices a, b and c (their ids: 32 times that letter), each in a folder of root."""
+    made = []
+    for i, dev in enumerate(("a" * 32, "b" * 32, "c" * 32)):
+        (root / dev[:1]).mkdir()
+        made.append(Device(root / dev[:1], dev, 1_700_000_000 * 10**9 + i))
+    return made
+
+
+def apply(src: Device, dst: Device, states: list[dict]):
+    """dst applies states from src, with their chunks (as a fetch would bring them)."""
+    for s in states:
+        for h in s["content"]["chunks"]:
+            digest = bytes.fromhex(h)
+            if not dst.cat.store.has(digest) and src.cat.store.has(digest):
+                dst.cat.store.put(src.cat.store.read(digest, 0, 1 << 20))
+    return dst.merger.apply(states, src.id)
+
+
+def send(src: Device, dst: Device) -> int:
+    """What a peer loop does: push src's changes since dst's cursor, chunks included (as
+    a fetch would bring them), and move the cursor once applied."""
+    applied = 0
+    while True:
+        states, last = changes_since(src.cat.conn, src.sent.get(dst.id, 0), 100, dst.id)
+        if last == src.sent.get(dst.id, 0):
+            return applied
+        apply(src, dst, states)
+        applied += len(states)
+        src.sent[dst.id] = last
+
+
+def send_some(src: Device, dst: Device, batch: int, batches: int) -> int:
+    """Part of a peer loop's push: at most `batches` batches of `batch` states."""
+    moved = 0
+    for _ in range(batches):
+        since = src.sent.get(dst.id, 0)
+        states, last = changes_since(src.cat.conn, since, batch, dst.id)
+        if last == since:
+            break
+        apply(src, dst, states)
+        src.sent[dst.id] = last
+        moved += len(states)
+    return moved
+
+
+def converge(*devices: Device) -> None:
+    """Exchange until nothing moves; every device then holds the same tree."""
+    for _ in range(6):
+        moved = sum(send(a, b) for a, b in itertools.permutations(devices, 2))
+        if not moved:
+            break
+    trees = [d.tree() for d in devices]
+    for d, t in zip(devices[1:], trees[1:], strict=True):
+        assert t == trees[0], f"{d.id[:4]} differs"
+    for d in devices:
+        check_invariants(d.cat)
+
+
+def check_invariants(c: Catalog) -> None:
+    """What must hold after any operation: counters match the journal, every node's seq is
+    a journal row about it, live names are unique, chunk refs match the chunk lists."""
+    top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+    assert top == c.seq
+    for node, seq in c.conn.execute("SELECT id, seq FROM nodes WHERE id != 'root'"):
+        assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
+            node,)
+    refs: dict[bytes, int] = {}
+    for (blob,) in c.conn.execute("SELECT chunks FROM inodes"):
+        for i in range(0, len(blob), 32):
+            refs[blob[i : i + 32]] = refs.get(blob[i : i + 32], 0) + 1
+    stored = {h: n for h, n in c.conn.execute("SELECT hash, refs FROM chunks WHERE refs > 0")}
+    assert stored == refs
+    for digest in stored:
+        assert c.store.verify(digest)
