@@ -101,7 +101,8 @@ class Entry:
 
 
 class Catalog:
-    def __init__(self, db: sqlite_utils.Database, store: ChunkStore):
+    def __init__(self, db: sqlite_utils.Database, store: ChunkStore,
+                 on_change: Callable[[], None] = lambda: None):
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self.store = store
@@ -110,7 +111,13 @@ class Catalog:
         self._load_counters()
         self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
         # Called after every transaction that stamped something (the daemon's wake-up).
-        self.on_change: Callable[[], None] = lambda: None
+        self.on_change = on_change
+        # File inodes a peer's change took from their node (rule 6): inode -> (node, the
+        # content version vector the inode had). They live on while handles are open, and
+        # what a writer commits to one is a version concurrent with that change
+        # (Merger.commit_detached). Known from the moment the change is applied, so no
+        # commit can miss it; forgotten when the inode is purged.
+        self.detached: dict[int, tuple[str, dict[str, int]]] = {}
         # Chunks retired since the last transaction, whose rows (refs 0) that transaction
         # deletes (see retire).
         self._collected: list[bytes] = []
@@ -641,7 +648,10 @@ class Catalog:
             return self._reref([], 0, old)
 
         self._dir_nodes.pop(ino, None)
-        return self.transaction(run)
+        garbage = self.transaction(run)
+        if not self.nodes_of(ino):
+            self.detached.pop(ino, None)
+        return garbage
 
     def orphan_inodes(self) -> list[int]:
         """Inodes with no live node (their last handle was open at a crash)."""

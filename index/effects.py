@@ -14,7 +14,8 @@ class Effects:
     inodes: set[int] = field(default_factory=set)  # attributes changed in place
     orphans: set[int] = field(default_factory=set)
     # File inodes a remote change took from their node: inode -> (node, content version
-    # vector the inode had). A local writer still on one makes a concurrent version.
+    # vector the inode had). Kept in Catalog.detached: a writer still on one makes a
+    # concurrent version.
     detached: dict[int, tuple[str, dict[str, int]]] = field(default_factory=dict)
     missing: set[int] = field(default_factory=set)  # new file inodes whose chunks are not here
     # Files whose content may be held by nobody (conflict copies, files back from a

@@ -71,6 +71,7 @@ class Merger:
             self._drain_limbo(effects)
 
         self.cat.transaction(run)
+        self.cat.detached.update(effects.detached)
         return effects
 
     def commit_detached(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
@@ -98,6 +99,7 @@ class Merger:
             self._apply_one(mine, None, effects)
 
         self.cat.transaction(run)
+        self.cat.detached.update(effects.detached)
         return effects
 
     def _drain_limbo(self, effects: Effects) -> None:

@@ -59,4 +59,7 @@ def drop_unheld(cat: Catalog, node: str) -> Effects | None:
         entry_changed(cat, parent, name, effects)
         return True
 
-    return effects if cat.transaction(run) else None
+    if not cat.transaction(run):
+        return None
+    cat.detached.update(effects.detached)
+    return effects

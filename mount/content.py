@@ -22,6 +22,8 @@ import pyfuse3
 import trio
 from syncd.index.catalog import Catalog
 from syncd.index.draft import Draft
+from syncd.index.effects import Effects
+from syncd.index.merge import Merger
 from syncd.index.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -31,16 +33,16 @@ INLINE_HASH_BYTES = 1 << 20
 
 
 class Content:
-    def __init__(self, catalog: Catalog, store: ChunkStore):
+    def __init__(self, catalog: Catalog, store: ChunkStore, merger: Merger,
+                 on_effects: Callable[[Effects], None]):
+        """`on_effects` takes what merging a commit made to a detached inode changed
+        (Catalog.detached): kernel caches to drop, inodes left without names."""
         self.catalog = catalog
         self.store = store
+        self.merger = merger
+        self.on_effects = on_effects
         self.drafts: dict[int, Draft] = {}
         self.locks: dict[int, trio.Lock] = {}
-        # Inodes that a peer's change took from their node (rule 6): inode -> (node, its
-        # content version vector then). Their commits go to `on_detached_commit`, which
-        # merges each as a concurrent version.
-        self.detached: dict[int, tuple[str, dict[str, int]]] = {}
-        self.on_detached_commit: Callable[..., None] | None = None
 
     def draft(self, ino: int) -> Draft:
         """The inode's draft, started if there is none: for reads (a clean draft caches the
@@ -112,10 +114,10 @@ class Content:
             self.catalog.commit_draft(draft, sealed, durable)
             # Kept until the inode is discarded: every later commit through a handle on it
             # is again a version concurrent with the change that took it.
-            detached = self.detached.get(ino)
-            if detached is not None and self.on_detached_commit is not None:
-                self.on_detached_commit(*detached, sealed.chunk_list(), sealed.size,
-                                        time.time_ns())
+            detached = self.catalog.detached.get(ino)
+            if detached is not None:
+                self.on_effects(self.merger.commit_detached(
+                    *detached, sealed.chunk_list(), sealed.size, time.time_ns()))
             return True
 
     async def sync_all(self) -> None:

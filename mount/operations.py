@@ -93,11 +93,15 @@ class Filesystem(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0):
+    def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0,
+                 fetch: Callable[[int], Awaitable[None]] | None = None):
+        """`fetch` gets a file's missing content from peers before an open proceeds (the
+        daemon's); None when this home has no peers to ask."""
         super().__init__()
         self.catalog = catalog
         self.store = store
-        self.content = Content(catalog, store)
+        self.fetch = fetch
+        self.content = Content(catalog, store, Merger(catalog), self._changed_behind_kernel)
         self.timeout = timeout
         self.lookups: Counter[int] = Counter()
         self.handles: dict[int, Handle] = {}
@@ -105,29 +109,25 @@ class Filesystem(pyfuse3.Operations):
         self.writers: Counter[int] = Counter()  # open writable handles per inode
         self._next_fh = 1
         self.initialized = trio.Event()  # the kernel's INIT has been answered
-        # Gets a file's missing content from peers before an open proceeds (the daemon's
-        # fetcher); None when this home has no peers to ask.
-        self.fetch: Callable[[int], Awaitable[None]] | None = None
         self.notifier = Notifier()
-        self.merger = Merger(catalog)
-        self.content.on_detached_commit = self._detached_commit
 
-    def remote_changed(self, effects: Effects) -> None:
-        """A peer's change has been committed to the index: drop what the kernel caches
-        of it (on the notifier's thread) and purge inodes it left without names. A file
-        open here keeps its inode, and whatever is written to it and committed later is a
-        concurrent version (rule 6)."""
+    async def follow(self, remote: trio.MemoryReceiveChannel[Effects]) -> None:
+        """Take what peers' changes did to the index (the daemon sends it once applied)
+        into the kernel's view, until the channel closes."""
+        async for effects in remote:
+            try:
+                self._changed_behind_kernel(effects)
+            except Exception:  # one failed purge must not end the mount
+                log.exception("after a peer's change")
+
+    def _changed_behind_kernel(self, effects: Effects) -> None:
+        """The index changed behind the kernel's back (a peer's change, or one merged with
+        it): drop what the kernel caches of it (on the notifier's thread) and purge inodes
+        left without names. A file open here keeps its inode, and what is written to it
+        and committed later is a concurrent version (rule 6, Catalog.detached)."""
         self.notifier.post(effects)
-        # Every such inode, not only those open for writing now: the kernel may still
-        # hold a name for it, and open and write it before it forgets.
-        self.content.detached.update(effects.detached)
         for ino in effects.orphans:
             self._maybe_purge(ino)
-
-    def _detached_commit(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
-                         size: int, mtime_ns: int) -> None:
-        self.remote_changed(self.merger.commit_detached(node, base_vv, chunks, size,
-                                                        mtime_ns))
 
     def init(self) -> None:
         self.initialized.set()
@@ -420,5 +420,4 @@ class Filesystem(pyfuse3.Operations):
         self.content.discard(ino)
         if self.lookups[ino] > 0:
             return
-        self.content.detached.pop(ino, None)
         self.catalog.retire(self.catalog.purge_inode(ino))

@@ -146,8 +146,8 @@ class Hello(Strict):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
-class Node(Protocol):
-    """What the app serves from: the daemon (syncd/daemon.py)."""
+class PeerService(Protocol):
+    """What this process serves its peers from: the daemon (syncd/daemon.py)."""
 
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
@@ -157,7 +157,7 @@ class Node(Protocol):
     def state_of(self, node: str) -> dict | None: ...
 
 
-def build_app(node: Node) -> FastAPI:
+def build_app(service: PeerService) -> FastAPI:
     app = FastAPI(title="syncd peer API", version="1", docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestValidationError)
@@ -181,27 +181,27 @@ def build_app(node: Node) -> FastAPI:
 
     @app.post("/v1/hello")
     async def hello(body: Hello) -> dict:
-        return node.hello(body.device, body.name)
+        return service.hello(body.device, body.name)
 
     @app.post("/v1/changes")
     async def push(body: Changes) -> dict:
         for s in body.changes:
             if s.parent is None and s.id != "root":
                 raise HTTPException(422, f"node {s.id} has no parent")
-        applied = node.receive(body.device, [s.model_dump() for s in body.changes])
+        applied = service.receive(body.device, [s.model_dump() for s in body.changes])
         return {"applied": applied}
 
     @app.get("/v1/changes")
     async def pull(since: Annotated[int, Query(ge=0, lt=1 << 62)] = 0,
                    limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
-        states, last = node.changes_since(since, limit)
+        states, last = service.changes_since(since, limit)
         return {"changes": states, "seq": last}
 
     @app.get("/v1/nodes/{node_id}")
     async def node_state(node_id: NodeId) -> dict:
         """One node's current state: for a peer whose version of it is held by nobody
         any more, because a newer one is on its way (soak bug 7)."""
-        state = node.state_of(node_id)
+        state = service.state_of(node_id)
         if state is None:
             raise HTTPException(404, f"node {node_id} is not known here")
         return {"state": state}
@@ -210,12 +210,12 @@ def build_app(node: Node) -> FastAPI:
     async def hold(body: HoldList) -> dict:
         """Keep a copy of these chunks: answers at once with how many are still missing
         here, and fetches those in the background (the caller asks again)."""
-        return {"missing": node.hold([bytes.fromhex(h) for h in body.chunks])}
+        return {"missing": service.hold([bytes.fromhex(h) for h in body.chunks])}
 
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],
                     request: Request) -> Response:
-        data = await trio.to_thread.run_sync(node.read_chunk, bytes.fromhex(digest))
+        data = await trio.to_thread.run_sync(service.read_chunk, bytes.fromhex(digest))
         if data is None:
             raise HTTPException(404, f"chunk {digest} is not held here")
         start = _range_start(request.headers.get("range"), len(data))
@@ -229,7 +229,7 @@ def build_app(node: Node) -> FastAPI:
         """Many chunks in one answer: their bytes one after another, and X-Syncd-Sizes
         giving each one's length, -1 for one not held here."""
         def read() -> tuple[str, bytes]:  # a worker thread's: files, and copies of MiBs
-            found = [node.read_chunk(bytes.fromhex(h)) for h in body.chunks]
+            found = [service.read_chunk(bytes.fromhex(h)) for h in body.chunks]
             return (",".join(str(-1 if d is None else len(d)) for d in found),
                     b"".join(d for d in found if d is not None))
         sizes, data = await trio.to_thread.run_sync(read)

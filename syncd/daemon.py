@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import trio
 from hypercorn.config import Config
@@ -21,13 +22,13 @@ from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
-from syncd.index import peers as peer_table
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
 from syncd.index.states import changes_since, state_of
-from syncd.index.unheld import drop_unheld, unheld_file
-from syncd.peerlink import NotHeld, PeerError, PeerLink
+from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
+from syncd.peerlink import Me, NotHeld, PeerError
+from syncd.peerset import PeerSet
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -40,19 +41,25 @@ KEEP_REPLACED_MAX = 600.0
 
 
 class Daemon:
-    def __init__(self, home: Home, catalog: Catalog, on_effects=None, mirror: bool = False):
+    def __init__(self, home: Home, catalog: Catalog,
+                 changes: trio.MemoryReceiveChannel[None],
+                 on_effects: Callable[[Effects], None] | None = None, mirror: bool = False):
+        """`changes` says that something was stamped here (Catalog's on_change sends on
+        it): the peer loops then push. `on_effects` takes what peers' changes did to the
+        index, for the mount (kernel caches, purges); without a mount, inodes left without
+        names are purged here."""
         self.home = home
         self.catalog = catalog
         self.store = catalog.store
-        self.key = home.cluster_key()
         config = home.config()
         self.name: str = config["name"]
         self.listen: str = config["listen"]
         self.device = catalog.device
+        self.me = Me(home.cluster_key(), self.device, self.name)
         self.merger = Merger(catalog)
-        self.fetcher = Fetcher(self)
-        self.links: dict[str, PeerLink] = {}
-        # The mount's part after a remote change lands: kernel invalidation, purges.
+        self.changes = changes
+        self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld)
+        self.fetcher = Fetcher(catalog, self.peers, self.refresh)
         self.on_effects = on_effects or self._purge_orphans
         self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
         # Files smaller than this are fetched as soon as they are announced, many per
@@ -61,14 +68,11 @@ class Daemon:
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
-        catalog.on_change = self.poke_all
 
-    # -- what the API serves (syncd/api.py, Node)
+    # -- what the API serves (syncd/api.py, PeerService)
 
     def hello(self, device: str, name: str) -> dict:
-        for link in self.links.values():
-            if link.device == device or (link.device is None and link.name == name):
-                link.poke()  # it is back: send what waits for it now
+        self.peers.greeted(device, name)
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
                 "accepts": ["zstd"]}
 
@@ -80,6 +84,10 @@ class Daemon:
         return len(states)
 
     # -- files nobody can read (soak bug 4)
+
+    def _recheck_unheld(self) -> None:
+        """A peer answers again: it may hold what nobody answered for before."""
+        self.check_unheld(unheld_copies(self.catalog))
 
     def check_unheld(self, nodes) -> None:
         if nodes and self._nursery is not None:
@@ -108,7 +116,7 @@ class Daemon:
     async def _someone_may_hold(self, maker: str, digest: bytes) -> bool:
         """Unless every peer, the version's maker among them, answers that it does not
         hold the chunk, someone may: keep the file (and the chunk, if it came)."""
-        links = list(self.links.values())
+        links = list(self.peers)
         if not any(link.device == maker for link in links) and maker != self.device:
             return True
         for link in links:
@@ -164,7 +172,7 @@ class Daemon:
             log.info("inode %d lost its name while it was being fetched", ino)
             return True
         originals = self.catalog.originals_of(nodes)
-        for link in self.holders():
+        for link in self.peers.holders():
             if link.device is None:  # never answered a hello: nothing it says is applied
                 continue
             for node in nodes + originals:
@@ -210,7 +218,7 @@ class Daemon:
         with trio.move_on_after(timeout):
             while True:
                 holders = 0
-                for link in [p for p in self.links.values() if p.state == "online"]:
+                for link in self.peers.online():
                     try:
                         left[link.name] = await link.hold(digests)
                     except PeerError as e:
@@ -226,38 +234,6 @@ class Daemon:
                 f"here; {behind or 'no peer online'}"}
 
     # -- peers
-
-    def holders(self) -> list[PeerLink]:
-        """Peers to ask for content, the ones known to answer first."""
-        usable = [p for p in self.links.values() if p.state != "outofuse"]
-        return sorted(usable, key=lambda p: p.state != "online")
-
-    def poke_all(self) -> None:
-        for link in self.links.values():
-            link.poke()
-
-    def save_peer(self, link: PeerLink, **columns) -> None:
-        peer_table.save_peer(self.catalog.db, link.name, **columns)
-
-    def load_peers(self) -> None:
-        """Start a loop for each peer in the table, stop those removed from it, and take
-        the operator's outofuse/auto (syncd peer ...)."""
-        peers = peer_table.list_peers(self.catalog.db)
-        wanted = {p.name: p for p in peers}
-        for name in list(self.links):
-            link = self.links[name]
-            peer = wanted.get(name)
-            if peer is None or peer.url.rstrip("/") != link.url:
-                link.cancel.cancel()
-                del self.links[name]
-            elif (peer.state == "outofuse") != (link.state == "outofuse"):
-                link.state = peer.state
-                link.poke()
-        for p in peers:
-            if p.name not in self.links:
-                link = self.links[p.name] = PeerLink(self, p.name, p.url, p.device, p.state,
-                                                     p.cursor)
-                self._nursery.start_soon(link.run, name=f"peer {p.name}")
 
     # -- content held ahead of time: pins and mirrors
 
@@ -316,7 +292,7 @@ class Daemon:
         config.accesslog = None
         config.keep_alive_timeout = KEEPALIVE_SERVER
         config.loglevel = "WARNING"
-        app = Signed(build_app(self), self.key)
+        app = Signed(build_app(self), self.me.key)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
@@ -329,7 +305,8 @@ class Daemon:
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op})
-            self.load_peers()
+            self.peers.load(nursery)
+            nursery.start_soon(self._push_on_change)
             self.store.keep_replaced(self.catalog.seq)
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
@@ -338,12 +315,15 @@ class Daemon:
                      self.listen)
             task_status.started()
 
+    async def _push_on_change(self) -> None:
+        async for _ in self.changes:
+            self.peers.poke_all()
+
     async def _expire_replaced(self) -> None:
         while True:
             await trio.sleep(KEEP_REPLACED_MIN / 2)
-            confirmed = min((link.cursor for link in self.links.values()
-                             if link.state != "outofuse"), default=self.catalog.seq)
-            self.store.expire_retired(confirmed, KEEP_REPLACED_MIN, KEEP_REPLACED_MAX)
+            self.store.expire_retired(self.peers.confirmed(), KEEP_REPLACED_MIN,
+                                      KEEP_REPLACED_MAX)
 
     async def _fetch_op(self, request: dict) -> dict:
         try:
@@ -375,6 +355,6 @@ class Daemon:
                 "prefetching": self.fetcher.prefetching}
 
     async def _reload_peers(self, request: dict) -> dict:
-        self.load_peers()
-        return {"ok": True, "peers": sorted(self.links)}
+        self.peers.load(self._nursery)
+        return {"ok": True, "peers": sorted(self.peers.links)}
 

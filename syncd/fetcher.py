@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from syncd.index.catalog import Catalog
 from syncd.peerlink import PeerError, PeerLink
-
-if TYPE_CHECKING:
-    from syncd.daemon import Daemon
+from syncd.peerset import PeerSet
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +29,14 @@ BATCH_CHUNKS = 64  # chunks asked for in one request when prefetching small file
 
 
 class Fetcher:
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-        self.catalog = daemon.catalog
-        self.store = daemon.catalog.store
+    def __init__(self, catalog: Catalog, peers: PeerSet,
+                 refresh: Callable[[int], Awaitable[bool]]):
+        """`refresh(ino)`, when no peer holds a file's content: ask the peers for its
+        node's current state; True when the name has a newer version (or none) now."""
+        self.catalog = catalog
+        self.store = catalog.store
+        self.peers = peers
+        self.refresh = refresh
         self.inflight: dict[int, trio.Event] = {}
         self.prefetching = 0  # small files in the current ahead-of-time round
 
@@ -71,7 +74,7 @@ class Fetcher:
                     nursery.start_soon(self._fetch_some, todo[i:i + PER_REQUEST], what,
                                        limit, failed)
             if failed:
-                if await self.daemon.refresh(ino):
+                if await self.refresh(ino):
                     # The name has a newer version now: ESTALE makes the kernel look
                     # the name up again and open that instead.
                     raise OSError(errno.ESTALE, f"{what} has a newer version")
@@ -113,7 +116,7 @@ class Fetcher:
                                  if not self.catalog.missing_chunks(ino)])
 
     async def _prefetch_chunks(self, todo: list[bytes]) -> None:
-        for link in self.daemon.holders():
+        for link in self.peers.holders():
             left = []
             for i in range(0, len(todo), BATCH_CHUNKS):
                 batch = todo[i:i + BATCH_CHUNKS]
@@ -131,7 +134,7 @@ class Fetcher:
         the peers in turn for those still missing; OSError(EIO) when some chunk has no
         peer that serves it right."""
         tried = []
-        for link in self.daemon.holders():
+        for link in self.peers.holders():
             try:
                 left = await self._take_from(link, digests, what)
             except PeerError as e:

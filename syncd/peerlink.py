@@ -12,19 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 import trio
 
 from syncd import auth, compress
 from syncd.api import NodeState, off_loop
+from syncd.index.catalog import Catalog
+from syncd.index.peers import Peer, save_peer
 from syncd.index.states import changes_since
-from syncd.index.unheld import unheld_copies
-
-if TYPE_CHECKING:
-    from syncd.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +69,28 @@ class NotHeld(PeerError):
     """The peer answered that it does not hold the chunk asked for."""
 
 
+@dataclass(frozen=True)
+class Me:
+    """This device as its peers know it, and the cluster key it signs with."""
+
+    key: bytes
+    device: str
+    name: str
+
+
 class PeerLink:
-    def __init__(self, daemon: Daemon, name: str, url: str, device: str | None,
-                 state: str, cursor: int):
-        self.daemon = daemon
-        self.name = name
-        self.url = url.rstrip("/")
-        self.device = device
-        self.state = state
-        self.cursor = cursor
+    def __init__(self, record: Peer, me: Me, catalog: Catalog,
+                 on_online: Callable[[], None]):
+        """One peer from its record in the index; `on_online` runs each time it answers
+        again after it did not."""
+        self.me = me
+        self.catalog = catalog
+        self.on_online = on_online
+        self.name = record.name
+        self.url = record.url.rstrip("/")
+        self.device = record.device
+        self.state = record.state
+        self.cursor = record.cursor
         self.wake = trio.Event()
         self.backoff = BACKOFF_MIN
         self.cancel = trio.CancelScope()
@@ -115,7 +126,7 @@ class PeerLink:
         # so one that fails on a kept-alive connection the server closed at that moment is
         # sent again on a new one, signed anew (the nonce of the first may have arrived).
         for attempt in (1, 2):
-            signed = auth.sign_request(self.daemon.key, method, path, body)
+            signed = auth.sign_request(self.me.key, method, path, body)
             all_headers.update(signed)
             try:
                 request = self.client.build_request(method, self.url + path, content=body,
@@ -134,7 +145,7 @@ class PeerLink:
                 raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
         raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
         try:
-            auth.check_response(self.daemon.key, r.status_code, signed[auth.NONCE], r.headers,
+            auth.check_response(self.me.key, r.status_code, signed[auth.NONCE], r.headers,
                                 auth.hash_of_pieces(pieces))
         except auth.AuthError as e:
             raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
@@ -158,12 +169,12 @@ class PeerLink:
             raise PeerError(f"{self.name} answered {method} {path} with bad JSON") from None
 
     async def hello(self) -> None:
-        answer = await self.call("POST", "/v1/hello", {"device": self.daemon.device,
-                                                      "name": self.daemon.name})
+        answer = await self.call("POST", "/v1/hello", {"device": self.me.device,
+                                                      "name": self.me.name})
         self.accepts_zstd = "zstd" in answer.get("accepts", [])
         if self.device is None or self.device != answer.get("device"):
             self.device = answer["device"]
-            self.daemon.save_peer(self, device=self.device)
+            self._save(device=self.device)
 
     async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:
         """A chunk's bytes, not yet verified, and their BLAKE3 digest when the signature
@@ -258,15 +269,14 @@ class PeerLink:
         if time.monotonic() - self.last_push < BURST:
             await trio.sleep(COALESCE_BURST if self.last_size > 2 else COALESCE)
         self.last_push = time.monotonic()
-        states, last = changes_since(self.daemon.catalog.conn, self.cursor, BATCH,
-                                     self.device)
+        states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device)
         self.last_size = len(states)
         if last == self.cursor:
             return False
         if states:
             await self._send(states)
         self.cursor = last
-        self.daemon.save_peer(self, cursor=last, last_seen=int(time.time()))
+        self._save(cursor=last, last_seen=int(time.time()))
         return True
 
     async def _send(self, states: list[dict]) -> None:
@@ -274,7 +284,7 @@ class PeerLink:
         refuses is found, and that one is skipped with an error: sending it again would
         be refused again, and would hold up everything after it for ever."""
         try:
-            await self.call("POST", "/v1/changes", {"device": self.daemon.device,
+            await self.call("POST", "/v1/changes", {"device": self.me.device,
                                                     "changes": states})
         except Refused as e:
             if len(states) == 1:
@@ -292,10 +302,13 @@ class PeerLink:
             log.warning("peer %s is offline: %s", self.name, error)
         elif state == "online":
             log.info("peer %s is online", self.name)
-            self.daemon.check_unheld(unheld_copies(self.daemon.catalog))
+            self.on_online()
         self.state = state
-        self.daemon.save_peer(self, state=state, last_error=error,
-                              **({"last_seen": int(time.time())} if state == "online" else {}))
+        self._save(state=state, last_error=error,
+                   **({"last_seen": int(time.time())} if state == "online" else {}))
+
+    def _save(self, **columns) -> None:
+        save_peer(self.catalog.db, self.name, **columns)
 
 
 def _joined(parts: list[bytes]) -> tuple[bytes, list[bytes]]:

@@ -4,7 +4,9 @@ close everything in order (DESIGN, "The shape": one process per home)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import resource
 import signal
 import socket
@@ -16,6 +18,7 @@ from syncd.daemon import Daemon
 from syncd.home import FAILURE, Home, UserError, mount_table
 from syncd.index import schema
 from syncd.index.catalog import Catalog
+from syncd.index.effects import Effects
 from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
 from syncd.mount import session
@@ -32,22 +35,25 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
     _raise_fd_limit()
     home.acquire(mountpoint)
     try:
-        db, store, catalog = _open(home, autocheckpoint=False)  # see _checkpoints
-        fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]))
+        changed, changes = _change_channel()
+        db, store, catalog = _open(home, changed, autocheckpoint=False)  # see _checkpoints
+        # What peers' changes did to the index, from the daemon to the mount.
+        effects_send, effects = trio.open_memory_channel[Effects](math.inf)
         daemon = None
         if home.key_path.exists():
-            daemon = Daemon(home, catalog, on_effects=fs.remote_changed)
+            daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait)
             _check_listen(daemon.listen)
-            fs.fetch = daemon.fetcher.ensure_local
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
+        fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]),
+                        fetch=daemon.fetcher.ensure_local if daemon else None)
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
         # dead mount: hold the signals until the receiver is in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             with session.mounted(fs, mountpoint, options):
-                trio.run(_main, fs, daemon, home, mountpoint, ready)
+                trio.run(_main, fs, daemon, effects, home, mountpoint, ready)
         except session.MountError as e:
             raise UserError(str(e), FAILURE) from None
         finally:
@@ -66,8 +72,9 @@ def serve_only(home: Home, mirror: bool) -> None:
     _raise_fd_limit()
     home.acquire(None)
     try:
-        db, store, catalog = _open(home)
-        daemon = Daemon(home, catalog, mirror=mirror)
+        changed, changes = _change_channel()
+        db, store, catalog = _open(home, changed)
+        daemon = Daemon(home, catalog, changes, mirror=mirror)
         _check_listen(daemon.listen)
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
@@ -79,7 +86,19 @@ def serve_only(home: Home, mirror: bool) -> None:
         home.release()
 
 
-def _open(home: Home, autocheckpoint: bool = True):
+def _change_channel() -> tuple[Callable[[], None], trio.MemoryReceiveChannel[None]]:
+    """How the index tells the daemon that something was stamped here: a channel of one
+    place (a burst of changes is one wake-up), and the function that sends on it."""
+    send, receive = trio.open_memory_channel[None](1)
+
+    def changed() -> None:
+        with contextlib.suppress(trio.WouldBlock):
+            send.send_nowait(None)
+
+    return changed, receive
+
+
+def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True):
     """The home's index, store and catalog, after recovering what a crash left."""
     try:
         db = schema.open_db(home.db_path, autocheckpoint=autocheckpoint)
@@ -87,7 +106,7 @@ def _open(home: Home, autocheckpoint: bool = True):
         raise UserError(str(e), FAILURE) from None
     store = ChunkStore(home.store_path)
     store.reserve_released = not store.keep_reserve()
-    catalog = Catalog(db, store)
+    catalog = Catalog(db, store, on_change)
     recover(catalog, store)
     return db, store, catalog
 
@@ -118,9 +137,11 @@ def _fsname(home: Home) -> str:
     return f"syncd:{path}" if "," not in path else "syncd"
 
 
-async def _main(fs: Filesystem, daemon: Daemon | None, home: Home, mountpoint: str,
+async def _main(fs: Filesystem, daemon: Daemon | None,
+                effects: trio.MemoryReceiveChannel[Effects], home: Home, mountpoint: str,
                 ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.follow, effects)
         nursery.start_soon(_stop_on_signal, session.stop)
         nursery.start_soon(_checkpoints, home.db_path)
         nursery.start_soon(_keep_reserve, fs.store)

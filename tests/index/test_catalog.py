@@ -10,6 +10,7 @@ import pytest
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.draft import Draft
+from syncd.index.merge import Merger
 from syncd.index.recovery import recover
 from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash
 from syncd.mount.content import Content
@@ -257,7 +258,7 @@ def test_content_commit_through_the_mount_layer(cat):
     import trio
 
     f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
-    content = Content(cat, cat.store)
+    content = Content(cat, cat.store, Merger(cat), on_effects=lambda effects: None)
 
     async def run():
         await content.write(f.inode.ino, 0, b"x" * 100)

@@ -1,0 +1,66 @@
+"""The peers of a home as its serving process runs them: one PeerLink loop each, started
+and stopped as the peer records in the index change (`syncd peer ...`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import trio
+
+from syncd.index.catalog import Catalog
+from syncd.index.peers import list_peers
+from syncd.peerlink import Me, PeerLink
+
+
+class PeerSet:
+    def __init__(self, me: Me, catalog: Catalog, on_online: Callable[[], None]):
+        """`on_online` runs each time a peer answers again after it did not."""
+        self.me = me
+        self.catalog = catalog
+        self.on_online = on_online
+        self.links: dict[str, PeerLink] = {}
+
+    def __iter__(self) -> Iterator[PeerLink]:
+        return iter(list(self.links.values()))
+
+    def load(self, nursery: trio.Nursery) -> None:
+        """Start a loop for each peer in the index, stop those removed from it, and take
+        the operator's outofuse/auto."""
+        records = {p.name: p for p in list_peers(self.catalog.db)}
+        for name, link in list(self.links.items()):
+            record = records.get(name)
+            if record is None or record.url.rstrip("/") != link.url:
+                link.cancel.cancel()
+                del self.links[name]
+            elif (record.state == "outofuse") != (link.state == "outofuse"):
+                link.state = record.state
+                link.poke()
+        for name, record in records.items():
+            if name not in self.links:
+                link = self.links[name] = PeerLink(record, self.me, self.catalog,
+                                                   self.on_online)
+                nursery.start_soon(link.run, name=f"peer {name}")
+
+    def holders(self) -> list[PeerLink]:
+        """Peers to ask for content, the ones known to answer first."""
+        usable = [p for p in self if p.state != "outofuse"]
+        return sorted(usable, key=lambda p: p.state != "online")
+
+    def online(self) -> list[PeerLink]:
+        return [p for p in self if p.state == "online"]
+
+    def poke_all(self) -> None:
+        """Something changed here: every loop pushes what its peer lacks."""
+        for link in self:
+            link.poke()
+
+    def greeted(self, device: str, name: str) -> None:
+        """A peer said hello: it is back, so send it what waits for it now."""
+        for link in self:
+            if link.device == device or (link.device is None and link.name == name):
+                link.poke()
+
+    def confirmed(self) -> int:
+        """The sequence number up to which every peer in use has confirmed our changes."""
+        return min((link.cursor for link in self if link.state != "outofuse"),
+                   default=self.catalog.seq)
