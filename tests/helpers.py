@@ -25,6 +25,14 @@ def syncd(home: Path, *args: str, check: bool = True, timeout: float = 90,
     return done
 
 
+def assert_clean_error(done: subprocess.CompletedProcess, code: int, words: str) -> None:
+    """The command failed with `code` and one line `syncd: error: ...` containing `words`."""
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), done.stderr
+    assert words in lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

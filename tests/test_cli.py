@@ -16,6 +16,7 @@ from tests.helpers import (
     SYNCD,
     Mount,
     alive,
+    assert_clean_error,
     force_cleanup,
     fuse_mounts,
     lock_pid,
@@ -23,13 +24,6 @@ from tests.helpers import (
     syncd,
     wait_for,
 )
-
-
-def assert_clean_error(done: subprocess.CompletedProcess, code: int, words: str) -> None:
-    assert done.returncode == code, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), done.stderr
-    assert words in lines[0]
 
 
 def test_no_home(tmp_path):
