@@ -103,8 +103,7 @@ def _open(home: Home):
     store = ChunkStore(home.store_path)
     store.reserve_released = not store.keep_reserve()
     catalog = Catalog(db, store)
-    for name in recover(catalog, store):
-        log.warning("uncommitted writes from before a crash were kept as %s", name)
+    recover(catalog, store)  # it logs each file it recovers
     return db, store, catalog
 
 
