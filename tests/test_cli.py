@@ -18,6 +18,7 @@ from tests.helpers import (
     alive,
     assert_clean_error,
     force_cleanup,
+    free_port,
     fuse_mounts,
     lock_pid,
     status,
@@ -98,7 +99,7 @@ def test_second_mount_of_a_home_and_busy_mount_point(mount, tmp_path):
     assert_clean_error(syncd(mount.home, "mount", str(other), check=False), 4,
                        "already mounted")
     second = tmp_path / "home2"
-    syncd(second, "init")
+    syncd(second, "init", "--listen", f"127.0.0.1:{free_port()}")
     assert_clean_error(syncd(second, "mount", str(mount.path), check=False), 1, "busy")
 
 

@@ -24,7 +24,7 @@ def small_home(tmp_path):
     home = disk / "home"
     m = Mount(home, tmp_path / "mnt")
     try:
-        syncd(home, "init")
+        syncd(home, "init", "--listen", f"127.0.0.1:{free_port()}")
         m.start()
         yield m
         m.stop()
