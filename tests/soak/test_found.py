@@ -360,7 +360,8 @@ def test_a_request_crossing_a_keep_alive_close_is_retried(tmp_path):
         beta.start()
         data = b"a" * 300_000  # above prefetch_below: fetched on open
         (alpha / "f").write_bytes(data)
-        wait_for(lambda: os.path.exists(beta / "f"), 20, "f on beta")
+        wait_for(lambda: os.path.exists(beta / "f") and os.path.getsize(beta / "f") ==
+                 len(data), 20, "f's content listed on beta")  # not the empty create
         assert (beta / "f").read_bytes() == data  # a GET after beta's hello
         (beta / "g").write_bytes(b"a change of beta's")
         wait_for(lambda: os.path.exists(alpha / "g"), 10, "g on alpha")  # hello, then push
