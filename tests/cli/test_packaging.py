@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import needs_fuse
 from tests.helpers import force_cleanup, fuse_mounts, syncd
 
-PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 BASH_COMPLETION = PACKAGING / "completions" / "syncd.bash"
 ZSH_COMPLETION = PACKAGING / "completions" / "_syncd"
 UNIT = PACKAGING / "syncd@.service"
