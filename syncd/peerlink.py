@@ -299,7 +299,8 @@ class PeerLink:
         if state == self.state:
             return
         if state == "offline":
-            log.warning("peer %s is offline: %s", self.name, error)
+            # a laptop closing is normal operation; status shows it and what waits
+            log.info("peer %s is offline: %s", self.name, error)
         elif state == "online":
             log.info("peer %s is online", self.name)
             self.on_online()

@@ -107,7 +107,7 @@ def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True
     store = ChunkStore(home.store_path)
     store.reserve_released = not store.keep_reserve()
     catalog = Catalog(db, store, on_change)
-    recover(catalog, store)
+    recover(catalog, store)  # it logs each file it recovers
     return db, store, catalog
 
 

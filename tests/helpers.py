@@ -1,10 +1,12 @@
-"""Running the real `syncd` command and real mounts from tests."""
+"""Running the real `syncd` command and real mounts from tests, and checking what they
+logged."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,10 +21,19 @@ def syncd(home: Path, *args: str, check: bool = True, timeout: float = 90,
           **kw) -> subprocess.CompletedProcess:
     done = subprocess.run([*SYNCD, "--home", str(home), *args], capture_output=True,
                           text=True, timeout=timeout, **kw)
+    served_log(home / "mount.log").add_output(f"syncd {' '.join(args)}", done.stderr)
     if check and done.returncode != 0:
         raise AssertionError(f"syncd {' '.join(args)} exited {done.returncode}:\n"
                              f"{done.stdout}{done.stderr}")
     return done
+
+
+def assert_clean_error(done: subprocess.CompletedProcess, code: int, words: str) -> None:
+    """The command failed with `code` and one line `syncd: error: ...` containing `words`."""
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), done.stderr
+    assert words in lines[0]
 
 
 def free_port() -> int:
@@ -98,12 +109,18 @@ class Mount:
     def __init__(self, home: Path, path: Path):
         self.home = home
         self.path = path
+        self.served_log = served_log(home / "mount.log")
+
+    def expect_log(self, *patterns: str) -> None:
+        """Records matching these may appear in HOME/mount.log (see ServedLog)."""
+        self.served_log.expect_log(*patterns)
 
     def start(self, *extra: str, env: dict[str, str] | None = None) -> Mount:
         """Mount; `env` adds to the serving process's environment (fault points)."""
         # mkdir, not exists(): a dead mount there answers stat with ENOTCONN
         with contextlib.suppress(FileExistsError):
             self.path.mkdir()
+        self.served_log.serving()
         syncd(self.home, "mount", str(self.path), *extra,
               env={**os.environ, **env} if env else None)
         assert fuse_mounts().get(str(self.path)) == "fuse.syncd"
@@ -129,3 +146,106 @@ class Mount:
             return (self.home / "mount.log").read_text()
         except FileNotFoundError:
             return ""
+
+
+# -- logs of serving processes
+
+# A record of the logging format syncd.cli sets up: "DATE TIME,MS LOGGER LEVEL message".
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ ([A-Z]+) ")
+COMPLAINTS = ("WARNING", "ERROR", "CRITICAL")
+
+
+def log_records(text: str) -> list[str]:
+    """Split a log into records: a line that starts with a timestamp begins one, the lines
+    after it (a traceback) belong to it; lines before the first record form one of their
+    own. A command's own error line (`syncd: error: ...`) is a record too."""
+    records: list[str] = []
+    for line in text.splitlines():
+        if RECORD.match(line) or line.startswith("syncd: error: ") or not records:
+            records.append(line)
+        else:
+            records[-1] += "\n" + line
+    return records
+
+
+def complaint(record: str) -> bool:
+    """A record at WARNING or above, an error line, or anything carrying a traceback."""
+    first = record.partition("\n")[0]
+    m = RECORD.match(first)
+    return ((m is not None and m.group(1) in COMPLAINTS) or first.startswith("syncd: error: ")
+            or "Traceback" in record)
+
+
+class ServedLog:
+    """What a serving process (a mount, `syncd serve`) logged to a file, plus the stderr of
+    the commands run on its home, checked when the test ends (tests/conftest.py): every
+    record at WARNING or above, and every traceback, must match a pattern the test
+    declared with expect_log(pattern, ...) (re.search on the record's first line, for
+    example r"WARNING write: no space left in "). Tests reach it as Mount.expect_log,
+    Peer.expect_log and Server.expect_log; served_log(path) gives the one of any other
+    log file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.expected: list[str] = []
+        self.start = 0  # of the file: what check() already looked at
+        self.outputs: list[str] = []  # commands' stderr, not yet checked
+        self.pending = False  # a process wrote to it since the last check
+
+    def serving(self) -> None:
+        """A process starts writing to it: a log that is gone when the test ends (on a
+        tmpfs unmounted, in a directory removed) fails the test."""
+        self.pending = True
+
+    def expect_log(self, *patterns: str) -> None:
+        self.expected.extend(patterns)
+
+    def text(self) -> str:
+        try:
+            return self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def add_output(self, command: str, stderr: str) -> None:
+        records = [r for r in log_records(stderr) if RECORD.match(r)]
+        if records:
+            self.outputs.append("\n".join(f"({command}) {r}" for r in records))
+
+    def mark(self) -> None:
+        """Forget what was logged so far and what was expected (a server shared by the
+        tests of a module: each test answers for its own part)."""
+        self.start = len(self.text())
+        self.outputs.clear()
+        self.expected.clear()
+
+    def unexpected(self) -> list[str]:
+        """Complaints not yet checked that no expected pattern matches; what was looked at
+        is not looked at again."""
+        text = self.text()
+        if not text and self.pending and not self.path.exists():
+            return [f"(the log is gone before it was checked: {self.path})"]
+        records = log_records(text[self.start:]) + self.outputs
+        self.start = len(text)
+        self.outputs = []
+        self.pending = False
+        return [r for r in records if complaint(r)
+                and not any(re.search(p, r.partition("\n")[0]) for p in self.expected)]
+
+    def check(self) -> None:
+        if bad := self.unexpected():
+            raise AssertionError(
+                f"{self.path}: {len(bad)} unexpected log record(s); a test that provokes "
+                f"them declares them with expect_log(pattern):\n" + "\n".join(bad))
+
+
+# The serving processes' logs of the running test, by path; tests/conftest.py checks and
+# empties it when the test ends.
+SERVED_LOGS: dict[Path, ServedLog] = {}
+
+
+def served_log(path: Path) -> ServedLog:
+    """The check of this log file for the running test (made on first use)."""
+    path = Path(path).absolute()
+    if path not in SERVED_LOGS:
+        SERVED_LOGS[path] = ServedLog(path)
+    return SERVED_LOGS[path]

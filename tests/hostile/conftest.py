@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import secrets
 import signal
 import socket
@@ -20,13 +21,14 @@ import pytest
 from syncd.index.store import file_hash
 
 from syncd import auth
-from tests.helpers import SYNCD, free_port, syncd, wait_for
+from tests.helpers import SERVED_LOGS, SYNCD, free_port, served_log, syncd, wait_for
 
 TABLES = ("meta", "inodes", "nodes", "journal", "peers", "limbo", "chunks")
 
 
 class Server:
-    """One home served by `syncd serve` (no mount), its log in HOME/../NAME.log."""
+    """One home served by `syncd serve` (no mount), its log in HOME/../NAME.log, checked
+    when the test ends (tests.helpers.ServedLog)."""
 
     def __init__(self, root: Path, name: str = "target"):
         self.home = root / name
@@ -35,11 +37,13 @@ class Server:
         syncd(self.home, "init", "--name", name, "--listen", f"127.0.0.1:{self.port}")
         self.key = auth.parse_key(syncd(self.home, "cluster-key").stdout)
         self.log_path = root / f"{name}.log"
+        self.served_log = served_log(self.log_path)
         self.proc: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
         self._mark = 0
 
     def start(self) -> Server:
+        self.served_log.serving()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*SYNCD, "--home", str(self.home), "serve"],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -117,6 +121,10 @@ class Server:
 
     # -- the log
 
+    def expect_log(self, *patterns: str) -> None:
+        """Records matching these may appear in the log (tests.helpers.ServedLog)."""
+        self.served_log.expect_log(*patterns)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -132,7 +140,8 @@ class Server:
 
 
 def refused(server, response, status: int, *words: str) -> str:
-    """Check a refusal: its status, a `detail` naming what was wrong, one log line."""
+    """Check a refusal: its status, a `detail` naming what was wrong, one log line (the
+    one this test expects)."""
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert isinstance(detail, str) and detail, detail
@@ -141,6 +150,7 @@ def refused(server, response, status: int, *words: str) -> str:
     complaints = [line for line in server.new_log().splitlines()
                   if " WARNING " in line or " ERROR " in line]
     assert len(complaints) == 1, f"want one log line about it, got: {complaints}"
+    server.expect_log(re.escape(complaints[0]))
     return detail
 
 
@@ -184,19 +194,23 @@ def shared_server(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("hostile"))
     try:
         server.start()
+        server.served_log.check()  # starting; each test then checks its own part
         yield server
         assert server.alive(), f"syncd serve died:\n{server.log()}"
     finally:
+        server.served_log.expected.clear()
         server.stop()
-    assert "Traceback" not in server.log(), f"syncd serve logged an exception:\n{server.log()}"
+    server.served_log.check()  # what no test checked: stopping
 
 
 @pytest.fixture
 def server(shared_server):
+    """The module's server; its log is checked for what this test made it log."""
     shared_server.mark()
+    shared_server.served_log.mark()
+    SERVED_LOGS[shared_server.served_log.path] = shared_server.served_log
     yield shared_server
     assert shared_server.alive(), f"syncd serve died:\n{shared_server.log()}"
-    assert "Traceback" not in shared_server.new_log(), shared_server.new_log()
 
 
 @pytest.fixture

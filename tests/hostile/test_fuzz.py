@@ -101,10 +101,11 @@ def call(case, server: Server, http: requests.Session):
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
-def test_signed_requests(api, shared_server, method, path):
-    with session(shared_server.key) as http:
+def test_signed_requests(api, server, method, path):
+    server.expect_log(r"WARNING refused ")  # one line per malformed request, by design
+    with session(server.key) as http:
         def check(case):
-            response = call(case, shared_server, http)
+            response = call(case, server, http)
             case.validate_response(response, checks=[not_a_server_error,
                                                      negative_data_rejection])
             assert response.status_code != 401, response.text
@@ -113,10 +114,11 @@ def test_signed_requests(api, shared_server, method, path):
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
-def test_unsigned_requests_are_all_refused(api, shared_server, method, path):
+def test_unsigned_requests_are_all_refused(api, server, method, path):
+    server.expect_log(r"WARNING refused ")
     with session(None) as http:
         def check(case):
-            response = call(case, shared_server, http)
+            response = call(case, server, http)
             assert response.status_code == 401, response.text
 
         fuzz(api, method, path, check, max(5, EXAMPLES // 4))

@@ -219,7 +219,8 @@ def test_sparse_and_truncate_read_back(cat):
     assert committed(cat, ino) == bytes(expect)
 
 
-def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
+def test_recovery_keeps_committed_version_and_adds_recovered_file(cat, expect_log):
+    expect_log(r"WARNING recovered uncommitted writes to inode \d+ as notes.sync-recovered-")
     file_node, ino, d = new_file(cat, "notes.txt")
     d.write(0, b"committed")
     _commit(cat, ino, d)
@@ -235,7 +236,8 @@ def test_recovery_keeps_committed_version_and_adds_recovered_file(cat):
     assert recover(cat, cat.store) == []  # recovered once
 
 
-def test_recovery_after_truncate_takes_no_bytes_above_the_floor(cat):
+def test_recovery_after_truncate_takes_no_bytes_above_the_floor(cat, expect_log):
+    expect_log(r"WARNING recovered uncommitted writes to inode \d+ as f.sync-recovered-")
     file_node, ino, d = new_file(cat, "f")
     d.write(0, b"x" * (CHUNK + 100))
     _commit(cat, ino, d)

@@ -93,6 +93,7 @@ def writer_content(i: int) -> bytes:
 
 
 def test_kill_9_in_a_burst_of_writes(mount, tmp_path):
+    mount.expect_log(r"WARNING recovered uncommitted writes to inode")  # the open file
     log = tmp_path / "writer.log"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mount.path), str(log)],
                               stderr=subprocess.DEVNULL)

@@ -24,16 +24,22 @@ def small_home(tmp_path):
     home = disk / "home"
     m = Mount(home, tmp_path / "mnt")
     try:
-        syncd(home, "init")
+        syncd(home, "init", "--listen", f"127.0.0.1:{free_port()}")
         m.start()
         yield m
         m.stop()
     finally:
         force_cleanup(home, m.path)
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        try:
+            m.served_log.check()  # now: the log is on the tmpfs
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_enospc_then_recovery(small_home):
+    # the store fills, then the index on the same disk: its commit at close fails too
+    small_home.expect_log(r"WARNING write: no space left in ",
+                          r"WARNING flush: the index is full \(no space left on its disk\)")
     m = small_home.path
     (m / "keep.txt").write_bytes(b"precious")
     block = os.urandom(1 << 20)
@@ -84,6 +90,7 @@ def test_a_write_cut_short_by_a_full_disk_keeps_what_it_reported(small_home):
     and the kernel's next request failed, or it reported all of it written with zeros in
     place of the tail (short pwrite results were ignored). What write() said it wrote is
     what the file holds."""
+    small_home.expect_log(r"WARNING write: no space left in ")
     m = small_home.path
     ballast = small_home.home.parent / "ballast"  # beside the home, on its small disk
     ballast.write_bytes(os.urandom(4 << 20))

@@ -26,6 +26,7 @@ def test_a_fetch_that_fills_the_disk_fails_cleanly_and_works_once_space_is_freed
                    check=True)
     try:
         b = Peer(disk, "beta", a.key)
+        b.expect_log(r"WARNING open: no space left in ")  # the fetch on open fills the disk
         syncd(a.home, "peer", "add", "beta", b.url)
         syncd(b.home, "peer", "add", "alpha", a.url)
         b.start()
@@ -53,5 +54,6 @@ def test_a_fetch_that_fills_the_disk_fails_cleanly_and_works_once_space_is_freed
             b.stop()
         finally:
             force_cleanup(b.home, b.path)
+            b.mount.served_log.check()  # now: the log is on the tmpfs
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)

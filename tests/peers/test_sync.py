@@ -64,6 +64,7 @@ def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
 
 def test_a_peer_serving_wrong_bytes_is_caught(cluster):
     a, b, c = cluster(3)
+    c.expect_log(r"WARNING peer alpha served wrong bytes for chunk \w+ of 'f'")
     data = b"the right bytes" * 20000  # above prefetch_below: fetched on open
     (a / "f").write_bytes(data)
     wait_content(b / "f", data)  # beta holds the chunk now too
@@ -140,6 +141,7 @@ def test_edit_against_delete_keeps_the_edit(cluster):
 
 def test_a_request_with_a_wrong_key_changes_nothing(cluster):
     a, _ = cluster(2)
+    a.expect_log(r"WARNING refused POST /v1/changes: (bad signature|unsigned)")
     seq = a.status()["device"]["seq"]
     body = b'{"device": "' + b"0" * 32 + b'", "changes": []}'
     for key in (auth.new_key(), None):
@@ -217,6 +219,8 @@ def test_the_mount_ignores_set_user_id_bits_that_peers_can_send(cluster):
 
 def test_a_state_the_peer_refuses_is_skipped_not_retried_for_ever(cluster):
     a, b = cluster(2)
+    a.expect_log(r"ERROR peer beta refuses node \S+ \('a/b'\), which is skipped")
+    b.expect_log(r"WARNING refused POST /v1/changes: 422 changes.0.name: .* bad name 'a/b'")
     a.stop()
     db = sqlite3.connect(a.home / "index.db")  # a node no peer may accept: "/" in its name
     seq = db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0] + 1

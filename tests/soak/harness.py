@@ -57,6 +57,28 @@ NAME_OPS = {"unlink", "blind", "rename"}  # replace what a name holds without re
 TAIL_WEIGHTS = {"write": 20, "append": 12, "truncate": 5, "read": 10, "chmod": 5}
 FAULTS = ["kill", "partition", "flaky", "corrupt", "xfer_kill", "xfer_corrupt", "island"]
 
+# What the faults make the peers log on purpose. Each peer's log (and what the commands run
+# on its home print) may hold these for the fault kinds of the run; any other warning or
+# error, and any traceback, fails the soak.
+UNREACHABLE = r"ERROR cannot fetch .*: no peer served chunk "  # no holder in reach (or intact)
+AHEAD = r"WARNING could not fetch ahead inode \d+: "  # the same, for a small file
+CUT = r"WARNING \w+ \S+: the client left before sending its whole body$"
+KILLED = [
+    r"WARNING recovered uncommitted writes to inode \d+ as ",  # files open at the kill
+    r"WARNING aborted the FUSE connection of .*: its process \d+ had been killed",  # stuck
+]
+DAMAGED = r"WARNING chunk \w+ in the store is damaged: fetching it again$"  # `syncd fetch`
+WRONG = r"WARNING peer \w+ served wrong bytes for chunk \w+ of .*: not installed$"
+FAULT_LOGS = {
+    "kill": [UNREACHABLE, AHEAD, CUT, *KILLED],
+    "xfer_kill": [UNREACHABLE, AHEAD, CUT, *KILLED],
+    "partition": [UNREACHABLE, AHEAD, CUT],
+    "flaky": [UNREACHABLE, AHEAD, CUT],
+    "island": [UNREACHABLE, AHEAD, CUT],
+    "corrupt": [UNREACHABLE, AHEAD, DAMAGED, WRONG],
+    "xfer_corrupt": [UNREACHABLE, AHEAD, WRONG],
+}
+
 
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -239,6 +261,9 @@ class Soak:
         first = Peer(self.root, NAMES[0], None)
         peers = [first] + [Peer(self.root, n, first.key) for n in NAMES[1:]]
         self.peers = [SoakPeer(p) for p in peers]
+        for p in peers:
+            for kind in self.fault_menu if self.with_faults else []:
+                p.expect_log(*FAULT_LOGS[kind])
         self.board = ProxyBoard(self.peers, self.seed)
         for a in self.peers:
             for b in self.peers:

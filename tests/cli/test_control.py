@@ -82,7 +82,8 @@ def test_a_stale_socket_is_replaced(home):
     assert serving(home, lambda h: request(h, "echo"))["ok"]
 
 
-def test_errors_are_answers_and_the_server_goes_on(home):
+def test_errors_are_answers_and_the_server_goes_on(home, expect_log):
+    expect_log(r"syncd.control ERROR control op 'fail' failed")  # the handler that raises
     def client(h: Home) -> list[dict]:
         return [request(h, "nosuch"), request(h, "fail"), raw(h, b"not json\n"),
                 raw(h, b'["op"]\n'), raw(h, b'{"op": 3}\n'),

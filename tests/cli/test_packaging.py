@@ -1,10 +1,12 @@
-"""Tests of packaging/: shell completions, the systemd user unit and mount.syncd."""
+"""Tests of packaging/: shell completions, the systemd user unit and mount.syncd; and of
+the wheel pyproject.toml builds."""
 
 import configparser
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from tests.conftest import needs_fuse
 from tests.helpers import force_cleanup, fuse_mounts, syncd
 
-PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+REPO = Path(__file__).resolve().parents[2]
+PACKAGING = REPO / "packaging"
 BASH_COMPLETION = PACKAGING / "completions" / "syncd.bash"
 ZSH_COMPLETION = PACKAGING / "completions" / "_syncd"
 UNIT = PACKAGING / "syncd@.service"
@@ -195,3 +198,33 @@ def test_mount_t_syncd(installed_helper, home, tmp_path):
         assert str(mountpoint) not in fuse_mounts()
     finally:
         force_cleanup(home, mountpoint)
+
+
+def test_the_wheel_installs_only_the_syncd_package(tmp_path):
+    """pyproject.toml installs the folders index/ and mount/ as syncd.index and
+    syncd.mount: nothing but syncd/ and the dist-info may land at the top of
+    site-packages (a top-level index or mount would shadow, or be shadowed by, any other
+    module of those names). Built from a copy of the tree, so that no build/ left in the
+    work tree, which setuptools reuses, can hide or add a file."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+        ".hypothesis"))
+    out = tmp_path / "wheel"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                            "-w", str(out), str(src)], capture_output=True, text=True,
+                           timeout=240)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = out.glob("syncd-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        [info] = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+        top_level = z.read(f"{info}/top_level.txt").decode().split()
+    assert {n.split("/")[0] for n in names} == {"syncd", info}
+    assert top_level == ["syncd"]
+    for folder in ("index", "mount"):  # every module of each folder, inside syncd/
+        modules = {p.name for p in (REPO / folder).glob("*.py")}
+        assert "__init__.py" in modules
+        assert modules == {n.split("/")[-1] for n in names
+                           if n.startswith(f"syncd/{folder}/") and n.endswith(".py")}
+    assert "syncd/__main__.py" in names and "syncd/cli.py" in names

@@ -88,7 +88,8 @@ def test_setgid_directory_passes_its_group(fs):
     assert sub.st_gid == 4242 and sub.st_mode & 0o2000
 
 
-def test_errors_become_errno_and_unexpected_ones_eio(fs, caplog):
+def test_errors_become_errno_and_unexpected_ones_eio(fs, caplog, expect_log):
+    expect_log(r"syncd.mount.operations ERROR read\(999, 0\) failed")
     assert fuse_errno(fs.lookup, ROOT, b"missing", Ctx()) == errno.ENOENT
     assert fuse_errno(fs.lookup, ROOT, b"x" * 256, Ctx()) == errno.ENAMETOOLONG
     assert fuse_errno(fs.mkdir, ROOT, b"\xff", 0o755, Ctx()) == errno.EILSEQ

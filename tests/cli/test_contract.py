@@ -16,20 +16,16 @@ from tests.helpers import (
     SYNCD,
     Mount,
     alive,
+    assert_clean_error,
     force_cleanup,
+    free_port,
     fuse_mounts,
     lock_pid,
+    served_log,
     status,
     syncd,
     wait_for,
 )
-
-
-def assert_clean_error(done: subprocess.CompletedProcess, code: int, words: str) -> None:
-    assert done.returncode == code, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), done.stderr
-    assert words in lines[0]
 
 
 def test_no_home(tmp_path):
@@ -104,7 +100,7 @@ def test_second_mount_of_a_home_and_busy_mount_point(mount, tmp_path):
     assert_clean_error(syncd(mount.home, "mount", str(other), check=False), 4,
                        "already mounted")
     second = tmp_path / "home2"
-    syncd(second, "init")
+    syncd(second, "init", "--listen", f"127.0.0.1:{free_port()}")
     assert_clean_error(syncd(second, "mount", str(mount.path), check=False), 1, "busy")
 
 
@@ -149,14 +145,17 @@ def test_fusermount_unmount_is_clean(mount):
 def test_foreground_unmounts_on_sigterm_and_sigint(home, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    log = served_log(tmp_path / "foreground.log")  # its stderr, checked at the end
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([*SYNCD, "--home", str(home), "mount", str(mnt),
-                                 "--foreground"], stderr=subprocess.PIPE, text=True)
+        with open(log.path, "ab") as stderr:
+            proc = subprocess.Popen([*SYNCD, "--home", str(home), "mount", str(mnt),
+                                     "--foreground"], stderr=stderr)
+        log.serving()
         try:
             wait_for(lambda: fuse_mounts().get(str(mnt)) == "fuse.syncd", 30, "the mount")
             (mnt / f"f{sig}").write_bytes(b"x")
             proc.send_signal(sig)
-            assert proc.wait(30) == 0, proc.stderr.read()
+            assert proc.wait(30) == 0, log.text()
             assert str(mnt) not in fuse_mounts()
         finally:
             proc.kill()
@@ -187,6 +186,7 @@ def test_dead_mount_after_a_crash_is_reported_and_cleared(mount):
 def test_a_serving_process_that_dies_is_reported(home, tmp_path):
     import sqlite3
 
+    served_log(home / "mount.log").expect_log(r"^syncd: error: .* upgrade syncd$")
     conn = sqlite3.connect(home / "index.db")
     conn.execute("PRAGMA user_version = 99")
     conn.close()

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import syncd
-from tests.test_cli import assert_clean_error
+from tests.helpers import assert_clean_error, syncd
 
 KEY = "0123456789abcdef" * 4
 
