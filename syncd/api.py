@@ -45,7 +45,7 @@ MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
 BIG_BODY = 64 << 10  # bytes: a body this large is hashed and packed on a worker thread
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-NODE_ID = r"^(root|[0-9a-f]{32}:[0-9]{1,18})$"
+NODE_ID = r"^(root|[0-9a-f]{32}:[0-9]{1,19})$"  # counters < 2**62 have up to 19 digits
 NodeId = Annotated[str, StringConstraints(pattern=NODE_ID)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Counter = Annotated[int, Field(ge=0, lt=1 << 62)]

@@ -78,6 +78,9 @@ class Fetcher:
                     # The name has a newer version now: ESTALE makes the kernel look
                     # the name up again and open that instead.
                     raise OSError(errno.ESTALE, f"{what} has a newer version")
+                # Only now is it an error: until the refresh, a newer version may have
+                # been on its way, and the open then goes on with that one.
+                log.error("cannot fetch %s: %s", what, failed[0].strerror)
                 raise failed[0]
             self.catalog.mark_local([ino])
         finally:
@@ -144,9 +147,8 @@ class Fetcher:
                 return
             tried.append(f"{link.name} ({len(left)} missing or wrong)")
             digests = left
-        log.error("cannot fetch %s: no peer served chunk %s; tried: %s", what,
-                  digests[0].hex()[:12], "; ".join(tried) or "no peers")
-        raise OSError(errno.EIO, f"no peer holds {what}")
+        raise OSError(errno.EIO, f"no peer served chunk {digests[0].hex()[:12]}; tried: "
+                                 f"{'; '.join(tried) or 'no peers'}")
 
     async def _take_from(self, link: PeerLink, digests: list[bytes], what: str) -> list[bytes]:
         """Ask one peer for these chunks of `what` and install those that verify; the

@@ -207,9 +207,6 @@ def test_opening_a_file_replaced_on_its_holder_is_not_an_io_error(cluster):
     here had been replaced on its holder (its chunks collected) before the newer version
     arrived. Now the opener asks for the node's current state and opens that."""
     a, b = cluster(2)
-    # The fetcher gives up on version 1 with an ERROR before the opener asks for the
-    # current state and opens version 2 (an error nobody meets: reported in issue 11).
-    b.expect_log(r"ERROR cannot fetch 'f': no peer served chunk \w+; tried: alpha ")
     v1, v2 = b"1" * 300_000, b"2" * 300_000  # above prefetch_below: fetched on open
     (a / "f").write_bytes(v1)
     wait_for(lambda: os.path.exists(b / "f") and os.path.getsize(b / "f") == len(v1), 20,
