@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -72,34 +73,75 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
         log[-1] += f"  # {errno.errorcode[e.errno]}"
 
 
+def run(draw, devices: list[Device]) -> None:
+    """One history drawn with `draw`, then every device sends until none has news: the
+    trees must be the same everywhere."""
+    log: list[str] = []
+    for n in range(draw(st.integers(1, 30), label="steps")):
+        if draw(st.booleans(), label="exchange"):
+            src, dst = draw(st.permutations(devices), label="pair")[:2]
+            batch, batches = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+            moved = send_some(src, dst, batch, batches)
+            log.append(f"send {src.id[0]} -> {dst.id[0]}: {moved} states")
+        else:
+            step(draw(st.sampled_from(devices), label="device"), draw, n, log)
+    for _ in range(30):
+        if not sum(send_some(x, y, 100, 1000) for x, y in itertools.permutations(devices, 2)):
+            break
+    else:
+        raise AssertionError("the devices still exchange changes after 30 rounds")
+    trees = [d.tree() for d in devices]
+    for d, t in zip(devices[1:], trees[1:], strict=True):
+        assert t == trees[0], "\n".join(
+            [f"{d.id[0]} differs from a:"] + log + ["a:", *map(str, trees[0].items()),
+                                                   f"{d.id[0]}:", *map(str, t.items())])
+    for d in devices:
+        check_invariants(d.cat)
+
+
 @settings(max_examples=LONG_RUN or 300, phases=PHASES, deadline=None, derandomize=not LONG_RUN,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_random_histories_converge(tmp_path_factory, data):
     devices = three_devices(tmp_path_factory.mktemp("converge"))
-    log: list[str] = []
     try:
-        for n in range(data.draw(st.integers(1, 30), label="steps")):
-            if data.draw(st.booleans(), label="exchange"):
-                src, dst = data.draw(st.permutations(devices), label="pair")[:2]
-                batch, batches = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
-                moved = send_some(src, dst, batch, batches)
-                log.append(f"send {src.id[0]} -> {dst.id[0]}: {moved} states")
-            else:
-                step(data.draw(st.sampled_from(devices), label="device"), data.draw, n, log)
-        for _ in range(30):
-            if not sum(send_some(x, y, 100, 1000)
-                       for x, y in itertools.permutations(devices, 2)):
-                break
-        else:
-            raise AssertionError("the devices still exchange changes after 30 rounds")
-        trees = [d.tree() for d in devices]
-        for d, t in zip(devices[1:], trees[1:], strict=True):
-            assert t == trees[0], "\n".join(
-                [f"{d.id[0]} differs from a:"] + log + ["a:", *map(str, trees[0].items()),
-                                                       f"{d.id[0]}:", *map(str, t.items())])
+        run(data.draw, devices)
+    finally:
         for d in devices:
-            check_invariants(d.cat)
+            d.db.close()
+
+
+# Bug 18, found by SYNCD_CONVERGENCE_EXAMPLES=5000 on 2026-12-05 and replayed to the same
+# divergence on the code of 2026-12-01 (916a72d): a chmods a directory and deletes it; a
+# child b creates in it meanwhile brings it back (rule 3). The tombstone carried no mode,
+# so a restores b's older mode while c, which had a's chmod before the delete, keeps it.
+# The draws of the history, devices by their first letter.
+BUG_18 = [23, False, "c", "mkdir", "", "c.txt", True, "cba", 3, 2, False, "a", "rename",
+          True, "cab", 3, 3, False, "c", "rename", "/c.txt", "", "c.txt", True, "cba", 1, 2,
+          True, "abc", 4, 1, False, "b", "chmod", "/c.txt", 0o600, False, "b", "rename",
+          "/c.txt", "", "a", False, "c", "chmod", "/c.txt", 0o644, True, "acb", 4, 1, True,
+          "bac", 2, 1, True, "acb", 3, 1, True, "acb", 1, 3, True, "bac", 3, 1, False, "c",
+          "unlink", "/a", True, "bac", 1, 3, True, "cba", 4, 3, False, "b", "rename", "/a",
+          "/a", "a", False, "a", "chmod", "/a", 0o755, True, "acb", 4, 1, False, "a",
+          "rmdir", "/a", False, "b", "mkdir", "/a", "b"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="bug 18: a tombstone keeps no mode, so a chmod made before a "
+                   "delete is lost where the deleted directory comes back")
+def test_a_chmod_before_a_delete_survives_the_directory_coming_back(tmp_path):
+    devices = three_devices(tmp_path)
+    by_letter = {d.id[0]: d for d in devices}
+    draws = iter(BUG_18)
+
+    def draw(strategy, label=None):
+        value = next(draws)
+        if label == "device":
+            return by_letter[value]
+        return [by_letter[x] for x in value] if label == "pair" else value
+
+    try:
+        run(draw, devices)
     finally:
         for d in devices:
             d.db.close()
