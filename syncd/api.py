@@ -24,6 +24,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -45,8 +46,17 @@ MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
 BIG_BODY = 64 << 10  # bytes: a body this large is hashed and packed on a worker thread
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-NODE_ID = r"^(root|[0-9a-f]{32}:[0-9]{1,19})$"  # counters < 2**62 have up to 19 digits
-NodeId = Annotated[str, StringConstraints(pattern=NODE_ID)]
+NODE_ID = r"^(root|[0-9a-f]{32}:[0-9]{1,19})$"
+
+
+def _counter_below_limit(node: str) -> str:
+    """A node id's counter is a Counter (below 2**62), up to 19 digits."""
+    if int(node.partition(":")[2] or 0) >= 1 << 62:
+        raise ValueError("the counter of a node id must be below 2**62")
+    return node
+
+
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID), AfterValidator(_counter_below_limit)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Counter = Annotated[int, Field(ge=0, lt=1 << 62)]
 

@@ -78,9 +78,10 @@ class Fetcher:
                     # The name has a newer version now: ESTALE makes the kernel look
                     # the name up again and open that instead.
                     raise OSError(errno.ESTALE, f"{what} has a newer version")
-                # Only now is it an error: until the refresh, a newer version may have
-                # been on its way, and the open then goes on with that one.
-                log.error("cannot fetch %s: %s", what, failed[0].strerror)
+                if failed[0].errno == errno.EIO:
+                    # Only now is it an error: until the refresh, a newer version may
+                    # have been on its way, and the open then goes on with that one.
+                    log.error("cannot fetch %s: %s", what, failed[0].strerror)
                 raise failed[0]
             self.catalog.mark_local([ino])
         finally:
