@@ -412,7 +412,7 @@ class Catalog:
                 raise fail(errno.EISDIR, new_name)
             if dst.inode.kind == "dir" and self.has_children(dst.node):
                 raise fail(errno.ENOTEMPTY, new_name)
-            if src.inode.kind == "file" and dst.inode.kind == "file" and self._is_local(
+            if src.inode.kind == "file" and dst.inode.kind == "file" and self.is_local(
                     src.inode.ino):
                 # The target node takes the source inode's content and mode as one edit.
                 # Only content held here: that edit would be a version of ours whose
@@ -670,10 +670,6 @@ class Catalog:
         return self.conn.execute(
             "SELECT 1 FROM nodes WHERE parent = ? AND name = ? AND deleted = 0", (parent, name)
         ).fetchone() is not None
-
-    def _is_local(self, ino: int) -> bool:
-        return self.conn.execute("SELECT local FROM inodes WHERE ino = ?",
-                                 (ino,)).fetchone()[0] == 1
 
     def has_children(self, node: str) -> bool:
         return self.conn.execute(
