@@ -640,17 +640,18 @@ class Catalog:
     def purge_inode(self, ino: int) -> list[bytes]:
         """Forget an inode that has no names, no lookups and no handles left. Returns the
         chunks left unreferenced."""
-        def run() -> list[bytes]:
+        def run() -> list[bytes] | None:
             if self.nodes_of(ino):
-                return []
+                return None
             old = self.chunks(ino)
             self.conn.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
             return self._reref([], 0, old)
 
         self._dir_nodes.pop(ino, None)
         garbage = self.transaction(run)
-        if not self.nodes_of(ino):
-            self.detached.pop(ino, None)
+        if garbage is None:  # it has a name again
+            return []
+        self.detached.pop(ino, None)
         return garbage
 
     def orphan_inodes(self) -> list[int]:

@@ -116,7 +116,7 @@ class ChunkStore:
         self.retired: dict[bytes, tuple[int, float]] | None = None
         self._reserve = f"{root}/reserve"
         # The reserve was given up (the index ran out of space) and not made again yet:
-        # writes of content then stop short of the last RESERVE bytes (short_of_space).
+        # writes of content then stop short of the last RESERVE bytes (room_for_content).
         self.reserve_released = False
 
     @staticmethod
@@ -146,18 +146,8 @@ class ChunkStore:
     def put(self, data: bytes) -> bytes:
         """Store a chunk given as bytes (small edits, zeros); returns its digest."""
         digest = digest_of(data)
-        path = self.chunk_path(digest)
-        if not os.path.exists(path):
-            with open(path + ".tmp", "wb") as f:
-                f.write(data)
-            os.rename(path + ".tmp", path)
-        return digest
-
-    def ensure_zero(self, length: int) -> bytes:
-        """The digest of `length` zero bytes, stored (holes in sparse files)."""
-        digest = zero_digest(length)
-        if not os.path.exists(self.chunk_path(digest)):
-            self.put(bytes(length))
+        if not self.has(digest):
+            self._place(digest, data)
         return digest
 
     def install(self, work_key: object, work_path: str, digest: bytes) -> None:
@@ -176,11 +166,16 @@ class ChunkStore:
                      hashed: bytes | None = None) -> bool:
         """Install a chunk that came from elsewhere (a peer) if its bytes match `digest`
         (`hashed`: their digest, when already computed); False, installing nothing, when
-        they do not (DESIGN rule 2). Written to a temporary of its own (several worker
-        threads may install at once) and renamed into place, so the store never holds a
-        half-written chunk: a write that fails (a full disk) leaves nothing behind."""
+        they do not (DESIGN rule 2)."""
         if (digest_of(data) if hashed is None else hashed) != digest:
             return False
+        self._place(digest, data)
+        return True
+
+    def _place(self, digest: bytes, data: bytes | memoryview) -> None:
+        """Write a chunk under its name through a temporary of its own (several worker
+        threads may install at once) and a rename, so the store never holds a half-written
+        chunk: a write that fails (a full disk) leaves nothing behind."""
         path = self.chunk_path(digest)
         tmp = f"{path}.{secrets.token_hex(4)}.tmp"
         try:
@@ -190,7 +185,6 @@ class ChunkStore:
         except OSError:
             _unlink(tmp)
             raise
-        return True
 
     # -- replaced chunks, kept a while. A peer that learnt of a version just before its
     # maker replaced or deleted it asks for its chunks: without them it could open nothing
@@ -268,20 +262,25 @@ class ChunkStore:
                 raise
         return fn(*args)
 
-    def short_of_space(self) -> bool:
-        """While the reserve is given up: is the disk too full to take more content without
-        taking the index's last bytes? (One statvfs; nothing otherwise.)"""
-        if not self.reserve_released:
-            return False
+    def room_for_content(self) -> bool:
+        """Is there room for content? Always, unless the reserve is given up (the index ran
+        out of space) and the disk is within RESERVE of full even after the replaced chunks
+        kept for peers are given up: the index's last bytes are not for content. One
+        statvfs while the reserve is given up; nothing otherwise."""
+        if not self.reserve_released or self._free() >= RESERVE:
+            return True
+        self.make_room()
+        return self._free() >= RESERVE
+
+    def _free(self) -> int:
         st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize < RESERVE
+        return st.f_bavail * st.f_frsize
 
     def keep_reserve(self) -> bool:
         """Hold the reserve when the disk has room for it with as much to spare, give it up
         when the disk is fuller than it; True when it is in place. Blocks (fallocate): for
         a worker thread; the caller sets `reserve_released` from the answer."""
-        st = os.statvfs(self.root)
-        free = st.f_bavail * st.f_frsize
+        free = self._free()
         if os.path.exists(self._reserve):
             if free >= RESERVE:
                 return True

@@ -67,11 +67,9 @@ class Content:
         async with self.lock(ino):
             draft = self.draft(ino)
             start = draft.size if append else offset
-            # Replaced chunks kept for peers never cost a write its space; the index's
-            # last bytes are not for content (ChunkStore.RESERVE).
-            if self.store.short_of_space() and (
-                    not self.store.make_room() or self.store.short_of_space()):
+            if not self.store.room_for_content():
                 raise OSError(errno.ENOSPC, "no space left for content")
+            # Replaced chunks kept for peers never cost a write its space.
             written = self.store.retry_when_full(draft.write, start, data)
             draft.mtime_ns = time.time_ns()
             return written
