@@ -25,17 +25,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import sqlite_utils
+from syncd.index.chunklist import ChunkList, digest_of, file_hash, slot_length
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
 from syncd.index.schema import ROOT_ID, ROOT_INO, open_db
-from syncd.index.store import (
-    CHUNK,
-    ChunkStore,
-    digest_of,
-    file_hash,
-    split_chunks,
-    zero_digest,
-)
+from syncd.index.store import ChunkStore
 
 ASPECTS = ("content", "mode", "place")
 NAME_MAX = 255
@@ -132,9 +126,9 @@ class Catalog:
             raise fail(errno.ENOENT, f"inode {ino}")
         return Inode(*row)
 
-    def chunks(self, ino: int) -> list[bytes]:
+    def chunks(self, ino: int) -> ChunkList:
         row = self.conn.execute("SELECT chunks FROM inodes WHERE ino = ?", (ino,)).fetchone()
-        return split_chunks(row[0]) if row else []
+        return ChunkList.from_blob(row[0] if row else None)
 
     def dir_node(self, ino: int) -> str:
         """The node id of a directory inode (directories have exactly one node)."""
@@ -480,7 +474,7 @@ class Catalog:
             )
 
     def commit_content(
-        self, ino: int, chunks: list[bytes], size: int, mtime_ns: int | None,
+        self, ino: int, chunks: ChunkList, size: int, mtime_ns: int | None,
         mode: int | None, content_changed: bool, owner: dict[str, int] | None = None,
     ) -> list[bytes]:
         """Commit new content of a file in the index: new chunk list, size and hash, plus
@@ -488,7 +482,7 @@ class Catalog:
         is local and stamps nothing). The chunks must be in the store, or be installed
         right after with nothing in between (commit_draft). Returns the chunks left with
         no reference, for `retire`."""
-        blob = b"".join(chunks)
+        blob = chunks.blob
 
         def run() -> list[bytes]:
             inode = self.inode(ino)
@@ -518,12 +512,12 @@ class Catalog:
 
         return self.transaction(run)
 
-    def _reref(self, new: list[bytes], size: int, old: list[bytes]) -> list[bytes]:
-        """Move chunk reference counts from `old` to `new`; return chunks left unreferenced."""
-        delta = Counter(new)
-        delta.subtract(old)
-        last = len(new) - 1
-        sizes = {d: (size - i * CHUNK if i == last else CHUNK) for i, d in enumerate(new)}
+    def _reref(self, new: ChunkList, size: int, old: ChunkList) -> list[bytes]:
+        """Move chunk reference counts from `old` to `new` (a file of `size` bytes); return
+        chunks left unreferenced. Holes are no chunks."""
+        sizes = {d: slot_length(i, size) for i, d in new.stored()}
+        delta = Counter(d for _, d in new.stored())
+        delta.subtract(d for _, d in old.stored())
         garbage = []
         for digest, change in delta.items():
             if change > 0:
@@ -566,9 +560,9 @@ class Catalog:
             self.conn.execute("DELETE FROM chunks WHERE refs <= 0")
         return len(garbage)
 
-    def store_new_chunks(self, wanted: dict[bytes, int | bytes]) -> None:
-        """Put chunks given as bytes (or as a length of zeros: holes) into the store ahead
-        of a commit that will refer to them. Rows are recorded first, with refs 0: a crash
+    def store_new_chunks(self, wanted: dict[bytes, bytes]) -> None:
+        """Put chunks given as bytes into the store ahead of a commit that will refer to
+        them. Rows are recorded first, with refs 0: a crash
         before that commit leaves a record of them (collect_unreferenced), not a stray
         chunk. Chunks already here cost one exists() each."""
         missing = {d: v for d, v in wanted.items() if not self.store.has(d)}
@@ -577,9 +571,9 @@ class Catalog:
         with self.db.atomic():
             self.conn.executemany(
                 "INSERT OR IGNORE INTO chunks (hash, size, refs) VALUES (?, ?, 0)",
-                [(d, v if isinstance(v, int) else len(v)) for d, v in missing.items()])
+                [(d, len(v)) for d, v in missing.items()])
         for v in missing.values():
-            self.store.put(bytes(v) if isinstance(v, int) else v)
+            self.store.put(v)
 
     def recovery_target(self, ino: int) -> int | None:
         """The inode a recovery of `ino`'s uncommitted writes created, if that recovery
@@ -606,9 +600,9 @@ class Catalog:
            references, a stamp and journal row per node. Until it commits, the working
            chunks (the dirty mark) are untouched: a crash keeps the old version, and
            recovery turns the draft into a `.sync-recovered-` copy.
-        2. The working chunks are renamed into the store under their digests and holes
-           stored as zero chunks. A crash meanwhile leaves working chunks whose digests
-           the committed chunk list names: recovery finishes the install.
+        2. The working chunks are renamed into the store under their digests; those of
+           zeros, holes now, are dropped. A crash meanwhile leaves working chunks whose
+           digests the committed chunk list names: recovery finishes the install.
         3. Chunks no version refers to any more leave the store; after a crash, their
            rows (refs 0) say which (collect_unreferenced).
 
@@ -616,7 +610,6 @@ class Catalog:
         the transaction is a full sync. Nothing here awaits: no other task sees the index
         claim a chunk that is not in the store yet."""
         chunks = sealed.chunk_list()
-        self.store_new_chunks({zero_digest(n): n for n in set(sealed.zeros.values())})
         if durable:
             self.conn.execute("PRAGMA synchronous = FULL")
         try:
@@ -627,11 +620,13 @@ class Catalog:
             if durable:
                 self.conn.execute("PRAGMA synchronous = NORMAL")
         crash_point("commit:after-index")
-        for n, i in enumerate(sealed.work):
+        installs = sealed.installs()
+        for n, (i, digest) in enumerate(installs.items()):
             if n == 1:
                 crash_point("commit:installing")
-            self.store.install(("w", draft.ino, i), self.store.work_path(draft.ino, i),
-                               sealed.digests[i])
+            self.store.install(("w", draft.ino, i), self.store.work_path(draft.ino, i), digest)
+        for i in sealed.work.keys() - installs.keys():
+            self.store.drop_work(draft.ino, i)
         crash_point("commit:installed")
         draft.rebase(chunks, sealed.size)
         self.retire(garbage)
@@ -645,7 +640,7 @@ class Catalog:
                 return None
             old = self.chunks(ino)
             self.conn.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
-            return self._reref([], 0, old)
+            return self._reref(ChunkList([]), 0, old)
 
         self._dir_nodes.pop(ino, None)
         garbage = self.transaction(run)
@@ -681,9 +676,9 @@ class Catalog:
         """A directory inode whose node is gone (deleted, or merged into another)."""
         self._dir_nodes.pop(ino, None)
 
-    def add_chunk_refs(self, chunks: list[bytes], size: int) -> None:
+    def add_chunk_refs(self, chunks: ChunkList, size: int) -> None:
         """A new inode holds these chunks (`size` bytes of content): a reference each."""
-        self._reref(chunks, size, [])
+        self._reref(chunks, size, ChunkList([]))
 
     def _is_within(self, node: str, ancestor: str) -> bool:
         """Is `node` `ancestor` or below it?"""
@@ -732,7 +727,7 @@ class Catalog:
                                 (ino,)).fetchone()
         if row is None or row[0]:
             return []
-        return [d for d in dict.fromkeys(split_chunks(row[1])) if not self.store.has(d)]
+        return [d for d in ChunkList.from_blob(row[1]).digests() if not self.store.has(d)]
 
     def mark_local(self, inos: list[int]) -> None:
         """Every chunk of these inodes is here now, verified when it was installed."""
@@ -820,7 +815,7 @@ class Catalog:
                 "SELECT i.chunks FROM nodes n JOIN inodes i ON i.ino = n.ino"
                 " WHERE n.kind = 'file' AND n.deleted = 0 AND n.origin IS NULL"
                 " AND n.seq <= ?", (upto,))
-            for d in split_chunks(blob)))
+            for d in ChunkList.from_blob(blob).digests()))
 
     def conflicts(self) -> list[Conflict]:
         """The live conflict copies (files and symlinks), by path."""

@@ -3,7 +3,9 @@
 The draft starts from the file's committed chunk list (`base`). A write to chunk i goes to
 a private working chunk (store/work/<ino>.<i>), first filled from base[i] when the write
 does not cover the whole chunk (copy-on-write), so committed chunks are never modified.
-Reads see working chunks where they exist, base chunks below, zeros elsewhere.
+Reads see working chunks where they exist, base chunks below, zeros elsewhere (holes,
+index/chunklist.py). Nothing here costs anything per slot of a hole: a truncate to a
+petabyte is as cheap as one to a kilobyte.
 
 Sequential writes are hashed as they arrive, so committing a large new file does not read
 it back; anything else is hashed at commit (`Sealed.hash_pending`, on a worker thread).
@@ -18,7 +20,17 @@ import os
 from dataclasses import dataclass, field
 
 import blake3
-from syncd.index.store import CHUNK, ChunkStore, digest_of, zero_digest
+from syncd.index.chunklist import (
+    CHUNK,
+    Builder,
+    ChunkList,
+    check_size,
+    digest_of,
+    slot_count,
+    slot_length,
+    zero_digest,
+)
+from syncd.index.store import ChunkStore
 
 PREFETCH_CHUNKS = 2
 
@@ -47,17 +59,16 @@ class WorkChunk:
 
 @dataclass
 class Sealed:
-    """A draft's content ready to commit: the final chunk list, with the working chunks
-    that must be hashed and installed first."""
+    """A draft's content ready to commit: the committed slots it keeps (`base`, cut to the
+    final size) and the working chunks that replace slots of it, to be hashed and
+    installed. Slots in neither are holes."""
 
     ino: int
     size: int
-    slots: list[bytes | None]  # digest, or None for a working chunk not yet hashed
+    base: ChunkList
     work: dict[int, WorkChunk] = field(default_factory=dict)
     digests: dict[int, bytes] = field(default_factory=dict)
-    # Holes: index -> length of zero chunks, stored only once the commit is decided, so
-    # that a crash before it leaves nothing in the store that nothing refers to.
-    zeros: dict[int, int] = field(default_factory=dict)
+    _chunks: ChunkList | None = None
 
     def hash_pending(self, store: ChunkStore) -> None:
         """Hash working chunks not hashed on the fly. Safe on a worker thread: it touches
@@ -69,8 +80,20 @@ class Sealed:
                 with open(store.work_path(self.ino, i), "rb") as f:
                     self.digests[i] = digest_of(f.read())
 
-    def chunk_list(self) -> list[bytes]:
-        return [d if d is not None else self.digests[i] for i, d in enumerate(self.slots)]
+    def chunk_list(self) -> ChunkList:
+        """The final chunk list (after hash_pending): working chunks of zeros are holes."""
+        if self._chunks is None:
+            b = Builder()
+            for i in sorted(self.work):
+                b.copy(self.base, b.slots, i)
+                b.add(self.digests[i], self.work[i].length)
+            self._chunks = b.copy(self.base, b.slots, slot_count(self.size)).done()
+        return self._chunks
+
+    def installs(self) -> dict[int, bytes]:
+        """The working chunks that go into the store, by slot: all but those of zeros."""
+        return {i: d for i, d in self.digests.items()
+                if d != zero_digest(self.work[i].length)}
 
     def pending_bytes(self) -> int:
         return sum(
@@ -80,7 +103,7 @@ class Sealed:
 
 
 class Draft:
-    def __init__(self, store: ChunkStore, ino: int, base: list[bytes], size: int):
+    def __init__(self, store: ChunkStore, ino: int, base: ChunkList, size: int):
         self.store = store
         self.ino = ino
         self.base = base
@@ -94,9 +117,8 @@ class Draft:
         self.mode: int | None = None
         self.owner: dict[str, int] = {}  # pending uid/gid (local: stamps nothing)
 
-    def chunk_len(self, i: int, size: int | None = None) -> int:
-        size = self.size if size is None else size
-        return max(0, min(CHUNK, size - i * CHUNK))
+    def chunk_len(self, i: int) -> int:
+        return slot_length(i, self.size)
 
     # -- reading
 
@@ -109,11 +131,11 @@ class Draft:
             want = min(end - pos, CHUNK - within)
             if i in self.work:
                 data = os.pread(self.store.work_fd(self.ino, i), want, within)
-            elif i < len(self.base):
+            elif (digest := self.base.at(i)) is not None:
                 if i != self._prefetched:
                     self._prefetch(i)
-                data = self.store.read(self.base[i], within, want)
-            else:
+                data = self.store.read(digest, within, want)
+            else:  # a hole
                 data = b""
             if len(data) < want:
                 data += bytes(want - len(data))
@@ -126,9 +148,10 @@ class Draft:
         reaching chunk i, ask for the next ones, so a sequential reader finds them in the
         page cache instead of waiting for the disk chunk by chunk."""
         self._prefetched = i
-        for j in range(i + 1, min(i + 1 + PREFETCH_CHUNKS, len(self.base))):
-            if j not in self.work:
-                self.store.prefetch(self.base[j])
+        for j in range(i + 1, i + 1 + PREFETCH_CHUNKS):
+            digest = self.base.at(j)
+            if j not in self.work and digest is not None:
+                self.store.prefetch(digest)
 
     # -- changing
 
@@ -140,8 +163,9 @@ class Draft:
         if wc is None:
             wc = WorkChunk()
             os.ftruncate(fd, 0)  # a leftover from an interrupted draft is not ours
-            if i < len(self.base) and not covers:
-                data = self.store.read(self.base[i], 0, CHUNK)
+            digest = self.base.at(i)
+            if digest is not None and not covers:
+                data = self.store.read(digest, 0, CHUNK)
                 try:
                     _pwrite_all(fd, data, 0)
                 except OSError:  # a full disk: no half copy may pass for the chunk
@@ -153,16 +177,17 @@ class Draft:
 
     def _grow(self, new_size: int) -> None:
         """Before the size grows past a partial last chunk, give that chunk a working copy:
-        its committed bytes become a prefix of a longer chunk."""
+        its committed bytes become a prefix of a longer chunk (a hole just grows)."""
         last = (self.size - 1) // CHUNK if self.size else -1
-        if self.size % CHUNK and last < len(self.base) and new_size > self.size:
+        if self.size % CHUNK and self.base.at(last) is not None and new_size > self.size:
             self._work_chunk(last, covers=False)
 
     def write(self, offset: int, data: bytes) -> int:
         """Write `data` at `offset`; how many bytes were written: fewer when the disk
         filled up part way (as write(2) reports it), OSError (ENOSPC) when none were."""
-        self.content_changed = True
         end = offset + len(data)
+        check_size(end)
+        self.content_changed = True
         if end > self.size:
             self._grow(end)
         view = memoryview(data)
@@ -190,6 +215,7 @@ class Draft:
         return len(data)
 
     def truncate(self, new_size: int) -> None:
+        check_size(new_size)
         self.content_changed = True
         if new_size > self.size:
             self._grow(new_size)
@@ -198,10 +224,10 @@ class Draft:
             for i in [i for i in self.work if i >= keep]:
                 del self.work[i]
                 self.store.drop_work(self.ino, i)
-            del self.base[keep:]
+            self.base = self.base.truncated(keep)
             tail = new_size % CHUNK
-            if tail:
-                i = new_size // CHUNK
+            i = new_size // CHUNK
+            if tail and (i in self.work or self.base.at(i) is not None):  # a hole stays one
                 wc, fd = self._work_chunk(i, covers=False)
                 os.ftruncate(fd, min(wc.length, tail))
                 wc.length = min(wc.length, tail)
@@ -216,35 +242,22 @@ class Draft:
     # -- committing
 
     def seal(self) -> Sealed:
-        """Fix the final chunk list. Working chunks are brought to their exact length (a
-        shorter one grows with zeros, as reads showed it); holes become zero chunks. The
-        store is not touched: Catalog.commit_draft installs what the commit needs."""
-        nchunks = -(-self.size // CHUNK)
+        """Fix the final content. Working chunks are brought to their exact length (a
+        shorter one grows with zeros, as reads showed it); slots never written are holes.
+        The store is not touched: Catalog.commit_draft installs what the commit needs."""
+        nchunks = slot_count(self.size)
         for i in [i for i in self.work if i >= nchunks]:  # left by a write that failed
             del self.work[i]
             self.store.drop_work(self.ino, i)
-        slots: list[bytes | None] = []
-        work: dict[int, WorkChunk] = {}
-        zeros: dict[int, int] = {}
-        for i in range(nchunks):
+        for i, wc in self.work.items():
             length = self.chunk_len(i)
-            wc = self.work.get(i)
-            if wc is not None:
-                if wc.length < length:
-                    fd = self.store.work_fd(self.ino, i)
-                    if wc.hasher is not None and wc.hashed == wc.length:
-                        wc.hasher.update(bytes(length - wc.length))
-                        wc.hashed = length
-                    os.ftruncate(fd, length)
-                    wc.length = length
-                slots.append(None)
-                work[i] = wc
-            elif i < len(self.base):
-                slots.append(self.base[i])
-            else:
-                slots.append(zero_digest(length))
-                zeros[i] = length
-        return Sealed(self.ino, self.size, slots, work, zeros=zeros)
+            if wc.length < length:
+                if wc.hasher is not None and wc.hashed == wc.length:
+                    wc.hasher.update(bytes(length - wc.length))
+                    wc.hashed = length
+                os.ftruncate(self.store.work_fd(self.ino, i), length)
+                wc.length = length
+        return Sealed(self.ino, self.size, self.base.truncated(nchunks), dict(self.work))
 
     def discard(self) -> None:
         """Drop every uncommitted write, and with them the dirty mark."""
@@ -254,14 +267,14 @@ class Draft:
         if self.floor_recorded:
             self.store.drop_floor(self.ino)
 
-    def rebase(self, chunks: list[bytes], size: int) -> None:
+    def rebase(self, chunks: ChunkList, size: int) -> None:
         """After a commit (Catalog.commit_draft, which moved the working chunks into the
         store): the committed version is the new base; nothing is pending."""
         if self.floor_recorded:
             self.store.drop_floor(self.ino)
             self.floor_recorded = False
         self._prefetched = -1
-        self.base = list(chunks)
+        self.base = chunks
         self.size = size
         self.floor = size
         self.work = {}

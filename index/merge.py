@@ -23,12 +23,12 @@ import time
 
 from syncd.index import rules
 from syncd.index.catalog import ASPECTS, Catalog
+from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.node_rows import decided, entry_changed, new_inode, set_versions, stamp_state
 from syncd.index.placement import Placement
 from syncd.index.schema import ROOT_ID
 from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
-from syncd.index.store import file_hash
 from syncd.index.unheld import missing_chunk, unheld_file
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Merger:
         self.cat.detached.update(effects.detached)
         return effects
 
-    def commit_detached(self, node: str, base_vv: dict[str, int], chunks: list[bytes],
+    def commit_detached(self, node: str, base_vv: dict[str, int], chunks: ChunkList,
                         size: int, mtime_ns: int) -> Effects:
         """A file written here while a peer's change replaced or deleted it (rule 6) was
         closed: its content is a version concurrent with that change, merged by rule 3
@@ -92,8 +92,8 @@ class Merger:
             vv = {**base_vv, device: self.cat.seq + 1}
             mine["content"] = {
                 "vv": vv, "made": vv, "clock": self.cat.clock + 1,
-                "device": device, "hash": file_hash(b"".join(chunks)), "size": size,
-                "mtime_ns": mtime_ns, "chunks": [c.hex() for c in chunks], "target": None}
+                "device": device, "hash": chunks.hash, "size": size,
+                "mtime_ns": mtime_ns, "chunks": chunks.hex(), "target": None}
             if mine["mode"]["mode"] == 0:
                 mine["mode"]["mode"] = 0o644
             self._apply_one(mine, None, effects)

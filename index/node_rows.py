@@ -10,9 +10,9 @@ import json
 import time
 
 from syncd.index.catalog import ASPECTS, Catalog
+from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.schema import ROOT_INO
-from syncd.index.store import file_hash
 
 
 def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
@@ -21,19 +21,21 @@ def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
     uid, gid = cat.conn.execute(
         "SELECT uid, gid FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
     now = time.time_ns()
-    chunks = [bytes.fromhex(h) for h in c["chunks"]] if state["kind"] == "file" else []
+    is_file = state["kind"] == "file"
+    size = c["size"] if is_file else 0
+    chunks = ChunkList.from_hex(c["chunks"], size) if is_file else ChunkList([])
     target = base64.b64decode(c["target"]) if state["kind"] == "symlink" else None
-    digest = file_hash(b"".join(chunks)) if state["kind"] == "file" else c["hash"]
-    size = c["size"] if state["kind"] == "file" else len(target or b"")
+    digest = chunks.hash if is_file else c["hash"]
+    size = size if is_file else len(target or b"")
     mtime = c["mtime_ns"] if state["kind"] != "dir" else now
-    local = all(cat.store.has(d) for d in chunks)
+    local = all(cat.store.has(d) for d in chunks.digests())
     ino = cat.conn.execute(
         "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
         " hash, chunks, target, local) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (state["kind"], state["mode"]["mode"] & 0o7777, uid, gid, size, mtime, now, now,
-         digest, b"".join(chunks), target, int(local)),
+         digest, chunks.blob, target, int(local)),
     ).lastrowid
-    if chunks:
+    if chunks.entries:
         cat.add_chunk_refs(chunks, size)
     if not local:
         effects.missing.add(ino)

@@ -23,10 +23,19 @@ import os
 import time
 
 from syncd.index.catalog import Catalog
+from syncd.index.chunklist import (
+    CHUNK,
+    Builder,
+    ChunkList,
+    digest_of,
+    slot_count,
+    slot_length,
+    zero_digest,
+)
 from syncd.index.faults import crash_point
 from syncd.index.names import free_tagged_name, utc_stamp
 from syncd.index.schema import ROOT_INO
-from syncd.index.store import CHUNK, ChunkStore, digest_of, hash_file, zero_digest
+from syncd.index.store import ChunkStore, hash_file
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +52,8 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
         digests = {i: hash_file(path) for i, path in work.items()}
         interrupted = catalog.recovery_target(ino)
         target = interrupted
-        if target is None and ino in sizes and _committed(catalog.chunks(ino), digests):
+        if target is None and ino in sizes and _committed(catalog.chunks(ino), work,
+                                                          digests):
             target = ino
         if target is not None:  # the index has the version: finish the install
             _install(catalog, store, target, work, digests)
@@ -59,17 +69,23 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
     return recovered
 
 
-def _committed(chunks: list[bytes], digests: dict[int, bytes]) -> bool:
-    """Does the committed chunk list hold every working chunk where the draft had it?
-    Then the commit reached the index (or the draft changed nothing)."""
-    return all(i < len(chunks) and chunks[i] == d for i, d in digests.items())
+def _committed(chunks: ChunkList, work: dict[int, str], digests: dict[int, bytes]) -> bool:
+    """Does the committed chunk list hold every working chunk where the draft had it (one
+    of zeros as a hole)? Then the commit reached the index (or the draft changed nothing)."""
+    return all(i < chunks.slots and chunks.at(i) == _as_slot(work[i], d)
+               for i, d in digests.items())
+
+
+def _as_slot(path: str, digest: bytes) -> bytes | None:
+    """How a committed list names a working chunk: its digest, or None (a hole)."""
+    return None if digest == zero_digest(os.path.getsize(path)) else digest
 
 
 def _install(catalog: Catalog, store: ChunkStore, ino: int, work: dict[int, str],
              digests: dict[int, bytes]) -> None:
     chunks = catalog.chunks(ino)
     for i, path in work.items():
-        if i < len(chunks) and chunks[i] == digests[i]:
+        if _as_slot(path, digests[i]) is not None and chunks.at(i) == digests[i]:
             store.install(("w", ino, i), path, digests[i])
 
 
@@ -79,25 +95,26 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     zeros. Its size: the larger of `floor` and the end of the last working chunk."""
     base = catalog.chunks(ino)
     size = max([floor] + [i * CHUNK + os.path.getsize(p) for i, p in work.items()])
-    chunks, work_digests, made = [], {}, {}
-    for i in range(-(-size // CHUNK)):
-        length = min(CHUNK, size - i * CHUNK)
+    work_digests, made = {}, {}
+    kept = base.truncated(floor // CHUNK)  # the committed slots wholly below the floor
+    cut = {floor // CHUNK} if floor % CHUNK else set()  # the slot the floor cuts
+    b = Builder()
+    for i in sorted(work.keys() | cut):
+        b.copy(kept, b.slots, i)
+        length = slot_length(i, size)
         if i in work:
             os.truncate(work[i], length)
             digest = work_digests[i] = hash_file(work[i])
-        elif i < len(base) and i * CHUNK < floor:
-            kept = min(length, floor - i * CHUNK)
-            if kept == length == CHUNK:
-                digest = base[i]
-            else:
-                data = store.read(base[i], 0, kept)
-                data += bytes(length - len(data))
-                digest = digest_of(data)
+        elif (committed := base.at(i)) is not None:  # its bytes below the floor, then zeros
+            data = store.read(committed, 0, floor % CHUNK)
+            data += bytes(length - len(data))
+            digest = digest_of(data)
+            if digest != zero_digest(length):
                 made[digest] = data
         else:
             digest = zero_digest(length)
-            made[digest] = length
-        chunks.append(digest)
+        b.add(digest, length)
+    chunks = b.copy(kept, b.slots, slot_count(size)).done()
     catalog.store_new_chunks(made)
 
     inode = catalog.inode(ino)
@@ -117,7 +134,7 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
         catalog.set_recovery_target(ino, entry.inode.ino)
     crash_point("recover:after-index")
     for i, path in work.items():
-        if i in work_digests:
+        if _as_slot(path, work_digests[i]) is not None:
             store.install(("w", ino, i), path, work_digests[i])
     log.warning("recovered uncommitted writes to inode %d as %s", ino, new_name)
     return new_name

@@ -1,19 +1,23 @@
 """The SQLite schema of a home's index, and opening it.
 
 The schema is the reference for what each column means. `PRAGMA user_version` holds
-SCHEMA_VERSION; `open_db` migrates older databases forward, one MIGRATIONS step per version,
-each in one transaction.
+SCHEMA_VERSION; `open_db` migrates older databases forward, one MIGRATIONS step per version
+(SQL, or a function of the connection), each in one transaction.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
+from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 
@@ -41,7 +45,8 @@ CREATE TABLE inodes (
     ctime_ns    INTEGER NOT NULL,
     atime_ns    INTEGER NOT NULL,
     hash        TEXT,                        -- 'blake3:<hex>' of the chunk list (files)
-    chunks      BLOB NOT NULL DEFAULT x'',   -- concatenated 32-byte BLAKE3 chunk digests
+    chunks      BLOB NOT NULL DEFAULT x'',   -- the chunk list's 32-byte entries: BLAKE3
+                                             -- digests and runs of holes (chunklist.py)
     target      BLOB,                        -- symlink target
     local       INTEGER NOT NULL DEFAULT 1   -- 1 when every chunk is in the store
 );
@@ -116,7 +121,8 @@ CREATE TABLE limbo (
     origin TEXT NOT NULL
 );
 
--- Committed chunks in the store, with how many inode chunk-list slots refer to each. A row
+-- Committed chunks in the store, with how many inode chunk-list slots refer to each (holes
+-- are no chunks: they are stored nowhere). A row
 -- at 0 is a chunk on its way out of the store (or, before a commit, on its way in): its
 -- row goes once the file has (Catalog.retire); after a crash, recovery collects it.
 CREATE TABLE chunks (
@@ -127,8 +133,33 @@ CREATE TABLE chunks (
 """
 
 
+def _holes(conn: sqlite3.Connection) -> None:
+    """Chunk lists become canonical (index/chunklist.py): a zero chunk is a hole, stored
+    nowhere. The hash of a file with zero chunks changes with its list, the same on every
+    peer; the zero chunks lose their references and leave the store at the next start
+    (Catalog.collect_unreferenced). States kept in limbo are made canonical too."""
+    for ino, size, blob in conn.execute(
+            "SELECT ino, size, chunks FROM inodes WHERE kind = 'file'").fetchall():
+        old = ChunkList.from_blob(blob)
+        new = old.canonical(size)
+        if new == old:
+            continue
+        conn.execute("UPDATE inodes SET chunks = ?, hash = ? WHERE ino = ?",
+                     (new.blob, new.hash, ino))
+        gone = Counter(d for _, d in old.stored()) - Counter(d for _, d in new.stored())
+        conn.executemany("UPDATE chunks SET refs = refs - ? WHERE hash = ?",
+                         [(n, d) for d, n in gone.items()])
+    for node, text in conn.execute("SELECT id, state FROM limbo").fetchall():
+        state = json.loads(text)
+        c = state["content"]
+        if state["kind"] == "file" and not state["deleted"]:
+            chunks = ChunkList.from_hex(c["chunks"], c["size"])
+            c["chunks"], c["hash"] = chunks.hex(), chunks.hash
+            conn.execute("UPDATE limbo SET state = ? WHERE id = ?", (json.dumps(state), node))
+
+
 # Each step takes a database of version N-1 to version N.
-MIGRATIONS = {
+MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     2: """
         ALTER TABLE nodes ADD COLUMN origin TEXT;
         CREATE TABLE peers (
@@ -154,6 +185,7 @@ MIGRATIONS = {
     4: """
         CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
     """,
+    5: _holes,
 }
 
 
@@ -240,5 +272,12 @@ def open_db(path: Path, readonly: bool = False,
 
 def _migrate(db: sqlite_utils.Database, version: int) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        db.conn.executescript(
-            f"BEGIN; {MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;")
+        step = MIGRATIONS[target]
+        if callable(step):
+            with db.conn:  # one transaction
+                db.conn.execute("BEGIN")
+                step(db.conn)
+                db.conn.execute(f"PRAGMA user_version = {target}")
+        else:
+            db.conn.executescript(
+                f"BEGIN; {step}; PRAGMA user_version = {target}; COMMIT;")

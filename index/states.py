@@ -8,7 +8,7 @@ import base64
 import json
 import sqlite3
 
-from syncd.index.store import split_chunks
+from syncd.index.chunklist import ChunkList
 
 # The columns state_from_row reads, from `nodes n LEFT JOIN inodes i ON i.ino = n.ino`.
 NODE_COLUMNS = (
@@ -30,7 +30,7 @@ def state_from_row(row) -> dict:
                "size": 0, "mtime_ns": 0, "chunks": [], "target": None}
     if alive and kind != "dir":
         content.update(hash=digest, size=size, mtime_ns=mtime,
-                       chunks=[c.hex() for c in split_chunks(chunks or b"")],
+                       chunks=ChunkList.from_blob(chunks).hex(),
                        target=base64.b64encode(target).decode() if target is not None
                        else None)
     return {

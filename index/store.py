@@ -11,51 +11,27 @@ Layout under the store root:
     reserve               RESERVE bytes held for the index: on a full disk it gives way,
                           so that a file can still be deleted (make_room)
 
-A file's content is its chunk list; its hash is BLAKE3 over the concatenated digests. Every
-chunk is CHUNK bytes except the last, which may be shorter. Committed chunks are never
-modified: a write goes to a working chunk that is renamed into place at commit.
+A file's content is its chunk list (index/chunklist.py): stored chunks and holes, which
+are stored nowhere. Every chunk is CHUNK bytes except a file's last, which may be shorter.
+Committed chunks are never modified: a write goes to a working chunk that is renamed into
+place at commit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import secrets
 import time
 from collections import OrderedDict
 from pathlib import Path
 
-import blake3
+from syncd.index.chunklist import CHUNK, DIGEST, digest_of
 
-CHUNK = 1 << 20
-DIGEST = 32
 # Space held back for the index. Without it, a disk filled by a file's writes would leave
 # the index unable to commit anything, even the unlink that would free the space.
 RESERVE = 4 << 20
-
-
-def file_hash(chunks: bytes) -> str:
-    """The content hash of a file from its concatenated chunk digests."""
-    return "blake3:" + blake3.blake3(chunks).hexdigest()
-
-
-def digest_of(data: bytes) -> bytes:
-    return blake3.blake3(data).digest()
-
-
-def split_chunks(blob: bytes) -> list[bytes]:
-    return [blob[i : i + DIGEST] for i in range(0, len(blob), DIGEST)]
-
-
-ZERO_CHUNK = digest_of(bytes(CHUNK))
-
-
-@functools.lru_cache(maxsize=64)
-def zero_digest(length: int) -> bytes:
-    """The digest of `length` zero bytes (a hole), without storing it."""
-    return ZERO_CHUNK if length == CHUNK else digest_of(bytes(length))
 
 
 class FdCache:

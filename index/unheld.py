@@ -7,6 +7,7 @@ drop_unheld) and drops such a file as this peer's delete when none holds it."""
 from __future__ import annotations
 
 from syncd.index.catalog import ASPECTS, Catalog
+from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.node_rows import decided, entry_changed
 from syncd.index.states import node_row, state_from_row
@@ -16,7 +17,8 @@ from syncd.index.store import ChunkStore
 def missing_chunk(store: ChunkStore, state: dict) -> bytes | None:
     """A chunk of the state's content that is not in the store here, if any (a retired
     one counts as here: the fetcher takes it back)."""
-    return next((d for d in map(bytes.fromhex, state["content"]["chunks"])
+    c = state["content"]
+    return next((d for d in ChunkList.from_hex(c["chunks"], c["size"]).digests()
                  if not store.has(d) and not store.is_retired(d)), None)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 from syncd.index.catalog import Catalog
+from syncd.index.chunklist import check_size
 from syncd.index.draft import Draft
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
@@ -75,6 +76,7 @@ class Content:
             return written
 
     async def truncate(self, ino: int, size: int) -> None:
+        check_size(size)  # before a draft is made for it
         async with self.lock(ino):
             draft = self.draft(ino)
             draft.truncate(size)

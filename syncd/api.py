@@ -35,8 +35,9 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from syncd import auth, compress
+from syncd.index import chunklist
 from syncd.index.catalog import check_name
-from syncd.index.store import CHUNK, file_hash
+from syncd.index.chunklist import MAX_FILE_SIZE, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Version(Strict):
 
 class ContentVersion(Version):
     hash: Annotated[str, StringConstraints(pattern=r"^blake3:[0-9a-f]{64}$")] | None
-    size: Annotated[int, Field(ge=0, lt=1 << 50)]
+    size: Annotated[int, Field(ge=0, le=MAX_FILE_SIZE)]
     mtime_ns: Annotated[int, Field(ge=-(1 << 62), lt=1 << 62)]
     chunks: Annotated[list[Hex64], Field(max_length=1 << 20)]
     target: Annotated[str, StringConstraints(max_length=8192)] | None
@@ -117,17 +118,17 @@ class NodeState(Strict):
     @model_validator(mode="after")
     def _content(self) -> NodeState:
         """Content that can be installed as it is described (DESIGN, "The content store"):
-        a live file is its chunk list, 1 MiB chunks but the last, hashed as a list (the
-        hash decides conflicts, so it must be the list's); a live symlink has a target;
-        nothing else has chunks."""
+        a live file is its chunk list, slots of 1 MiB but the last (index/chunklist.py),
+        hashed as a list (the hash decides conflicts, so it must be the list's); a live
+        symlink has a target; nothing else has chunks. The list is made canonical here,
+        so that what the rules compare is: a peer of an older version sends zero chunks,
+        which are holes."""
         c = self.content
         if self.kind == "file" and not self.deleted:
-            want = -(-c.size // CHUNK)
-            if len(c.chunks) != want:
-                raise ValueError(f"a file of {c.size} bytes has {want} chunk(s), not "
-                                 f"{len(c.chunks)}")
             if c.hash != file_hash(b"".join(bytes.fromhex(h) for h in c.chunks)):
                 raise ValueError("content.hash is not the hash of content.chunks")
+            chunks = chunklist.ChunkList.from_hex(c.chunks, c.size)
+            c.chunks, c.hash = chunks.hex(), chunks.hash
         elif c.chunks:
             raise ValueError(f"a {'deleted ' if self.deleted else ''}{self.kind} has no "
                              "chunks")

@@ -257,7 +257,7 @@ class Daemon:
         inos = self.catalog.files_under(self.resolve(path))
         damaged, failed, replaced = 0, [], set()
         for ino in inos:
-            for digest in dict.fromkeys(self.catalog.chunks(ino)):
+            for digest in self.catalog.chunks(ino).digests():
                 if self.store.has(digest) and not await trio.to_thread.run_sync(
                         self.store.verify, digest):
                     log.warning("chunk %s in the store is damaged: fetching it again",

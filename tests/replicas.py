@@ -10,6 +10,8 @@ from pathlib import Path
 
 from syncd.index import schema
 from syncd.index.catalog import Catalog
+from syncd.index.chunklist import Builder, ChunkList, slot_count
+from syncd.index.draft import Draft
 from syncd.index.merge import Merger
 from syncd.index.states import changes_since
 from syncd.index.store import ChunkStore
@@ -40,8 +42,9 @@ class Device:
         e = self.cat.lookup(self.ino(parent), name)
         ino = e.inode.ino if e else self.cat.create(
             self.ino(parent), name, "file", 0o644, 1000, 1000).inode.ino
-        digest = self.cat.store.put(data)
-        self.cat.commit_content(ino, [digest] if data else [], len(data), mtime_ns, None, True)
+        chunks = Builder().add(self.cat.store.put(data), len(data)).done() if data else \
+            ChunkList([])
+        self.cat.commit_content(ino, chunks, len(data), mtime_ns, None, True)
 
     def mkdir(self, path: str) -> None:
         parent, _, name = path.rpartition("/")
@@ -62,7 +65,8 @@ class Device:
 
     def data(self, path: str) -> bytes:
         ino = self.ino(path)
-        return b"".join(self.cat.store.read(d, 0, 1 << 20) for d in self.cat.chunks(ino))
+        return Draft(self.cat.store, ino, self.cat.chunks(ino), self.cat.inode(ino).size).read(
+            0, self.cat.inode(ino).size)
 
 
 def three_devices(root: Path) -> list[Device]:
@@ -133,9 +137,11 @@ def check_invariants(c: Catalog) -> None:
         assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
             node,)
     refs: dict[bytes, int] = {}
-    for (blob,) in c.conn.execute("SELECT chunks FROM inodes"):
-        for i in range(0, len(blob), 32):
-            refs[blob[i : i + 32]] = refs.get(blob[i : i + 32], 0) + 1
+    for size, blob in c.conn.execute("SELECT size, chunks FROM inodes WHERE kind = 'file'"):
+        chunks = ChunkList.from_blob(blob)
+        assert chunks == chunks.canonical(size) and chunks.slots == slot_count(size)
+        for _, digest in chunks.stored():
+            refs[digest] = refs.get(digest, 0) + 1
     stored = {h: n for h, n in c.conn.execute("SELECT hash, refs FROM chunks WHERE refs > 0")}
     assert stored == refs
     for digest in stored:

@@ -18,7 +18,7 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from syncd.index.store import file_hash
+from syncd.index.chunklist import file_hash
 
 from syncd import auth
 from tests.helpers import SERVED_LOGS, SYNCD, free_port, served_log, syncd, wait_for

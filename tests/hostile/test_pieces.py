@@ -5,7 +5,7 @@ a peer that splits the body otherwise gets its chunks hashed on their own."""
 from __future__ import annotations
 
 import httpx
-from syncd.index.store import CHUNK, digest_of
+from syncd.index.chunklist import CHUNK, digest_of
 
 from syncd import auth
 from syncd.peerlink import Reply

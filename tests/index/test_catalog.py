@@ -9,10 +9,11 @@ import os
 import pytest
 from syncd.index import schema
 from syncd.index.catalog import Catalog
+from syncd.index.chunklist import CHUNK, ChunkList, digest_of, file_hash
 from syncd.index.draft import Draft
 from syncd.index.merge import Merger
 from syncd.index.recovery import recover
-from syncd.index.store import CHUNK, ChunkStore, digest_of, file_hash
+from syncd.index.store import ChunkStore
 from syncd.mount.content import Content
 
 from tests.replicas import check_invariants
@@ -147,7 +148,7 @@ def _commit(c: Catalog, ino: int, draft: Draft) -> None:
 def new_file(c: Catalog, name: str) -> tuple[str, int, Draft]:
     """A new empty file: its node id, its inode, and an empty draft to write into."""
     e = c.create(ROOT, name, "file", 0o644, 0, 0)
-    return e.node, e.inode.ino, Draft(c.store, e.inode.ino, [], 0)
+    return e.node, e.inode.ino, Draft(c.store, e.inode.ino, ChunkList([]), 0)
 
 
 def committed(c: Catalog, ino: int, n: int = 4 * CHUNK) -> bytes:
@@ -170,7 +171,7 @@ def test_many_writes_commit_as_one_change_with_its_metadata(cat):
     inode = cat.inode(ino)
     assert (inode.size, inode.mode, inode.mtime_ns) == (len(data), 0o600, 123)
     chunks = [digest_of(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
-    assert cat.chunks(ino) == chunks
+    assert cat.chunks(ino) == ChunkList(chunks)
     assert inode.hash == file_hash(b"".join(chunks))
 
 
@@ -179,7 +180,7 @@ def test_identical_chunks_are_stored_once_and_collected(cat):
     b = cat.create(ROOT, "b", "file", 0o644, 0, 0)
     block = os.urandom(CHUNK)
     for e in (a, b):
-        d = Draft(cat.store, e.inode.ino, [], 0)
+        d = Draft(cat.store, e.inode.ino, ChunkList([]), 0)
         d.write(0, block + block)
         _commit(cat, e.inode.ino, d)
     assert cat.conn.execute("SELECT refs FROM chunks WHERE refs > 0").fetchall() == [(4,)]
@@ -201,9 +202,9 @@ def test_copy_on_write_leaves_committed_chunks_alone(cat):
     first = cat.chunks(ino)
     d.write(5, b"XY")  # a partial write to chunk 0
     assert d.read(0, 8) == b"aaaaaXYa"
-    assert cat.store.read(first[0], 0, 8) == b"aaaaaaaa"  # committed bytes untouched
+    assert cat.store.read(first.at(0), 0, 8) == b"aaaaaaaa"  # committed bytes untouched
     _commit(cat, ino, d)
-    assert cat.chunks(ino)[1] == first[1]  # the untouched chunk is shared, not rewritten
+    assert cat.chunks(ino).at(1) == first.at(1)  # the untouched chunk is shared, not rewritten
 
 
 def test_sparse_and_truncate_read_back(cat):
@@ -287,7 +288,7 @@ def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
     old, new = b"old" * 1000, b"new" * 1000
     d.write(0, old)
     _commit(cat, ino, d)
-    old_chunk = cat.chunks(ino)[0]
+    old_chunk = cat.chunks(ino).at(0)
     d.truncate(0)
     d.write(0, new)
     _commit(cat, ino, d)  # retires the old chunk
@@ -313,7 +314,7 @@ def replaced_v1(cat: Catalog) -> bytes:
     _, ino, d = new_file(cat, "f")
     d.write(0, b"v1")
     _commit(cat, ino, d)
-    v1 = cat.chunks(ino)[0]
+    v1 = cat.chunks(ino).at(0)
     d.write(0, b"v2")
     _commit(cat, ino, d)
     return v1

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 from syncd.index.catalog import Conflict, FileCounts, open_catalog
+from syncd.index.chunklist import CHUNK, ChunkList
 from syncd.index.states import changes_since
-from syncd.index.store import CHUNK
 
 from tests.replicas import Device, T, check_invariants, converge
 
@@ -54,7 +54,7 @@ def test_missing_chunks_until_fetched_then_local(devs):
     first, second = b"1" * CHUNK, b"2" * 10
     ino = a.cat.create(ROOT, "big", "file", 0o644, 0, 0).inode.ino
     digests = [a.cat.store.put(first), a.cat.store.put(second), a.cat.store.put(first)]
-    a.cat.commit_content(ino, digests, 2 * CHUNK + 10, T, None, True)
+    a.cat.commit_content(ino, ChunkList(digests), 2 * CHUNK + 10, T, None, True)
     announce(a, b)
     here = b.ino("/big")
     assert not b.cat.is_local(here) and b.cat.not_local() == [here]
@@ -74,7 +74,7 @@ def test_a_damaged_chunk_leaves_the_store_and_every_file_that_uses_it_is_fetched
     a.write("/f", b"same", T)
     a.write("/g", b"same", T)
     a.write("/h", b"other", T)
-    digest = a.cat.chunks(a.ino("/f"))[0]
+    digest = a.cat.chunks(a.ino("/f")).at(0)
     a.cat.drop_damaged_chunk(digest)
     assert not a.cat.store.has(digest)
     assert sorted(a.cat.not_local()) == sorted([a.ino("/f"), a.ino("/g")])
@@ -169,9 +169,9 @@ def test_chunks_made_here_up_to_a_sequence_number(devs):
     a.write("/two", b"2", T)
     b.write("/theirs", b"3", T)
     converge(a, b)
-    assert a.cat.chunks_made_here(upto) == a.cat.chunks(a.ino("/one"))
+    assert a.cat.chunks_made_here(upto) == a.cat.chunks(a.ino("/one")).digests()
     assert a.cat.chunks_made_here(a.cat.seq) == (
-        a.cat.chunks(a.ino("/one")) + a.cat.chunks(a.ino("/two")))
+        a.cat.chunks(a.ino("/one")).digests() + a.cat.chunks(a.ino("/two")).digests())
 
 
 def test_file_counts(devs):

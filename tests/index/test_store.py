@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from syncd.index.store import ChunkStore, digest_of
+from syncd.index.chunklist import digest_of
+from syncd.index.store import ChunkStore
 
 
 def test_only_bytes_that_match_their_digest_are_installed(tmp_path):

@@ -6,6 +6,7 @@ Each test makes two or three devices, changes them apart, exchanges node states 
 
 from __future__ import annotations
 
+from syncd.index.chunklist import ChunkList
 from syncd.index.names import conflict_name
 from syncd.index.rules import CC, EQ, GT, LT, compare
 from syncd.index.states import changes_since
@@ -156,7 +157,7 @@ def test_a_file_written_while_a_peer_replaced_it_is_a_concurrent_version(devs):
     effects = apply(b, a, changes_since(b.cat.conn, 0)[0])  # /f is open for writing on a
     ((ino, (node, vv)),) = effects.detached.items()
     digest = a.cat.store.put(b"a's later write")
-    a.merger.commit_detached(node, vv, [digest], 15, T + 2)
+    a.merger.commit_detached(node, vv, ChunkList([digest]), 15, T + 2)
     converge(a, b)
     assert a.data("/f") == b"a's later write"
     (copy,) = [p for p in a.tree() if "sync-conflict" in p]
@@ -171,7 +172,7 @@ def test_a_file_written_while_a_peer_deleted_it_comes_back(devs):
     effects = apply(b, a, changes_since(b.cat.conn, 0)[0])
     ((ino, (node, vv)),) = effects.detached.items()
     digest = a.cat.store.put(b"kept")
-    a.merger.commit_detached(node, vv, [digest], 4, T + 2)
+    a.merger.commit_detached(node, vv, ChunkList([digest]), 4, T + 2)
     converge(a, b)
     assert b.data("/f") == b"kept"
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from syncd.index.store import CHUNK, digest_of, file_hash
+from syncd.index.chunklist import CHUNK, digest_of, file_hash
 
 from tests.conftest import needs_fuse
 from tests.helpers import alive, force_cleanup, status, wait_for

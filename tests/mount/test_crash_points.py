@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from syncd.index.store import CHUNK
+from syncd.index.chunklist import CHUNK
 
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, status, wait_for

@@ -45,7 +45,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from syncd.index.store import CHUNK
+from syncd.index.chunklist import CHUNK
 
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, free_port, syncd

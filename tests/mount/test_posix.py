@@ -11,6 +11,8 @@ import threading
 
 import pytest
 
+from syncd.index.chunklist import MAX_FILE_SIZE
+
 from tests.conftest import needs_fuse
 from tests.helpers import Mount
 
@@ -105,6 +107,37 @@ def test_sparse_write_past_end(mount):
     data = p.read_bytes()
     assert len(data) == 5 * 1024 * 1024 + 8
     assert data[:-1] == bytes(len(data) - 1) and data[-1:] == b"x"
+
+
+def test_holes_cost_nothing_and_past_the_largest_size_is_efbig(mount):
+    """A truncate to the largest size and a byte written a tebibyte in are as quick as on
+    a small file (a hole is one entry, not a chunk per MiB: a commit walking them would
+    hang the mount for hours); one byte more is EFBIG. Only written bytes reach the store."""
+    p = mount.path / "huge"
+    p.write_bytes(b"head")
+    os.truncate(p, MAX_FILE_SIZE)
+    assert os.stat(p).st_size == MAX_FILE_SIZE
+    assert err(os.truncate, p, MAX_FILE_SIZE + 1) == errno.EFBIG
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        assert err(os.pwrite, fd, b"x", MAX_FILE_SIZE) == errno.EFBIG
+    finally:
+        os.close(fd)
+    with open(p, "rb") as f:
+        f.seek(MAX_FILE_SIZE - 2)
+        assert f.read() == b"\0\0"
+    t = mount.path / "tib"
+    with open(t, "wb") as f:
+        f.seek(1 << 40)
+        f.write(b"x")
+    with open(t, "rb") as f:
+        f.seek((1 << 40) - 3)
+        assert f.read() == b"\0\0\0x"
+        f.seek(0)
+        assert f.read(8) == bytes(8)
+    assert os.stat(t).st_size == (1 << 40) + 1
+    chunks = [c for c in (mount.home / "store" / "chunks").rglob("*") if c.is_file()]
+    assert sorted(c.stat().st_size for c in chunks) == [1, 1 << 20]  # "x"; "head" + zeros
 
 
 def test_append_trunc_excl(mount):

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from syncd.index.chunklist import CHUNK, digest_of
 
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, status, syncd
@@ -41,6 +42,8 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     assert os.stat(m / "docs" / "deep" / "big.bin").st_mode & 0o777 == 0o600
     assert (m / "sparse.bin").read_bytes() == b"head" + bytes(3 * 2**20 - 4) + b"tail"
     assert os.readlink(m / "link") == "docs/small.txt"
+    zero = digest_of(bytes(CHUNK)).hex()  # sparse.bin's middle: a hole since schema 5
+    assert not (old_home.home / "store" / "chunks" / zero[:2] / zero).exists()
     # what this version writes commits as usual on it, and stays across a remount
     (m / "docs" / "new.txt").write_text("written by this version\n")
     old_home.stop()
@@ -51,7 +54,7 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     old_home.stop()
     db = sqlite3.connect(old_home.home / "index.db")
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()

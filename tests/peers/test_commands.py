@@ -27,7 +27,7 @@ def test_fetch_verifies_everything_and_repairs_damage(cluster):
     b.expect_log(r"WARNING chunk \w+ in the store is damaged: fetching it again")
     os.mkdir(a / "inputs")
     for i in range(3):
-        (a / "inputs" / f"{i}.dat").write_bytes(bytes([i]) * BIG)
+        (a / "inputs" / f"{i}.dat").write_bytes(bytes([i + 1]) * BIG)  # not zeros: a hole is here
     wait_listed(b / "inputs" / "2.dat", BIG)
     assert b.status()["files"]["missing"] == 3
     cmd = " ".join([*SYNCD, "--home", str(b.home), "fetch", str(b / "inputs")])

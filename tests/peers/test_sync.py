@@ -236,3 +236,41 @@ def test_a_state_the_peer_refuses_is_skipped_not_retried_for_ever(cluster):
     wait_content(b / "after", b"still delivered")
     wait_for(lambda: a.peer("beta")["pending_changes"] == 0, 20, "nothing pending")
     assert "which is skipped" in a.mount.log()
+
+
+def test_a_sparse_file_crosses_as_its_bytes_and_equals_the_same_bytes_written(cluster):
+    """Neither the wire nor the store carries a hole, and zeros never written hash like
+    zeros written: the same bytes made both ways by two peers in one file at once are no
+    conflict."""
+    a, b = cluster(2)
+    with open(a / "tib", "wb") as f:
+        f.seek(1 << 40)
+        f.write(b"x")
+    wait_for(lambda: os.path.exists(b / "tib") and os.stat(b / "tib").st_size == (1 << 40) + 1,
+             20, "tib on beta")
+    with open(b / "tib", "rb") as f:
+        f.seek((1 << 40) - 2)
+        assert f.read() == b"\0\0x"
+    for p in (a, b):
+        assert sorted(c.stat().st_size for c in (p.home / "store" / "chunks").rglob("*")
+                      if c.is_file()) == [1]
+    (a / "same").write_bytes(b"")
+    wait_for(lambda: os.path.exists(b / "same"), 20, "same on beta")
+    a.set_peer("beta", "outofuse")
+    b.set_peer("alpha", "outofuse")
+    mtime = 1_800_000_000 * 10**9
+    data = bytearray(3 << 20)
+    data[(1 << 20) + 5] = ord("y")
+    (a / "same").write_bytes(data)  # written in full, zeros and all
+    with open(b / "same", "wb") as f:  # the same bytes with holes
+        f.truncate(3 << 20)
+        f.seek((1 << 20) + 5)
+        f.write(b"y")
+    for p in (a, b):
+        os.utime(p / "same", ns=(0, mtime))
+    a.set_peer("beta", "auto")
+    b.set_peer("alpha", "auto")
+    wait_for(lambda: settled(a, b), 30, "nothing pending")
+    for p in (a, b):
+        assert sorted(os.listdir(p.path)) == ["same", "tib"]  # no conflict copy
+        assert (p / "same").read_bytes() == data

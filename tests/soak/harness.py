@@ -25,7 +25,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from syncd.index.store import CHUNK
+from syncd.index.chunklist import CHUNK
 
 from syncd.home import Home
 from tests.helpers import alive, force_cleanup, fuse_mounts, lock_pid, status, syncd

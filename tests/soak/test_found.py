@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 
+from syncd.index.chunklist import ChunkList
 from syncd.index.names import conflict_name
 from syncd.index.states import changes_since
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
@@ -86,7 +87,7 @@ def overwrite(d, path: str, data: bytes, mtime_ns: int) -> None:
     """A write whose superseded chunks are collected, as the mount does after a commit."""
     ino = d.ino(path)
     digest = d.cat.store.put(data)
-    for garbage in d.cat.commit_content(ino, [digest], len(data), mtime_ns, None, True):
+    for garbage in d.cat.commit_content(ino, ChunkList([digest]), len(data), mtime_ns, None, True):
         d.cat.store.remove(garbage)
 
 
@@ -118,7 +119,7 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
     for d in (a, b, c):
         for path, (kind, _, _) in d.tree().items():
             if kind == "file":
-                chunks = d.cat.chunks(d.ino(path))
+                chunks = d.cat.chunks(d.ino(path)).digests()
                 held = [x.id[:4] for x in (a, b, c)
                         if all(x.cat.store.has(h) for h in chunks)]
                 assert held, f"{path} (on {d.id[:4]}) is held by nobody"
@@ -322,7 +323,7 @@ def test_a_file_renamed_over_another_can_be_read_somewhere(devs):
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
     for d in (a, b, c):
-        chunks = d.cat.chunks(d.ino("/t"))
+        chunks = d.cat.chunks(d.ino("/t")).digests()
         assert any(all(x.cat.store.has(h) for h in chunks) for x in (a, b, c)), \
             f"/t on {d.id[:4]} is held by nobody"
     assert a.data("/t") == b"alpha's second edit of s"
