@@ -735,6 +735,16 @@ class Catalog:
             self.conn.executemany("UPDATE inodes SET local = 1 WHERE ino = ?",
                                   [(ino,) for ino in inos])
 
+    def keep_referenced(self, digests: set[bytes]) -> set[bytes]:
+        """Chunks just installed from a peer that no version here refers to any more (the
+        file was deleted or replaced while they travelled) leave the store at once,
+        or nothing would ever collect them. Returns those that stay."""
+        kept = {d for d in digests if self.conn.execute(
+            "SELECT 1 FROM chunks WHERE hash = ? AND refs > 0", (d,)).fetchone()}
+        for digest in digests - kept:
+            self.store.remove(digest)
+        return kept
+
     def drop_damaged_chunk(self, digest: bytes) -> None:
         """A chunk in the store no longer matches its name: the inodes that use it are
         no longer local (so they are fetched again), then the chunk leaves the store."""

@@ -115,8 +115,12 @@ class ChunkStore:
         return os.pread(fd, size, offset)
 
     def prefetch(self, digest: bytes) -> None:
-        """Start reading a chunk into the page cache in the background."""
-        fd = self.fds.get(digest, self.chunk_path(digest), os.O_RDONLY)
+        """Start reading a chunk into the page cache in the background (if it is here: a
+        file still arriving from peers may not have it yet)."""
+        try:
+            fd = self.fds.get(digest, self.chunk_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return
         os.posix_fadvise(fd, 0, CHUNK, os.POSIX_FADV_WILLNEED)
 
     def put(self, data: bytes) -> bytes:

@@ -23,8 +23,8 @@ import os
 import sqlite3
 import stat
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyfuse3
 import trio
@@ -87,6 +87,19 @@ class Handle:
     ino: int
     writable: bool
     append: bool
+    arriving: bool = False  # its content is still being fetched: reads wait for theirs
+
+
+class Fetch(Protocol):
+    """Gets missing content from peers (the daemon's fetcher), verified before any read."""
+
+    async def opening(self, ino: int, whole: bool) -> bool:
+        """Before an open: the whole content here, or its first chunk; True when the
+        rest is still arriving."""
+
+    async def reading(self, ino: int, offset: int, size: int) -> bool:
+        """Before a read of content still arriving: the bytes it covers are here; True
+        while the rest is still arriving."""
 
 
 class Filesystem(pyfuse3.Operations):
@@ -94,9 +107,9 @@ class Filesystem(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0,
-                 fetch: Callable[[int], Awaitable[None]] | None = None):
-        """`fetch` gets a file's missing content from peers before an open proceeds (the
-        daemon's); None when this home has no peers to ask."""
+                 fetch: Fetch | None = None):
+        """`fetch` gets a file's missing content from peers; None when this home has no
+        peers to ask."""
         super().__init__()
         self.catalog = catalog
         self.store = store
@@ -335,9 +348,13 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def open(self, inode, flags, ctx):
+        arriving = False
         if self.fetch is not None and not flags & os.O_TRUNC:
-            await self.fetch(inode)  # the bytes are here and verified before any read
+            # A reader starts once the first chunk is here and verified; a writer, whose
+            # writes copy committed chunks, once all of them are.
+            arriving = await self.fetch.opening(inode, whole=flags & os.O_ACCMODE != os.O_RDONLY)
         info = self._open_handle(inode, flags)
+        self.handles[info.fh].arriving = arriving
         # libfuse enables ATOMIC_O_TRUNC, so O_TRUNC arrives here, not as a setattr. Linux
         # honours it even for O_RDONLY (the kernel has checked write permission), and
         # renews the mtime even of an empty file.
@@ -363,7 +380,10 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def read(self, fh, off, size):
-        return self.content.read(self.handles[fh].ino, off, size)
+        h = self.handles[fh]
+        if h.arriving:
+            h.arriving = await self.fetch.reading(h.ino, off, size)
+        return self.content.read(h.ino, off, size)
 
     @handler
     async def write(self, fh, off, buf):

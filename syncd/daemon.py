@@ -294,7 +294,7 @@ class Daemon:
         config.loglevel = "WARNING"
         app = Signed(build_app(self), self.me.key)
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.fetcher.nursery = nursery
             try:
                 await nursery.start(functools.partial(
                     serve_http, app, config, shutdown_trigger=trio.sleep_forever))
@@ -351,7 +351,9 @@ class Daemon:
     async def _transfers_op(self, request: dict) -> dict:
         """What is being fetched right now (syncd status)."""
         return {"ok": True,
-                "fetching": sorted(self.catalog.display_name(i) for i in self.fetcher.inflight),
+                "fetching": sorted(s.what for s in self.fetcher.streams.values()),
+                "arriving": sorted((s.progress() for s in self.fetcher.streams.values()),
+                                   key=lambda p: p["name"]),
                 "prefetching": self.fetcher.prefetching}
 
     async def _reload_peers(self, request: dict) -> dict:

@@ -1,12 +1,13 @@
-"""Lazy fetch: the content of a file that is not all here, got from peers before the open
-proceeds (DESIGN rule 2).
+"""Lazy fetch: the content of a file that is not all here, got from peers as it is read
+(DESIGN rule 2: no byte is read before the chunk that holds it is verified).
 
-A file's missing chunks are asked for several per request, of the peers in turn (online
-ones first); their bytes are verified against their digests and installed by
-write-to-temporary and rename, so the store never holds a chunk that does not match its
-name. A peer that serves wrong bytes is logged and the next one asked for them. Transfers
-resume per chunk: the chunks that arrived are installed, so a retry asks only for the
-rest. Concurrent opens of one file share one fetch.
+A file's missing chunks arrive as a stream, in file order from where its readers are:
+several chunks per request and several requests in flight, each chunk verified against
+its digest and installed (write-to-temporary and rename) before any reader sees it. A
+read waits only for the chunks it covers, so a big file is readable while it arrives;
+a reader that jumps ahead moves the stream with it. A writable open, `syncd fetch` and
+pins wait for the whole file. A peer that serves wrong bytes is logged and the next one
+asked. Transfers resume per chunk: what arrived stays installed.
 """
 
 from __future__ import annotations
@@ -18,26 +19,94 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from syncd.index.catalog import Catalog
+from syncd.index.chunklist import CHUNK, ChunkList
 from syncd.peerlink import PeerError, PeerLink
 from syncd.peerset import PeerSet
 
 log = logging.getLogger(__name__)
 
 PER_REQUEST = 8  # chunks of one file asked for in one request: 8 MiB of a big file
-PARALLEL = 2  # such requests in flight at once
+PARALLEL = 2  # such requests in flight at once, per file
 BATCH_CHUNKS = 64  # chunks asked for in one request when prefetching small files
+
+
+class Stream:
+    """The chunks of one file still to arrive, and who waits for which.
+
+    `order` is the missing chunks in file order (each once); `next` is where the next
+    request starts: a reader waiting for a chunk ahead of it moves it there, and requests
+    go on from there to the end, then from the start for what was skipped."""
+
+    def __init__(self, ino: int, what: str, chunks: ChunkList, missing: list[bytes]):
+        self.ino = ino
+        self.what = what
+        self.chunks = chunks
+        self.order = missing
+        self.index = {d: i for i, d in enumerate(missing)}
+        self.asked: set[bytes] = set()
+        self.arrived = {d: trio.Event() for d in missing}
+        self.failed: dict[bytes, OSError] = {}
+        self.next = 0
+        self.done = trio.Event()
+        self.reported = False  # a read that failed for want of a holder was logged
+
+    def progress(self) -> dict:
+        """For syncd status: the chunks the stream had to get, and how many are here."""
+        here = sum(e.is_set() and d not in self.failed for d, e in self.arrived.items())
+        return {"name": self.what, "chunks": len(self.order), "chunks_here": here}
+
+    def missing_in(self, offset: int, size: int) -> list[bytes]:
+        """The chunks of the bytes [offset, offset + size) not here yet (or failed)."""
+        first, last = offset // CHUNK, (offset + max(size, 1) - 1) // CHUNK
+        out = []
+        for i in range(first, min(last + 1, self.chunks.slots)):
+            digest = self.chunks.at(i)
+            if digest in self.failed or (
+                    digest in self.arrived and not self.arrived[digest].is_set()):
+                out.append(digest)
+        return out
+
+    def take(self, n: int) -> list[bytes]:
+        """Up to n chunks not asked for yet, from `next` on (wrapping around)."""
+        out: list[bytes] = []
+        for k in list(range(self.next, len(self.order))) + list(range(self.next)):
+            digest = self.order[k]
+            if digest not in self.asked:
+                out.append(digest)
+                self.asked.add(digest)
+                if len(out) == n:
+                    self.next = k + 1
+                    break
+        return out
+
+    def settle(self, digests: list[bytes], error: OSError | None) -> None:
+        for digest in digests:
+            if error is not None:
+                self.failed[digest] = error
+            self.arrived[digest].set()
+
+    async def wait(self, digests: list[bytes]) -> None:
+        """Until these chunks are here; OSError of the first that could not be fetched."""
+        if digests and digests[0] not in self.asked:
+            self.next = self.index[digests[0]]
+        for digest in digests:
+            await self.arrived[digest].wait()
+            if digest in self.failed:
+                raise self.failed[digest]
 
 
 class Fetcher:
     def __init__(self, catalog: Catalog, peers: PeerSet,
                  refresh: Callable[[int], Awaitable[bool]]):
         """`refresh(ino)`, when no peer holds a file's content: ask the peers for its
-        node's current state; True when the name has a newer version (or none) now."""
+        node's current state; True when the name has a newer version (or none) now.
+        Streams run in `nursery`, the daemon's, set when it runs."""
         self.catalog = catalog
         self.store = catalog.store
         self.peers = peers
         self.refresh = refresh
-        self.inflight: dict[int, trio.Event] = {}
+        self.nursery: trio.Nursery | None = None
+        self.streams: dict[int, Stream] = {}
         self.prefetching = 0  # small files in the current ahead-of-time round
 
     async def take_back(self, digests: list[bytes]) -> list[bytes]:
@@ -52,48 +121,124 @@ class Fetcher:
             left.append(digest)
         return left
 
+    # -- the mount's side (mount/operations.py, Fetch)
+
+    async def opening(self, ino: int, whole: bool) -> bool:
+        """Before an open: the whole file here and verified (`whole`), or its first chunk;
+        True when the rest is still arriving (then reads ask `reading` first). When no
+        peer holds it and the name has a newer version now, OSError(ESTALE): the kernel
+        looks the name up again and opens that instead."""
+        if whole:
+            await self.ensure_local(ino)
+            return False
+        stream = await self._stream(ino)
+        if stream is None:
+            return False
+        try:
+            await stream.wait(stream.missing_in(0, 1))
+        except OSError as e:
+            raise await self._failure(ino, e) from None
+        return True
+
+    async def reading(self, ino: int, offset: int, size: int) -> bool:
+        """Before a read: the chunks of [offset, offset + size) here and verified; True
+        while the file is still arriving."""
+        stream = await self._stream(ino)
+        if stream is None:
+            return False
+        need = stream.missing_in(offset, size)
+        try:
+            if retry := [d for d in need if d in stream.failed]:  # ask again, here
+                await self.fetch_chunks_of(retry, stream.what)
+                for digest in retry:
+                    del stream.failed[digest]
+            await stream.wait(need)
+        except OSError as e:
+            if e.errno == errno.EIO and not stream.reported:  # once: the kernel retries
+                stream.reported = True
+                log.error("cannot read %s at %d: %s", stream.what, offset, e.strerror)
+            raise
+        return not stream.done.is_set() or not self.catalog.is_local(ino)
+
+    # -- whole files
+
     async def ensure_local(self, ino: int) -> None:
         """Return once every chunk of inode `ino` is here and verified; OSError(EIO)
-        when some chunk has no holder that serves it right."""
-        while ino in self.inflight:
-            await self.inflight[ino].wait()
-        if self.catalog.is_local(ino):  # every open of every file asks: one query
-            return
-        done = self.inflight[ino] = trio.Event()
+        when some chunk has no holder that serves it right, OSError(ESTALE) when
+        meanwhile the name got a newer version."""
+        stream = await self._stream(ino)
+        if stream is not None:
+            await stream.done.wait()
+            try:
+                await stream.wait(stream.order)
+            except OSError as e:
+                raise await self._failure(ino, e) from None
+
+    async def _failure(self, ino: int, error: OSError) -> OSError:
+        """What a fetch that failed means: when no peer holds the content and the name
+        has a newer version now, ESTALE (an open then looks the name up again and opens
+        that instead); otherwise the error, logged only now: until the refresh, a newer
+        version may have been on its way."""
         what = self.catalog.display_name(ino)
+        if error.errno == errno.EIO:
+            if await self.refresh(ino):
+                return OSError(errno.ESTALE, f"{what} has a newer version")
+            log.error("cannot fetch %s: %s", what, error.strerror)
+        return error
+
+    async def _stream(self, ino: int) -> Stream | None:
+        """The running stream of inode `ino`, started if none; None when it is all here."""
+        stream = self.streams.get(ino)
+        if stream is not None:
+            return stream
+        if self.catalog.is_local(ino):  # every open of every file asks: one query
+            return None
+        chunks = self.catalog.chunks(ino)
+        missing = self.catalog.missing_chunks(ino)
+        stream = self.streams[ino] = Stream(ino, self.catalog.display_name(ino), chunks,
+                                            missing)
+        here = set(missing) - set(await self.take_back(missing))
+        stream.asked |= here
+        stream.settle(sorted(here), None)
+        if self.nursery is None:  # not serving yet: fetch in the caller's task
+            await self._run(stream)
+        else:
+            self.nursery.start_soon(self._run, stream)
+        return stream
+
+    async def _run(self, stream: Stream) -> None:
+        """Fetch a stream's chunks, PARALLEL requests in flight. The first request asks
+        for one chunk, so that the first read waits for one MiB, not PER_REQUEST."""
         try:
-            failed: list[OSError] = []
-            # Several chunks per request (each request costs both sides more than a MiB
-            # of body), and two requests in flight, so that each side's CPU work
-            # overlaps the other's and the network's.
             async with trio.open_nursery() as nursery:
                 limit = trio.Semaphore(PARALLEL)
-                todo = await self.take_back(self.catalog.missing_chunks(ino))
-                for i in range(0, len(todo), PER_REQUEST):
+                n = 1
+                while True:
                     await limit.acquire()
-                    nursery.start_soon(self._fetch_some, todo[i:i + PER_REQUEST], what,
-                                       limit, failed)
-            if failed:
-                if await self.refresh(ino):
-                    # The name has a newer version now: ESTALE makes the kernel look
-                    # the name up again and open that instead.
-                    raise OSError(errno.ESTALE, f"{what} has a newer version")
-                if failed[0].errno == errno.EIO:
-                    # Only now is it an error: until the refresh, a newer version may
-                    # have been on its way, and the open then goes on with that one.
-                    log.error("cannot fetch %s: %s", what, failed[0].strerror)
-                raise failed[0]
-            self.catalog.mark_local([ino])
+                    # An inode that is gone (deleted, no handle left) needs nothing more.
+                    batch = [] if self.catalog.is_local(stream.ino) else stream.take(n)
+                    if not batch:
+                        limit.release()
+                        break
+                    nursery.start_soon(self._fetch_some, stream, batch, limit)
+                    n = PER_REQUEST
+            if not stream.failed and not self.catalog.missing_chunks(stream.ino):
+                self.catalog.mark_local([stream.ino])
         finally:
-            del self.inflight[ino]
-            done.set()
+            del self.streams[stream.ino]
+            stream.settle([d for d, e in stream.arrived.items() if not e.is_set()],
+                          OSError(errno.ESTALE, f"{stream.what} is gone"))
+            stream.done.set()
 
-    async def _fetch_some(self, digests: list[bytes], what: str, limit: trio.Semaphore,
-                          failed: list[OSError]) -> None:
+    async def _fetch_some(self, stream: Stream, digests: list[bytes],
+                          limit: trio.Semaphore) -> None:
         try:
-            await self.fetch_chunks_of(digests, what)
+            await self.fetch_chunks_of(digests, stream.what)
         except OSError as e:
-            failed.append(e)
+            stream.settle([d for d in digests if self.store.has(d)], None)
+            stream.settle([d for d in digests if not self.store.has(d)], e)
+        else:
+            stream.settle(digests, None)
         finally:
             limit.release()
 
@@ -167,11 +312,13 @@ class Fetcher:
         """Install the chunks of a get_chunks answer that verify, on a worker thread;
         their digests. A full disk first gives up the replaced chunks kept for peers."""
         try:
-            return await trio.to_thread.run_sync(self._install_all, got)
+            installed = await trio.to_thread.run_sync(self._install_all, got)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self.store.make_room():
                 raise
-        return await trio.to_thread.run_sync(self._install_all, got)
+            installed = await trio.to_thread.run_sync(self._install_all, got)
+        self.catalog.keep_referenced(installed)
+        return installed
 
     def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]) -> set[bytes]:
         return {d for d, (data, hashed) in got.items()

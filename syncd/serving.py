@@ -46,7 +46,7 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
         fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]),
-                        fetch=daemon.fetcher.ensure_local if daemon else None)
+                        fetch=daemon.fetcher if daemon else None)
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
         # dead mount: hold the signals until the receiver is in place.

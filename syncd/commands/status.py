@@ -52,7 +52,15 @@ def _transfers(home: Home) -> dict | None:
         return None
     if not answer.get("ok"):
         return None
-    return {"fetching": answer.get("fetching", []), "prefetching": answer.get("prefetching", 0)}
+    return {"fetching": answer.get("fetching", []), "arriving": answer.get("arriving", []),
+            "prefetching": answer.get("prefetching", 0)}
+
+
+def _arriving(streams: list[dict]) -> str:
+    if not streams:
+        return ""
+    return (f" ({sum(s['chunks_here'] for s in streams)} of "
+            f"{sum(s['chunks'] for s in streams)} chunk(s) here)")
 
 
 def print_status(home: Home, as_json: bool) -> None:
@@ -72,7 +80,8 @@ def print_status(home: Home, as_json: bool) -> None:
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),
         ("transfers", "-" if s["transfers"] is None else
-         f"{len(s['transfers']['fetching'])} file(s) being fetched on open, "
+         f"{len(s['transfers']['fetching'])} file(s) being fetched on open"
+         f"{_arriving(s['transfers']['arriving'])}, "
          f"{s['transfers']['prefetching']} small file(s) ahead of time"),
         ("peers", "none" if not s["peers"] else f"{len(s['peers'])}"),
     ]

@@ -16,20 +16,8 @@ from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
 from syncd.mount.content import Content
 
-from tests.replicas import check_invariants
-
 ROOT = schema.ROOT_INO
 DEVICE = "ab" * 16
-
-
-@pytest.fixture
-def cat(tmp_path) -> Catalog:
-    ChunkStore.create(tmp_path / "store")
-    db = schema.create(tmp_path / "index.db", DEVICE, 1000, 1000, 1_700_000_000 * 10**9)
-    c = Catalog(db, ChunkStore(tmp_path / "store"))
-    yield c
-    check_invariants(c)
-    db.close()
 
 
 def journal(c: Catalog) -> list[tuple[str, str]]:

@@ -199,3 +199,18 @@ def test_a_read_only_catalog_reads_and_refuses_changes(devs, tmp_path):
     with open_catalog(tmp_path / "a" / "index.db", tmp_path / "a" / "store") as cat:
         cat.set_pin("root", True)
     assert a.cat.pinned(a.ino("/g"))
+
+
+def test_a_chunk_that_arrives_for_a_deleted_file_leaves_the_store(devs):
+    """A fetch that installs chunks after their file was deleted here (they travelled
+    meanwhile) must not leave them in the store, where nothing would ever collect them."""
+    a, b = devs
+    data = b"3" * CHUNK
+    a.write("/f", data, T)
+    announce(a, b)
+    digest = b.cat.missing_chunks(b.ino("/f"))[0]
+    b.cat.unlink(b.ino(""), "f")
+    b.cat.retire(b.cat.purge_inode(b.cat.orphan_inodes()[0]))
+    assert b.cat.store.put_verified(digest, data)
+    assert b.cat.keep_referenced({digest}) == set()
+    assert not b.cat.store.has(digest)

@@ -22,7 +22,7 @@ from syncd.index.draft import Draft
 from syncd.index.states import changes_since
 from syncd.index.store import ChunkStore
 
-from tests.index.test_catalog import _commit, cat, committed, new_file  # noqa: F401
+from tests.index.test_catalog import _commit, committed, new_file
 from tests.replicas import three_devices
 
 ROOT = schema.ROOT_INO
@@ -140,12 +140,12 @@ def test_the_upgrade_makes_zero_chunks_holes_and_collects_them(tmp_path):
     ChunkStore.create(tmp_path / "store")
     store = ChunkStore(tmp_path / "store")
     db = schema.create(tmp_path / "index.db", "ab" * 16, 0, 0, 1_700_000_000 * 10**9)
-    cat = Catalog(db, store)
-    ino = cat.create(ROOT, "f", "file", 0o644, 0, 0).inode.ino
+    v4 = Catalog(db, store)
+    ino = v4.create(ROOT, "f", "file", 0o644, 0, 0).inode.ino
     data, zero = store.put(b"d" * CHUNK), store.put(bytes(CHUNK))
     tail = store.put(bytes(10))
     old = ChunkList([data, zero, zero, tail])  # as version 4 made them
-    cat.commit_content(ino, old, 3 * CHUNK + 10, 1, None, True)
+    v4.commit_content(ino, old, 3 * CHUNK + 10, 1, None, True)
     state = {"id": "cd" * 16 + ":9", "kind": "file", "deleted": False,
              "content": {"chunks": old.hex(), "hash": old.hash, "size": 3 * CHUNK + 10}}
     db.conn.execute("INSERT INTO limbo VALUES (?, ?, ?)", (state["id"], json.dumps(state), "x"))

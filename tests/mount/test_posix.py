@@ -10,7 +10,6 @@ import subprocess
 import threading
 
 import pytest
-
 from syncd.index.chunklist import MAX_FILE_SIZE
 
 from tests.conftest import needs_fuse

@@ -134,7 +134,7 @@ def test_wait_returns_once_peers_confirmed_and_fails_when_none_answers(cluster):
     done = syncd(a.home, "wait", "--timeout", "20")
     assert "confirmed" in done.stdout and "held by 1 other machine" in done.stdout
     assert b.status()["files"]["missing"] == 0  # beta was asked to hold a copy
-    assert b.status()["transfers"] == {"fetching": [], "prefetching": 0}
+    assert b.status()["transfers"] == {"fetching": [], "arriving": [], "prefetching": 0}
     (a / "f2").write_bytes(b"x")
     done = syncd(a.home, "wait", "--copies", "2", "--timeout", "2", check=False)
     assert done.returncode == 5 and "fewer than 2 peer(s)" in done.stderr

@@ -3,11 +3,13 @@ others. Every wait polls for the state expected under a deadline."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
 
 import httpx
+import pytest
 from syncd.index.names import conflict_name
 
 from syncd import auth
@@ -57,7 +59,7 @@ def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
     files = b.status()["files"]
     assert files["missing"] == 1 and files["bytes"] == len(data)  # content is lazy
     assert files["bytes_local"] == 0
-    assert b.status()["transfers"] == {"fetching": [], "prefetching": 0}
+    assert b.status()["transfers"] == {"fetching": [], "arriving": [], "prefetching": 0}
     assert (b / "big").read_bytes() == data
     assert b.status()["files"]["missing"] == 0
 
@@ -274,3 +276,35 @@ def test_a_sparse_file_crosses_as_its_bytes_and_equals_the_same_bytes_written(cl
     for p in (a, b):
         assert sorted(os.listdir(p.path)) == ["same", "tib"]  # no conflict copy
         assert (p / "same").read_bytes() == data
+
+
+def test_a_big_file_is_read_as_it_arrives_from_where_its_reader_is(cluster):
+    """Reads wait only for the chunks they cover: with one chunk held by nobody, the
+    open and every other read succeed (a jump ahead included), only that chunk's read
+    fails, and once a holder has it again the same handle reads it."""
+    a, b = cluster(2)
+    mib = 1 << 20
+    data = b"".join(bytes([i + 1]) * mib for i in range(24))
+    (a / "big").write_bytes(data)
+    wait_for(lambda: os.path.exists(b / "big") and os.stat(b / "big").st_size == len(data),
+             20, "big listed on beta")
+    lost = a.home / "store" / "chunks"
+    (chunk,) = [c for c in lost.rglob("*") if c.is_file() and c.read_bytes()[:1] == b"\x06"]
+    kept = chunk.read_bytes()
+    chunk.unlink()  # slot 5: no peer holds it now
+    b.expect_log(r"ERROR cannot read 'big' at 5242880: no peer served chunk")
+    with open(b / "big", "rb", buffering=0) as f:
+        assert f.read(mib) == data[:mib]
+        f.seek(20 * mib)  # ahead of the stream
+        assert f.read(mib) == data[20 * mib:21 * mib]
+        f.seek(5 * mib)
+        with pytest.raises(OSError) as e:
+            f.read(mib)
+        assert e.value.errno == errno.EIO
+        f.seek(23 * mib)
+        assert f.read(mib) == data[23 * mib:]
+        chunk.write_bytes(kept)
+        f.seek(5 * mib)
+        assert f.read(mib) == data[5 * mib:6 * mib]
+    assert (b / "big").read_bytes() == data
+    wait_for(lambda: b.status()["files"]["missing"] == 0, 10, "big complete on beta")
