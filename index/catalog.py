@@ -280,24 +280,30 @@ class Catalog:
 
     def create(
         self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
-        target: bytes | None = None, now_ns: int | None = None,
+        target: bytes | None = None, mtime_ns: int | None = None,
+        content: tuple[ChunkList, int] | None = None,
     ) -> Entry:
-        """A new file, directory or symlink: one new inode, one new node, one change."""
+        """A new file, directory or symlink: one new inode, one new node, one change. A
+        file may be made with its content (its chunks in the store) and an mtime of its
+        own (syncd import)."""
         name = check_name(name)
-        now = now_ns or time.time_ns()
+        now = time.time_ns()
+        mtime = mtime_ns if mtime_ns is not None else now
         parent = self.dir_node(parent_ino)
+        chunks, size = content or (ChunkList([]), len(target) if target is not None else 0)
 
         def run() -> Entry:
-            size = len(target) if target is not None else 0
-            digest = file_hash(b"") if kind == "file" else None
+            digest = chunks.hash if kind == "file" else None
             if kind == "symlink":
                 digest = "blake3:" + digest_of(target or b"").hex()
             mode_bits = mode & 0o7777
             ino = self.conn.execute(
                 "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
-                " hash, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, mode_bits, uid, gid, size, now, now, now, digest, target),
+                " hash, chunks, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, mode_bits, uid, gid, size, mtime, now, now, digest, chunks.blob, target),
             ).lastrowid
+            if chunks.entries:
+                self._reref(chunks, size, ChunkList([]))
             node = f"{self.device}:{self.seq + 1}"
             try:
                 entry = self.conn.execute(
@@ -308,7 +314,7 @@ class Catalog:
                 raise fail(errno.EEXIST, name) from None
             self.stamp_local(node, "create", ASPECTS, {"kind": kind})
             self._touch_dir(parent_ino, now)
-            return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, now,
+            return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, mtime,
                                                   now, now, digest, target, 1))
 
         return self.transaction(run)
@@ -739,11 +745,15 @@ class Catalog:
         """Chunks just installed from a peer that no version here refers to any more (the
         file was deleted or replaced while they travelled) leave the store at once,
         or nothing would ever collect them. Returns those that stay."""
-        kept = {d for d in digests if self.conn.execute(
-            "SELECT 1 FROM chunks WHERE hash = ? AND refs > 0", (d,)).fetchone()}
+        kept = self.referenced(digests)
         for digest in digests - kept:
             self.store.remove(digest)
         return kept
+
+    def referenced(self, digests: set[bytes]) -> set[bytes]:
+        """Those of these chunks that some version here refers to."""
+        return {d for d in digests if self.conn.execute(
+            "SELECT 1 FROM chunks WHERE hash = ? AND refs > 0", (d,)).fetchone()}
 
     def drop_damaged_chunk(self, digest: bytes) -> None:
         """A chunk in the store no longer matches its name: the inodes that use it are

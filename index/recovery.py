@@ -45,6 +45,10 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
     if collected := catalog.collect_unreferenced():
         log.info("removed %d chunk(s) that an interrupted commit had left unreferenced",
                  collected)
+    if staged := set(store.staged()):  # an import's chunks: its batch committed or not
+        kept = catalog.referenced(staged)
+        store.unstage(sorted(kept))
+        store.drop_staged(staged - kept)
     recovered = []
     sizes = catalog.inode_sizes()
     for ino in store.work_inodes():

@@ -8,6 +8,8 @@ Layout under the store root:
                           size
     retired/<hex>         chunks no version here refers to any more, kept a while for
                           peers that still know the version they belonged to (keep_replaced)
+    import/<hex>          chunks of an import (syncd import) written ahead of the
+                          transaction that refers to them (stage, unstage)
     reserve               RESERVE bytes held for the index: on a full disk it gives way,
                           so that a file can still be deleted (make_room)
 
@@ -85,6 +87,7 @@ class ChunkStore:
         self._chunks = f"{root}/chunks"
         self._work = f"{root}/work"
         self._retired = f"{root}/retired"
+        self._import = f"{root}/import"
         self.fds = FdCache()
         # Retired chunk -> (the catalog's sequence number when it was retired, monotonic
         # time); None until keep_replaced (no daemon): replaced chunks are removed at once.
@@ -156,15 +159,39 @@ class ChunkStore:
         """Write a chunk under its name through a temporary of its own (several worker
         threads may install at once) and a rename, so the store never holds a half-written
         chunk: a write that fails (a full disk) leaves nothing behind."""
-        path = self.chunk_path(digest)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        _write_whole(self.chunk_path(digest), data)
+
+    # -- chunks staged by an import: written (on worker threads, by whichever process
+    # reads the source) before the transaction that refers to them, and moved among the
+    # committed chunks right after it. Recovery sorts out what a crash left (staged).
+
+    def staged_path(self, digest: bytes) -> str:
+        return f"{self._import}/{digest.hex()}"
+
+    def stage(self, digest: bytes, data: bytes) -> None:
+        """Write a chunk of an import, even one the store has: that one may leave the
+        store before the import's transaction refers to it."""
+        os.makedirs(self._import, exist_ok=True)
+        _write_whole(self.staged_path(digest), data)
+
+    def unstage(self, digests: list[bytes]) -> None:
+        """Move staged chunks among the committed ones (renaming over one the store has
+        replaces it with the same bytes)."""
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.staged_path(digest), self.chunk_path(digest))
+
+    def drop_staged(self, digests: list[bytes]) -> None:
+        for digest in digests:
+            _unlink(self.staged_path(digest))
+
+    def staged(self) -> list[bytes]:
+        """Every chunk staged and not moved yet (after a crash or an interrupted import)."""
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.rename(tmp, path)
-        except OSError:
-            _unlink(tmp)
-            raise
+            names = os.listdir(self._import)
+        except FileNotFoundError:
+            return []
+        return [bytes.fromhex(n) for n in names if len(n) == 2 * DIGEST]
 
     # -- replaced chunks, kept a while. A peer that learnt of a version just before its
     # maker replaced or deleted it asks for its chunks: without them it could open nothing
@@ -388,6 +415,18 @@ class ChunkStore:
 
     def close(self) -> None:
         self.fds.close()
+
+
+def _write_whole(path: str, data: bytes | memoryview) -> None:
+    """Write a file through a temporary of its own and a rename: all of it or nothing."""
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except OSError:
+        _unlink(tmp)
+        raise
 
 
 def _unlink(path: str | Path) -> None:

@@ -24,7 +24,7 @@ from syncd.home import UNREACHABLE, Home, UserError
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 16 << 20  # an import's batch of entries (the socket is the owner's only)
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request line
 
 Handler = Callable[[dict], Awaitable[dict]]

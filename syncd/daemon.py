@@ -8,10 +8,12 @@ thread that makes every SQLite call of the process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
 import math
+import sqlite3
 from collections.abc import Callable
 
 import trio
@@ -24,6 +26,7 @@ from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
+from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
 from syncd.index.states import changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
@@ -304,7 +307,7 @@ class Daemon:
             await nursery.start(serve_control, self.home.path / "control.sock",
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
-                                 "copies": self._copies_op})
+                                 "copies": self._copies_op, "import": self._import_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.store.keep_replaced(self.catalog.seq)
@@ -330,6 +333,21 @@ class Daemon:
             return await self.fetch_tree(str(request.get("path", "")))
         except FileNotFoundError as e:
             return {"ok": False, "error": e.strerror}
+
+    async def _import_op(self, request: dict) -> dict:
+        """Apply one batch of `syncd import` (index/importing.py): its chunks are staged
+        in the store by the command, which read the source."""
+        try:
+            entries = [Entry(**e) for e in request["entries"]]
+            importer = Importer(self.catalog, str(request["into"]), int(request["uid"]),
+                                int(request["gid"]))
+            outcome, effects = importer.apply(entries)
+        except (KeyError, TypeError, ValueError) as e:
+            return {"ok": False, "error": f"malformed import batch: {e}"}
+        except (OSError, sqlite3.Error) as e:
+            return {"ok": False, "error": str(e)}
+        self.on_effects(effects)
+        return {"ok": True, **dataclasses.asdict(outcome)}
 
     async def _pin_op(self, request: dict) -> dict:
         """Pin or unpin a subtree (a local fact, never synced); a pin fetches its

@@ -161,3 +161,18 @@ def test_fetch_follows_a_newer_version_when_nobody_holds_the_known_one(cluster):
         a.set_peer("beta", "auto")
     assert f"1 file(s), {BIG} bytes, here and verified" in done.stdout
     assert read(b / "f") == v2
+
+
+def test_peers_receive_an_import_as_ordinary_changes(cluster, tmp_path):
+    a, b = cluster(2)
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(300):
+        (src / "d" / f"f{i}").write_bytes(b"file %d\n" % i)
+    (src / "big").write_bytes(os.urandom(BIG))
+    os.symlink("d/f1", src / "link")
+    syncd(a.home, "import", str(src), "--into", "imported")
+    wait_content(b / "imported" / "big", (src / "big").read_bytes())
+    for i in range(300):
+        wait_content(b / "imported" / "d" / f"f{i}", b"file %d\n" % i)
+    assert os.readlink(b / "imported" / "link") == "d/f1"

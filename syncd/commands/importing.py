@@ -1,0 +1,169 @@
+"""`syncd import SRC [--into PATH]`: an existing tree into the share at disk speed
+(index/importing.py says how). This command reads and hashes the source on worker threads;
+the batches are applied by the serving process over the control socket when one owns the
+home, else here under the home's lock."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from syncd.home import FAILURE, OK, USAGE, Home, UserError, mounted_at
+from syncd.index.catalog import open_catalog
+from syncd.index.chunklist import ChunkList
+from syncd.index.importing import Entry, Importer, Outcome, blocked, read_file, scan, wanted
+from syncd.index.store import ChunkStore
+from syncd.paths import share_path
+
+BATCH_FILES = 2000  # entries applied in one transaction
+BATCH_BYTES = 256 << 20  # content read ahead of one transaction
+READERS = 4  # files read and hashed at once
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("import", parents=[common],
+                       help="put an existing directory tree into the share, without "
+                            "copying it through the mount")
+    p.add_argument("src", metavar="SRC", help="the directory to import")
+    p.add_argument("--into", metavar="PATH",
+                   help="where in the share SRC's contents go (default: a directory named "
+                        "like SRC at the share's root)")
+
+
+def cmd_import(home: Home, args) -> int:
+    home.require()
+    src = Path(args.src).resolve()
+    if not src.is_dir():
+        raise UserError(f"{args.src} is not a directory", USAGE)
+    mountpoint = mounted_at(home)[0]
+    for inside, what in ((mountpoint, "the mount of this share"), (str(home.path), "the home")):
+        if inside and (src == Path(inside) or Path(inside) in src.parents):
+            raise UserError(f"{src} is inside {what}: import a tree from elsewhere", USAGE)
+    into = share_path(home, args.into if args.into is not None else src.name, mountpoint)
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        if why := blocked(cat, into):
+            raise UserError(why, USAGE)
+    try:
+        if home.holder() is None:
+            home.acquire(None)
+            try:
+                with open_catalog(home.db_path, home.store_path) as cat:
+                    return _run(home, src, into, lambda batch: _apply_here(cat, into, batch))
+            finally:
+                home.release()
+        return _run(home, src, into, lambda batch: _apply_there(home, into, batch))
+    except NotADirectoryError as e:
+        raise UserError(str(e), USAGE) from None
+
+
+def _apply_there(home: Home, into: str, batch: list[Entry]) -> Outcome:
+    """A batch applied by the serving process."""
+    from syncd import control
+
+    answer = control.request(home, "import", timeout=600.0, into=into, uid=os.getuid(),
+                             gid=os.getgid(), entries=[e.as_dict() for e in batch])
+    if not answer.get("ok"):
+        raise UserError(answer.get("error") or "import failed")
+    return Outcome(answer["created"], answer["skipped"], answer["bytes"], answer["differing"])
+
+
+def _apply_here(cat, into: str, batch: list[Entry]) -> Outcome:
+    try:
+        return Importer(cat, into, os.getuid(), os.getgid()).apply(batch)[0]
+    except sqlite3.Error as e:  # the batch is not applied: its staged chunks are dropped
+        raise UserError(f"the index cannot take more ({e})", FAILURE) from None
+
+
+def _run(home: Home, src: Path, into: str, apply) -> int:
+    from tqdm import tqdm
+
+    skipped: list[str] = []
+    entries = list(scan(src, skipped))
+    total = sum(e.size for e in entries if e.kind == "file")
+    store = ChunkStore(home.store_path)
+    done = Outcome()
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"/{into}",
+               disable=not sys.stderr.isatty(), leave=False)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
+            for batch in _batches(entries):
+                with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+                    todo = wanted(cat, into, batch)
+                try:
+                    _read_all(pool, store, src, todo)
+                except OSError as e:
+                    _drop(store, batch)
+                    if e.errno == errno.ENOSPC:
+                        raise UserError(f"no space left on the home's disk: {_summary(done)}; "
+                                        "free some space and run again", FAILURE) from None
+                    raise UserError(f"cannot read {e.filename}: {e.strerror}") from None
+                except BaseException:
+                    _drop(store, batch)
+                    raise
+                try:
+                    outcome = apply(batch)
+                except BaseException:
+                    _drop(store, batch)
+                    raise
+                done.add(outcome)
+                bar.update(sum(x.size for x in batch if x.kind == "file"))
+                bar.set_postfix_str(f"{done.created + done.skipped} files", refresh=False)
+    except KeyboardInterrupt:
+        print(f"interrupted: {_summary(done)}; run again to import the rest",
+              file=sys.stderr)
+        return FAILURE
+    finally:
+        bar.close()
+        store.close()
+    print(f"/{into}: {_summary(done)}")
+    for rel in done.differing:
+        print(f"  not imported, a different entry is there: {rel}", file=sys.stderr)
+    for line in skipped:
+        print(f"  skipped {line}", file=sys.stderr)
+    return OK if not done.differing and not skipped else FAILURE
+
+
+def _read_all(pool, store: ChunkStore, src: Path, todo: list[Entry]) -> None:
+    """Read and stage these files on the pool's threads; every read is over when this
+    returns or raises (the first error), so a failed batch can drop all it staged."""
+    futures = [pool.submit(read_file, store, src / e.rel) for e in todo]
+    error = None
+    for e, future in zip(todo, futures, strict=True):
+        try:
+            chunks, e.size = future.result()
+            e.chunks = chunks.hex()
+        except OSError as x:
+            error = error or x
+    if error is not None:
+        raise error
+
+
+def _batches(entries: list[Entry]):
+    batch: list[Entry] = []
+    size = 0
+    for e in entries:
+        batch.append(e)
+        size += e.size
+        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _drop(store: ChunkStore, batch: list[Entry]) -> None:
+    """Staged chunks of a batch that will not be applied."""
+    store.drop_staged([d for e in batch if e.chunks is not None
+                       for d in ChunkList.from_hex(e.chunks, e.size).digests()])
+
+
+def _summary(o: Outcome) -> str:
+    return (f"{o.created} entries imported ({o.bytes} bytes), {o.skipped} already there"
+            + (f", {len(o.differing)} different" if o.differing else ""))
+
+
+COMMANDS = {"import": cmd_import}

@@ -1,0 +1,146 @@
+"""`syncd import`: an existing tree into the share without the mount, idle or mounted; run
+again, it skips what is there; killed or out of space, it leaves whole files or none."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import needs_fuse
+from tests.helpers import (
+    SYNCD,
+    Mount,
+    assert_clean_error,
+    force_cleanup,
+    free_port,
+    status,
+    syncd,
+)
+
+pytestmark = needs_fuse
+
+MIB = 1 << 20
+
+
+def make_tree(root, files: int = 20):
+    """A source tree: nested files of several sizes, modes and mtimes, a symlink, a hole."""
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(files):
+        (root / "a" / f"f{i}").write_bytes(b"%d\n" % i)
+    (root / "a" / "b" / "big").write_bytes(os.urandom(3 * MIB + 7))
+    (root / "a" / "secret").write_bytes(b"s")
+    os.chmod(root / "a" / "secret", 0o600)
+    os.utime(root / "a" / "secret", ns=(0, 1_500_000_000 * 10**9))
+    os.symlink("a/secret", root / "link")
+    with open(root / "sparse", "wb") as f:
+        f.truncate(5 * MIB)
+        f.seek(2 * MIB)
+        f.write(b"x")
+    os.mkfifo(root / "fifo")  # cannot be imported: reported, skipped
+
+
+def same_tree(src, dst) -> None:
+    names = sorted(os.path.relpath(os.path.join(d, n), src)
+                   for d, dirs, files in os.walk(src) for n in dirs + files)
+    names.remove("fifo")
+    assert sorted(os.path.relpath(os.path.join(d, n), dst)
+                  for d, dirs, files in os.walk(dst) for n in dirs + files) == names
+    for name in names:
+        a, b = os.lstat(src / name), os.lstat(dst / name)
+        assert a.st_mode == b.st_mode, name
+        if os.path.islink(src / name):
+            assert os.readlink(src / name) == os.readlink(dst / name)
+        elif os.path.isfile(src / name):
+            assert (a.st_mtime_ns, a.st_size) == (b.st_mtime_ns, b.st_size), name
+            assert (src / name).read_bytes() == (dst / name).read_bytes(), name
+
+
+@pytest.fixture
+def share(tmp_path):
+    home = tmp_path / "home"
+    syncd(home, "init", "--listen", f"127.0.0.1:{free_port()}")
+    m = Mount(home, tmp_path / "mnt")
+    try:
+        yield m
+    finally:
+        force_cleanup(home, m.path)
+
+
+def test_an_idle_home_imports_a_tree_and_a_run_again_skips_it(share, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    done = syncd(share.home, "import", str(src), check=False)
+    assert done.returncode == 1  # the FIFO was skipped
+    assert "/src: 26 entries imported" in done.stdout
+    assert "skipped fifo: a special file" in done.stderr
+    again = syncd(share.home, "import", str(src), check=False)
+    assert "0 entries imported (0 bytes), 26 already there" in again.stdout
+    share.start()
+    same_tree(src, share.path / "src")
+    assert status(share.home)["files"]["total"] == 23  # files: 20 small, big, secret, sparse
+    store = share.home / "store"
+    assert not list((store / "import").iterdir())
+    assert sum(1 for p in (store / "chunks").rglob("*") if p.is_file()) == 26  # big: 4, x: 1
+    share.stop()
+
+
+def test_a_mounted_share_shows_an_import_at_once_and_refuses_a_source_inside_it(share,
+                                                                              tmp_path):
+    share.start()
+    assert not (share.path / "in").exists()  # the kernel may remember that
+    src = tmp_path / "src"
+    make_tree(src, files=3000)  # more than one batch
+    syncd(share.home, "import", str(src), "--into", "in/here", check=False)
+    same_tree(src, share.path / "in" / "here")
+    assert_clean_error(syncd(share.home, "import", str(share.path / "in"), check=False), 2,
+                       "is inside the mount of this share")
+    (share.path / "file").write_bytes(b"")
+    assert_clean_error(syncd(share.home, "import", str(src), "--into", "file/x", check=False),
+                       2, "'file' is not a directory")
+    share.stop()
+
+
+def test_an_import_killed_after_its_transaction_is_whole_at_the_next_mount(share, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    killed = subprocess.run(
+        [*SYNCD, "--home", str(share.home), "import", str(src)],
+        env={**os.environ, "SYNCD_FAULT": "import:after-index"}, capture_output=True)
+    assert killed.returncode == -9
+    assert list((share.home / "store" / "import").iterdir())  # staged, not moved yet
+    share.start()
+    same_tree(src, share.path / "src")
+    assert not list((share.home / "store" / "import").iterdir())
+    share.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs")
+def test_an_import_that_fills_the_disk_says_so_and_leaves_whole_files(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True)
+    home = disk / "home"
+    m = Mount(home, tmp_path / "mnt")
+    try:
+        syncd(home, "init", "--listen", f"127.0.0.1:{free_port()}")
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(40):
+            (src / f"f{i:02d}").write_bytes(os.urandom(MIB))
+        done = syncd(home, "import", str(src), check=False)
+        assert_clean_error(done, 1, "no space left on the home's disk")
+        assert not list((home / "store" / "import").iterdir())
+        m.start()  # what is there is whole (here: nothing, the files were one batch)
+        here = sorted(os.listdir(m.path / "src")) if (m.path / "src").exists() else []
+        assert len(here) < 40
+        for name in here:
+            assert (m.path / "src" / name).read_bytes() == (src / name).read_bytes()
+        m.stop()
+    finally:
+        force_cleanup(home, m.path)
+        try:
+            m.served_log.check()  # now: the log is on the tmpfs
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
