@@ -1,16 +1,19 @@
 """Special files (FIFOs, sockets, device nodes) in the index: nodes like any other here,
-local to the device that made them (never stamped, sent or counted as pending)."""
+local to the device that made them (never stamped, sent or counted as pending), and what
+happens to them when peers' changes arrive: a synced node takes their name, and a
+directory a peer deletes takes them with it."""
 
 from __future__ import annotations
 
 import os
 
 from syncd.index.catalog import local_only
+from syncd.index.names import conflict_name
 from syncd.index.peers import add_peer, list_peers, pending_for, save_peer
 from syncd.index.schema import LOCAL_ONLY_KINDS
 from syncd.index.states import changes_since
 
-from tests.replicas import ROOT, T, check_invariants, converge
+from tests.replicas import ROOT, T, apply, check_invariants, converge, send
 
 NULL = os.makedev(1, 3)
 
@@ -92,3 +95,95 @@ def test_a_special_file_that_replaces_a_file_sends_its_delete(devs):
     converge(a, b)
     assert kinds(a) == {"/f": "fifo"}
     assert kinds(b) == {}
+
+
+def test_a_peers_node_takes_the_name_of_a_special_file(devs):
+    a, b, _ = devs
+    b.mkdir("d")
+    converge(a, b)
+    fifo = mknod(a, "d/x")
+    sock = mknod(a, "d/y", "socket")
+    b.write("d/x", b"from beta", T + 1)
+    b.mkdir("d/y")
+    effects = apply(b, a, changes_since(b.cat.conn, 0, 100)[0])
+    x_aside = conflict_name("x", a.id, T)
+    assert kinds(a) == {"/d": "dir", "/d/x": "file", "/d/y": "dir",
+                        f"/d/{x_aside}": "fifo", f"/d/{conflict_name('y', a.id, T)}": "socket"}
+    assert a.data("d/x") == b"from beta"
+    assert a.cat.lookup(a.ino("d"), x_aside).node == fifo.node  # the same node, moved aside
+    assert {(a.ino("d"), "x"), (a.ino("d"), x_aside)} <= effects.entries  # for the kernel
+    # Only here: nothing goes back to beta, whose names stay as they are.
+    converge(a, b)
+    assert kinds(b) == {"/d": "dir", "/d/x": "file", "/d/y": "dir"}
+    assert a.cat.lookup(a.ino("d"), conflict_name("y", a.id, T)).node == sock.node
+
+
+def test_a_rename_by_a_peer_onto_a_special_files_name(devs):
+    a, b, _ = devs
+    a.write("f", b"data", T)
+    converge(a, b)
+    first = conflict_name("g", a.id, T)
+    mknod(a, "g")
+    mknod(a, first)  # the first name aside is taken too
+    b.cat.rename(ROOT, "f", ROOT, "g")
+    converge(a, b)
+    second = conflict_name("g", a.id, T, lambda n: n == first)
+    assert kinds(a) == {"/g": "file", f"/{first}": "fifo", f"/{second}": "fifo"}
+    assert a.data("g") == b"data"
+    assert kinds(b) == {"/g": "file"}
+
+
+def test_a_directory_a_peer_deletes_goes_with_the_special_files_here(devs):
+    a, b, _ = devs
+    a.mkdir("d")
+    a.mkdir("d/sub")
+    converge(a, b)
+    fifo = mknod(a, "d/sub/p")
+    dev = mknod(a, "d/null", "chardev", NULL)
+    b.cat.rmdir(b.ino("d"), "sub")
+    b.cat.rmdir(ROOT, "d")
+    send(b, a)
+    assert kinds(a) == {}
+    for e in (fifo, dev):
+        assert a.cat.nodes_of(e.inode.ino) == []
+    # and the directory stays deleted: nothing brings it back on beta
+    converge(a, b)
+    assert kinds(b) == {}
+
+
+def test_the_effects_of_a_peers_delete_name_the_special_files_it_took(devs):
+    a, b, _ = devs
+    a.mkdir("d")
+    converge(a, b)
+    fifo = mknod(a, "d/p")
+    d = a.ino("d")
+    b.cat.rmdir(ROOT, "d")
+    effects = apply(b, a, changes_since(b.cat.conn, 0, 100)[0])
+    assert fifo.inode.ino in effects.orphans
+    assert (d, "p") in effects.entries
+    check_invariants(a.cat)
+
+
+def test_a_directory_kept_for_a_new_child_keeps_its_special_files(devs):
+    a, b, _ = devs
+    a.mkdir("d")
+    converge(a, b)
+    mknod(a, "d/p")
+    a.write("d/new", b"unseen by the deleter", T)
+    b.cat.rmdir(ROOT, "d")
+    converge(a, b)
+    assert kinds(a) == {"/d": "dir", "/d/new": "file", "/d/p": "fifo"}
+    assert kinds(b) == {"/d": "dir", "/d/new": "file"}
+
+
+def test_directories_that_merge_take_the_special_files_along(devs):
+    a, b, _ = devs
+    a.mkdir("d")
+    mknod(a, "d/p")
+    mknod(a, "d/q", "socket")
+    b.mkdir("d")
+    b.write("d/p", b"beta's", T)
+    converge(a, b)
+    assert kinds(a) == {"/d": "dir", "/d/p": "file", "/d/q": "socket",
+                        f"/d/{conflict_name('p', a.id, T)}": "fifo"}
+    assert kinds(b) == {"/d": "dir", "/d/p": "file"}
