@@ -61,6 +61,10 @@ class Device:
         walk(ROOT, "")
         return out
 
+    def shared_tree(self) -> dict[str, tuple]:
+        """tree() less the special files, which are this device's own."""
+        return {p: v for p, v in self.tree().items() if v[0] not in LOCAL_ONLY_KINDS}
+
     def data(self, path: str) -> bytes:
         ino = self.ino(path)
         return b"".join(self.cat.store.read(d, 0, 1 << 20) for d in self.cat.chunks(ino))
@@ -119,8 +123,7 @@ def converge(*devices: Device) -> None:
         moved = sum(send(a, b) for a, b in itertools.permutations(devices, 2))
         if not moved:
             break
-    trees = [{p: v for p, v in d.tree().items() if v[0] not in LOCAL_ONLY_KINDS}
-             for d in devices]
+    trees = [d.shared_tree() for d in devices]
     for d, t in zip(devices[1:], trees[1:], strict=True):
         assert t == trees[0], f"{d.id[:4]} differs"
     for d in devices:
