@@ -147,7 +147,7 @@ def bench_share(base, home, args, res):
         n = min(args.files, args.share_files - have)
         src = base / f"src{k}"
         make_tree(src, n)
-        t = timed(lambda: home.cli("import", src, "--into", src.name))
+        t = timed(lambda src=src: home.cli("import", src, "--into", src.name))
         print(f"  share: {have + n:,} files ({n / t:.0f} files/s)", flush=True)
         have, k = have + n, k + 1
     status = statistics.median(timed(lambda: home.cli("status", "--json")) for _ in range(5))

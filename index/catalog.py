@@ -28,7 +28,13 @@ import sqlite_utils
 from syncd.index.chunklist import ChunkList, digest_of, file_hash, slot_length
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
-from syncd.index.schema import ROOT_ID, ROOT_INO, open_db
+from syncd.index.schema import (
+    LOCAL_ID_PREFIX,
+    LOCAL_ONLY_KINDS,
+    ROOT_ID,
+    ROOT_INO,
+    open_db,
+)
 from syncd.index.store import ChunkStore
 
 ASPECTS = ("content", "mode", "place")
@@ -36,7 +42,7 @@ NAME_MAX = 255
 
 INODE_COLUMNS = (
     "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.ctime_ns, i.atime_ns, "
-    "i.hash, i.target, "
+    "i.hash, i.target, i.rdev, "
     "(SELECT count(*) FROM nodes l WHERE l.ino = i.ino AND l.deleted = 0) AS nlink"
 )
 
@@ -48,6 +54,11 @@ SUBTREE = (
     " UNION SELECT n.id, n.kind, n.ino FROM nodes n JOIN subtree s ON n.parent = s.id"
     " WHERE n.deleted = 0) "
 )
+
+
+def local_only(node: str) -> bool:
+    """Is this a special file's node, never stamped and never sent (schema.py)?"""
+    return node.startswith(LOCAL_ID_PREFIX)
 
 
 def fail(code: int, what: str = "") -> OSError:
@@ -81,6 +92,7 @@ class Inode:
     atime_ns: int
     hash: str | None
     target: bytes | None
+    rdev: int
     nlink: int
 
 
@@ -222,7 +234,10 @@ class Catalog:
                     detail: dict | None) -> None:
         """A change made here (inside a transaction): the next sequence number, a new
         version of each of `aspects` (this device's entry in its vector is that number,
-        its clock the next Lamport clock) and a journal row."""
+        its clock the next Lamport clock) and a journal row. A local-only node has no
+        versions: nothing is stamped, so nothing of it is ever sent."""
+        if local_only(node):
+            return
         self._next_stamp()
         sets = ["seq = ?", "origin = NULL"]
         params: list[object] = [self.seq]
@@ -280,10 +295,11 @@ class Catalog:
 
     def create(
         self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
-        target: bytes | None = None, mtime_ns: int | None = None,
+        target: bytes | None = None, mtime_ns: int | None = None, rdev: int = 0,
         content: tuple[ChunkList, int] | None = None,
     ) -> Entry:
-        """A new file, directory or symlink: one new inode, one new node, one change. A
+        """A new file, directory, symlink or special file (`rdev` for a device): one new
+        inode, one new node, one change (none for a special file: it is local-only). A
         file may be made with its content (its chunks in the store) and an mtime of its
         own (syncd import)."""
         name = check_name(name)
@@ -299,25 +315,37 @@ class Catalog:
             mode_bits = mode & 0o7777
             ino = self.conn.execute(
                 "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
-                " hash, chunks, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, mode_bits, uid, gid, size, mtime, now, now, digest, chunks.blob, target),
+                " hash, chunks, target, rdev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, mode_bits, uid, gid, size, mtime, now, now, digest, chunks.blob, target,
+                 rdev),
             ).lastrowid
             if chunks.entries:
                 self._reref(chunks, size, ChunkList([]))
-            node = f"{self.device}:{self.seq + 1}"
-            try:
-                entry = self.conn.execute(
-                    "INSERT INTO nodes (id, kind, ino, parent, name, seq)"
-                    " VALUES (?, ?, ?, ?, ?, 0)", (node, kind, ino, parent, name),
-                ).lastrowid
-            except sqlite3.IntegrityError:  # nodes_name: one live node per name
-                raise fail(errno.EEXIST, name) from None
+            node, entry = self._insert_node(kind, ino, parent, name)
             self.stamp_local(node, "create", ASPECTS, {"kind": kind})
             self._touch_dir(parent_ino, now)
             return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, mtime,
-                                                  now, now, digest, target, 1))
+                                                  now, now, digest, target, rdev, 1))
 
         return self.transaction(run)
+
+    def _insert_node(self, kind: str, ino: int, parent: str, name: str) -> tuple[str, int]:
+        """A new live node's row, before its stamp: its id and entry. A synced node's id
+        takes the counter its stamp will have; a local-only node's, which is never
+        stamped, takes its entry number."""
+        entry, node = None, f"{self.device}:{self.seq + 1}"
+        if kind in LOCAL_ONLY_KINDS:
+            entry = self.conn.execute(
+                "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
+            node = f"{LOCAL_ID_PREFIX}{entry}"
+        try:
+            entry = self.conn.execute(
+                "INSERT INTO nodes (entry, id, kind, ino, parent, name, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0)", (entry, node, kind, ino, parent, name),
+            ).lastrowid
+        except sqlite3.IntegrityError:  # nodes_name: one live node per name
+            raise fail(errno.EEXIST, name) from None
+        return node, entry
 
     def link(self, ino: int, parent_ino: int, name: str) -> Entry:
         """A hard link: a second node on the same inode (peers see a separate file)."""
@@ -329,13 +357,7 @@ class Catalog:
             inode = self.inode(ino)
             if inode.kind == "dir":
                 raise fail(errno.EPERM)
-            if self.is_live_name(parent, name):
-                raise fail(errno.EEXIST, name)
-            node = f"{self.device}:{self.seq + 1}"
-            self.conn.execute(
-                "INSERT INTO nodes (id, kind, ino, parent, name, seq) VALUES (?, ?, ?, ?, ?, 0)",
-                (node, inode.kind, ino, parent, name),
-            )
+            node, _ = self._insert_node(inode.kind, ino, parent, name)
             self.stamp_local(node, "create", ASPECTS, {"kind": inode.kind, "link": True})
             self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
             self._touch_dir(parent_ino, now)
@@ -371,6 +393,11 @@ class Catalog:
         return entry.inode.ino
 
     def _tombstone(self, entry: Entry) -> None:
+        """A removed name: a tombstone that carries the delete to peers, or, for a
+        local-only node that no peer knows, nothing."""
+        if local_only(entry.node):
+            self.conn.execute("DELETE FROM nodes WHERE id = ?", (entry.node,))
+            return
         self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
                           (entry.node,))
         self.stamp_local(entry.node, "delete", ASPECTS, None)
@@ -673,10 +700,21 @@ class Catalog:
             "SELECT 1 FROM nodes WHERE parent = ? AND name = ? AND deleted = 0", (parent, name)
         ).fetchone() is not None
 
-    def has_children(self, node: str) -> bool:
+    def has_children(self, node: str, local_too: bool = True) -> bool:
+        """Has directory `node` live children (synced ones only, without `local_too`)?"""
         return self.conn.execute(
-            "SELECT 1 FROM nodes WHERE parent = ? AND deleted = 0 LIMIT 1", (node,)
-        ).fetchone() is not None
+            "SELECT 1 FROM nodes WHERE parent = ? AND deleted = 0"
+            + ("" if local_too else f" AND id NOT LIKE '{LOCAL_ID_PREFIX}%'")
+            + " LIMIT 1", (node,)).fetchone() is not None
+
+    def drop_local_children(self, node: str) -> list[tuple[int, str]]:
+        """Remove the local-only children of directory `node` (inside a transaction),
+        which is going: their (inode, name)s, for the caller to purge and invalidate."""
+        rows = self.conn.execute(
+            "SELECT id, ino, name FROM nodes WHERE parent = ? AND deleted = 0"
+            f" AND id LIKE '{LOCAL_ID_PREFIX}%'", (node,)).fetchall()
+        self.conn.executemany("DELETE FROM nodes WHERE id = ?", [(r[0],) for r in rows])
+        return [(ino, name) for _, ino, name in rows]
 
     def forget_dir(self, ino: int) -> None:
         """A directory inode whose node is gone (deleted, or merged into another)."""

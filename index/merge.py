@@ -149,8 +149,10 @@ class Merger:
                         remote["id"], origin, remote["kind"], local["kind"])
             return True
         # Only a tombstone that meets a live node asks whether children here keep it.
+        # Special files do not: they are local, no peer could have seen them, and they
+        # would keep the directory alive on every peer for ever (_drop_local_children).
         has_children = remote["deleted"] and not local["deleted"] and \
-            self.cat.has_children(local["id"])
+            self.cat.has_children(local["id"], local_too=False)
         raw = {a: rules.compare(local[a]["vv"], remote[a]["vv"]) for a in ASPECTS}
         if not rules.is_news(local, remote, raw, has_children):
             return True
@@ -240,6 +242,15 @@ class Merger:
                 out.append(copy)
         return out
 
+    def _drop_local_children(self, node: str, dir_name: str, effects: Effects) -> None:
+        """A directory a peer deleted goes with the special files it holds here: they
+        hold no data, and are the one thing in it the deleter could not see."""
+        for ino, name in self.cat.drop_local_children(node):
+            log.info("the special file %r goes with its directory %r, deleted by a peer",
+                     name, dir_name)
+            effects.orphans.add(ino)
+            entry_changed(self.cat, node, name, effects)
+
     # -- writing
 
     def _insert(self, state: dict, origin: str | None, effects: Effects) -> None:
@@ -273,6 +284,8 @@ class Merger:
         old_parent, old_name = old["parent"], old["name"]
         if merged["deleted"]:
             if ino is not None:
+                if merged["kind"] == "dir":
+                    self._drop_local_children(node, old_name, effects)
                 self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
                                   (node,))
                 self.cat.forget_dir(ino)

@@ -2,17 +2,26 @@
 directory (a deleted one comes back for it), at its name unless another live node has that
 name (two directories merge; otherwise the loser is renamed as a conflict copy), and never
 inside itself (a cycle's losing move goes to the root). The decisions are index/rules.py's;
-this writes them, each decided change stamped as a version of this peer."""
+this writes them, each decided change stamped as a version of this peer.
+
+A special file here (local-only, schema.py) never holds a name against a synced node: no
+peer knows it, so the synced node takes the name and the special file moves aside under a
+conflict name, here alone. Deciding it the other way would rename a file on every peer for
+a socket or a FIFO that only this machine has."""
 
 from __future__ import annotations
 
+import logging
+
 from syncd.index import rules
-from syncd.index.catalog import ASPECTS, Catalog, check_name
+from syncd.index.catalog import ASPECTS, Catalog, check_name, local_only
 from syncd.index.effects import Effects
 from syncd.index.names import conflict_name
 from syncd.index.node_rows import decided, entry_changed, new_inode
 from syncd.index.schema import ROOT_ID
 from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
+
+log = logging.getLogger(__name__)
 
 
 class Placement:
@@ -50,8 +59,11 @@ class Placement:
         rule keeps the name and the other becomes a conflict copy. Returns the (parent,
         name) taken, or None when the node was merged into another directory."""
         name = check_name(state["name"])
+        if local_only(node):  # a directory it was in merged into another
+            return self._place_local(node, state, parent, name, effects)
         if state["kind"] == "dir":
             parent, name = self._break_cycle(node, state, parent, name, effects)
+        self._make_way(parent, name, effects)
         row = self.conn.execute(
             f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
             "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0 AND n.id != ?",
@@ -75,6 +87,33 @@ class Placement:
                                   (other["id"], node))
         self._set_place(node, parent, name, effects)
         return parent, name
+
+    def _place_local(self, node: str, state: dict, parent: str, name: str,
+                     effects: Effects) -> tuple[str, str]:
+        """A special file goes to its name, or beside it when that is taken."""
+        if self.cat.is_live_name(parent, name):
+            name = self._aside_name(parent, name, state["content"]["mtime_ns"])
+        self._set_place(node, parent, name, effects)
+        return parent, name
+
+    def _make_way(self, parent: str, name: str, effects: Effects) -> None:
+        """A special file on the name a synced node takes moves aside."""
+        row = self.conn.execute(
+            "SELECT n.id, i.mtime_ns FROM nodes n JOIN inodes i ON i.ino = n.ino"
+            " WHERE n.parent = ? AND n.name = ? AND n.deleted = 0", (parent, name)).fetchone()
+        if row is None or not local_only(row[0]):
+            return
+        aside = self._aside_name(parent, name, row[1])
+        log.info("a peer's node takes the name %r, so the special file there (local to "
+                 "this machine) is now %r", name, aside)
+        entry_changed(self.cat, parent, name, effects)
+        self._set_place(row[0], parent, aside, effects)
+
+    def _aside_name(self, parent: str, name: str, mtime_ns: int) -> str:
+        """A conflict name, by its mtime and this device, for a special file that yields
+        `name`."""
+        return conflict_name(name, self.cat.device, mtime_ns,
+                             lambda n: self.cat.is_live_name(parent, n))
 
     def _resurrect(self, node: str, effects: Effects, seen: set[str]) -> None:
         state = state_from_row(node_row(self.conn, node))

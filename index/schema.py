@@ -17,9 +17,13 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
+# Special files: local to the machine that made them (a socket or a device means nothing
+# elsewhere; a FIFO is a meeting point of processes on one machine). See the nodes table.
+LOCAL_ONLY_KINDS = ("fifo", "socket", "chardev", "blockdev")
+LOCAL_ID_PREFIX = "local:"
 
 SCHEMA = """
 -- Key/value facts about this device: device_id, created (unix seconds); while a crash
@@ -36,7 +40,8 @@ CREATE TABLE meta (
 -- local facts, never synced.
 CREATE TABLE inodes (
     ino         INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+    kind        TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'fifo', 'socket',
+                                              'chardev', 'blockdev')),
     mode        INTEGER NOT NULL,            -- permission bits only (07777)
     uid         INTEGER NOT NULL,
     gid         INTEGER NOT NULL,
@@ -48,7 +53,9 @@ CREATE TABLE inodes (
     chunks      BLOB NOT NULL DEFAULT x'',   -- the chunk list's 32-byte entries: BLAKE3
                                              -- digests and runs of holes (chunklist.py)
     target      BLOB,                        -- symlink target
-    local       INTEGER NOT NULL DEFAULT 1   -- 1 when every chunk is in the store
+    local       INTEGER NOT NULL DEFAULT 1,  -- 1 when every chunk is in the store
+    rdev        INTEGER NOT NULL DEFAULT 0   -- device number of a chardev or blockdev, as
+                                             -- the kernel passes it (major:12, minor:20 bits)
 );
 -- A file with uncommitted writes is marked dirty by its working chunks in the store,
 -- store/work/<ino>.<index> (index/store.py), not by a column: writing costs no SQLite.
@@ -59,10 +66,16 @@ CREATE TABLE inodes (
 -- Lamport clock and the device that made that version (DESIGN, "The data model"). The
 -- vector (_vv) grows with every version merged in; _made is the vector its data was made
 -- at, which says which versions that data was made with knowledge of (index/merge.py).
+-- Special files (LOCAL_ONLY_KINDS: FIFOs, sockets, device nodes) are nodes too, local to
+-- this machine: their ids are 'local:<n>', they are never stamped (seq 0, no versions, no
+-- journal row), so no peer ever receives them or counts them as pending, and an unlinked
+-- one leaves no tombstone. A peer's node that wants the name of one takes it, and the
+-- special file moves aside (index/placement.py).
 CREATE TABLE nodes (
     entry          INTEGER PRIMARY KEY,  -- local; readdir offset (stable, increasing)
-    id             TEXT NOT NULL UNIQUE,               -- global id '<device>:<counter>'
-    kind           TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink')),
+    id             TEXT NOT NULL UNIQUE,  -- global id '<device>:<counter>'; 'local:<n>'
+    kind           TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'fifo', 'socket',
+                                                 'chardev', 'blockdev')),
     ino            INTEGER REFERENCES inodes (ino),
     parent         TEXT,                               -- parent node id; NULL for the root
     name           TEXT NOT NULL,
@@ -186,6 +199,78 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
     """,
     5: _holes,
+    # Special files: four more kinds (a CHECK changes only by rebuilding its table) and a
+    # device number. The rebuilt inodes table keeps the AUTOINCREMENT high-water mark, so
+    # inode numbers are still never reused.
+    6: """
+        CREATE TABLE inodes_v6 (
+            ino         INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind        TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'fifo',
+                                                      'socket', 'chardev', 'blockdev')),
+            mode        INTEGER NOT NULL,
+            uid         INTEGER NOT NULL,
+            gid         INTEGER NOT NULL,
+            size        INTEGER NOT NULL DEFAULT 0,
+            mtime_ns    INTEGER NOT NULL,
+            ctime_ns    INTEGER NOT NULL,
+            atime_ns    INTEGER NOT NULL,
+            hash        TEXT,
+            chunks      BLOB NOT NULL DEFAULT x'',
+            target      BLOB,
+            local       INTEGER NOT NULL DEFAULT 1,
+            rdev        INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO inodes_v6 (ino, kind, mode, uid, gid, size, mtime_ns, ctime_ns,
+                               atime_ns, hash, chunks, target, local)
+            SELECT ino, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, hash,
+                   chunks, target, local FROM inodes;
+        UPDATE sqlite_sequence
+            SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'inodes')
+            WHERE name = 'inodes_v6';
+        DROP TABLE inodes;
+        ALTER TABLE inodes_v6 RENAME TO inodes;
+        CREATE TABLE nodes_v6 (
+            entry          INTEGER PRIMARY KEY,
+            id             TEXT NOT NULL UNIQUE,
+            kind           TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'fifo',
+                                                         'socket', 'chardev', 'blockdev')),
+            ino            INTEGER REFERENCES inodes (ino),
+            parent         TEXT,
+            name           TEXT NOT NULL,
+            deleted        INTEGER NOT NULL DEFAULT 0,
+            seq            INTEGER NOT NULL,
+            pinned         INTEGER NOT NULL DEFAULT 0,
+            conflict_of    TEXT,
+            content_vv     TEXT NOT NULL DEFAULT '{}',
+            content_clock  INTEGER NOT NULL DEFAULT 0,
+            content_device TEXT,
+            mode_vv        TEXT NOT NULL DEFAULT '{}',
+            mode_clock     INTEGER NOT NULL DEFAULT 0,
+            mode_device    TEXT,
+            place_vv       TEXT NOT NULL DEFAULT '{}',
+            place_clock    INTEGER NOT NULL DEFAULT 0,
+            place_device   TEXT,
+            origin         TEXT,
+            content_made   TEXT NOT NULL DEFAULT '{}',
+            mode_made      TEXT NOT NULL DEFAULT '{}',
+            place_made     TEXT NOT NULL DEFAULT '{}'
+        );
+        INSERT INTO nodes_v6 (entry, id, kind, ino, parent, name, deleted, seq, pinned,
+                              conflict_of, content_vv, content_clock, content_device,
+                              mode_vv, mode_clock, mode_device, place_vv, place_clock,
+                              place_device, origin, content_made, mode_made, place_made)
+            SELECT entry, id, kind, ino, parent, name, deleted, seq, pinned, conflict_of,
+                   content_vv, content_clock, content_device, mode_vv, mode_clock,
+                   mode_device, place_vv, place_clock, place_device, origin, content_made,
+                   mode_made, place_made FROM nodes;
+        DROP TABLE nodes;
+        ALTER TABLE nodes_v6 RENAME TO nodes;
+        CREATE UNIQUE INDEX nodes_name ON nodes (parent, name) WHERE deleted = 0;
+        CREATE INDEX nodes_children ON nodes (parent, entry) WHERE deleted = 0;
+        CREATE INDEX nodes_ino ON nodes (ino);
+        CREATE INDEX nodes_seq ON nodes (seq);
+        CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
+    """,
 }
 
 

@@ -39,7 +39,10 @@ from syncd.mount.notify import Notifier
 log = logging.getLogger(__name__)
 
 BLKSIZE = 128 * 1024  # makes cp and stdio use large buffers, so writes come in big requests
-KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
+             "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "chardev": stat.S_IFCHR,
+             "blockdev": stat.S_IFBLK}
+MKNOD_KINDS = {bits: kind for kind, bits in KIND_BITS.items() if kind not in ("dir", "symlink")}
 SQLITE_FULL = 13
 
 
@@ -165,7 +168,7 @@ class Filesystem(pyfuse3.Operations):
         a.st_nlink = 1 if inode.kind == "dir" else inode.nlink
         a.st_uid = uid
         a.st_gid = gid
-        a.st_rdev = 0
+        a.st_rdev = inode.rdev
         a.st_size = size
         a.st_blksize = BLKSIZE
         a.st_blocks = (size + 511) // 512
@@ -290,7 +293,19 @@ class Filesystem(pyfuse3.Operations):
     async def symlink(self, parent_inode, name, target, ctx):
         return self._new(parent_inode, name, "symlink", 0o777, ctx, target)
 
-    def _new(self, parent_inode, name, kind, mode, ctx, target=None):
+    @handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        """FIFOs, sockets (bind() makes one) and device nodes, local to this machine
+        (schema.py), and regular files made by mknod(2). The kernel has checked
+        CAP_MKNOD for devices, and serves the opens of all of these itself (a device on
+        this nodev mount: EACCES); none reaches open() here."""
+        kind = MKNOD_KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise FUSEError(errno.EINVAL)
+        device = kind in ("chardev", "blockdev")
+        return self._new(parent_inode, name, kind, mode, ctx, rdev=rdev if device else 0)
+
+    def _new(self, parent_inode, name, kind, mode, ctx, target=None, rdev=0):
         """A new node owned by the caller, with mode minus umask; setgid directories pass
         their group (and, to directories, the bit) on."""
         parent = self.catalog.inode(parent_inode)
@@ -302,7 +317,7 @@ class Filesystem(pyfuse3.Operations):
             if kind == "dir":
                 mode |= stat.S_ISGID
         entry = self.catalog.create(parent_inode, check_name(name), kind, mode & 0o7777,
-                                    ctx.uid, gid, target)
+                                    ctx.uid, gid, target, rdev=rdev)
         return self._entry(entry.inode)
 
     @handler

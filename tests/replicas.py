@@ -9,10 +9,11 @@ import itertools
 from pathlib import Path
 
 from syncd.index import schema
-from syncd.index.catalog import Catalog
+from syncd.index.catalog import Catalog, local_only
 from syncd.index.chunklist import Builder, ChunkList, slot_count
 from syncd.index.draft import Draft
 from syncd.index.merge import Merger
+from syncd.index.schema import LOCAL_ONLY_KINDS
 from syncd.index.states import changes_since
 from syncd.index.store import ChunkStore
 
@@ -62,6 +63,10 @@ class Device:
 
         walk(ROOT, "")
         return out
+
+    def shared_tree(self) -> dict[str, tuple]:
+        """tree() less the special files, which are this device's own."""
+        return {p: v for p, v in self.tree().items() if v[0] not in LOCAL_ONLY_KINDS}
 
     def data(self, path: str) -> bytes:
         ino = self.ino(path)
@@ -116,12 +121,13 @@ def send_some(src: Device, dst: Device, batch: int, batches: int) -> int:
 
 
 def converge(*devices: Device) -> None:
-    """Exchange until nothing moves; every device then holds the same tree."""
+    """Exchange until nothing moves; every device then holds the same tree (but for its
+    special files, which are its own)."""
     for _ in range(6):
         moved = sum(send(a, b) for a, b in itertools.permutations(devices, 2))
         if not moved:
             break
-    trees = [d.tree() for d in devices]
+    trees = [d.shared_tree() for d in devices]
     for d, t in zip(devices[1:], trees[1:], strict=True):
         assert t == trees[0], f"{d.id[:4]} differs"
     for d in devices:
@@ -129,11 +135,19 @@ def converge(*devices: Device) -> None:
 
 
 def check_invariants(c: Catalog) -> None:
-    """What must hold after any operation: counters match the journal, every node's seq is
-    a journal row about it, live names are unique, chunk refs match the chunk lists."""
+    """What must hold after any operation: counters match the journal, every synced node's
+    seq is a journal row about it, local-only nodes (special files) are live and never
+    stamped, live names are unique, chunk refs match the chunk lists."""
     top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
     assert top == c.seq
-    for node, seq in c.conn.execute("SELECT id, seq FROM nodes WHERE id != 'root'"):
+    for node, seq, deleted, kind in c.conn.execute(
+            "SELECT id, seq, deleted, kind FROM nodes WHERE id != 'root'"):
+        if local_only(node):
+            assert (seq, deleted, kind in LOCAL_ONLY_KINDS) == (0, 0, True), node
+            assert c.conn.execute("SELECT 1 FROM journal WHERE node = ?",
+                                  (node,)).fetchone() is None
+            continue
+        assert kind not in LOCAL_ONLY_KINDS, node
         assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
             node,)
     refs: dict[bytes, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from types import SimpleNamespace
 
 import pyfuse3
@@ -145,3 +146,31 @@ def test_utime_of_a_directory_is_local(fs):
                              update_ctime=False)
     assert run(fs.setattr, d.st_ino, a, fields, None, Ctx()).st_mtime_ns == 123
     assert fs.catalog.seq == seq  # no change to sync: directories have no content version
+
+
+@pytest.mark.parametrize("kind, bits, rdev", [
+    ("fifo", stat.S_IFIFO, 0), ("socket", stat.S_IFSOCK, 0),
+    ("chardev", stat.S_IFCHR, os.makedev(1, 3)), ("blockdev", stat.S_IFBLK, os.makedev(259, 70000)),
+])
+def test_mknod_makes_a_local_special_file(fs, kind, bits, rdev):
+    seq = fs.catalog.seq
+    attrs = run(fs.mknod, ROOT, b"s", bits | 0o666, rdev, Ctx())
+    assert attrs.st_mode == bits | 0o644  # minus the umask
+    assert (attrs.st_rdev, attrs.st_size, attrs.st_nlink) == (rdev, 0, 1)
+    assert fs.lookups[attrs.st_ino] == 1
+    assert fs.catalog.seq == seq  # local: nothing to send
+    assert run(fs.getattr, attrs.st_ino, Ctx()).st_rdev == rdev
+    assert fuse_errno(fs.mknod, ROOT, b"s", bits | 0o666, rdev, Ctx()) == errno.EEXIST
+    run(fs.unlink, ROOT, b"s", Ctx())
+    run(fs.forget, [(attrs.st_ino, 1)])
+    assert fuse_errno(fs.getattr, attrs.st_ino, Ctx()) == errno.ENOENT
+    assert fs.catalog.seq == seq
+
+
+def test_mknod_of_a_regular_file_is_a_synced_file_and_other_types_are_refused(fs):
+    seq = fs.catalog.seq
+    attrs = run(fs.mknod, ROOT, b"f", stat.S_IFREG | 0o600, 0, Ctx())
+    assert attrs.st_mode == stat.S_IFREG | 0o600 and fs.catalog.seq == seq + 1
+    # a FIFO ignores the device number it is given, as local file systems do
+    assert run(fs.mknod, ROOT, b"p", stat.S_IFIFO | 0o600, 77, Ctx()).st_rdev == 0
+    assert fuse_errno(fs.mknod, ROOT, b"d", stat.S_IFDIR | 0o755, 0, Ctx()) == errno.EINVAL

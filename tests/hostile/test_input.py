@@ -54,6 +54,7 @@ BAD_IDS = {
     "upper-case hex": "A" * 32 + ":1",
     "empty": "",
     "nul": "0" * 32 + ":1\0",
+    "a special file's, local to each machine": "local:1",
 }
 
 
@@ -268,6 +269,12 @@ def test_chunks_on_what_is_not_a_file_are_refused(server, unchanged, kind):
     s = state(node_id(), name="odd", kind=kind)
     s["content"]["chunks"] = ["ab" * 32]
     refused(server, server.push([s]), 422, "chunks")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "chardev", "blockdev"])
+def test_special_files_never_travel(server, unchanged, kind):
+    # local to the machine that made them (docs/cli.md): no kind for them on the wire
+    refused(server, server.push([state(node_id(), name="special", kind=kind)]), 422, "kind")
 
 
 @pytest.mark.parametrize("target", [None, "", "YQBi"])  # none, empty, b"a\0b"

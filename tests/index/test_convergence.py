@@ -1,9 +1,10 @@
 """Random histories on three devices converge (DESIGN rule 3), without mounts or network.
 
-Hypothesis draws operations on three real indexes (writes, mkdir, renames of files and
-directories, deletes, chmod) interleaved with partial exchanges between any two of them,
-in batches as small as one state. Then every device sends to every other until nothing
-moves, and all must hold the same tree. This hunts the divergences the mounted soak finds,
+Hypothesis draws operations on three real indexes (writes, mkdir, FIFOs, renames of files
+and directories, deletes, chmod) interleaved with partial exchanges between any two of
+them, in batches as small as one state. Then every device sends to every other until
+nothing moves, and all must hold the same tree, but for each one's FIFOs (special files
+are local). This hunts the divergences the mounted soak finds,
 thousands of times faster. SYNCD_CONVERGENCE_EXAMPLES=5000 runs that many examples,
 random instead of derandomized; SYNCD_SHRINK=1 shrinks a failure to a short history.
 """
@@ -37,13 +38,13 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
     dirs = [""] + paths(d, "dir")
     everything = paths(d)
     op = draw(st.sampled_from(["write", "write", "mkdir", "rename", "unlink", "rmdir",
-                               "chmod"]))
+                               "chmod", "mkfifo"]))
     try:
         if op == "write":
             target = draw(st.sampled_from(paths(d, "file") + [
                 f"{draw(st.sampled_from(dirs))}/{draw(st.sampled_from(NAMES))}"]))
-            if target in dirs:
-                return  # open(2) of a directory for writing: EISDIR, nothing to record
+            if target in dirs or target in paths(d, "fifo"):
+                return  # open(2) for writing: EISDIR, or the FIFO's, not ours
             mtime = T + draw(st.integers(0, 3)) * 10**9 + n
             log.append(f"{d.id[0]}.write({target!r}, b'version {n}', {mtime - T})")
             d.write(target, b"version %d" % n, mtime)
@@ -51,6 +52,11 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
             target = f"{draw(st.sampled_from(dirs))}/{draw(st.sampled_from(NAMES))}"
             log.append(f"{d.id[0]}.mkdir({target!r})")
             d.mkdir(target)
+        elif op == "mkfifo":
+            target = f"{draw(st.sampled_from(dirs))}/{draw(st.sampled_from(NAMES))}"
+            log.append(f"{d.id[0]}: mkfifo {target}")
+            parent, _, name = target.rpartition("/")
+            d.cat.create(d.ino(parent), name, "fifo", 0o644, 1000, 1000)
         elif op == "rename" and everything:
             src = draw(st.sampled_from(everything))
             dst_dir = draw(st.sampled_from(dirs))
@@ -90,7 +96,7 @@ def run(draw, devices: list[Device]) -> None:
             break
     else:
         raise AssertionError("the devices still exchange changes after 30 rounds")
-    trees = [d.tree() for d in devices]
+    trees = [d.shared_tree() for d in devices]
     for d, t in zip(devices[1:], trees[1:], strict=True):
         assert t == trees[0], "\n".join(
             [f"{d.id[0]} differs from a:"] + log + ["a:", *map(str, trees[0].items()),

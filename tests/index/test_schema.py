@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -102,3 +103,20 @@ def test_third_schema_opens_with_its_conflict_copy_and_peer_intact(tmp_path):
         (plan,)).fetchone() == (1,)
     assert db.conn.execute("SELECT name, state FROM peers").fetchall() == [("beta", "online")]
     assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_fifth_schema_takes_special_files_and_never_reuses_an_inode_number(tmp_path):
+    """Version 5 rebuilds inodes and nodes for four more kinds (a CHECK changes only that
+    way) and adds the device number; the rebuild keeps the AUTOINCREMENT high-water mark:
+    schema-v1.db's last inode (7) was purged, so the next is 8, not 7."""
+    db, cat = opened(tmp_path, "schema-v1.db")
+    assert db.conn.execute("SELECT max(ino) FROM inodes").fetchone() == (6,)
+    fifo = cat.create(schema.ROOT_INO, "fifo", "fifo", 0o644, 0, 0)
+    dev = cat.create(schema.ROOT_INO, "null", "chardev", 0o666, 0, 0, rdev=os.makedev(1, 3))
+    assert (fifo.inode.ino, dev.inode.ino) == (8, 9)
+    assert cat.inode(dev.inode.ino).rdev == os.makedev(1, 3)
+    assert cat.lookup(cat.lookup(schema.ROOT_INO, "docs").inode.ino, "a.txt").inode.rdev == 0
+    with pytest.raises(sqlite3.IntegrityError):
+        db.conn.execute("UPDATE inodes SET kind = 'door' WHERE ino = ?", (fifo.inode.ino,))
+    assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.conn.execute("PRAGMA foreign_key_check").fetchall() == []

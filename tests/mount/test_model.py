@@ -8,6 +8,10 @@ compared entirely, and so are the open handles (fstat). The helper runs as root 
 --allow-other, as an unprivileged user, so that permission checks are exercised too; the
 walk always runs as root, which sees everything.
 
+Special files (FIFOs, sockets, device nodes) are drawn too; the plain directory is a nodev
+bind mount, as the mount is nodev, so that opening a device node fails alike (EACCES), and
+a FIFO is opened O_NONBLOCK, as a lone open would wait for the other end for ever.
+
 Not compared, because they legitimately differ: st_blocks, directory sizes and link counts,
 atime, ctime, inode numbers and readdir order. Modification times are compared where the
 model knows them: set by utime (must be exactly that), or renewed by a write or truncation
@@ -95,6 +99,10 @@ QUERIES = ("stat", "lstat", "readlink", "listdir", "access F_OK", "access R_OK",
 MAX_HANDLES = 4
 REPLY_TIMEOUT = 60  # seconds; a hung mount fails the test instead of hanging it
 CLOCK_SLACK_NS = 100_000_000  # the kernel stamps ext4 times from a coarse clock
+# mknod's types; device numbers: /dev/null's, and one with a minor beyond 8 bits. Devices
+# need CAP_MKNOD: EPERM for the unprivileged user on both trees.
+NODE_TYPES = ("S_IFIFO", "S_IFSOCK", "S_IFCHR", "S_IFBLK", "S_IFREG")
+DEVICES = (os.makedev(1, 3), os.makedev(259, 70000))
 
 
 def flag_bits(names: str) -> int:
@@ -104,7 +112,8 @@ def flag_bits(names: str) -> int:
 def stat_fields(attrs: os.stat_result) -> dict:
     """What must agree between the trees for one stat: no times, and no size or link count
     for directories."""
-    fields = {"mode": oct(attrs.st_mode), "uid": attrs.st_uid, "gid": attrs.st_gid}
+    fields = {"mode": oct(attrs.st_mode), "uid": attrs.st_uid, "gid": attrs.st_gid,
+              "rdev": attrs.st_rdev}
     if not stat.S_ISDIR(attrs.st_mode):
         fields.update(size=attrs.st_size, nlink=attrs.st_nlink)
     return fields
@@ -272,13 +281,16 @@ class FilesystemModel(RuleBasedStateMachine):
     # -- rules
 
     @initialize(dirs=st.sets(st.sampled_from(DIRS)),
-                files=st.dictionaries(st.sampled_from(PATHS), CONTENT, max_size=6))
-    def populate(self, dirs, files):
-        """Start with some directories and files, so that the first steps collide."""
+                files=st.dictionaries(st.sampled_from(PATHS), CONTENT, max_size=6),
+                fifos=st.sets(st.sampled_from(PATHS), max_size=2))
+    def populate(self, dirs, files, fifos):
+        """Start with some directories, files and FIFOs, so that the first steps collide."""
         for d in sorted(dirs):
             self.both("mkdir", d, 0o755)
         for path, content in sorted(files.items()):
             self.both("make_file", path, content.decode("latin-1"))
+        for path in sorted(fifos):
+            self.both("mknod", path, stat.S_IFIFO | 0o644, 0)
 
     # Opening and creating are separate rules so that files are created often.
     @precondition(lambda self: len(self.handles) < MAX_HANDLES)
@@ -296,7 +308,11 @@ class FilesystemModel(RuleBasedStateMachine):
         started = time.time_ns()
         handle = self.next_handle
         self.next_handle += 1
-        if "ok" in self.both("open", path, flag_bits(flags), int(mode, 8), handle):
+        bits = flag_bits(flags)
+        target = self.plain_stat(path)
+        if target is not None and stat.S_ISFIFO(target.st_mode):
+            bits |= os.O_NONBLOCK  # no waiting for a writer or reader that never comes
+        if "ok" in self.both("open", path, bits, int(mode, 8), handle):
             attrs = self.plain_stat(path)
             is_file = stat.S_ISREG(attrs.st_mode)
             self.handles[handle] = Opened(attrs.st_ino, is_file, stat.S_ISDIR(attrs.st_mode))
@@ -386,6 +402,12 @@ class FilesystemModel(RuleBasedStateMachine):
     @rule(path=st.sampled_from(PATHS), mode=st.sampled_from(MODES))
     def mkdir(self, path, mode):
         self.in_directories("mkdir", path, int(mode, 8), parents_of=(path,))
+
+    @rule(path=st.sampled_from(PATHS), node_type=st.sampled_from(NODE_TYPES),
+          mode=st.sampled_from(MODES), rdev=st.sampled_from(DEVICES))
+    def mknod(self, path, node_type, mode, rdev):
+        self.in_directories("mknod", path, getattr(stat, node_type) | int(mode, 8), rdev,
+                            parents_of=(path,))
 
     @rule(points_to=st.sampled_from(SYMLINK_TARGETS), path=st.sampled_from(PATHS))
     def symlink(self, points_to, path):
@@ -479,7 +501,12 @@ def trees(request):
     plain = outer / "plain"
     plain.mkdir()
     helper = None
+    bound = False
     try:
+        if os.getuid() == 0:  # nodev, as the mount is (mount/session.py)
+            subprocess.run(["mount", "--bind", plain, plain], check=True)
+            bound = True
+            subprocess.run(["mount", "-o", "remount,bind,nodev", plain], check=True)
         m.start(*(["--allow-other"] if uid else []))
         for root in (m.path, plain):
             os.chown(root, uid, uid)
@@ -492,6 +519,8 @@ def trees(request):
         if helper is not None:
             helper.close()
         force_cleanup(home, m.path)
+        if bound:
+            subprocess.run(["umount", plain], check=True)
         try:
             m.served_log.check()  # now: the log goes with the directory
         finally:
@@ -644,6 +673,9 @@ class Side:
 
     def op_mkdir(self, path, mode):
         os.mkdir(self.at(path), mode)
+
+    def op_mknod(self, path, mode, rdev):
+        os.mknod(self.at(path), mode, rdev)
 
     def op_symlink(self, target, path):
         os.symlink(target, self.at(path))

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import tarfile
 from pathlib import Path
 
 import pytest
 from syncd.index.chunklist import CHUNK, digest_of
+from syncd.index.schema import SCHEMA_VERSION
 
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, status, syncd
@@ -46,15 +48,17 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     assert not (old_home.home / "store" / "chunks" / zero[:2] / zero).exists()
     # what this version writes commits as usual on it, and stays across a remount
     (m / "docs" / "new.txt").write_text("written by this version\n")
+    os.mkfifo(m / "docs" / "pipe")  # a kind schema 4 did not have
     old_home.stop()
     old_home.start()
     assert (m / "docs" / "new.txt").read_text() == "written by this version\n"
+    assert stat.S_ISFIFO(os.lstat(m / "docs" / "pipe").st_mode)
     assert status(old_home.home)["files"]["total"] == 5
     assert "beta" in syncd(old_home.home, "peer", "list").stdout
     old_home.stop()
     db = sqlite3.connect(old_home.home / "index.db")
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
