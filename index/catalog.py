@@ -888,18 +888,18 @@ class Catalog:
             " WHERE up.parent = 'root' ORDER BY up.path")]
 
     def file_counts(self) -> FileCounts:
-        """What `syncd status` says of the files: a hard link counts once per name."""
-        return FileCounts(*self.conn.execute(
-            "WITH RECURSIVE pinned (id) AS ("
-            " SELECT id FROM nodes WHERE pinned = 1 AND deleted = 0"
-            " UNION SELECT n.id FROM nodes n JOIN pinned p ON n.parent = p.id"
+        """What `syncd status` says of the files: a hard link counts once per name. The
+        running totals (schema.TOTALS) and the pinned subtrees, never a scan of every
+        node."""
+        files, local, conflicts, size, size_local = self.conn.execute(
+            "SELECT files, local, conflicts, bytes, bytes_local FROM totals").fetchone()
+        pinned = self.conn.execute(
+            "WITH RECURSIVE pinned (id, kind) AS ("
+            " SELECT id, kind FROM nodes WHERE pinned = 1 AND deleted = 0"
+            " UNION SELECT n.id, n.kind FROM nodes n JOIN pinned p ON n.parent = p.id"
             " WHERE n.deleted = 0)"
-            " SELECT count(*), coalesce(sum(i.local), 0),"
-            " coalesce(sum(n.id IN (SELECT id FROM pinned)), 0),"
-            " coalesce(sum(n.conflict_of IS NOT NULL), 0),"
-            " coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
-            " FROM nodes n JOIN inodes i ON i.ino = n.ino"
-            " WHERE n.kind = 'file' AND n.deleted = 0").fetchone())
+            " SELECT count(*) FROM pinned WHERE kind = 'file'").fetchone()[0]
+        return FileCounts(files, local, pinned, conflicts, size, size_local)
 
 
 class Conflict(NamedTuple):

@@ -17,13 +17,70 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
 # elsewhere; a FIFO is a meeting point of processes on one machine). See the nodes table.
 LOCAL_ONLY_KINDS = ("fifo", "socket", "chardev", "blockdev")
 LOCAL_ID_PREFIX = "local:"
+
+# Running totals of the live files (a hard link counts once per name): `syncd status`
+# reads one row instead of scanning every node. Triggers keep it: a change of a node's
+# kind, liveness, inode or conflict mark moves its file out of and into the totals, and a
+# change of an inode's size or `local` moves every live file node on it.
+TOTALS = """
+CREATE TABLE totals (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    files       INTEGER NOT NULL DEFAULT 0,
+    local       INTEGER NOT NULL DEFAULT 0,   -- of them, with all content here
+    conflicts   INTEGER NOT NULL DEFAULT 0,   -- of them, conflict copies
+    bytes       INTEGER NOT NULL DEFAULT 0,
+    bytes_local INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO totals (id) VALUES (1);
+CREATE TRIGGER totals_node_in AFTER INSERT ON nodes
+WHEN new.kind = 'file' AND new.deleted = 0 AND new.ino IS NOT NULL BEGIN
+    UPDATE totals SET files = files + 1, conflicts = conflicts + (new.conflict_of IS NOT NULL),
+        local = local + (SELECT local FROM inodes WHERE ino = new.ino),
+        bytes = bytes + (SELECT size FROM inodes WHERE ino = new.ino),
+        bytes_local = bytes_local + (SELECT size * local FROM inodes WHERE ino = new.ino);
+END;
+CREATE TRIGGER totals_node_out AFTER DELETE ON nodes
+WHEN old.kind = 'file' AND old.deleted = 0 AND old.ino IS NOT NULL BEGIN
+    UPDATE totals SET files = files - 1, conflicts = conflicts - (old.conflict_of IS NOT NULL),
+        local = local - coalesce((SELECT local FROM inodes WHERE ino = old.ino), 0),
+        bytes = bytes - coalesce((SELECT size FROM inodes WHERE ino = old.ino), 0),
+        bytes_local = bytes_local
+            - coalesce((SELECT size * local FROM inodes WHERE ino = old.ino), 0);
+END;
+CREATE TRIGGER totals_node_change AFTER UPDATE OF kind, deleted, ino, conflict_of ON nodes
+BEGIN
+    UPDATE totals SET files = files - 1, conflicts = conflicts - (old.conflict_of IS NOT NULL),
+        local = local - coalesce((SELECT local FROM inodes WHERE ino = old.ino), 0),
+        bytes = bytes - coalesce((SELECT size FROM inodes WHERE ino = old.ino), 0),
+        bytes_local = bytes_local
+            - coalesce((SELECT size * local FROM inodes WHERE ino = old.ino), 0)
+    WHERE old.kind = 'file' AND old.deleted = 0 AND old.ino IS NOT NULL;
+    UPDATE totals SET files = files + 1, conflicts = conflicts + (new.conflict_of IS NOT NULL),
+        local = local + coalesce((SELECT local FROM inodes WHERE ino = new.ino), 0),
+        bytes = bytes + coalesce((SELECT size FROM inodes WHERE ino = new.ino), 0),
+        bytes_local = bytes_local
+            + coalesce((SELECT size * local FROM inodes WHERE ino = new.ino), 0)
+    WHERE new.kind = 'file' AND new.deleted = 0 AND new.ino IS NOT NULL;
+END;
+CREATE TRIGGER totals_inode_change AFTER UPDATE OF size, local ON inodes
+WHEN new.size != old.size OR new.local != old.local BEGIN
+    UPDATE totals SET
+        local = local + (new.local - old.local) * (SELECT count(*) FROM nodes
+            WHERE ino = new.ino AND kind = 'file' AND deleted = 0),
+        bytes = bytes + (new.size - old.size) * (SELECT count(*) FROM nodes
+            WHERE ino = new.ino AND kind = 'file' AND deleted = 0),
+        bytes_local = bytes_local + (new.size * new.local - old.size * old.local)
+            * (SELECT count(*) FROM nodes WHERE ino = new.ino AND kind = 'file' AND deleted = 0);
+END;
+"""
+
 
 SCHEMA = """
 -- Key/value facts about this device: device_id, created (unix seconds); while a crash
@@ -271,6 +328,14 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         CREATE INDEX nodes_seq ON nodes (seq);
         CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
     """,
+    # Running totals for syncd status, filled once from the nodes.
+    7: TOTALS + """
+        UPDATE totals SET (files, local, conflicts, bytes, bytes_local) = (
+            SELECT count(*), coalesce(sum(i.local), 0),
+                   coalesce(sum(n.conflict_of IS NOT NULL), 0),
+                   coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)
+            FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.kind = 'file' AND n.deleted = 0);
+    """,
 }
 
 
@@ -320,6 +385,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
     db.conn.executescript(
         f"""BEGIN;
         {SCHEMA};
+        {TOTALS};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

@@ -137,7 +137,8 @@ def converge(*devices: Device) -> None:
 def check_invariants(c: Catalog) -> None:
     """What must hold after any operation: counters match the journal, every synced node's
     seq is a journal row about it, local-only nodes (special files) are live and never
-    stamped, live names are unique, chunk refs match the chunk lists."""
+    stamped, live names are unique, chunk refs match the chunk lists, and status's running
+    totals match the nodes."""
     top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
     assert top == c.seq
     for node, seq, deleted, kind in c.conn.execute(
@@ -158,5 +159,11 @@ def check_invariants(c: Catalog) -> None:
             refs[digest] = refs.get(digest, 0) + 1
     stored = {h: n for h, n in c.conn.execute("SELECT hash, refs FROM chunks WHERE refs > 0")}
     assert stored == refs
+    assert c.conn.execute("SELECT files, local, conflicts, bytes, bytes_local FROM totals"
+                          ).fetchone() == c.conn.execute(
+        "SELECT count(*), coalesce(sum(i.local), 0), coalesce(sum(n.conflict_of IS NOT NULL), 0),"
+        " coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
+        " FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.kind = 'file' AND n.deleted = 0"
+    ).fetchone(), "the running totals are the nodes' (schema.TOTALS)"
     for digest in stored:
         assert c.store.verify(digest)
