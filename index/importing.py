@@ -56,12 +56,14 @@ class Outcome:
     skipped: int = 0  # already there, the same
     bytes: int = 0  # content bytes created
     differing: list[str] = field(default_factory=list)  # there, but not the same: left alone
+    refused: list[str] = field(default_factory=list)  # names the share cannot hold, and why
 
     def add(self, other: Outcome) -> None:
         self.created += other.created
         self.skipped += other.skipped
         self.bytes += other.bytes
         self.differing += other.differing
+        self.refused += other.refused
 
 
 def scan(src: Path, skipped: list[str]) -> Iterator[Entry]:
@@ -83,6 +85,9 @@ def scan(src: Path, skipped: list[str]) -> Iterator[Entry]:
             if kind is None:
                 skipped.append(f"{path}: a special file")
                 continue
+            if not _utf8(item.name):
+                skipped.append(f"{path!r}: a name that is not UTF-8 (the share's names are)")
+                continue
             entry = Entry(path, kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
             if kind == "file":
                 entry.size = st.st_size
@@ -91,6 +96,14 @@ def scan(src: Path, skipped: list[str]) -> Iterator[Entry]:
             yield entry
             if kind == "dir":
                 stack.append(path)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # undecodable bytes, kept by os.fsdecode as surrogates
+        return False
+    return True
 
 
 def read_file(store: ChunkStore, path: Path) -> tuple[ChunkList, int]:
@@ -217,13 +230,18 @@ class Importer:
                 outcome.differing.append(e.rel)
                 return
             content = (chunks, e.size)
+        target = os.fsencode(e.target) if e.kind == "symlink" else None
+        try:
+            self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid, target,
+                                mtime_ns=e.mtime_ns if e.kind != "dir" else None,
+                                content=content)
+        except OSError as x:  # a name the share cannot hold (too long, not UTF-8)
+            outcome.refused.append(f"{e.rel}: {x.strerror}")
+            return
+        outcome.created += 1
+        if chunks is not None:
             used.update(chunks.digests())
             outcome.bytes += e.size
-        target = os.fsencode(e.target) if e.kind == "symlink" else None
-        self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid, target,
-                            mtime_ns=e.mtime_ns if e.kind != "dir" else None,
-                            content=content)
-        outcome.created += 1
         effects.entries.add((parent, name))
         effects.inodes.add(parent)
 

@@ -68,7 +68,8 @@ def _apply_there(home: Home, into: str, batch: list[Entry]) -> Outcome:
                              gid=os.getgid(), entries=[e.as_dict() for e in batch])
     if not answer.get("ok"):
         raise UserError(answer.get("error") or "import failed")
-    return Outcome(answer["created"], answer["skipped"], answer["bytes"], answer["differing"])
+    return Outcome(answer["created"], answer["skipped"], answer["bytes"], answer["differing"],
+                   answer["refused"])
 
 
 def _apply_here(cat, into: str, batch: list[Entry]) -> Outcome:
@@ -122,9 +123,9 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
     print(f"/{into}: {_summary(done)}")
     for rel in done.differing:
         print(f"  not imported, a different entry is there: {rel}", file=sys.stderr)
-    for line in skipped:
+    for line in done.refused + skipped:
         print(f"  skipped {line}", file=sys.stderr)
-    return OK if not done.differing and not skipped else FAILURE
+    return OK if not (done.differing or done.refused or skipped) else FAILURE
 
 
 def _read_all(pool, store: ChunkStore, src: Path, todo: list[Entry]) -> None:

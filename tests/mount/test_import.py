@@ -39,12 +39,14 @@ def make_tree(root, files: int = 20):
         f.seek(2 * MIB)
         f.write(b"x")
     os.mkfifo(root / "fifo")  # cannot be imported: reported, skipped
+    open(os.path.join(os.fsencode(root), b"latin-\xe9"), "wb").close()  # no UTF-8 name: same
 
 
 def same_tree(src, dst) -> None:
     names = sorted(os.path.relpath(os.path.join(d, n), src)
                    for d, dirs, files in os.walk(src) for n in dirs + files)
     names.remove("fifo")
+    names.remove(os.fsdecode(b"latin-\xe9"))
     assert sorted(os.path.relpath(os.path.join(d, n), dst)
                   for d, dirs, files in os.walk(dst) for n in dirs + files) == names
     for name in names:
@@ -75,6 +77,7 @@ def test_an_idle_home_imports_a_tree_and_a_run_again_skips_it(share, tmp_path):
     assert done.returncode == 1  # the FIFO was skipped
     assert "/src: 26 entries imported" in done.stdout
     assert "skipped fifo: a special file" in done.stderr
+    assert "a name that is not UTF-8" in done.stderr
     again = syncd(share.home, "import", str(src), check=False)
     assert "0 entries imported (0 bytes), 26 already there" in again.stdout
     share.start()
