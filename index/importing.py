@@ -129,11 +129,11 @@ def read_file(store: ChunkStore, path: Path) -> tuple[ChunkList, int]:
 def wanted(catalog: Catalog, into: str, entries: list[Entry]) -> list[Entry]:
     """The files of a batch whose content must be read: those not in the share yet (a run
     again reads nothing it imported before). Read-only."""
-    root = _directory(catalog, catalog.ino_of(catalog.node_at("")), into)
+    dirs = _Dirs(catalog, _Dirs(catalog, catalog.ino_of(catalog.node_at(""))).get(into))
     out = []
     for e in entries:
         head, _, name = e.rel.rpartition("/")
-        parent = None if root is None else _directory(catalog, root, head)
+        parent = dirs.get(head)
         if e.kind == "file" and (parent is None or catalog.lookup(parent, name) is None):
             out.append(e)
     return out
@@ -152,15 +152,22 @@ def blocked(catalog: Catalog, into: str) -> str | None:
     return None
 
 
-def _directory(catalog: Catalog, ino: int | None, path: str) -> int | None:
-    """The inode of the directory at `path` below directory `ino`; None when there is no
-    such directory."""
-    for part in filter(None, path.split("/")):
-        found = None if ino is None else catalog.lookup(ino, part)
-        if found is None or found.inode.kind != "dir":
-            return None
-        ino = found.inode.ino
-    return ino
+class _Dirs:
+    """The inodes of the directories below one (`root`), by path, each looked up once: a
+    batch's entries share their parents."""
+
+    def __init__(self, catalog: Catalog, root: int | None):
+        self.catalog = catalog
+        self.known: dict[str, int | None] = {"": root}
+
+    def get(self, path: str) -> int | None:
+        """The directory at `path`; None when there is no such directory."""
+        if path not in self.known:
+            head, _, name = path.rpartition("/")
+            parent = self.get(head)
+            found = None if parent is None else self.catalog.lookup(parent, name)
+            self.known[path] = found.inode.ino if found and found.inode.kind == "dir" else None
+        return self.known[path]
 
 
 class Importer:
@@ -170,7 +177,7 @@ class Importer:
     def __init__(self, catalog: Catalog, into: str, uid: int, gid: int):
         self.catalog = catalog
         self.uid, self.gid = uid, gid
-        self.into = self._make_dirs(into)
+        self.dirs = _Dirs(catalog, self._make_dirs(into))
 
     def _make_dirs(self, path: str) -> int:
         ino = self.catalog.ino_of(self.catalog.node_at(""))
@@ -186,7 +193,7 @@ class Importer:
     def _parent(self, rel: str) -> tuple[int | None, str]:
         """The directory inode a path goes in (None when it is not a directory here)."""
         head, _, name = rel.rpartition("/")
-        return _directory(self.catalog, self.into, head), name
+        return self.dirs.get(head), name
 
     def apply(self, entries: list[Entry]) -> tuple[Outcome, Effects]:
         """One transaction for the batch, then its staged chunks into the store: with no
@@ -232,13 +239,15 @@ class Importer:
             content = (chunks, e.size)
         target = os.fsencode(e.target) if e.kind == "symlink" else None
         try:
-            self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid, target,
-                                mtime_ns=e.mtime_ns if e.kind != "dir" else None,
-                                content=content)
+            made = self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid,
+                                       target, mtime_ns=e.mtime_ns if e.kind != "dir" else None,
+                                       content=content)
         except OSError as x:  # a name the share cannot hold (too long, not UTF-8)
             outcome.refused.append(f"{e.rel}: {x.strerror}")
             return
         outcome.created += 1
+        if e.kind == "dir":
+            self.dirs.known[e.rel] = made.inode.ino
         if chunks is not None:
             used.update(chunks.digests())
             outcome.bytes += e.size
