@@ -202,9 +202,10 @@ class Catalog:
         row = self.conn.execute("SELECT ino FROM nodes WHERE id = ?", (node,)).fetchone()
         return row[0] if row else None
 
-    def inode_sizes(self) -> dict[int, int]:
-        """Every inode's committed size (recovery)."""
-        return dict(self.conn.execute("SELECT ino, size FROM inodes"))
+    def size_of(self, ino: int) -> int | None:
+        """An inode's committed size; None when there is no such inode (recovery)."""
+        row = self.conn.execute("SELECT size FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        return None if row is None else row[0]
 
     # -- transactions and stamps (DESIGN rule 1)
     #
@@ -683,15 +684,12 @@ class Catalog:
         return garbage
 
     def orphan_inodes(self) -> list[int]:
-        """Inodes with no live node (their last handle was open at a crash)."""
-        return [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT ino FROM inodes i WHERE ino != ? AND NOT EXISTS "
-                "(SELECT 1 FROM nodes n WHERE n.ino = i.ino AND n.deleted = 0)",
-                (ROOT_INO,),
-            )
-        ]
+        """Inodes with no live node (their last handle was open at a crash): those the
+        `orphans` table recorded as they lost their last name, so that recovery costs
+        nothing per inode of the share."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT ino FROM orphans o WHERE NOT EXISTS "
+            "(SELECT 1 FROM nodes n WHERE n.ino = o.ino AND n.deleted = 0)")]
 
     # -- helpers
 
@@ -889,7 +887,7 @@ class Catalog:
 
     def file_counts(self) -> FileCounts:
         """What `syncd status` says of the files: a hard link counts once per name. The
-        running totals (schema.TOTALS) and the pinned subtrees, never a scan of every
+        running totals (schema.BOOKKEEPING) and the pinned subtrees, never a scan of every
         node."""
         files, local, conflicts, size, size_local = self.conn.execute(
             "SELECT files, local, conflicts, bytes, bytes_local FROM totals").fetchone()

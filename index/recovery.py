@@ -50,20 +50,20 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
         store.unstage(sorted(kept))
         store.drop_staged(staged - kept)
     recovered = []
-    sizes = catalog.inode_sizes()
     for ino in store.work_inodes():
+        size = catalog.size_of(ino)  # None: the inode is gone
         work = store.work_chunks(ino)
         digests = {i: hash_file(path) for i, path in work.items()}
         interrupted = catalog.recovery_target(ino)
         target = interrupted
-        if target is None and ino in sizes and _committed(catalog.chunks(ino), work,
-                                                          digests):
+        if target is None and size is not None and _committed(catalog.chunks(ino), work,
+                                                               digests):
             target = ino
         if target is not None:  # the index has the version: finish the install
             _install(catalog, store, target, work, digests)
-        elif work and ino in sizes:
+        elif work and size is not None:
             lowest = store.floor(ino)  # 0 after O_TRUNC: the committed bytes are gone
-            floor = sizes[ino] if lowest is None else min(sizes[ino], lowest)
+            floor = size if lowest is None else min(size, lowest)
             recovered.append(_recover_file(catalog, store, ino, floor, work))
         store.clear_work(ino)
         if interrupted is not None:

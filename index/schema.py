@@ -25,11 +25,34 @@ ROOT_ID = "root"  # the same on every device
 LOCAL_ONLY_KINDS = ("fifo", "socket", "chardev", "blockdev")
 LOCAL_ID_PREFIX = "local:"
 
+# What a mount's start and `syncd status` read instead of scanning every node.
+#
 # Running totals of the live files (a hard link counts once per name): `syncd status`
-# reads one row instead of scanning every node. Triggers keep it: a change of a node's
+# reads one row. Triggers keep it: a change of a node's
 # kind, liveness, inode or conflict mark moves its file out of and into the totals, and a
 # change of an inode's size or `local` moves every live file node on it.
-TOTALS = """
+#
+# Orphans: inodes that lost their last live name (kept while a handle is open; recovery
+# purges those a crash left), recorded as it happens. Pinned nodes have an index of their
+# own, as do inodes not all here (the fetcher's round at start).
+BOOKKEEPING = """
+CREATE TABLE orphans (ino INTEGER PRIMARY KEY);
+CREATE TRIGGER orphans_name_gone AFTER UPDATE OF ino, deleted ON nodes
+WHEN old.ino IS NOT NULL AND old.deleted = 0 AND (new.ino IS NOT old.ino OR new.deleted)
+BEGIN
+    INSERT OR IGNORE INTO orphans (ino) SELECT old.ino WHERE NOT EXISTS
+        (SELECT 1 FROM nodes WHERE ino = old.ino AND deleted = 0);
+END;
+CREATE TRIGGER orphans_node_gone AFTER DELETE ON nodes
+WHEN old.ino IS NOT NULL AND old.deleted = 0 BEGIN
+    INSERT OR IGNORE INTO orphans (ino) SELECT old.ino WHERE NOT EXISTS
+        (SELECT 1 FROM nodes WHERE ino = old.ino AND deleted = 0);
+END;
+CREATE TRIGGER orphans_purged AFTER DELETE ON inodes BEGIN
+    DELETE FROM orphans WHERE ino = old.ino;
+END;
+CREATE INDEX nodes_pinned ON nodes (id) WHERE pinned = 1;
+CREATE INDEX inodes_not_local ON inodes (ino) WHERE local = 0;
 CREATE TABLE totals (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     files       INTEGER NOT NULL DEFAULT 0,
@@ -328,8 +351,10 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         CREATE INDEX nodes_seq ON nodes (seq);
         CREATE INDEX nodes_copies ON nodes (conflict_of) WHERE conflict_of IS NOT NULL;
     """,
-    # Running totals for syncd status, filled once from the nodes.
-    7: TOTALS + """
+    # Running totals for syncd status and the orphans, filled once from the nodes.
+    7: BOOKKEEPING + """
+        INSERT INTO orphans (ino) SELECT ino FROM inodes i WHERE ino != 1 AND NOT EXISTS
+            (SELECT 1 FROM nodes n WHERE n.ino = i.ino AND n.deleted = 0);
         UPDATE totals SET (files, local, conflicts, bytes, bytes_local) = (
             SELECT count(*), coalesce(sum(i.local), 0),
                    coalesce(sum(n.conflict_of IS NOT NULL), 0),
@@ -385,7 +410,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
     db.conn.executescript(
         f"""BEGIN;
         {SCHEMA};
-        {TOTALS};
+        {BOOKKEEPING};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

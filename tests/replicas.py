@@ -137,8 +137,8 @@ def converge(*devices: Device) -> None:
 def check_invariants(c: Catalog) -> None:
     """What must hold after any operation: counters match the journal, every synced node's
     seq is a journal row about it, local-only nodes (special files) are live and never
-    stamped, live names are unique, chunk refs match the chunk lists, and status's running
-    totals match the nodes."""
+    stamped, live names are unique, chunk refs match the chunk lists, status's running
+    totals match the nodes and every inode without a name is recorded as an orphan."""
     top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
     assert top == c.seq
     for node, seq, deleted, kind in c.conn.execute(
@@ -164,6 +164,10 @@ def check_invariants(c: Catalog) -> None:
         "SELECT count(*), coalesce(sum(i.local), 0), coalesce(sum(n.conflict_of IS NOT NULL), 0),"
         " coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
         " FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.kind = 'file' AND n.deleted = 0"
-    ).fetchone(), "the running totals are the nodes' (schema.TOTALS)"
+    ).fetchone(), "the running totals are the nodes' (schema.BOOKKEEPING)"
+    assert c.conn.execute(
+        "SELECT count(*) FROM inodes i WHERE ino != 1 AND ino NOT IN (SELECT ino FROM orphans)"
+        " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.ino = i.ino AND n.deleted = 0)"
+    ).fetchone() == (0,), "an inode without a live name is recorded as an orphan"
     for digest in stored:
         assert c.store.verify(digest)
