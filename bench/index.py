@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from syncd.index import schema  # noqa: E402
 from syncd.index.catalog import Catalog  # noqa: E402
+from syncd.index.chunklist import ChunkList  # noqa: E402
 from syncd.index.draft import Draft  # noqa: E402
 from syncd.index.store import ChunkStore  # noqa: E402
 
@@ -40,7 +41,7 @@ def fresh(base: Path) -> tuple[Catalog, ChunkStore]:
 
 def commit_small(cat: Catalog, store: ChunkStore, ino: int, data: bytes) -> None:
     """What a flush does for a small file: draft, seal, hash, Catalog.commit_draft."""
-    draft = Draft(store, ino, [], 0)
+    draft = Draft(store, ino, ChunkList([]), 0)
     draft.write(0, data)
     sealed = draft.seal()
     sealed.hash_pending(store)
