@@ -162,7 +162,12 @@ class Draft:
         fd = self.store.work_fd(self.ino, i)
         if wc is None:
             wc = WorkChunk()
-            os.ftruncate(fd, 0)  # a leftover from an interrupted draft is not ours
+            # A leftover from an interrupted draft is not ours. Truncating a fresh, empty
+            # file would cost more than the check: ext4 then allocates its blocks at once
+            # (auto_da_alloc), so a chunk dropped right after its commit frees blocks,
+            # which a disk mounted with `discard` pays for (~0.5 ms a file here).
+            if os.fstat(fd).st_size:
+                os.ftruncate(fd, 0)
             digest = self.base.at(i)
             if digest is not None and not covers:
                 data = self.store.read(digest, 0, CHUNK)
