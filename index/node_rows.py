@@ -28,7 +28,7 @@ def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
     digest = chunks.hash if is_file else c["hash"]
     size = size if is_file else len(target or b"")
     mtime = c["mtime_ns"] if state["kind"] != "dir" else now
-    local = all(cat.store.has(d) for d in chunks.digests())
+    local = not cat.absent(chunks, size)
     ino = cat.conn.execute(
         "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
         " hash, chunks, target, local) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

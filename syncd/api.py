@@ -163,6 +163,7 @@ class PeerService(Protocol):
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
+    def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]: ...  # SQLite
     def read_chunk(self, digest: bytes) -> bytes | None: ...  # on a worker thread: no SQLite
     def hold(self, digests: list[bytes]) -> int: ...
     def state_of(self, node: str) -> dict | None: ...
@@ -226,7 +227,10 @@ def build_app(service: PeerService) -> FastAPI:
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],
                     request: Request) -> Response:
-        data = await trio.to_thread.run_sync(service.read_chunk, bytes.fromhex(digest))
+        wanted = bytes.fromhex(digest)
+        data = service.read_inline([wanted]).get(wanted)  # small: read here
+        if data is None:
+            data = await trio.to_thread.run_sync(service.read_chunk, wanted)
         if data is None:
             raise HTTPException(404, f"chunk {digest} is not held here")
         start = _range_start(request.headers.get("range"), len(data))
@@ -239,8 +243,11 @@ def build_app(service: PeerService) -> FastAPI:
     async def chunks(body: ChunkList) -> Response:
         """Many chunks in one answer: their bytes one after another, and X-Syncd-Sizes
         giving each one's length, -1 for one not held here."""
+        wanted = [bytes.fromhex(h) for h in body.chunks]
+        inline = service.read_inline(wanted)  # small ones, from the index: read here
+
         def read() -> tuple[str, bytes]:  # a worker thread's: files, and copies of MiBs
-            found = [service.read_chunk(bytes.fromhex(h)) for h in body.chunks]
+            found = [inline.get(d) or service.read_chunk(d) for d in wanted]
             return (",".join(str(-1 if d is None else len(d)) for d in found),
                     b"".join(d for d in found if d is not None))
         sizes, data = await trio.to_thread.run_sync(read)

@@ -193,11 +193,14 @@ class Daemon:
         await self.drop_unheld(nodes)
         return self.catalog.left_inode(nodes, ino)
 
+    def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return self.catalog.inline.get(digests)
+
     def read_chunk(self, digest: bytes) -> bytes | None:
         return self.store.read_served(digest)
 
     def hold(self, digests: list[bytes]) -> int:
-        missing = [d for d in digests if not self.store.has(d)]
+        missing = self.catalog.not_held(digests)
         fresh = [d for d in missing if d not in self._holding]
         if fresh:
             self._holding.update(fresh)
@@ -258,8 +261,11 @@ class Daemon:
         damaged, failed, replaced = 0, [], set()
         for ino in inos:
             for digest in self.catalog.chunks(ino).digests():
-                if self.store.has(digest) and not await trio.to_thread.run_sync(
-                        self.store.verify, digest):
+                if self.store.has(digest):
+                    bad = not await trio.to_thread.run_sync(self.store.verify, digest)
+                else:  # or held inline: small, so checked here with no thread hop
+                    bad = self.catalog.damaged_inline(digest)
+                if bad:
                     log.warning("chunk %s in the store is damaged: fetching it again",
                                 digest.hex()[:12])
                     self.catalog.drop_damaged_chunk(digest)
@@ -307,7 +313,7 @@ class Daemon:
                                  "copies": self._copies_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
-            self.store.keep_replaced(self.catalog.seq)
+            self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             self._fetch_ahead(self.catalog.not_local())
@@ -322,8 +328,8 @@ class Daemon:
     async def _expire_replaced(self) -> None:
         while True:
             await trio.sleep(KEEP_REPLACED_MIN / 2)
-            self.store.expire_retired(self.peers.confirmed(), KEEP_REPLACED_MIN,
-                                      KEEP_REPLACED_MAX)
+            self.catalog.expire_replaced(self.peers.confirmed(), KEEP_REPLACED_MIN,
+                                         KEEP_REPLACED_MAX)
 
     async def _fetch_op(self, request: dict) -> dict:
         try:

@@ -4,9 +4,10 @@ proceeds (DESIGN rule 2).
 A file's missing chunks are asked for several per request, of the peers in turn (online
 ones first); their bytes are verified against their digests and installed by
 write-to-temporary and rename, so the store never holds a chunk that does not match its
-name. A peer that serves wrong bytes is logged and the next one asked for them. Transfers
-resume per chunk: the chunks that arrived are installed, so a retry asks only for the
-rest. Concurrent opens of one file share one fetch.
+name (a short one goes into the index, index/inline.py). A peer that serves wrong bytes
+is logged and the next one asked for them. Transfers resume per chunk: the chunks that
+arrived are installed, so a retry asks only for the rest. Concurrent opens of one file
+share one fetch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from syncd.index.catalog import Catalog
+from syncd.index.inline import inline_size
+from syncd.index.store import matches
 from syncd.peerlink import PeerError, PeerLink
 from syncd.peerset import PeerSet
 
@@ -114,8 +117,7 @@ class Fetcher:
 
     async def fetch_chunks(self, digests: list[bytes]) -> None:
         """Chunks a peer asked us to hold, then the files they complete marked local."""
-        await self._prefetch_chunks(
-            await self.take_back([d for d in digests if not self.store.has(d)]))
+        await self._prefetch_chunks(await self.take_back(self.catalog.not_held(digests)))
         self.catalog.mark_local([ino for ino in self.catalog.not_local()
                                  if not self.catalog.missing_chunks(ino)])
 
@@ -164,15 +166,26 @@ class Fetcher:
 
     async def install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]
                           ) -> set[bytes]:
-        """Install the chunks of a get_chunks answer that verify, on a worker thread;
-        their digests. A full disk first gives up the replaced chunks kept for peers."""
+        """Install the chunks of a get_chunks answer that verify, on a worker thread (the
+        short ones into the index, from here); their digests. A full disk first gives up
+        the replaced chunks kept for peers."""
         try:
-            return await trio.to_thread.run_sync(self._install_all, got)
+            placed, short = await trio.to_thread.run_sync(self._install_all, got)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self.store.make_room():
                 raise
-        return await trio.to_thread.run_sync(self._install_all, got)
+            placed, short = await trio.to_thread.run_sync(self._install_all, got)
+        self.catalog.install_inline(short)
+        return placed | short.keys()
 
-    def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]) -> set[bytes]:
-        return {d for d, (data, hashed) in got.items()
-                if self.store.put_verified(d, data, hashed)}
+    def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]
+                     ) -> tuple[set[bytes], dict[bytes, bytes]]:
+        """The chunks placed in the store, and the bytes of the short ones that verify."""
+        placed, short = set(), {}
+        for d, (data, hashed) in got.items():
+            if inline_size(len(data)):
+                if matches(d, data, hashed):
+                    short[d] = bytes(data)
+            elif self.store.put_verified(d, data, hashed):
+                placed.add(d)
+        return placed, short

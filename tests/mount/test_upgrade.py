@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from syncd.index import schema
 from syncd.index.chunklist import CHUNK, digest_of
 
 from tests.conftest import needs_fuse
@@ -54,7 +55,9 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     old_home.stop()
     db = sqlite3.connect(old_home.home / "index.db")
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+        # new.txt's bytes are in the index; the landed version's small files stay files
+        assert db.execute("SELECT count(*) FROM inline").fetchone() == (1,)
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
