@@ -24,11 +24,12 @@ tree or a Python environment are at most 16 KiB, a fifth of their bytes.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterable
 
 import sqlite_utils
-from syncd.index.chunklist import ChunkList, slot_count, slot_length
+from syncd.index.chunklist import ChunkList, digest_of, slot_count, slot_length
 
 INLINE_MAX = 16 << 10
 
@@ -45,6 +46,23 @@ def inline_slot(chunks: ChunkList, size: int) -> bytes | None:
     if last < 0 or not inline_size(slot_length(last, size)):
         return None
     return chunks.at(last)
+
+
+def carried(content: dict, chunks: ChunkList, size: int) -> dict[bytes, bytes]:
+    """The bytes a node state carries for its inline content (`data`, docs/protocol.md),
+    by digest, once they match its chunk list (DESIGN rule 2; the API refuses a state whose
+    bytes do not, so here they do). Empty when it carries none, or more than is inline here
+    (a peer with a higher INLINE_MAX): those are fetched."""
+    text = content.get("data")
+    digest = chunks.at(0)
+    if not text or chunks.slots != 1 or digest is None or not inline_size(size):
+        return {}
+    data = base64.b64decode(text)
+    return {digest: data} if len(data) == size and digest_of(data) == digest else {}
+
+
+def encode(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class InlineChunks:

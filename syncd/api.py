@@ -37,12 +37,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from syncd import auth, compress
 from syncd.index import chunklist
 from syncd.index.catalog import check_name
-from syncd.index.chunklist import MAX_FILE_SIZE, file_hash
+from syncd.index.chunklist import MAX_FILE_SIZE, digest_of, file_hash
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 << 20
 MAX_BATCH = 1000
+# A file's bytes may travel inside its state (`data`) up to this size, whatever the
+# sender's INLINE_MAX (index/inline.py); a batch carries at most states.BATCH_DATA of them.
+MAX_DATA = 64 << 10
 MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
 BIG_BODY = 64 << 10  # bytes: a body this large is hashed and packed on a worker thread
 
@@ -79,6 +82,8 @@ class ContentVersion(Version):
     mtime_ns: Annotated[int, Field(ge=-(1 << 62), lt=1 << 62)]
     chunks: Annotated[list[Hex64], Field(max_length=1 << 20)]
     target: Annotated[str, StringConstraints(max_length=8192)] | None
+    # A small file's bytes, base64 (docs/protocol.md): the receiver has them at once.
+    data: Annotated[str, StringConstraints(max_length=-(-MAX_DATA // 3) * 4)] | None = None
 
     @field_validator("target")
     @classmethod
@@ -88,6 +93,18 @@ class ContentVersion(Version):
                 base64.b64decode(v, validate=True)
             except binascii.Error:
                 raise ValueError("target is not base64") from None
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                data = base64.b64decode(v, validate=True)
+            except binascii.Error:
+                raise ValueError("data is not base64") from None
+            if len(data) > MAX_DATA:
+                raise ValueError(f"data is more than {MAX_DATA} bytes")
         return v
 
 
@@ -129,14 +146,24 @@ class NodeState(Strict):
                 raise ValueError("content.hash is not the hash of content.chunks")
             chunks = chunklist.ChunkList.from_hex(c.chunks, c.size)
             c.chunks, c.hash = chunks.hex(), chunks.hash
-        elif c.chunks:
+            if c.data is not None and not _is_content(base64.b64decode(c.data), chunks):
+                # verified before anything is installed (rule 2): the push changes nothing
+                raise ValueError("content.data is not the one chunk that content.chunks "
+                                 "names")
+        elif c.chunks or c.data is not None:
             raise ValueError(f"a {'deleted ' if self.deleted else ''}{self.kind} has no "
-                             "chunks")
+                             "chunks or data")
         if self.kind == "symlink" and not self.deleted:
             target = base64.b64decode(c.target) if c.target is not None else b""
             if not target or b"\0" in target:
                 raise ValueError("a symlink's target is 1 or more bytes, none of them NUL")
         return self
+
+
+def _is_content(data: bytes, chunks: chunklist.ChunkList) -> bool:
+    """Are `data` all of a file made of `chunks`: its one chunk (not a hole)?"""
+    digest = chunks.at(0)
+    return chunks.slots == 1 and digest is not None and digest_of(data) == digest
 
 
 class Changes(Strict):

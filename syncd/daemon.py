@@ -25,7 +25,7 @@ from syncd.home import Home
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
-from syncd.index.states import changes_since, state_of
+from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
@@ -74,7 +74,7 @@ class Daemon:
     def hello(self, device: str, name: str) -> dict:
         self.peers.greeted(device, name)
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
-                "accepts": ["zstd"]}
+                "accepts": ["zstd", "inline"]}
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -156,7 +156,7 @@ class Daemon:
             await self.fetcher.prefetch_small(inos)
 
     def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
-        return changes_since(self.catalog.conn, since, limit)
+        return changes_since(self.catalog.conn, since, limit, data_budget=BATCH_DATA)
 
     def state_of(self, node: str) -> dict | None:
         return state_of(self.catalog.conn, node)

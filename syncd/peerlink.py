@@ -1,7 +1,8 @@
 """One peer, seen from here: its signed HTTP client and its loop (DESIGN, "Peer states").
 
-The loop pushes the changes stamped here after the peer's cursor, a batch at a time, and
-moves the cursor only when the peer has answered that it applied them (rule 5). It sleeps
+The loop pushes the changes stamped here after the peer's cursor, a batch at a time (at
+most BATCH states, and BATCH_DATA bytes of small files carried in them), and moves the
+cursor only when the peer has answered that it applied them (rule 5). It sleeps
 until something changes here (event-driven: a close reaches the peer within a round trip)
 or until a keep-alive probe is due. A peer that does not answer becomes `offline` and is
 probed again with exponential back-off; a hello from it wakes the loop at once.
@@ -22,7 +23,7 @@ from syncd import auth, compress
 from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
 from syncd.index.peers import Peer, save_peer
-from syncd.index.states import changes_since
+from syncd.index.states import BATCH_DATA, changes_since
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class PeerLink:
         self.last_push = 0.0
         self.last_size = 0  # states in the last push
         self.accepts_zstd = False  # learned at hello
+        self.accepts_inline = False  # states may carry small files' bytes (hello too)
         # Idle connections are dropped here before the server drops them (KEEPALIVE_SERVER
         # in daemon.py), so a request rarely meets a connection closing under it.
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
@@ -172,6 +174,7 @@ class PeerLink:
         answer = await self.call("POST", "/v1/hello", {"device": self.me.device,
                                                       "name": self.me.name})
         self.accepts_zstd = "zstd" in answer.get("accepts", [])
+        self.accepts_inline = "inline" in answer.get("accepts", [])
         if self.device is None or self.device != answer.get("device"):
             self.device = answer["device"]
             self._save(device=self.device)
@@ -269,7 +272,8 @@ class PeerLink:
         if time.monotonic() - self.last_push < BURST:
             await trio.sleep(COALESCE_BURST if self.last_size > 2 else COALESCE)
         self.last_push = time.monotonic()
-        states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device)
+        states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
+                                     BATCH_DATA if self.accepts_inline else 0)
         self.last_size = len(states)
         if last == self.cursor:
             return False

@@ -12,7 +12,7 @@ from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import CHUNK, Builder, ChunkList, digest_of, slot_count
 from syncd.index.merge import Merger
-from syncd.index.states import changes_since
+from syncd.index.states import BATCH_DATA, changes_since
 from syncd.index.store import ChunkStore
 
 ROOT = schema.ROOT_INO
@@ -78,7 +78,8 @@ def three_devices(root: Path) -> list[Device]:
 
 
 def apply(src: Device, dst: Device, states: list[dict]):
-    """dst applies states from src, with their chunks (as a fetch would bring them)."""
+    """dst applies states from src, with their chunks (small ones travel in the states;
+    the others as a fetch would bring them)."""
     for s in states:
         for h in s["content"]["chunks"]:
             digest = bytes.fromhex(h)
@@ -92,7 +93,8 @@ def send(src: Device, dst: Device) -> int:
     a fetch would bring them), and move the cursor once applied."""
     applied = 0
     while True:
-        states, last = changes_since(src.cat.conn, src.sent.get(dst.id, 0), 100, dst.id)
+        states, last = changes_since(src.cat.conn, src.sent.get(dst.id, 0), 100, dst.id,
+                                     BATCH_DATA)
         if last == src.sent.get(dst.id, 0):
             return applied
         apply(src, dst, states)
@@ -105,7 +107,7 @@ def send_some(src: Device, dst: Device, batch: int, batches: int) -> int:
     moved = 0
     for _ in range(batches):
         since = src.sent.get(dst.id, 0)
-        states, last = changes_since(src.cat.conn, since, batch, dst.id)
+        states, last = changes_since(src.cat.conn, since, batch, dst.id, BATCH_DATA)
         if last == since:
             break
         apply(src, dst, states)

@@ -1,6 +1,6 @@
 """Small content inside the index (index/inline.py): a chunk of at most INLINE_MAX bytes
 lives in the `inline` table, never as a file, through commit, read, replace, retirement
-for peers, restart and recovery; chunks stored as files before stay files."""
+for peers, restart, recovery and the wire; chunks stored as files before stay files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import CHUNK, Builder, ChunkList, digest_of
 from syncd.index.draft import Draft
-from syncd.index.inline import INLINE_MAX
+from syncd.index.inline import INLINE_MAX, encode
 from syncd.index.recovery import recover
+from syncd.index.states import changes_since, state_of
 from syncd.index.store import ChunkStore
 
 from tests.index.test_catalog import _commit, new_file
@@ -222,3 +223,43 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     assert cat.inline.has(digest_of(b"new bytes"))
     check_invariants(cat)
     cat.db.close()
+
+
+def test_states_carry_inline_bytes_within_a_budget(cat):
+    small_file(cat, "a", b"a" * 100)
+    small_file(cat, "b", b"b" * 100)
+    big, _ = small_file(cat, "big", b"c" * (CHUNK + 10))
+    states, last = changes_since(cat.conn, 0, 1000, data_budget=150)
+    assert [s["name"] for s in states] == ["a"]  # b's bytes would pass the budget
+    assert states[0]["content"]["data"] == encode(b"a" * 100)
+    rest, last = changes_since(cat.conn, last, 1000, data_budget=150)
+    assert [s["name"] for s in rest] == ["b", "big"]
+    assert "data" not in rest[1]["content"]  # a file of more than one chunk: fetched
+    plain, _ = changes_since(cat.conn, 0, 1000)  # no budget, no bytes
+    assert all("data" not in s["content"] for s in plain)
+    node = cat.nodes_of(cat.lookup(ROOT, "a").inode.ino)[0]
+    assert state_of(cat.conn, node)["content"]["data"] == encode(b"a" * 100)
+
+
+def test_a_state_with_its_bytes_is_here_at_once(devs):
+    a, b, _ = devs
+    a.write("/f", SMALL, T)
+    states, _ = changes_since(a.cat.conn, 0, 1000, data_budget=1 << 20)
+    effects = b.merger.apply(states, a.id)  # no chunk copied: only the states
+    f = b.ino("/f")
+    assert effects.missing == set() and b.cat.is_local(f)
+    assert b.data("/f") == SMALL and b.cat.store.work_inodes() == []
+    check_invariants(b.cat)
+
+
+def test_bytes_that_do_not_match_are_not_installed(devs):
+    """The API refuses such a state (tests/hostile); the index checks too (rule 2)."""
+    a, b, _ = devs
+    a.write("/f", SMALL, T)
+    states, _ = changes_since(a.cat.conn, 0, 1000, data_budget=1 << 20)
+    (state,) = [s for s in states if s["id"] != "root"]
+    state["content"]["data"] = encode(b"HELLO, INLINE")
+    effects = b.merger.apply([state], a.id)
+    f = b.ino("/f")
+    assert effects.missing == {f} and not b.cat.is_local(f)
+    assert not b.cat.inline.has(digest_of(SMALL))
