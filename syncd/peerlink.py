@@ -30,11 +30,12 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 KEEPALIVE = 30.0  # seconds between probes of an idle online peer
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-# A push this soon (seconds) after the last one waits a little, so that it carries more:
-# briefly after a push of one or two states (a file's create, then its content at close:
-# the latency of a single file), longer after a bigger one (a burst: fewer, fuller pushes
-# cost both peers less; 1,000 small files arrive ~30% sooner than with the short wait).
-BURST, COALESCE, COALESCE_BURST = 0.05, 0.005, 0.02
+# A push this soon (seconds) after a push of many states waits a little, so that it
+# carries more (a burst: fewer, fuller pushes cost both peers less; 1,000 small files
+# arrive ~30% sooner than with a 5 ms wait). After a push of one or two states it goes at
+# once: that is a file's content following its create, which a small file's bytes travel
+# with, so the wait would be its latency (bench/sync.py: 20-25 ms with 5 ms, 16 without).
+BURST, COALESCE_BURST = 0.05, 0.02
 # A stall, not a transfer, is bounded: every read must make progress within `read`.
 TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=10.0)
 
@@ -268,9 +269,9 @@ class PeerLink:
 
     async def _push(self) -> bool:
         """Send one batch; True when there may be more. In a burst of changes (the last
-        push was moments ago), wait a little so that one batch carries many."""
-        if time.monotonic() - self.last_push < BURST:
-            await trio.sleep(COALESCE_BURST if self.last_size > 2 else COALESCE)
+        push, of many, was moments ago), wait a little so that one batch carries many."""
+        if time.monotonic() - self.last_push < BURST and self.last_size > 2:
+            await trio.sleep(COALESCE_BURST)
         self.last_push = time.monotonic()
         states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
                                      BATCH_DATA if self.accepts_inline else 0)
