@@ -10,13 +10,16 @@ FUSE round trip (bench/fs.py; ~50 us per request here) these bound the small-fil
 
 --inline also times files of 4, 16 and 64 KiB with their chunk in the index and as a file
 in the store (index/inline.py; INLINE_MAX set for the run): commit (what a flush does),
-read (a fresh draft reads the whole file: what a first read after open costs; more files
-than the store keeps open) and purge (unlink, purge, retire). Its figures chose INLINE_MAX.
+sync (what the commits left to write, per file: a WAL checkpoint, then sync(2), which the
+mount leaves to a worker thread and the kernel), read (a fresh draft reads the whole
+file: a first read after open; more files than the store keeps open) and purge (unlink,
+purge, retire) of files on disk. Its figures chose INLINE_MAX.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -92,18 +95,23 @@ def inline_run(base: Path, n: int) -> dict[str, float]:
         for size in SIZES:
             for where, limit in (("inline", size), ("file", 0)):
                 inline.INLINE_MAX = limit
-                sized_run(base, n, size, f"{size >> 10} KiB {where}", timer(out, n))
+                sized_run(base, n, size, f"{size >> 10} KiB {where}", out)
     finally:
         inline.INLINE_MAX = kept
     return out
 
 
-def sized_run(base: Path, n: int, size: int, name: str, timed) -> None:
+def sized_run(base: Path, n: int, size: int, name: str, out: dict[str, float]) -> None:
+    timed = timer(out, n)
     cat, store = fresh(base)
     inos = [cat.create(1, f"f{i}", "file", 0o644, 0, 0).inode.ino for i in range(n)]
     blob = bytes(size - 8)
     timed(f"commit {name}",
-          lambda i: commit_small(cat, store, inos[i], blob + i.to_bytes(8, "big")))
+          lambda i: commit_small(cat, store, inos[i], blob + (i + 1).to_bytes(8, "big")))
+    t = time.perf_counter()
+    cat.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.sync()
+    out[f"sync {name}"] = (time.perf_counter() - t) / n * 1e6
     store.fds.close()  # a read opens what it reads, as after a restart
     timed(f"read {name}", lambda i: cat.open_draft(inos[i]).read(0, size))
     timed(f"unlink+purge {name}",
