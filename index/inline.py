@@ -15,10 +15,11 @@ A replaced inline chunk is kept for peers like a file in store/retired/ (ChunkSt
 keep_replaced): its row stays at refs 0 with its bytes here, served, until it expires;
 after a restart it counts as replaced at that moment, as retired files do.
 
-INLINE_MAX is 16 KiB, measured (`python bench/index.py --inline`, README "Speed"): a
-commit costs a third of what it costs with a chunk file up to 16 KiB, while reading and
-removing cost about the same; at 64 KiB the removal and the reads (a 64 KiB value is 16
-overflow pages of SQLite) take back what the commit saves. Three files in four of a source
+INLINE_MAX is 16 KiB, measured (`python bench/index.py --inline`, README "Speed"): a small
+file's whole life (commit, the writes it leaves, a first read, its removal) costs 70-80%
+as much inline at 4 KiB and 60% at 16 KiB, mostly for the chunk file it no longer creates
+and removes; at 64 KiB nothing is gained (SQLite writes a value twice, WAL then database,
+and a 64 KiB one is 16 overflow pages to read and free). Three files in four of a source
 tree or a Python environment are at most 16 KiB, a fifth of their bytes.
 """
 

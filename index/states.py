@@ -63,8 +63,11 @@ WITH_DATA = (f"SELECT {NODE_COLUMNS}, d.data FROM nodes n LEFT JOIN inodes i ON 
              " LEFT JOIN inline d ON d.hash = i.chunks AND n.deleted = 0 AND n.kind = 'file'")
 
 
-def state_of(conn: sqlite3.Connection, node: str) -> dict | None:
-    """A node's state for a peer, with its inline content's bytes."""
+def state_of(conn: sqlite3.Connection, node: str, with_data: bool = False) -> dict | None:
+    """A node's state for a peer, with its inline content's bytes if asked."""
+    if not with_data:
+        row = node_row(conn, node)
+        return state_from_row(row) if row is not None else None
     row = conn.execute(f"{WITH_DATA} WHERE n.id = ?", (node,)).fetchone()
     return _with_data(row) if row is not None else None
 

@@ -63,6 +63,9 @@ def _counter_below_limit(node: str) -> str:
 NodeId = Annotated[str, StringConstraints(pattern=NODE_ID), AfterValidator(_counter_below_limit)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Counter = Annotated[int, Field(ge=0, lt=1 << 62)]
+# `inline=1`: the caller reads states that carry small files' bytes (`data`); a peer of an
+# older version, whose models refuse that field, does not ask.
+Inline = Annotated[bool, Query()]
 
 
 class Strict(BaseModel):
@@ -189,11 +192,12 @@ class PeerService(Protocol):
 
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
-    def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
+    def changes_since(self, since: int, limit: int, inline: bool
+                      ) -> tuple[list[dict], int]: ...
     def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]: ...  # SQLite
     def read_chunk(self, digest: bytes) -> bytes | None: ...  # on a worker thread: no SQLite
     def hold(self, digests: list[bytes]) -> int: ...
-    def state_of(self, node: str) -> dict | None: ...
+    def state_of(self, node: str, inline: bool) -> dict | None: ...
 
 
 def build_app(service: PeerService) -> FastAPI:
@@ -232,15 +236,16 @@ def build_app(service: PeerService) -> FastAPI:
 
     @app.get("/v1/changes")
     async def pull(since: Annotated[int, Query(ge=0, lt=1 << 62)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
-        states, last = service.changes_since(since, limit)
+                   limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
+                   inline: Inline = False) -> dict:
+        states, last = service.changes_since(since, limit, inline)
         return {"changes": states, "seq": last}
 
     @app.get("/v1/nodes/{node_id}")
-    async def node_state(node_id: NodeId) -> dict:
+    async def node_state(node_id: NodeId, inline: Inline = False) -> dict:
         """One node's current state: for a peer whose version of it is held by nobody
         any more, because a newer one is on its way (soak bug 7)."""
-        state = service.state_of(node_id)
+        state = service.state_of(node_id, inline)
         if state is None:
             raise HTTPException(404, f"node {node_id} is not known here")
         return {"state": state}

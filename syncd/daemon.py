@@ -155,11 +155,12 @@ class Daemon:
                     break
             await self.fetcher.prefetch_small(inos)
 
-    def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
-        return changes_since(self.catalog.conn, since, limit, data_budget=BATCH_DATA)
+    def changes_since(self, since: int, limit: int, inline: bool) -> tuple[list[dict], int]:
+        return changes_since(self.catalog.conn, since, limit,
+                             data_budget=BATCH_DATA if inline else 0)
 
-    def state_of(self, node: str) -> dict | None:
-        return state_of(self.catalog.conn, node)
+    def state_of(self, node: str, inline: bool) -> dict | None:
+        return state_of(self.catalog.conn, node, inline)
 
     async def refresh(self, ino: int) -> bool:
         """No peer that answered holds the content of inode `ino`: its holder may have

@@ -193,7 +193,7 @@ class PeerLink:
     async def get_node(self, node: str) -> dict | None:
         """The peer's current state of one node, validated as a push is; None when the
         peer does not know it."""
-        r = await self.request("GET", f"/v1/nodes/{node}")
+        r = await self.request("GET", f"/v1/nodes/{node}?inline=1")
         if r.status == 404:
             return None
         if r.status != 200:

@@ -297,7 +297,8 @@ def with_data(s: dict, data: bytes) -> dict:
 
 def test_a_small_file_arrives_with_its_bytes_which_are_then_served(server):
     data = b"small content, carried in its state"
-    r = server.push([with_data(state(node_id(), name="carried", data=data), data)])
+    node = node_id()
+    r = server.push([with_data(state(node, name="carried", data=data), data)])
     assert r.status_code == 200, r.text
     digest = blake3.blake3(data).hexdigest()
     one = server.request("GET", f"/v1/chunks/{digest}")
@@ -305,6 +306,13 @@ def test_a_small_file_arrives_with_its_bytes_which_are_then_served(server):
     many = server.request("POST", "/v1/chunks",
                           json.dumps({"chunks": ["ab" * 32, digest]}).encode())
     assert many.content == data and many.headers["x-syncd-sizes"] == f"-1,{len(data)}"
+    # states carry the bytes for a caller that asks (inline=1) only
+    carried = base64.b64encode(data).decode()
+    asked = server.request("GET", f"/v1/nodes/{node}?inline=1").json()["state"]
+    assert asked["content"]["data"] == carried
+    assert "data" not in server.request("GET", f"/v1/nodes/{node}").json()["state"]["content"]
+    pulled = server.request("GET", "/v1/changes?since=0&inline=1").json()["changes"]
+    assert [s["content"]["data"] for s in pulled if s["id"] == node] == [carried]
 
 
 DATA = b"the bytes this state names"
