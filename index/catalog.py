@@ -28,6 +28,7 @@ import sqlite_utils
 from syncd.index.chunklist import ChunkList, digest_of, file_hash, slot_length
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
+from syncd.index.inline import InlineChunks, inline_size, inline_slot
 from syncd.index.schema import (
     LOCAL_ID_PREFIX,
     LOCAL_ONLY_KINDS,
@@ -125,8 +126,9 @@ class Catalog:
         # commit can miss it; forgotten when the inode is purged.
         self.detached: dict[int, tuple[str, dict[str, int]]] = {}
         # Chunks retired since the last transaction, whose rows (refs 0) that transaction
-        # deletes (see retire).
+        # deletes, with the bytes of those inline (see retire).
         self._collected: list[bytes] = []
+        self.inline = InlineChunks(db)
 
     # -- reading
 
@@ -220,8 +222,7 @@ class Catalog:
         try:
             with self.db.atomic():
                 if self._collected:  # rows of chunks retired since the last one
-                    self.conn.executemany("DELETE FROM chunks WHERE hash = ? AND refs <= 0",
-                                          [(d,) for d in self._collected])
+                    self.inline.drop_unreferenced([(d,) for d in self._collected])
                 result = fn(*args)
         except BaseException:
             self._load_counters()
@@ -510,11 +511,13 @@ class Catalog:
     def commit_content(
         self, ino: int, chunks: ChunkList, size: int, mtime_ns: int | None,
         mode: int | None, content_changed: bool, owner: dict[str, int] | None = None,
+        inline: dict[bytes, bytes] | None = None,
     ) -> list[bytes]:
         """Commit new content of a file in the index: new chunk list, size and hash, plus
         any metadata set while it was open, as one change per node (`owner`, uid and gid,
-        is local and stamps nothing). The chunks must be in the store, or be installed
-        right after with nothing in between (commit_draft). Returns the chunks left with
+        is local and stamps nothing). The chunks must be in the store or the index, or be
+        installed right after with nothing in between (commit_draft); `inline` gives the
+        bytes of those that go into the index now, by digest. Returns the chunks left with
         no reference, for `retire`."""
         blob = chunks.blob
 
@@ -537,7 +540,7 @@ class Catalog:
                  inode.mode if mode is None else mode & 0o7777, now,
                  (owner or {}).get("uid", inode.uid), (owner or {}).get("gid", inode.gid), ino),
             )
-            garbage = self._reref(chunks, size, old)
+            garbage = self._reref(chunks, size, old, inline)
             if aspects:
                 for node in self.nodes_of(ino):
                     self.stamp_local(node, "content" if "content" in aspects else "mode", aspects,
@@ -546,9 +549,11 @@ class Catalog:
 
         return self.transaction(run)
 
-    def _reref(self, new: ChunkList, size: int, old: ChunkList) -> list[bytes]:
-        """Move chunk reference counts from `old` to `new` (a file of `size` bytes); return
-        chunks left unreferenced. Holes are no chunks."""
+    def _reref(self, new: ChunkList, size: int, old: ChunkList,
+               inline: dict[bytes, bytes] | None = None) -> list[bytes]:
+        """Move chunk reference counts from `old` to `new` (a file of `size` bytes), with
+        the bytes of `new`'s chunks that go inline (by digest); return chunks left
+        unreferenced. Holes are no chunks."""
         sizes = {d: slot_length(i, size) for i, d in new.stored()}
         delta = Counter(d for _, d in new.stored())
         delta.subtract(d for _, d in old.stored())
@@ -571,43 +576,58 @@ class Catalog:
                 ).fetchone()
                 if left is not None and left[0] <= 0:
                     garbage.append(digest)
+        if inline:
+            self.inline.add(inline)
         return garbage
 
     def retire(self, garbage: list[bytes]) -> None:
-        """Chunks a commit or purge left unreferenced leave the store (kept a while when
-        peers may still ask for them: ChunkStore.keep_replaced); their rows go with the
-        next transaction, which costs no commit of its own."""
+        """Chunks a commit or purge left unreferenced leave the store or the index (kept a
+        while when peers may still ask for them: ChunkStore.keep_replaced,
+        InlineChunks.keep_replaced); their rows go with the next transaction, which costs
+        no commit of its own."""
         for digest in garbage:
-            row = self.conn.execute("SELECT refs FROM chunks WHERE hash = ?",
-                                    (digest,)).fetchone()
-            if row is None or row[0] <= 0:
+            row = self.conn.execute(
+                "SELECT refs, EXISTS (SELECT 1 FROM inline WHERE hash = ?1) FROM chunks"
+                " WHERE hash = ?1", (digest,)).fetchone()
+            if row is not None and row[0] > 0:
+                continue  # referred to again meanwhile
+            if row is not None and row[1]:  # inline: row and bytes stay while kept
+                if self.inline.retire(digest, self.seq):
+                    continue
+            else:
                 self.store.retire(digest, self.seq)
-                self._collected.append(digest)
+            self._collected.append(digest)
 
     def collect_unreferenced(self) -> int:
         """After a crash: remove the chunks a commit or purge left unreferenced that had
-        not left the store yet, and their rows. How many there were."""
-        garbage = [r[0] for r in self.conn.execute("SELECT hash FROM chunks WHERE refs <= 0")]
+        not left the store yet, and their rows. Inline ones stay, as replaced chunks kept
+        for peers (retired files stay too). How many there were."""
+        unreferenced = ("FROM chunks WHERE refs <= 0"
+                        " AND NOT EXISTS (SELECT 1 FROM inline i WHERE i.hash = chunks.hash)")
+        garbage = [r[0] for r in self.conn.execute(f"SELECT hash {unreferenced}")]
         for digest in garbage:
             self.store.remove(digest)
         with self.db.atomic():
-            self.conn.execute("DELETE FROM chunks WHERE refs <= 0")
+            self.conn.execute(f"DELETE {unreferenced}")
         return len(garbage)
 
     def store_new_chunks(self, wanted: dict[bytes, bytes]) -> None:
-        """Put chunks given as bytes into the store ahead of a commit that will refer to
-        them. Rows are recorded first, with refs 0: a crash
-        before that commit leaves a record of them (collect_unreferenced), not a stray
-        chunk. Chunks already here cost one exists() each."""
-        missing = {d: v for d, v in wanted.items() if not self.store.has(d)}
+        """Put chunks given as bytes into the store, or the index when they are short
+        enough, ahead of a commit that will refer to them. Rows are recorded first, with
+        refs 0: a crash before that commit leaves a record of them (collect_unreferenced;
+        an inline one is then kept a while like a replaced one), not a stray chunk. Chunks
+        already here cost one exists() each."""
+        missing = {d: v for d, v in wanted.items() if not self.has_chunk(d)}
         if not missing:
             return
         with self.db.atomic():
             self.conn.executemany(
                 "INSERT OR IGNORE INTO chunks (hash, size, refs) VALUES (?, ?, 0)",
                 [(d, len(v)) for d, v in missing.items()])
+            self.inline.add({d: v for d, v in missing.items() if inline_size(len(v))})
         for v in missing.values():
-            self.store.put(v)
+            if not inline_size(len(v)):
+                self.store.put(v)
 
     def recovery_target(self, ino: int) -> int | None:
         """The inode a recovery of `ino`'s uncommitted writes created, if that recovery
@@ -634,9 +654,12 @@ class Catalog:
            references, a stamp and journal row per node. Until it commits, the working
            chunks (the dirty mark) are untouched: a crash keeps the old version, and
            recovery turns the draft into a `.sync-recovered-` copy.
+           A short working chunk (index/inline.py) goes into that transaction itself,
+           its bytes read back from the working chunk.
         2. The working chunks are renamed into the store under their digests; those of
-           zeros, holes now, are dropped. A crash meanwhile leaves working chunks whose
-           digests the committed chunk list names: recovery finishes the install.
+           zeros, holes now, are dropped, and so are those the index holds now. A crash
+           meanwhile leaves working chunks whose digests the committed chunk list names:
+           recovery finishes the install.
         3. Chunks no version refers to any more leave the store; after a crash, their
            rows (refs 0) say which (collect_unreferenced).
 
@@ -644,25 +667,32 @@ class Catalog:
         the transaction is a full sync. Nothing here awaits: no other task sees the index
         claim a chunk that is not in the store yet."""
         chunks = sealed.chunk_list()
+        installs = sealed.installs()
+        short = {i for i, digest in installs.items()  # a chunk that is a file stays one
+                 if inline_size(sealed.work[i].length) and not self.store.has(digest)}
+        inline = {installs[i]: self.store.read_work(draft.ino, i, sealed.work[i].length)
+                  for i in short}
         if durable:
             self.conn.execute("PRAGMA synchronous = FULL")
         try:
             crash_point("commit:before-index")
-            garbage = self.commit_content(draft.ino, chunks, sealed.size, draft.mtime_ns,
-                                          draft.mode, draft.content_changed, draft.owner)
+            garbage = self.commit_content(
+                draft.ino, chunks, sealed.size, draft.mtime_ns, draft.mode,
+                draft.content_changed, draft.owner, inline)
         finally:
             if durable:
                 self.conn.execute("PRAGMA synchronous = NORMAL")
         crash_point("commit:after-index")
-        installs = sealed.installs()
         for n, (i, digest) in enumerate(installs.items()):
             if n == 1:
                 crash_point("commit:installing")
-            self.store.install(("w", draft.ino, i), self.store.work_path(draft.ino, i), digest)
-        for i in sealed.work.keys() - installs.keys():
+            if i not in short:
+                self.store.install(("w", draft.ino, i), self.store.work_path(draft.ino, i),
+                                   digest)
+        for i in (sealed.work.keys() - installs.keys()) | short:
             self.store.drop_work(draft.ino, i)
         crash_point("commit:installed")
-        draft.rebase(chunks, sealed.size)
+        draft.rebase(chunks, sealed.size, inline)
         self.retire(garbage)
         crash_point("commit:retired")
 
@@ -718,9 +748,11 @@ class Catalog:
         """A directory inode whose node is gone (deleted, or merged into another)."""
         self._dir_nodes.pop(ino, None)
 
-    def add_chunk_refs(self, chunks: ChunkList, size: int) -> None:
-        """A new inode holds these chunks (`size` bytes of content): a reference each."""
-        self._reref(chunks, size, ChunkList([]))
+    def add_chunk_refs(self, chunks: ChunkList, size: int,
+                       inline: dict[bytes, bytes] | None = None) -> None:
+        """A new inode holds these chunks (`size` bytes of content): a reference each;
+        `inline`, the bytes of those that arrive with it (a peer's state carries them)."""
+        self._reref(chunks, size, ChunkList([]), inline)
 
     def _is_within(self, node: str, ancestor: str) -> bool:
         """Is `node` `ancestor` or below it?"""
@@ -763,13 +795,76 @@ class Catalog:
         return row is None or bool(row[0])
 
     def missing_chunks(self, ino: int) -> list[bytes]:
-        """The chunks of inode `ino` that are not in the store, each once (none when it is
-        marked local)."""
-        row = self.conn.execute("SELECT local, chunks FROM inodes WHERE ino = ?",
+        """The chunks of inode `ino` that are not here, each once (none when it is marked
+        local)."""
+        row = self.conn.execute("SELECT local, chunks, size FROM inodes WHERE ino = ?",
                                 (ino,)).fetchone()
         if row is None or row[0]:
             return []
-        return [d for d in ChunkList.from_blob(row[1]).digests() if not self.store.has(d)]
+        return self.absent(ChunkList.from_blob(row[1]), row[2])
+
+    def absent(self, chunks: ChunkList, size: int) -> list[bytes]:
+        """The chunks of content of `size` bytes made of `chunks` that are neither in the
+        store nor inline, each once. Only the last can be inline: one query at most."""
+        tail = inline_slot(chunks, size)
+        return [d for d in chunks.digests()
+                if not (d == tail and self.inline.has(d)) and not self.store.has(d)]
+
+    def not_held(self, digests: list[bytes]) -> list[bytes]:
+        """Those of `digests` that are neither in the store nor inline."""
+        return [d for d in digests if not self.has_chunk(d)]
+
+    def has_chunk(self, digest: bytes) -> bool:
+        return self.inline.has(digest) or self.store.has(digest)
+
+    def read_chunk(self, digest: bytes, length: int) -> bytes:
+        """The first `length` bytes of a chunk held here, inline or in the store."""
+        held = self.inline.get([digest]).get(digest)
+        return held[:length] if held is not None else self.store.read(digest, 0, length)
+
+    def open_draft(self, ino: int) -> Draft:
+        """A draft over inode `ino`'s committed content, given the bytes of its inline
+        chunk (if any), which it then reads from memory."""
+        row = self.conn.execute("SELECT size, chunks FROM inodes WHERE ino = ?",
+                                (ino,)).fetchone()
+        if row is None:
+            raise fail(errno.ENOENT, f"inode {ino}")
+        size, chunks = row[0], ChunkList.from_blob(row[1])
+        tail = inline_slot(chunks, size)
+        return Draft(self.store, ino, chunks, size,
+                     self.inline.get([tail]) if tail is not None else None)
+
+    def install_inline(self, chunks: dict[bytes, bytes]) -> None:
+        """Hold chunks from a peer, verified and short enough, in the index. One that no
+        version here refers to (a peer asked us to hold it before we knew the version) is
+        kept a while like a replaced chunk."""
+        if not chunks:
+            return
+        with self.db.atomic():
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO chunks (hash, size, refs) VALUES (?, ?, 0)",
+                [(d, len(v)) for d, v in chunks.items()])
+            self.inline.add(chunks)
+        for digest in chunks:
+            if self.conn.execute("SELECT refs FROM chunks WHERE hash = ?",
+                                 (digest,)).fetchone()[0] <= 0:
+                self.inline.retire(digest, self.seq)
+
+    def damaged_inline(self, digest: bytes) -> bool:
+        """Is the chunk held inline with bytes that no longer match its name?"""
+        held = self.inline.get([digest]).get(digest)
+        return held is not None and digest_of(held) != digest
+
+    def keep_replaced(self) -> None:
+        """From now on, keep replaced chunks a while for peers (syncd/daemon.py)."""
+        self.store.keep_replaced(self.seq)
+        self.inline.keep_replaced(self.seq)
+
+    def expire_replaced(self, confirmed: int, min_age: float, max_age: float) -> None:
+        """Drop the replaced chunks kept for peers that have served their time (see
+        ChunkStore.expire_retired)."""
+        self.store.expire_retired(confirmed, min_age, max_age)
+        self.inline.expire(confirmed, min_age, max_age)
 
     def mark_local(self, inos: list[int]) -> None:
         """Every chunk of these inodes is here now, verified when it was installed."""
@@ -792,11 +887,12 @@ class Catalog:
             "SELECT 1 FROM chunks WHERE hash = ? AND refs > 0", (d,)).fetchone()}
 
     def drop_damaged_chunk(self, digest: bytes) -> None:
-        """A chunk in the store no longer matches its name: the inodes that use it are
-        no longer local (so they are fetched again), then the chunk leaves the store."""
+        """A chunk here no longer matches its name: the inodes that use it are no longer
+        local (so they are fetched again), then the chunk leaves the store or the index."""
         with self.db.atomic():
             self.conn.execute("UPDATE inodes SET local = 0 WHERE instr(chunks, ?) > 0",
                               (digest,))
+            self.conn.execute("DELETE FROM inline WHERE hash = ?", (digest,))
         self.store.remove(digest)
 
     def not_local(self) -> list[int]:

@@ -2,7 +2,8 @@
 mount.
 
 Whoever runs the import reads the source on worker threads (scan, read_file): each file is
-hashed in 1 MiB slots and its chunks are staged in the store (ChunkStore.stage). Batches
+hashed in 1 MiB slots and its chunks are staged in the store (ChunkStore.stage), but for a
+short last one (index/inline.py), whose bytes travel with the batch into the index. Batches
 of entries are then applied in one transaction each (Importer.apply), by the process that
 owns the index, and their staged chunks moved among the committed ones right after, with
 nothing in between. A batch is all or nothing: an interrupted or failed import leaves
@@ -17,6 +18,7 @@ see them anyway); special files (sockets, FIFOs, devices) are reported and skipp
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from syncd.index.catalog import Catalog
 from syncd.index.chunklist import CHUNK, Builder, ChunkList, digest_of, zero_digest
 from syncd.index.effects import Effects
 from syncd.index.faults import crash_point
+from syncd.index.inline import inline_size, inline_slot
 from syncd.index.store import ChunkStore
 
 KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
@@ -43,6 +46,7 @@ class Entry:
     size: int = 0
     target: str | None = None  # a symlink's target (surrogate-escaped)
     chunks: list[str] | None = None  # a file's chunk list (hex), once read
+    data: str | None = None  # its short last chunk's bytes (base64), kept inline
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -106,24 +110,27 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def read_file(store: ChunkStore, path: Path) -> tuple[ChunkList, int]:
+def read_file(store: ChunkStore, path: Path) -> tuple[ChunkList, int, bytes | None]:
     """Hash a file in slots and stage its chunks (a worker thread's work); its chunk list
-    and size as read (the file may have changed since it was listed). When it fails (a
-    full disk), what it staged is dropped."""
+    and size as read (the file may have changed since it was listed), and the bytes of a
+    short last chunk, which is not staged: it goes inline. When it fails (a full disk),
+    what it staged is dropped."""
     b = Builder()
-    size = 0
+    size, short = 0, None
     try:
         with open(path, "rb") as f:
             while piece := f.read(CHUNK):
                 digest = digest_of(piece)
-                if digest != zero_digest(len(piece)):
+                if inline_size(len(piece)) and digest != zero_digest(len(piece)):
+                    short = piece
+                elif digest != zero_digest(len(piece)):
                     store.stage(digest, piece)
                 b.add(digest, len(piece))
                 size += len(piece)
     except OSError:
         store.drop_staged(b.done().digests())
         raise
-    return b.done(), size
+    return b.done(), size, short
 
 
 def wanted(catalog: Catalog, into: str, entries: list[Entry]) -> list[Entry]:
@@ -237,6 +244,11 @@ class Importer:
                 outcome.differing.append(e.rel)
                 return
             content = (chunks, e.size)
+            if e.data is not None:  # its short last chunk, inline
+                data = base64.b64decode(e.data)
+                if inline_slot(chunks, e.size) != digest_of(data):
+                    raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
+                self.catalog.inline.add({digest_of(data): data})
         target = os.fsencode(e.target) if e.kind == "symlink" else None
         try:
             made = self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid,

@@ -190,7 +190,7 @@ class Merger:
         copies = self._copies(current)
         if not copies:
             return
-        effects.unheld.update(s["id"] for s in copies if missing_chunk(self.cat.store, s))
+        effects.unheld.update(s["id"] for s in copies if missing_chunk(self.cat, s))
         best = rules.content_to_take(current, copies)
         if best is None:
             return

@@ -12,11 +12,13 @@ import time
 from syncd.index.catalog import ASPECTS, Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
+from syncd.index.inline import carried
 from syncd.index.schema import ROOT_INO
 
 
 def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
-    """An inode holding the state's content (its chunks may not be here yet: `local`)."""
+    """An inode holding the state's content (its chunks may not be here yet: `local`;
+    small content comes with the state)."""
     c = state["content"]
     uid, gid = cat.conn.execute(
         "SELECT uid, gid FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone()
@@ -28,7 +30,9 @@ def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
     digest = chunks.hash if is_file else c["hash"]
     size = size if is_file else len(target or b"")
     mtime = c["mtime_ns"] if state["kind"] != "dir" else now
-    local = all(cat.store.has(d) for d in chunks.digests())
+    # Small content arrives with its state (docs/protocol.md): here at once.
+    inline = carried(c, chunks, size) if is_file else {}
+    local = all(d in inline for d in cat.absent(chunks, size))
     ino = cat.conn.execute(
         "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
         " hash, chunks, target, local) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -36,7 +40,7 @@ def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
          digest, chunks.blob, target, int(local)),
     ).lastrowid
     if chunks.entries:
-        cat.add_chunk_refs(chunks, size)
+        cat.add_chunk_refs(chunks, size, inline)
     if not local:
         effects.missing.add(ino)
     return ino

@@ -5,7 +5,8 @@ writes sit in its working chunks, store/work/<ino>.<index>. Two cases:
 
 - Its commit had reached the index (Catalog.commit_draft: the index decides, then the
   store follows): the committed chunk list names every working chunk's digest. The
-  install is finished, and the file is its new version.
+  install is finished (a working chunk whose bytes the index holds, index/inline.py, is
+  just dropped), and the file is its new version.
 - Otherwise it keeps its last committed version, and what was written since becomes
   NAME.sync-recovered-YYYYMMDD-HHMMSS.EXT beside it, an ordinary new file, so nothing is
   published as if closed and nothing is lost.
@@ -33,6 +34,7 @@ from syncd.index.chunklist import (
     zero_digest,
 )
 from syncd.index.faults import crash_point
+from syncd.index.inline import inline_size
 from syncd.index.names import free_tagged_name, utc_stamp
 from syncd.index.schema import ROOT_INO
 from syncd.index.store import ChunkStore, hash_file
@@ -73,6 +75,11 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
     return recovered
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _committed(chunks: ChunkList, work: dict[int, str], digests: dict[int, bytes]) -> bool:
     """Does the committed chunk list hold every working chunk where the draft had it (one
     of zeros as a hole)? Then the commit reached the index (or the draft changed nothing)."""
@@ -89,7 +96,8 @@ def _install(catalog: Catalog, store: ChunkStore, ino: int, work: dict[int, str]
              digests: dict[int, bytes]) -> None:
     chunks = catalog.chunks(ino)
     for i, path in work.items():
-        if _as_slot(path, digests[i]) is not None and chunks.at(i) == digests[i]:
+        if _as_slot(path, digests[i]) is not None and chunks.at(i) == digests[i] \
+                and not catalog.inline.has(digests[i]):
             store.install(("w", ino, i), path, digests[i])
 
 
@@ -110,7 +118,7 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
             os.truncate(work[i], length)
             digest = work_digests[i] = hash_file(work[i])
         elif (committed := base.at(i)) is not None:  # its bytes below the floor, then zeros
-            data = store.read(committed, 0, floor % CHUNK)
+            data = catalog.read_chunk(committed, floor % CHUNK)
             data += bytes(length - len(data))
             digest = digest_of(data)
             if digest != zero_digest(length):
@@ -132,13 +140,17 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     new_name = free_tagged_name(
         name, tag, lambda n: catalog.lookup(parent_ino, n) is not None
     )
+    inline = {work_digests[i]: _read(work[i]) for i in work
+              if _as_slot(work[i], work_digests[i]) is not None
+              and inline_size(os.path.getsize(work[i])) and not store.has(work_digests[i])}
     with catalog.db.atomic():
         entry = catalog.create(parent_ino, new_name, "file", inode.mode, inode.uid, inode.gid)
-        catalog.commit_content(entry.inode.ino, chunks, size, time.time_ns(), None, True)
+        catalog.commit_content(entry.inode.ino, chunks, size, time.time_ns(), None, True,
+                               inline=inline)
         catalog.set_recovery_target(ino, entry.inode.ino)
     crash_point("recover:after-index")
     for i, path in work.items():
-        if _as_slot(path, work_digests[i]) is not None:
+        if _as_slot(path, work_digests[i]) is not None and work_digests[i] not in inline:
             store.install(("w", ino, i), path, work_digests[i])
     log.warning("recovered uncommitted writes to inode %d as %s", ino, new_name)
     return new_name

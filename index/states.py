@@ -1,6 +1,8 @@
 """Node states out: a node's whole current state as the wire carries it (docs/protocol.md,
 "Node states"), read from the catalog's rows, and the states stamped since a sequence
-number (DESIGN, "Sequence numbers": superseded versions are never sent)."""
+number (DESIGN, "Sequence numbers": superseded versions are never sent). A state sent to
+a peer carries its content's bytes when the index holds them (index/inline.py), so the
+peer has them when it applies the state: `data`, within a budget of bytes per batch."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import sqlite3
 
 from syncd.index.chunklist import ChunkList
+from syncd.index.inline import encode
 
 # The columns state_from_row reads, from `nodes n LEFT JOIN inodes i ON i.ino = n.ino`.
 NODE_COLUMNS = (
@@ -50,20 +53,54 @@ def node_row(conn: sqlite3.Connection, node: str):
         "WHERE n.id = ?", (node,)).fetchone()
 
 
-def state_of(conn: sqlite3.Connection, node: str) -> dict | None:
-    row = node_row(conn, node)
-    return state_from_row(row) if row is not None else None
+# The bytes of small files a batch of states carries at most (docs/protocol.md): with
+# base64 (4 of every 3 bytes) and the states themselves, far below the 64 MiB of a body.
+BATCH_DATA = 4 << 20
+
+# A state's row with the bytes of its content when they are inline: a file of one stored
+# chunk has that chunk's digest as its whole chunk list.
+WITH_DATA = (f"SELECT {NODE_COLUMNS}, d.data FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino"
+             " LEFT JOIN inline d ON d.hash = i.chunks AND n.deleted = 0 AND n.kind = 'file'")
+
+
+def state_of(conn: sqlite3.Connection, node: str, with_data: bool = False) -> dict | None:
+    """A node's state for a peer, with its inline content's bytes if asked."""
+    if not with_data:
+        row = node_row(conn, node)
+        return state_from_row(row) if row is not None else None
+    row = conn.execute(f"{WITH_DATA} WHERE n.id = ?", (node,)).fetchone()
+    return _with_data(row) if row is not None else None
 
 
 def changes_since(conn: sqlite3.Connection, since: int, limit: int = 1000,
-                  skip_origin: str | None = None) -> tuple[list[dict], int]:
+                  skip_origin: str | None = None,
+                  data_budget: int = 0) -> tuple[list[dict], int]:
     """Node states stamped after `since`, oldest first, and the sequence number to ask
-    from next. States that `skip_origin` sent us are left out: it holds them."""
-    rows = conn.execute(
-        f"SELECT {NODE_COLUMNS} FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
-        "WHERE n.seq > ? ORDER BY n.seq LIMIT ?", (since, limit),
-    ).fetchall()
-    if not rows:
-        return [], since
-    states = [state_from_row(r) for r in rows if skip_origin is None or r[7] != skip_origin]
-    return states, rows[-1][6]
+    from next. States that `skip_origin` sent us are left out: it holds them. With a
+    `data_budget`, states carry their inline content's bytes, and the batch ends before
+    the state whose bytes would take it past that many."""
+    if not data_budget:
+        rows = conn.execute(
+            f"SELECT {NODE_COLUMNS}, NULL FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.seq > ? ORDER BY n.seq LIMIT ?", (since, limit)).fetchall()
+    else:
+        rows = conn.execute(f"{WITH_DATA} WHERE n.seq > ? ORDER BY n.seq LIMIT ?",
+                            (since, limit)).fetchall()
+    states, last, spent = [], since, 0
+    for row in rows:
+        if skip_origin is None or row[7] != skip_origin:
+            data = row[-1]
+            if data is not None:
+                if spent + len(data) > data_budget and states:
+                    break
+                spent += len(data)
+            states.append(_with_data(row))
+        last = row[6]
+    return states, last
+
+
+def _with_data(row) -> dict:
+    state = state_from_row(row[:-1])
+    if row[-1] is not None:
+        state["content"]["data"] = encode(row[-1])
+    return state

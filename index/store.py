@@ -14,9 +14,10 @@ Layout under the store root:
                           so that a file can still be deleted (make_room)
 
 A file's content is its chunk list (index/chunklist.py): stored chunks and holes, which
-are stored nowhere. Every chunk is CHUNK bytes except a file's last, which may be shorter.
-Committed chunks are never modified: a write goes to a working chunk that is renamed into
-place at commit.
+are stored nowhere. Every chunk is CHUNK bytes except a file's last, which may be shorter;
+one of at most INLINE_MAX bytes is held in the index instead (index/inline.py), so a small
+file has no chunk file here. Committed chunks are never modified: a write goes to a working
+chunk that is renamed into place (or read into the index) at commit.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class ChunkStore:
         """Install a chunk that came from elsewhere (a peer) if its bytes match `digest`
         (`hashed`: their digest, when already computed); False, installing nothing, when
         they do not (DESIGN rule 2)."""
-        if (digest_of(data) if hashed is None else hashed) != digest:
+        if not matches(digest, data, hashed):
             return False
         self._place(digest, data)
         return True
@@ -363,6 +364,9 @@ class ChunkStore:
         return self.fds.get(("w", ino, index), self.work_path(ino, index),
                             os.O_RDWR | os.O_CREAT)
 
+    def read_work(self, ino: int, index: int, length: int) -> bytes:
+        return os.pread(self.work_fd(ino, index), length, 0)
+
     def drop_work(self, ino: int, index: int) -> None:
         self.fds.drop(("w", ino, index))
         _unlink(self.work_path(ino, index))
@@ -432,6 +436,11 @@ def _write_whole(path: str, data: bytes | memoryview) -> None:
 def _unlink(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def matches(digest: bytes, data: bytes | memoryview, hashed: bytes | None = None) -> bool:
+    """Are these a chunk's bytes (`hashed`: their digest, when already computed)?"""
+    return (digest_of(data) if hashed is None else hashed) == digest
 
 
 def hash_file(path: str) -> bytes:

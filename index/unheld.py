@@ -11,15 +11,15 @@ from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.node_rows import decided, entry_changed
 from syncd.index.states import node_row, state_from_row
-from syncd.index.store import ChunkStore
 
 
-def missing_chunk(store: ChunkStore, state: dict) -> bytes | None:
-    """A chunk of the state's content that is not in the store here, if any (a retired
-    one counts as here: the fetcher takes it back)."""
+def missing_chunk(cat: Catalog, state: dict) -> bytes | None:
+    """A chunk of the state's content that is not here, if any (a retired one counts as
+    here: the fetcher takes it back)."""
     c = state["content"]
-    return next((d for d in ChunkList.from_hex(c["chunks"], c["size"]).digests()
-                 if not store.has(d) and not store.is_retired(d)), None)
+    chunks = ChunkList.from_hex(c["chunks"], c["size"])
+    return next((d for d in cat.absent(chunks, c["size"]) if not cat.store.is_retired(d)),
+                None)
 
 
 def unheld_copies(cat: Catalog) -> list[str]:
@@ -37,7 +37,7 @@ def unheld_file(cat: Catalog, node: str) -> tuple[str, bytes] | None:
     if row is None or row[4] or row[1] != "file":
         return None
     state = state_from_row(row)
-    missing = missing_chunk(cat.store, state)
+    missing = missing_chunk(cat, state)
     return None if missing is None else (state["content"]["device"] or "", missing)
 
 

@@ -50,9 +50,7 @@ class Content:
         committed chunk list), writes, and metadata that folds into the next commit."""
         draft = self.drafts.get(ino)
         if draft is None:
-            inode = self.catalog.inode(ino)
-            draft = self.drafts[ino] = Draft(self.store, ino, self.catalog.chunks(ino),
-                                             inode.size)
+            draft = self.drafts[ino] = self.catalog.open_draft(ino)
         return draft
 
     def lock(self, ino: int) -> trio.Lock:

@@ -37,12 +37,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from syncd import auth, compress
 from syncd.index import chunklist
 from syncd.index.catalog import check_name
-from syncd.index.chunklist import MAX_FILE_SIZE, file_hash
+from syncd.index.chunklist import MAX_FILE_SIZE, digest_of, file_hash
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 << 20
 MAX_BATCH = 1000
+# A file's bytes may travel inside its state (`data`) up to this size, whatever the
+# sender's INLINE_MAX (index/inline.py); a batch carries at most states.BATCH_DATA of them.
+MAX_DATA = 64 << 10
 MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
 BIG_BODY = 64 << 10  # bytes: a body this large is hashed and packed on a worker thread
 
@@ -60,6 +63,9 @@ def _counter_below_limit(node: str) -> str:
 NodeId = Annotated[str, StringConstraints(pattern=NODE_ID), AfterValidator(_counter_below_limit)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Counter = Annotated[int, Field(ge=0, lt=1 << 62)]
+# `inline=1`: the caller reads states that carry small files' bytes (`data`); a peer of an
+# older version, whose models refuse that field, does not ask.
+Inline = Annotated[bool, Query()]
 
 
 class Strict(BaseModel):
@@ -79,6 +85,8 @@ class ContentVersion(Version):
     mtime_ns: Annotated[int, Field(ge=-(1 << 62), lt=1 << 62)]
     chunks: Annotated[list[Hex64], Field(max_length=1 << 20)]
     target: Annotated[str, StringConstraints(max_length=8192)] | None
+    # A small file's bytes, base64 (docs/protocol.md): the receiver has them at once.
+    data: Annotated[str, StringConstraints(max_length=-(-MAX_DATA // 3) * 4)] | None = None
 
     @field_validator("target")
     @classmethod
@@ -88,6 +96,18 @@ class ContentVersion(Version):
                 base64.b64decode(v, validate=True)
             except binascii.Error:
                 raise ValueError("target is not base64") from None
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                data = base64.b64decode(v, validate=True)
+            except binascii.Error:
+                raise ValueError("data is not base64") from None
+            if len(data) > MAX_DATA:
+                raise ValueError(f"data is more than {MAX_DATA} bytes")
         return v
 
 
@@ -129,14 +149,24 @@ class NodeState(Strict):
                 raise ValueError("content.hash is not the hash of content.chunks")
             chunks = chunklist.ChunkList.from_hex(c.chunks, c.size)
             c.chunks, c.hash = chunks.hex(), chunks.hash
-        elif c.chunks:
+            if c.data is not None and not _is_content(base64.b64decode(c.data), chunks):
+                # verified before anything is installed (rule 2): the push changes nothing
+                raise ValueError("content.data is not the one chunk that content.chunks "
+                                 "names")
+        elif c.chunks or c.data is not None:
             raise ValueError(f"a {'deleted ' if self.deleted else ''}{self.kind} has no "
-                             "chunks")
+                             "chunks or data")
         if self.kind == "symlink" and not self.deleted:
             target = base64.b64decode(c.target) if c.target is not None else b""
             if not target or b"\0" in target:
                 raise ValueError("a symlink's target is 1 or more bytes, none of them NUL")
         return self
+
+
+def _is_content(data: bytes, chunks: chunklist.ChunkList) -> bool:
+    """Are `data` all of a file made of `chunks`: its one chunk (not a hole)?"""
+    digest = chunks.at(0)
+    return chunks.slots == 1 and digest is not None and digest_of(data) == digest
 
 
 class Changes(Strict):
@@ -162,10 +192,12 @@ class PeerService(Protocol):
 
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
-    def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]: ...
+    def changes_since(self, since: int, limit: int, inline: bool
+                      ) -> tuple[list[dict], int]: ...
+    def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]: ...  # SQLite
     def read_chunk(self, digest: bytes) -> bytes | None: ...  # on a worker thread: no SQLite
     def hold(self, digests: list[bytes]) -> int: ...
-    def state_of(self, node: str) -> dict | None: ...
+    def state_of(self, node: str, inline: bool) -> dict | None: ...
 
 
 def build_app(service: PeerService) -> FastAPI:
@@ -204,15 +236,16 @@ def build_app(service: PeerService) -> FastAPI:
 
     @app.get("/v1/changes")
     async def pull(since: Annotated[int, Query(ge=0, lt=1 << 62)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH) -> dict:
-        states, last = service.changes_since(since, limit)
+                   limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
+                   inline: Inline = False) -> dict:
+        states, last = service.changes_since(since, limit, inline)
         return {"changes": states, "seq": last}
 
     @app.get("/v1/nodes/{node_id}")
-    async def node_state(node_id: NodeId) -> dict:
+    async def node_state(node_id: NodeId, inline: Inline = False) -> dict:
         """One node's current state: for a peer whose version of it is held by nobody
         any more, because a newer one is on its way (soak bug 7)."""
-        state = service.state_of(node_id)
+        state = service.state_of(node_id, inline)
         if state is None:
             raise HTTPException(404, f"node {node_id} is not known here")
         return {"state": state}
@@ -226,7 +259,10 @@ def build_app(service: PeerService) -> FastAPI:
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],
                     request: Request) -> Response:
-        data = await trio.to_thread.run_sync(service.read_chunk, bytes.fromhex(digest))
+        wanted = bytes.fromhex(digest)
+        data = service.read_inline([wanted]).get(wanted)  # small: read here
+        if data is None:
+            data = await trio.to_thread.run_sync(service.read_chunk, wanted)
         if data is None:
             raise HTTPException(404, f"chunk {digest} is not held here")
         start = _range_start(request.headers.get("range"), len(data))
@@ -239,8 +275,11 @@ def build_app(service: PeerService) -> FastAPI:
     async def chunks(body: ChunkList) -> Response:
         """Many chunks in one answer: their bytes one after another, and X-Syncd-Sizes
         giving each one's length, -1 for one not held here."""
+        wanted = [bytes.fromhex(h) for h in body.chunks]
+        inline = service.read_inline(wanted)  # small ones, from the index: read here
+
         def read() -> tuple[str, bytes]:  # a worker thread's: files, and copies of MiBs
-            found = [service.read_chunk(bytes.fromhex(h)) for h in body.chunks]
+            found = [inline.get(d) or service.read_chunk(d) for d in wanted]
             return (",".join(str(-1 if d is None else len(d)) for d in found),
                     b"".join(d for d in found if d is not None))
         sizes, data = await trio.to_thread.run_sync(read)

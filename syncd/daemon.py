@@ -28,7 +28,7 @@ from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
-from syncd.index.states import changes_since, state_of
+from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
@@ -77,7 +77,7 @@ class Daemon:
     def hello(self, device: str, name: str) -> dict:
         self.peers.greeted(device, name)
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
-                "accepts": ["zstd"]}
+                "accepts": ["zstd", "inline"]}
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -158,11 +158,12 @@ class Daemon:
                     break
             await self.fetcher.prefetch_small(inos)
 
-    def changes_since(self, since: int, limit: int) -> tuple[list[dict], int]:
-        return changes_since(self.catalog.conn, since, limit)
+    def changes_since(self, since: int, limit: int, inline: bool) -> tuple[list[dict], int]:
+        return changes_since(self.catalog.conn, since, limit,
+                             data_budget=BATCH_DATA if inline else 0)
 
-    def state_of(self, node: str) -> dict | None:
-        return state_of(self.catalog.conn, node)
+    def state_of(self, node: str, inline: bool) -> dict | None:
+        return state_of(self.catalog.conn, node, inline)
 
     async def refresh(self, ino: int) -> bool:
         """No peer that answered holds the content of inode `ino`: its holder may have
@@ -196,11 +197,14 @@ class Daemon:
         await self.drop_unheld(nodes)
         return self.catalog.left_inode(nodes, ino)
 
+    def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        return self.catalog.inline.get(digests)
+
     def read_chunk(self, digest: bytes) -> bytes | None:
         return self.store.read_served(digest)
 
     def hold(self, digests: list[bytes]) -> int:
-        missing = [d for d in digests if not self.store.has(d)]
+        missing = self.catalog.not_held(digests)
         fresh = [d for d in missing if d not in self._holding]
         if fresh:
             self._holding.update(fresh)
@@ -261,8 +265,11 @@ class Daemon:
         damaged, failed, replaced = 0, [], set()
         for ino in inos:
             for digest in self.catalog.chunks(ino).digests():
-                if self.store.has(digest) and not await trio.to_thread.run_sync(
-                        self.store.verify, digest):
+                if self.store.has(digest):
+                    bad = not await trio.to_thread.run_sync(self.store.verify, digest)
+                else:  # or held inline: small, so checked here with no thread hop
+                    bad = self.catalog.damaged_inline(digest)
+                if bad:
                     log.warning("chunk %s in the store is damaged: fetching it again",
                                 digest.hex()[:12])
                     self.catalog.drop_damaged_chunk(digest)
@@ -310,7 +317,7 @@ class Daemon:
                                  "copies": self._copies_op, "import": self._import_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
-            self.store.keep_replaced(self.catalog.seq)
+            self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             self._fetch_ahead(self.catalog.not_local())
@@ -325,8 +332,8 @@ class Daemon:
     async def _expire_replaced(self) -> None:
         while True:
             await trio.sleep(KEEP_REPLACED_MIN / 2)
-            self.store.expire_retired(self.peers.confirmed(), KEEP_REPLACED_MIN,
-                                      KEEP_REPLACED_MAX)
+            self.catalog.expire_replaced(self.peers.confirmed(), KEEP_REPLACED_MIN,
+                                         KEEP_REPLACED_MAX)
 
     async def _fetch_op(self, request: dict) -> dict:
         try:

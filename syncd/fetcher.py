@@ -3,7 +3,8 @@
 
 A file's missing chunks arrive as a stream, in file order from where its readers are:
 several chunks per request and several requests in flight, each chunk verified against
-its digest and installed (write-to-temporary and rename) before any reader sees it. A
+its digest and installed (write-to-temporary and rename; a short one into the index,
+index/inline.py) before any reader sees it. A
 read waits only for the chunks it covers, so a big file is readable while it arrives;
 a reader that jumps ahead moves the stream with it. A writable open, `syncd fetch` and
 pins wait for the whole file. A peer that serves wrong bytes is logged and the next one
@@ -20,6 +21,8 @@ import trio
 
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import CHUNK, ChunkList
+from syncd.index.inline import inline_size
+from syncd.index.store import matches
 from syncd.peerlink import PeerError, PeerLink
 from syncd.peerset import PeerSet
 
@@ -235,8 +238,8 @@ class Fetcher:
         try:
             await self.fetch_chunks_of(digests, stream.what)
         except OSError as e:
-            stream.settle([d for d in digests if self.store.has(d)], None)
-            stream.settle([d for d in digests if not self.store.has(d)], e)
+            stream.settle([d for d in digests if self.catalog.has_chunk(d)], None)
+            stream.settle([d for d in digests if not self.catalog.has_chunk(d)], e)
         else:
             stream.settle(digests, None)
         finally:
@@ -259,8 +262,7 @@ class Fetcher:
 
     async def fetch_chunks(self, digests: list[bytes]) -> None:
         """Chunks a peer asked us to hold, then the files they complete marked local."""
-        await self._prefetch_chunks(
-            await self.take_back([d for d in digests if not self.store.has(d)]))
+        await self._prefetch_chunks(await self.take_back(self.catalog.not_held(digests)))
         self.catalog.mark_local([ino for ino in self.catalog.not_local()
                                  if not self.catalog.missing_chunks(ino)])
 
@@ -309,17 +311,27 @@ class Fetcher:
 
     async def install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]
                           ) -> set[bytes]:
-        """Install the chunks of a get_chunks answer that verify, on a worker thread;
-        their digests. A full disk first gives up the replaced chunks kept for peers."""
+        """Install the chunks of a get_chunks answer that verify, on a worker thread (the
+        short ones into the index, from here); their digests. A full disk first gives up
+        the replaced chunks kept for peers."""
         try:
-            installed = await trio.to_thread.run_sync(self._install_all, got)
+            placed, short = await trio.to_thread.run_sync(self._install_all, got)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self.store.make_room():
                 raise
-            installed = await trio.to_thread.run_sync(self._install_all, got)
-        self.catalog.keep_referenced(installed)
-        return installed
+            placed, short = await trio.to_thread.run_sync(self._install_all, got)
+        self.catalog.keep_referenced(placed)
+        self.catalog.install_inline(short)
+        return placed | short.keys()
 
-    def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]) -> set[bytes]:
-        return {d for d, (data, hashed) in got.items()
-                if self.store.put_verified(d, data, hashed)}
+    def _install_all(self, got: dict[bytes, tuple[memoryview, bytes | None]]
+                     ) -> tuple[set[bytes], dict[bytes, bytes]]:
+        """The chunks placed in the store, and the bytes of the short ones that verify."""
+        placed, short = set(), {}
+        for d, (data, hashed) in got.items():
+            if inline_size(len(data)):
+                if matches(d, data, hashed):
+                    short[d] = bytes(data)
+            elif self.store.put_verified(d, data, hashed):
+                placed.add(d)
+        return placed, short

@@ -1,7 +1,8 @@
 """One peer, seen from here: its signed HTTP client and its loop (DESIGN, "Peer states").
 
-The loop pushes the changes stamped here after the peer's cursor, a batch at a time, and
-moves the cursor only when the peer has answered that it applied them (rule 5). It sleeps
+The loop pushes the changes stamped here after the peer's cursor, a batch at a time (at
+most BATCH states, and BATCH_DATA bytes of small files carried in them), and moves the
+cursor only when the peer has answered that it applied them (rule 5). It sleeps
 until something changes here (event-driven: a close reaches the peer within a round trip)
 or until a keep-alive probe is due. A peer that does not answer becomes `offline` and is
 probed again with exponential back-off; a hello from it wakes the loop at once.
@@ -22,18 +23,19 @@ from syncd import auth, compress
 from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
 from syncd.index.peers import Peer, save_peer
-from syncd.index.states import changes_since
+from syncd.index.states import BATCH_DATA, changes_since
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
 KEEPALIVE = 30.0  # seconds between probes of an idle online peer
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-# A push this soon (seconds) after the last one waits a little, so that it carries more:
-# briefly after a push of one or two states (a file's create, then its content at close:
-# the latency of a single file), longer after a bigger one (a burst: fewer, fuller pushes
-# cost both peers less; 1,000 small files arrive ~30% sooner than with the short wait).
-BURST, COALESCE, COALESCE_BURST = 0.05, 0.005, 0.02
+# A push this soon (seconds) after a push of many states waits a little, so that it
+# carries more (a burst: fewer, fuller pushes cost both peers less; 1,000 small files
+# arrive ~30% sooner than with a 5 ms wait). After a push of one or two states it goes at
+# once: that is a file's content following its create, which a small file's bytes travel
+# with, so the wait would be its latency (bench/sync.py: 20-25 ms with 5 ms, 16 without).
+BURST, COALESCE_BURST = 0.05, 0.02
 # A stall, not a transfer, is bounded: every read must make progress within `read`.
 TIMEOUT = httpx.Timeout(connect=3.0, read=10.0, write=10.0, pool=10.0)
 
@@ -100,6 +102,7 @@ class PeerLink:
         self.last_push = 0.0
         self.last_size = 0  # states in the last push
         self.accepts_zstd = False  # learned at hello
+        self.accepts_inline = False  # states may carry small files' bytes (hello too)
         # Idle connections are dropped here before the server drops them (KEEPALIVE_SERVER
         # in daemon.py), so a request rarely meets a connection closing under it.
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
@@ -172,6 +175,7 @@ class PeerLink:
         answer = await self.call("POST", "/v1/hello", {"device": self.me.device,
                                                       "name": self.me.name})
         self.accepts_zstd = "zstd" in answer.get("accepts", [])
+        self.accepts_inline = "inline" in answer.get("accepts", [])
         if self.device is None or self.device != answer.get("device"):
             self.device = answer["device"]
             self._save(device=self.device)
@@ -189,7 +193,7 @@ class PeerLink:
     async def get_node(self, node: str) -> dict | None:
         """The peer's current state of one node, validated as a push is; None when the
         peer does not know it."""
-        r = await self.request("GET", f"/v1/nodes/{node}")
+        r = await self.request("GET", f"/v1/nodes/{node}?inline=1")
         if r.status == 404:
             return None
         if r.status != 200:
@@ -265,11 +269,12 @@ class PeerLink:
 
     async def _push(self) -> bool:
         """Send one batch; True when there may be more. In a burst of changes (the last
-        push was moments ago), wait a little so that one batch carries many."""
-        if time.monotonic() - self.last_push < BURST:
-            await trio.sleep(COALESCE_BURST if self.last_size > 2 else COALESCE)
+        push, of many, was moments ago), wait a little so that one batch carries many."""
+        if time.monotonic() - self.last_push < BURST and self.last_size > 2:
+            await trio.sleep(COALESCE_BURST)
         self.last_push = time.monotonic()
-        states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device)
+        states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
+                                     BATCH_DATA if self.accepts_inline else 0)
         self.last_size = len(states)
         if last == self.cursor:
             return False

@@ -5,6 +5,7 @@ home, else here under the home's lock."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import errno
 import os
@@ -135,8 +136,10 @@ def _read_all(pool, store: ChunkStore, src: Path, todo: list[Entry]) -> None:
     error = None
     for e, future in zip(todo, futures, strict=True):
         try:
-            chunks, e.size = future.result()
+            chunks, e.size, short = future.result()
             e.chunks = chunks.hex()
+            if short is not None:
+                e.data = base64.b64encode(short).decode()
         except OSError as x:
             error = error or x
     if error is not None:

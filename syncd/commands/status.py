@@ -16,7 +16,8 @@ def collect(home: Home) -> dict:
         device, seq = cat.device, cat.seq
         files = cat.file_counts()
         dirty = len(cat.store.dirty_inodes())
-        replaced_chunks, replaced_bytes = cat.store.retired_usage()
+        replaced_chunks, replaced_bytes = map(
+            sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
         peers = []
         for p in list_peers(cat.db):
             changes, waiting, oldest = pending_for(cat.db, p)

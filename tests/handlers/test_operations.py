@@ -66,6 +66,27 @@ def test_unlinked_inode_lives_until_forget_and_release(fs):
     assert not any(fs.store.has(c) for c in chunks)  # its content is collected
 
 
+def test_a_small_file_lives_in_the_index_from_write_to_forget(fs):
+    """No chunk file and no working chunk left at any point after the close: the bytes
+    are in the index (index/inline.py), read back on a new open, gone with the inode."""
+    info, attrs = run(fs.create, ROOT, b"s", 0o644, 0o2, Ctx())  # O_RDWR
+    ino = attrs.st_ino
+    run(fs.write, info.fh, 0, b"small, ")
+    run(fs.write, info.fh, 7, b"in the index")
+    run(fs.release, info.fh)
+    (chunk,) = fs.catalog.chunks(ino).digests()
+    assert fs.catalog.has_chunk(chunk) and not fs.store.has(chunk)
+    assert [p for p in fs.store.root.rglob("*") if p.is_file() and p.name != "reserve"] == []
+    info = run(fs.open, ino, os.O_RDONLY, Ctx())
+    assert run(fs.read, info.fh, 0, 100) == b"small, in the index"
+    assert fs.content.drafts[ino].inline == {chunk: b"small, in the index"}  # in memory
+    run(fs.release, info.fh)
+    run(fs.unlink, ROOT, b"s", Ctx())
+    run(fs.forget, [(ino, 1)])
+    run(fs.mkdir, ROOT, b"d", 0o755, Ctx())  # the next transaction takes the row away
+    assert not fs.catalog.has_chunk(chunk)
+
+
 def test_lookup_counts_include_dot_entries(fs):
     d = run(fs.mkdir, ROOT, b"d", 0o755, Ctx())
     run(fs.lookup, d.st_ino, b".", Ctx())

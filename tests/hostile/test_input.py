@@ -4,14 +4,16 @@ the index or the store."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
 
+import blake3
 import pytest
 
 from syncd import auth
-from syncd.api import MAX_BODY
+from syncd.api import MAX_BODY, MAX_DATA
 from tests.hostile.conftest import new_device, node_id, refused, state
 
 # -- names and ids
@@ -290,3 +292,54 @@ def test_a_tombstone_needs_no_content(server):
         assert s["content"]["chunks"] == [] and s["content"]["hash"] is None
         r = server.push([s])
         assert r.status_code == 200, r.text
+
+
+# -- small content carried in its state (docs/protocol.md, "Node states": `data`)
+
+
+def with_data(s: dict, data: bytes) -> dict:
+    s["content"]["data"] = base64.b64encode(data).decode()
+    return s
+
+
+def test_a_small_file_arrives_with_its_bytes_which_are_then_served(server):
+    data = b"small content, carried in its state"
+    node = node_id()
+    r = server.push([with_data(state(node, name="carried", data=data), data)])
+    assert r.status_code == 200, r.text
+    digest = blake3.blake3(data).hexdigest()
+    one = server.request("GET", f"/v1/chunks/{digest}")
+    assert one.status_code == 200 and one.content == data
+    many = server.request("POST", "/v1/chunks",
+                          json.dumps({"chunks": ["ab" * 32, digest]}).encode())
+    assert many.content == data and many.headers["x-syncd-sizes"] == f"-1,{len(data)}"
+    # states carry the bytes for a caller that asks (inline=1) only
+    carried = base64.b64encode(data).decode()
+    asked = server.request("GET", f"/v1/nodes/{node}?inline=1").json()["state"]
+    assert asked["content"]["data"] == carried
+    assert "data" not in server.request("GET", f"/v1/nodes/{node}").json()["state"]["content"]
+    pulled = server.request("GET", "/v1/changes?since=0&inline=1").json()["changes"]
+    assert [s["content"]["data"] for s in pulled if s["id"] == node] == [carried]
+
+
+DATA = b"the bytes this state names"
+BIG = b"x" * (MAX_DATA + 1)
+BAD_DATA = {  # what is sent as `data`, and how the state is made (tests.hostile.conftest)
+    "other bytes": (DATA.upper(), {"data": DATA}),
+    "one byte more": (DATA + b"!", {"data": DATA}),
+    "not base64": ("not base64!", {"data": DATA}),
+    "over 64 KiB": (BIG, {"data": BIG}),
+    "a hole's": (bytes(16), {"data": bytes(16)}),
+    "a directory's": (DATA, {"kind": "dir"}),
+    "a tombstone's": (DATA, {"deleted": True}),
+}
+
+
+@pytest.mark.parametrize(("sent", "made"), BAD_DATA.values(), ids=BAD_DATA.keys())
+def test_bytes_a_state_cannot_carry_are_refused_and_nothing_is_applied(server, unchanged,
+                                                                      sent, made):
+    good = with_data(state(node_id(), name="fine", data=b"fine"), b"fine")
+    bad = state(node_id(), name="carried-wrong", **made)
+    bad["content"]["data"] = sent if isinstance(sent, str) else \
+        base64.b64encode(sent).decode()
+    refused(server, server.push([good, bad]), 422, "data")

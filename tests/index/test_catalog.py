@@ -11,6 +11,7 @@ from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import CHUNK, ChunkList, digest_of, file_hash
 from syncd.index.draft import Draft
+from syncd.index.inline import INLINE_MAX
 from syncd.index.merge import Merger
 from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
@@ -18,6 +19,7 @@ from syncd.mount.content import Content
 
 ROOT = schema.ROOT_INO
 DEVICE = "ab" * 16
+FILE_SIZED = INLINE_MAX // 2 + 1  # times two bytes: content whose chunk is a file
 
 
 def journal(c: Catalog) -> list[tuple[str, str]]:
@@ -141,7 +143,7 @@ def new_file(c: Catalog, name: str) -> tuple[str, int, Draft]:
 
 def committed(c: Catalog, ino: int, n: int = 4 * CHUNK) -> bytes:
     """The committed content of an inode, read through a fresh draft."""
-    return Draft(c.store, ino, c.chunks(ino), c.inode(ino).size).read(0, n)
+    return c.open_draft(ino).read(0, n)
 
 
 def test_many_writes_commit_as_one_change_with_its_metadata(cat):
@@ -176,7 +178,7 @@ def test_identical_chunks_are_stored_once_and_collected(cat):
     for digest in cat.purge_inode(a.inode.ino):
         cat.store.remove(digest)
     assert cat.conn.execute("SELECT refs FROM chunks WHERE refs > 0").fetchall() == [(2,)]
-    d = Draft(cat.store, b.inode.ino, cat.chunks(b.inode.ino), 2 * CHUNK)
+    d = cat.open_draft(b.inode.ino)
     d.truncate(0)
     _commit(cat, b.inode.ino, d)
     assert cat.conn.execute("SELECT count(*) FROM chunks WHERE refs > 0").fetchone() == (0,)
@@ -273,7 +275,7 @@ def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
     Without keep_replaced it is removed at once (the test above)."""
     cat.store.keep_replaced(cat.seq)
     _, ino, d = new_file(cat, "f")
-    old, new = b"old" * 1000, b"new" * 1000
+    old, new = b"old" * FILE_SIZED, b"new" * FILE_SIZED
     d.write(0, old)
     _commit(cat, ino, d)
     old_chunk = cat.chunks(ino).at(0)
@@ -296,11 +298,14 @@ def test_replaced_chunks_are_kept_for_peers_until_they_expire(cat):
     assert cat.store.read_served(old_chunk) is None and not cat.store.is_retired(old_chunk)
 
 
+V1 = b"v1" * FILE_SIZED
+
+
 def replaced_v1(cat: Catalog) -> bytes:
     """A file written as v1, then as v2, with replaced chunks kept: v1's chunk."""
     cat.store.keep_replaced(cat.seq)
     _, ino, d = new_file(cat, "f")
-    d.write(0, b"v1")
+    d.write(0, V1)
     _commit(cat, ino, d)
     v1 = cat.chunks(ino).at(0)
     d.write(0, b"v2")
@@ -321,8 +326,8 @@ def test_replaced_chunks_survive_a_restart_and_give_way_to_a_full_disk(cat, tmp_
     v1 = replaced_v1(cat)
     again = ChunkStore(tmp_path / "store")
     again.keep_replaced(cat.seq)
-    assert again.read_served(v1) == b"v1"
+    assert again.read_served(v1) == V1
     again.expire_retired(cat.seq - 1, 0, 3600)  # counted as retired at the restart's seq
-    assert again.read_served(v1) == b"v1"
+    assert again.read_served(v1) == V1
     assert again.drop_retired() and not again.drop_retired()
     assert again.read_served(v1) is None

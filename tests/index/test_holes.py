@@ -83,7 +83,7 @@ def test_a_byte_at_a_tebibyte_is_one_chunk_and_one_hole(cat):
         (digest_of(b"x"), 1)]
     assert os.listdir(cat.store.work_dir) == []
     assert d.read(TIB - 2, 4) == b"\0\0x"
-    fresh = Draft(cat.store, ino, cat.chunks(ino), cat.inode(ino).size)
+    fresh = cat.open_draft(ino)
     assert fresh.read(TIB - 2, 4) == b"\0\0x"
 
 

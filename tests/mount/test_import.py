@@ -4,6 +4,7 @@ again, it skips what is there; killed or out of space, it leaves whole files or 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 
 import pytest
@@ -85,7 +86,13 @@ def test_an_idle_home_imports_a_tree_and_a_run_again_skips_it(share, tmp_path):
     assert status(share.home)["files"]["total"] == 23  # files: 20 small, big, secret, sparse
     store = share.home / "store"
     assert not list((store / "import").iterdir())
-    assert sum(1 for p in (store / "chunks").rglob("*") if p.is_file()) == 26  # big: 4, x: 1
+    # chunk files: big's three whole MiB and sparse's one; the short ones are inline
+    assert sum(1 for p in (store / "chunks").rglob("*") if p.is_file()) == 4
+    db = sqlite3.connect(f"file:{share.home / 'index.db'}?mode=ro", uri=True)
+    try:
+        assert db.execute("SELECT count(*) FROM inline").fetchone() == (22,)
+    finally:
+        db.close()
     share.stop()
 
 

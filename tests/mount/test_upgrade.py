@@ -59,6 +59,8 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     db = sqlite3.connect(old_home.home / "index.db")
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        # new.txt's bytes are in the index; the landed version's small files stay files
+        assert db.execute("SELECT count(*) FROM inline").fetchone() == (1,)
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()

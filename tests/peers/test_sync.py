@@ -4,12 +4,14 @@ others. Every wait polls for the state expected under a deadline."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sqlite3
 
 import httpx
 import pytest
+from syncd.index.inline import INLINE_MAX
 from syncd.index.names import conflict_name
 
 from syncd import auth
@@ -62,6 +64,33 @@ def test_lazy_fetch_brings_verified_bytes_on_open(cluster):
     assert b.status()["transfers"] == {"fetching": [], "arriving": [], "prefetching": 0}
     assert (b / "big").read_bytes() == data
     assert b.status()["files"]["missing"] == 0
+
+
+def test_a_small_file_arrives_with_its_change(cluster):
+    """A small file's bytes travel in the push (docs/protocol.md, `data`): beta holds them
+    as soon as it has the file's size, with nothing fetched ahead (prefetch is off there)
+    and nobody left to fetch from; a file above INLINE_MAX still waits for its open."""
+    a, b = cluster(2, mounted=False)
+    config = json.loads(b.home.joinpath("config.json").read_text())
+    b.home.joinpath("config.json").write_text(json.dumps({**config, "prefetch_below": 0}))
+    a.start()
+    b.start()
+    small, bigger = b"small and whole", b"b" * (INLINE_MAX + 1)
+    (a / "small").write_bytes(small)
+    (a / "bigger").write_bytes(bigger)
+    wait_for(lambda: [size(b / "small"), size(b / "bigger")] == [len(small), len(bigger)],
+             20, "both sizes on beta")
+    assert b.status()["files"]["missing"] == 1  # bigger
+    a.stop()
+    assert (b / "small").read_bytes() == small
+    assert b.status()["files"]["missing"] == 1
+
+
+def size(path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def test_a_peer_serving_wrong_bytes_is_caught(cluster):
@@ -253,9 +282,13 @@ def test_a_sparse_file_crosses_as_its_bytes_and_equals_the_same_bytes_written(cl
     with open(b / "tib", "rb") as f:
         f.seek((1 << 40) - 2)
         assert f.read() == b"\0\0x"
-    for p in (a, b):
-        assert sorted(c.stat().st_size for c in (p.home / "store" / "chunks").rglob("*")
-                      if c.is_file()) == [1]
+    for p in (a, b):  # "x", the one chunk, is held in the index (index/inline.py)
+        assert [c for c in (p.home / "store" / "chunks").rglob("*") if c.is_file()] == []
+        db = sqlite3.connect(f"file:{p.home / 'index.db'}?mode=ro", uri=True)
+        try:
+            assert db.execute("SELECT data FROM inline").fetchall() == [(b"x",)]
+        finally:
+            db.close()
     (a / "same").write_bytes(b"")
     wait_for(lambda: os.path.exists(b / "same"), 20, "same on beta")
     a.set_peer("beta", "outofuse")

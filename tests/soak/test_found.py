@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 
-from syncd.index.chunklist import ChunkList
+from syncd.index.chunklist import ChunkList, digest_of
 from syncd.index.names import conflict_name
 from syncd.index.states import changes_since
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
@@ -86,9 +86,10 @@ def lazy_send(src, dst) -> set[str]:
 def overwrite(d, path: str, data: bytes, mtime_ns: int) -> None:
     """A write whose superseded chunks are collected, as the mount does after a commit."""
     ino = d.ino(path)
-    digest = d.cat.store.put(data)
-    for garbage in d.cat.commit_content(ino, ChunkList([digest]), len(data), mtime_ns, None, True):
-        d.cat.store.remove(garbage)
+    digest = digest_of(data)
+    d.cat.store_new_chunks({digest: data})
+    d.cat.retire(d.cat.commit_content(ino, ChunkList([digest]), len(data), mtime_ns, None,
+                                      True))
 
 
 def test_every_conflict_copy_can_be_read_somewhere(devs):
@@ -110,7 +111,7 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
     dropped = []
     for copy in unheld_copies(c.cat):  # what the daemon does: ask every peer
         _, chunk = unheld_file(c.cat, copy)
-        if not any(d.cat.store.has(chunk) for d in (a, b)):
+        if not any(d.cat.has_chunk(chunk) for d in (a, b)):
             assert drop_unheld(c.cat, copy) is not None
             dropped.append(copy)
     assert len(dropped) == 1  # L's copy; W's is held by beta
@@ -121,7 +122,7 @@ def test_every_conflict_copy_can_be_read_somewhere(devs):
             if kind == "file":
                 chunks = d.cat.chunks(d.ino(path)).digests()
                 held = [x.id[:4] for x in (a, b, c)
-                        if all(x.cat.store.has(h) for h in chunks)]
+                        if all(x.cat.has_chunk(h) for h in chunks)]
                 assert held, f"{path} (on {d.id[:4]}) is held by nobody"
     assert a.tree() == b.tree() == c.tree()
     assert len(a.tree()) == 2  # f (alpha's second edit) and W's conflict copy
@@ -324,7 +325,7 @@ def test_a_file_renamed_over_another_can_be_read_somewhere(devs):
         lazy_send(x, y)
     for d in (a, b, c):
         chunks = d.cat.chunks(d.ino("/t")).digests()
-        assert any(all(x.cat.store.has(h) for h in chunks) for x in (a, b, c)), \
+        assert any(all(x.cat.has_chunk(h) for h in chunks) for x in (a, b, c)), \
             f"/t on {d.id[:4]} is held by nobody"
     assert a.data("/t") == b"alpha's second edit of s"
     assert a.tree() == b.tree() == c.tree()
@@ -475,15 +476,14 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     lazy_send(c, b)
     ino = c.ino("/f")
     c.cat.unlink(ROOT, "f")
-    for garbage in c.cat.purge_inode(ino):  # what the mount does once it is closed
-        c.cat.store.remove(garbage)
+    c.cat.retire(c.cat.purge_inode(ino))  # what the mount does once it is closed
     b.cat.set_mode(b.ino("/f"), 0o600)
     node = c.db.conn.execute("SELECT id FROM nodes WHERE name = 'f'").fetchone()[0]
     assert lazy_send(b, c) == {node}  # back from gamma's delete: named for the check
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
         lazy_send(x, y)
     maker, chunk = unheld_file(c.cat, node)  # back on gamma too, held by nobody
-    assert maker == c.id and not any(d.cat.store.has(chunk) for d in (a, b, c))
+    assert maker == c.id and not any(d.cat.has_chunk(chunk) for d in (a, b, c))
     assert drop_unheld(c.cat, node) is not None
     for x, y in [(c, a), (c, b)]:
         lazy_send(x, y)
