@@ -834,6 +834,13 @@ class Catalog:
         return Draft(self.store, ino, chunks, size,
                      self.inline.get([tail]) if tail is not None else None)
 
+    def fill_inline(self, draft: Draft) -> None:
+        """Give a draft made while its file's content was still arriving the bytes of its
+        inline chunk, if they have arrived since."""
+        tail = inline_slot(draft.base, draft.size)
+        if tail is not None and tail not in draft.inline:
+            draft.inline.update(self.inline.get([tail]))
+
     def install_inline(self, chunks: dict[bytes, bytes]) -> None:
         """Hold chunks from a peer, verified and short enough, in the index. One that no
         version here refers to (a peer asked us to hold it before we knew the version) is

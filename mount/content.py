@@ -56,6 +56,12 @@ class Content:
     def lock(self, ino: int) -> trio.Lock:
         return self.locks.setdefault(ino, trio.Lock())
 
+    def arrived(self, ino: int) -> None:
+        """Content of the inode arrived from peers after its draft was made."""
+        draft = self.drafts.get(ino)
+        if draft is not None and not draft.dirty:
+            self.catalog.fill_inline(draft)
+
     def read(self, ino: int, offset: int, size: int) -> bytes:
         # Through the draft even when nothing is being written: a clean draft holds the
         # committed chunk list, so a read costs no query (dropped at the last close).

@@ -398,6 +398,7 @@ class Filesystem(pyfuse3.Operations):
         h = self.handles[fh]
         if h.arriving:
             h.arriving = await self.fetch.reading(h.ino, off, size)
+            self.content.arrived(h.ino)
         return self.content.read(h.ino, off, size)
 
     @handler

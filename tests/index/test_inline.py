@@ -201,7 +201,7 @@ def test_a_damaged_inline_chunk_is_dropped_and_fetched_again(cat):
 
 
 def test_small_files_stored_as_files_before_stay_files(tmp_path):
-    """A home from before inline chunks (schema 5): its small chunk files are read,
+    """A home from before inline chunks (schema 7): its small chunk files are read,
     served and counted as here; a commit of the same bytes keeps the file; new content
     goes inline."""
     old = Device(tmp_path, "ab" * 16, T)
@@ -210,7 +210,7 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.cat.commit_content(ino, Builder().add(digest, len(SMALL)).done(), len(SMALL), T,
                            None, True)
     old.db.conn.execute("DROP TABLE inline")
-    old.db.conn.execute("PRAGMA user_version = 5")
+    old.db.conn.execute("PRAGMA user_version = 7")  # the step before inline chunks
     old.db.conn.commit()
     old.db.close()
 
