@@ -1,21 +1,30 @@
-"""Benchmark a syncd mount against a plain directory on the same disk.
+"""Benchmark a syncd mount against a plain directory and pyfuse3's passthrough example,
+all three on the same disk, in one run.
 
     python bench/fs.py                     # full: 1 GiB file, 10k small files, 20k-file tar
-    python bench/fs.py --size-mib 64 --files 500 --tar-files 1000 --repeat 1   # smoke run
+    python bench/fs.py --size-mib 64 --files 500 --tar-files 1000 --git-files 500 --repeat 1
     python bench/fs.py --only write,read --json out.json --profile
 
-Run it as root (to drop page caches) with the python whose bin/ holds `syncd` (or --syncd).
-Mount (via the real CLI: syncd init, mount, umount) and native dir live under one fresh base
-dir (in /var/tmp or --dir), removed at the end; nothing is deleted before then, so it
-needs about 2 x repeat x (size + tar) of free space. Workloads, each --repeat times per side:
-write (1 MiB blocks, fsync at the end), read (after dropping caches), small (create + stat +
+Run it as root (to drop page caches) with the python whose bin/ holds `syncd` (or --syncd)
+and pyfuse3. Three sides: `native` (a plain directory), `mount` (syncd, via the real CLI:
+syncd init, mount, umount) and `passthrough` (pyfuse3's own examples/passthroughfs.py, of the
+installed pyfuse3's version, taken from its source distribution with `pip download` into
+--cache once, mounted over a plain directory): the same Python, trio and FUSE stack as
+syncd with no work of its own, so mount/passthrough shows what syncd adds to the stack.
+Everything lives under one fresh base dir (in /var/tmp or --dir), removed at the end;
+nothing is deleted before then, so it needs about 3 x repeat x (size + tar + clone) of free
+space. Workloads, each --repeat times per side, the sides taking turns per workload: write
+(1 MiB blocks, fsync at the end), read (after dropping caches), small (create + stat +
 unlink of --files files, one timing), tar (`tar -xf` of --tar-files small files into an
-empty dir), find (over the extracted tree, warm caches). The table shows medians and a SPEED
-ratio, mount speed / native speed: 1.0 = as fast as native, 0.5 = half as fast (for timed
-workloads: native seconds / mount seconds). --profile records a py-spy speedscope profile (with
-idle stacks) of the mount process during each mount workload, next to --json (else in cwd).
+empty dir), find (over the extracted tree, warm caches), git (`git clone --no-local` of a
+local repository of --git-files files, made in the run). The table shows medians and SPEED
+ratios, mount speed / native speed and mount speed / passthrough speed: 1.0 = as fast,
+0.5 = half as fast (for timed workloads: other seconds / mount seconds). --profile records
+a py-spy speedscope profile (with idle stacks) of the mount process during each mount
+workload, next to --json (else in cwd).
 """
 import argparse
+import importlib.metadata
 import io
 import json
 import os
@@ -38,7 +47,8 @@ from common import alive, mounted
 MIB = 1 << 20
 # name: (unit, higher_is_better)
 WORKLOADS = {"write": ("MB/s", True), "read": ("MB/s", True), "small": ("files/s", True),
-             "tar": ("s", False), "find": ("s", False)}
+             "tar": ("s", False), "find": ("s", False), "git": ("s", False)}
+SIDES = ("native", "mount", "passthrough")
 notes = []
 
 
@@ -82,8 +92,8 @@ class Bench:
     file or directory): on a file system with online discard, mass deletion slows the
     creates that follow it for a minute or more, which would skew whichever side ran next."""
 
-    def __init__(self, root, args, tarball):
-        self.root, self.args, self.tarball = Path(root), args, tarball
+    def __init__(self, root, args, tarball, repo):
+        self.root, self.args, self.tarball, self.repo = Path(root), args, tarball, repo
         self.big = self.tree = self.nonce = None
 
     def write(self):
@@ -157,6 +167,16 @@ class Bench:
         body(-1)  # warm the caches
         return timed(self.args.repeat, lambda i: None, body)
 
+    def git(self):
+        def body(i):
+            # --no-local: a pack is made, sent, indexed and checked out, as over a network;
+            # a local clone would hard-link the objects on one side and copy on the others.
+            dest = self.root / f"clone{i}"
+            code, out = run(["git", "clone", "-q", "--no-local", self.repo, dest])
+            if code or not (dest / REPO_LAST).exists():
+                raise RuntimeError(f"git clone failed ({code}): {out[:300]}")
+        return timed(self.args.repeat, lambda i: None, body)
+
 
 def make_tarball(path, nfiles, seed=1234):
     """Deterministic tar of nfiles files of 100-2000 bytes, 100 files per directory."""
@@ -171,6 +191,25 @@ def make_tarball(path, nfiles, seed=1234):
             ti = tarfile.TarInfo(f"d{k // 100:03d}/f{k % 100:03d}")
             ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
             tf.addfile(ti, io.BytesIO(data))
+
+
+REPO_LAST = "README"  # the last file make_repo writes
+
+
+def make_repo(path, nfiles, seed=4321):
+    """A git repository of nfiles text files of 200-8000 bytes, 100 per directory in two
+    levels (as source trees go), in one commit."""
+    rng = random.Random(seed)
+    for k in range(nfiles):
+        f = path / f"m{k // 1000:02d}" / f"p{k // 100 % 10}" / f"f{k % 100:03d}.c"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(rng.randbytes(rng.randint(100, 4000)).hex())
+    (path / REPO_LAST).write_text("bench repository\n")
+    git = ["git", "-C", str(path), "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "tree"]):
+        code, out = run(git + cmd)
+        if code:
+            sys.exit(f"making the git repository failed: git {cmd[0]}: {out}")
 
 
 def machine_facts(base):
@@ -230,29 +269,82 @@ def unmount(syncd, home, mnt, pid):
         os.kill(pid, sig)
 
 
-def run_side(side, root, args, tarball, only, results, pyspy=None, pid=None, prof_dir=None):
-    bench = Bench(root, args, tarball)
-    for w in only:
-        prof = None
-        if pyspy and pid:
-            out = prof_dir / f"syncd-profile-{w}.speedscope.json"
-            prof = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "speedscope",
-                                     "--idle", "--output", str(out)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)  # let py-spy attach
-        try:
-            secs = results.setdefault(w, {})[side] = getattr(bench, w)()
-            print(f"  {side:6} {w:5} " + " ".join(f"{s:.3f}s" for s in secs), flush=True)
-        except Exception as e:  # keep going: the failure shows in the table and notes
-            results.setdefault(w, {})[side] = f"error: {e}"
-            note(f"{side} {w} failed: {type(e).__name__}: {e}")
-        finally:
-            if prof:
-                prof.send_signal(signal.SIGINT)
-                if prof.wait(timeout=120) or not out.exists():
-                    note(f"py-spy failed during mount {w} (exit {prof.returncode})")
-                else:
-                    print(f"  profile of the mount during {w}: {out}", flush=True)
+def passthrough_example(cache):
+    """pyfuse3's examples/passthroughfs.py, of the installed pyfuse3's version, from its
+    source distribution (downloaded into `cache` once); None when it cannot be had."""
+    try:
+        version = importlib.metadata.version("pyfuse3")
+    except importlib.metadata.PackageNotFoundError:
+        note(f"pyfuse3 is not installed for {sys.executable}: no passthrough column")
+        return None
+    script = cache / f"passthroughfs-{version}.py"
+    if script.exists():
+        return script
+    cache.mkdir(parents=True, exist_ok=True)
+    sdist = cache / f"pyfuse3-{version}.tar.gz"
+    if not sdist.exists():
+        code, out = run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
+                         "--no-deps", f"pyfuse3=={version}", "-d", cache], timeout=600)
+        if code or not sdist.exists():
+            note(f"pip download of pyfuse3 {version}'s source failed ({code}): no passthrough"
+                 f" column. {out[-300:]}")
+            return None
+    with tarfile.open(sdist) as tf:
+        script.write_bytes(tf.extractfile(f"pyfuse3-{version}/examples/passthroughfs.py").read())
+    return script
+
+
+def mount_passthrough(script, src, mnt, log):
+    """The example mounted at `mnt` over `src` (in the foreground, as it runs): its process,
+    or None when it did not mount."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(script), str(src), str(mnt)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        if mounted(mnt):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    note(f"the passthrough example did not mount: {Path(log).read_text()[-500:]}")
+    unmount_passthrough(proc, mnt)
+    return None
+
+
+def unmount_passthrough(proc, mnt):
+    if mounted(mnt):
+        run(["fusermount3", "-u", str(mnt)])
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        note("the passthrough example did not exit after its unmount: killed")
+        proc.kill()
+        proc.wait()
+    if mounted(mnt):
+        run(["fusermount3", "-u", "-z", str(mnt)])
+
+
+def run_workload(w, side, bench, results, pyspy=None, pid=None, prof_dir=None):
+    prof = None
+    if pyspy and pid:
+        out = prof_dir / f"syncd-profile-{w}.speedscope.json"
+        prof = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "speedscope",
+                                 "--idle", "--output", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # let py-spy attach
+    try:
+        secs = results.setdefault(w, {})[side] = getattr(bench, w)()
+        print(f"  {side:11} {w:5} " + " ".join(f"{s:.3f}s" for s in secs), flush=True)
+    except Exception as e:  # keep going: the failure shows in the table and notes
+        results.setdefault(w, {})[side] = f"error: {e}"
+        note(f"{side} {w} failed: {type(e).__name__}: {e}")
+    finally:
+        if prof:
+            prof.send_signal(signal.SIGINT)
+            if prof.wait(timeout=120) or not out.exists():
+                note(f"py-spy failed during mount {w} (exit {prof.returncode})")
+            else:
+                print(f"  profile of the mount during {w}: {out}", flush=True)
 
 
 def main():
@@ -261,11 +353,14 @@ def main():
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--files", type=int, default=10000)
     p.add_argument("--tar-files", type=int, default=20000)
+    p.add_argument("--git-files", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--only", default=",".join(WORKLOADS), help="comma list, default: all")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
     p.add_argument("--profile", action="store_true", help="py-spy the mount during each workload")
+    p.add_argument("--cache", default="/var/tmp/syncd-bench-cache",
+                   help="where pyfuse3's source distribution is kept between runs")
     args = p.parse_args()
     only = [w for w in args.only.split(",") if w]
     if bad := set(only) - set(WORKLOADS):
@@ -276,27 +371,43 @@ def main():
         note("--profile: py-spy is not installed, no profiles are recorded")
     prof_dir = Path(args.json).resolve().parent if args.json else Path.cwd()
     prof_dir.mkdir(parents=True, exist_ok=True)
+    script = passthrough_example(Path(args.cache))
 
     base = Path(tempfile.mkdtemp(prefix="syncd-bench-", dir=args.dir or "/var/tmp"))
-    home, mnt, native, tarball = base / "home", base / "mnt", base / "native", base / "tree.tar"
-    mnt.mkdir()
-    native.mkdir()
+    home, tarball, repo = base / "home", base / "tree.tar", base / "repo"
+    roots = {side: base / side for side in SIDES}
+    for d in (*roots.values(), base / "passthrough-src"):
+        d.mkdir()
     facts = machine_facts(base)
     print(f"syncd bench in {base}: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
-    print("ratio = mount speed / native speed (1.0 = as fast as native, 0.5 = half as fast;"
-          " for timed workloads native s / mount s); find runs with warm caches", flush=True)
-    results, pid = {}, None
+    print("ratio = mount speed / other speed (1.0 = as fast, 0.5 = half as fast;"
+          " for timed workloads other s / mount s); find runs with warm caches", flush=True)
+    results, pid, passthrough = {}, None, None
     try:
         if {"tar", "find"} & set(only):
             make_tarball(tarball, args.tar_files)
-        pid = mount(syncd, home, mnt)
-        run_side("native", native, args, tarball, only, results)
-        run_side("mount", mnt, args, tarball, only, results, pyspy, pid, prof_dir)
+        if "git" in only:
+            make_repo(repo, args.git_files)
+        pid = mount(syncd, home, roots["mount"])
+        if script:
+            passthrough = mount_passthrough(script, base / "passthrough-src",
+                                            roots["passthrough"], base / "passthrough.log")
+        if not passthrough:
+            del roots["passthrough"]
+        benches = {side: Bench(root, args, tarball, repo) for side, root in roots.items()}
+        for w in only:  # the sides take turns, so a slow spell of the machine hits all alike
+            for side, bench in benches.items():
+                if side == "mount":
+                    run_workload(w, side, bench, results, pyspy, pid, prof_dir)
+                else:
+                    run_workload(w, side, bench, results)
         status = run([syncd, "--home", str(home), "status", "--json"])[1]
         print("syncd status --json:", " ".join(status.split()))
     finally:
-        if (home / "lock").exists() or mounted(mnt):
-            unmount(syncd, home, mnt, pid or lock_pid(home))
+        if passthrough:
+            unmount_passthrough(passthrough, roots["passthrough"])
+        if (home / "lock").exists() or mounted(roots["mount"]):
+            unmount(syncd, home, roots["mount"], pid or lock_pid(home))
         shutil.rmtree(base, ignore_errors=True)
     report(results, only, args, facts, syncd)
 
@@ -308,27 +419,35 @@ def report(results, only, args, facts, syncd):
         amount = {"write": args.size_mib * MIB / 1e6, "read": args.size_mib * MIB / 1e6,
                   "small": args.files}.get(w)
         row = {"workload": w, "unit": unit}
-        for side in ("native", "mount"):
+        for side in SIDES:
             secs = row[side + "_runs_s"] = results.get(w, {}).get(side, "not run")
             med = statistics.median(secs) if isinstance(secs, list) else None
             row[side] = amount / med if amount and med else med
-        n, m = row["native"], row["mount"]
-        row["ratio"] = (m / n if higher else n / m) if n and m else None
+        m = row["mount"]
+        for side, key in (("native", "ratio"), ("passthrough", "ratio_passthrough")):
+            o = row[side]
+            row[key] = (m / o if higher else o / m) if o and m else None
         rows.append(row)
-    print(f"\n{'workload':10} {'unit':8} {'native':>10} {'mount':>10} {'ratio':>7}")
+    cols = ("native", "mount", "passthrough", "ratio", "ratio_passthrough")
+    print(f"\n{'workload':10} {'unit':8} {'native':>10} {'mount':>10} {'passthrough':>12}"
+          f" {'mount/native':>13} {'mount/passthrough':>18}")
     for r in rows:
         f = [("-" if r[k] is None else f"{r[k]:.2f}" if r[k] >= 1 else f"{r[k]:.3g}")
-             for k in ("native", "mount", "ratio")]
-        print(f"{r['workload']:10} {r['unit']:8} {f[0]:>10} {f[1]:>10} {f[2]:>7}")
-    print(f"medians of {args.repeat}; ratio = mount speed / native speed; "
+             for k in cols]
+        print(f"{r['workload']:10} {r['unit']:8} {f[0]:>10} {f[1]:>10} {f[2]:>12} {f[3]:>13}"
+              f" {f[4]:>18}")
+    print(f"medians of {args.repeat}; ratios = mount speed / other speed; "
           f"nproc {facts['nproc']}, kernel {facts['kernel']}, base fs {facts['base_fs']}")
     for n in notes:
         print("note:", n)
     if args.json:
-        params = {k: getattr(args, k) for k in ("size_mib", "files", "tar_files", "repeat")}
+        params = {k: getattr(args, k)
+                  for k in ("size_mib", "files", "tar_files", "git_files", "repeat")}
         Path(args.json).write_text(json.dumps(
-            {"schema_version": 1, "machine": facts, "params": params, "syncd": syncd,
-             "ratio": "mount speed / native speed", "results": rows, "notes": notes}, indent=1))
+            {"schema_version": 2, "machine": facts, "params": params, "syncd": syncd,
+             "ratio": "mount speed / native speed",
+             "ratio_passthrough": "mount speed / passthrough example speed",
+             "results": rows, "notes": notes}, indent=1))
 
 
 if __name__ == "__main__":
