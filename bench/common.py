@@ -1,6 +1,7 @@
 """Helpers the benchmark scripts share (each is run as `python bench/NAME.py`, so this
 module is found beside them)."""
 
+import socket
 from pathlib import Path
 
 
@@ -14,3 +15,9 @@ def alive(pid) -> bool:
         return b"syncd" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alive, mounted
+from common import alive, free_port, mounted
 
 MIB = 1 << 20
 # name: (unit, higher_is_better)
@@ -231,7 +231,9 @@ def tool(name):
 
 
 def mount(syncd, home, mnt):
-    for cmd in (["init", "--name", "bench"], ["mount", str(mnt)]):
+    # A free port: another syncd on this machine may serve on the default one.
+    init = ["init", "--name", "bench", "--listen", f"127.0.0.1:{free_port()}"]
+    for cmd in (init, ["mount", str(mnt)]):
         code, out = run([syncd, "--home", str(home), *cmd], timeout=120)
         if code:
             log = (home / "mount.log").read_text()[-2000:] if (home / "mount.log").exists() else ""

@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alive, mounted
+from common import alive, free_port, mounted
 
 KIB, MIB = 1 << 10, 1 << 20
 notes = []
@@ -66,12 +66,6 @@ def run(cmd, timeout=120, check=True):
     if check and code:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({code}): {text[-1500:]}")
     return text if check else (code, text)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(what, check, *args, timeout=600):
