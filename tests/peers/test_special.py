@@ -4,9 +4,11 @@ and a directory a peer deletes goes with the special files it holds here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 
 from syncd.index.names import conflict_name
 
@@ -16,18 +18,30 @@ from tests.peers.conftest import settled, wait_content, wait_gone
 NULL = os.makedev(1, 3)
 
 
+@contextlib.contextmanager
+def short(path) -> Iterator[str]:
+    """A name for `path` that fits in a socket address (108 bytes) however long the test's
+    directory and the conflict name: through its directory's fd."""
+    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+    finally:
+        os.close(fd)
+
+
 def bind(path) -> socket.socket:
     s = socket.socket(socket.AF_UNIX)
-    s.bind(str(path))
+    with short(path) as name:
+        s.bind(name)
     s.listen()
     return s
 
 
 def greet_through(server: socket.socket, path) -> bytes:
     """Connect to `server` by `path`; what it sends back."""
-    with socket.socket(socket.AF_UNIX) as c:
+    with socket.socket(socket.AF_UNIX) as c, short(path) as name:
         c.settimeout(10)
-        c.connect(str(path))
+        c.connect(name)
         conn, _ = server.accept()
         with conn:
             conn.sendall(b"still here")
