@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alive, mounted
+from common import alive, free_port, mounted
 
 KIB = 1 << 10
 notes = []
@@ -64,12 +63,6 @@ def drop_caches():
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError as e:
         note(f"could not drop caches ({e})")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_tree(root, files, per_dir=100):
