@@ -217,13 +217,24 @@ class Catalog:
 
     def transaction(self, fn, *args):
         """fn(*args) in one SQLite transaction; its result. When it fails, nothing it did
-        stays, the counters included; when it stamped something, on_change follows."""
+        stays, the counters included; when it stamped something, on_change follows.
+        Inside a caller's db.atomic() block it is a savepoint of that transaction; on its
+        own, plain BEGIN and COMMIT (sqlite-utils' atomic() costs ~1.5 us more, on every
+        change)."""
         before = self.seq
         try:
-            with self.db.atomic():
-                if self._collected:  # rows of chunks retired since the last one
-                    self.inline.drop_unreferenced([(d,) for d in self._collected])
-                result = fn(*args)
+            if self.conn.in_transaction:
+                with self.db.atomic():
+                    result = self._collect_and(fn, args)
+            else:
+                self.conn.execute("BEGIN")
+                try:
+                    result = self._collect_and(fn, args)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
         except BaseException:
             self._load_counters()
             raise
@@ -231,6 +242,11 @@ class Catalog:
         if self.seq != before:
             self.on_change()
         return result
+
+    def _collect_and(self, fn, args):
+        if self._collected:  # rows of chunks retired since the last transaction
+            self.inline.drop_unreferenced([(d,) for d in self._collected])
+        return fn(*args)
 
     def stamp_local(self, node: str, op: str, aspects: tuple[str, ...],
                     detail: dict | None) -> None:
