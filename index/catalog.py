@@ -40,6 +40,9 @@ from syncd.index.store import ChunkStore
 
 ASPECTS = ("content", "mode", "place")
 NAME_MAX = 255
+# Version vectors and journal details as stored: JSON with sorted keys. One encoder for
+# all (json.dumps with options builds a new one per call).
+to_json = json.JSONEncoder(sort_keys=True).encode
 
 INODE_COLUMNS = (
     "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.ctime_ns, i.atime_ns, "
@@ -249,30 +252,47 @@ class Catalog:
         return fn(*args)
 
     def stamp_local(self, node: str, op: str, aspects: tuple[str, ...],
-                    detail: dict | None) -> None:
+                    detail: dict | None, vvs: tuple[str, ...] | None = None,
+                    sets: dict[str, object] | None = None) -> None:
         """A change made here (inside a transaction): the next sequence number, a new
         version of each of `aspects` (this device's entry in its vector is that number,
-        its clock the next Lamport clock) and a journal row. A local-only node has no
-        versions: nothing is stamped, so nothing of it is ever sent."""
+        its clock the next Lamport clock) and a journal row. `vvs`: the node's vectors of
+        `aspects` as stored, when the caller has read them already; `sets`: the change
+        itself, columns of the node written in the same UPDATE. A local-only node has no
+        versions: only `sets` is written, nothing is stamped, so nothing of it is ever
+        sent."""
         if local_only(node):
+            if sets:
+                self._set_node(node, sets)
             return
         self._next_stamp()
-        sets = ["seq = ?", "origin = NULL"]
-        params: list[object] = [self.seq]
+        columns = {**(sets or {}), "seq": self.seq, "origin": None}
         if aspects:
-            row = self.conn.execute(
-                "SELECT " + ", ".join(f"{a}_vv" for a in aspects) + " FROM nodes WHERE id = ?",
-                (node,),
-            ).fetchone()
-            for aspect, vv_text in zip(aspects, row, strict=True):
-                vv = json.loads(vv_text)
-                vv[self.device] = self.seq
-                sets += [f"{aspect}_vv = ?", f"{aspect}_made = ?", f"{aspect}_clock = ?",
-                         f"{aspect}_device = ?"]
-                text = json.dumps(vv, sort_keys=True)
-                params += [text, text, self.clock, self.device]
-        self.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
+            if vvs is None:
+                vvs = self.conn.execute(
+                    f"SELECT {', '.join(f'{a}_vv' for a in aspects)} FROM nodes WHERE id = ?",
+                    (node,)).fetchone()
+            columns |= self._new_versions(aspects, vvs)
+        self._set_node(node, columns)
         self._journal(node, op, self.device, detail)
+
+    def _set_node(self, node: str, columns: dict[str, object]) -> None:
+        self.conn.execute(f"UPDATE nodes SET {' = ?, '.join(columns)} = ? WHERE id = ?",
+                          (*columns.values(), node))
+
+    def _new_versions(self, aspects: tuple[str, ...], vvs: tuple[str, ...]) -> dict:
+        """The version columns of a local change to `aspects` at the current stamp, from
+        their vectors as stored."""
+        columns: dict[str, object] = {}
+        done: dict[str, str] = {}  # a new node's vectors are all '{}'
+        for aspect, text in zip(aspects, vvs, strict=True):
+            if text not in done:
+                vv = json.loads(text)
+                vv[self.device] = self.seq
+                done[text] = to_json(vv)
+            columns |= {f"{aspect}_vv": done[text], f"{aspect}_made": done[text],
+                        f"{aspect}_clock": self.clock, f"{aspect}_device": self.device}
+        return columns
 
     def stamp_applied(self, node: str, op: str, origin: str | None, device: str | None,
                       detail: dict) -> None:
@@ -298,7 +318,7 @@ class Catalog:
             "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (self.seq, self.clock, node, op, device, int(time.time()),
-             json.dumps(detail, sort_keys=True) if detail else None),
+             to_json(detail) if detail else None),
         )
 
     def _load_counters(self) -> None:
@@ -339,31 +359,12 @@ class Catalog:
             ).lastrowid
             if chunks.entries:
                 self._reref(chunks, size, ChunkList([]))
-            node, entry = self._insert_node(kind, ino, parent, name)
-            self.stamp_local(node, "create", ASPECTS, {"kind": kind})
+            node, entry = self._add_node(kind, ino, parent, name, {"kind": kind})
             self._touch_dir(parent_ino, now)
             return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, mtime,
                                                   now, now, digest, target, rdev, 1))
 
         return self.transaction(run)
-
-    def _insert_node(self, kind: str, ino: int, parent: str, name: str) -> tuple[str, int]:
-        """A new live node's row, before its stamp: its id and entry. A synced node's id
-        takes the counter its stamp will have; a local-only node's, which is never
-        stamped, takes its entry number."""
-        entry, node = None, f"{self.device}:{self.seq + 1}"
-        if kind in LOCAL_ONLY_KINDS:
-            entry = self.conn.execute(
-                "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
-            node = f"{LOCAL_ID_PREFIX}{entry}"
-        try:
-            entry = self.conn.execute(
-                "INSERT INTO nodes (entry, id, kind, ino, parent, name, seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0)", (entry, node, kind, ino, parent, name),
-            ).lastrowid
-        except sqlite3.IntegrityError:  # nodes_name: one live node per name
-            raise fail(errno.EEXIST, name) from None
-        return node, entry
 
     def link(self, ino: int, parent_ino: int, name: str) -> Entry:
         """A hard link: a second node on the same inode (peers see a separate file)."""
@@ -375,13 +376,39 @@ class Catalog:
             inode = self.inode(ino)
             if inode.kind == "dir":
                 raise fail(errno.EPERM)
-            node, _ = self._insert_node(inode.kind, ino, parent, name)
-            self.stamp_local(node, "create", ASPECTS, {"kind": inode.kind, "link": True})
+            self._add_node(inode.kind, ino, parent, name, {"kind": inode.kind, "link": True})
             self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
             self._touch_dir(parent_ino, now)
             return self.lookup(parent_ino, name)
 
         return self.transaction(run)
+
+    def _add_node(self, kind: str, ino: int, parent: str, name: str,
+                  detail: dict) -> tuple[str, int]:
+        """A new live node: its id and entry. A synced node is stamped as it is inserted,
+        and its id takes the counter of that stamp; a local-only node, never stamped,
+        takes its entry number."""
+        if kind in LOCAL_ONLY_KINDS:
+            entry = self.conn.execute(
+                "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
+            node = f"{LOCAL_ID_PREFIX}{entry}"
+            columns = {"entry": entry, "id": node, "seq": 0}
+        else:
+            self._next_stamp()
+            node = f"{self.device}:{self.seq}"
+            columns = {"id": node, "seq": self.seq,
+                       **self._new_versions(ASPECTS, ("{}",) * len(ASPECTS))}
+        columns |= {"kind": kind, "ino": ino, "parent": parent, "name": name}
+        try:
+            entry = self.conn.execute(
+                f"INSERT INTO nodes ({', '.join(columns)})"
+                f" VALUES ({', '.join('?' * len(columns))})", tuple(columns.values()),
+            ).lastrowid
+        except sqlite3.IntegrityError:  # nodes_name: one live node per name
+            raise fail(errno.EEXIST, name) from None
+        if not local_only(node):
+            self._journal(node, "create", self.device, detail)
+        return node, entry
 
     # -- removing
 
@@ -394,9 +421,10 @@ class Catalog:
         return self.transaction(self._remove, parent_ino, check_name(name), True)
 
     def _remove(self, parent_ino: int, name: str, want_dir: bool) -> int:
-        entry = self.lookup(parent_ino, name)
-        if entry is None:
+        found = self._lookup_versions(parent_ino, name)
+        if found is None:
             raise fail(errno.ENOENT, name)
+        entry, vvs = found
         is_dir = entry.inode.kind == "dir"
         if want_dir and not is_dir:
             raise fail(errno.ENOTDIR, name)
@@ -404,23 +432,33 @@ class Catalog:
             raise fail(errno.EISDIR, name)
         if is_dir and self.has_children(entry.node):
             raise fail(errno.ENOTEMPTY, name)
-        self._tombstone(entry)
+        self._tombstone(entry, vvs)
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
         return entry.inode.ino
 
-    def _tombstone(self, entry: Entry) -> None:
+    def _tombstone(self, entry: Entry, vvs: tuple[str, ...]) -> None:
         """A removed name: a tombstone that carries the delete to peers, or, for a
         local-only node that no peer knows, nothing."""
         if local_only(entry.node):
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (entry.node,))
             return
-        self.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?",
-                          (entry.node,))
-        self.stamp_local(entry.node, "delete", ASPECTS, None)
+        self.stamp_local(entry.node, "delete", ASPECTS, None, vvs,
+                         {"deleted": 1, "ino": None})
         if entry.inode.kind == "dir":
             self._dir_nodes.pop(entry.inode.ino, None)
+
+    def _lookup_versions(self, parent_ino: int, name: str) -> tuple[Entry, tuple] | None:
+        """`lookup`, and the node's version vectors as stored (ASPECTS' order), for a
+        change that stamps it: no second query for them."""
+        row = self.conn.execute(
+            f"SELECT n.id, n.entry, n.name, n.content_vv, n.mode_vv, n.place_vv, "
+            f"{INODE_COLUMNS} FROM nodes n JOIN inodes i ON i.ino = n.ino "
+            "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
+            (self.dir_node(parent_ino), name),
+        ).fetchone()
+        return (Entry(row[0], row[1], row[2], Inode(*row[6:])), row[3:6]) if row else None
 
     # -- renaming
 
@@ -438,12 +476,14 @@ class Catalog:
                                 noreplace)
 
     def _rename(self, old_parent, old_name, new_parent, new_name, noreplace):
-        src = self.lookup(old_parent, old_name)
-        if src is None:
+        found = self._lookup_versions(old_parent, old_name)
+        if found is None:
             raise fail(errno.ENOENT, old_name)
-        dst = self.lookup(new_parent, new_name)
+        src, src_vvs = found
+        dst, dst_vvs = self._lookup_versions(new_parent, new_name) or (None, None)
         new_parent_node = self.dir_node(new_parent)
         now = time.time_ns()
+        takes_inode = False
         if src.inode.kind == "dir" and self._is_within(new_parent_node, src.node):
             raise fail(errno.EINVAL, "cannot move a directory into itself")
         if dst is not None:
@@ -457,35 +497,28 @@ class Catalog:
                 raise fail(errno.EISDIR, new_name)
             if dst.inode.kind == "dir" and self.has_children(dst.node):
                 raise fail(errno.ENOTEMPTY, new_name)
-            if src.inode.kind == "file" and dst.inode.kind == "file" and self.is_local(
-                    src.inode.ino):
-                # The target node takes the source inode's content and mode as one edit.
-                # Only content held here: that edit would be a version of ours whose
-                # chunks only the source's holder has, and that holder drops them once it
-                # replaces the source (soak bug 4). A source not fetched yet moves as
-                # itself instead, so the holder's newer versions still reach it.
-                self.conn.execute(
-                    "UPDATE nodes SET ino = ? WHERE id = ?", (src.inode.ino, dst.node)
-                )
+            # A file over a file: the target node takes the source inode's content and
+            # mode as one edit. Only content held here: that edit would be a version of
+            # ours whose chunks only the source's holder has, and that holder drops them
+            # once it replaces the source (soak bug 4). A source not fetched yet moves as
+            # itself instead, so the holder's newer versions still reach it.
+            takes_inode = src.inode.kind == "file" and dst.inode.kind == "file" and \
+                self.is_local(src.inode.ino)
+            if takes_inode:
                 self.stamp_local(dst.node, "content", ("content", "mode"),
-                                 {"replaced_by": src.node})
-                self._tombstone(src)
-                self._touch_dir(old_parent, now)
-                self._touch_dir(new_parent, now)
-                self.conn.execute(
-                    "UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino)
-                )
-                return dst.inode.ino
-            self._tombstone(dst)
-        self.conn.execute(
-            "UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
-            (new_parent_node, new_name, src.node),
-        )
-        self.stamp_local(src.node, "rename", ("place",),
-                         {"from": [self.dir_node(old_parent), old_name]})
+                                 {"replaced_by": src.node}, dst_vvs[:2],
+                                 {"ino": src.inode.ino})
+                self._tombstone(src, src_vvs)
+            else:
+                self._tombstone(dst, dst_vvs)
+        if not takes_inode:
+            self.stamp_local(src.node, "rename", ("place",),
+                             {"from": [self.dir_node(old_parent), old_name]}, src_vvs[2:],
+                             {"parent": new_parent_node, "name": new_name})
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino))
         self._touch_dir(old_parent, now)
-        self._touch_dir(new_parent, now)
+        if new_parent != old_parent:
+            self._touch_dir(new_parent, now)
         return dst.inode.ino if dst is not None else None
 
     # -- attributes
