@@ -44,10 +44,12 @@ NAME_MAX = 255
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode
 
+# An Inode's columns. The table goes unaliased, so that an UPDATE of it can return them.
 INODE_COLUMNS = (
-    "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns, i.ctime_ns, i.atime_ns, "
-    "i.hash, i.target, i.rdev, "
-    "(SELECT count(*) FROM nodes l WHERE l.ino = i.ino AND l.deleted = 0) AS nlink"
+    "inodes.ino, inodes.kind, inodes.mode, inodes.uid, inodes.gid, inodes.size, "
+    "inodes.mtime_ns, inodes.ctime_ns, inodes.atime_ns, inodes.hash, inodes.target, "
+    "inodes.rdev, "
+    "(SELECT count(*) FROM nodes l WHERE l.ino = inodes.ino AND l.deleted = 0) AS nlink"
 )
 
 
@@ -137,7 +139,7 @@ class Catalog:
 
     def inode(self, ino: int) -> Inode:
         row = self.conn.execute(
-            f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.ino = ?", (ino,)
+            f"SELECT {INODE_COLUMNS} FROM inodes WHERE ino = ?", (ino,)
         ).fetchone()
         if row is None:
             raise fail(errno.ENOENT, f"inode {ino}")
@@ -164,7 +166,7 @@ class Catalog:
     def lookup(self, parent_ino: int, name: str) -> Entry | None:
         row = self.conn.execute(
             f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
-            "JOIN inodes i ON i.ino = n.ino "
+            "JOIN inodes ON inodes.ino = n.ino "
             "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
             (self.dir_node(parent_ino), name),
         ).fetchone()
@@ -173,7 +175,7 @@ class Catalog:
     def children(self, dir_ino: int, after: int, limit: int = 1000) -> list[Entry]:
         rows = self.conn.execute(
             f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
-            "JOIN inodes i ON i.ino = n.ino "
+            "JOIN inodes ON inodes.ino = n.ino "
             "WHERE n.parent = ? AND n.deleted = 0 AND n.entry > ? ORDER BY n.entry LIMIT ?",
             (self.dir_node(dir_ino), after, limit),
         ).fetchall()
@@ -454,7 +456,7 @@ class Catalog:
         change that stamps it: no second query for them."""
         row = self.conn.execute(
             f"SELECT n.id, n.entry, n.name, n.content_vv, n.mode_vv, n.place_vv, "
-            f"{INODE_COLUMNS} FROM nodes n JOIN inodes i ON i.ino = n.ino "
+            f"{INODE_COLUMNS} FROM nodes n JOIN inodes ON inodes.ino = n.ino "
             "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
             (self.dir_node(parent_ino), name),
         ).fetchone()
@@ -523,39 +525,41 @@ class Catalog:
 
     # -- attributes
 
-    def set_mode(self, ino: int, mode: int) -> None:
-        """chmod: one change per node of the inode."""
-        def run() -> None:
-            self.conn.execute(
-                "UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?",
-                (mode & 0o7777, time.time_ns(), ino),
-            )
-            for node in self.nodes_of(ino):
-                self.stamp_local(node, "mode", ("mode",), {"mode": mode & 0o7777})
+    def set_attributes(self, ino: int, **columns: int) -> Inode:
+        """chmod, utimens and chown of an inode not open for writing, in one transaction;
+        the inode as it is then. A new `mode` is a new mode version of each node of the
+        inode, and a new `mtime_ns` of a file or symlink a new content version (the mtime
+        is part of it); both set the ctime. `uid`, `gid`, `atime_ns`, `ctime_ns` and a
+        directory's mtime are local facts, which stamp nothing."""
+        assert columns and set(columns) <= {"mode", "mtime_ns", "uid", "gid", "atime_ns",
+                                            "ctime_ns"}
+        versioned = {k: columns[k] for k in ("mtime_ns", "mode") if k in columns}
+        if "mode" in versioned:
+            versioned["mode"] = columns["mode"] = columns["mode"] & 0o7777
+        if versioned:
+            columns.setdefault("ctime_ns", time.time_ns())
 
-        self.transaction(run)
+        def run() -> Inode:
+            row = self.conn.execute(
+                f"UPDATE inodes SET {' = ?, '.join(columns)} = ? WHERE ino = ?"
+                f" RETURNING {INODE_COLUMNS}", (*columns.values(), ino)).fetchone()
+            if row is None:
+                raise fail(errno.ENOENT, f"inode {ino}")
+            if versioned:
+                for node, kind, content_vv, mode_vv in self.conn.execute(
+                        "SELECT id, kind, content_vv, mode_vv FROM nodes"
+                        " WHERE ino = ? AND deleted = 0 ORDER BY entry", (ino,)).fetchall():
+                    stored = {"content": content_vv, "mode": mode_vv}
+                    change = {k: v for k, v in versioned.items()
+                              if k == "mode" or kind != "dir"}
+                    aspects = tuple(a for a, k in (("content", "mtime_ns"), ("mode", "mode"))
+                                    if k in change)
+                    if aspects:
+                        self.stamp_local(node, aspects[0], aspects, change,
+                                         tuple(stored[a] for a in aspects))
+            return Inode(*row)
 
-    def set_mtime(self, ino: int, mtime_ns: int) -> None:
-        """utimens on a file not open for writing: the mtime is part of the content version."""
-        def run() -> None:
-            self.conn.execute(
-                "UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
-                (mtime_ns, time.time_ns(), ino),
-            )
-            for node in self.nodes_of(ino):
-                self.stamp_local(node, "content", ("content",), {"mtime_ns": mtime_ns})
-
-        self.transaction(run)
-
-    def set_local(self, ino: int, **columns: int) -> None:
-        """Owner, atime, ctime and a directory's mtime: local facts, not versioned, no
-        stamp."""
-        assert set(columns) <= {"uid", "gid", "atime_ns", "ctime_ns", "mtime_ns"}
-        sets = ", ".join(f"{c} = ?" for c in columns)
-        with self.db.atomic():
-            self.conn.execute(
-                f"UPDATE inodes SET {sets} WHERE ino = ?", (*columns.values(), ino)
-            )
+        return self.transaction(run)
 
     def commit_content(
         self, ino: int, chunks: ChunkList, size: int, mtime_ns: int | None,

@@ -201,41 +201,36 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def setattr(self, inode, attr, fields, fh, ctx):
-        current = self.catalog.inode(inode)
-        open_for_writing = current.kind == "file" and self.writers[inode] > 0
+        open_for_writing = self.writers[inode] > 0  # only files have writers
         if fields.update_size:
-            if current.kind != "file":
-                raise FUSEError(errno.EISDIR if current.kind == "dir" else errno.EINVAL)
+            kind = self.catalog.inode(inode).kind
+            if kind != "file":
+                raise FUSEError(errno.EISDIR if kind == "dir" else errno.EINVAL)
             await self.content.truncate(inode, attr.st_size)
             if not open_for_writing:
                 await self.content.commit(inode)
                 self.content.close(inode)
+        columns = {}
         if fields.update_mode:
-            if open_for_writing:  # folds into the commit at flush (tar, cp -p)
-                self.content.draft(inode).mode = attr.st_mode & 0o7777
-            else:
-                self.catalog.set_mode(inode, attr.st_mode)
-        local = {}
+            columns["mode"] = attr.st_mode & 0o7777
         if fields.update_mtime:
-            if open_for_writing:
-                self.content.draft(inode).mtime_ns = attr.st_mtime_ns
-            elif current.kind == "dir":  # no content version: a directory's mtime is local
-                local["mtime_ns"] = attr.st_mtime_ns
-            else:
-                self.catalog.set_mtime(inode, attr.st_mtime_ns)
+            columns["mtime_ns"] = attr.st_mtime_ns
         if fields.update_uid:
-            local["uid"] = attr.st_uid
+            columns["uid"] = attr.st_uid
         if fields.update_gid:
-            local["gid"] = attr.st_gid
-        if open_for_writing and local:  # tar and cp -p as root: fold into the commit
-            self.content.draft(inode).owner.update(local)
-            local = {}
+            columns["gid"] = attr.st_gid
+        if open_for_writing and columns:  # tar and cp -p: these fold into the commit at flush
+            draft = self.content.draft(inode)
+            draft.mode = columns.pop("mode", draft.mode)
+            draft.mtime_ns = columns.pop("mtime_ns", draft.mtime_ns)
+            draft.owner.update(columns)
+            columns = {}
         if fields.update_atime:
-            local["atime_ns"] = attr.st_atime_ns
+            columns["atime_ns"] = attr.st_atime_ns
         if fields.update_ctime:
-            local["ctime_ns"] = attr.st_ctime_ns
-        if local:
-            self.catalog.set_local(inode, **local)
+            columns["ctime_ns"] = attr.st_ctime_ns
+        if columns:
+            return self.attrs(self.catalog.set_attributes(inode, **columns))
         return self.attrs(self.catalog.inode(inode))
 
     @handler

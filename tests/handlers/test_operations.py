@@ -105,7 +105,7 @@ def test_mode_minus_umask_and_caller_owns(fs):
 
 def test_setgid_directory_passes_its_group(fs):
     d = run(fs.mkdir, ROOT, b"d", 0o2775, Ctx())
-    fs.catalog.set_local(d.st_ino, gid=4242)
+    fs.catalog.set_attributes(d.st_ino, gid=4242)
     sub = run(fs.mkdir, d.st_ino, b"sub", 0o755, Ctx())
     assert sub.st_gid == 4242 and sub.st_mode & 0o2000
 
@@ -195,3 +195,23 @@ def test_mknod_of_a_regular_file_is_a_synced_file_and_other_types_are_refused(fs
     # a FIFO ignores the device number it is given, as local file systems do
     assert run(fs.mknod, ROOT, b"p", stat.S_IFIFO | 0o600, 77, Ctx()).st_rdev == 0
     assert fuse_errno(fs.mknod, ROOT, b"d", stat.S_IFDIR | 0o755, 0, Ctx()) == errno.EINVAL
+
+
+def test_setattr_of_a_file_open_for_writing_folds_into_its_commit(fs):
+    """tar and cp -p set times, owner and mode before close: no change of their own."""
+    info, attrs = run(fs.create, ROOT, b"f", 0o644, os.O_WRONLY, Ctx())
+    run(fs.write, info.fh, 0, b"data")
+    seq = fs.catalog.seq
+    a = pyfuse3.EntryAttributes()
+    a.st_mode, a.st_mtime_ns, a.st_uid, a.st_gid = 0o600, 123, 5, 6
+    fields = SimpleNamespace(update_size=False, update_mode=True, update_uid=True,
+                             update_gid=True, update_atime=False, update_mtime=True,
+                             update_ctime=False)
+    out = run(fs.setattr, attrs.st_ino, a, fields, info.fh, Ctx())
+    assert (out.st_mode & 0o7777, out.st_mtime_ns, out.st_uid, out.st_gid) == (0o600, 123, 5, 6)
+    assert fs.catalog.seq == seq
+    run(fs.flush, info.fh)
+    run(fs.release, info.fh)
+    inode = fs.catalog.inode(attrs.st_ino)
+    assert (inode.mode, inode.mtime_ns, inode.uid, inode.gid, inode.size) == (0o600, 123, 5, 6, 4)
+    assert fs.catalog.seq == seq + 1

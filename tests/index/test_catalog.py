@@ -120,12 +120,34 @@ def test_rmdir_and_rename_errors(cat):
 def test_chmod_stamps_each_link_and_owner_stamps_nothing(cat):
     f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
     h = cat.link(f.inode.ino, ROOT, "h")
-    cat.set_mode(f.inode.ino, 0o600)
+    cat.set_attributes(f.inode.ino, mode=0o600)
     assert journal(cat)[-2:] == [(f.node, "mode"), (h.node, "mode")]
     n = cat.seq
-    cat.set_local(f.inode.ino, uid=5, gid=6, atime_ns=7)
+    cat.set_attributes(f.inode.ino, uid=5, gid=6, atime_ns=7)
     assert cat.seq == n
     assert cat.inode(f.inode.ino).uid == 5
+
+
+def test_chmod_and_utime_at_once_are_one_change(cat):
+    """One setattr: one new version of content and mode per node, and what it returns is
+    the inode as it is now."""
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    before = node(cat, f.node)
+    after = cat.set_attributes(f.inode.ino, mode=0o4600, mtime_ns=123, uid=7)
+    assert (after.mode, after.mtime_ns, after.uid) == (0o4600, 123, 7)
+    assert after.ctime_ns > f.inode.ctime_ns and after == cat.inode(f.inode.ino)
+    assert journal(cat)[-1] == (f.node, "content") and cat.seq == before["seq"] + 1
+    row = node(cat, f.node)
+    assert json.loads(row["content_vv"]) == json.loads(row["mode_vv"]) == {DEVICE: cat.seq}
+    assert row["place_vv"] == before["place_vv"]
+
+
+def test_attributes_of_a_purged_inode(cat):
+    ino = cat.create(ROOT, "f", "file", 0o644, 0, 0).inode.ino
+    cat.purge_inode(cat.unlink(ROOT, "f"))
+    with pytest.raises(OSError) as e:
+        cat.set_attributes(ino, mode=0o600)
+    assert e.value.errno == errno.ENOENT
 
 
 def _commit(c: Catalog, ino: int, draft: Draft) -> None:
