@@ -414,15 +414,15 @@ class Catalog:
 
     # -- removing
 
-    def unlink(self, parent_ino: int, name: str) -> int:
-        """Remove a non-directory name: its node becomes a tombstone. Returns the inode,
-        which the caller purges once nothing refers to it."""
+    def unlink(self, parent_ino: int, name: str) -> int | None:
+        """Remove a non-directory name: its node becomes a tombstone. Returns the inode if
+        that was its last name, for the caller to purge once nothing refers to it."""
         return self.transaction(self._remove, parent_ino, check_name(name), False)
 
-    def rmdir(self, parent_ino: int, name: str) -> int:
+    def rmdir(self, parent_ino: int, name: str) -> int | None:
         return self.transaction(self._remove, parent_ino, check_name(name), True)
 
-    def _remove(self, parent_ino: int, name: str, want_dir: bool) -> int:
+    def _remove(self, parent_ino: int, name: str, want_dir: bool) -> int | None:
         found = self._lookup_versions(parent_ino, name)
         if found is None:
             raise fail(errno.ENOENT, name)
@@ -438,7 +438,7 @@ class Catalog:
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
-        return entry.inode.ino
+        return entry.inode.ino if entry.inode.nlink == 1 else None
 
     def _tombstone(self, entry: Entry, vvs: tuple[str, ...]) -> None:
         """A removed name: a tombstone that carries the delete to peers, or, for a
@@ -468,7 +468,8 @@ class Catalog:
         self, old_parent: int, old_name: str, new_parent: int, new_name: str,
         noreplace: bool = False,
     ) -> int | None:
-        """Move a name. Returns an inode that lost its last name by being replaced, if any.
+        """Move a name. Returns the inode that lost its last name by being replaced, if
+        any.
 
         Rename over an existing file (how editors save): the target keeps its node and
         takes the source's inode as an edit, and the source node is deleted (DESIGN rule 3).
@@ -521,7 +522,7 @@ class Catalog:
         self._touch_dir(old_parent, now)
         if new_parent != old_parent:
             self._touch_dir(new_parent, now)
-        return dst.inode.ino if dst is not None else None
+        return dst.inode.ino if dst is not None and dst.inode.nlink == 1 else None
 
     # -- attributes
 
@@ -749,21 +750,25 @@ class Catalog:
         self.retire(garbage)
         crash_point("commit:retired")
 
-    def purge_inode(self, ino: int) -> list[bytes]:
-        """Forget an inode that has no names, no lookups and no handles left. Returns the
-        chunks left unreferenced."""
-        def run() -> list[bytes] | None:
-            if self.nodes_of(ino):
-                return None
-            old = self.chunks(ino)
-            self.conn.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
-            return self._reref(ChunkList([]), 0, old)
+    def purge_inodes(self, inos: list[int]) -> list[bytes]:
+        """Forget inodes that have no names, no lookups and no handles left, in one
+        transaction (a purge changes nothing in the share, so the mount gathers them).
+        One that has a name again is kept. Returns the chunks left unreferenced."""
+        def run() -> tuple[list[int], list[bytes]]:
+            purged = self.conn.execute(
+                "DELETE FROM inodes WHERE ino IN (SELECT value FROM json_each(?))"
+                " AND NOT EXISTS (SELECT 1 FROM nodes n"
+                " WHERE n.ino = inodes.ino AND n.deleted = 0) RETURNING ino, chunks",
+                (json.dumps(inos),)).fetchall()
+            garbage = []
+            for _, blob in purged:
+                garbage += self._reref(ChunkList([]), 0, ChunkList.from_blob(blob))
+            return [ino for ino, _ in purged], garbage
 
-        self._dir_nodes.pop(ino, None)
-        garbage = self.transaction(run)
-        if garbage is None:  # it has a name again
-            return []
-        self.detached.pop(ino, None)
+        purged, garbage = self.transaction(run)
+        for ino in purged:
+            self._dir_nodes.pop(ino, None)
+            self.detached.pop(ino, None)
         return garbage
 
     def orphan_inodes(self) -> list[int]:

@@ -68,7 +68,7 @@ def test_link_rename_chmod_utime_and_unlink_send_nothing(devs):
     # no tombstone: no peer ever heard of it
     assert a.cat.conn.execute("SELECT count(*) FROM nodes WHERE id IN (?, ?)",
                               (fifo.node, link.node)).fetchone() == (0,)
-    assert a.cat.purge_inode(ino) == []
+    assert a.cat.purge_inodes([ino]) == []
     check_invariants(a.cat)
 
 

@@ -476,7 +476,7 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     lazy_send(c, b)
     ino = c.ino("/f")
     c.cat.unlink(ROOT, "f")
-    c.cat.retire(c.cat.purge_inode(ino))  # what the mount does once it is closed
+    c.cat.retire(c.cat.purge_inodes([ino]))  # what the mount does once it is closed
     b.cat.set_attributes(b.ino("/f"), mode=0o600)
     node = c.db.conn.execute("SELECT id FROM nodes WHERE name = 'f'").fetchone()[0]
     assert lazy_send(b, c) == {node}  # back from gamma's delete: named for the check
