@@ -367,6 +367,7 @@ class Filesystem(pyfuse3.Operations):
     @handler
     async def create(self, parent_inode, name, mode, flags, ctx):
         attrs = self._new(parent_inode, name, "file", mode, ctx)
+        self.content.draft(attrs.st_ino, empty=True)  # its writes need not ask the index
         return self._open_handle(attrs.st_ino, flags), attrs
 
     @handler
