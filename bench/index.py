@@ -7,6 +7,9 @@ with the settings the mount uses (WAL, autocheckpoint off: the mount checkpoints
 thread). The baseline, measured in the same run, is one trivial transaction (BEGIN, one
 UPDATE, COMMIT); each ratio says how many baselines an operation costs. Together with the
 FUSE round trip (bench/fs.py; ~50 us per request here) these bound the small-file figures.
+A purge (and the retiring of the chunks it leaves unreferenced) is timed one inode per
+transaction, as the mount purges a file that holds a chunk or more, and in the mount's
+batches.
 
 --inline also times files of 4, 16 and 64 KiB with their chunk in the index and as a file
 in the store (index/inline.py; INLINE_MAX set for the run): commit (what a flush does),
@@ -34,6 +37,7 @@ from syncd.index.catalog import Catalog  # noqa: E402
 from syncd.index.chunklist import ChunkList  # noqa: E402
 from syncd.index.draft import Draft  # noqa: E402
 from syncd.index.store import ChunkStore  # noqa: E402
+from syncd.mount.operations import PURGE_BATCH  # noqa: E402
 
 SIZES = (4 << 10, 16 << 10, 64 << 10)
 
@@ -59,11 +63,13 @@ def commit_small(cat: Catalog, store: ChunkStore, ino: int, data: bytes) -> None
 
 
 def timer(out: dict[str, float], n: int):
-    def timed(name, fn):
+    """timed(name, fn): the microseconds of one of `count` calls fn(i) (default n), or of
+    one of `ops` operations they make together."""
+    def timed(name, fn, count=n, ops=None):
         t = time.perf_counter()
-        for i in range(n):
+        for i in range(count):
             fn(i)
-        out[name] = (time.perf_counter() - t) / n * 1e6
+        out[name] = (time.perf_counter() - t) / (ops or count) * 1e6
     return timed
 
 
@@ -79,9 +85,19 @@ def one_run(base: Path, n: int) -> dict[str, float]:
     timed("baseline transaction", baseline)
     timed("create", lambda i: cat.create(1, f"f{i}", "file", 0o644, 0, 0))
     timed("lookup", lambda i: cat.lookup(1, f"f{i}"))
+    timed("getattr", lambda i: cat.inode(i + 2))
+    timed("chmod", lambda i: cat.set_attributes(i + 2, mode=0o600))
+    timed("utimens", lambda i: cat.set_attributes(i + 2, mtime_ns=i, atime_ns=i))
+    timed("chown", lambda i: cat.set_attributes(i + 2, uid=1, gid=1))
+    timed("rename", lambda i: cat.rename(1, f"f{i}", 1, f"g{i}"))
     timed("commit 5 bytes", lambda i: commit_small(cat, store, i + 2, b"x%04d" % (i % 10000)))
-    timed("unlink", lambda i: cat.unlink(1, f"f{i}"))
-    timed("purge", lambda i: cat.retire(cat.purge_inode(i + 2)))
+    timed("unlink", lambda i: cat.unlink(1, f"g{i}"))
+    half = n // 2
+    timed("purge, one", lambda i: cat.retire(cat.purge_inodes([i + 2])), half)
+    rest = list(range(half + 2, n + 2))
+    batches = [rest[k:k + PURGE_BATCH] for k in range(0, len(rest), PURGE_BATCH)]
+    timed(f"purge, {PURGE_BATCH} at once", lambda i: cat.retire(cat.purge_inodes(batches[i])),
+          len(batches), len(rest))
     cat.db.close()
     store.close()
     return out
@@ -115,7 +131,7 @@ def sized_run(base: Path, n: int, size: int, name: str, out: dict[str, float]) -
     store.fds.close()  # a read opens what it reads, as after a restart
     timed(f"read {name}", lambda i: cat.open_draft(inos[i]).read(0, size))
     timed(f"unlink+purge {name}",
-          lambda i: (cat.unlink(1, f"f{i}"), cat.retire(cat.purge_inode(inos[i]))))
+          lambda i: (cat.unlink(1, f"f{i}"), cat.retire(cat.purge_inodes([inos[i]]))))
     cat.db.close()
     store.close()
 

@@ -70,8 +70,7 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
         store.clear_work(ino)
         if interrupted is not None:
             catalog.set_recovery_target(ino, None)
-    for ino in catalog.orphan_inodes():
-        catalog.retire(catalog.purge_inode(ino))
+    catalog.retire(catalog.purge_inodes(catalog.orphan_inodes()))
     return recovered
 
 

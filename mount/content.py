@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 from syncd.index.catalog import Catalog
-from syncd.index.chunklist import check_size
+from syncd.index.chunklist import ChunkList, check_size
 from syncd.index.draft import Draft
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
@@ -45,12 +45,15 @@ class Content:
         self.drafts: dict[int, Draft] = {}
         self.locks: dict[int, trio.Lock] = {}
 
-    def draft(self, ino: int) -> Draft:
+    def draft(self, ino: int, empty: bool = False) -> Draft:
         """The inode's draft, started if there is none: for reads (a clean draft caches the
-        committed chunk list), writes, and metadata that folds into the next commit."""
+        committed chunk list), writes, and metadata that folds into the next commit.
+        `empty`: the file is known to have no content (just created), so the index is not
+        asked."""
         draft = self.drafts.get(ino)
         if draft is None:
-            draft = self.drafts[ino] = self.catalog.open_draft(ino)
+            draft = self.drafts[ino] = (Draft(self.store, ino, ChunkList([]), 0) if empty
+                                        else self.catalog.open_draft(ino))
         return draft
 
     def lock(self, ino: int) -> trio.Lock:

@@ -8,7 +8,9 @@ handler (mount/notify.py). The
 writeback cache stays off: the kernel would then own sizes and times.
 
 Lookup counts live in memory (they belong to one mount session). An inode is purged when
-it has no names, no lookups and no open handles (pyfuse3 `rst/gotchas.rst`).
+it has no names, no lookups and no open handles (pyfuse3 `rst/gotchas.rst`). Purges of
+small inodes are gathered and done together, a batch per transaction: a purge changes
+nothing in the share, and an inode left unpurged by a crash is purged by the recovery.
 
 Every handler runs under `handler`, which turns OSError into its errno and anything else
 into a logged EIO: an exception escaping a handler would kill the mount.
@@ -39,6 +41,12 @@ from syncd.mount.notify import Notifier
 log = logging.getLogger(__name__)
 
 BLKSIZE = 128 * 1024  # makes cp and stdio use large buffers, so writes come in big requests
+# An inode without names that holds at least this much is purged as soon as nothing refers
+# to it (deleting a big file gives its space back at once); smaller ones are gathered,
+# PURGE_BATCH or what PURGE_DELAY seconds bring to a transaction.
+PURGE_AT_ONCE = 1 << 20
+PURGE_BATCH = 256
+PURGE_DELAY = 0.05
 KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
              "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "chardev": stat.S_IFCHR,
              "blockdev": stat.S_IFBLK}
@@ -120,6 +128,12 @@ class Filesystem(pyfuse3.Operations):
         self.content = Content(catalog, store, Merger(catalog), self._changed_behind_kernel)
         self.timeout = timeout
         self.lookups: Counter[int] = Counter()
+        # Inodes that lost their last name (here, or through a peer's change), until
+        # purged. Only these are ever purged, so the last release or forget of any other
+        # inode asks the index nothing.
+        self.unnamed: set[int] = set()
+        self.purgeable: list[int] = []  # unnamed, and nothing refers to them any more
+        self._purge_due = trio.Event()
         self.handles: dict[int, Handle] = {}
         self.opened: Counter[int] = Counter()  # open handles per inode
         self.writers: Counter[int] = Counter()  # open writable handles per inode
@@ -143,7 +157,8 @@ class Filesystem(pyfuse3.Operations):
         and committed later is a concurrent version (rule 6, Catalog.detached)."""
         self.notifier.post(effects)
         for ino in effects.orphans:
-            self._maybe_purge(ino)
+            if not self.catalog.nodes_of(ino):
+                self._lost_name(ino)
 
     def init(self) -> None:
         self.initialized.set()
@@ -201,41 +216,36 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def setattr(self, inode, attr, fields, fh, ctx):
-        current = self.catalog.inode(inode)
-        open_for_writing = current.kind == "file" and self.writers[inode] > 0
+        open_for_writing = self.writers[inode] > 0  # only files have writers
         if fields.update_size:
-            if current.kind != "file":
-                raise FUSEError(errno.EISDIR if current.kind == "dir" else errno.EINVAL)
+            kind = self.catalog.inode(inode).kind
+            if kind != "file":
+                raise FUSEError(errno.EISDIR if kind == "dir" else errno.EINVAL)
             await self.content.truncate(inode, attr.st_size)
             if not open_for_writing:
                 await self.content.commit(inode)
                 self.content.close(inode)
+        columns = {}
         if fields.update_mode:
-            if open_for_writing:  # folds into the commit at flush (tar, cp -p)
-                self.content.draft(inode).mode = attr.st_mode & 0o7777
-            else:
-                self.catalog.set_mode(inode, attr.st_mode)
-        local = {}
+            columns["mode"] = attr.st_mode & 0o7777
         if fields.update_mtime:
-            if open_for_writing:
-                self.content.draft(inode).mtime_ns = attr.st_mtime_ns
-            elif current.kind == "dir":  # no content version: a directory's mtime is local
-                local["mtime_ns"] = attr.st_mtime_ns
-            else:
-                self.catalog.set_mtime(inode, attr.st_mtime_ns)
+            columns["mtime_ns"] = attr.st_mtime_ns
         if fields.update_uid:
-            local["uid"] = attr.st_uid
+            columns["uid"] = attr.st_uid
         if fields.update_gid:
-            local["gid"] = attr.st_gid
-        if open_for_writing and local:  # tar and cp -p as root: fold into the commit
-            self.content.draft(inode).owner.update(local)
-            local = {}
+            columns["gid"] = attr.st_gid
+        if open_for_writing and columns:  # tar and cp -p: these fold into the commit at flush
+            draft = self.content.draft(inode)
+            draft.mode = columns.pop("mode", draft.mode)
+            draft.mtime_ns = columns.pop("mtime_ns", draft.mtime_ns)
+            draft.owner.update(columns)
+            columns = {}
         if fields.update_atime:
-            local["atime_ns"] = attr.st_atime_ns
+            columns["atime_ns"] = attr.st_atime_ns
         if fields.update_ctime:
-            local["ctime_ns"] = attr.st_ctime_ns
-        if local:
-            self.catalog.set_local(inode, **local)
+            columns["ctime_ns"] = attr.st_ctime_ns
+        if columns:
+            return self.attrs(self.catalog.set_attributes(inode, **columns))
         return self.attrs(self.catalog.inode(inode))
 
     @handler
@@ -322,22 +332,20 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def unlink(self, parent_inode, name, ctx):
-        self._maybe_purge(self.catalog.unlink(parent_inode, lookup_name(name)))
+        self._lost_name(self.catalog.unlink(parent_inode, lookup_name(name)))
 
     @handler
     async def rmdir(self, parent_inode, name, ctx):
-        self._maybe_purge(self.catalog.rmdir(parent_inode, lookup_name(name)))
+        self._lost_name(self.catalog.rmdir(parent_inode, lookup_name(name)))
 
     @handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise FUSEError(errno.EINVAL)
-        displaced = self.catalog.rename(
+        self._lost_name(self.catalog.rename(
             parent_inode_old, lookup_name(name_old), parent_inode_new, check_name(name_new),
             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
-        )
-        if displaced is not None:
-            self._maybe_purge(displaced)
+        ))
 
     @handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -359,6 +367,7 @@ class Filesystem(pyfuse3.Operations):
     @handler
     async def create(self, parent_inode, name, mode, flags, ctx):
         attrs = self._new(parent_inode, name, "file", mode, ctx)
+        self.content.draft(attrs.st_ino, empty=True)  # its writes need not ask the index
         return self._open_handle(attrs.st_ino, flags), attrs
 
     @handler
@@ -447,13 +456,53 @@ class Filesystem(pyfuse3.Operations):
             except Exception:  # forget must never raise
                 log.exception("forget of inode %d failed", ino)
 
+    def _lost_name(self, ino: int | None) -> None:
+        """Inode `ino` has no name left: purge it once nothing refers to it."""
+        if ino is not None:
+            self.unnamed.add(ino)
+            self._maybe_purge(ino)
+
     def _maybe_purge(self, ino: int) -> None:
         """Drop what an inode without names no longer needs: its uncommitted writes once
         no handle is open (nobody can reach them), the inode itself once the kernel has
         forgotten it too."""
-        if ino == pyfuse3.ROOT_INODE or self.opened[ino] > 0 or self.catalog.nodes_of(ino):
+        if ino not in self.unnamed or self.opened[ino] > 0:
             return
         self.content.discard(ino)
         if self.lookups[ino] > 0:
             return
-        self.catalog.retire(self.catalog.purge_inode(ino))
+        self.unnamed.discard(ino)
+        self.purgeable.append(ino)
+        if len(self.purgeable) >= PURGE_BATCH or not self.catalog.smaller_than(
+                [ino], PURGE_AT_ONCE):
+            self.purge()
+        else:
+            self._purge_due.set()
+
+    def purge(self) -> None:
+        """Purge the inodes gathered so far, in one transaction (kept for the next try if
+        it fails)."""
+        if self.purgeable:
+            garbage = self.catalog.purge_inodes(self.purgeable)
+            self.purgeable = []
+            self.catalog.retire(garbage)
+
+    async def purge_gathered(self) -> None:
+        """Purge what _maybe_purge gathers, PURGE_DELAY after the first of a batch (a
+        burst of deletions, rm -r or a build cleaning up, shares a transaction), and what
+        is left when cancelled at unmount. Inodes the kernel never forgot are left for
+        the recovery at the next start."""
+        try:
+            while True:
+                await self._purge_due.wait()
+                await trio.sleep(PURGE_DELAY)
+                self._purge_due = trio.Event()
+                self._purge_or_log()
+        finally:
+            self._purge_or_log()
+
+    def _purge_or_log(self) -> None:
+        try:
+            self.purge()
+        except Exception:  # kept for the next batch; a failed purge must not end the mount
+            log.exception("purging %d inode(s) without names failed", len(self.purgeable))

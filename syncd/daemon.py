@@ -292,9 +292,8 @@ class Daemon:
     # -- running
 
     def _purge_orphans(self, effects: Effects) -> None:
-        for ino in effects.orphans:
-            if not self.catalog.nodes_of(ino):
-                self.catalog.retire(self.catalog.purge_inode(ino))
+        if effects.orphans:  # those left without names
+            self.catalog.retire(self.catalog.purge_inodes(list(effects.orphans)))
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         config = Config()

@@ -147,6 +147,7 @@ async def _main(fs: Filesystem, daemon: Daemon | None,
         nursery.start_soon(_keep_reserve, fs.store)
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
+        nursery.start_soon(fs.purge_gathered)
         if daemon is not None:
             await nursery.start(daemon.run)
         ready()

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 from syncd.index import schema
 from syncd.index.store import ChunkStore
-from syncd.mount.operations import Filesystem
+from syncd.mount.operations import PURGE_DELAY, Filesystem
 
 from tests.replicas import check_invariants
 
@@ -83,6 +83,7 @@ def test_a_small_file_lives_in_the_index_from_write_to_forget(fs):
     run(fs.release, info.fh)
     run(fs.unlink, ROOT, b"s", Ctx())
     run(fs.forget, [(ino, 1)])
+    fs.purge()  # small inodes are purged in batches
     run(fs.mkdir, ROOT, b"d", 0o755, Ctx())  # the next transaction takes the row away
     assert not fs.catalog.has_chunk(chunk)
 
@@ -94,6 +95,7 @@ def test_lookup_counts_include_dot_entries(fs):
     assert fs.lookups[d.st_ino] == 2 and fs.lookups[ROOT] == 1
     run(fs.rmdir, ROOT, b"d", Ctx())
     run(fs.forget, [(d.st_ino, 2)])
+    fs.purge()  # small inodes are purged in batches
     assert fuse_errno(fs.getattr, d.st_ino, Ctx()) == errno.ENOENT
 
 
@@ -105,7 +107,7 @@ def test_mode_minus_umask_and_caller_owns(fs):
 
 def test_setgid_directory_passes_its_group(fs):
     d = run(fs.mkdir, ROOT, b"d", 0o2775, Ctx())
-    fs.catalog.set_local(d.st_ino, gid=4242)
+    fs.catalog.set_attributes(d.st_ino, gid=4242)
     sub = run(fs.mkdir, d.st_ino, b"sub", 0o755, Ctx())
     assert sub.st_gid == 4242 and sub.st_mode & 0o2000
 
@@ -184,6 +186,7 @@ def test_mknod_makes_a_local_special_file(fs, kind, bits, rdev):
     assert fuse_errno(fs.mknod, ROOT, b"s", bits | 0o666, rdev, Ctx()) == errno.EEXIST
     run(fs.unlink, ROOT, b"s", Ctx())
     run(fs.forget, [(attrs.st_ino, 1)])
+    fs.purge()  # small inodes are purged in batches
     assert fuse_errno(fs.getattr, attrs.st_ino, Ctx()) == errno.ENOENT
     assert fs.catalog.seq == seq
 
@@ -195,3 +198,55 @@ def test_mknod_of_a_regular_file_is_a_synced_file_and_other_types_are_refused(fs
     # a FIFO ignores the device number it is given, as local file systems do
     assert run(fs.mknod, ROOT, b"p", stat.S_IFIFO | 0o600, 77, Ctx()).st_rdev == 0
     assert fuse_errno(fs.mknod, ROOT, b"d", stat.S_IFDIR | 0o755, 0, Ctx()) == errno.EINVAL
+
+
+def test_setattr_of_a_file_open_for_writing_folds_into_its_commit(fs):
+    """tar and cp -p set times, owner and mode before close: no change of their own."""
+    info, attrs = run(fs.create, ROOT, b"f", 0o644, os.O_WRONLY, Ctx())
+    run(fs.write, info.fh, 0, b"data")
+    seq = fs.catalog.seq
+    a = pyfuse3.EntryAttributes()
+    a.st_mode, a.st_mtime_ns, a.st_uid, a.st_gid = 0o600, 123, 5, 6
+    fields = SimpleNamespace(update_size=False, update_mode=True, update_uid=True,
+                             update_gid=True, update_atime=False, update_mtime=True,
+                             update_ctime=False)
+    out = run(fs.setattr, attrs.st_ino, a, fields, info.fh, Ctx())
+    assert (out.st_mode & 0o7777, out.st_mtime_ns, out.st_uid, out.st_gid) == (0o600, 123, 5, 6)
+    assert fs.catalog.seq == seq
+    run(fs.flush, info.fh)
+    run(fs.release, info.fh)
+    inode = fs.catalog.inode(attrs.st_ino)
+    assert (inode.mode, inode.mtime_ns, inode.uid, inode.gid, inode.size) == (0o600, 123, 5, 6, 4)
+    assert fs.catalog.seq == seq + 1
+
+
+def test_small_inodes_are_purged_together(fs):
+    """Unlinked and forgotten, small files wait for a batch; purge_gathered runs one
+    PURGE_DELAY after the first, and purges what is left when it is cancelled."""
+    inos = []
+    for name in (b"a", b"b", b"c"):
+        info, attrs = run(fs.create, ROOT, name, 0o644, os.O_WRONLY, Ctx())
+        run(fs.write, info.fh, 0, b"small")
+        run(fs.release, info.fh)
+        inos.append(attrs.st_ino)
+
+    async def delete(name, ino):
+        await fs.unlink(ROOT, name, Ctx())
+        await fs.forget([(ino, 1)])
+
+    async def scenario():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.purge_gathered)
+            await delete(b"a", inos[0])
+            await delete(b"b", inos[1])
+            assert fs.purgeable == inos[:2]  # not purged yet
+            assert fs.catalog.orphan_inodes() == inos[:2]
+            await trio.sleep(PURGE_DELAY * 4)
+            assert fs.purgeable == [] and fs.catalog.orphan_inodes() == []
+            await delete(b"c", inos[2])
+            nursery.cancel_scope.cancel()
+
+    chunks = fs.catalog.chunks(inos[0]).digests()
+    run(scenario)
+    assert fs.purgeable == [] and fs.catalog.orphan_inodes() == []
+    assert chunks and not any(fs.store.has(d) for d in chunks)

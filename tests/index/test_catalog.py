@@ -93,8 +93,19 @@ def test_delete_is_a_tombstone_with_versions(cat):
     assert json.loads(row["content_vv"]) == {DEVICE: 2}
     assert journal(cat)[-1] == (f.node, "delete")
     assert cat.orphan_inodes() == [ino]
-    cat.purge_inode(ino)
+    cat.purge_inodes([ino])
     assert cat.orphan_inodes() == []
+
+
+def test_only_the_last_name_leaves_an_inode_to_purge(cat):
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    cat.link(f.inode.ino, ROOT, "h")
+    assert cat.unlink(ROOT, "f") is None  # h still names it
+    g = cat.create(ROOT, "g", "file", 0o644, 0, 0)
+    assert cat.rename(ROOT, "g", ROOT, "h") == f.inode.ino  # h's node takes g's inode
+    assert cat.orphan_inodes() == [f.inode.ino]
+    assert cat.purge_inodes([f.inode.ino, g.inode.ino]) == []  # g's inode has a name
+    assert cat.orphan_inodes() == [] and cat.lookup(ROOT, "h").inode.ino == g.inode.ino
 
 
 def test_rmdir_and_rename_errors(cat):
@@ -120,12 +131,34 @@ def test_rmdir_and_rename_errors(cat):
 def test_chmod_stamps_each_link_and_owner_stamps_nothing(cat):
     f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
     h = cat.link(f.inode.ino, ROOT, "h")
-    cat.set_mode(f.inode.ino, 0o600)
+    cat.set_attributes(f.inode.ino, mode=0o600)
     assert journal(cat)[-2:] == [(f.node, "mode"), (h.node, "mode")]
     n = cat.seq
-    cat.set_local(f.inode.ino, uid=5, gid=6, atime_ns=7)
+    cat.set_attributes(f.inode.ino, uid=5, gid=6, atime_ns=7)
     assert cat.seq == n
     assert cat.inode(f.inode.ino).uid == 5
+
+
+def test_chmod_and_utime_at_once_are_one_change(cat):
+    """One setattr: one new version of content and mode per node, and what it returns is
+    the inode as it is now."""
+    f = cat.create(ROOT, "f", "file", 0o644, 0, 0)
+    before = node(cat, f.node)
+    after = cat.set_attributes(f.inode.ino, mode=0o4600, mtime_ns=123, uid=7)
+    assert (after.mode, after.mtime_ns, after.uid) == (0o4600, 123, 7)
+    assert after.ctime_ns > f.inode.ctime_ns and after == cat.inode(f.inode.ino)
+    assert journal(cat)[-1] == (f.node, "content") and cat.seq == before["seq"] + 1
+    row = node(cat, f.node)
+    assert json.loads(row["content_vv"]) == json.loads(row["mode_vv"]) == {DEVICE: cat.seq}
+    assert row["place_vv"] == before["place_vv"]
+
+
+def test_attributes_of_a_purged_inode(cat):
+    ino = cat.create(ROOT, "f", "file", 0o644, 0, 0).inode.ino
+    cat.purge_inodes([cat.unlink(ROOT, "f")])
+    with pytest.raises(OSError) as e:
+        cat.set_attributes(ino, mode=0o600)
+    assert e.value.errno == errno.ENOENT
 
 
 def _commit(c: Catalog, ino: int, draft: Draft) -> None:
@@ -175,7 +208,7 @@ def test_identical_chunks_are_stored_once_and_collected(cat):
         _commit(cat, e.inode.ino, d)
     assert cat.conn.execute("SELECT refs FROM chunks WHERE refs > 0").fetchall() == [(4,)]
     cat.unlink(ROOT, "a")
-    for digest in cat.purge_inode(a.inode.ino):
+    for digest in cat.purge_inodes([a.inode.ino]):
         cat.store.remove(digest)
     assert cat.conn.execute("SELECT refs FROM chunks WHERE refs > 0").fetchall() == [(2,)]
     d = cat.open_draft(b.inode.ino)

@@ -73,7 +73,7 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
             target, mode = draw(st.sampled_from(everything)), draw(st.sampled_from(
                 [0o600, 0o644, 0o755]))
             log.append(f"{d.id[0]}: chmod {mode:o} {target}")
-            d.cat.set_mode(d.ino(target), mode)
+            d.cat.set_attributes(d.ino(target), mode=mode)
     except OSError as e:
         assert e.errno in EXPECTED, e
         log[-1] += f"  # {errno.errorcode[e.errno]}"

@@ -92,7 +92,7 @@ def test_equal_small_files_share_one_row(cat):
     assert refs(cat, digest_of(SMALL)) == 2
     assert cat.conn.execute("SELECT count(*) FROM inline").fetchone() == (1,)
     cat.unlink(ROOT, "a")
-    cat.retire(cat.purge_inode(a))
+    cat.retire(cat.purge_inodes([a]))
     assert refs(cat, digest_of(SMALL)) == 1 and cat.inline.has(digest_of(SMALL))
 
 
@@ -125,7 +125,7 @@ def test_replaced_small_content_is_kept_for_peers_until_it_expires(cat):
     cat.expire_replaced(seq, 0, 60)
     assert cat.inline.get([v1]) == {v1: b"v1"}  # its version keeps it
     cat.unlink(ROOT, "again")
-    cat.retire(cat.purge_inode(again))
+    cat.retire(cat.purge_inodes([again]))
     assert refs(cat, v1) == 0
     cat.expire_replaced(cat.seq, 0, 60)
     assert not cat.inline.has(v1) and refs(cat, v1) is None and cat.inline.usage() == (0, 0)
@@ -154,7 +154,7 @@ def test_deleting_many_small_files_makes_no_file(cat):
     inos = [small_file(cat, f"f{i}", b"%d" % i)[0] for i in range(200)]
     for i, ino in enumerate(inos):
         cat.unlink(ROOT, f"f{i}")
-        cat.retire(cat.purge_inode(ino))
+        cat.retire(cat.purge_inodes([ino]))
     assert chunk_files(cat.store) == []
     assert cat.inline.usage()[0] == 200
 

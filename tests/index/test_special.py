@@ -57,9 +57,9 @@ def test_link_rename_chmod_utime_and_unlink_send_nothing(devs):
     assert local_only(link.node) and link.node != fifo.node
     assert a.cat.inode(fifo.inode.ino).nlink == 2
     a.cat.rename(ROOT, "p", a.ino("d"), "p")
-    a.cat.set_mode(fifo.inode.ino, 0o600)
-    a.cat.set_mtime(fifo.inode.ino, T + 5)
-    a.cat.set_local(fifo.inode.ino, uid=7, gid=8)
+    a.cat.set_attributes(fifo.inode.ino, mode=0o600)
+    a.cat.set_attributes(fifo.inode.ino, mtime_ns=T + 5)
+    a.cat.set_attributes(fifo.inode.ino, uid=7, gid=8)
     assert a.cat.seq == seq
     assert (a.cat.inode(fifo.inode.ino).mode, a.cat.inode(fifo.inode.ino).uid) == (0o600, 7)
     a.cat.unlink(a.ino("d"), "p")
@@ -68,7 +68,7 @@ def test_link_rename_chmod_utime_and_unlink_send_nothing(devs):
     # no tombstone: no peer ever heard of it
     assert a.cat.conn.execute("SELECT count(*) FROM nodes WHERE id IN (?, ?)",
                               (fifo.node, link.node)).fetchone() == (0,)
-    assert a.cat.purge_inode(ino) == []
+    assert a.cat.purge_inodes([ino]) == []
     check_invariants(a.cat)
 
 

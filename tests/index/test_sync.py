@@ -30,7 +30,7 @@ def test_every_kind_of_change_propagates(devs):
     assert b.data("/docs/x.txt") == b"hello"
     assert b.cat.inode(b.ino("/docs/link")).target == b"x.txt"
     a.write("/docs/x.txt", b"hello world", T + 1)
-    a.cat.set_mode(a.ino("/docs/x.txt"), 0o600)
+    a.cat.set_attributes(a.ino("/docs/x.txt"), mode=0o600)
     a.cat.rename(a.ino("/docs"), "x.txt", ROOT, "y.txt")
     a.cat.unlink(a.ino("/docs"), "link")
     converge(a, b)
@@ -129,7 +129,7 @@ def test_concurrent_renames_and_chmod_merge(devs):
     a.write("/f", b"x", T)
     converge(a, b, c)
     a.cat.rename(ROOT, "f", ROOT, "by-a")
-    b.cat.set_mode(b.ino("/f"), 0o600)
+    b.cat.set_attributes(b.ino("/f"), mode=0o600)
     c.write("/f", b"edited", T + 1)
     converge(a, b, c)
     assert a.tree() == {"/by-a": ("file", a.cat.inode(a.ino("/by-a")).hash, 0o600)}

@@ -197,7 +197,7 @@ def test_a_conflict_copy_has_one_mode_everywhere(devs):
     c.write("/f", b"gamma's edit", T + 1)  # apart: gamma and alpha edit f
     a.write("/f", b"alpha's edit", T + 2)
     send(c, b)
-    b.cat.set_mode(b.ino("/f"), 0o600)  # beta chmods f, gamma's version
+    b.cat.set_attributes(b.ino("/f"), mode=0o600)  # beta chmods f, gamma's version
     send(a, b)  # beta: gamma's edit loses, its copy is 0600 here ...
     send(c, a)  # ... and 0644 on alpha, which never saw the chmod before the clash
     converge(a, b, c)
@@ -476,8 +476,8 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     lazy_send(c, b)
     ino = c.ino("/f")
     c.cat.unlink(ROOT, "f")
-    c.cat.retire(c.cat.purge_inode(ino))  # what the mount does once it is closed
-    b.cat.set_mode(b.ino("/f"), 0o600)
+    c.cat.retire(c.cat.purge_inodes([ino]))  # what the mount does once it is closed
+    b.cat.set_attributes(b.ino("/f"), mode=0o600)
     node = c.db.conn.execute("SELECT id FROM nodes WHERE name = 'f'").fetchone()[0]
     assert lazy_send(b, c) == {node}  # back from gamma's delete: named for the check
     for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
