@@ -17,9 +17,12 @@ space. Workloads, each --repeat times per side, the sides taking turns per workl
 (1 MiB blocks, fsync at the end), read (after dropping caches), small (create + stat +
 unlink of --files files, one timing), tar (`tar -xf` of --tar-files small files into an
 empty dir), find (over the extracted tree, warm caches), git (`git clone --no-local` of a
-local repository of --git-files files, made in the run). The table shows medians and SPEED
-ratios, mount speed / native speed and mount speed / passthrough speed: 1.0 = as fast,
-0.5 = half as fast (for timed workloads: other seconds / mount seconds). --profile records
+local repository of --git-files files, made in the run). A fourth side, `floor`
+(bench/floorfs.py: a file system in memory on the same stack whose handlers do nothing of
+note), runs every workload but write and read: the request path alone, what no mount on
+pyfuse3 can beat. The table shows medians and SPEED ratios, mount speed / native speed,
+mount speed / passthrough speed and floor speed / passthrough speed: 1.0 = as fast, 0.5 =
+half as fast (for timed workloads: other seconds / mount seconds). --profile records
 a py-spy speedscope profile (with idle stacks) of the mount process during each mount
 workload, next to --json (else in cwd).
 """
@@ -48,7 +51,11 @@ MIB = 1 << 20
 # name: (unit, higher_is_better)
 WORKLOADS = {"write": ("MB/s", True), "read": ("MB/s", True), "small": ("files/s", True),
              "tar": ("s", False), "find": ("s", False), "git": ("s", False)}
-SIDES = ("native", "mount", "passthrough")
+SIDES = ("native", "mount", "passthrough", "floor")
+# ratio key: (side, other side), each a speed ratio side / other
+RATIOS = {"ratio": ("mount", "native"), "ratio_passthrough": ("mount", "passthrough"),
+          "ratio_floor_passthrough": ("floor", "passthrough")}
+FLOOR = Path(__file__).with_name("floorfs.py")
 notes = []
 
 
@@ -296,11 +303,11 @@ def passthrough_example(cache):
     return script
 
 
-def mount_passthrough(script, src, mnt, log):
-    """The example mounted at `mnt` over `src` (in the foreground, as it runs): its process,
-    or None when it did not mount."""
+def mount_example(argv, mnt, log):
+    """A pyfuse3 file system run in the foreground as `python argv...`, mounted at `mnt`:
+    its process, or None when it did not mount."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(script), str(src), str(mnt)],
+        proc = subprocess.Popen([sys.executable, *map(str, argv)],
                                 stdout=out, stderr=subprocess.STDOUT)
     for _ in range(300):
         if mounted(mnt):
@@ -308,18 +315,18 @@ def mount_passthrough(script, src, mnt, log):
         if proc.poll() is not None:
             break
         time.sleep(0.1)
-    note(f"the passthrough example did not mount: {Path(log).read_text()[-500:]}")
-    unmount_passthrough(proc, mnt)
+    note(f"{Path(argv[0]).name} did not mount: {Path(log).read_text()[-500:]}")
+    unmount_example(proc, mnt)
     return None
 
 
-def unmount_passthrough(proc, mnt):
+def unmount_example(proc, mnt):
     if mounted(mnt):
         run(["fusermount3", "-u", str(mnt)])
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        note("the passthrough example did not exit after its unmount: killed")
+        note(f"the file system at {mnt} did not exit after its unmount: killed")
         proc.kill()
         proc.wait()
     if mounted(mnt):
@@ -384,21 +391,26 @@ def main():
     print(f"syncd bench in {base}: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     print("ratio = mount speed / other speed (1.0 = as fast, 0.5 = half as fast;"
           " for timed workloads other s / mount s); find runs with warm caches", flush=True)
-    results, pid, passthrough = {}, None, None
+    results, pid, examples = {}, None, {}
     try:
         if {"tar", "find"} & set(only):
             make_tarball(tarball, args.tar_files)
         if "git" in only:
             make_repo(repo, args.git_files)
         pid = mount(syncd, home, roots["mount"])
+        argvs = {"floor": [FLOOR, roots["floor"]]}
         if script:
-            passthrough = mount_passthrough(script, base / "passthrough-src",
-                                            roots["passthrough"], base / "passthrough.log")
-        if not passthrough:
-            del roots["passthrough"]
+            argvs["passthrough"] = [script, base / "passthrough-src", roots["passthrough"]]
+        for side in ("passthrough", "floor"):
+            if side in argvs:
+                examples[side] = mount_example(argvs[side], roots[side], base / f"{side}.log")
+            if not examples.get(side):
+                del roots[side]
         benches = {side: Bench(root, args, tarball, repo) for side, root in roots.items()}
         for w in only:  # the sides take turns, so a slow spell of the machine hits all alike
             for side, bench in benches.items():
+                if side == "floor" and w in ("write", "read"):
+                    continue  # in memory: its bytes would only measure copying in Python
                 if side == "mount":
                     run_workload(w, side, bench, results, pyspy, pid, prof_dir)
                 else:
@@ -406,8 +418,9 @@ def main():
         status = run([syncd, "--home", str(home), "status", "--json"])[1]
         print("syncd status --json:", " ".join(status.split()))
     finally:
-        if passthrough:
-            unmount_passthrough(passthrough, roots["passthrough"])
+        for side, proc in examples.items():
+            if proc:
+                unmount_example(proc, roots[side])
         if (home / "lock").exists() or mounted(roots["mount"]):
             unmount(syncd, home, roots["mount"], pid or lock_pid(home))
         shutil.rmtree(base, ignore_errors=True)
@@ -426,18 +439,19 @@ def report(results, only, args, facts, syncd):
             med = statistics.median(secs) if isinstance(secs, list) else None
             row[side] = amount / med if amount and med else med
         m = row["mount"]
-        for side, key in (("native", "ratio"), ("passthrough", "ratio_passthrough")):
-            o = row[side]
-            row[key] = (m / o if higher else o / m) if o and m else None
+        for key, (a, b) in RATIOS.items():
+            x, y = row[a], row[b]
+            row[key] = (x / y if higher else y / x) if x and y else None
         rows.append(row)
-    cols = ("native", "mount", "passthrough", "ratio", "ratio_passthrough")
-    print(f"\n{'workload':10} {'unit':8} {'native':>10} {'mount':>10} {'passthrough':>12}"
-          f" {'mount/native':>13} {'mount/passthrough':>18}")
+    cols = (*SIDES, *RATIOS)
+    widths = [10, 10, 12, 8, 13, 18, 19]
+    heads = ("native", "mount", "passthrough", "floor", "mount/native", "mount/passthrough",
+             "floor/passthrough")
+    print(f"\n{'workload':10} {'unit':8} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
     for r in rows:
         f = [("-" if r[k] is None else f"{r[k]:.2f}" if r[k] >= 1 else f"{r[k]:.3g}")
              for k in cols]
-        print(f"{r['workload']:10} {r['unit']:8} {f[0]:>10} {f[1]:>10} {f[2]:>12} {f[3]:>13}"
-              f" {f[4]:>18}")
+        print(f"{r['workload']:10} {r['unit']:8} " + " ".join(f"{x:>{w}}" for x, w in zip(f, widths)))
     print(f"medians of {args.repeat}; ratios = mount speed / other speed; "
           f"nproc {facts['nproc']}, kernel {facts['kernel']}, base fs {facts['base_fs']}")
     for n in notes:
@@ -446,9 +460,10 @@ def report(results, only, args, facts, syncd):
         params = {k: getattr(args, k)
                   for k in ("size_mib", "files", "tar_files", "git_files", "repeat")}
         Path(args.json).write_text(json.dumps(
-            {"schema_version": 2, "machine": facts, "params": params, "syncd": syncd,
+            {"schema_version": 3, "machine": facts, "params": params, "syncd": syncd,
              "ratio": "mount speed / native speed",
              "ratio_passthrough": "mount speed / passthrough example speed",
+             "ratio_floor_passthrough": "floor speed / passthrough example speed",
              "results": rows, "notes": notes}, indent=1))
 
 
