@@ -110,3 +110,37 @@ def test_a_read_only_index_shows_peers_and_refuses_changes(dev, tmp_path):
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             add_peer(cat.db, "gamma", "http://c:7700")
     assert [p.name for p in list_peers(dev.db)] == ["beta"]
+
+
+def test_pending_leaves_out_what_the_peer_made_when_it_came_through_another(tmp_path):
+    """Alpha's files reach gamma through beta: gamma counts them for beta (it sent them)
+    and for alpha (it made them) as held. A node whose versions alpha made but another
+    merged into, or that another changed since, is still alpha's to receive."""
+    devices = {}
+    for d in (A, B, C):
+        (tmp_path / d[:1]).mkdir()
+        devices[d] = Device(tmp_path / d[:1], d, T)
+    a, b, c = devices.values()
+    try:
+        add_peer(c.db, "alpha", "http://a:7700")
+        add_peer(c.db, "beta", "http://b:7700")
+        save_peer(c.db, "alpha", device=A)
+        save_peer(c.db, "beta", device=B)
+        a.mkdir("/d")
+        a.write("/d/one", b"1" * 100, T)
+        a.write("/d/two", b"2" * 200, T)
+        send(a, b)
+        send(b, c)
+        alpha, beta = list_peers(c.db)
+        assert pending_for(c.db, alpha) == (0, 0, None)
+        assert pending_for(c.db, beta) == (0, 0, None)
+        b.write("/d/two", b"beta's", T + 1)  # alpha's node, beta's content now
+        send(b, c)
+        assert pending_for(c.db, alpha)[:2] == (1, 6)
+        assert pending_for(c.db, beta) == (0, 0, None)
+        c.write("/d/one", b"gamma's", T + 2)  # made here: both lack it
+        assert pending_for(c.db, alpha)[:2] == (2, 13)
+        assert pending_for(c.db, beta)[:2] == (1, 7)
+    finally:
+        for d in devices.values():
+            d.db.close()
