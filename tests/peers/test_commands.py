@@ -161,6 +161,7 @@ def test_fetch_follows_a_newer_version_when_nobody_holds_the_known_one(cluster):
         a.set_peer("beta", "auto")
     assert f"1 file(s), {BIG} bytes, here and verified" in done.stdout
     assert read(b / "f") == v2
+    assert b.peer("alpha")["state"] == "online"  # its 404 for version 1 was an answer
 
 
 def test_peers_receive_an_import_as_ordinary_changes(cluster, tmp_path):

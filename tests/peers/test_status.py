@@ -3,9 +3,11 @@ mounted peers on 127.0.0.1 (issue 13, "Found wrong"): each says what is so."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
-from tests.helpers import wait_for
+from tests.helpers import free_port, syncd, wait_for
 from tests.peers.conftest import Peer, settled
 
 BIG = 300_000  # above prefetch_below: content waits for an open, a pin or a fetch
@@ -40,3 +42,44 @@ def test_pending_leaves_out_what_a_peer_made_that_came_through_another(cluster):
     a.set_peer("beta", "auto")
     b.set_peer("alpha", "auto")
     wait_for(lambda: settled(a, b, c), 30, "nothing pending")
+
+
+def test_a_peer_that_does_not_answer_is_offline_at_once(cluster):
+    """A failed fetch from a peer that has gone marks it offline there and then, and
+    says why; one that answers with an HTTP error stays online."""
+    a, b = cluster(2)
+    b.expect_log(r"ERROR cannot fetch 'f': no peer served chunk")
+    (a / "f").write_bytes(b"x" * BIG)
+    wait_listed(b / "f", BIG)
+    wait_for(lambda: b.peer("alpha")["state"] == "online", 20, "alpha online on beta")
+    a.stop()
+    done = syncd(b.home, "fetch", "f", check=False)
+    assert done.returncode == 5, done.stderr
+    alpha = b.peer("alpha")
+    assert alpha["state"] == "offline"
+    assert "does not answer" in alpha["last_error"]
+
+
+def test_last_seen_moves_with_every_answer(cluster):
+    a, b = cluster(2)
+    (a / "f").write_bytes(b"x" * BIG)
+    wait_listed(b / "f", BIG)
+    wait_for(lambda: b.peer("alpha")["last_seen"], 20, "alpha seen")
+    before = b.peer("alpha")["last_seen"]
+    time.sleep(1.1)  # LAST SEEN is in whole seconds
+    syncd(b.home, "fetch", "f")  # alpha answers; nothing changes its state
+    assert b.peer("alpha")["last_seen"] > before
+    listed = json.loads(syncd(b.home, "peer", "list", "--json").stdout)["peers"]
+    assert listed[0]["last_seen"] == b.peer("alpha")["last_seen"]
+
+
+def test_the_text_status_says_why_a_peer_is_not_online(cluster):
+    (a,) = cluster(1)
+    syncd(a.home, "peer", "add", "gamma", f"http://127.0.0.1:{free_port()}")  # nobody there
+    syncd(a.home, "peer", "add", "delta", f"http://127.0.0.1:{free_port()}")
+    a.set_peer("delta", "outofuse")
+    wait_for(lambda: a.peer("gamma")["state"] == "offline", 20, "gamma offline")
+    lines = syncd(a.home, "status").stdout.splitlines()
+    gamma = a.peer("gamma")
+    assert f"gamma: {gamma['last_error']}" in lines and "does not answer" in gamma["last_error"]
+    assert "delta: out of use: not contacted ('syncd peer set delta auto' to use it again)" in lines
