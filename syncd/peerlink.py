@@ -155,7 +155,7 @@ class PeerLink:
             auth.check_response(self.me.key, r.status_code, signed[auth.NONCE], r.headers,
                                 auth.hash_of_pieces(pieces))
         except auth.AuthError as e:
-            raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
+            raise PeerError(self._unsigned(r.status_code, raw, e)) from None
         self.last_seen = int(time.time())
         if r.headers.get("content-encoding") == "zstd":
             try:
@@ -164,6 +164,23 @@ class PeerLink:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
             return Reply(r.status_code, r.headers, body, None)
         return Reply(r.status_code, r.headers, raw, pieces)
+
+    def _unsigned(self, status: int, body: bytes, error: auth.AuthError) -> str:
+        """Why an answer came unsigned. A 401 is the peer refusing our signature, and its
+        body says which check failed (docs/protocol.md): a bad signature means that the
+        two machines do not hold the same cluster key, which is no network fault."""
+        if status != 401:
+            return f"{self.name} answered without a valid signature: {error}"
+        try:
+            detail = str(json.loads(body)["detail"])
+        except (ValueError, KeyError, TypeError):
+            detail = body[:200].decode(errors="replace")
+        if detail.startswith("bad signature"):
+            return (f"{self.name} ({self.url}) does not accept this machine's signature: the "
+                    "two do not share a cluster key. Compare 'syncd cluster-key' on both; on "
+                    "the one that differs from the cluster's, put the cluster's key in "
+                    "HOME/cluster.key (mode 0600) and restart its mount or serve")
+        return f"{self.name} ({self.url}) refuses this machine's requests: {detail}"
 
     def _unreachable(self, error: Exception) -> PeerError:
         """An exchange failed at the network level (refused, timed out, reset, TLS): a

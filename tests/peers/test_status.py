@@ -3,11 +3,12 @@ mounted peers on 127.0.0.1 (issue 13, "Found wrong"): each says what is so."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 
-from tests.helpers import free_port, syncd, wait_for
+from tests.helpers import force_cleanup, free_port, syncd, wait_for
 from tests.peers.conftest import Peer, settled
 
 BIG = 300_000  # above prefetch_below: content waits for an open, a pin or a fetch
@@ -83,3 +84,28 @@ def test_the_text_status_says_why_a_peer_is_not_online(cluster):
     gamma = a.peer("gamma")
     assert f"gamma: {gamma['last_error']}" in lines and "does not answer" in gamma["last_error"]
     assert "delta: out of use: not contacted ('syncd peer set delta auto' to use it again)" in lines
+
+
+def test_a_peer_of_another_cluster_is_named_as_such(cluster, tmp_path):
+    """A wrong key is no network fault: status says that the two machines do not share a
+    cluster key, and what to run."""
+    (a,) = cluster(1)
+    g = Peer(tmp_path, "gamma", None)  # a cluster of its own: another key
+    syncd(a.home, "peer", "add", "gamma", g.url)
+    syncd(g.home, "peer", "add", "alpha", a.url)
+    for p in (a, g):
+        p.expect_log(r"WARNING refused POST /v1/hello: bad signature")
+    try:
+        g.start()
+        wait_for(lambda: "does not answer" not in (a.peer("gamma")["last_error"] or
+                                                   "does not answer"),
+                 20, "gamma answering alpha")
+        gamma = a.peer("gamma")
+        assert gamma["state"] == "offline"
+        assert "do not share a cluster key" in gamma["last_error"]
+        assert "syncd cluster-key" in gamma["last_error"]
+        assert f"gamma: {gamma['last_error']}" in syncd(a.home, "status").stdout.splitlines()
+    finally:
+        with contextlib.suppress(Exception):
+            g.stop()
+        force_cleanup(g.home, g.path)
