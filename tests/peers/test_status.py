@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from tests.helpers import force_cleanup, free_port, syncd, wait_for
+from tests.helpers import assert_clean_error, force_cleanup, free_port, syncd, wait_for
 from tests.peers.conftest import Peer, settled
 
 BIG = 300_000  # above prefetch_below: content waits for an open, a pin or a fetch
@@ -109,3 +109,22 @@ def test_a_peer_of_another_cluster_is_named_as_such(cluster, tmp_path):
         with contextlib.suppress(Exception):
             g.stop()
         force_cleanup(g.home, g.path)
+def test_wait_says_at_once_what_it_cannot_do(cluster):
+    a, b = cluster(2)
+    (a / "f").write_bytes(b"data")
+    started = time.monotonic()
+    done = syncd(a.home, "wait", "--copies", "2", "--timeout", "60", check=False)
+    assert_clean_error(done, 4, "only 1 peer is in use: 2 copies cannot be held")
+    assert time.monotonic() - started < 10 and done.stdout == ""
+    a.set_peer("beta", "outofuse")
+    done = syncd(a.home, "wait", "--timeout", "1", check=False)
+    assert_clean_error(done, 4, "every peer is out of use")
+    a.set_peer("beta", "auto")
+    wait_for(lambda: a.peer("beta")["state"] == "online", 20, "beta back in use")
+    syncd(a.home, "wait", "--timeout", "20")
+    a.stop()
+    done = syncd(a.home, "wait", "--timeout", "1", check=False)
+    assert_clean_error(done, 4, "is not mounted or served")
+    assert done.stdout == ""
+
+
