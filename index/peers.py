@@ -110,3 +110,39 @@ def pending_for(db: sqlite_utils.Database, peer: Peer, upto: int | None = None) 
     ).fetchone()
     row = db.conn.execute("SELECT at FROM journal WHERE seq = ?", (oldest_seq,)).fetchone()
     return Pending(changes, size, row[0] if row else None)
+
+
+class Waiting(NamedTuple):
+    path: str  # from the share's root, without a leading slash
+    kind: str  # file, dir or symlink
+    change: str  # create (new to the peer), delete, or change (anything else)
+    size: int  # a live file's content size; 0 for the others
+    since: int  # unix seconds of the node's change that waits (its stamp's journal row)
+
+
+def waiting_for(db: sqlite_utils.Database, peer: Peer) -> list[Waiting]:
+    """The nodes pending_for counts, oldest first, each with its path and what waits: a
+    node that came into being here after the peer's cursor (a journal row `create` or
+    `apply-create`), and that the peer did not make (its id names its maker), is new to
+    it."""
+    rows = db.conn.execute(
+        "WITH RECURSIVE waiting (id, kind, deleted, size, seq) AS ("
+        " SELECT n.id, n.kind, n.deleted, coalesce(i.size, 0), n.seq FROM nodes n"
+        " LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file'"
+        f" WHERE n.seq > :cursor AND NOT {HELD}),"
+        " up (start, parent, path, depth) AS ("
+        " SELECT id, parent, name, 0 FROM nodes WHERE id IN (SELECT id FROM waiting)"
+        " UNION ALL SELECT up.start, n.parent, n.name || '/' || up.path, up.depth + 1"
+        " FROM up JOIN nodes n ON n.id = up.parent WHERE n.id != 'root'),"
+        # the path climbed furthest (SQLite takes a bare column from the max() row)
+        " paths (id, path, depth) AS (SELECT start, path, max(depth) FROM up"
+        " GROUP BY start),"
+        " created (id) AS (SELECT DISTINCT node FROM journal"
+        " WHERE seq > :cursor AND op IN ('create', 'apply-create'))"
+        " SELECT p.path, w.kind, w.deleted, w.id IN created AND w.id NOT LIKE :made,"
+        " w.size, j.at FROM waiting w JOIN paths p ON p.id = w.id"
+        " JOIN journal j ON j.seq = w.seq ORDER BY w.seq",
+        {"cursor": peer.cursor, "peer": peer.device or "",
+         "made": f"{peer.device}:%" if peer.device else ""}).fetchall()
+    return [Waiting(path, kind, "delete" if deleted else "create" if new else "change",
+                    size, at) for path, kind, deleted, new, size, at in rows]

@@ -93,10 +93,10 @@ def print_status(home: Home, as_json: bool) -> None:
         ("device", f"{s['device']['name']} ({s['device']['id']}), seq {s['device']['seq']}"),
         ("mounted", f"{s['mounted_at']} (pid {s['pid']})" if s["mounted_at"] else
          (f"no (served by pid {s['pid']})" if s["pid"] else "no")),
-        ("files", f"{f['total']} ({_size(f['bytes'])}): {f['local']} local, "
+        ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
-        ("replaced", f"{s['replaced']['chunks']} chunk(s) ({_size(s['replaced']['bytes'])})"
+        ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),
         ("transfers", "-" if s["transfers"] is None else
          f"{len(s['transfers']['fetching'])} file(s) being fetched on open"
@@ -112,7 +112,7 @@ def print_status(home: Home, as_json: bool) -> None:
         table = [("PEER", "STATE", "LAST SEEN", "PENDING", "BYTES", "OLDEST PENDING")]
         for p in s["peers"]:
             table.append((p["name"], p["state"], p["last_seen"] or "never",
-                          str(p["pending_changes"]), _size(p["pending_bytes"]),
+                          str(p["pending_changes"]), human_size(p["pending_bytes"]),
                           p["oldest_pending"] or "-"))
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         for r in table:
@@ -135,7 +135,7 @@ def why_not_online(peer: dict) -> str:
     return "not contacted yet"
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

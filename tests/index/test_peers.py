@@ -16,6 +16,7 @@ from syncd.index.peers import (
     remove_peer,
     save_peer,
     set_peer_use,
+    waiting_for,
 )
 
 from tests.replicas import Device, T, send
@@ -144,3 +145,29 @@ def test_pending_leaves_out_what_the_peer_made_when_it_came_through_another(tmp_
     finally:
         for d in devices.values():
             d.db.close()
+
+
+def test_waiting_lists_what_pending_counts(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Device(tmp_path / "a", A, T), Device(tmp_path / "b", B, T)
+    try:
+        add_peer(a.db, "beta", "http://b:7700")
+        save_peer(a.db, "beta", device=B)
+        b.write("/theirs", b"beta's", T)
+        send(b, a)
+        a.mkdir("/d")
+        a.write("/d/old", b"old", T)
+        save_peer(a.db, "beta", cursor=a.cat.seq)  # beta has all of that
+        a.write("/d/new", b"new!", T)
+        a.cat.unlink(a.ino("/d"), "old")
+        a.write("/theirs", b"edited here", T + 1)  # beta's node: a change, not new to it
+        (beta,) = list_peers(a.db)
+        listed = waiting_for(a.db, beta)
+        assert [(w.path, w.kind, w.change, w.size) for w in listed] == [
+            ("d/new", "file", "create", 4), ("d/old", "file", "delete", 0),
+            ("theirs", "file", "change", 11)]
+        assert pending_for(a.db, beta) == (3, 15, min(w.since for w in listed))
+    finally:
+        a.db.close()
+        b.db.close()

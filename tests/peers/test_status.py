@@ -128,3 +128,41 @@ def test_wait_says_at_once_what_it_cannot_do(cluster):
     assert done.stdout == ""
 
 
+
+
+def test_pending_lists_what_waits_for_a_peer(cluster):
+    a, b = cluster(2)
+    os.mkdir(a / "d")
+    (a / "d" / "old").write_bytes(b"old")
+    (a / "kept").write_bytes(b"kept")
+    wait_listed(b / "kept", 4)
+    wait_for(lambda: settled(a, b), 20, "nothing pending")
+    b.stop()
+    (a / "d" / "new").write_bytes(b"n" * BIG)
+    os.unlink(a / "d" / "old")
+    (a / "kept").write_bytes(b"changed")
+    wait_for(lambda: a.peer("beta")["state"] == "offline", 20, "beta offline")
+    listed = json.loads(syncd(a.home, "pending", "beta", "--json").stdout)
+    assert listed["schema_version"] == 1 and listed["peer"] == "beta"
+    assert listed["state"] == "offline"
+    files = {f["path"]: f for f in listed["pending"]}
+    assert {p: (f["kind"], f["change"], f["size"]) for p, f in files.items()} == {
+        "d/new": ("file", "create", BIG), "d/old": ("file", "delete", 0),
+        "kept": ("file", "change", 7)}
+    assert all(f["since"].endswith("Z") for f in files.values())
+    status = a.peer("beta")
+    assert (listed["changes"], listed["bytes"]) == (3, BIG + 7)
+    assert (status["pending_changes"], status["pending_bytes"]) == (3, BIG + 7)
+    assert min(f["since"] for f in files.values()) == status["oldest_pending"]
+    text = syncd(a.home, "pending", "beta").stdout.splitlines()
+    assert text[0].startswith("beta (offline): 3 change(s), ")
+    assert text[1].split() == ["CHANGE", "KIND", "SIZE", "SINCE", "PATH"]
+    rows = [line.split() for line in text[2:]]  # oldest first
+    assert [(r[0], r[1], r[-1]) for r in rows] == [
+        ("create", "file", "d/new"), ("delete", "file", "d/old"), ("change", "file", "kept")]
+    assert_clean_error(syncd(a.home, "pending", "nobody", check=False), 1,
+                       "no peer named 'nobody'")
+    b.start()
+    wait_for(lambda: not json.loads(syncd(a.home, "pending", "beta", "--json").stdout
+                                    )["pending"], 20, "nothing waits for beta")
+    assert syncd(a.home, "pending", "beta").stdout.strip() == "nothing waits for beta"
