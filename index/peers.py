@@ -86,15 +86,63 @@ def save_peer(db: sqlite_utils.Database, name: str, **columns) -> None:
             (*columns.values(), name))
 
 
+# A node whose current state the peer whose device id is :peer holds already (DESIGN,
+# "Sequence numbers"): it sent us that state (`origin`), or it made every version of it,
+# by version vector: each aspect's version is that device's (`device`), and nothing was
+# merged into it since (its vector is still the one it was made at, `made`; both are
+# canonical JSON, so equal vectors are equal text). Column comparisons only, no JSON
+# parsing: a count costs what the scan of the nodes stamped after the cursor costs.
+HELD = ("(n.origin IS :peer OR (n.content_device IS :peer AND n.mode_device IS :peer"
+        " AND n.place_device IS :peer AND n.content_vv = n.content_made"
+        " AND n.mode_vv = n.mode_made AND n.place_vv = n.place_made))")
+
+
 def pending_for(db: sqlite_utils.Database, peer: Peer, upto: int | None = None) -> Pending:
     """What a peer has yet to receive (DESIGN, "Sequence numbers"): the nodes stamped
-    after its cursor (and up to `upto`) that it did not send us, their content bytes, and
-    the journal time of the oldest."""
+    after its cursor (and up to `upto`) whose current state it does not hold (HELD),
+    their content bytes, and the journal time of the oldest."""
     changes, size, oldest_seq = db.conn.execute(
         "SELECT count(*), coalesce(sum(i.size), 0), min(n.seq) FROM nodes n "
         "LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file' "
-        "WHERE n.seq > ? AND n.seq <= ? AND (n.origin IS NULL OR n.origin != ?)",
-        (peer.cursor, upto if upto is not None else 1 << 62, peer.device or ""),
+        f"WHERE n.seq > :cursor AND n.seq <= :upto AND NOT {HELD}",
+        {"cursor": peer.cursor, "upto": upto if upto is not None else 1 << 62,
+         "peer": peer.device or ""},
     ).fetchone()
     row = db.conn.execute("SELECT at FROM journal WHERE seq = ?", (oldest_seq,)).fetchone()
     return Pending(changes, size, row[0] if row else None)
+
+
+class Waiting(NamedTuple):
+    path: str  # from the share's root, without a leading slash
+    kind: str  # file, dir or symlink
+    change: str  # create (new to the peer), delete, or change (anything else)
+    size: int  # a live file's content size; 0 for the others
+    since: int  # unix seconds of the node's change that waits (its stamp's journal row)
+
+
+def waiting_for(db: sqlite_utils.Database, peer: Peer) -> list[Waiting]:
+    """The nodes pending_for counts, oldest first, each with its path and what waits: a
+    node that came into being here after the peer's cursor (a journal row `create` or
+    `apply-create`), and that the peer did not make (its id names its maker), is new to
+    it."""
+    rows = db.conn.execute(
+        "WITH RECURSIVE waiting (id, kind, deleted, size, seq) AS ("
+        " SELECT n.id, n.kind, n.deleted, coalesce(i.size, 0), n.seq FROM nodes n"
+        " LEFT JOIN inodes i ON i.ino = n.ino AND n.kind = 'file'"
+        f" WHERE n.seq > :cursor AND NOT {HELD}),"
+        " up (start, parent, path, depth) AS ("
+        " SELECT id, parent, name, 0 FROM nodes WHERE id IN (SELECT id FROM waiting)"
+        " UNION ALL SELECT up.start, n.parent, n.name || '/' || up.path, up.depth + 1"
+        " FROM up JOIN nodes n ON n.id = up.parent WHERE n.id != 'root'),"
+        # the path climbed furthest (SQLite takes a bare column from the max() row)
+        " paths (id, path, depth) AS (SELECT start, path, max(depth) FROM up"
+        " GROUP BY start),"
+        " created (id) AS (SELECT DISTINCT node FROM journal"
+        " WHERE seq > :cursor AND op IN ('create', 'apply-create'))"
+        " SELECT p.path, w.kind, w.deleted, w.id IN created AND w.id NOT LIKE :made,"
+        " w.size, j.at FROM waiting w JOIN paths p ON p.id = w.id"
+        " JOIN journal j ON j.seq = w.seq ORDER BY w.seq",
+        {"cursor": peer.cursor, "peer": peer.device or "",
+         "made": f"{peer.device}:%" if peer.device else ""}).fetchall()
+    return [Waiting(path, kind, "delete" if deleted else "create" if new else "change",
+                    size, at) for path, kind, deleted, new, size, at in rows]

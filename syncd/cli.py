@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from syncd.auth import parse_key
-from syncd.commands import content, importing, mounting, peers, status, waiting
+from syncd.commands import content, importing, mounting, peers, pending, status, waiting
 from syncd.home import (
     FAILURE,
     OK,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncd", parents=[common],
         description="A synchronized file system for groups of Linux machines.")
+    parser.add_argument("--version", action="version", version=f"syncd {version('syncd')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create a home")
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
 
-    for commands in (peers, mounting, status, content, importing, waiting):
+    for commands in (peers, mounting, status, pending, content, importing, waiting):
         commands.add_parsers(sub, common)
     return parser
 
@@ -107,5 +109,5 @@ def cmd_cluster_key(home: Home, args) -> int:
 
 
 COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
-            **mounting.COMMANDS, **status.COMMANDS, **content.COMMANDS,
+            **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS}

@@ -313,7 +313,8 @@ class Daemon:
             await nursery.start(serve_control, self.home.path / "control.sock",
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
-                                 "copies": self._copies_op, "import": self._import_op})
+                                 "copies": self._copies_op, "import": self._import_op,
+                                 "peers": self._peers_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
@@ -379,6 +380,13 @@ class Daemon:
                 "arriving": sorted((s.progress() for s in self.fetcher.streams.values()),
                                    key=lambda p: p["name"]),
                 "prefetching": self.fetcher.prefetching}
+
+    async def _peers_op(self, request: dict) -> dict:
+        """Each peer as its loop sees it now (syncd status): the index has its state as
+        of the last change, and its last answer as of the last push or keep-alive."""
+        return {"peers": {link.name: {"state": link.state, "last_seen": link.last_seen,
+                                      "last_error": link.last_error}
+                          for link in self.peers}}
 
     async def _reload_peers(self, request: dict) -> dict:
         self.peers.load(self._nursery)

@@ -5,7 +5,10 @@ most BATCH states, and BATCH_DATA bytes of small files carried in them), and mov
 cursor only when the peer has answered that it applied them (rule 5). It sleeps
 until something changes here (event-driven: a close reaches the peer within a round trip)
 or until a keep-alive probe is due. A peer that does not answer becomes `offline` and is
-probed again with exponential back-off; a hello from it wakes the loop at once.
+probed again with exponential back-off; a hello from it wakes the loop at once. Any
+exchange, the fetcher's too, that fails at the network level marks the peer offline there
+and then; one it answers, even with an HTTP error, is its last sign of life (`last_seen`,
+kept here and saved with the state, the cursor and each keep-alive).
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class PeerLink:
         self.device = record.device
         self.state = record.state
         self.cursor = record.cursor
+        self.last_seen = record.last_seen  # unix seconds of its last answer
+        self.last_error = record.last_error
         self.wake = trio.Event()
         self.backoff = BACKOFF_MIN
         self.cancel = trio.CancelScope()
@@ -142,16 +147,16 @@ class PeerLink:
                 break
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
                 if attempt == 2:
-                    raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}"
-                                    ) from None
+                    raise self._unreachable(e) from None
             except httpx.HTTPError as e:
-                raise PeerError(f"{self.name} ({self.url}) does not answer: {e!r}") from None
+                raise self._unreachable(e) from None
         raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
         try:
             auth.check_response(self.me.key, r.status_code, signed[auth.NONCE], r.headers,
                                 auth.hash_of_pieces(pieces))
         except auth.AuthError as e:
-            raise PeerError(f"{self.name} answered without a valid signature: {e}") from None
+            raise PeerError(self._unsigned(r.status_code, raw, e)) from None
+        self.last_seen = int(time.time())
         if r.headers.get("content-encoding") == "zstd":
             try:
                 body = await off_loop(len(raw), compress.unpack, raw, MAX_ANSWER)
@@ -159,6 +164,34 @@ class PeerLink:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
             return Reply(r.status_code, r.headers, body, None)
         return Reply(r.status_code, r.headers, raw, pieces)
+
+    def _unsigned(self, status: int, body: bytes, error: auth.AuthError) -> str:
+        """Why an answer came unsigned. A 401 is the peer refusing our signature, and its
+        body says which check failed (docs/protocol.md): a bad signature means that the
+        two machines do not hold the same cluster key, which is no network fault."""
+        if status != 401:
+            return f"{self.name} answered without a valid signature: {error}"
+        try:
+            detail = str(json.loads(body)["detail"])
+        except (ValueError, KeyError, TypeError):
+            detail = body[:200].decode(errors="replace")
+        if detail.startswith("bad signature"):
+            return (f"{self.name} ({self.url}) does not accept this machine's signature: the "
+                    "two do not share a cluster key. Compare 'syncd cluster-key' on both; on "
+                    "the one that differs from the cluster's, put the cluster's key in "
+                    "HOME/cluster.key (mode 0600) and restart its mount or serve")
+        return f"{self.name} ({self.url}) refuses this machine's requests: {detail}"
+
+    def _unreachable(self, error: Exception) -> PeerError:
+        """An exchange failed at the network level (refused, timed out, reset, TLS): a
+        peer seen online is offline now, whoever asked, and its loop probes it again at
+        once (one connection reset is no reason to wait out a back-off); one offline
+        already is left to the back-off."""
+        failure = PeerError(f"{self.name} ({self.url}) does not answer: {error!r}")
+        if self.state in ("online", "unknown"):
+            self._set_state("offline", str(failure))
+            self.poke()
+        return failure
 
     async def call(self, method: str, path: str, payload: dict | None = None) -> dict:
         r = await self.request(method, path, payload)
@@ -178,7 +211,7 @@ class PeerLink:
         self.accepts_inline = "inline" in answer.get("accepts", [])
         if self.device is None or self.device != answer.get("device"):
             self.device = answer["device"]
-            self._save(device=self.device)
+        self._save(device=self.device, last_seen=self.last_seen)  # each keep-alive too
 
     async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:
         """A chunk's bytes, not yet verified, and their BLAKE3 digest when the signature
@@ -281,7 +314,7 @@ class PeerLink:
         if states:
             await self._send(states)
         self.cursor = last
-        self._save(cursor=last, last_seen=int(time.time()))
+        self._save(cursor=last, last_seen=self.last_seen)
         return True
 
     async def _send(self, states: list[dict]) -> None:
@@ -301,7 +334,13 @@ class PeerLink:
             await self._send(states[half:])
 
     def _set_state(self, state: str, error: str | None = None) -> None:
-        if state == self.state:
+        # outofuse is the operator's (PeerSet.load): an exchange that was under way when
+        # it came does not undo it
+        if self.state == "outofuse" or (state == self.state and error == self.last_error):
+            return
+        if state == self.state:  # offline still, for another reason
+            self.last_error = error
+            self._save(last_error=error)
             return
         if state == "offline":
             # a laptop closing is normal operation; status shows it and what waits
@@ -309,9 +348,8 @@ class PeerLink:
         elif state == "online":
             log.info("peer %s is online", self.name)
             self.on_online()
-        self.state = state
-        self._save(state=state, last_error=error,
-                   **({"last_seen": int(time.time())} if state == "online" else {}))
+        self.state, self.last_error = state, error
+        self._save(state=state, last_error=error, last_seen=self.last_seen)
 
     def _save(self, **columns) -> None:
         save_peer(self.catalog.db, self.name, **columns)

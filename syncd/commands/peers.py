@@ -10,6 +10,7 @@ import json
 import re
 import sys
 
+from syncd.commands.status import live_peers
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import (
@@ -70,11 +71,14 @@ def set_use(home: Home, name: str, use: str) -> None:
 
 
 def collect(home: Home) -> dict:
+    live = live_peers(home) or {}
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         peers = list_peers(cat.db)
     return {"schema_version": PEERS_SCHEMA,
-            "peers": [{"name": p.name, "url": p.url, "device": p.device, "state": p.state,
-                       "last_seen": utc(p.last_seen)} for p in peers]}
+            "peers": [{"name": p.name, "url": p.url, "device": p.device,
+                       "state": live.get(p.name, {}).get("state", p.state),
+                       "last_seen": utc(live.get(p.name, {}).get("last_seen", p.last_seen))}
+                      for p in peers]}
 
 
 def print_peers(home: Home, as_json: bool) -> None:

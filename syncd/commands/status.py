@@ -12,6 +12,8 @@ STATUS_SCHEMA = 1
 
 
 def collect(home: Home) -> dict:
+    where, pid = mounted_at(home)
+    live = live_peers(home) if pid is not None else None
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         device, seq = cat.device, cat.seq
         files = cat.file_counts()
@@ -21,12 +23,14 @@ def collect(home: Home) -> dict:
         peers = []
         for p in list_peers(cat.db):
             changes, waiting, oldest = pending_for(cat.db, p)
-            peers.append({"name": p.name, "url": p.url, "device": p.device, "state": p.state,
-                          "last_seen": utc(p.last_seen), "pending_changes": changes,
-                          "pending_bytes": waiting, "oldest_pending": utc(oldest),
-                          "last_error": p.last_error})
-    where, pid = mounted_at(home)
-    transfers = _transfers(home) if pid is not None else None
+            now = (live or {}).get(p.name, {})
+            peers.append({"name": p.name, "url": p.url, "device": p.device,
+                          "state": now.get("state", p.state),
+                          "last_seen": utc(now.get("last_seen", p.last_seen)),
+                          "pending_changes": changes, "pending_bytes": waiting,
+                          "oldest_pending": utc(oldest),
+                          "last_error": now.get("last_error", p.last_error)})
+    transfers = _transfers(home) if live is not None else None
     return {
         "schema_version": STATUS_SCHEMA,
         "device": {"id": device, "name": home.config()["name"], "seq": seq},
@@ -43,15 +47,29 @@ def collect(home: Home) -> dict:
     }
 
 
-def _transfers(home: Home) -> dict | None:
-    """Fetches in flight, asked of the serving process (null when it does not answer)."""
+def _ask(home: Home, op: str) -> dict | None:
+    """The serving process's answer to `op`; None when it does not answer."""
     from syncd import control
 
     try:
-        answer = control.request(home, "transfers", timeout=2.0)
+        answer = control.request(home, op, timeout=2.0)
     except UserError:
         return None
-    if not answer.get("ok"):
+    return answer if answer.get("ok") else None
+
+
+def live_peers(home: Home) -> dict[str, dict] | None:
+    """Each peer's state, last answer and last error as the serving process sees them
+    now, by name; None when nothing serving the home answers. The index has the state
+    as of its last change, and the last answer as of the last push or keep-alive."""
+    answer = _ask(home, "peers") if home.holder() is not None else None
+    return None if answer is None else answer.get("peers", {})
+
+
+def _transfers(home: Home) -> dict | None:
+    """Fetches in flight, asked of the serving process (null when it does not answer)."""
+    answer = _ask(home, "transfers")
+    if answer is None:
         return None
     return {"fetching": answer.get("fetching", []), "arriving": answer.get("arriving", []),
             "prefetching": answer.get("prefetching", 0)}
@@ -75,10 +93,10 @@ def print_status(home: Home, as_json: bool) -> None:
         ("device", f"{s['device']['name']} ({s['device']['id']}), seq {s['device']['seq']}"),
         ("mounted", f"{s['mounted_at']} (pid {s['pid']})" if s["mounted_at"] else
          (f"no (served by pid {s['pid']})" if s["pid"] else "no")),
-        ("files", f"{f['total']} ({_size(f['bytes'])}): {f['local']} local, "
+        ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
-        ("replaced", f"{s['replaced']['chunks']} chunk(s) ({_size(s['replaced']['bytes'])})"
+        ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),
         ("transfers", "-" if s["transfers"] is None else
          f"{len(s['transfers']['fetching'])} file(s) being fetched on open"
@@ -94,14 +112,30 @@ def print_status(home: Home, as_json: bool) -> None:
         table = [("PEER", "STATE", "LAST SEEN", "PENDING", "BYTES", "OLDEST PENDING")]
         for p in s["peers"]:
             table.append((p["name"], p["state"], p["last_seen"] or "never",
-                          str(p["pending_changes"]), _size(p["pending_bytes"]),
+                          str(p["pending_changes"]), human_size(p["pending_bytes"]),
                           p["oldest_pending"] or "-"))
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         for r in table:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        reasons = [f"{p['name']}: {why_not_online(p)}" for p in s["peers"]
+                   if p["state"] != "online"]
+        if reasons:
+            print()
+            print("\n".join(reasons))
 
 
-def _size(n: int) -> str:
+def why_not_online(peer: dict) -> str:
+    """What the text status says under its table of a peer that is not online: for one
+    offline, its last_error."""
+    if peer["state"] == "outofuse":
+        return (f"out of use: not contacted ('syncd peer set {peer['name']} auto' to use it"
+                " again)")
+    if peer["state"] == "offline":
+        return peer["last_error"] or "did not answer"
+    return "not contacted yet"
+
+
+def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

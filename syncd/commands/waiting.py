@@ -8,7 +8,7 @@ import time
 from syncd.commands.content import FETCH_TIMEOUT
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError
 from syncd.index.catalog import open_catalog
-from syncd.index.peers import list_peers, pending_for
+from syncd.index.peers import Peer, list_peers, pending_for
 
 
 def add_parsers(sub, common) -> None:
@@ -23,15 +23,21 @@ def add_parsers(sub, common) -> None:
 
 def cmd_wait(home: Home, args) -> int:
     """Poll the index (read-only) until the peers' cursors cover every change made here
-    up to now."""
+    up to now. What can never succeed fails at once: nothing serving the home (nothing
+    sends the changes), no peer in use, fewer peers in use than copies asked."""
     home.require()
+    if home.holder() is None:
+        raise UserError(f"{home.path} is not mounted or served: nothing sends its changes "
+                        "to peers; 'syncd mount' or 'syncd serve' first", STATE)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     target = None
     while True:
         with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+            peers = list_peers(cat.db)
             if target is None:
                 target = cat.seq
-            behind = _behind(cat.db, target, args.peer)
+                _check_in_use(peers, args)
+            behind = _behind(cat.db, peers, target, args.peer)
         if behind is None:
             raise UserError("no peer is reachable: nothing could confirm the changes",
                             UNREACHABLE)
@@ -47,13 +53,31 @@ def cmd_wait(home: Home, args) -> int:
         time.sleep(0.1)
 
 
+def _check_in_use(peers: list[Peer], args) -> None:
+    """Fail at once when no peer is in use (not outofuse) to confirm, or fewer than the
+    copies asked for."""
+    if args.peer is not None:
+        chosen = [p for p in peers if p.name == args.peer]
+        if not chosen:
+            raise UserError(f"no peer named {args.peer!r}", FAILURE)
+        if chosen[0].state == "outofuse":
+            raise UserError(f"peer {args.peer} is out of use: 'syncd peer set {args.peer} "
+                            "auto' to use it again", STATE)
+    if not peers:
+        raise UserError("this home has no peers: 'syncd peer add NAME URL' first", STATE)
+    in_use = sum(p.state != "outofuse" for p in peers)
+    if not in_use:
+        raise UserError("every peer is out of use: nothing can confirm the changes; "
+                        "'syncd peer set NAME auto' to use one again", STATE)
+    if in_use < args.copies:
+        raise UserError(f"only {in_use} peer{' is' if in_use == 1 else 's are'} in use: "
+                        f"{args.copies} copies cannot be held", STATE)
+
+
 def _wait_copies(home: Home, args, target: int, deadline: float | None) -> int:
     if args.copies <= 0:
         return OK
     left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
-    if home.holder() is None:
-        raise UserError(f"{home.path} is not mounted or served: nothing can ask peers to "
-                        "hold copies", STATE)
     from syncd import control
 
     answer = control.request(home, "copies", timeout=(left or FETCH_TIMEOUT) + 10,
@@ -64,15 +88,10 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None) -> int:
     return OK
 
 
-def _behind(db, target: int, only: str | None) -> list[tuple] | None:
+def _behind(db, peers: list[Peer], target: int, only: str | None) -> list[tuple] | None:
     """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
     peer that counts is online."""
-    peers = list_peers(db)
-    if only is not None:
-        peers = [p for p in peers if p.name == only]
-        if not peers:
-            raise UserError(f"no peer named {only!r}", FAILURE)
-    online = [p for p in peers if p.state == "online"]
+    online = [p for p in peers if p.state == "online" and only in (None, p.name)]
     if not online:
         return None
     behind = []

@@ -43,6 +43,14 @@ def test_home_from_environment(tmp_path):
     assert json.loads(out)["device"]["name"] == "envy"
 
 
+def test_version(tmp_path):
+    from importlib.metadata import version
+
+    done = subprocess.run([*SYNCD, "--version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"syncd {version('syncd')}\n"
+
+
 def test_init_refuses_an_existing_home(home):
     before = (home / "index.db").stat().st_mtime_ns
     assert_clean_error(syncd(home, "init", check=False), 4, "already")

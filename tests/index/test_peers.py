@@ -16,6 +16,7 @@ from syncd.index.peers import (
     remove_peer,
     save_peer,
     set_peer_use,
+    waiting_for,
 )
 
 from tests.replicas import Device, T, send
@@ -110,3 +111,63 @@ def test_a_read_only_index_shows_peers_and_refuses_changes(dev, tmp_path):
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             add_peer(cat.db, "gamma", "http://c:7700")
     assert [p.name for p in list_peers(dev.db)] == ["beta"]
+
+
+def test_pending_leaves_out_what_the_peer_made_when_it_came_through_another(tmp_path):
+    """Alpha's files reach gamma through beta: gamma counts them for beta (it sent them)
+    and for alpha (it made them) as held. A node whose versions alpha made but another
+    merged into, or that another changed since, is still alpha's to receive."""
+    devices = {}
+    for d in (A, B, C):
+        (tmp_path / d[:1]).mkdir()
+        devices[d] = Device(tmp_path / d[:1], d, T)
+    a, b, c = devices.values()
+    try:
+        add_peer(c.db, "alpha", "http://a:7700")
+        add_peer(c.db, "beta", "http://b:7700")
+        save_peer(c.db, "alpha", device=A)
+        save_peer(c.db, "beta", device=B)
+        a.mkdir("/d")
+        a.write("/d/one", b"1" * 100, T)
+        a.write("/d/two", b"2" * 200, T)
+        send(a, b)
+        send(b, c)
+        alpha, beta = list_peers(c.db)
+        assert pending_for(c.db, alpha) == (0, 0, None)
+        assert pending_for(c.db, beta) == (0, 0, None)
+        b.write("/d/two", b"beta's", T + 1)  # alpha's node, beta's content now
+        send(b, c)
+        assert pending_for(c.db, alpha)[:2] == (1, 6)
+        assert pending_for(c.db, beta) == (0, 0, None)
+        c.write("/d/one", b"gamma's", T + 2)  # made here: both lack it
+        assert pending_for(c.db, alpha)[:2] == (2, 13)
+        assert pending_for(c.db, beta)[:2] == (1, 7)
+    finally:
+        for d in devices.values():
+            d.db.close()
+
+
+def test_waiting_lists_what_pending_counts(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Device(tmp_path / "a", A, T), Device(tmp_path / "b", B, T)
+    try:
+        add_peer(a.db, "beta", "http://b:7700")
+        save_peer(a.db, "beta", device=B)
+        b.write("/theirs", b"beta's", T)
+        send(b, a)
+        a.mkdir("/d")
+        a.write("/d/old", b"old", T)
+        save_peer(a.db, "beta", cursor=a.cat.seq)  # beta has all of that
+        a.write("/d/new", b"new!", T)
+        a.cat.unlink(a.ino("/d"), "old")
+        a.write("/theirs", b"edited here", T + 1)  # beta's node: a change, not new to it
+        (beta,) = list_peers(a.db)
+        listed = waiting_for(a.db, beta)
+        assert [(w.path, w.kind, w.change, w.size) for w in listed] == [
+            ("d/new", "file", "create", 4), ("d/old", "file", "delete", 0),
+            ("theirs", "file", "change", 11)]
+        assert pending_for(a.db, beta) == (3, 15, min(w.since for w in listed))
+    finally:
+        a.db.close()
+        b.db.close()
