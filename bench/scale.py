@@ -1,7 +1,7 @@
 """Large shares: an import against `cp -a`, then what a big share costs, in one run.
 
     python bench/scale.py                       # 100,000-file import, a 1,000,000-file share
-    python bench/scale.py --files 10000 --share-files 50000 --dir-files 10000   # smoke run
+    python bench/scale.py --files 10000 --share-files 50000 --dir-files 10000  # smoke
 
 Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh base dir
 (in /var/tmp or --dir), removed at the end. Workloads:
@@ -12,9 +12,10 @@ Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh 
   share    the home grown to --share-files files by more imports (one directory holding
            --dir-files of them), then: `syncd status --json` (median of 5), the mount
            until it answers (`syncd mount`, median of 3), both also on an empty home in
-           the same run (what they cost whatever the share holds: Python and imports), `ls -f` of the big directory
-           through the mount (entries/s, cold kernel caches: a fresh mount), and `find`
-           over the whole mount against `find` over the source trees (warm).
+           the same run (what they cost whatever the share holds: Python and imports),
+           `ls -f` of the big directory through the mount (entries/s, cold kernel
+           caches: a fresh mount), and `find` over the whole mount against `find` over
+           the source trees (warm).
   join     a fresh peer joining the --files share (alpha mounted with it, beta new and
            mounted): until every file is listed on beta and all of them read the same,
            against `rsync -a` of the same tree into an empty directory.
