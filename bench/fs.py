@@ -21,10 +21,10 @@ local repository of --git-files files, made in the run). A fourth side, `floor`
 (bench/floorfs.py: a file system in memory on the same stack whose handlers do nothing of
 note), runs every workload but write and read: the request path alone, what no mount on
 pyfuse3 can beat. The table shows medians and SPEED ratios, mount speed / native speed,
-mount speed / passthrough speed and floor speed / passthrough speed: 1.0 = as fast, 0.5 =
-half as fast (for timed workloads: other seconds / mount seconds). --profile records
-a py-spy speedscope profile (with idle stacks) of the mount process during each mount
-workload, next to --json (else in cwd).
+mount speed / passthrough speed, mount speed / floor speed and floor speed / passthrough
+speed: 1.0 = as fast, 0.5 = half as fast (for timed workloads: other seconds / mount
+seconds). --profile records a py-spy speedscope profile (with idle stacks) of the mount
+process during each mount workload, next to --json (else in cwd).
 """
 import argparse
 import importlib.metadata
@@ -54,7 +54,7 @@ WORKLOADS = {"write": ("MB/s", True), "read": ("MB/s", True), "small": ("files/s
 SIDES = ("native", "mount", "passthrough", "floor")
 # ratio key: (side, other side), each a speed ratio side / other
 RATIOS = {"ratio": ("mount", "native"), "ratio_passthrough": ("mount", "passthrough"),
-          "ratio_floor_passthrough": ("floor", "passthrough")}
+          "ratio_floor": ("mount", "floor"), "ratio_floor_passthrough": ("floor", "passthrough")}
 FLOOR = Path(__file__).with_name("floorfs.py")
 notes = []
 
@@ -438,20 +438,16 @@ def report(results, only, args, facts, syncd):
             secs = row[side + "_runs_s"] = results.get(w, {}).get(side, "not run")
             med = statistics.median(secs) if isinstance(secs, list) else None
             row[side] = amount / med if amount and med else med
-        m = row["mount"]
         for key, (a, b) in RATIOS.items():
             x, y = row[a], row[b]
             row[key] = (x / y if higher else y / x) if x and y else None
         rows.append(row)
-    cols = (*SIDES, *RATIOS)
-    widths = [10, 10, 12, 8, 13, 18, 19]
-    heads = ("native", "mount", "passthrough", "floor", "mount/native", "mount/passthrough",
-             "floor/passthrough")
-    print(f"\n{'workload':10} {'unit':8} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
+    heads = {**{side: side for side in SIDES}, **{k: "/".join(v) for k, v in RATIOS.items()}}
+    print(f"\n{'workload':10} {'unit':8} " + " ".join(f"{h:>12}" for h in heads.values()))
     for r in rows:
         f = [("-" if r[k] is None else f"{r[k]:.2f}" if r[k] >= 1 else f"{r[k]:.3g}")
-             for k in cols]
-        print(f"{r['workload']:10} {r['unit']:8} " + " ".join(f"{x:>{w}}" for x, w in zip(f, widths)))
+             for k in heads]
+        print(f"{r['workload']:10} {r['unit']:8} " + " ".join(f"{x:>12}" for x in f))
     print(f"medians of {args.repeat}; ratios = mount speed / other speed; "
           f"nproc {facts['nproc']}, kernel {facts['kernel']}, base fs {facts['base_fs']}")
     for n in notes:
@@ -463,6 +459,7 @@ def report(results, only, args, facts, syncd):
             {"schema_version": 3, "machine": facts, "params": params, "syncd": syncd,
              "ratio": "mount speed / native speed",
              "ratio_passthrough": "mount speed / passthrough example speed",
+             "ratio_floor": "mount speed / floor speed",
              "ratio_floor_passthrough": "floor speed / passthrough example speed",
              "results": rows, "notes": notes}, indent=1))
 

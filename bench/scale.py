@@ -1,7 +1,7 @@
 """Large shares: an import against `cp -a`, then what a big share costs, in one run.
 
     python bench/scale.py                       # 100,000-file import, a 1,000,000-file share
-    python bench/scale.py --files 10000 --share-files 50000 --dir-files 10000   # smoke run
+    python bench/scale.py --files 10000 --share-files 50000 --dir-files 10000  # smoke
 
 Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh base dir
 (in /var/tmp or --dir), removed at the end. Workloads:
@@ -11,9 +11,11 @@ Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh 
            same disk (caches dropped before each): files/s and the ratio.
   share    the home grown to --share-files files by more imports (one directory holding
            --dir-files of them), then: `syncd status --json` (median of 5), the mount
-           until it answers (`syncd mount`, median of 3), `ls -f` of the big directory
-           through the mount (entries/s, cold kernel caches: a fresh mount), and `find`
-           over the whole mount against `find` over the source trees (warm).
+           until it answers (`syncd mount`, median of 3), both also on an empty home in
+           the same run (what they cost whatever the share holds: Python and imports),
+           `ls -f` of the big directory through the mount (entries/s, cold kernel
+           caches: a fresh mount), and `find` over the whole mount against `find` over
+           the source trees (warm).
   join     a fresh peer joining the --files share (alpha mounted with it, beta new and
            mounted): until every file is listed on beta and all of them read the same,
            against `rsync -a` of the same tree into an empty directory.
@@ -128,7 +130,23 @@ def bench_import(base, exe, args, res):
     return home
 
 
+def status_and_mount(home, mnt):
+    """`syncd status --json` (median of 5) and `syncd mount` until it answers (median of
+    3), in seconds."""
+    status = statistics.median(timed(lambda: home.cli("status", "--json")) for _ in range(5))
+    ready = []
+    for _ in range(3):
+        try:
+            ready.append(timed(lambda: home.mount(mnt)))
+        finally:
+            home.umount()
+    return status, statistics.median(ready)
+
+
 def bench_share(base, home, args, res):
+    empty = Home(home.exe, base / "empty", "empty")
+    empty.init()
+    empty_status, empty_ready = status_and_mount(empty, base / "mnt-empty")
     big = base / "bigdir"
     big.mkdir()
     block = os.urandom(64)
@@ -143,12 +161,8 @@ def bench_share(base, home, args, res):
         t = timed(lambda src=src: home.cli("import", src, "--into", src.name))
         print(f"  share: {have + n:,} files ({n / t:.0f} files/s)", flush=True)
         have, k = have + n, k + 1
-    status = statistics.median(timed(lambda: home.cli("status", "--json")) for _ in range(5))
     mnt = base / "mnt-alpha"
-    ready = []
-    for _ in range(3):
-        ready.append(timed(lambda: home.mount(mnt)))
-        home.umount()
+    status, ready = status_and_mount(home, mnt)
     home.mount(mnt)
     ls = timed(lambda: run(["ls", "-f", mnt / "bigdir"]))
     srcs = [p for p in base.iterdir() if p.name.startswith("src")] + [big]
@@ -157,11 +171,13 @@ def bench_share(base, home, args, res):
     run(["find", mnt])
     find = statistics.median(timed(lambda: run(["find", mnt])) for _ in range(3))
     res["share"] = {"files": have, "status_ms": status * 1e3,
-                    "mount_ready_s": statistics.median(ready),
+                    "status_empty_ms": empty_status * 1e3, "mount_ready_s": ready,
+                    "mount_ready_empty_s": empty_ready,
                     "ls_entries_s": args.dir_files / ls, "find_s": find,
                     "find_native_s": native, "find_ratio": native / find}
-    print(f"share of {have:,} files: status {status * 1e3:.0f} ms, mount ready "
-          f"{statistics.median(ready):.2f} s, ls -f {args.dir_files / ls:,.0f} entries/s, "
+    print(f"share of {have:,} files: status {status * 1e3:.0f} ms (an empty home: "
+          f"{empty_status * 1e3:.0f} ms), mount ready {ready:.2f} s (an empty home: "
+          f"{empty_ready:.2f} s), ls -f {args.dir_files / ls:,.0f} entries/s, "
           f"find {find:.2f} s (native {native:.2f} s)", flush=True)
     home.umount()
 

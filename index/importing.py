@@ -37,7 +37,8 @@ KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
 
 @dataclass
 class Entry:
-    """One entry of the source tree, as it travels in a batch (JSON-able with as_dict)."""
+    """One entry of the source tree, as it travels in a batch (over the control socket as
+    JSON: as_dict and from_dict)."""
 
     rel: str  # its path below the source's root, '/'-separated
     kind: str  # file, dir or symlink
@@ -46,10 +47,20 @@ class Entry:
     size: int = 0
     target: str | None = None  # a symlink's target (surrogate-escaped)
     chunks: list[str] | None = None  # a file's chunk list (hex), once read
-    data: str | None = None  # its short last chunk's bytes (base64), kept inline
+    data: bytes | None = None  # its short last chunk's bytes, kept inline
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        d = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.data is not None:
+            d["data"] = base64.b64encode(self.data).decode()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Entry:
+        e = cls(**d)
+        if e.data is not None:
+            e.data = base64.b64decode(e.data, validate=True)
+        return e
 
 
 @dataclass
@@ -245,7 +256,7 @@ class Importer:
                 return
             content = (chunks, e.size)
             if e.data is not None:  # its short last chunk, inline
-                data = base64.b64decode(e.data)
+                data = e.data
                 if inline_slot(chunks, e.size) != digest_of(data):
                     raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
                 self.catalog.inline.add({digest_of(data): data})

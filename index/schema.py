@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -225,6 +225,8 @@ CREATE TABLE chunks (
     size INTEGER NOT NULL,
     refs INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- The rows at 0, for recovery, the mount's start and `syncd status`: never a scan of them all.
+CREATE INDEX chunks_unreferenced ON chunks (hash) WHERE refs <= 0;
 
 -- Small content inside the index (DESIGN, "The content store"; index/inline.py): the bytes
 -- of every chunk of at most INLINE_MAX bytes (a small file's one chunk, a big file's short
@@ -377,6 +379,10 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     # Small content inside the index (index/inline.py). Chunks stored before stay files.
     8: """
         CREATE TABLE inline (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
+    """,
+    # The unreferenced chunks, which the mount's start and `syncd status` read, indexed.
+    9: """
+        CREATE INDEX chunks_unreferenced ON chunks (hash) WHERE refs <= 0;
     """,
 }
 

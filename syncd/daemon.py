@@ -345,7 +345,7 @@ class Daemon:
         """Apply one batch of `syncd import` (index/importing.py): its chunks are staged
         in the store by the command, which read the source."""
         try:
-            entries = [Entry(**e) for e in request["entries"]]
+            entries = [Entry.from_dict(e) for e in request["entries"]]
             importer = Importer(self.catalog, str(request["into"]), int(request["uid"]),
                                 int(request["gid"]))
             outcome, effects = importer.apply(entries)

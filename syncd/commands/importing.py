@@ -5,7 +5,6 @@ home, else here under the home's lock."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import errno
 import os
@@ -139,7 +138,7 @@ def _read_all(pool, store: ChunkStore, src: Path, todo: list[Entry]) -> None:
             chunks, e.size, short = future.result()
             e.chunks = chunks.hex()
             if short is not None:
-                e.data = base64.b64encode(short).decode()
+                e.data = short
         except OSError as x:
             error = error or x
     if error is not None:

@@ -210,6 +210,7 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.cat.commit_content(ino, Builder().add(digest, len(SMALL)).done(), len(SMALL), T,
                            None, True)
     old.db.conn.execute("DROP TABLE inline")
+    old.db.conn.execute("DROP INDEX chunks_unreferenced")  # schema 9
     old.db.conn.execute("PRAGMA user_version = 7")  # the step before inline chunks
     old.db.conn.commit()
     old.db.close()
@@ -264,3 +265,37 @@ def test_bytes_that_do_not_match_are_not_installed(devs):
     f = b.ino("/f")
     assert effects.missing == {f} and not b.cat.is_local(f)
     assert not b.cat.inline.has(digest_of(SMALL))
+
+
+def test_unreferenced_chunks_are_found_without_reading_every_chunk(tmp_path):
+    """The mount's start (recovery, the kept inline chunks) and `syncd status` look for the
+    chunks at 0 references: their cost must not grow with the chunks that are in use."""
+    ChunkStore.create(tmp_path / "store")
+    db = schema.create(tmp_path / "index.db", "ab" * 16, 1000, 1000, T)
+    cat = Catalog(db, ChunkStore(tmp_path / "store"))
+    steps = [0]
+
+    def cost(fn) -> int:
+        steps[0] = 0
+        db.conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 10)
+        try:
+            fn()
+        finally:
+            db.conn.set_progress_handler(None, 10)
+        return steps[0]
+
+    def in_use(n: int) -> None:  # rows of chunks that versions refer to
+        with db.conn:
+            db.conn.executemany("INSERT INTO chunks (hash, size, refs) VALUES (?, 5, 1)",
+                                ((os.urandom(32),) for _ in range(n)))
+
+    def lookups() -> None:
+        cat.inline.usage()
+        cat.collect_unreferenced()
+        cat.inline.keep_replaced(0)
+
+    in_use(100)
+    few = cost(lookups)
+    in_use(20_000)
+    assert cost(lookups) <= few + 20
+    db.close()
