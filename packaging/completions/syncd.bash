@@ -1,43 +1,68 @@
 # bash completion for syncd
+# tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
-_syncd_commands="init mount umount status"
+_syncd_commands="init cluster-key peer mount umount serve status pending pin unpin fetch
+conflicts import wait"
+# Options that take a value (the next word is that value).
+_syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
+--timeout"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
-# positional arguments.
+# positional arguments; $2 is its first positional argument, if any.
 _syncd_command_args()
 {
     case $1 in
-        init) opts="--name --listen" ;;
+        init) opts="--name --listen --cluster-key --cluster-key-file" ;;
+        peer)
+            case $2 in
+                '') args=words words="add list remove set" ;;
+                list) opts="--json" ;;
+            esac
+            ;;
         mount) opts="--foreground --allow-other --debug-fuse" args=dirs ;;
-        status) opts="--json" ;;
+        serve) opts="--mirror" ;;
+        status | pending | conflicts) opts="--json" ;;
+        pin | unpin | fetch) args=files ;;
+        import) opts="--into" args=dirs ;;
+        wait) opts="--peer --copies --timeout" ;;
     esac
 }
 
 _syncd()
 {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-    local cmd='' opts='' args='' i
+    local cmd='' first='' opts='' args='' words='' i
     # `--home=DIR` is split into `--home`, `=`, `DIR`
     [[ $prev == = ]] && prev=${COMP_WORDS[COMP_CWORD-2]}
     [[ $cur == = ]] && cur=''
 
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            --home | --name | --listen) [[ ${COMP_WORDS[i+1]} == = ]] || ((i++)) ;;
             =) ((i++)) ;;
-            -*) ;;
-            *) cmd=${COMP_WORDS[i]}; break ;;
+            -*)
+                if [[ " ${_syncd_valued//$'\n'/ } " == *" ${COMP_WORDS[i]} "* ]]; then
+                    [[ ${COMP_WORDS[i+1]} == = ]] || ((i++))
+                fi
+                ;;
+            *)
+                if [[ -z $cmd ]]; then
+                    cmd=${COMP_WORDS[i]}
+                elif [[ -z $first ]]; then
+                    first=${COMP_WORDS[i]}
+                fi
+                ;;
         esac
     done
 
     case $prev in
         --home) args=dirs ;;
-        --name | --listen) return ;;
+        --name | --listen | --cluster-key | --peer | --copies | --timeout | --into) return ;;
+        --cluster-key-file) args=files ;;
         *)
             if [[ -z $cmd ]]; then
                 args=commands
             else
-                _syncd_command_args "$cmd"
+                _syncd_command_args "$cmd" "$first"
             fi
             [[ $cur == -* ]] && args=options
             ;;
@@ -45,10 +70,15 @@ _syncd()
 
     case $args in
         commands) mapfile -t COMPREPLY < <(compgen -W "$_syncd_commands" -- "$cur") ;;
+        words) mapfile -t COMPREPLY < <(compgen -W "$words" -- "$cur") ;;
         options) mapfile -t COMPREPLY < <(compgen -W "--home --help $opts" -- "$cur") ;;
         dirs)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -d -- "$cur")
+            ;;
+        files)
+            compopt -o filenames 2>/dev/null
+            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             ;;
     esac
 }

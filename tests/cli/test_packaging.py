@@ -1,6 +1,7 @@
 """Tests of packaging/: shell completions, the systemd user unit and mount.syncd; and of
 the wheel pyproject.toml builds."""
 
+import argparse
 import configparser
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.cli import build_parser
 from tests.conftest import needs_fuse
 from tests.helpers import force_cleanup, fuse_mounts, syncd
 
@@ -49,12 +51,17 @@ def test_bash_completion_syntax():
     "line, expected",
     [
         ("syncd mo", ["mount"]),
-        ("syncd ", ["init", "mount", "status", "umount"]),
-        ("syncd --home /somewhere u", ["umount"]),
+        ("syncd u", ["umount", "unpin"]),
+        ("syncd peer ", ["add", "list", "remove", "set"]),
+        ("syncd peer list --", ["--help", "--home", "--json"]),
+        ("syncd wait --peer beta --c", ["--copies"]),
+        ("syncd import d", ["dir1", "dir2"]),
+        ("syncd pin d", ["dfile", "dir1", "dir2"]),
+        ("syncd --home /somewhere um", ["umount"]),
         ("syncd -", ["--help", "--home"]),
         ("syncd mount --f", ["--foreground"]),
         ("syncd mount /mnt --a", ["--allow-other"]),
-        ("syncd init --", ["--help", "--home", "--listen", "--name"]),
+        ("syncd init --n", ["--name"]),
         ("syncd umount -", ["--help", "--home"]),
         ("syncd status --j", ["--json"]),
         ("syncd mount d", ["dir1", "dir2"]),
@@ -68,6 +75,32 @@ def test_bash_completion(tmp_path, line, expected):
     (tmp_path / "dir2").mkdir()
     (tmp_path / "dfile").touch()
     assert bash_complete(line, tmp_path) == expected
+
+
+def commands_and_options() -> dict[str, list[str]]:
+    """Every command of `syncd`, with the options it documents (not --home and --help)."""
+    sub = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    return {name: [o for a in p._actions if a.help != argparse.SUPPRESS
+                   for o in a.option_strings if o.startswith("--") and o not in
+                   ("--help", "--home")]
+            for name, p in sub.choices.items()}
+
+
+def test_bash_completion_offers_every_command_and_option(tmp_path):
+    commands = commands_and_options()
+    assert bash_complete("syncd ", tmp_path) == sorted(commands)
+    for name, options in commands.items():
+        line = f"syncd {name} {'list ' if name == 'peer' else ''}--"
+        assert set(options) <= set(bash_complete(line, tmp_path)), name
+
+
+def test_zsh_completion_names_every_command_and_option():
+    text = ZSH_COMPLETION.read_text()
+    for name, options in commands_and_options().items():
+        assert f"'{name}:" in text, name
+        for option in options:
+            assert f"'{option}[" in text or f"'{option}=[" in text, (name, option)
 
 
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed")
