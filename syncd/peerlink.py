@@ -209,8 +209,16 @@ class PeerLink:
                                                       "name": self.me.name})
         self.accepts_zstd = "zstd" in answer.get("accepts", [])
         self.accepts_inline = "inline" in answer.get("accepts", [])
-        if self.device is None or self.device != answer.get("device"):
-            self.device = answer["device"]
+        device = answer["device"]
+        if self.device is not None and device != self.device:
+            # Its cursor counts what the device added under this name holds: another
+            # device there holds none of it, and would never be sent it.
+            raise PeerError(
+                f"{self.name} ({self.url}) answers as device {device}, not as {self.device}, "
+                "the device added under that name: another machine, or its home made "
+                f"again. If that is right, run 'syncd peer remove {self.name}' and 'syncd "
+                f"peer add {self.name} {self.url}' here, and it is sent everything")
+        self.device = device
         self._save(device=self.device, last_seen=self.last_seen)  # each keep-alive too
 
     async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 
 from tests.helpers import assert_clean_error, force_cleanup, free_port, syncd, wait_for
@@ -166,3 +167,30 @@ def test_pending_lists_what_waits_for_a_peer(cluster):
     wait_for(lambda: not json.loads(syncd(a.home, "pending", "beta", "--json").stdout
                                     )["pending"], 20, "nothing waits for beta")
     assert syncd(a.home, "pending", "beta").stdout.strip() == "nothing waits for beta"
+
+
+def test_a_peer_whose_home_was_made_again_is_refused_until_added_again(cluster):
+    """Beta's home is made again under the same name and address: a new device, which
+    holds nothing of what alpha's cursor for beta counts. Alpha says so, with what to run,
+    and sends it nothing; once beta is added again, beta receives everything."""
+    a, b = cluster(2)
+    (a / "f").write_bytes(b"before")
+    wait_for(lambda: (b / "f").exists(), 20, "f on beta")
+    wait_for(lambda: settled(a, b), 20, "nothing pending")
+    old = a.peer("beta")["device"]
+    b.stop()
+    shutil.rmtree(b.home)
+    syncd(b.home, "init", "--name", "beta", "--listen", f"127.0.0.1:{b.port}",
+          "--cluster-key", a.key)
+    syncd(b.home, "peer", "add", "alpha", a.url)
+    b.start()
+    wait_for(lambda: "answers as device" in (a.peer("beta")["last_error"] or ""), 30,
+             "alpha refusing the new beta")
+    beta = a.peer("beta")
+    assert beta["state"] == "offline" and beta["device"] == old
+    assert f"syncd peer remove beta' and 'syncd peer add beta {b.url}'" in beta["last_error"]
+    assert not (b / "f").exists()
+    syncd(a.home, "peer", "remove", "beta")
+    syncd(a.home, "peer", "add", "beta", b.url)
+    wait_for(lambda: (b / "f").exists() and (b / "f").read_bytes() == b"before", 30,
+             "f on the new beta")
