@@ -7,6 +7,7 @@ them and saves what it learns of each (state, device, cursor, last answer, last 
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -86,6 +87,21 @@ def save_peer(db: sqlite_utils.Database, name: str, **columns) -> None:
             (*columns.values(), name))
 
 
+def confirm_push(db: sqlite_utils.Database, name: str, device: str | None, after: int,
+                 upto: int, seen: int | None, last_seen: int | None) -> None:
+    """The peer confirmed a push of the changes in (after, upto]: its cursor moves (rule 5)
+    and, when the push carried states (`seen`: this device's sequence number when they were
+    read), the push is recorded for `syncd log` (the `sent` table), in one transaction."""
+    with db.atomic():
+        db.conn.execute("UPDATE peers SET cursor = ?, last_seen = ? WHERE name = ?",
+                        (upto, last_seen, name))
+        if seen is not None:
+            db.conn.execute(
+                "INSERT INTO sent (peer, device, after, upto, seen, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (name, device, after, upto, seen,
+                                               int(time.time())))
+
+
 # A node whose current state the peer whose device id is :peer holds already (DESIGN,
 # "Sequence numbers"): it sent us that state (`origin`), or it made every version of it,
 # by version vector: each aspect's version is that device's (`device`), and nothing was
@@ -122,8 +138,8 @@ class Waiting(NamedTuple):
 
 def waiting_for(db: sqlite_utils.Database, peer: Peer) -> list[Waiting]:
     """The nodes pending_for counts, oldest first, each with its path and what waits: a
-    node that came into being here after the peer's cursor (a journal row `create` or
-    `apply-create`), and that the peer did not make (its id names its maker), is new to
+    node that came into being here after the peer's cursor (a journal row `create`,
+    `recover` or `apply-create`), and that the peer did not make (its id names its maker), is new to
     it."""
     rows = db.conn.execute(
         "WITH RECURSIVE waiting (id, kind, deleted, size, seq) AS ("
@@ -138,7 +154,7 @@ def waiting_for(db: sqlite_utils.Database, peer: Peer) -> list[Waiting]:
         " paths (id, path, depth) AS (SELECT start, path, max(depth) FROM up"
         " GROUP BY start),"
         " created (id) AS (SELECT DISTINCT node FROM journal"
-        " WHERE seq > :cursor AND op IN ('create', 'apply-create'))"
+        " WHERE seq > :cursor AND op IN ('create', 'apply-create', 'recover'))"
         " SELECT p.path, w.kind, w.deleted, w.id IN created AND w.id NOT LIKE :made,"
         " w.size, j.at FROM waiting w JOIN paths p ON p.id = w.id"
         " JOIN journal j ON j.seq = w.seq ORDER BY w.seq",

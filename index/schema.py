@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -188,7 +188,8 @@ CREATE TABLE journal (
     seq    INTEGER PRIMARY KEY,
     clock  INTEGER NOT NULL,     -- the Lamport clock after this change
     node   TEXT NOT NULL,
-    op     TEXT NOT NULL,        -- create, content, mode, rename, delete, recover
+    op     TEXT NOT NULL,        -- create, content, mode, rename, delete, recover, apply,
+                                 -- apply-create, apply-delete, and decisions (index/history.py)
     device TEXT NOT NULL,        -- the device that made the change
     at     INTEGER NOT NULL,     -- unix seconds
     detail TEXT                  -- JSON, op-specific
@@ -205,6 +206,21 @@ CREATE TABLE peers (
     cursor     INTEGER NOT NULL DEFAULT 0,
     last_seen  INTEGER,               -- unix seconds of the last answer
     last_error TEXT
+);
+
+-- Pushes a peer confirmed (rule 5), for `syncd log` (index/history.py): the cursor of the
+-- peer named `peer` (device `device`) moved from `after` to `upto` at `at`, by a push read
+-- when this device's sequence number was `seen`. What it carried is in the journal: a
+-- node's last row in (after, upto], unless that row came from the peer itself or the node
+-- has a later row up to `seen`. One row per push that carried something; pruned with the
+-- journal after log_keep_days.
+CREATE TABLE sent (
+    peer   TEXT NOT NULL,
+    device TEXT,
+    after  INTEGER NOT NULL,
+    upto   INTEGER NOT NULL,
+    seen   INTEGER NOT NULL,
+    at     INTEGER NOT NULL
 );
 
 -- Remote node states whose parent has not arrived yet; applied when it does.
@@ -377,6 +393,11 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     # Small content inside the index (index/inline.py). Chunks stored before stay files.
     8: """
         CREATE TABLE inline (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
+    """,
+    # What each peer confirmed, and when (index/history.py, `syncd log`).
+    9: """
+        CREATE TABLE sent (peer TEXT NOT NULL, device TEXT, after INTEGER NOT NULL,
+                           upto INTEGER NOT NULL, seen INTEGER NOT NULL, at INTEGER NOT NULL);
     """,
 }
 

@@ -25,7 +25,7 @@ import trio
 from syncd import auth, compress
 from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
-from syncd.index.peers import Peer, save_peer
+from syncd.index.peers import Peer, confirm_push, save_peer
 from syncd.index.states import BATCH_DATA, changes_since
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,7 @@ class PeerLink:
         if time.monotonic() - self.last_push < BURST and self.last_size > 2:
             await trio.sleep(COALESCE_BURST)
         self.last_push = time.monotonic()
+        seen = self.catalog.seq  # what a later stamp of a node sent now supersedes
         states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
                                      BATCH_DATA if self.accepts_inline else 0)
         self.last_size = len(states)
@@ -313,8 +314,9 @@ class PeerLink:
             return False
         if states:
             await self._send(states)
-        self.cursor = last
-        self._save(cursor=last, last_seen=self.last_seen)
+        after, self.cursor = self.cursor, last
+        confirm_push(self.catalog.db, self.name, self.device, after, last,
+                     seen if states else None, self.last_seen)
         return True
 
     async def _send(self, states: list[dict]) -> None:
