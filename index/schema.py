@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -197,6 +197,8 @@ CREATE TABLE journal (
 
 -- Peers (DESIGN, "Peer states"). cursor: our sequence number up to which the peer has
 -- confirmed applying our changes (rule 5). state: unknown, online, offline or outofuse.
+-- addresses: where it may be reached, in the operator's order; url: the one of them that
+-- last answered as this peer (its device), tried first (the first until one answers).
 CREATE TABLE peers (
     name       TEXT PRIMARY KEY,
     url        TEXT NOT NULL,
@@ -205,7 +207,8 @@ CREATE TABLE peers (
                CHECK (state IN ('unknown', 'online', 'offline', 'outofuse')),
     cursor     INTEGER NOT NULL DEFAULT 0,
     last_seen  INTEGER,               -- unix seconds of the last answer
-    last_error TEXT
+    last_error TEXT,
+    addresses  TEXT NOT NULL DEFAULT '[]'  -- JSON list of URLs
 );
 
 -- Pushes a peer confirmed (rule 5), for `syncd log` (index/history.py): the cursor of the
@@ -398,6 +401,11 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     9: """
         CREATE TABLE sent (peer TEXT NOT NULL, device TEXT, after INTEGER NOT NULL,
                            upto INTEGER NOT NULL, seen INTEGER NOT NULL, at INTEGER NOT NULL);
+    """,
+    # Several addresses per peer: the one it had is its list.
+    10: """
+        ALTER TABLE peers ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]';
+        UPDATE peers SET addresses = json_array(url);
     """,
 }
 
