@@ -406,7 +406,7 @@ class Daemon:
         """Each peer as its loop sees it now (syncd status): the index has its state as
         of the last change, and its last answer as of the last push or keep-alive."""
         return {"peers": {link.name: {"state": link.state, "last_seen": link.last_seen,
-                                      "last_error": link.last_error}
+                                      "last_error": link.last_error, "url": link.url}
                           for link in self.peers}}
 
     async def _reload_peers(self, request: dict) -> dict:
