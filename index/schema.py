@@ -283,6 +283,14 @@ def _holes(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE limbo SET state = ? WHERE id = ?", (json.dumps(state), node))
 
 
+def _addresses(conn: sqlite3.Connection) -> None:
+    """Several addresses per peer (schema 10): the one each had is its list. A table
+    that has the column already (a database whose version was set back) keeps it."""
+    if "addresses" not in [r[1] for r in conn.execute("PRAGMA table_info(peers)")]:
+        conn.execute("ALTER TABLE peers ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]'")
+    conn.execute("UPDATE peers SET addresses = json_array(url) WHERE addresses = '[]'")
+
+
 # Each step takes a database of version N-1 to version N.
 MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     2: """
@@ -399,14 +407,11 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     """,
     # What each peer confirmed, and when (index/history.py, `syncd log`).
     9: """
-        CREATE TABLE sent (peer TEXT NOT NULL, device TEXT, after INTEGER NOT NULL,
+        CREATE TABLE IF NOT EXISTS sent (peer TEXT NOT NULL, device TEXT, after INTEGER NOT NULL,
                            upto INTEGER NOT NULL, seen INTEGER NOT NULL, at INTEGER NOT NULL);
     """,
     # Several addresses per peer: the one it had is its list.
-    10: """
-        ALTER TABLE peers ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]';
-        UPDATE peers SET addresses = json_array(url);
-    """,
+    10: _addresses,
 }
 
 
