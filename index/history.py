@@ -3,7 +3,8 @@ for every change stamped here (rule 1), and from the `sent` table, which has a r
 push a peer confirmed (schema.py). Nothing else is recorded for it.
 
 - arrived: a journal row of a state applied as a peer sent it (`apply`, `apply-create`,
-  `apply-delete`, its detail naming the sender, `from`).
+  `apply-delete`, its detail naming the sender, `from`), or merged with the one here (its
+  detail naming the sender as `with`).
 - sent: a push's range of sequence numbers, (after, upto]: each node's last row in it went
   to the peer, unless that row came from the peer itself (a push leaves out what the peer
   sent us) or the node was stamped again before the push was read (up to `seen`: then its
@@ -57,7 +58,8 @@ class _Row(NamedTuple):
     node: str
     op: str
     at: int
-    sender: str | None  # the device that sent it (detail "from")
+    sender: str | None  # the device that sent it as it is (detail "from")
+    merged: str | None  # the device whose state was merged with this one's (detail "with")
     after: int | None  # the node's next journal row
 
 
@@ -72,18 +74,18 @@ def history(db: sqlite_utils.Database, since: int, peers: list[Peer]) -> list[Ev
     starts = [p[2] for p in pushes] + ([first - 1] if first is not None else [])
     if not starts:
         return []
-    rows = [_Row(seq, node, op, at, json.loads(detail).get("from") if detail else None, nxt)
-            for seq, node, op, at, detail, nxt in db.conn.execute(
+    rows = [_Row(seq, node, op, at, d.get("from"), d.get("with"), nxt)
+            for seq, node, op, at, d, nxt in _with_details(db.conn.execute(
                 "SELECT seq, node, op, at, detail,"
                 " lead(seq) OVER (PARTITION BY node ORDER BY seq)"
-                " FROM journal WHERE seq > ? ORDER BY seq", (min(starts),))]
+                " FROM journal WHERE seq > ? ORDER BY seq", (min(starts),)))]
     found: list[tuple[tuple, dict]] = []
     for r in rows:
         if r.at < since:
             continue
-        if r.op in APPLIED and r.sender:
+        if r.op in APPLIED and (r.sender or r.merged):
             found.append(((r.at, 0, r.seq), {"event": "arrived", "row": r,
-                                             "device": r.sender}))
+                                             "device": r.sender or r.merged}))
         elif r.op in ("apply-create", "conflict-rename"):
             found.append(((r.at, 0, r.seq), {"event": "conflict?", "row": r}))
         elif r.op in EVENTS:
@@ -124,6 +126,11 @@ def history(db: sqlite_utils.Database, since: int, peers: list[Peer]) -> list[Ev
         events.append(Event(f.get("at", r.at), event, f.get("peer") or names.get(device),
                             device, r.node, path, kind, change, of))
     return events
+
+
+def _with_details(rows):
+    for seq, node, op, at, detail, nxt in rows:
+        yield seq, node, op, at, json.loads(detail) if detail else {}, nxt
 
 
 def _nodes(db: sqlite_utils.Database, ids: set[str]) -> dict[str, tuple]:
