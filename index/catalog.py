@@ -336,12 +336,13 @@ class Catalog:
     def create(
         self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
         target: bytes | None = None, mtime_ns: int | None = None, rdev: int = 0,
-        content: tuple[ChunkList, int] | None = None,
+        content: tuple[ChunkList, int] | None = None, op: str = "create",
     ) -> Entry:
         """A new file, directory, symlink or special file (`rdev` for a device): one new
         inode, one new node, one change (none for a special file: it is local-only). A
         file may be made with its content (its chunks in the store) and an mtime of its
-        own (syncd import)."""
+        own (syncd import). `op` is its journal row's: `recover` for the copy crash
+        recovery makes of uncommitted writes (index/recovery.py, `syncd log`)."""
         name = check_name(name)
         now = time.time_ns()
         mtime = mtime_ns if mtime_ns is not None else now
@@ -361,7 +362,7 @@ class Catalog:
             ).lastrowid
             if chunks.entries:
                 self._reref(chunks, size, ChunkList([]))
-            node, entry = self._add_node(kind, ino, parent, name, {"kind": kind})
+            node, entry = self._add_node(kind, ino, parent, name, {"kind": kind}, op)
             self._touch_dir(parent_ino, now)
             return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, mtime,
                                                   now, now, digest, target, rdev, 1))
@@ -386,7 +387,7 @@ class Catalog:
         return self.transaction(run)
 
     def _add_node(self, kind: str, ino: int, parent: str, name: str,
-                  detail: dict) -> tuple[str, int]:
+                  detail: dict, op: str = "create") -> tuple[str, int]:
         """A new live node: its id and entry. A synced node is stamped as it is inserted,
         and its id takes the counter of that stamp; a local-only node, never stamped,
         takes its entry number."""
@@ -409,7 +410,7 @@ class Catalog:
         except sqlite3.IntegrityError:  # nodes_name: one live node per name
             raise fail(errno.EEXIST, name) from None
         if not local_only(node):
-            self._journal(node, "create", self.device, detail)
+            self._journal(node, op, self.device, detail)
         return node, entry
 
     # -- removing

@@ -162,7 +162,7 @@ class Merger:
             self._conflict_copy(loser, merged, effects)
         same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
             merged["deleted"] == remote["deleted"]
-        self._write(row, merged, origin if same_as_remote else None, effects)
+        self._write(row, merged, origin if same_as_remote else None, effects, origin)
         if (local["deleted"] or remote["deleted"]) and not merged["deleted"]:
             # Back from a delete by a change that carried no content (a chmod, a move):
             # the deleter may have collected the content before anyone fetched it.
@@ -278,7 +278,10 @@ class Merger:
         else:
             decided(self.cat, node, "apply-create")
 
-    def _write(self, row, merged: dict, origin: str | None, effects: Effects) -> None:
+    def _write(self, row, merged: dict, origin: str | None, effects: Effects,
+               sender: str | None = None) -> None:
+        """Write a merged state over the node's row; `origin` holds it already (None: every
+        peer needs it), `sender` sent the state merged in (the journal says so)."""
         node, ino = merged["id"], row[8]
         old = state_from_row(row)
         old_parent, old_name = old["parent"], old["name"]
@@ -295,7 +298,7 @@ class Merger:
             self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
                               (merged["parent"], merged["name"], node))
             set_versions(self.cat, node, merged)
-            stamp_state(self.cat, node, "apply-delete", origin, merged)
+            stamp_state(self.cat, node, "apply-delete", origin, merged, sender)
             return
         parent = self.placement.live_parent(merged["parent"], effects)
         moved = old["deleted"] or (parent, merged["name"]) != (old_parent, old_name)
@@ -327,6 +330,6 @@ class Merger:
             if placed is None:
                 return
         if placed == (merged["parent"], merged["name"]):
-            stamp_state(self.cat, node, "apply", origin, merged)
+            stamp_state(self.cat, node, "apply", origin, merged, sender)
         else:
             decided(self.cat, node, "apply")

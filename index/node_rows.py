@@ -56,12 +56,16 @@ def set_versions(cat: Catalog, node: str, state: dict) -> None:
     cat.conn.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE id = ?", (*params, node))
 
 
-def stamp_state(cat: Catalog, node: str, op: str, origin: str | None, state: dict) -> None:
+def stamp_state(cat: Catalog, node: str, op: str, origin: str | None, state: dict,
+                sender: str | None = None) -> None:
     """Catalog.stamp_applied for a state applied as it is: journalled as made by the
-    device of its latest version, and as from `origin` (None: merged here)."""
+    device of its latest version, and as from `origin` (None: merged here; `sender` is
+    then the peer whose state was merged with this one's, for `syncd log`)."""
     device = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
-    cat.stamp_applied(node, op, origin, device,
-                      {"from": origin} if origin else {"merged": True})
+    detail = {"from": origin} if origin else {"merged": True}
+    if sender and not origin:
+        detail["with"] = sender
+    cat.stamp_applied(node, op, origin, device, detail)
 
 
 def decided(cat: Catalog, node: str, op: str, aspects: tuple[str, ...] = ("place",)) -> None:

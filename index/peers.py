@@ -6,14 +6,17 @@ them and saves what it learns of each (state, device, cursor, last answer, last 
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import sqlite_utils
 
-# What the serving process records about a peer as it talks to it.
-SAVED_COLUMNS = frozenset({"device", "state", "cursor", "last_seen", "last_error"})
+# What the serving process records about a peer as it talks to it (url: the address that
+# answered last, of its addresses).
+SAVED_COLUMNS = frozenset({"device", "state", "cursor", "last_seen", "last_error", "url"})
 
 
 class PeerExists(Exception):
@@ -33,6 +36,7 @@ class Peer:
     cursor: int  # our sequence number up to which it confirmed our changes (rule 5)
     last_seen: int | None  # unix seconds of its last answer
     last_error: str | None
+    addresses: list[str] = field(default_factory=list)  # tried in order, `url` first
 
 
 class Pending(NamedTuple):
@@ -41,13 +45,29 @@ class Pending(NamedTuple):
     oldest: int | None  # unix seconds of the oldest change's journal row
 
 
-def add_peer(db: sqlite_utils.Database, name: str, url: str) -> None:
-    """A new peer, state unknown; PeerExists when the name is taken."""
+def add_peer(db: sqlite_utils.Database, name: str, *addresses: str) -> None:
+    """A new peer at these addresses (tried in order), state unknown; PeerExists when the
+    name is taken."""
+    if not addresses:
+        raise ValueError("a peer needs an address")
     try:
         with db.atomic():
-            db.conn.execute("INSERT INTO peers (name, url) VALUES (?, ?)", (name, url))
+            db.conn.execute("INSERT INTO peers (name, url, addresses) VALUES (?, ?, ?)",
+                            (name, addresses[0], json.dumps(list(addresses))))
     except sqlite3.IntegrityError:
         raise PeerExists(name) from None
+
+
+def set_peer_addresses(db: sqlite_utils.Database, name: str, addresses: list[str]) -> None:
+    """Replace a peer's addresses; the first is tried first until one answers. Its device,
+    state and cursor stay: identity comes from its hello, never from an address.
+    NoSuchPeer when there is none of that name."""
+    if not addresses:
+        raise ValueError("a peer needs an address")
+    with db.atomic():
+        if not db.conn.execute("UPDATE peers SET addresses = ?, url = ? WHERE name = ?",
+                               (json.dumps(addresses), addresses[0], name)).rowcount:
+            raise NoSuchPeer(name)
 
 
 def remove_peer(db: sqlite_utils.Database, name: str) -> None:
@@ -71,19 +91,42 @@ def set_peer_use(db: sqlite_utils.Database, name: str, use: str) -> None:
 
 def list_peers(db: sqlite_utils.Database) -> list[Peer]:
     """Every peer, by name."""
-    return [Peer(*row) for row in db.conn.execute(
-        "SELECT name, url, device, state, cursor, last_seen, last_error FROM peers "
-        "ORDER BY name")]
+    return [Peer(*row[:-1], json.loads(row[-1]) or [row[1]]) for row in db.conn.execute(
+        "SELECT name, url, device, state, cursor, last_seen, last_error, addresses FROM peers"
+        " ORDER BY name")]
 
 
 def save_peer(db: sqlite_utils.Database, name: str, **columns) -> None:
-    """Record what the serving process learnt of a peer (SAVED_COLUMNS only)."""
+    """Record what the serving process learnt of a peer (SAVED_COLUMNS only). A url that
+    is not one of its addresses is not saved: the operator replaced them meanwhile
+    (`syncd peer set NAME --address`), and the serving process reloads the peer."""
     if not columns or not set(columns) <= SAVED_COLUMNS:
         raise ValueError(f"cannot save {sorted(columns)} of a peer")
     with db.atomic():
+        if "url" in columns and not db.conn.execute(
+                "SELECT 1 FROM peers, json_each(peers.addresses) WHERE name = ?"
+                " AND json_each.value = ?", (name, columns["url"])).fetchone():
+            del columns["url"]
+            if not columns:
+                return
         db.conn.execute(
             f"UPDATE peers SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
             (*columns.values(), name))
+
+
+def confirm_push(db: sqlite_utils.Database, name: str, device: str | None, after: int,
+                 upto: int, seen: int | None, last_seen: int | None) -> None:
+    """The peer confirmed a push of the changes in (after, upto]: its cursor moves (rule 5)
+    and, when the push carried states (`seen`: this device's sequence number when they were
+    read), the push is recorded for `syncd log` (the `sent` table), in one transaction."""
+    with db.atomic():
+        db.conn.execute("UPDATE peers SET cursor = ?, last_seen = ? WHERE name = ?",
+                        (upto, last_seen, name))
+        if seen is not None:
+            db.conn.execute(
+                "INSERT INTO sent (peer, device, after, upto, seen, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (name, device, after, upto, seen,
+                                               int(time.time())))
 
 
 # A node whose current state the peer whose device id is :peer holds already (DESIGN,
@@ -122,8 +165,8 @@ class Waiting(NamedTuple):
 
 def waiting_for(db: sqlite_utils.Database, peer: Peer) -> list[Waiting]:
     """The nodes pending_for counts, oldest first, each with its path and what waits: a
-    node that came into being here after the peer's cursor (a journal row `create` or
-    `apply-create`), and that the peer did not make (its id names its maker), is new to
+    node that came into being here after the peer's cursor (a journal row `create`,
+    `recover` or `apply-create`), and that the peer did not make (its id names its maker), is new to
     it."""
     rows = db.conn.execute(
         "WITH RECURSIVE waiting (id, kind, deleted, size, seq) AS ("
@@ -138,7 +181,7 @@ def waiting_for(db: sqlite_utils.Database, peer: Peer) -> list[Waiting]:
         " paths (id, path, depth) AS (SELECT start, path, max(depth) FROM up"
         " GROUP BY start),"
         " created (id) AS (SELECT DISTINCT node FROM journal"
-        " WHERE seq > :cursor AND op IN ('create', 'apply-create'))"
+        " WHERE seq > :cursor AND op IN ('create', 'apply-create', 'recover'))"
         " SELECT p.path, w.kind, w.deleted, w.id IN created AND w.id NOT LIKE :made,"
         " w.size, j.at FROM waiting w JOIN paths p ON p.id = w.id"
         " JOIN journal j ON j.seq = w.seq ORDER BY w.seq",

@@ -143,7 +143,8 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
               if _as_slot(work[i], work_digests[i]) is not None
               and inline_size(os.path.getsize(work[i])) and not store.has(work_digests[i])}
     with catalog.db.atomic():
-        entry = catalog.create(parent_ino, new_name, "file", inode.mode, inode.uid, inode.gid)
+        entry = catalog.create(parent_ino, new_name, "file", inode.mode, inode.uid, inode.gid,
+                               op="recover")
         catalog.commit_content(entry.inode.ino, chunks, size, time.time_ns(), None, True,
                                inline=inline)
         catalog.set_recovery_target(ino, entry.inode.ino)

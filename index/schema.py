@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 11
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -188,7 +188,8 @@ CREATE TABLE journal (
     seq    INTEGER PRIMARY KEY,
     clock  INTEGER NOT NULL,     -- the Lamport clock after this change
     node   TEXT NOT NULL,
-    op     TEXT NOT NULL,        -- create, content, mode, rename, delete, recover
+    op     TEXT NOT NULL,        -- create, content, mode, rename, delete, recover, apply,
+                                 -- apply-create, apply-delete, and decisions (index/history.py)
     device TEXT NOT NULL,        -- the device that made the change
     at     INTEGER NOT NULL,     -- unix seconds
     detail TEXT                  -- JSON, op-specific
@@ -196,6 +197,8 @@ CREATE TABLE journal (
 
 -- Peers (DESIGN, "Peer states"). cursor: our sequence number up to which the peer has
 -- confirmed applying our changes (rule 5). state: unknown, online, offline or outofuse.
+-- addresses: where it may be reached, in the operator's order; url: the one of them that
+-- last answered as this peer (its device), tried first (the first until one answers).
 CREATE TABLE peers (
     name       TEXT PRIMARY KEY,
     url        TEXT NOT NULL,
@@ -204,7 +207,23 @@ CREATE TABLE peers (
                CHECK (state IN ('unknown', 'online', 'offline', 'outofuse')),
     cursor     INTEGER NOT NULL DEFAULT 0,
     last_seen  INTEGER,               -- unix seconds of the last answer
-    last_error TEXT
+    last_error TEXT,
+    addresses  TEXT NOT NULL DEFAULT '[]'  -- JSON list of URLs
+);
+
+-- Pushes a peer confirmed (rule 5), for `syncd log` (index/history.py): the cursor of the
+-- peer named `peer` (device `device`) moved from `after` to `upto` at `at`, by a push read
+-- when this device's sequence number was `seen`. What it carried is in the journal: a
+-- node's last row in (after, upto], unless that row came from the peer itself or the node
+-- has a later row up to `seen`. One row per push that carried something; pruned with the
+-- journal after log_keep_days.
+CREATE TABLE sent (
+    peer   TEXT NOT NULL,
+    device TEXT,
+    after  INTEGER NOT NULL,
+    upto   INTEGER NOT NULL,
+    seen   INTEGER NOT NULL,
+    at     INTEGER NOT NULL
 );
 
 -- Remote node states whose parent has not arrived yet; applied when it does.
@@ -264,6 +283,14 @@ def _holes(conn: sqlite3.Connection) -> None:
             chunks = ChunkList.from_hex(c["chunks"], c["size"])
             c["chunks"], c["hash"] = chunks.hex(), chunks.hash
             conn.execute("UPDATE limbo SET state = ? WHERE id = ?", (json.dumps(state), node))
+
+
+def _addresses(conn: sqlite3.Connection) -> None:
+    """Several addresses per peer (schema 11): the one each had is its list. A table
+    that has the column already (a database whose version was set back) keeps it."""
+    if "addresses" not in [r[1] for r in conn.execute("PRAGMA table_info(peers)")]:
+        conn.execute("ALTER TABLE peers ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]'")
+    conn.execute("UPDATE peers SET addresses = json_array(url) WHERE addresses = '[]'")
 
 
 # Each step takes a database of version N-1 to version N.
@@ -384,6 +411,13 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     9: """
         CREATE INDEX chunks_unreferenced ON chunks (hash) WHERE refs <= 0;
     """,
+    # What each peer confirmed, and when (index/history.py, `syncd log`).
+    10: """
+        CREATE TABLE IF NOT EXISTS sent (peer TEXT NOT NULL, device TEXT, after INTEGER NOT NULL,
+                           upto INTEGER NOT NULL, seen INTEGER NOT NULL, at INTEGER NOT NULL);
+    """,
+    # Several addresses per peer: the one it had is its list.
+    11: _addresses,
 }
 
 

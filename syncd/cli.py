@@ -9,7 +9,16 @@ from importlib.metadata import version
 from pathlib import Path
 
 from syncd.auth import parse_key
-from syncd.commands import content, importing, mounting, peers, pending, status, waiting
+from syncd.commands import (
+    content,
+    history,
+    importing,
+    mounting,
+    peers,
+    pending,
+    status,
+    waiting,
+)
 from syncd.home import (
     FAILURE,
     OK,
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
 
-    for commands in (peers, mounting, status, pending, content, importing, waiting):
+    for commands in (peers, mounting, status, pending, history, content, importing, waiting):
         commands.add_parsers(sub, common)
     return parser
 
@@ -109,5 +118,6 @@ def cmd_cluster_key(home: Home, args) -> int:
 
 
 COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
-            **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **content.COMMANDS,
+            **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
+            **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS}

@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Callable
 
 import trio
@@ -26,6 +27,7 @@ from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
+from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
 from syncd.index.states import BATCH_DATA, changes_since, state_of
@@ -41,6 +43,7 @@ KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerli
 # replaced them (a fetch may be on its way), and at most this long for one that does not.
 KEEP_REPLACED_MIN = 2.0  # seconds
 KEEP_REPLACED_MAX = 600.0
+PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_keep_days
 
 
 class Daemon:
@@ -68,6 +71,7 @@ class Daemon:
         # Files smaller than this are fetched as soon as they are announced, many per
         # request (0: every file waits for its first open).
         self.prefetch_below = int(config["prefetch_below"])
+        self.log_keep_days = home.log_keep_days()  # `syncd log`'s history (index/history.py)
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -320,6 +324,7 @@ class Daemon:
             self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
+            nursery.start_soon(self._prune_history)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
@@ -334,6 +339,22 @@ class Daemon:
             await trio.sleep(KEEP_REPLACED_MIN / 2)
             self.catalog.expire_replaced(self.peers.confirmed(), KEEP_REPLACED_MIN,
                                          KEEP_REPLACED_MAX)
+
+    async def _prune_history(self) -> None:
+        """At start and then hourly, forget the history older than log_keep_days, a
+        short transaction at a time (index/history.py keeps what sync reads)."""
+        while True:
+            before = int(time.time() - self.log_keep_days * 86400)
+            after: int | None = 0
+            pruned = 0
+            while after is not None:
+                deleted, after = prune_step(self.catalog.db, before, after)
+                pruned += deleted
+                await trio.sleep(0)
+            if pruned:
+                log.info("pruned %d journal row(s) older than %g day(s)", pruned,
+                         self.log_keep_days)
+            await trio.sleep(PRUNE_EVERY)
 
     async def _fetch_op(self, request: dict) -> dict:
         try:
@@ -385,7 +406,7 @@ class Daemon:
         """Each peer as its loop sees it now (syncd status): the index has its state as
         of the last change, and its last answer as of the last push or keep-alive."""
         return {"peers": {link.name: {"state": link.state, "last_seen": link.last_seen,
-                                      "last_error": link.last_error}
+                                      "last_error": link.last_error, "url": link.url}
                           for link in self.peers}}
 
     async def _reload_peers(self, request: dict) -> dict:

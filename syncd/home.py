@@ -28,7 +28,7 @@ from syncd.index.store import ChunkStore
 OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5
 
 DEFAULT_CONFIG = {"listen": "127.0.0.1:7700", "attr_timeout": 60.0,
-                  "prefetch_below": 256 * 1024}
+                  "prefetch_below": 256 * 1024, "log_keep_days": 30}
 _FLOCK = "hhqqi"  # struct flock on Linux: type, whence, start, len, pid
 
 
@@ -109,6 +109,15 @@ class Home:
             return dict(DEFAULT_CONFIG, name=socket.gethostname())
         except ValueError as e:
             raise UserError(f"{self.config_path} is not valid JSON: {e}") from None
+
+    def log_keep_days(self) -> float:
+        """How many days `syncd log` keeps (config key log_keep_days): a number above 0."""
+        value = self.config()["log_keep_days"]
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 < value < 1e6:
+            raise UserError(f"{self.config_path}: log_keep_days must be a number of days "
+                            f"above 0 (below a million), not {value!r}")
+        return float(value)
 
     def cluster_key(self) -> bytes:
         try:

@@ -25,7 +25,7 @@ import trio
 from syncd import auth, compress
 from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
-from syncd.index.peers import Peer, save_peer
+from syncd.index.peers import Peer, confirm_push, save_peer
 from syncd.index.states import BATCH_DATA, changes_since
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ class PeerError(Exception):
     """The peer did not answer, or answered something we cannot accept."""
 
 
+class Unreachable(PeerError):
+    """The peer did not answer at the network level (refused, timed out, reset)."""
+
+
 class Refused(PeerError):
     """The peer answered that the request itself is wrong (4xx other than 401)."""
 
@@ -92,6 +96,9 @@ class PeerLink:
         self.catalog = catalog
         self.on_online = on_online
         self.name = record.name
+        # Where it may be reached, in the operator's order; `url` is the one in use: the
+        # one that last answered its hello as this peer, tried first (hello()).
+        self.addresses = [a.rstrip("/") for a in record.addresses or [record.url]]
         self.url = record.url.rstrip("/")
         self.device = record.device
         self.state = record.state
@@ -119,9 +126,13 @@ class PeerLink:
     # -- requests
 
     async def request(self, method: str, path: str, payload: dict | None = None,
-                      headers: dict | None = None) -> Reply:
-        """One signed exchange. Bodies are compressed when the peer accepts zstd and it
-        pays; the signature covers the bytes as sent, both ways."""
+                      headers: dict | None = None, url: str | None = None) -> Reply:
+        """One signed exchange, with the address in use or `url`. Bodies are compressed
+        when the peer accepts zstd and it pays; the signature covers the bytes as sent,
+        both ways. A network failure at `url` raises Unreachable and leaves the state
+        alone (hello() is trying the peer's addresses); one at the address in use marks
+        the peer offline at once."""
+        base = url or self.url
         body = json.dumps(payload).encode() if payload is not None else b""
         all_headers = {"accept-encoding": "zstd", **(headers or {})}
         if payload is not None:
@@ -137,7 +148,7 @@ class PeerLink:
             signed = auth.sign_request(self.me.key, method, path, body)
             all_headers.update(signed)
             try:
-                request = self.client.build_request(method, self.url + path, content=body,
+                request = self.client.build_request(method, base + path, content=body,
                                                     headers=all_headers)
                 r = await self.client.send(request, stream=True)
                 try:
@@ -147,15 +158,15 @@ class PeerLink:
                 break
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
                 if attempt == 2:
-                    raise self._unreachable(e) from None
+                    raise self._unreachable(e, url) from None
             except httpx.HTTPError as e:
-                raise self._unreachable(e) from None
+                raise self._unreachable(e, url) from None
         raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
         try:
             auth.check_response(self.me.key, r.status_code, signed[auth.NONCE], r.headers,
                                 auth.hash_of_pieces(pieces))
         except auth.AuthError as e:
-            raise PeerError(self._unsigned(r.status_code, raw, e)) from None
+            raise PeerError(self._unsigned(r.status_code, raw, e, base)) from None
         self.last_seen = int(time.time())
         if r.headers.get("content-encoding") == "zstd":
             try:
@@ -165,7 +176,7 @@ class PeerLink:
             return Reply(r.status_code, r.headers, body, None)
         return Reply(r.status_code, r.headers, raw, pieces)
 
-    def _unsigned(self, status: int, body: bytes, error: auth.AuthError) -> str:
+    def _unsigned(self, status: int, body: bytes, error: auth.AuthError, url: str) -> str:
         """Why an answer came unsigned. A 401 is the peer refusing our signature, and its
         body says which check failed (docs/protocol.md): a bad signature means that the
         two machines do not hold the same cluster key, which is no network fault."""
@@ -176,25 +187,27 @@ class PeerLink:
         except (ValueError, KeyError, TypeError):
             detail = body[:200].decode(errors="replace")
         if detail.startswith("bad signature"):
-            return (f"{self.name} ({self.url}) does not accept this machine's signature: the "
+            return (f"{self.name} ({url}) does not accept this machine's signature: the "
                     "two do not share a cluster key. Compare 'syncd cluster-key' on both; on "
                     "the one that differs from the cluster's, put the cluster's key in "
                     "HOME/cluster.key (mode 0600) and restart its mount or serve")
-        return f"{self.name} ({self.url}) refuses this machine's requests: {detail}"
+        return f"{self.name} ({url}) refuses this machine's requests: {detail}"
 
-    def _unreachable(self, error: Exception) -> PeerError:
+    def _unreachable(self, error: Exception, url: str | None = None) -> PeerError:
         """An exchange failed at the network level (refused, timed out, reset, TLS): a
         peer seen online is offline now, whoever asked, and its loop probes it again at
         once (one connection reset is no reason to wait out a back-off); one offline
-        already is left to the back-off."""
-        failure = PeerError(f"{self.name} ({self.url}) does not answer: {error!r}")
-        if self.state in ("online", "unknown"):
+        already is left to the back-off. At an address being tried (`url`), only that
+        address failed."""
+        failure = Unreachable(f"{self.name} ({url or self.url}) does not answer: {error!r}")
+        if url is None and self.state in ("online", "unknown"):
             self._set_state("offline", str(failure))
             self.poke()
         return failure
 
-    async def call(self, method: str, path: str, payload: dict | None = None) -> dict:
-        r = await self.request(method, path, payload)
+    async def call(self, method: str, path: str, payload: dict | None = None,
+                   url: str | None = None) -> dict:
+        r = await self.request(method, path, payload, url=url)
         if r.status != 200:
             error = Refused if 400 <= r.status < 500 and r.status != 401 else PeerError
             raise error(f"{self.name} refused {method} {path}: {r.status} "
@@ -205,21 +218,44 @@ class PeerLink:
             raise PeerError(f"{self.name} answered {method} {path} with bad JSON") from None
 
     async def hello(self) -> None:
-        answer = await self.call("POST", "/v1/hello", {"device": self.me.device,
-                                                      "name": self.me.name})
-        self.accepts_zstd = "zstd" in answer.get("accepts", [])
-        self.accepts_inline = "inline" in answer.get("accepts", [])
-        device = answer["device"]
-        if self.device is not None and device != self.device:
-            # Its cursor counts what the device added under this name holds: another
-            # device there holds none of it, and would never be sent it.
-            raise PeerError(
-                f"{self.name} ({self.url}) answers as device {device}, not as {self.device}, "
-                "the device added under that name: another machine, or its home made "
-                f"again. If that is right, run 'syncd peer remove {self.name}' and 'syncd "
-                f"peer add {self.name} {self.url}' here, and it is sent everything")
-        self.device = device
-        self._save(device=self.device, last_seen=self.last_seen)  # each keep-alive too
+        """Greet the peer at its addresses, the one that answered last first, then the
+        others in the operator's order, until one answers as this peer: the device it
+        answered as at its first hello (identity comes from the signed hello, never from
+        an address). That address is then the one in use."""
+        failures, seen = [], self.last_seen
+        for url in [self.url] + [a for a in self.addresses if a != self.url]:
+            self.last_seen = seen  # only an answer as this peer is one of its answers
+            try:
+                answer = await self.call("POST", "/v1/hello", {"device": self.me.device,
+                                                              "name": self.me.name}, url=url)
+            except PeerError as e:  # not there, or not a peer that accepts us: the next
+                failures.append(str(e))
+                continue
+            device = answer.get("device")
+            if not isinstance(device, str):
+                failures.append(f"{self.name} ({url}) answered hello without its device")
+                continue
+            if self.device is not None and device != self.device:
+                # Its cursor counts what the device added under this name holds: another
+                # device there holds none of it, and would never be sent it.
+                failures.append(
+                    f"{self.name} ({url}) answers as device {device}, not as {self.device}, "
+                    "the device added under that name: another machine, or its home made "
+                    f"again. If that is right, run 'syncd peer remove {self.name}' and "
+                    f"'syncd peer add {self.name} {' '.join(self.addresses)}' here, and it "
+                    "is sent everything")
+                continue
+            self.accepts_zstd = "zstd" in answer.get("accepts", [])
+            self.accepts_inline = "inline" in answer.get("accepts", [])
+            self.device = device
+            if url != self.url:
+                log.info("peer %s answers at %s", self.name, url)
+                self.url = url
+            # each keep-alive too
+            self._save(device=self.device, last_seen=self.last_seen, url=self.url)
+            return
+        self.last_seen = seen
+        raise PeerError("; ".join(failures))
 
     async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:
         """A chunk's bytes, not yet verified, and their BLAKE3 digest when the signature
@@ -314,6 +350,7 @@ class PeerLink:
         if time.monotonic() - self.last_push < BURST and self.last_size > 2:
             await trio.sleep(COALESCE_BURST)
         self.last_push = time.monotonic()
+        seen = self.catalog.seq  # what a later stamp of a node sent now supersedes
         states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
                                      BATCH_DATA if self.accepts_inline else 0)
         self.last_size = len(states)
@@ -321,8 +358,9 @@ class PeerLink:
             return False
         if states:
             await self._send(states)
-        self.cursor = last
-        self._save(cursor=last, last_seen=self.last_seen)
+        after, self.cursor = self.cursor, last
+        confirm_push(self.catalog.db, self.name, self.device, after, last,
+                     seen if states else None, self.last_seen)
         return True
 
     async def _send(self, states: list[dict]) -> None:

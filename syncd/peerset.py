@@ -29,7 +29,7 @@ class PeerSet:
         records = {p.name: p for p in list_peers(self.catalog.db)}
         for name, link in list(self.links.items()):
             record = records.get(name)
-            if record is None or record.url.rstrip("/") != link.url:
+            if record is None or [a.rstrip("/") for a in record.addresses] != link.addresses:
                 link.cancel.cancel()
                 del self.links[name]
             elif (record.state == "outofuse") != (link.state == "outofuse"):

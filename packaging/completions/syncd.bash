@@ -1,11 +1,11 @@
 # bash completion for syncd
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
-_syncd_commands="init cluster-key peer mount umount serve status pending pin unpin fetch
+_syncd_commands="init cluster-key peer mount umount serve status pending log pin unpin fetch
 conflicts import wait"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
---timeout"
+--timeout --since --address"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
 # positional arguments; $2 is its first positional argument, if any.
@@ -17,11 +17,13 @@ _syncd_command_args()
             case $2 in
                 '') args=words words="add list remove set" ;;
                 list) opts="--json" ;;
+                set) opts="--address" ;;
             esac
             ;;
         mount) opts="--foreground --allow-other --debug-fuse" args=dirs ;;
         serve) opts="--mirror" ;;
         status | pending | conflicts) opts="--json" ;;
+        log) opts="--peer --since --json" ;;
         pin | unpin | fetch) args=files ;;
         import) opts="--into" args=dirs ;;
         wait) opts="--peer --copies --timeout" ;;
@@ -56,7 +58,8 @@ _syncd()
 
     case $prev in
         --home) args=dirs ;;
-        --name | --listen | --cluster-key | --peer | --copies | --timeout | --into) return ;;
+        --name | --listen | --cluster-key | --peer | --copies | --timeout | --into | --since | \
+            --address) return ;;
         --cluster-key-file) args=files ;;
         *)
             if [[ -z $cmd ]]; then

@@ -19,13 +19,14 @@ from syncd.index.peers import (
     add_peer,
     list_peers,
     remove_peer,
+    set_peer_addresses,
     set_peer_use,
 )
 
 PEERS_SCHEMA = 1
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_URL = re.compile(r"http://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})/?")
+_URL = re.compile(r"http://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})/?")
 
 
 def check_name(home: Home, name: str) -> str:
@@ -37,17 +38,25 @@ def check_name(home: Home, name: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """The URL as stored, without a trailing slash: http://HOST:PORT."""
+    """An address as stored, without a trailing slash: http://HOST:PORT."""
     match = _URL.fullmatch(url)
     if not match or not 0 < int(match["port"]) < 65536:
-        raise UserError(f"bad peer URL {url!r}: want http://HOST:PORT", USAGE)
-    return url.rstrip("/")
+        raise UserError(f"bad peer address {url!r}: want http://HOST:PORT", USAGE)
+    return f"http://{match['host']}:{match['port']}"
 
 
-def add(home: Home, name: str, url: str) -> None:
+def check_addresses(addresses: list[str]) -> list[str]:
+    """A peer's addresses as stored, in the order given; one given twice is an error."""
+    checked = [check_url(a) for a in addresses]
+    if twice := sorted({a for a in checked if checked.count(a) > 1}):
+        raise UserError(f"address {twice[0]} is given twice", USAGE)
+    return checked
+
+
+def add(home: Home, name: str, addresses: list[str]) -> None:
     try:
         with open_catalog(home.db_path, home.store_path) as cat:
-            add_peer(cat.db, name, url)
+            add_peer(cat.db, name, *addresses)
     except PeerExists:
         raise UserError(f"there is already a peer named {name!r}; "
                         "'syncd peer remove' it first", STATE) from None
@@ -70,12 +79,21 @@ def set_use(home: Home, name: str, use: str) -> None:
         raise UserError(f"no peer named {name!r}") from None
 
 
+def set_addresses(home: Home, name: str, addresses: list[str]) -> None:
+    try:
+        with open_catalog(home.db_path, home.store_path) as cat:
+            set_peer_addresses(cat.db, name, addresses)
+    except NoSuchPeer:
+        raise UserError(f"no peer named {name!r}") from None
+
+
 def collect(home: Home) -> dict:
     live = live_peers(home) or {}
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         peers = list_peers(cat.db)
     return {"schema_version": PEERS_SCHEMA,
-            "peers": [{"name": p.name, "url": p.url, "device": p.device,
+            "peers": [{"name": p.name, "url": live.get(p.name, {}).get("url", p.url),
+                       "addresses": p.addresses, "device": p.device,
                        "state": live.get(p.name, {}).get("state", p.state),
                        "last_seen": utc(live.get(p.name, {}).get("last_seen", p.last_seen))}
                       for p in peers]}
@@ -87,7 +105,7 @@ def print_peers(home: Home, as_json: bool) -> None:
         print(json.dumps(peers, indent=2))
         return
     if not peers["peers"]:
-        print("no peers: add one with 'syncd peer add NAME URL'")
+        print("no peers: add one with 'syncd peer add NAME ADDRESS'")
         return
     rows = [("NAME", "URL", "STATE", "LAST SEEN", "DEVICE")]
     rows += [(p["name"], p["url"], p["state"], p["last_seen"] or "never", p["device"] or "-")
@@ -102,15 +120,20 @@ def add_parsers(sub, common) -> None:
     peer = p.add_subparsers(dest="peer_command", required=True, metavar="PEER_COMMAND")
     p = peer.add_parser("add", parents=[common], help="add a peer")
     p.add_argument("name", metavar="NAME", help="its name here: 1-64 of A-Z a-z 0-9 . _ -")
-    p.add_argument("url", metavar="URL", help="where it listens: http://HOST:PORT")
+    p.add_argument("addresses", metavar="ADDRESS", nargs="+",
+                   help="where it listens, http://HOST:PORT; several are "
+                        "tried in order, the one that answered last first")
     p = peer.add_parser("list", parents=[common], help="list the peers")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
     p = peer.add_parser("remove", parents=[common], help="forget a peer")
     p.add_argument("name", metavar="NAME")
-    p = peer.add_parser("set", parents=[common], help="take a peer out of use, or back")
+    p = peer.add_parser("set", parents=[common],
+                        help="take a peer out of use, or back; or set its addresses")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("use", choices=["outofuse", "auto"],
+    p.add_argument("use", choices=["outofuse", "auto"], nargs="?",
                    help="outofuse: never contact it, keep its catch-up; auto: contact it")
+    p.add_argument("--address", metavar="ADDRESS", nargs="+", dest="addresses",
+                   help="replace its addresses with these (tried in order)")
 
 
 def cmd_peer(home: Home, args) -> int:
@@ -119,15 +142,22 @@ def cmd_peer(home: Home, args) -> int:
         print_peers(home, as_json=args.json)
         return OK
     if args.peer_command == "add":
-        name, url = check_name(home, args.name), check_url(args.url)
-        add(home, name, url)
-        print(f"added peer {args.name} at {url}")
+        name, addresses = check_name(home, args.name), check_addresses(args.addresses)
+        add(home, name, addresses)
+        print(f"added peer {args.name} at {' '.join(addresses)}")
     elif args.peer_command == "remove":
         remove(home, args.name)
         print(f"removed peer {args.name}")
     else:
-        set_use(home, args.name, args.use)
-        print(f"peer {args.name}: {args.use}")
+        if args.use is None and args.addresses is None:
+            raise UserError("peer set wants outofuse, auto or --address ADDRESS...", USAGE)
+        if args.addresses is not None:
+            addresses = check_addresses(args.addresses)
+            set_addresses(home, args.name, addresses)
+            print(f"peer {args.name} at {' '.join(addresses)}")
+        if args.use is not None:
+            set_use(home, args.name, args.use)
+            print(f"peer {args.name}: {args.use}")
     _reload_peers(home)
     return OK
 

@@ -24,7 +24,8 @@ def collect(home: Home) -> dict:
         for p in list_peers(cat.db):
             changes, waiting, oldest = pending_for(cat.db, p)
             now = (live or {}).get(p.name, {})
-            peers.append({"name": p.name, "url": p.url, "device": p.device,
+            peers.append({"name": p.name, "url": now.get("url", p.url),
+                          "addresses": p.addresses, "device": p.device,
                           "state": now.get("state", p.state),
                           "last_seen": utc(now.get("last_seen", p.last_seen)),
                           "pending_changes": changes, "pending_bytes": waiting,

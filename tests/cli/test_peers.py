@@ -90,13 +90,10 @@ def test_peer_add_list_set_remove(home):
     syncd(home, "peer", "add", "a.l-p_h4", "http://[::1]:7701")
     syncd(home, "peer", "add", "gamma", "http://gamma.example:80")
     assert peers(home) == [
-        {"name": "a.l-p_h4", "url": "http://[::1]:7701", "device": None, "state": "unknown",
-         "last_seen": None},
-        {"name": "beta", "url": "http://10.0.0.2:7700", "device": None, "state": "unknown",
-         "last_seen": None},
-        {"name": "gamma", "url": "http://gamma.example:80", "device": None,
-         "state": "unknown", "last_seen": None},
-    ]
+        {"name": name, "url": url, "addresses": [url], "device": None, "state": "unknown",
+         "last_seen": None}
+        for name, url in (("a.l-p_h4", "http://[::1]:7701"), ("beta", "http://10.0.0.2:7700"),
+                          ("gamma", "http://gamma.example:80"))]
     syncd(home, "peer", "set", "beta", "outofuse")
     assert [p["state"] for p in peers(home)] == ["unknown", "outofuse", "unknown"]
     syncd(home, "peer", "set", "beta", "auto")
@@ -113,6 +110,7 @@ def test_peer_list_shows_what_the_daemon_learned(home):
                      "WHERE name = 'beta'", ("9c" * 16, 1_763_900_000))
     conn.close()
     assert peers(home)[0] == {"name": "beta", "url": "http://10.0.0.2:7700",
+                              "addresses": ["http://10.0.0.2:7700"],
                               "device": "9c" * 16, "state": "online",
                               "last_seen": "2025-11-23T12:13:20Z"}
     lines = syncd(home, "peer", "list").stdout.splitlines()
@@ -220,3 +218,39 @@ def test_a_serving_process_that_does_not_answer_gets_the_change_later(home, serv
     assert "syncd: warning:" in done.stderr and "next start" in done.stderr
     assert done.stderr.count("\n") == 1
     assert [p["name"] for p in peers(home)] == ["beta"]
+
+
+def test_peer_addresses_are_kept_in_order_and_replaced_by_set(home):
+    syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700", "http://beta.vpn:7700/",
+          "http://[fd00::2]:7700")
+    (beta,) = peers(home)
+    assert beta["addresses"] == ["http://10.0.0.2:7700", "http://beta.vpn:7700",
+                                 "http://[fd00::2]:7700"]
+    assert beta["url"] == "http://10.0.0.2:7700"  # the first, until one answers
+    done = syncd(home, "peer", "set", "beta", "--address", "http://beta.example:7700",
+                 "http://10.0.0.2:7700")
+    assert done.stdout.strip() == "peer beta at http://beta.example:7700 http://10.0.0.2:7700"
+    (beta,) = peers(home)
+    assert (beta["url"], beta["addresses"]) == (
+        "http://beta.example:7700", ["http://beta.example:7700", "http://10.0.0.2:7700"])
+    syncd(home, "peer", "set", "beta", "outofuse", "--address", "http://10.0.0.9:7700")
+    (beta,) = peers(home)
+    assert (beta["state"], beta["addresses"]) == ("outofuse", ["http://10.0.0.9:7700"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["add", "gamma", "http://10.0.0.3:7700", "10.0.0.4:7700"],
+     "bad peer address '10.0.0.4:7700': want http://HOST:PORT"),
+    (["add", "gamma", "http://10.0.0.3:7700", "http://10.0.0.3:7700/"],
+     "address http://10.0.0.3:7700 is given twice"),
+    (["set", "beta", "--address", "http://ok:1", "http://bad"],
+     "bad peer address 'http://bad': want http://HOST:PORT"),
+    (["set", "beta"], "peer set wants outofuse, auto or --address ADDRESS..."),
+])
+def test_bad_peer_addresses_are_usage_errors_that_change_nothing(home, args, words):
+    syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700")
+    assert_clean_error(syncd(home, "peer", *args, check=False), 2, words)
+    assert [(p["name"], p["addresses"]) for p in peers(home)] == [
+        ("beta", ["http://10.0.0.2:7700"])]
+    assert_clean_error(syncd(home, "peer", "set", "nobody", "--address", "http://h:1",
+                             check=False), 1, "no peer named 'nobody'")

@@ -15,6 +15,7 @@ from syncd.index.peers import (
     pending_for,
     remove_peer,
     save_peer,
+    set_peer_addresses,
     set_peer_use,
     waiting_for,
 )
@@ -35,8 +36,8 @@ def test_a_new_peer_is_unknown_with_nothing_confirmed(dev):
     add_peer(dev.db, "beta", "http://b:7700")
     add_peer(dev.db, "alpha", "http://a:7700")
     assert list_peers(dev.db) == [
-        Peer("alpha", "http://a:7700", None, "unknown", 0, None, None),
-        Peer("beta", "http://b:7700", None, "unknown", 0, None, None)]
+        Peer("alpha", "http://a:7700", None, "unknown", 0, None, None, ["http://a:7700"]),
+        Peer("beta", "http://b:7700", None, "unknown", 0, None, None, ["http://b:7700"])]
 
 
 def test_a_taken_name_is_refused_and_changes_nothing(dev):
@@ -71,9 +72,15 @@ def test_save_takes_only_what_the_daemon_learns(dev):
     save_peer(dev.db, "beta", state="offline", last_error="connection refused")
     assert list_peers(dev.db)[0].last_error == "connection refused"
     with pytest.raises(ValueError):
-        save_peer(dev.db, "beta", url="http://elsewhere:1")
+        save_peer(dev.db, "beta", addresses="[]")
     with pytest.raises(ValueError):
         save_peer(dev.db, "beta")
+    # the address in use is one of its addresses, which only the operator sets
+    set_peer_addresses(dev.db, "beta", ["http://b:7700", "http://b.vpn:7700"])
+    save_peer(dev.db, "beta", url="http://b.vpn:7700")
+    save_peer(dev.db, "beta", url="http://elsewhere:1", state="online")
+    (beta,) = list_peers(dev.db)
+    assert (beta.url, beta.state) == ("http://b.vpn:7700", "online")
 
 
 def test_pending_counts_each_node_once_less_what_the_peer_sent(tmp_path):

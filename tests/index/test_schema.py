@@ -102,6 +102,9 @@ def test_third_schema_opens_with_its_conflict_copy_and_peer_intact(tmp_path):
         "SELECT count(*) FROM nodes INDEXED BY nodes_copies WHERE conflict_of = ?",
         (plan,)).fetchone() == (1,)
     assert db.conn.execute("SELECT name, state FROM peers").fetchall() == [("beta", "online")]
+    # version 10: each peer's one address is its list of addresses
+    assert db.conn.execute("SELECT json_array(url) = addresses FROM peers").fetchall() == [
+        (1,)]
     assert db.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
