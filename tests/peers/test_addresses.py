@@ -62,4 +62,4 @@ def test_an_address_that_answers_as_another_device_is_not_that_peer(cluster):
     assert beta["device"] == beta_device
     assert f"beta ({c.url}) answers as device {c.status()['device']['id']}" in \
         beta["last_error"]
-    assert "not as beta" in beta["last_error"]
+    assert f"not as {beta_device}, the device added under that name" in beta["last_error"]
