@@ -32,6 +32,7 @@ from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
+from syncd.settings import Live, SettingError
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -46,11 +47,13 @@ KEEP_REPLACED_MAX = 600.0
 class Daemon:
     def __init__(self, home: Home, catalog: Catalog,
                  changes: trio.MemoryReceiveChannel[None],
-                 on_effects: Callable[[Effects], None] | None = None, mirror: bool = False):
+                 on_effects: Callable[[Effects], None] | None = None, mirror: bool = False,
+                 live: Live | None = None):
         """`changes` says that something was stamped here (Catalog's on_change sends on
         it): the peer loops then push. `on_effects` takes what peers' changes did to the
         index, for the mount (kernel caches, purges); without a mount, inodes left without
-        names are purged here."""
+        names are purged here. `live` applies settings changed while it runs (the
+        control op "config"); the daemon registers its own there."""
         self.home = home
         self.catalog = catalog
         self.store = catalog.store
@@ -68,6 +71,8 @@ class Daemon:
         # Files smaller than this are fetched as soon as they are announced, many per
         # request (0: every file waits for its first open).
         self.prefetch_below = int(config["prefetch_below"])
+        self.live = live or Live()
+        self.live.on("prefetch_below", lambda v: setattr(self, "prefetch_below", v))
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -313,7 +318,8 @@ class Daemon:
             await nursery.start(serve_control, self.home.path / "control.sock",
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
-                                 "copies": self._copies_op, "import": self._import_op})
+                                 "copies": self._copies_op, "import": self._import_op,
+                                 "config": self._config_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
@@ -379,6 +385,16 @@ class Daemon:
                 "arriving": sorted((s.progress() for s in self.fetcher.streams.values()),
                                    key=lambda p: p["name"]),
                 "prefetching": self.fetcher.prefetching}
+
+    async def _config_op(self, request: dict) -> dict:
+        """A live setting changed in config.json (syncd config set): apply it now."""
+        try:
+            applied = self.live.apply(str(request.get("key")), request.get("value"))
+        except SettingError as e:
+            return {"ok": False, "error": str(e)}
+        log.info("setting %s = %r %s", request.get("key"), request.get("value"),
+                 "applied" if applied else "noted (nothing here uses it)")
+        return {"ok": True, "applied": applied}
 
     async def _reload_peers(self, request: dict) -> dict:
         self.peers.load(self._nursery)
