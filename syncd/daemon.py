@@ -82,7 +82,7 @@ class Daemon:
     def hello(self, device: str, name: str) -> dict:
         self.peers.greeted(device, name)
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
-                "accepts": ["zstd", "inline"]}
+                "accepts": ["zstd", "inline", "xattr"]}
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -163,12 +163,13 @@ class Daemon:
                     break
             await self.fetcher.prefetch_small(inos)
 
-    def changes_since(self, since: int, limit: int, inline: bool) -> tuple[list[dict], int]:
+    def changes_since(self, since: int, limit: int, inline: bool,
+                      xattr: bool = False) -> tuple[list[dict], int]:
         return changes_since(self.catalog.conn, since, limit,
-                             data_budget=BATCH_DATA if inline else 0)
+                             data_budget=BATCH_DATA if inline else 0, xattrs=xattr)
 
-    def state_of(self, node: str, inline: bool) -> dict | None:
-        return state_of(self.catalog.conn, node, inline)
+    def state_of(self, node: str, inline: bool, xattr: bool = False) -> dict | None:
+        return state_of(self.catalog.conn, node, inline, xattrs=xattr)
 
     async def refresh(self, ino: int) -> bool:
         """No peer that answered holds the content of inode `ino`: its holder may have

@@ -103,6 +103,7 @@ class PeerLink:
         self.last_size = 0  # states in the last push
         self.accepts_zstd = False  # learned at hello
         self.accepts_inline = False  # states may carry small files' bytes (hello too)
+        self.accepts_xattr = False  # states may carry extended attributes (hello too)
         # Idle connections are dropped here before the server drops them (KEEPALIVE_SERVER
         # in daemon.py), so a request rarely meets a connection closing under it.
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
@@ -176,6 +177,7 @@ class PeerLink:
                                                       "name": self.me.name})
         self.accepts_zstd = "zstd" in answer.get("accepts", [])
         self.accepts_inline = "inline" in answer.get("accepts", [])
+        self.accepts_xattr = "xattr" in answer.get("accepts", [])
         if self.device is None or self.device != answer.get("device"):
             self.device = answer["device"]
             self._save(device=self.device)
@@ -193,7 +195,7 @@ class PeerLink:
     async def get_node(self, node: str) -> dict | None:
         """The peer's current state of one node, validated as a push is; None when the
         peer does not know it."""
-        r = await self.request("GET", f"/v1/nodes/{node}?inline=1")
+        r = await self.request("GET", f"/v1/nodes/{node}?inline=1&xattr=1")
         if r.status == 404:
             return None
         if r.status != 200:
@@ -274,7 +276,8 @@ class PeerLink:
             await trio.sleep(COALESCE_BURST)
         self.last_push = time.monotonic()
         states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
-                                     BATCH_DATA if self.accepts_inline else 0)
+                                     BATCH_DATA if self.accepts_inline else 0,
+                                     xattrs=self.accepts_xattr)
         self.last_size = len(states)
         if last == self.cursor:
             return False

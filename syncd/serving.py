@@ -48,8 +48,9 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
             _check_listen(daemon.listen)
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
-        fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]),
-                        fetch=daemon.fetcher if daemon else None)
+        config = home.config()
+        fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]),
+                        fetch=daemon.fetcher if daemon else None, name=config["name"])
         live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
