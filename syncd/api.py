@@ -209,6 +209,9 @@ class NodeState(Strict):
             target = base64.b64decode(c.target) if c.target is not None else b""
             if not target or b"\0" in target:
                 raise ValueError("a symlink's target is 1 or more bytes, none of them NUL")
+        if self.kind == "symlink" and self.xattr is not None and self.xattr.attrs:
+            raise ValueError("a symlink has no extended attributes (Linux allows user.* on "
+                             "files and directories only)")
         return self
 
 
