@@ -58,11 +58,14 @@ def address(value: object) -> str:
     return value
 
 
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def device_name(value: object) -> str:
-    """What peers call this machine in their logs: 1 to 64 printable characters."""
-    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable() \
-            or not value.strip():
-        raise ValueError("want a name of 1 to 64 printable characters")
+    """This machine's name in every hello: what the peer API accepts there (syncd/api.py,
+    Hello), 1 to 64 of A-Z a-z 0-9 . _ -."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError("want 1 to 64 of A-Z a-z 0-9 . _ - (what peers accept in a hello)")
     return value
 
 

@@ -51,6 +51,7 @@ def test_set_checks_and_stores_the_canonical_value(home):
     (("set", "listen", "nowhere"), "bad value 'nowhere' for 'listen'"),
     (("set", "listen", "127.0.0.1:70000"), "bad value '127.0.0.1:70000' for 'listen'"),
     (("set", "name", ""), "bad value '' for 'name'"),
+    (("set", "name", "my laptop"), "bad value 'my laptop' for 'name'"),
 ])
 def test_bad_input_names_the_key_and_changes_nothing(home, args, words):
     before = (home / "config.json").read_bytes()
