@@ -72,8 +72,10 @@ def _set(home: Home, key: str, text: str) -> int:
         answer = control.request(home, "config", key=key, value=value)
     except UserError as e:
         answer = {"error": str(e)}
-    if answer.get("ok"):
+    if answer.get("ok") and answer.get("applied"):
         print(f"{key} = {value}; applied to {serving}")
+    elif answer.get("ok"):  # e.g. attr_timeout on a server without a mount
+        print(f"{key} = {value}; {serving} does not use it")
     else:
         print(f"{key} = {value}")
         print(f"syncd: warning: {serving} did not take the change ({answer.get('error')}); "

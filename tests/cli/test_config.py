@@ -111,3 +111,18 @@ def test_a_setting_that_cannot_apply_live_says_so(mount):
     done = syncd(mount.home, "config", "set", "listen", "127.0.0.1:1")
     assert "takes effect at the next mount or serve" in done.stdout
     assert stored(mount.home)["listen"] == "127.0.0.1:1"
+
+
+def test_a_server_without_a_mount_takes_what_it_uses(tmp_path):
+    from tests.hostile.conftest import Server
+
+    server = Server(tmp_path)
+    try:
+        server.start()
+        done = syncd(server.home, "config", "set", "prefetch_below", "1KiB")
+        assert done.stdout.startswith("prefetch_below = 1024; applied to the running server")
+        done = syncd(server.home, "config", "set", "attr_timeout", "5")
+        assert done.stdout.startswith("attr_timeout = 5.0; the running server (pid ")
+        assert done.stdout.rstrip().endswith("does not use it")
+    finally:
+        server.stop()
