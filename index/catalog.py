@@ -38,8 +38,15 @@ from syncd.index.schema import (
 )
 from syncd.index.store import ChunkStore
 
-ASPECTS = ("content", "mode", "place")
+ASPECTS = ("content", "mode", "place", "xattr")
 NAME_MAX = 255
+# Extended attributes (docs/cli.md, "What is shared"): a value is at most XATTR_SIZE_MAX
+# bytes (Linux's own limit, which the kernel checks before we see it; a peer's state is
+# checked against it too), a name at most XATTR_NAME_MAX, and one file's names and values
+# at most XATTR_TOTAL_MAX together, so a node state stays small; more is E2BIG.
+XATTR_SIZE_MAX = 64 << 10
+XATTR_NAME_MAX = 255
+XATTR_TOTAL_MAX = 128 << 10
 # Version vectors and journal details as stored: JSON with sorted keys. One encoder for
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode
@@ -456,12 +463,12 @@ class Catalog:
         """`lookup`, and the node's version vectors as stored (ASPECTS' order), for a
         change that stamps it: no second query for them."""
         row = self.conn.execute(
-            f"SELECT n.id, n.entry, n.name, n.content_vv, n.mode_vv, n.place_vv, "
+            f"SELECT n.id, n.entry, n.name, n.content_vv, n.mode_vv, n.place_vv, n.xattr_vv, "
             f"{INODE_COLUMNS} FROM nodes n JOIN inodes ON inodes.ino = n.ino "
             "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
             (self.dir_node(parent_ino), name),
         ).fetchone()
-        return (Entry(row[0], row[1], row[2], Inode(*row[6:])), row[3:6]) if row else None
+        return (Entry(row[0], row[1], row[2], Inode(*row[7:])), row[3:7]) if row else None
 
     # -- renaming
 
@@ -509,15 +516,19 @@ class Catalog:
             takes_inode = src.inode.kind == "file" and dst.inode.kind == "file" and \
                 self.is_local(src.inode.ino)
             if takes_inode:
-                self.stamp_local(dst.node, "content", ("content", "mode"),
-                                 {"replaced_by": src.node}, dst_vvs[:2],
+                # The source's extended attributes come with its inode (rsync -X sets
+                # them on its temporary file): the target's that it lacks are removed.
+                self._remove_xattrs_missing(src.inode.ino, dst.inode.ino)
+                self.stamp_local(dst.node, "content", ("content", "mode", "xattr"),
+                                 {"replaced_by": src.node},
+                                 (dst_vvs[0], dst_vvs[1], dst_vvs[3]),
                                  {"ino": src.inode.ino})
                 self._tombstone(src, src_vvs)
             else:
                 self._tombstone(dst, dst_vvs)
         if not takes_inode:
             self.stamp_local(src.node, "rename", ("place",),
-                             {"from": [self.dir_node(old_parent), old_name]}, src_vvs[2:],
+                             {"from": [self.dir_node(old_parent), old_name]}, src_vvs[2:3],
                              {"parent": new_parent_node, "name": new_name})
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino))
         self._touch_dir(old_parent, now)
@@ -562,6 +573,71 @@ class Catalog:
             return Inode(*row)
 
         return self.transaction(run)
+
+    # -- extended attributes (user.* only: the mount refuses the others)
+
+    def xattr(self, ino: int, name: str) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM xattrs WHERE ino = ? AND name = ?",
+                                (ino, name)).fetchone()
+        return None if row is None else row[0]
+
+    def xattr_names(self, ino: int) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT name FROM xattrs WHERE ino = ? AND value IS NOT NULL ORDER BY name",
+            (ino,))]
+
+    def set_xattr(self, ino: int, name: str, value: bytes | None) -> None:
+        """Set (or, with None, remove) an extended attribute of an inode: a new xattr
+        version of each of its nodes, in one transaction. ENODATA to remove one that is
+        not there; E2BIG when the inode's attributes (names and values) would pass
+        XATTR_TOTAL_MAX."""
+        def run() -> None:
+            self.inode(ino)  # ENOENT
+            rows = dict(self.conn.execute(
+                "SELECT name, length(CAST(name AS BLOB)) + length(value) FROM xattrs"
+                " WHERE ino = ? AND value IS NOT NULL", (ino,)).fetchall())
+            if value is None and name not in rows:
+                raise fail(errno.ENODATA, name)
+            if value is not None:
+                rows[name] = len(name.encode()) + len(value)
+                if sum(rows.values()) > XATTR_TOTAL_MAX:
+                    raise fail(errno.E2BIG, f"{name}: over {XATTR_TOTAL_MAX} bytes of "
+                               "extended attributes on one file")
+            nodes = self.conn.execute(
+                "SELECT id, xattr_vv FROM nodes WHERE ino = ? AND deleted = 0 ORDER BY entry",
+                (ino,)).fetchall()
+            self._write_xattr(ino, name, value, self.clock + 1)
+            for node, vv in nodes:
+                self.stamp_local(node, "xattr", ("xattr",),
+                                 {"name": name, "removed": value is None}, (vv,))
+            self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?",
+                              (time.time_ns(), ino))
+
+        self.transaction(run)
+
+    def sync_facts(self, ino: int) -> tuple[bool, bool, list[tuple[str, str | None]]]:
+        """What user.syncd.state and user.syncd.holders show of an inode: (local-only: a
+        special file; a conflict copy; the makers of its nodes' content, as (device,
+        that device's name as a peer here, or None)."""
+        rows = self.conn.execute(
+            "SELECT n.id, n.conflict_of, n.content_device, p.name FROM nodes n"
+            " LEFT JOIN peers p ON p.device = n.content_device"
+            " WHERE n.ino = ? AND n.deleted = 0 ORDER BY n.entry", (ino,)).fetchall()
+        return (any(local_only(r[0]) for r in rows), any(r[1] is not None for r in rows),
+                [(r[2], r[3]) for r in rows if r[2] is not None])
+
+    def _write_xattr(self, ino: int, name: str, value: bytes | None, clock: int) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO xattrs (ino, name, value, clock, device)"
+            " VALUES (?, ?, ?, ?, ?)", (ino, name, value, clock, self.device))
+
+    def _remove_xattrs_missing(self, ino: int, other: int) -> None:
+        """Rows removing, on inode `ino`, the attributes `other` has and `ino` lacks."""
+        for (name,) in self.conn.execute(
+                "SELECT name FROM xattrs o WHERE ino = ? AND value IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM xattrs x WHERE x.ino = ? AND x.name = o.name)",
+                (other, ino)).fetchall():
+            self._write_xattr(ino, name, None, self.clock + 1)
 
     def commit_content(
         self, ino: int, chunks: ChunkList, size: int, mtime_ns: int | None,

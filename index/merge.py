@@ -25,7 +25,15 @@ from syncd.index import rules
 from syncd.index.catalog import ASPECTS, Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
-from syncd.index.node_rows import decided, entry_changed, new_inode, set_versions, stamp_state
+from syncd.index.node_rows import (
+    decided,
+    entry_changed,
+    new_inode,
+    no_xattrs,
+    set_versions,
+    stamp_state,
+    write_xattrs,
+)
 from syncd.index.placement import Placement
 from syncd.index.schema import ROOT_ID
 from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
@@ -48,6 +56,8 @@ class Merger:
         known yet wait in `limbo` until it arrives."""
         effects = Effects()
         for state in states:
+            if state.get("xattr") is None:  # from a peer that does not carry them
+                state["xattr"] = no_xattrs()
             for aspect in ASPECTS:  # a state without "made" was made at its vector
                 if state[aspect].get("made") is None:
                     state[aspect]["made"] = state[aspect]["vv"]
@@ -220,6 +230,7 @@ class Merger:
             # different mode histories then merge its mode like any other.
             "mode": dict(loser["mode"]),
             "place": dict(merged["place"]),
+            "xattr": dict(loser["xattr"]),  # as the mode
         }
         self._insert(state, None, effects)
         if name != rules.copy_name(loser, merged["name"]):
@@ -317,10 +328,13 @@ class Merger:
                 effects.detached[ino] = (node, old["content"]["vv"])
             entry_changed(self.cat, old_parent, old_name, effects)
             ino = new_ino
-        elif old["mode"]["mode"] != merged["mode"]["mode"]:
-            self.conn.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?",
-                              (merged["mode"]["mode"] & 0o7777, time.time_ns(), ino))
-            effects.inodes.add(ino)
+        else:
+            if old["mode"]["mode"] != merged["mode"]["mode"]:
+                self.conn.execute("UPDATE inodes SET mode = ?, ctime_ns = ? WHERE ino = ?",
+                                  (merged["mode"]["mode"] & 0o7777, time.time_ns(), ino))
+                effects.inodes.add(ino)
+            if old["xattr"]["attrs"] != merged["xattr"]["attrs"] and ino is not None:
+                write_xattrs(self.cat, ino, merged)
         set_versions(self.cat, node, merged)
         placed = (old_parent, old_name)
         if moved:

@@ -43,7 +43,25 @@ def new_inode(cat: Catalog, state: dict, effects: Effects) -> int:
         cat.add_chunk_refs(chunks, size, inline)
     if not local:
         effects.missing.add(ino)
+    if state["xattr"]["attrs"]:
+        write_xattrs(cat, ino, state)
     return ino
+
+
+def no_xattrs() -> dict:
+    """The xattr version of a state from a peer that does not carry extended attributes:
+    none, at no version (so whatever is here wins)."""
+    return {"vv": {}, "made": {}, "clock": 0, "device": None, "attrs": {}}
+
+
+def write_xattrs(cat: Catalog, ino: int, state: dict) -> None:
+    """The inode's extended attributes become the state's, removed ones kept as rows
+    without a value (index/schema.py, XATTRS)."""
+    cat.conn.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+    cat.conn.executemany(
+        "INSERT INTO xattrs (ino, name, value, clock, device) VALUES (?, ?, ?, ?, ?)",
+        [(ino, name, None if a["value"] is None else base64.b64decode(a["value"]),
+          a["clock"], a["device"]) for name, a in state["xattr"]["attrs"].items()])
 
 
 def set_versions(cat: Catalog, node: str, state: dict) -> None:

@@ -1,7 +1,7 @@
 """DESIGN rule 3, "Version vectors decide", as pure decisions on node states.
 
 A node state is the dict docs/protocol.md calls one ("Node states"): id, kind, parent,
-name, deleted, conflict_of, and per aspect (content, mode, place) a version: `vv` (its
+name, deleted, conflict_of, and per aspect (content, mode, place, xattr) a version: `vv` (its
 vector, with every version merged into it), `made` (the vector its data was made at),
 `clock` (Lamport) and `device` (the data's maker), beside the aspect's data. Nothing here
 reads or writes the catalog: every peer computes these from the versions alone, never
@@ -146,6 +146,27 @@ def later_by_clock(local: dict, remote: dict, aspect: str) -> dict:
     return remote if key(remote) > key(local) else local
 
 
+# -- extended attributes: per name, the later (Lamport clock, device id) wins
+
+
+def xattr_key(entry: dict) -> tuple:
+    return (entry["clock"], entry["device"] or "", entry["value"] or "")
+
+
+def merge_xattrs(local: dict, remote: dict) -> dict:
+    """Two sets of a node's extended attributes merged name by name: of the two entries
+    for a name (a value, or its removal), the one with the higher (clock, device) wins,
+    so a set made knowing the other keeps its changes, and concurrent changes to different
+    attributes both stay (nothing anyone wrote is lost). The result is the same in any
+    order of merging: a maximum per name. A tombstone node carries none."""
+    out = {} if local["deleted"] else dict(local["xattr"]["attrs"])
+    if not remote["deleted"]:
+        for name, entry in remote["xattr"]["attrs"].items():
+            if name not in out or xattr_key(entry) > xattr_key(out[name]):
+                out[name] = entry
+    return dict(sorted(out.items()))
+
+
 # -- merging two states of one node
 
 
@@ -177,6 +198,8 @@ def merge(local: dict, remote: dict, raw: dict[str, str], cmps: dict[str, str],
         merged[aspect] = dict(take[aspect])
         if raw[aspect] == CC:
             merged[aspect]["vv"] = vv_max(local[aspect]["vv"], remote[aspect]["vv"])
+        if aspect == "xattr" and not deleted:
+            merged["xattr"]["attrs"] = merge_xattrs(local, remote)
         if aspect == "place":
             merged["parent"], merged["name"] = take["parent"], take["name"]
             if take["deleted"] and not deleted:

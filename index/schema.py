@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -105,6 +105,29 @@ END;
 """
 
 
+# Extended attributes (`user.*` only; docs/cli.md, "What is shared"), schema 12. They belong
+# to the inode, as the mode does (the nodes of a hard-link group share them), and are one
+# version of each node (the xattr_* columns), apart from content and mode, so a setxattr
+# here never conflicts with a chmod or an edit there. Within that version each attribute
+# carries the Lamport clock and device of the change that set or removed it: a removed
+# one stays as a row without a value, so that merging two sets is the per-name maximum by
+# (clock, device), the same whatever the order in which a peer meets them
+# (index/rules.py, merge_xattrs). The rows go with their inode (a trigger).
+XATTRS = """
+CREATE TABLE xattrs (
+    ino    INTEGER NOT NULL,
+    name   TEXT NOT NULL,        -- the full name, 'user.…', UTF-8
+    value  BLOB,                 -- NULL: removed (kept for the merge, never listed)
+    clock  INTEGER NOT NULL,     -- Lamport clock of the change that set or removed it
+    device TEXT NOT NULL,        -- the device that made that change
+    PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+CREATE TRIGGER xattrs_inode_gone AFTER DELETE ON inodes BEGIN
+    DELETE FROM xattrs WHERE ino = old.ino;
+END;
+"""
+
+
 SCHEMA = """
 -- Key/value facts about this device: device_id, created (unix seconds); while a crash
 -- recovery is cut short, recovering:<ino> = the inode of the recovered copy it committed
@@ -175,7 +198,11 @@ CREATE TABLE nodes (
     origin         TEXT,   -- device that sent the current state; NULL when changed here
     content_made   TEXT NOT NULL DEFAULT '{}',
     mode_made      TEXT NOT NULL DEFAULT '{}',
-    place_made     TEXT NOT NULL DEFAULT '{}'
+    place_made     TEXT NOT NULL DEFAULT '{}',
+    xattr_vv       TEXT NOT NULL DEFAULT '{}',   -- the extended attributes' version
+    xattr_clock    INTEGER NOT NULL DEFAULT 0,   -- (schema 12; see the xattrs table)
+    xattr_device   TEXT,
+    xattr_made     TEXT NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX nodes_name ON nodes (parent, name) WHERE deleted = 0;
 CREATE INDEX nodes_children ON nodes (parent, entry) WHERE deleted = 0;
@@ -257,7 +284,8 @@ CREATE TABLE inline (
     hash BLOB PRIMARY KEY,
     data BLOB NOT NULL
 );
-"""
+""" + XATTRS
+
 
 
 def _holes(conn: sqlite3.Connection) -> None:
@@ -418,6 +446,13 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     """,
     # Several addresses per peer: the one it had is its list.
     11: _addresses,
+    # Extended attributes: a version of their own per node, the attributes per inode.
+    12: """
+        ALTER TABLE nodes ADD COLUMN xattr_vv TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE nodes ADD COLUMN xattr_clock INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE nodes ADD COLUMN xattr_device TEXT;
+        ALTER TABLE nodes ADD COLUMN xattr_made TEXT NOT NULL DEFAULT '{}';
+    """ + XATTRS,
 }
 
 

@@ -19,14 +19,20 @@ NODE_COLUMNS = (
     "n.content_vv, n.content_clock, n.content_device, n.mode_vv, n.mode_clock, "
     "n.mode_device, n.place_vv, n.place_clock, n.place_device, "
     "i.hash, i.size, i.mtime_ns, i.chunks, i.target, i.mode, "
-    "n.content_made, n.mode_made, n.place_made"
+    "n.content_made, n.mode_made, n.place_made, "
+    "n.xattr_vv, n.xattr_made, n.xattr_clock, n.xattr_device, "
+    # the inode's extended attributes, removed ones too (value null): [[name, hex, clock,
+    # device], ...], or null when it has none
+    "(SELECT json_group_array(json_array(x.name, CASE WHEN x.value IS NULL THEN NULL"
+    " ELSE hex(x.value) END, x.clock, x.device)) FROM xattrs x WHERE x.ino = n.ino"
+    " HAVING count(*) > 0)"
 )
 
 
 def state_from_row(row) -> dict:
     (node, kind, parent, name, deleted, conflict_of, _seq, _origin, ino, cvv, cclock, cdev,
      mvv, mclock, mdev, pvv, pclock, pdev, digest, size, mtime, chunks, target, mode,
-     cmade, mmade, pmade) = row
+     cmade, mmade, pmade, xvv, xmade, xclock, xdev, xattrs) = row
     alive = not deleted and ino is not None
     content = {"vv": json.loads(cvv), "made": json.loads(cmade), "clock": cclock,
                "device": cdev, "hash": None,
@@ -43,7 +49,33 @@ def state_from_row(row) -> dict:
                  "device": mdev, "mode": mode if alive else 0},
         "place": {"vv": json.loads(pvv), "made": json.loads(pmade), "clock": pclock,
                   "device": pdev},
+        "xattr": {"vv": json.loads(xvv), "made": json.loads(xmade), "clock": xclock,
+                  "device": xdev, "attrs": _attrs(xattrs) if alive else {}},
     }
+
+
+def _attrs(text: str | None) -> dict:
+    """The wire form of an inode's extended attributes: name -> {"value": base64 or null
+    (removed), "clock", "device"}."""
+    if text is None:
+        return {}
+    return {name: {"value": None if value is None else
+                   base64.b64encode(bytes.fromhex(value)).decode(),
+                   "clock": clock, "device": device}
+            for name, value, clock, device in json.loads(text)}
+
+
+def without_xattrs(state: dict) -> dict:
+    """A state for a peer whose hello does not list "xattr" (an older version, whose
+    models refuse the field)."""
+    state.pop("xattr", None)
+    return state
+
+
+def xattr_bytes(state: dict) -> int:
+    """About how many bytes a state's extended attributes take on the wire."""
+    attrs = state.get("xattr", {}).get("attrs", {})
+    return sum(len(n) + len(a["value"] or "") for n, a in attrs.items())
 
 
 def node_row(conn: sqlite3.Connection, node: str):
@@ -63,22 +95,28 @@ WITH_DATA = (f"SELECT {NODE_COLUMNS}, d.data FROM nodes n LEFT JOIN inodes i ON 
              " LEFT JOIN inline d ON d.hash = i.chunks AND n.deleted = 0 AND n.kind = 'file'")
 
 
-def state_of(conn: sqlite3.Connection, node: str, with_data: bool = False) -> dict | None:
-    """A node's state for a peer, with its inline content's bytes if asked."""
+def state_of(conn: sqlite3.Connection, node: str, with_data: bool = False,
+             xattrs: bool = True) -> dict | None:
+    """A node's state for a peer, with its inline content's bytes if asked, and its
+    extended attributes unless told not to."""
     if not with_data:
         row = node_row(conn, node)
-        return state_from_row(row) if row is not None else None
-    row = conn.execute(f"{WITH_DATA} WHERE n.id = ?", (node,)).fetchone()
-    return _with_data(row) if row is not None else None
+        state = state_from_row(row) if row is not None else None
+    else:
+        row = conn.execute(f"{WITH_DATA} WHERE n.id = ?", (node,)).fetchone()
+        state = _with_data(row) if row is not None else None
+    return without_xattrs(state) if state is not None and not xattrs else state
 
 
 def changes_since(conn: sqlite3.Connection, since: int, limit: int = 1000,
                   skip_origin: str | None = None,
-                  data_budget: int = 0) -> tuple[list[dict], int]:
+                  data_budget: int = 0, xattrs: bool = True) -> tuple[list[dict], int]:
     """Node states stamped after `since`, oldest first, and the sequence number to ask
     from next. States that `skip_origin` sent us are left out: it holds them. With a
     `data_budget`, states carry their inline content's bytes, and the batch ends before
-    the state whose bytes would take it past that many."""
+    the state whose bytes would take it past that many. States carry their extended
+    attributes unless `xattrs` is false (a peer that does not take them); their bytes
+    count against the same budget (BATCH_DATA without one)."""
     if not data_budget:
         rows = conn.execute(
             f"SELECT {NODE_COLUMNS}, NULL FROM nodes n LEFT JOIN inodes i ON i.ino = n.ino "
@@ -89,12 +127,15 @@ def changes_since(conn: sqlite3.Connection, since: int, limit: int = 1000,
     states, last, spent = [], since, 0
     for row in rows:
         if skip_origin is None or row[7] != skip_origin:
-            data = row[-1]
-            if data is not None:
-                if spent + len(data) > data_budget and states:
+            state = _with_data(row)
+            if not xattrs:
+                without_xattrs(state)
+            size = len(row[-1] or b"") + xattr_bytes(state)
+            if size:
+                if spent + size > (data_budget or BATCH_DATA) and states:
                     break
-                spent += len(data)
-            states.append(_with_data(row))
+                spent += size
+            states.append(state)
         last = row[6]
     return states, last
 

@@ -31,7 +31,7 @@ from typing import Protocol
 import pyfuse3
 import trio
 from pyfuse3 import FUSEError
-from syncd.index.catalog import Catalog, Inode, check_name
+from syncd.index.catalog import XATTR_SIZE_MAX, Catalog, Inode, check_name
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
 from syncd.index.store import ChunkStore
@@ -83,6 +83,24 @@ def handler(fn):
     return wrapper
 
 
+VIRTUAL_XATTRS = "user.syncd."
+
+
+def _xattr_key(raw: bytes, writing: bool) -> str:
+    """An extended attribute's name as stored: user.* in UTF-8 (others are EILSEQ to set,
+    as file names are, and never there to read). Setting or removing one of the virtual
+    user.syncd.* is EPERM, any other namespace EOPNOTSUPP."""
+    try:
+        key = raw.decode()
+    except UnicodeDecodeError:
+        raise FUSEError(errno.EILSEQ if writing else pyfuse3.ENOATTR) from None
+    if not key.startswith("user.") or len(key) == len("user."):
+        raise FUSEError(errno.EOPNOTSUPP if writing else pyfuse3.ENOATTR)
+    if writing and key.startswith(VIRTUAL_XATTRS):
+        raise FUSEError(errno.EPERM)
+    return key
+
+
 def lookup_name(raw: bytes) -> str:
     """A name to look up: one that cannot be stored cannot exist."""
     try:
@@ -112,16 +130,20 @@ class Fetch(Protocol):
         """Before a read of content still arriving: the bytes it covers are here; True
         while the rest is still arriving."""
 
+    def fetching(self, ino: int) -> bool:
+        """Is this inode's content being fetched right now?"""
+
 
 class Filesystem(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
     def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0,
-                 fetch: Fetch | None = None):
+                 fetch: Fetch | None = None, name: str = ""):
         """`fetch` gets a file's missing content from peers; None when this home has no
-        peers to ask."""
+        peers to ask. `name` is this machine's (user.syncd.holders)."""
         super().__init__()
+        self.name = name
         self.catalog = catalog
         self.store = store
         self.fetch = fetch
@@ -265,6 +287,66 @@ class Filesystem(pyfuse3.Operations):
         out.f_files, out.f_ffree, out.f_favail = st.f_files, st.f_ffree, st.f_favail
         out.f_namemax = 255
         return out
+
+    # -- extended attributes (docs/cli.md, "What is shared")
+    #
+    # user.* attributes are stored and synced (Catalog.set_xattr); user.syncd.* are
+    # virtual: read-only views of the sync state, readable by name, never listed (so copy
+    # tools never write them back), EPERM to set or remove. Other namespaces (security.,
+    # trusted., system.) are not supported: EOPNOTSUPP to set, ENODATA to read. The
+    # kernel refuses names over 255 bytes and values over 64 KiB (XATTR_SIZE_MAX: E2BIG)
+    # before we see them, and user.* on anything but files and directories.
+
+    @handler
+    async def setxattr(self, inode, name, value, ctx):
+        key = _xattr_key(name, writing=True)
+        if len(value) > XATTR_SIZE_MAX:
+            raise FUSEError(errno.E2BIG)
+        self.catalog.set_xattr(inode, key, bytes(value))
+
+    @handler
+    async def removexattr(self, inode, name, ctx):
+        self.catalog.set_xattr(inode, _xattr_key(name, writing=True), None)
+
+    @handler
+    async def getxattr(self, inode, name, ctx):
+        key = _xattr_key(name, writing=False)
+        if key.startswith(VIRTUAL_XATTRS):
+            return self._virtual_xattr(inode, key)
+        value = self.catalog.xattr(inode, key)
+        if value is None:
+            raise FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @handler
+    async def listxattr(self, inode, ctx):
+        return [name.encode() for name in self.catalog.xattr_names(inode)]
+
+    def _virtual_xattr(self, ino: int, key: str) -> bytes:
+        """user.syncd.state: local-only (a special file, never sent), conflict (a conflict
+        copy), fetching (its content is arriving now), missing (not here: fetched at its
+        first open) or local. user.syncd.holders: the machines known to hold a file's
+        content, comma-separated: this one when it is all here, and the version's maker."""
+        kind = self.catalog.inode(ino).kind
+        local_only, conflict, makers = self.catalog.sync_facts(ino)
+        if key == "user.syncd.state":
+            if local_only:
+                return b"local-only"
+            if conflict:
+                return b"conflict"
+            if kind == "file" and self.fetch is not None and self.fetch.fetching(ino):
+                return b"fetching"
+            if kind == "file" and not self.catalog.is_local(ino):
+                return b"missing"
+            return b"local"
+        if key == "user.syncd.holders" and kind == "file" and not local_only:
+            holders = [self.name] if self.catalog.is_local(ino) else []
+            for device, peer in makers:
+                holder = self.name if device == self.catalog.device else peer or device
+                if holder not in holders:
+                    holders.append(holder)
+            return ",".join(holders).encode()
+        raise FUSEError(pyfuse3.ENOATTR)
 
     # -- directories
 

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from syncd import auth, compress
 from syncd.index import chunklist
-from syncd.index.catalog import check_name
+from syncd.index.catalog import XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX, check_name
 from syncd.index.chunklist import MAX_FILE_SIZE, digest_of, file_hash
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ NodeId = Annotated[str, StringConstraints(pattern=NODE_ID), AfterValidator(_coun
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Counter = Annotated[int, Field(ge=0, lt=1 << 62)]
 # `inline=1`: the caller reads states that carry small files' bytes (`data`); a peer of an
-# older version, whose models refuse that field, does not ask.
+# older version, whose models refuse that field, does not ask. `xattr=1` likewise: states
+# carry extended attributes (`xattr`).
 Inline = Annotated[bool, Query()]
 
 
@@ -115,6 +116,53 @@ class ModeVersion(Version):
     mode: Annotated[int, Field(ge=0, le=0o7777)]
 
 
+def _xattr_name(name: str) -> str:
+    """A user.* name the mount could have made: UTF-8, no NUL, at most XATTR_NAME_MAX
+    bytes, not one of the virtual user.syncd.* attributes."""
+    if not name.startswith("user.") or name.startswith("user.syncd.") or "\0" in name \
+            or len(name.encode("utf-8", "surrogatepass")) > XATTR_NAME_MAX or \
+            len(name) <= len("user."):
+        raise ValueError(f"bad extended attribute name {name[:80]!r}")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise ValueError("an extended attribute name is UTF-8") from None
+    return name
+
+
+class XattrEntry(Strict):
+    # base64 of at most XATTR_SIZE_MAX bytes; null: removed
+    value: Annotated[str, StringConstraints(max_length=-(-XATTR_SIZE_MAX // 3) * 4)] | None
+    clock: Counter
+    device: DeviceId
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                data = base64.b64decode(v, validate=True)
+            except binascii.Error:
+                raise ValueError("an extended attribute's value is not base64") from None
+            if len(data) > XATTR_SIZE_MAX:
+                raise ValueError(f"an extended attribute's value is more than "
+                                 f"{XATTR_SIZE_MAX} bytes")
+        return v
+
+
+class XattrVersion(Version):
+    attrs: Annotated[dict[Annotated[str, AfterValidator(_xattr_name)], XattrEntry],
+                     Field(max_length=4096)]
+
+    @model_validator(mode="after")
+    def _total(self) -> XattrVersion:
+        total = sum(len(n.encode()) + len(base64.b64decode(e.value))
+                    for n, e in self.attrs.items() if e.value is not None)
+        if total > XATTR_TOTAL_MAX:
+            raise ValueError(f"extended attributes of more than {XATTR_TOTAL_MAX} bytes")
+        return self
+
+
 class NodeState(Strict):
     id: NodeId
     kind: Literal["file", "dir", "symlink"]
@@ -125,6 +173,7 @@ class NodeState(Strict):
     content: ContentVersion
     mode: ModeVersion
     place: Version
+    xattr: XattrVersion | None = None  # absent from a peer of an older version
 
     @field_validator("name")
     @classmethod
@@ -160,6 +209,9 @@ class NodeState(Strict):
             target = base64.b64decode(c.target) if c.target is not None else b""
             if not target or b"\0" in target:
                 raise ValueError("a symlink's target is 1 or more bytes, none of them NUL")
+        if self.kind == "symlink" and self.xattr is not None and self.xattr.attrs:
+            raise ValueError("a symlink has no extended attributes (Linux allows user.* on "
+                             "files and directories only)")
         return self
 
 
@@ -192,12 +244,12 @@ class PeerService(Protocol):
 
     def hello(self, device: str, name: str) -> dict: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
-    def changes_since(self, since: int, limit: int, inline: bool
+    def changes_since(self, since: int, limit: int, inline: bool, xattr: bool
                       ) -> tuple[list[dict], int]: ...
     def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]: ...  # SQLite
     def read_chunk(self, digest: bytes) -> bytes | None: ...  # on a worker thread: no SQLite
     def hold(self, digests: list[bytes]) -> int: ...
-    def state_of(self, node: str, inline: bool) -> dict | None: ...
+    def state_of(self, node: str, inline: bool, xattr: bool) -> dict | None: ...
 
 
 def build_app(service: PeerService) -> FastAPI:
@@ -237,15 +289,16 @@ def build_app(service: PeerService) -> FastAPI:
     @app.get("/v1/changes")
     async def pull(since: Annotated[int, Query(ge=0, lt=1 << 62)] = 0,
                    limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
-                   inline: Inline = False) -> dict:
-        states, last = service.changes_since(since, limit, inline)
+                   inline: Inline = False, xattr: Inline = False) -> dict:
+        states, last = service.changes_since(since, limit, inline, xattr)
         return {"changes": states, "seq": last}
 
     @app.get("/v1/nodes/{node_id}")
-    async def node_state(node_id: NodeId, inline: Inline = False) -> dict:
+    async def node_state(node_id: NodeId, inline: Inline = False,
+                         xattr: Inline = False) -> dict:
         """One node's current state: for a peer whose version of it is held by nobody
         any more, because a newer one is on its way (soak bug 7)."""
-        state = service.state_of(node_id, inline)
+        state = service.state_of(node_id, inline, xattr)
         if state is None:
             raise HTTPException(404, f"node {node_id} is not known here")
         return {"state": state}

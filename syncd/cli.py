@@ -8,8 +8,10 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from syncd import settings
 from syncd.auth import parse_key
 from syncd.commands import (
+    config,
     content,
     history,
     importing,
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
 
-    for commands in (peers, mounting, status, pending, history, content, importing, waiting):
+    for commands in (peers, mounting, status, pending, history, content, importing, waiting,
+                     config):
         commands.add_parsers(sub, common)
     return parser
 
@@ -79,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_init(home: Home, args) -> int:
-    if args.listen and not _valid_listen(args.listen):
-        raise UserError(f"--listen wants HOST:PORT, not {args.listen!r}", USAGE)
+    for option, key in ((args.listen, "listen"), (args.name, "name")):
+        if option is not None:
+            try:
+                settings.check(key, option)
+            except settings.SettingError as e:
+                raise UserError(f"--{key}: {e}", USAGE) from None
     Home.init(home.path, args.name, args.listen, _given_key(args))
     print(f"created syncd home {home.path}")
     return OK
@@ -107,11 +114,6 @@ def _given_key(args) -> bytes | None:
         raise UserError(f"{source}: {e}", USAGE) from None
 
 
-def _valid_listen(value: str) -> bool:
-    host, _, port = value.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
-
-
 def cmd_cluster_key(home: Home, args) -> int:
     print(home.require().cluster_key().hex())
     return OK
@@ -120,4 +122,4 @@ def cmd_cluster_key(home: Home, args) -> int:
 COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
-            **importing.COMMANDS, **waiting.COMMANDS}
+            **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS}

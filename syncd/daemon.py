@@ -34,6 +34,7 @@ from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
+from syncd.settings import Live, SettingError
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -49,11 +50,13 @@ PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_k
 class Daemon:
     def __init__(self, home: Home, catalog: Catalog,
                  changes: trio.MemoryReceiveChannel[None],
-                 on_effects: Callable[[Effects], None] | None = None, mirror: bool = False):
+                 on_effects: Callable[[Effects], None] | None = None, mirror: bool = False,
+                 live: Live | None = None):
         """`changes` says that something was stamped here (Catalog's on_change sends on
         it): the peer loops then push. `on_effects` takes what peers' changes did to the
         index, for the mount (kernel caches, purges); without a mount, inodes left without
-        names are purged here."""
+        names are purged here. `live` applies settings changed while it runs (the
+        control op "config"); the daemon registers its own there."""
         self.home = home
         self.catalog = catalog
         self.store = catalog.store
@@ -72,6 +75,9 @@ class Daemon:
         # request (0: every file waits for its first open).
         self.prefetch_below = int(config["prefetch_below"])
         self.log_keep_days = home.log_keep_days()  # `syncd log`'s history (index/history.py)
+        self.live = live or Live()
+        self.live.on("prefetch_below", lambda v: setattr(self, "prefetch_below", v))
+        self.live.on("log_keep_days", lambda v: setattr(self, "log_keep_days", v))
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -81,7 +87,7 @@ class Daemon:
     def hello(self, device: str, name: str) -> dict:
         self.peers.greeted(device, name)
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
-                "accepts": ["zstd", "inline"]}
+                "accepts": ["zstd", "inline", "xattr"]}
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -162,12 +168,13 @@ class Daemon:
                     break
             await self.fetcher.prefetch_small(inos)
 
-    def changes_since(self, since: int, limit: int, inline: bool) -> tuple[list[dict], int]:
+    def changes_since(self, since: int, limit: int, inline: bool,
+                      xattr: bool = False) -> tuple[list[dict], int]:
         return changes_since(self.catalog.conn, since, limit,
-                             data_budget=BATCH_DATA if inline else 0)
+                             data_budget=BATCH_DATA if inline else 0, xattrs=xattr)
 
-    def state_of(self, node: str, inline: bool) -> dict | None:
-        return state_of(self.catalog.conn, node, inline)
+    def state_of(self, node: str, inline: bool, xattr: bool = False) -> dict | None:
+        return state_of(self.catalog.conn, node, inline, xattrs=xattr)
 
     async def refresh(self, ino: int) -> bool:
         """No peer that answered holds the content of inode `ino`: its holder may have
@@ -318,7 +325,8 @@ class Daemon:
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
-                                 "peers": self._peers_op})
+                                 "peers": self._peers_op,
+                                 "config": self._config_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
@@ -408,6 +416,16 @@ class Daemon:
         return {"peers": {link.name: {"state": link.state, "last_seen": link.last_seen,
                                       "last_error": link.last_error, "url": link.url}
                           for link in self.peers}}
+
+    async def _config_op(self, request: dict) -> dict:
+        """A live setting changed in config.json (syncd config set): apply it now."""
+        try:
+            applied = self.live.apply(str(request.get("key")), request.get("value"))
+        except SettingError as e:
+            return {"ok": False, "error": str(e)}
+        log.info("setting %s = %r %s", request.get("key"), request.get("value"),
+                 "applied" if applied else "noted (nothing here uses it)")
+        return {"ok": True, "applied": applied}
 
     async def _reload_peers(self, request: dict) -> dict:
         self.peers.load(self._nursery)

@@ -143,6 +143,10 @@ class Fetcher:
             raise await self._failure(ino, e) from None
         return True
 
+    def fetching(self, ino: int) -> bool:
+        """Is the content of inode `ino` being fetched right now (user.syncd.state)?"""
+        return ino in self.streams
+
     async def reading(self, ino: int, offset: int, size: int) -> bool:
         """Before a read: the chunks of [offset, offset + size) here and verified; True
         while the file is still arriving."""

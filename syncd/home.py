@@ -20,15 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import auth
+from syncd import auth, settings
 from syncd.index import schema
 from syncd.index.store import ChunkStore
 
 # Exit codes (docs/cli.md)
 OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5
 
-DEFAULT_CONFIG = {"listen": "127.0.0.1:7700", "attr_timeout": 60.0,
-                  "prefetch_below": 256 * 1024, "log_keep_days": 30}
+DEFAULT_CONFIG = settings.DEFAULTS  # and "name", the host name unless given
 _FLOCK = "hhqqi"  # struct flock on Linux: type, whence, start, len, pid
 
 
@@ -103,21 +102,44 @@ class Home:
         return home
 
     def config(self) -> dict:
+        """Every setting (syncd/settings.py), from config.json or its default; a bad value
+        in the file is an error that names the file and the key."""
         try:
-            return dict(DEFAULT_CONFIG, **json.loads(self.config_path.read_text()))
+            return settings.resolve(self._stored_config())
+        except settings.SettingError as e:
+            raise UserError(f"{self.config_path}: {e}") from None
+
+    def _stored_config(self) -> dict:
+        try:
+            stored = json.loads(self.config_path.read_text())
         except FileNotFoundError:
-            return dict(DEFAULT_CONFIG, name=socket.gethostname())
+            return {}
         except ValueError as e:
             raise UserError(f"{self.config_path} is not valid JSON: {e}") from None
+        if not isinstance(stored, dict):
+            raise UserError(f"{self.config_path} is not a JSON object")
+        return stored
+
+    def set_config(self, key: str, value: object) -> object:
+        """Check a setting's new value and write it to config.json (atomically: a
+        temporary file renamed over it, under a lock on the home, so two commands at once
+        both count); returns the value as stored. SettingError changes nothing."""
+        value = settings.check(key, value)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stored = self._stored_config()
+            stored[key] = value
+            tmp = self.config_path.with_name(f".{self.config_path.name}.tmp")
+            tmp.write_text(json.dumps(stored, indent=2) + "\n")
+            os.rename(tmp, self.config_path)
+        finally:
+            os.close(fd)  # releases the lock
+        return value
 
     def log_keep_days(self) -> float:
-        """How many days `syncd log` keeps (config key log_keep_days): a number above 0."""
-        value = self.config()["log_keep_days"]
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not 0 < value < 1e6:
-            raise UserError(f"{self.config_path}: log_keep_days must be a number of days "
-                            f"above 0 (below a million), not {value!r}")
-        return float(value)
+        """How many days `syncd log` keeps (config key log_keep_days)."""
+        return float(self.config()["log_keep_days"])
 
     def cluster_key(self) -> bytes:
         try:

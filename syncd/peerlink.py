@@ -115,6 +115,7 @@ class PeerLink:
         self.last_size = 0  # states in the last push
         self.accepts_zstd = False  # learned at hello
         self.accepts_inline = False  # states may carry small files' bytes (hello too)
+        self.accepts_xattr = False  # states may carry extended attributes (hello too)
         # Idle connections are dropped here before the server drops them (KEEPALIVE_SERVER
         # in daemon.py), so a request rarely meets a connection closing under it.
         self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
@@ -247,6 +248,7 @@ class PeerLink:
                 continue
             self.accepts_zstd = "zstd" in answer.get("accepts", [])
             self.accepts_inline = "inline" in answer.get("accepts", [])
+            self.accepts_xattr = "xattr" in answer.get("accepts", [])
             self.device = device
             if url != self.url:
                 log.info("peer %s answers at %s", self.name, url)
@@ -270,7 +272,7 @@ class PeerLink:
     async def get_node(self, node: str) -> dict | None:
         """The peer's current state of one node, validated as a push is; None when the
         peer does not know it."""
-        r = await self.request("GET", f"/v1/nodes/{node}?inline=1")
+        r = await self.request("GET", f"/v1/nodes/{node}?inline=1&xattr=1")
         if r.status == 404:
             return None
         if r.status != 200:
@@ -352,7 +354,8 @@ class PeerLink:
         self.last_push = time.monotonic()
         seen = self.catalog.seq  # what a later stamp of a node sent now supersedes
         states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
-                                     BATCH_DATA if self.accepts_inline else 0)
+                                     BATCH_DATA if self.accepts_inline else 0,
+                                     xattrs=self.accepts_xattr)
         self.last_size = len(states)
         if last == self.cursor:
             return False

@@ -23,6 +23,7 @@ from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
 from syncd.mount import session
 from syncd.mount.operations import Filesystem
+from syncd.settings import Live
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,17 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         # What peers' changes did to the index, from the daemon to the mount.
         effects_send, effects = trio.open_memory_channel[Effects](math.inf)
         daemon = None
+        live = Live()  # settings changed while serving (syncd config set)
         if home.key_path.exists():
-            daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait)
+            daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait,
+                            live=live)
             _check_listen(daemon.listen)
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
-        fs = Filesystem(catalog, store, timeout=float(home.config()["attr_timeout"]),
-                        fetch=daemon.fetcher if daemon else None)
+        config = home.config()
+        fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]),
+                        fetch=daemon.fetcher if daemon else None, name=config["name"])
+        live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
         # dead mount: hold the signals until the receiver is in place.

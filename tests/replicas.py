@@ -64,6 +64,15 @@ class Device:
         walk(ROOT, "")
         return out
 
+    def xattrs(self) -> dict[str, dict[str, bytes]]:
+        """Each shared path's extended attributes (those listed: removed ones are not)."""
+        out = {}
+        for path, (kind, _, _) in self.tree().items():
+            if kind not in LOCAL_ONLY_KINDS:
+                ino = self.ino(path)
+                out[path] = {n: self.cat.xattr(ino, n) for n in self.cat.xattr_names(ino)}
+        return out
+
     def shared_tree(self) -> dict[str, tuple]:
         """tree() less the special files, which are this device's own."""
         return {p: v for p, v in self.tree().items() if v[0] not in LOCAL_ONLY_KINDS}
@@ -131,6 +140,9 @@ def converge(*devices: Device) -> None:
     trees = [d.shared_tree() for d in devices]
     for d, t in zip(devices[1:], trees[1:], strict=True):
         assert t == trees[0], f"{d.id[:4]} differs"
+    attrs = [d.xattrs() for d in devices]
+    for d, x in zip(devices[1:], attrs[1:], strict=True):
+        assert x == attrs[0], f"{d.id[:4]}'s extended attributes differ"
     for d in devices:
         check_invariants(d.cat)
 
@@ -178,3 +190,6 @@ def check_invariants(c: Catalog) -> None:
             assert c.store.verify(digest)
     rows = {h for (h,) in c.conn.execute("SELECT hash FROM chunks")}
     assert inline.keys() <= rows  # every inline chunk is counted, or kept at refs 0
+    assert c.conn.execute("SELECT count(*) FROM xattrs WHERE ino NOT IN"
+                          " (SELECT ino FROM inodes)").fetchone() == (0,), \
+        "extended attributes go with their inode (schema.XATTRS)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd import settings
 from syncd.cli import build_parser
 from tests.conftest import needs_fuse
 from tests.helpers import force_cleanup, fuse_mounts, syncd
@@ -93,6 +94,7 @@ def test_bash_completion_offers_every_command_and_option(tmp_path):
     for name, options in commands.items():
         line = f"syncd {name} {'list ' if name == 'peer' else ''}--"
         assert set(options) <= set(bash_complete(line, tmp_path)), name
+    assert bash_complete("syncd config set ", tmp_path) == sorted(settings.SETTINGS)
 
 
 def test_zsh_completion_names_every_command_and_option():

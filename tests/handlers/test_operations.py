@@ -13,10 +13,12 @@ import pytest
 import trio
 import trio.testing
 from syncd.index import schema
+from syncd.index.merge import Merger
+from syncd.index.states import changes_since
 from syncd.index.store import ChunkStore
 from syncd.mount.operations import PURGE_DELAY, Filesystem
 
-from tests.replicas import check_invariants
+from tests.replicas import Device, T, check_invariants
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -250,3 +252,84 @@ def test_small_inodes_are_purged_together(fs):
     run(scenario)
     assert fs.purgeable == [] and fs.catalog.orphan_inodes() == []
     assert chunks and not any(fs.store.has(d) for d in chunks)
+
+
+# -- extended attributes (mount/operations.py; docs/cli.md, "What is shared")
+
+
+def test_xattr_handlers_store_and_stamp(fs):
+    info, attrs = run(fs.create, ROOT, b"f", 0o644, os.O_RDWR, Ctx())
+    run(fs.release, info.fh)
+    ino = attrs.st_ino
+    seq = fs.catalog.seq
+    run(fs.setxattr, ino, b"user.tag", b"blue", Ctx())
+    run(fs.setxattr, ino, b"user.other", b"", Ctx())
+    assert fs.catalog.seq == seq + 2  # one xattr version each, and a journal row
+    assert run(fs.getxattr, ino, b"user.tag", Ctx()) == b"blue"
+    assert sorted(run(fs.listxattr, ino, Ctx())) == [b"user.other", b"user.tag"]
+    run(fs.removexattr, ino, b"user.other", Ctx())
+    assert run(fs.listxattr, ino, Ctx()) == [b"user.tag"]
+    assert fuse_errno(fs.removexattr, ino, b"user.other", Ctx()) == pyfuse3.ENOATTR
+    assert fuse_errno(fs.getxattr, ino, b"user.other", Ctx()) == pyfuse3.ENOATTR
+    # a value over Linux's limit (the kernel refuses it first), or too much on one file
+    assert fuse_errno(fs.setxattr, ino, b"user.big", b"x" * (64 * 1024 + 1),
+                      Ctx()) == errno.E2BIG
+    run(fs.setxattr, ino, b"user.a", b"x" * (64 * 1024), Ctx())
+    assert fuse_errno(fs.setxattr, ino, b"user.b", b"x" * (64 * 1024), Ctx()) == errno.E2BIG
+    assert fuse_errno(fs.setxattr, ino, b"security.selinux", b"x", Ctx()) == errno.EOPNOTSUPP
+    assert fuse_errno(fs.getxattr, ino, b"security.capability", Ctx()) == pyfuse3.ENOATTR
+    assert fuse_errno(fs.setxattr, ino, b"user.\xff", b"x", Ctx()) == errno.EILSEQ
+    for name in (b"user.syncd.state", b"user.syncd.holders"):
+        assert fuse_errno(fs.setxattr, ino, name, b"x", Ctx()) == errno.EPERM
+        assert fuse_errno(fs.removexattr, ino, name, Ctx()) == errno.EPERM
+    assert b"user.syncd.state" not in run(fs.listxattr, ino, Ctx())
+    assert fuse_errno(fs.setxattr, 999, b"user.tag", b"x", Ctx()) == errno.ENOENT
+
+
+def test_sync_state_of_each_kind_of_inode(fs, tmp_path):
+    """user.syncd.state and user.syncd.holders from the index: a file made here, a
+    special file, a file a peer announced whose content is not here yet, and a conflict
+    copy (made by merging a real peer index's states)."""
+    fs.name = "here"
+    info, attrs = run(fs.create, ROOT, b"mine", 0o644, os.O_RDWR, Ctx())
+    run(fs.write, info.fh, 0, b"mine")
+    run(fs.release, info.fh)
+    mine = attrs.st_ino
+    fifo = run(fs.mknod, ROOT, b"pipe", stat.S_IFIFO | 0o644, 0, Ctx()).st_ino
+
+    def state(ino: int) -> bytes:
+        return run(fs.getxattr, ino, b"user.syncd.state", Ctx())
+
+    def holders(ino: int) -> bytes:
+        return run(fs.getxattr, ino, b"user.syncd.holders", Ctx())
+
+    assert (state(mine), holders(mine)) == (b"local", b"here")
+    assert state(fifo) == b"local-only"
+    assert fuse_errno(fs.getxattr, fifo, b"user.syncd.holders", Ctx()) == pyfuse3.ENOATTR
+    assert state(ROOT) == b"local"
+    peer = Device(tmp_path / "peer", "ab" * 16, T)
+    fs.catalog.conn.execute("INSERT INTO peers (name, url, device) VALUES (?, ?, ?)",
+                            ("peer", "http://127.0.0.1:1", peer.id))
+    peer.write("/theirs", b"t" * 100_000, T)  # more than a state carries
+    peer.write("/doc", b"base", T)
+    states, _ = changes_since(peer.cat.conn, 0, 100, data_budget=1 << 20)
+    Merger(fs.catalog).apply(states, peer.id)
+    theirs = fs.catalog.lookup(ROOT, "theirs").inode.ino
+    assert (state(theirs), holders(theirs)) == (b"missing", b"peer")
+    (digest,) = fs.catalog.missing_chunks(theirs)  # as a fetch installs it
+    fs.catalog.store_new_chunks({digest: b"t" * 100_000})
+    fs.catalog.mark_local([theirs])
+    assert (state(theirs), holders(theirs)) == (b"local", b"here,peer")
+    # concurrent edits of doc: the peer's later one keeps the name, ours is a copy
+    doc = fs.catalog.lookup(ROOT, "doc").inode.ino
+    info = run(fs.open, doc, os.O_WRONLY | os.O_TRUNC, Ctx())
+    run(fs.write, info.fh, 0, b"ours")
+    run(fs.release, info.fh)
+    peer.write("/doc", b"theirs", T + 10**18)
+    states, _ = changes_since(peer.cat.conn, 0, 100, data_budget=1 << 20)
+    Merger(fs.catalog).apply(states, peer.id)
+    (copy,) = [e for e in fs.catalog.children(ROOT, 0) if "sync-conflict" in e.name]
+    assert (state(copy.inode.ino), holders(copy.inode.ino)) == (b"conflict", b"here")
+    doc = fs.catalog.lookup(ROOT, "doc").inode.ino
+    assert (state(doc), holders(doc)) == (b"local", b"here,peer")
+    peer.db.close()

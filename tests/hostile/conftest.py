@@ -23,7 +23,7 @@ from syncd.index.chunklist import file_hash
 from syncd import auth
 from tests.helpers import SERVED_LOGS, SYNCD, free_port, served_log, syncd, wait_for
 
-TABLES = ("meta", "inodes", "nodes", "journal", "peers", "limbo", "chunks", "inline")
+TABLES = ("meta", "inodes", "nodes", "journal", "peers", "limbo", "chunks", "inline", "xattrs")
 
 
 class Server:

@@ -343,3 +343,47 @@ def test_bytes_a_state_cannot_carry_are_refused_and_nothing_is_applied(server, u
     bad["content"]["data"] = sent if isinstance(sent, str) else \
         base64.b64encode(sent).decode()
     refused(server, server.push([good, bad]), 422, "data")
+
+
+# -- extended attributes (docs/protocol.md, "Node states": xattr)
+
+
+def _with_xattrs(s: dict, attrs: dict) -> dict:
+    device = s["place"]["device"]
+    entries = {name: {"value": None if value is None else base64.b64encode(value).decode(),
+                      "clock": 1, "device": device} for name, value in attrs.items()}
+    return {**s, "xattr": {**s["place"], "attrs": entries}}
+
+
+BAD_XATTRS = {
+    "virtual": {"user.syncd.state": b"local"},
+    "other namespace": {"security.capability": b"x"},
+    "no name after user.": {"user.": b"x"},
+    "name of 256 bytes": {"user." + "x" * 251: b"x"},
+    "value over 64 KiB": {"user.big": b"x" * (64 * 1024 + 1)},
+    "more than 128 KiB on one file": {f"user.{i}": b"x" * (60 * 1024) for i in range(3)},
+}
+
+
+@pytest.mark.parametrize("attrs", BAD_XATTRS.values(), ids=BAD_XATTRS.keys())
+def test_bad_extended_attributes_are_refused(server, unchanged, attrs):
+    good = state(node_id(), name="fine")
+    r = server.push([good, _with_xattrs(state(node_id(), name="x"), attrs)])
+    refused(server, r, 422, "xattr")
+
+
+def test_extended_attributes_on_a_symlink_are_refused(server, unchanged):
+    s = _with_xattrs(state(node_id(), name="l", kind="symlink"), {"user.a": b"1"})
+    refused(server, server.push([s]), 422, "symlink")
+
+
+def test_extended_attributes_arrive(server):
+    s = _with_xattrs(state(node_id(), name="with-attrs"), {"user.a": b"\x00\xff",
+                                                          "user.gone": None})
+    r = server.push([s])
+    assert r.status_code == 200, r.text
+    rows = server.snapshot()["tables"]["xattrs"]
+    newest = max(row[0] for row in rows)
+    assert [row[1:] for row in rows if row[0] == newest] == [
+        ("user.a", b"\x00\xff", 1, s["place"]["device"]),
+        ("user.gone", None, 1, s["place"]["device"])]

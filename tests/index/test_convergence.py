@@ -1,12 +1,13 @@
 """Random histories on three devices converge (DESIGN rule 3), without mounts or network.
 
 Hypothesis draws operations on three real indexes (writes, mkdir, FIFOs, renames of files
-and directories, deletes, chmod) interleaved with partial exchanges between any two of
-them, in batches as small as one state. Then every device sends to every other until
-nothing moves, and all must hold the same tree, but for each one's FIFOs (special files
-are local). This hunts the divergences the mounted soak finds,
-thousands of times faster. SYNCD_CONVERGENCE_EXAMPLES=5000 runs that many examples,
-random instead of derandomized; SYNCD_SHRINK=1 shrinks a failure to a short history.
+and directories, deletes, chmod, extended attributes set and removed) interleaved with
+partial exchanges between any two of them, in batches as small as one state. Then every
+device sends to every other until nothing moves, and all must hold the same tree and the
+same extended attributes, but for each one's FIFOs (special files are local). This hunts
+the divergences the mounted soak finds, thousands of times faster.
+SYNCD_CONVERGENCE_EXAMPLES=5000 runs that many examples, random instead of derandomized;
+SYNCD_SHRINK=1 shrinks a failure to a short history.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ PHASES = list(Phase) if os.environ.get("SYNCD_SHRINK") else [
     Phase.explicit, Phase.reuse, Phase.generate]
 NAMES = ["a", "b", "c.txt"]
 EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR,
-            errno.EINVAL}
+            errno.EINVAL, errno.ENODATA}
 
 
 def paths(d: Device, kind: str | None = None) -> list[str]:
@@ -38,7 +39,7 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
     dirs = [""] + paths(d, "dir")
     everything = paths(d)
     op = draw(st.sampled_from(["write", "write", "mkdir", "rename", "unlink", "rmdir",
-                               "chmod", "mkfifo"]))
+                               "chmod", "mkfifo", "setxattr", "removexattr"]))
     try:
         if op == "write":
             target = draw(st.sampled_from(paths(d, "file") + [
@@ -74,6 +75,12 @@ def step(d: Device, draw, n: int, log: list[str]) -> None:
                 [0o600, 0o644, 0o755]))
             log.append(f"{d.id[0]}: chmod {mode:o} {target}")
             d.cat.set_attributes(d.ino(target), mode=mode)
+        elif op in ("setxattr", "removexattr") and everything:
+            target = draw(st.sampled_from(paths(d, "file") + paths(d, "dir") + [""]))
+            name = draw(st.sampled_from(["user.a", "user.b"]))
+            value = None if op == "removexattr" else b"%d" % n
+            log.append(f"{d.id[0]}: {op} {target or '/'} {name} {value!r}")
+            d.cat.set_xattr(d.ino(target), name, value)
     except OSError as e:
         assert e.errno in EXPECTED, e
         log[-1] += f"  # {errno.errorcode[e.errno]}"
@@ -101,6 +108,11 @@ def run(draw, devices: list[Device]) -> None:
         assert t == trees[0], "\n".join(
             [f"{d.id[0]} differs from a:"] + log + ["a:", *map(str, trees[0].items()),
                                                    f"{d.id[0]}:", *map(str, t.items())])
+    attrs = [d.xattrs() for d in devices]
+    for d, x in zip(devices[1:], attrs[1:], strict=True):
+        assert x == attrs[0], "\n".join(
+            [f"{d.id[0]}'s extended attributes differ from a's:"] + log
+            + ["a:", *map(str, attrs[0].items()), f"{d.id[0]}:", *map(str, x.items())])
     for d in devices:
         check_invariants(d.cat)
 

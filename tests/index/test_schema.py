@@ -66,12 +66,15 @@ def test_migrated_schema_equals_a_fresh_one(tmp_path, old):
         return {t: [r[1:] for r in db.conn.execute(f"PRAGMA table_info({t})")]
                 for t in tables}
 
-    def indexes(db):
+    def indexes(db, kind="index"):
         return db.conn.execute("SELECT name, tbl_name, sql FROM sqlite_master"
-                               " WHERE type = 'index' ORDER BY name").fetchall()
+                               " WHERE type = ? ORDER BY name", (kind,)).fetchall()
 
     assert columns(migrated) == columns(fresh)
     assert [i[:2] for i in indexes(migrated)] == [i[:2] for i in indexes(fresh)]
+    # the bookkeeping (schema 7) and the extended attributes' (12)
+    assert [t[:2] for t in indexes(migrated, "trigger")] == \
+        [t[:2] for t in indexes(fresh, "trigger")]
 
 
 def test_second_schema_opens_with_its_tree_and_peers_intact(tmp_path):

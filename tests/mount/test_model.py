@@ -108,6 +108,12 @@ CLOCK_SLACK_NS = 100_000_000  # the kernel stamps ext4 times from a coarse clock
 # need CAP_MKNOD: EPERM for the unprivileged user on both trees.
 NODE_TYPES = ("S_IFIFO", "S_IFSOCK", "S_IFCHR", "S_IFBLK", "S_IFREG")
 DEVICES = (os.makedev(1, 3), os.makedev(259, 70000))
+# Extended attributes: user.* only (the plain directory's own security.* ones are not the
+# share's), small values (ext4 holds about 4 KiB per inode; the mount's limits are tested
+# in tests/mount/test_xattr.py). A name without a value yet is common.
+XATTR_NAMES = ("user.a", "user.b", "user.ď")
+XATTR_VALUES = st.binary(max_size=12)
+XATTR_FLAGS = (0, os.XATTR_CREATE, os.XATTR_REPLACE)
 
 
 def flag_bits(names: str) -> int:
@@ -122,6 +128,13 @@ def stat_fields(attrs: os.stat_result) -> dict:
     if not stat.S_ISDIR(attrs.st_mode):
         fields.update(size=attrs.st_size, nlink=attrs.st_nlink)
     return fields
+
+
+def user_xattrs(target: str | int, follow: bool = True) -> dict[str, str]:
+    """The user.* extended attributes, values as text (one character per byte)."""
+    return {n: os.getxattr(target, n, follow_symlinks=follow).decode("latin-1")
+            for n in sorted(os.listxattr(target, follow_symlinks=follow))
+            if n.startswith("user.")}
 
 
 def snapshot(root: str) -> dict[str, tuple[dict, os.stat_result]]:
@@ -142,6 +155,8 @@ def snapshot(root: str) -> dict[str, tuple[dict, os.stat_result]]:
                         fields["end"] = f.read()
             elif stat.S_ISLNK(attrs.st_mode):
                 fields["target"] = os.readlink(full)
+            if not stat.S_ISLNK(attrs.st_mode):
+                fields["xattrs"] = user_xattrs(full)
             tree[path] = (fields, attrs)
             if stat.S_ISDIR(attrs.st_mode):
                 visit(path)
@@ -444,6 +459,28 @@ class FilesystemModel(RuleBasedStateMachine):
             attrs = self.plain_stat(path, follow)
             self.utimed(attrs.st_ino, stat.S_ISDIR(attrs.st_mode), ns, started)
 
+    @rule(path=st.sampled_from(("", *PATHS)), name=st.sampled_from(XATTR_NAMES),
+          value=XATTR_VALUES, flags=st.sampled_from(XATTR_FLAGS), follow=st.booleans())
+    def setxattr(self, path, name, value, flags, follow):
+        self.both("setxattr", path, name, value.decode("latin-1"), flags, follow)
+
+    @rule(path=st.sampled_from(("", *PATHS)), name=st.sampled_from(XATTR_NAMES),
+          follow=st.booleans())
+    def removexattr(self, path, name, follow):
+        self.both("removexattr", path, name, follow)
+
+    @precondition(lambda self: self.handles)
+    @rule(data=st.data(), name=st.sampled_from(XATTR_NAMES), value=XATTR_VALUES)
+    def fsetxattr(self, data, name, value):
+        self.both("fsetxattr", self.pick(data), name, value.decode("latin-1"))
+
+    @rule(path=st.sampled_from(("", *PATHS)), name=st.sampled_from(XATTR_NAMES),
+          follow=st.booleans())
+    def xattrs(self, path, name, follow):
+        """What the walk cannot see: through symlinks and as the helper's user."""
+        self.both("getxattr", path, name, follow)
+        self.both("listxattr", path, follow)
+
     # One rule for the queries, so that they do not crowd out the changes; they matter for
     # what the walk (as root, not following symlinks) cannot see: permissions, symlinks.
     @rule(path=st.sampled_from(("", *PATHS)), query=st.sampled_from(QUERIES))
@@ -714,6 +751,22 @@ class Side:
 
     def op_access(self, path, mode):
         return os.access(self.at(path), mode)
+
+    def op_setxattr(self, path, name, text, flags, follow):
+        os.setxattr(self.at(path), name, text.encode("latin-1"), flags,
+                    follow_symlinks=follow)
+
+    def op_fsetxattr(self, handle, name, text):
+        os.setxattr(self.fds[handle], name, text.encode("latin-1"))
+
+    def op_removexattr(self, path, name, follow):
+        os.removexattr(self.at(path), name, follow_symlinks=follow)
+
+    def op_getxattr(self, path, name, follow):
+        return os.getxattr(self.at(path), name, follow_symlinks=follow).decode("latin-1")
+
+    def op_listxattr(self, path, follow):
+        return user_xattrs(self.at(path), follow)
 
 
 def serve(roots: list[str]) -> None:

@@ -49,8 +49,10 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     # what this version writes commits as usual on it, and stays across a remount
     (m / "docs" / "new.txt").write_text("written by this version\n")
     os.mkfifo(m / "docs" / "pipe")  # a kind schema 4 did not have
+    os.setxattr(m / "docs" / "small.txt", "user.tag", b"schema 12")  # nor these
     old_home.stop()
     old_home.start()
+    assert os.getxattr(m / "docs" / "hard.txt", "user.tag") == b"schema 12"
     assert (m / "docs" / "new.txt").read_text() == "written by this version\n"
     assert stat.S_ISFIFO(os.lstat(m / "docs" / "pipe").st_mode)
     assert status(old_home.home)["files"]["total"] == 5

@@ -1,0 +1,163 @@
+"""A home's settings, HOME/config.json (docs/cli.md, "Settings"): one table of keys, each
+with how its value is checked, its default, what it means, and whether a running mount or
+server takes a change at once ("live") or at its next start.
+
+A value is checked the same way whether it comes from the command line (a string) or from
+the file (JSON), and stored in its canonical JSON form, so `config.json` stays readable and
+hand edits are checked too (a bad one fails the next start, naming the key).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*")
+
+
+def size(value: object) -> int:
+    """Bytes: an integer, or a string such as `262144`, `256KiB`, `12MiB`, `1G`."""
+    if isinstance(value, bool):
+        raise ValueError("want a size in bytes, such as 262144 or 256KiB")
+    if isinstance(value, int):
+        number, unit = value, ""
+    else:
+        match = _SIZE.fullmatch(str(value))
+        if not match or match[2].lower() not in _SIZE_UNITS:
+            raise ValueError("want a size in bytes, such as 262144 or 256KiB "
+                             "(units: KiB, MiB, GiB, TiB)")
+        number, unit = int(match[1]), match[2].lower()
+    if number < 0:
+        raise ValueError("a size cannot be negative")
+    return number * _SIZE_UNITS[unit]
+
+
+def seconds(value: object) -> float:
+    """Seconds, 0 to a day (a kernel cache longer than that only hides changes)."""
+    if isinstance(value, bool):
+        raise ValueError("want a number of seconds")
+    try:
+        number = float(value)  # an int, a float or a string
+    except (TypeError, ValueError):
+        raise ValueError("want a number of seconds, such as 60 or 0.5") from None
+    if not 0 <= number <= 86400:  # also refuses nan and inf
+        raise ValueError("want seconds from 0 to 86400")
+    return number
+
+
+def address(value: object) -> str:
+    """HOST:PORT, the port 1 to 65535 (IPv6 hosts in brackets)."""
+    host, _, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not host or not port.isdigit() or \
+            not 0 < int(port) < 65536:
+        raise ValueError("want HOST:PORT, such as 127.0.0.1:7700")
+    return value
+
+
+def days(value: object) -> float:
+    """Days, above 0 and below a million."""
+    if isinstance(value, bool):
+        raise ValueError("want a number of days")
+    try:
+        number = float(value)  # an int, a float or a string
+    except (TypeError, ValueError):
+        raise ValueError("want a number of days, such as 30 or 0.5") from None
+    if not 0 < number < 1e6:  # also refuses nan and inf
+        raise ValueError("want days above 0 and below a million")
+    return number
+
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def device_name(value: object) -> str:
+    """This machine's name in every hello: what the peer API accepts there (syncd/api.py,
+    Hello), 1 to 64 of A-Z a-z 0-9 . _ -."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError("want 1 to 64 of A-Z a-z 0-9 . _ - (what peers accept in a hello)")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[object], object]  # a string or JSON value -> its canonical value;
+                                       # ValueError saying what is wanted
+    default: object                    # None: computed (default_of)
+    meaning: str
+    live: bool                         # a running mount or server applies it at once
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("name", device_name, None,
+            "this machine's name, sent to peers in every hello (default: the host name)",
+            live=False),
+    Setting("listen", address, "127.0.0.1:7700",
+            "HOST:PORT where the serving process listens for peers", live=False),
+    Setting("attr_timeout", seconds, 60.0,
+            "seconds the kernel may cache names and attributes (a safety net: peers' "
+            "changes are invalidated explicitly); applies to replies from then on",
+            live=True),
+    Setting("prefetch_below", size, 256 * 1024,
+            "files smaller than this are fetched as soon as a peer announces them, not at "
+            "their first open (0: none)", live=True),
+    Setting("log_keep_days", days, 30,
+            "days of history `syncd log` shows; older journal rows are pruned hourly, but "
+            "for what sync needs", live=True),
+)}
+
+DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}
+
+
+def default_of(name: str) -> object:
+    if name == "name":
+        return socket.gethostname()
+    return SETTINGS[name].default
+
+
+class SettingError(ValueError):
+    """An unknown key or a bad value; the message names the key."""
+
+
+def check(name: str, value: object) -> object:
+    """The canonical value of setting `name`, or SettingError naming it."""
+    setting = SETTINGS.get(name)
+    if setting is None:
+        raise SettingError(f"unknown setting {name!r} (known: {', '.join(SETTINGS)})")
+    try:
+        return setting.parse(value)
+    except ValueError as e:
+        raise SettingError(f"bad value {value!r} for {name!r}: {e}") from None
+
+
+def resolve(stored: dict) -> dict:
+    """Every setting's value: what `stored` (config.json) holds, checked, or its default.
+    Keys the table does not know are kept as they are (a newer syncd may have written
+    them)."""
+    values = {name: default_of(name) for name in SETTINGS}
+    for name, value in stored.items():
+        values[name] = check(name, value) if name in SETTINGS else value
+    return values
+
+
+class Live:
+    """How a running process applies a changed setting: each part that can registers a
+    function for the keys it uses (serving.py, daemon.py)."""
+
+    def __init__(self) -> None:
+        self._appliers: dict[str, list[Callable[[object], None]]] = {}
+
+    def on(self, name: str, apply: Callable[[object], None]) -> None:
+        assert SETTINGS[name].live, f"{name} is not a live setting"
+        self._appliers.setdefault(name, []).append(apply)
+
+    def apply(self, name: str, value: object) -> bool:
+        """Apply a checked value; True when some part of this process took it."""
+        value = check(name, value)
+        for apply in self._appliers.get(name, []):
+            apply(value)
+        return bool(self._appliers.get(name))
