@@ -20,7 +20,9 @@ def stored(home) -> dict:
 def test_get_lists_every_key_with_its_value(home):
     listed = json.loads(syncd(home, "config", "--json").stdout)
     assert listed["schema_version"] == 1
-    assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below"]
+    assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
+                                        "log_keep_days"]
+    assert listed["settings"]["log_keep_days"] == 30
     assert listed["settings"]["name"] == "test"
     assert listed["settings"]["attr_timeout"] == 60.0
     assert listed["settings"]["prefetch_below"] == 262144
