@@ -488,3 +488,36 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     for x, y in [(c, a), (c, b)]:
         lazy_send(x, y)
     assert a.tree() == b.tree() == c.tree() == {}
+
+
+def test_a_version_its_maker_replaced_is_no_conflict_copy(devs):
+    """The soak of 2026-12-05 (seed 1338181324): gamma knew alpha's version X of f from
+    its metadata alone (it was killed before fetching it). Alpha replaced X with Y; Y lost
+    to beta's concurrent W, and beta kept Y as a conflict copy. Gamma met that copy before
+    f's own state: taking Y back into f (Merger._reconsider), it made a conflict copy of X
+    too, though X was no conflict loser but a version its maker had replaced (rule 3: a
+    dominated version is ignored). Nobody held X any more: a copy readable nowhere, on
+    every peer."""
+    a, b, c = devs
+    a.write("/f", b"base", T)
+    converge(a, b, c)
+    overwrite(a, "/f", b"X: alpha's first edit", T + 1)
+    lazy_send(a, c)  # gamma learns of X, does not open it
+    overwrite(a, "/f", b"Y: alpha's second edit", T + 2)  # X's chunk is collected
+    overwrite(b, "/f", b"W: beta's edit, concurrent with X and Y", T + 3)
+    send(a, b)  # beta: Y against W, W is later: Y becomes a conflict copy
+    send_some(b, c, 1, 1)  # gamma: beta's copy of Y first (stamped before f itself)
+    for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
+        lazy_send(x, y)
+    for d in (a, b, c):
+        for path, (kind, _, _) in d.tree().items():
+            if kind == "file":
+                chunks = d.cat.chunks(d.ino(path)).digests()
+                held = [x.id[:4] for x in (a, b, c)
+                        if all(x.cat.has_chunk(h) for h in chunks)]
+                assert held, f"{path} (on {d.id[:4]}) is held by nobody"
+    assert a.tree() == b.tree() == c.tree()
+    copy = conflict_name("f", a.id, T + 2)
+    assert sorted(a.tree()) == ["/f", f"/{copy}"]  # W, and Y's copy: no copy of X
+    assert b.data("/f") == b"W: beta's edit, concurrent with X and Y"
+
