@@ -521,3 +521,31 @@ def test_a_version_its_maker_replaced_is_no_conflict_copy(devs):
     assert sorted(a.tree()) == ["/f", f"/{copy}"]  # W, and Y's copy: no copy of X
     assert b.data("/f") == b"W: beta's edit, concurrent with X and Y"
 
+
+def test_a_replaced_chunk_a_version_refers_to_again_is_kept(devs):
+    """The same soak run, on alpha: a version arrived (a conflict copy gamma made from
+    metadata) whose chunk alpha had replaced and kept for peers (store/retired). Such a
+    chunk counts as here (the fetcher takes it back), but it expired like any replaced
+    chunk once every peer had confirmed the replacement: the only copy of its bytes was
+    gone, and the file could be read nowhere."""
+    a, b, c = devs
+    a.cat.keep_replaced()  # as the daemon does
+    a.write("/f", b"base", T)
+    converge(a, b, c)
+    big = b"L" * (1 << 17)  # a chunk file, not inline
+    overwrite(a, "/f", big, T + 1)
+    lazy_send(a, c)  # gamma learns of L, does not open it
+    overwrite(a, "/f", b"alpha's second edit", T + 3)  # L's chunk is retired on alpha
+    overwrite(b, "/f", b"W: beta's edit, concurrent with L", T + 2)
+    lazy_send(b, c)  # gamma: L against W, W is later: L becomes a conflict copy
+    for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
+        lazy_send(x, y)  # the copy of L reaches alpha: L's chunk is referred to again
+    digest = digest_of(big)
+    assert a.cat.referenced({digest}) and a.cat.store.is_retired(digest)
+    a.cat.expire_replaced(a.cat.seq, 0.0, 0.0)  # every peer confirmed, long ago
+    assert a.cat.store.read_served(digest) == big  # still served to peers
+    a.cat.store.make_room()  # a full disk gives up replaced chunks, not this one
+    assert a.cat.store.read_served(digest) == big
+    # L's copy counts as held here (W's is beta's), so it is never dropped as unheld.
+    assert sorted(filter(None, (unheld_file(a.cat, n) for n in unheld_copies(a.cat)))) == [
+        (b.id, digest_of(b"W: beta's edit, concurrent with L"))]
