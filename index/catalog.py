@@ -125,6 +125,7 @@ class Catalog:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self.store = store
+        store.in_use = self._in_use
         self.device: str = self.conn.execute(
             "SELECT value FROM meta WHERE key = 'device_id'").fetchone()[0]
         self._load_counters()
@@ -1022,6 +1023,11 @@ class Catalog:
         for digest in digests - kept:
             self.store.remove(digest)
         return kept
+
+    def _in_use(self, digest: bytes) -> bool:
+        """Does some version here refer to this chunk (ChunkStore.in_use)?"""
+        return self.conn.execute("SELECT 1 FROM chunks WHERE hash = ? AND refs > 0",
+                                 (digest,)).fetchone() is not None
 
     def referenced(self, digests: set[bytes]) -> set[bytes]:
         """Those of these chunks that some version here refers to."""

@@ -192,7 +192,13 @@ class Merger:
         Taking a copy's version back adds a dot of this device to the content vector, so
         a peer that holds other copies, or none, takes the result instead of keeping its
         own. The copy stays: it may be renamed or edited by now, and it is the only holder
-        of its name's history."""
+        of its name's history.
+
+        The version the node held becomes a copy only when it lost: a version a copy's was
+        made knowing (its maker edited it again before that edit lost elsewhere) is
+        dominated, and is dropped as rule 3 says. A copy of it would be content its own
+        maker replaced, made from metadata here, often held by nobody any more (the soak
+        of 2026-12-05: readable nowhere, on every peer)."""
         row = node_row(self.conn, node)
         if row is None or row[4] or row[1] == "dir":
             return
@@ -209,7 +215,8 @@ class Merger:
               self.cat.device: self.cat.seq + 1}
         merged = dict(current, content=dict(best["content"], vv=vv))
         self._write(row, merged, None, effects)
-        self._conflict_copy(current, merged, effects)
+        if not rules.replaced(current, [current, *copies]):
+            self._conflict_copy(current, merged, effects)
 
     def _conflict_copy(self, loser: dict, merged: dict, effects: Effects) -> None:
         """The loser of a content conflict, as a new node beside the merged one. It takes

@@ -28,6 +28,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from syncd.index.chunklist import CHUNK, DIGEST, digest_of
@@ -94,6 +95,12 @@ class ChunkStore:
         # time); None until keep_replaced (no daemon): replaced chunks are removed at once.
         # Only the trio thread touches it; read_served, on worker threads, reads files.
         self.retired: dict[bytes, tuple[int, float]] | None = None
+        # Does some version here refer to this chunk? Set by the Catalog, which knows. A
+        # retired chunk can be referred to again (a peer's conflict copy of the version it
+        # was replaced in, the same bytes in another file): it counts as here, taken back
+        # when read (syncd/fetcher.py, take_back), and is then the only copy of its bytes
+        # here, so neither its expiry nor a full disk removes it.
+        self.in_use: Callable[[bytes], bool] = lambda digest: False
         self._reserve = f"{root}/reserve"
         # The reserve was given up (the index ran out of space) and not made again yet:
         # writes of content then stop short of the last RESERVE bytes (room_for_content).
@@ -208,7 +215,9 @@ class ChunkStore:
                         if len(name) == 2 * DIGEST}
 
     def retire(self, digest: bytes, seq: int) -> None:
-        """A chunk no version here refers to since sequence number `seq`."""
+        """A chunk no version here refers to since sequence number `seq`. One retired
+        already (a version referred to it again meanwhile) is kept from now on, as if
+        retired only now: peers may know that version."""
         if self.retired is None:
             self.remove(digest)
             return
@@ -216,7 +225,8 @@ class ChunkStore:
         try:
             os.rename(self.chunk_path(digest), self._retired_path(digest))
         except FileNotFoundError:
-            return
+            if digest not in self.retired:
+                return
         self.retired[digest] = (seq, time.monotonic())
 
     def read_served(self, digest: bytes) -> bytes | None:
@@ -231,23 +241,29 @@ class ChunkStore:
 
     def expire_retired(self, confirmed: int, min_age: float, max_age: float) -> None:
         """Remove the retired chunks every peer has seen replaced (retired at or before
-        the sequence number `confirmed`) once `min_age` seconds old, any at `max_age`."""
+        the sequence number `confirmed`) once `min_age` seconds old, any at `max_age`;
+        never one a version here refers to again (in_use)."""
         if not self.retired:
             return
         now = time.monotonic()
         for digest, (seq, at) in list(self.retired.items()):
-            if now - at >= max_age or (seq <= confirmed and now - at >= min_age):
+            if (now - at >= max_age or (seq <= confirmed and now - at >= min_age)) \
+                    and not self.in_use(digest):
                 del self.retired[digest]
                 _unlink(self._retired_path(digest))
 
     def drop_retired(self) -> bool:
-        """Remove every retired chunk (the disk is full); True when there were any."""
+        """Remove every retired chunk that no version here refers to again (the disk is
+        full); True when there were any."""
         if not self.retired:
             return False
+        dropped = False
         for digest in list(self.retired):
-            del self.retired[digest]
-            _unlink(self._retired_path(digest))
-        return True
+            if not self.in_use(digest):
+                del self.retired[digest]
+                _unlink(self._retired_path(digest))
+                dropped = True
+        return dropped
 
     # -- a full disk
 

@@ -60,7 +60,8 @@ FAULTS = ["kill", "partition", "flaky", "corrupt", "xfer_kill", "xfer_corrupt", 
 # What the faults make the peers log on purpose. Each peer's log (and what the commands run
 # on its home print) may hold these for the fault kinds of the run; any other warning or
 # error, and any traceback, fails the soak.
-UNREACHABLE = r"ERROR cannot fetch .*: no peer served chunk "  # no holder in reach (or intact)
+# No holder in reach (or intact): at an open, or at a read of a file still arriving.
+UNREACHABLE = r"ERROR cannot (fetch|read) .*: no peer served chunk "
 AHEAD = r"WARNING could not fetch ahead inode \d+: "  # the same, for a small file
 CUT = r"WARNING \w+ \S+: the client left before sending its whole body$"
 KILLED = [
@@ -477,7 +478,10 @@ class Soak:
         op.wall = time.time()
         op.t0 = time.monotonic()
         err = None
-        opened = False  # an EIO before the file is open is the lazy fetch's
+        # An EIO before the file is open is the lazy fetch's; so is one of a read after
+        # a read-only open, which waits for the first chunk only (the rest arrive as
+        # they are read: syncd/fetcher.py).
+        opened = False
         try:
             if kind in ("write", "big"):
                 try:
@@ -577,7 +581,7 @@ class Soak:
             return
         # ESTALE: the fetch found a newer version and the kernel's one retry of the open
         # met a newer one again; checked as an EIO is.
-        if err in FETCH_ERRORS and not opened and kind not in (
+        if err in FETCH_ERRORS and (not opened or kind == "read") and kind not in (
                 "rename", "rename_dir", "mkdir", "rmdir", "unlink", "chmod"):
             with self.lock:
                 self.eio.append(op)
@@ -1280,13 +1284,14 @@ class Soak:
 
     def check_eio(self) -> None:
         """An open that cannot fetch content fails with EIO (or ESTALE, when the version
-        it found newer was gone too); that is right only while some fault keeps every
-        holder out of reach. The fetcher's log line for the file says why each peer
-        failed. Every peer answering that it does not hold the chunk was bug 7 (the
-        holder had replaced that version), then bug 16 (the same race, and a file a move
-        brought back from its holder's delete): holders now keep replaced chunks until
-        every peer has seen the replacement. A connection closed as the request went out
-        was bug 9, fixed in 4d297d5."""
+        it found newer was gone too), and so does a read of a file opened read-only while
+        it arrives; that is right only while some fault keeps every holder out of reach.
+        The fetcher's log line for the file says why each peer failed. Every peer
+        answering that it does not hold the chunk was bug 7 (the holder had replaced that
+        version), then bug 16 (the same race, and a file a move brought back from its
+        holder's delete): holders now keep replaced chunks until every peer has seen the
+        replacement. A connection closed as the request went out was bug 9, fixed in
+        4d297d5."""
         r = self.round
         logs = {}
         for op in [o for o in self.eio if o.round == r]:
@@ -1311,8 +1316,10 @@ def fetch_failures(lines: list[str], since: float, until: float,
     between two times, each as its list of tries."""
     out = []
     for line in lines:
-        # the fetcher names the file, or its inode once a peer's change took it away
-        if not re.search(rf"cannot fetch ({re.escape(what)}|inode \d+):", line) or \
+        # the fetcher names the file, or its inode once a peer's change took it away;
+        # a read of a file still arriving says where
+        if not re.search(rf"cannot (fetch|read) ({re.escape(what)}|inode \d+)( at \d+)?:",
+                         line) or \
                 "tried:" not in line:
             continue
         try:

@@ -488,3 +488,64 @@ def test_a_file_back_from_a_delete_that_nobody_holds_is_dropped(devs):
     for x, y in [(c, a), (c, b)]:
         lazy_send(x, y)
     assert a.tree() == b.tree() == c.tree() == {}
+
+
+def test_a_version_its_maker_replaced_is_no_conflict_copy(devs):
+    """The soak of 2026-12-05 (seed 1338181324): gamma knew alpha's version X of f from
+    its metadata alone (it was killed before fetching it). Alpha replaced X with Y; Y lost
+    to beta's concurrent W, and beta kept Y as a conflict copy. Gamma met that copy before
+    f's own state: taking Y back into f (Merger._reconsider), it made a conflict copy of X
+    too, though X was no conflict loser but a version its maker had replaced (rule 3: a
+    dominated version is ignored). Nobody held X any more: a copy readable nowhere, on
+    every peer."""
+    a, b, c = devs
+    a.write("/f", b"base", T)
+    converge(a, b, c)
+    overwrite(a, "/f", b"X: alpha's first edit", T + 1)
+    lazy_send(a, c)  # gamma learns of X, does not open it
+    overwrite(a, "/f", b"Y: alpha's second edit", T + 2)  # X's chunk is collected
+    overwrite(b, "/f", b"W: beta's edit, concurrent with X and Y", T + 3)
+    send(a, b)  # beta: Y against W, W is later: Y becomes a conflict copy
+    send_some(b, c, 1, 1)  # gamma: beta's copy of Y first (stamped before f itself)
+    for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
+        lazy_send(x, y)
+    for d in (a, b, c):
+        for path, (kind, _, _) in d.tree().items():
+            if kind == "file":
+                chunks = d.cat.chunks(d.ino(path)).digests()
+                held = [x.id[:4] for x in (a, b, c)
+                        if all(x.cat.has_chunk(h) for h in chunks)]
+                assert held, f"{path} (on {d.id[:4]}) is held by nobody"
+    assert a.tree() == b.tree() == c.tree()
+    copy = conflict_name("f", a.id, T + 2)
+    assert sorted(a.tree()) == ["/f", f"/{copy}"]  # W, and Y's copy: no copy of X
+    assert b.data("/f") == b"W: beta's edit, concurrent with X and Y"
+
+
+def test_a_replaced_chunk_a_version_refers_to_again_is_kept(devs):
+    """The same soak run, on alpha: a version arrived (a conflict copy gamma made from
+    metadata) whose chunk alpha had replaced and kept for peers (store/retired). Such a
+    chunk counts as here (the fetcher takes it back), but it expired like any replaced
+    chunk once every peer had confirmed the replacement: the only copy of its bytes was
+    gone, and the file could be read nowhere."""
+    a, b, c = devs
+    a.cat.keep_replaced()  # as the daemon does
+    a.write("/f", b"base", T)
+    converge(a, b, c)
+    big = b"L" * (1 << 17)  # a chunk file, not inline
+    overwrite(a, "/f", big, T + 1)
+    lazy_send(a, c)  # gamma learns of L, does not open it
+    overwrite(a, "/f", b"alpha's second edit", T + 3)  # L's chunk is retired on alpha
+    overwrite(b, "/f", b"W: beta's edit, concurrent with L", T + 2)
+    lazy_send(b, c)  # gamma: L against W, W is later: L becomes a conflict copy
+    for x, y in [(a, b), (b, a), (a, c), (c, a), (b, c), (c, b)] * 2:
+        lazy_send(x, y)  # the copy of L reaches alpha: L's chunk is referred to again
+    digest = digest_of(big)
+    assert a.cat.referenced({digest}) and a.cat.store.is_retired(digest)
+    a.cat.expire_replaced(a.cat.seq, 0.0, 0.0)  # every peer confirmed, long ago
+    assert a.cat.store.read_served(digest) == big  # still served to peers
+    a.cat.store.make_room()  # a full disk gives up replaced chunks, not this one
+    assert a.cat.store.read_served(digest) == big
+    # L's copy counts as held here (W's is beta's), so it is never dropped as unheld.
+    assert sorted(filter(None, (unheld_file(a.cat, n) for n in unheld_copies(a.cat)))) == [
+        (b.id, digest_of(b"W: beta's edit, concurrent with L"))]
