@@ -80,6 +80,18 @@ class Version(Strict):
     device: DeviceId | None
 
 
+def _base64_at_most(v: str | None, limit: int, what: str) -> str | None:
+    """`v` when it is None or base64 of at most `limit` bytes, else ValueError."""
+    if v is not None:
+        try:
+            data = base64.b64decode(v, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{what} is not base64") from None
+        if len(data) > limit:
+            raise ValueError(f"{what} is more than {limit} bytes")
+    return v
+
+
 class ContentVersion(Version):
     hash: Annotated[str, StringConstraints(pattern=r"^blake3:[0-9a-f]{64}$")] | None
     size: Annotated[int, Field(ge=0, le=MAX_FILE_SIZE)]
@@ -102,14 +114,7 @@ class ContentVersion(Version):
     @field_validator("data")
     @classmethod
     def _data(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                data = base64.b64decode(v, validate=True)
-            except binascii.Error:
-                raise ValueError("data is not base64") from None
-            if len(data) > MAX_DATA:
-                raise ValueError(f"data is more than {MAX_DATA} bytes")
-        return v
+        return _base64_at_most(v, MAX_DATA, "data")
 
 
 class ModeVersion(Version):
@@ -139,15 +144,7 @@ class XattrEntry(Strict):
     @field_validator("value")
     @classmethod
     def _value(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                data = base64.b64decode(v, validate=True)
-            except binascii.Error:
-                raise ValueError("an extended attribute's value is not base64") from None
-            if len(data) > XATTR_SIZE_MAX:
-                raise ValueError(f"an extended attribute's value is more than "
-                                 f"{XATTR_SIZE_MAX} bytes")
-        return v
+        return _base64_at_most(v, XATTR_SIZE_MAX, "an extended attribute's value")
 
 
 class XattrVersion(Version):

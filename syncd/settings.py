@@ -36,14 +36,19 @@ def size(value: object) -> int:
     return number * _SIZE_UNITS[unit]
 
 
+def _number(value: object, unit: str, example: str) -> float:
+    """An int, a float or a string of one (not a bool), as a float."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"want a number of {unit}, such as {example}") from None
+
+
 def seconds(value: object) -> float:
     """Seconds, 0 to a day (a kernel cache longer than that only hides changes)."""
-    if isinstance(value, bool):
-        raise ValueError("want a number of seconds")
-    try:
-        number = float(value)  # an int, a float or a string
-    except (TypeError, ValueError):
-        raise ValueError("want a number of seconds, such as 60 or 0.5") from None
+    number = _number(value, "seconds", "60 or 0.5")
     if not 0 <= number <= 86400:  # also refuses nan and inf
         raise ValueError("want seconds from 0 to 86400")
     return number
@@ -60,12 +65,7 @@ def address(value: object) -> str:
 
 def days(value: object) -> float:
     """Days, above 0 and below a million."""
-    if isinstance(value, bool):
-        raise ValueError("want a number of days")
-    try:
-        number = float(value)  # an int, a float or a string
-    except (TypeError, ValueError):
-        raise ValueError("want a number of days, such as 30 or 0.5") from None
+    number = _number(value, "days", "30 or 0.5")
     if not 0 < number < 1e6:  # also refuses nan and inf
         raise ValueError("want days above 0 and below a million")
     return number

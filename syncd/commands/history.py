@@ -9,6 +9,7 @@ import re
 import time
 from datetime import UTC, datetime
 
+from syncd.commands.table import print_table
 from syncd.home import OK, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.history import Event, history
@@ -76,9 +77,7 @@ def print_log(home: Home, peer: str | None, since: str | None, as_json: bool) ->
         print(f"nothing in the log since {s['since']}" + (f" with {peer}" if peer else ""))
         return
     table = [("TIME", "EVENT", "PEER", "CHANGE", "PATH")] + [_line(e) for e in s["events"]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(table)
 
 
 def add_parsers(sub, common) -> None:

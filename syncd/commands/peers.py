@@ -11,6 +11,7 @@ import re
 import sys
 
 from syncd.commands.status import live_peers
+from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import (
@@ -110,9 +111,7 @@ def print_peers(home: Home, as_json: bool) -> None:
     rows = [("NAME", "URL", "STATE", "LAST SEEN", "DEVICE")]
     rows += [(p["name"], p["url"], p["state"], p["last_seen"] or "never", p["device"] or "-")
              for p in peers["peers"]]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(rows)
 
 
 def add_parsers(sub, common) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from syncd.commands.status import human_size, live_peers
+from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import list_peers, waiting_for
@@ -38,9 +39,7 @@ def print_pending(home: Home, name: str, as_json: bool) -> None:
     table = [("CHANGE", "KIND", "SIZE", "SINCE", "PATH")]
     table += [(w["change"], w["kind"], human_size(w["size"]), w["since"], w["path"])
               for w in s["pending"]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(table)
 
 
 def add_parsers(sub, common) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import list_peers, pending_for
@@ -115,9 +116,7 @@ def print_status(home: Home, as_json: bool) -> None:
             table.append((p["name"], p["state"], p["last_seen"] or "never",
                           str(p["pending_changes"]), human_size(p["pending_bytes"]),
                           p["oldest_pending"] or "-"))
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        for r in table:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print_table(table)
         reasons = [f"{p['name']}: {why_not_online(p)}" for p in s["peers"]
                    if p["state"] != "online"]
         if reasons:
