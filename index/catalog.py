@@ -819,8 +819,7 @@ class Catalog:
             if n == 1:
                 crash_point("commit:installing")
             if i not in short:
-                self.store.install(("w", draft.ino, i), self.store.work_path(draft.ino, i),
-                                   digest)
+                self.store.install_work(draft.ino, i, digest)
         for i in (sealed.work.keys() - installs.keys()) | short:
             self.store.drop_work(draft.ino, i)
         crash_point("commit:installed")

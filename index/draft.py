@@ -1,7 +1,8 @@
 """A draft: the uncommitted content of one file, between its first write and its commit.
 
 The draft starts from the file's committed chunk list (`base`). A write to chunk i goes to
-a private working chunk (store/work/<ino>.<i>), first filled from base[i] when the write
+a private working chunk (store/work/<ino>.<i>, or a slot: index/workslots.py), first filled
+from base[i] when the write
 does not cover the whole chunk (copy-on-write), so committed chunks are never modified.
 Reads see working chunks where they exist, base chunks below, zeros elsewhere (holes,
 index/chunklist.py). Nothing here costs anything per slot of a hole: a truncate to a
@@ -18,7 +19,6 @@ of one file with a lock (mount/content.py).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import blake3
@@ -27,13 +27,13 @@ from syncd.index.chunklist import (
     Builder,
     ChunkList,
     check_size,
-    digest_of,
     slot_count,
     slot_length,
     zero_digest,
 )
 from syncd.index.inline import inline_slot
 from syncd.index.store import ChunkStore
+from syncd.index.workslots import SLOT
 
 PREFETCH_CHUNKS = 2
 
@@ -80,8 +80,7 @@ class Sealed:
             if wc.hasher is not None and wc.hashed == wc.length:
                 self.digests[i] = wc.hasher.digest()
             else:
-                with open(store.work_path(self.ino, i), "rb") as f:
-                    self.digests[i] = digest_of(f.read())
+                self.digests[i] = store.hash_work(self.ino, i)
 
     def chunk_list(self) -> ChunkList:
         """The final chunk list (after hash_pending): working chunks of zeros are holes."""
@@ -136,7 +135,7 @@ class Draft:
             i, within = divmod(pos, CHUNK)
             want = min(end - pos, CHUNK - within)
             if i in self.work:
-                data = os.pread(self.store.work_fd(self.ino, i), want, within)
+                data = self.store.work_read(self.ino, i, want, within)
             elif (digest := self.base.at(i)) is not None:
                 if i != self._prefetched:
                     self._prefetch(i)
@@ -167,37 +166,40 @@ class Draft:
 
     # -- changing
 
-    def _work_chunk(self, i: int, covers: bool) -> tuple[WorkChunk, int]:
+    def _work_chunk(self, i: int, covers: bool, upto: int) -> WorkChunk:
         """The working chunk for index i, made by copy-on-write unless the coming write
-        covers the chunk's whole committed extent."""
+        (up to `upto` within the chunk) covers the chunk's whole committed extent. One
+        that stays within SLOT bytes takes a slot, not a file (index/workslots.py)."""
         wc = self.work.get(i)
-        fd = self.store.work_fd(self.ino, i)
         if wc is None:
             wc = WorkChunk()
-            # A leftover from an interrupted draft is not ours. Truncating a fresh, empty
-            # file would cost more than the check: ext4 then allocates its blocks at once
-            # (auto_da_alloc), so a chunk dropped right after its commit frees blocks,
-            # which a disk mounted with `discard` pays for (~0.5 ms a file here).
-            if os.fstat(fd).st_size:
-                os.ftruncate(fd, 0)
+            self.store.start_work(self.ino, i, small=max(upto, self.chunk_len(i)) <= SLOT)
             digest = self.base.at(i)
             if digest is not None and not covers:
                 data = self._committed(digest, 0, CHUNK)
                 try:
-                    _pwrite_all(fd, data, 0)
+                    self._write_all(i, data, 0)
                 except OSError:  # a full disk: no half copy may pass for the chunk
                     self.store.drop_work(self.ino, i)
                     raise
                 wc.wrote(0, data)
             self.work[i] = wc
-        return wc, fd
+        return wc
+
+    def _write_all(self, i: int, data: bytes, at: int) -> None:
+        """All of `data` into working chunk i at `at`, or OSError: a short write means the
+        disk is full, and writing the rest says so (ENOSPC)."""
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += self.store.work_write(self.ino, i, view[done:], at + done)
 
     def _grow(self, new_size: int) -> None:
         """Before the size grows past a partial last chunk, give that chunk a working copy:
         its committed bytes become a prefix of a longer chunk (a hole just grows)."""
         last = (self.size - 1) // CHUNK if self.size else -1
         if self.size % CHUNK and self.base.at(last) is not None and new_size > self.size:
-            self._work_chunk(last, covers=False)
+            self._work_chunk(last, covers=False, upto=0)
 
     def write(self, offset: int, data: bytes) -> int:
         """Write `data` at `offset`; how many bytes were written: fewer when the disk
@@ -215,11 +217,11 @@ class Draft:
             covers = within == 0 and n >= self.chunk_len(i)
             done = 0
             try:
-                wc, fd = self._work_chunk(i, covers)
+                wc = self._work_chunk(i, covers, within + n)
                 piece = view[pos - offset : pos - offset + n]
                 try:
                     while done < n:  # a short write: the disk is full, and the next says so
-                        done += os.pwrite(fd, piece[done:], within + done)
+                        done += self.store.work_write(self.ino, i, piece[done:], within + done)
                 finally:
                     if done:  # what was written stays accounted for
                         wc.wrote(within, piece[:done])
@@ -245,8 +247,8 @@ class Draft:
             tail = new_size % CHUNK
             i = new_size // CHUNK
             if tail and (i in self.work or self.base.at(i) is not None):  # a hole stays one
-                wc, fd = self._work_chunk(i, covers=False)
-                os.ftruncate(fd, min(wc.length, tail))
+                wc = self._work_chunk(i, covers=False, upto=0)
+                self.store.work_truncate(self.ino, i, min(wc.length, tail))
                 wc.length = min(wc.length, tail)
                 if wc.hashed > wc.length:
                     wc.hasher = None
@@ -272,7 +274,7 @@ class Draft:
                 if wc.hasher is not None and wc.hashed == wc.length:
                     wc.hasher.update(bytes(length - wc.length))
                     wc.hashed = length
-                os.ftruncate(self.store.work_fd(self.ino, i), length)
+                self.store.work_truncate(self.ino, i, length)
                 wc.length = length
         return Sealed(self.ino, self.size, self.base.truncated(nchunks), dict(self.work))
 
@@ -309,11 +311,3 @@ class Draft:
         return (self.content_changed or self.mtime_ns is not None or self.mode is not None
                 or bool(self.owner))
 
-
-def _pwrite_all(fd: int, data: bytes, at: int) -> None:
-    """All of `data` at offset `at`, or OSError: a short write means the disk is full, and
-    writing the rest says so (ENOSPC)."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], at + done)

@@ -51,6 +51,7 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
         kept = catalog.referenced(staged)
         store.unstage(sorted(kept))
         store.drop_staged(staged - kept)
+    store.adopt_slots()
     recovered = []
     for ino in store.work_inodes():
         size = catalog.size_of(ino)  # None: the inode is gone

@@ -78,7 +78,9 @@ def test_a_small_file_lives_in_the_index_from_write_to_forget(fs):
     run(fs.release, info.fh)
     (chunk,) = fs.catalog.chunks(ino).digests()
     assert fs.catalog.has_chunk(chunk) and not fs.store.has(chunk)
-    assert [p for p in fs.store.root.rglob("*") if p.is_file() and p.name != "reserve"] == []
+    assert [p for p in fs.store.root.rglob("*")
+            if p.is_file() and p.name not in ("reserve", "slots")] == []
+    assert fs.store.work_inodes() == []  # no working chunk left in a slot either
     info = run(fs.open, ino, os.O_RDONLY, Ctx())
     assert run(fs.read, info.fh, 0, 100) == b"small, in the index"
     assert fs.content.drafts[ino].inline == {chunk: b"small, in the index"}  # in memory

@@ -35,10 +35,11 @@ def cat(tmp_path) -> Catalog:
 
 
 def chunk_files(store: ChunkStore) -> list[str]:
-    """Every file in the store but its empty fan-out: chunks, retired, working."""
-    return sorted(os.path.relpath(os.path.join(d, f), store.root)
-                  for d, _, files in os.walk(store.root) for f in files
-                  if f != "reserve")
+    """Every chunk in the store: chunks, retired, working (files, and slots in use)."""
+    files = [os.path.relpath(os.path.join(d, f), store.root)
+             for d, _, files in os.walk(store.root) for f in files
+             if f not in ("reserve", "slots")]
+    return sorted(files + [f"work/slot of {ino}.{i}" for _, ino, i, _ in store.slots.in_use()])
 
 
 def small_file(cat: Catalog, name: str, data: bytes) -> tuple[int, Draft]:

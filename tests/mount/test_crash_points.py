@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from syncd.index.chunklist import CHUNK
+from syncd.index.store import ChunkStore
 
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, force_cleanup, status, wait_for
@@ -68,7 +69,12 @@ def store_matches_index(home: Path) -> None:
         db.close()
     assert files == referred
     assert uncounted == (0,)
-    assert os.listdir(root / "work") == []
+    assert set(os.listdir(root / "work")) <= {"slots"}
+    store = ChunkStore(root)
+    try:
+        assert store.work_inodes() == []
+    finally:
+        store.close()
 
 
 def recovered_copies(m: Mount) -> list[str]:
