@@ -13,25 +13,32 @@ import errno
 import functools
 import logging
 import math
+import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
+from prometheus_client import CollectorRegistry, generate_latest
 
+from syncd import ui
 from syncd.api import Signed, build_app
+from syncd.commands.history import event_json
+from syncd.commands.status import gather
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
-from syncd.index.history import prune_step
+from syncd.index.history import history, prune_step
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
+from syncd.index.peers import list_peers, pending_for
 from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
+from syncd.metrics import REGISTRY, Snapshot
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
 from syncd.settings import Live, SettingError
@@ -51,12 +58,15 @@ class Daemon:
     def __init__(self, home: Home, catalog: Catalog,
                  changes: trio.MemoryReceiveChannel[None],
                  on_effects: Callable[[Effects], None] | None = None, mirror: bool = False,
-                 live: Live | None = None):
+                 live: Live | None = None, fuse_requests: Mapping[str, int] | None = None,
+                 mountpoint: str | None = None):
         """`changes` says that something was stamped here (Catalog's on_change sends on
         it): the peer loops then push. `on_effects` takes what peers' changes did to the
         index, for the mount (kernel caches, purges); without a mount, inodes left without
         names are purged here. `live` applies settings changed while it runs (the
-        control op "config"); the daemon registers its own there."""
+        control op "config"); the daemon registers its own there. `fuse_requests` is the
+        mount's count of requests by operation (the metrics), read only; `mountpoint`
+        where it is mounted (the status page)."""
         self.home = home
         self.catalog = catalog
         self.store = catalog.store
@@ -81,6 +91,11 @@ class Daemon:
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
+        self.mountpoint = mountpoint
+        self.ui_listen: str = config["ui_listen"]
+        self.ui_url: str | None = None  # http://HOST:PORT of the status page, once bound
+        self.fuse_requests = fuse_requests if fuse_requests is not None else {}
+        self.pending_history = ui.PendingHistory()
 
     # -- what the API serves (syncd/api.py, PeerService)
 
@@ -325,14 +340,16 @@ class Daemon:
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
-                                 "peers": self._peers_op,
+                                 "peers": self._peers_op, "ui": self._ui_op,
                                  "config": self._config_op})
+            await self._serve_ui(nursery)
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
+            nursery.start_soon(self._sample_pending)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
@@ -402,20 +419,79 @@ class Daemon:
         return await self.copies(int(request["copies"]), int(request["upto"]),
                                  float(request.get("seconds") or 3600))
 
-    async def _transfers_op(self, request: dict) -> dict:
-        """What is being fetched right now (syncd status)."""
-        return {"ok": True,
-                "fetching": sorted(s.what for s in self.fetcher.streams.values()),
+    def transfers(self) -> dict:
+        """What is being fetched right now (syncd status's `transfers`)."""
+        return {"fetching": sorted(s.what for s in self.fetcher.streams.values()),
                 "arriving": sorted((s.progress() for s in self.fetcher.streams.values()),
                                    key=lambda p: p["name"]),
                 "prefetching": self.fetcher.prefetching}
 
-    async def _peers_op(self, request: dict) -> dict:
+    def live_peers(self) -> dict[str, dict]:
         """Each peer as its loop sees it now (syncd status): the index has its state as
         of the last change, and its last answer as of the last push or keep-alive."""
-        return {"peers": {link.name: {"state": link.state, "last_seen": link.last_seen,
-                                      "last_error": link.last_error, "url": link.url}
-                          for link in self.peers}}
+        return {link.name: {"state": link.state, "last_seen": link.last_seen,
+                            "last_error": link.last_error, "url": link.url}
+                for link in self.peers}
+
+    async def _transfers_op(self, request: dict) -> dict:
+        return {"ok": True, **self.transfers()}
+
+    async def _peers_op(self, request: dict) -> dict:
+        return {"peers": self.live_peers()}
+
+    async def _ui_op(self, request: dict) -> dict:
+        """Where the status page listens (syncd ui adds the token)."""
+        return {"url": self.ui_url}
+
+    # -- the status page and metrics (syncd/ui.py)
+
+    def status(self) -> dict:
+        """What `syncd status --json` says, from this process's own catalog."""
+        # Not home.holder(): closing a descriptor of the lock file would drop this
+        # process's own lock on it (fcntl locks are the process's).
+        return gather(self.home, self.catalog, self.mountpoint, os.getpid(),
+                      self.live_peers(), self.transfers())
+
+    def view(self) -> ui.View:
+        s = self.status()
+        now = time.time()
+        peers = list_peers(self.catalog.db)
+        recent = history(self.catalog.db, int(now - ui.RECENT_SPAN), peers)
+        conflicts = self.catalog.conflicts() if s["files"]["conflicts"] else []
+        return ui.View(
+            status=s,
+            series=self.pending_history.series(now, {p["name"]: p["pending_changes"]
+                                                     for p in s["peers"]}),
+            recent=[event_json(e) for e in recent[-ui.RECENT_MAX:]],
+            conflicts=[{"path": c.path, "size": c.size}
+                       for c in conflicts[:ui.CONFLICTS_MAX]],
+            conflicts_total=len(conflicts), now=now)
+
+    async def _serve_ui(self, nursery: trio.Nursery) -> None:
+        gate = ui.Gate(self.home.ui_token())
+        snapshot = CollectorRegistry()  # this daemon's, beside the process-wide counters
+        snapshot.register(Snapshot(self.status, self.fuse_requests))
+        app = ui.build_app(gate, self.view,
+                           lambda: generate_latest(REGISTRY) + generate_latest(snapshot))
+        try:
+            binds = await nursery.start(functools.partial(
+                serve_http, app, ui.http_config(self.ui_listen),
+                shutdown_trigger=trio.sleep_forever))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {self.ui_listen} for the status page "
+                                   f"(ui_listen): {e.strerror}") from None
+        self.ui_url = binds[0]
+        gate.host = self.ui_url.removeprefix("http://")
+        log.info("status page on %s (syncd ui prints its URL)", self.ui_url)
+
+    async def _sample_pending(self) -> None:
+        """Each peer's pending changes every SAMPLE_EVERY, for the page's plot: what
+        `syncd status` counts (index/peers.py)."""
+        while True:
+            self.pending_history.add(time.time(), {
+                p.name: pending_for(self.catalog.db, p).changes
+                for p in list_peers(self.catalog.db)})
+            await trio.sleep(ui.SAMPLE_EVERY)
 
     async def _config_op(self, request: dict) -> dict:
         """A live setting changed in config.json (syncd config set): apply it now."""

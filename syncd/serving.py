@@ -10,6 +10,7 @@ import math
 import resource
 import signal
 import socket
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -42,15 +43,17 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         effects_send, effects = trio.open_memory_channel[Effects](math.inf)
         daemon = None
         live = Live()  # settings changed while serving (syncd config set)
+        requests: Counter[str] = Counter()  # the mount's, by operation; the metrics read it
         if home.key_path.exists():
             daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait,
-                            live=live)
+                            live=live, fuse_requests=requests, mountpoint=mountpoint)
             _check_listen(daemon.listen)
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
         config = home.config()
         fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]),
-                        fetch=daemon.fetcher if daemon else None, name=config["name"])
+                        fetch=daemon.fetcher if daemon else None, name=config["name"],
+                        requests=requests)
         live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
