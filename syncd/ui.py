@@ -122,7 +122,8 @@ h1 { font-size: 1.3em } h2 { font-size: 1.1em; margin-top: 1.6em }
 table { border-collapse: collapse } td, th { padding: .25em .8em; text-align: left }
 th { border-bottom: 2px solid #888 } td { border-bottom: 1px solid #ddd }
 td.n { text-align: right } .online { color: #176f2c; font-weight: bold }
-.offline { color: #b3261e; font-weight: bold } .note { color: #666 }
+.offline { color: #b3261e; font-weight: bold } .note { color: #666; font-weight: normal }
+td.t { white-space: nowrap }
 tr.peer.offline-row { background: #fdecea } tr.peer { background: #f3f7fb }
 """
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
@@ -181,10 +182,10 @@ def _peers(peers: list[dict]) -> str:
             f'<tr class="peer{" offline-row" if state == "offline" else ""}" '
             f'data-peer="{_e(p["name"])}"><td>{_e(p["name"])}</td>'
             f'<td class="{_e(state)}">{_e(state)}{why}</td>'
-            f'<td>{_e(p["last_seen"] or "never")}</td>'
+            f'<td class="t">{_e(p["last_seen"] or "never")}</td>'
             f'<td class="n">{_e(p["pending_changes"])}</td>'
-            f'<td class="n">{_e(human_size(p["pending_bytes"]))}</td>'
-            f'<td>{_e(p["oldest_pending"] or "-")}</td></tr>')
+            f'<td class="n t">{_e(human_size(p["pending_bytes"]))}</td>'
+            f'<td class="t">{_e(p["oldest_pending"] or "-")}</td></tr>')
     return _table(("Peer", "State", "Last seen", "Pending", "Bytes", "Oldest pending"),
                   rows, "peers")
 
@@ -217,7 +218,7 @@ def _recent(events: list[dict]) -> str:
     if not events:
         return (f'<p id="history" class="note">Nothing in the last {RECENT_SPAN // 60} '
                 "minutes.</p>")
-    rows = [f'<tr><td>{_e(e["time"])}</td><td>{_e(e["event"])}</td>'
+    rows = [f'<tr><td class="t">{_e(e["time"])}</td><td>{_e(e["event"])}</td>'
             f'<td>{_e(e["peer"] or "-")}</td><td>{_e(e["change"] or "")}</td>'
             f'<td>{_e(e["path"])}</td></tr>' for e in reversed(events)]
     return _table(("Time", "Event", "Peer", "Change", "Path"), rows, "history")
