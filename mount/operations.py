@@ -377,10 +377,10 @@ class Filesystem(pyfuse3.Operations):
             after = batch[-1].entry
 
     async def releasedir(self, fh):
-        pass
+        self.requests["releasedir"] += 1
 
     async def fsyncdir(self, fh, datasync):
-        pass  # directory changes are committed to the index as they happen
+        self.requests["fsyncdir"] += 1  # directory changes are committed as they happen
 
     @handler
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -534,6 +534,7 @@ class Filesystem(pyfuse3.Operations):
             self._maybe_purge(h.ino)
 
     async def forget(self, inode_list):
+        self.requests["forget"] += 1
         for ino, n in inode_list:
             try:
                 self.lookups[ino] -= n

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_*: memory, CPU time, open files
+PlatformCollector(registry=REGISTRY)  # python_info
 
 # `peer` is the peer's name for the exchanges this machine starts (pushes, fetches,
 # hellos); empty for its answers to peers' requests, whose signature names no peer.

@@ -126,6 +126,8 @@ def test_the_page_with_a_peer_offline(cluster, browser, tmp_path):
     assert scraped[("syncd_fuse_requests_total", (("kind", "create"),))] >= 4
     assert scraped[("syncd_fuse_requests_total", (("kind", "write"),))] >= 4
     assert scraped[("syncd_sent_bytes_total", (("peer", ""),))] >= BIG  # beta's fetch
+    assert scraped[("syncd_sent_bytes_total", (("peer", "beta"),))] > 0  # pushes, hellos
+    assert scraped[("process_resident_memory_bytes", ())] > 0
     assert syncd(a.home, "ui", "--metrics").stdout.strip() == \
         url.replace("/?", "/metrics?")
 
