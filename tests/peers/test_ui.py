@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import stat
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +18,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from tests.helpers import assert_clean_error, syncd, wait_for
+from syncd import ui
+from tests.helpers import assert_clean_error, fuse_mounts, served_log, syncd, wait_for
 from tests.peers.conftest import wait_content
 
 BIG = 600_000  # above prefetch_below: beta fetches it when it opens it
@@ -163,3 +165,44 @@ def test_requests_without_the_token_or_with_another_host_are_refused(cluster):
 def test_ui_without_a_serving_process(home):
     assert_clean_error(syncd(home, "ui", check=False), 4, "nothing serves")
     assert not (home / "ui.token").exists()
+
+
+def test_a_taken_ui_listen_port_is_a_clear_error(home, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        syncd(home, "config", "set", "ui_listen", f"127.0.0.1:{port}")
+        served_log(home / "mount.log").expect_log("cannot listen for the status page")
+        (tmp_path / "mnt").mkdir()
+        done = syncd(home, "mount", str(tmp_path / "mnt"), check=False)
+    assert_clean_error(done, 1, f"cannot listen for the status page on 127.0.0.1:{port}")
+    assert "syncd config set ui_listen" in done.stderr
+    assert str(tmp_path / "mnt") not in fuse_mounts()
+
+
+def test_the_plot_keeps_six_hours_per_peer():
+    history = ui.PendingHistory()
+    for minute in range(1000):
+        history.add(minute * 60.0, {"beta": minute, "gamma": 1})
+    assert [len(history.points[p]) for p in ("beta", "gamma")] == [361, 361]
+    assert history.points["beta"][0] == ((1000 - 361) * 60.0, 1000 - 361)
+    history.add(1000 * 60.0, {"beta": 0})  # gamma was removed
+    assert list(history.points) == ["beta"]
+    assert history.series(1000 * 60.0 + 5, {"beta": 7})["beta"][-1] == (60005.0, 7)
+
+
+def test_the_page_shows_transfers_and_conflicts_as_text():
+    status = {"device": {"id": "d" * 32, "name": "alpha", "seq": 9}, "mounted_at": "/m",
+              "pid": 1, "files": {"total": 2, "bytes": 10, "local": 1, "missing": 1,
+                                  "pinned": 0, "conflicts": 4},
+              "peers": [], "transfers": {"fetching": ["<b>x</b>.bin"], "prefetching": 2,
+                                         "arriving": [{"name": "<b>x</b>.bin", "chunks": 8,
+                                                       "chunks_here": 2}]}}
+    page = ui.render(ui.View(status=status, series={}, recent=[], conflicts_total=4,
+                             conflicts=[{"path": "a.sync-conflict-<i>.txt", "size": 3}]))
+    assert '<progress max="8" value="2"></progress> 25%' in page
+    assert "&lt;b&gt;x&lt;/b&gt;.bin" in page and "<b>x</b>" not in page
+    assert "a.sync-conflict-&lt;i&gt;.txt" in page and "and 3 more" in page
+    assert "2 small file(s) being fetched ahead of time" in page
+    assert "No peers" in page and "<script" not in page
