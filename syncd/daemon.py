@@ -456,7 +456,8 @@ class Daemon:
         s = self.status()
         now = time.time()
         peers = list_peers(self.catalog.db)
-        recent = history(self.catalog.db, int(now - ui.RECENT_SPAN), peers)
+        recent = history(self.catalog.db, int(now - ui.RECENT_SPAN), peers,
+                         after=max(self.catalog.seq - ui.RECENT_ROWS, 0))
         conflicts = self.catalog.conflicts() if s["files"]["conflicts"] else []
         return ui.View(
             status=s,

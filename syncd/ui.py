@@ -29,6 +29,7 @@ SAMPLE_EVERY = 60.0  # seconds between two samples
 REFRESH = 10  # seconds between two loads of the page
 RECENT_SPAN = 900  # seconds of `syncd log` the page shows, at most RECENT_MAX events
 RECENT_MAX = 20
+RECENT_ROWS = 2000  # of the latest journal rows: what a page reads of the history
 CONFLICTS_MAX = 50
 # Headers of every answer: nothing runs, nothing is framed, nothing is cached, and the
 # token in the URL never leaves in a Referer.
