@@ -13,7 +13,6 @@ import errno
 import functools
 import logging
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -21,27 +20,22 @@ from collections.abc import Callable, Mapping
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
-from prometheus_client import CollectorRegistry, generate_latest
 
-from syncd import ui
 from syncd.api import Signed, build_app
-from syncd.commands.history import event_json
-from syncd.commands.status import gather
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
-from syncd.index.history import history, prune_step
+from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
-from syncd.index.peers import list_peers, pending_for
 from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
-from syncd.metrics import REGISTRY, Snapshot
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
 from syncd.settings import Live, SettingError
+from syncd.ui import StatusPage
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -91,11 +85,9 @@ class Daemon:
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
-        self.mountpoint = mountpoint
         self.ui_listen: str = config["ui_listen"]
-        self.ui_url: str | None = None  # http://HOST:PORT of the status page, once bound
+        self.page = StatusPage(self, self.ui_listen, mountpoint)
         self.fuse_requests = fuse_requests if fuse_requests is not None else {}
-        self.pending_history = ui.PendingHistory()
 
     # -- what the API serves (syncd/api.py, PeerService)
 
@@ -342,14 +334,13 @@ class Daemon:
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
                                  "config": self._config_op})
-            await self._serve_ui(nursery)
+            await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
-            nursery.start_soon(self._sample_pending)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
@@ -441,58 +432,7 @@ class Daemon:
 
     async def _ui_op(self, request: dict) -> dict:
         """Where the status page listens (syncd ui adds the token)."""
-        return {"url": self.ui_url}
-
-    # -- the status page and metrics (syncd/ui.py)
-
-    def status(self) -> dict:
-        """What `syncd status --json` says, from this process's own catalog."""
-        # Not home.holder(): closing a descriptor of the lock file would drop this
-        # process's own lock on it (fcntl locks are the process's).
-        return gather(self.home, self.catalog, self.mountpoint, os.getpid(),
-                      self.live_peers(), self.transfers())
-
-    def view(self) -> ui.View:
-        s = self.status()
-        now = time.time()
-        peers = list_peers(self.catalog.db)
-        recent = history(self.catalog.db, int(now - ui.RECENT_SPAN), peers,
-                         after=max(self.catalog.seq - ui.RECENT_ROWS, 0))
-        conflicts = self.catalog.conflicts() if s["files"]["conflicts"] else []
-        return ui.View(
-            status=s,
-            series=self.pending_history.series(now, {p["name"]: p["pending_changes"]
-                                                     for p in s["peers"]}),
-            recent=[event_json(e) for e in recent[-ui.RECENT_MAX:]],
-            conflicts=[{"path": c.path, "size": c.size}
-                       for c in conflicts[:ui.CONFLICTS_MAX]],
-            conflicts_total=len(conflicts), now=now)
-
-    async def _serve_ui(self, nursery: trio.Nursery) -> None:
-        gate = ui.Gate(self.home.ui_token())
-        snapshot = CollectorRegistry()  # this daemon's, beside the process-wide counters
-        snapshot.register(Snapshot(self.status, self.fuse_requests))
-        app = ui.build_app(gate, self.view,
-                           lambda: generate_latest(REGISTRY) + generate_latest(snapshot))
-        try:
-            binds = await nursery.start(functools.partial(
-                serve_http, app, ui.http_config(self.ui_listen),
-                shutdown_trigger=trio.sleep_forever))
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {self.ui_listen} for the status page "
-                                   f"(ui_listen): {e.strerror}") from None
-        self.ui_url = binds[0]
-        gate.host = self.ui_url.removeprefix("http://")
-        log.info("status page on %s (syncd ui prints its URL)", self.ui_url)
-
-    async def _sample_pending(self) -> None:
-        """Each peer's pending changes every SAMPLE_EVERY, for the page's plot: what
-        `syncd status` counts (index/peers.py)."""
-        while True:
-            self.pending_history.add(time.time(), {
-                p.name: pending_for(self.catalog.db, p).changes
-                for p in list_peers(self.catalog.db)})
-            await trio.sleep(ui.SAMPLE_EVERY)
+        return {"url": self.page.url}
 
     async def _config_op(self, request: dict) -> dict:
         """A live setting changed in config.json (syncd config set): apply it now."""

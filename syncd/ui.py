@@ -3,32 +3,41 @@
 
 Every request must carry the home's token (HOME/ui.token, as `syncd ui` prints it in the
 URL, or `Authorization: Bearer TOKEN`) and a Host header naming the listening address, so
-another user of the machine cannot read it, nor a web page through DNS rebinding. The page
-is rendered here, an inline SVG plot included, and refreshes itself without JavaScript.
+another user of the machine cannot read it, nor a web page through DNS rebinding. What the
+page shows is what `syncd status` gathers (commands/status.py), from this process's own
+catalog, rendered by statuspage.py.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
-import html
+import logging
+import os
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Protocol
 
+import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from hypercorn.config import Config
-from prometheus_client import CONTENT_TYPE_LATEST
+from hypercorn.trio import serve as serve_http
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from syncd.commands.status import human_size, why_not_online
-from syncd.home import utc
+from syncd.commands.history import event_json
+from syncd.commands.status import gather
+from syncd.home import Home
+from syncd.index.catalog import Catalog
+from syncd.index.history import history
+from syncd.index.peers import list_peers, pending_for
+from syncd.metrics import REGISTRY, Snapshot
+from syncd.statuspage import HISTORY_SPAN, RECENT_SPAN, View, render
 
-HISTORY_SPAN = 6 * 3600  # seconds of pending counts kept for the plot
-SAMPLE_EVERY = 60.0  # seconds between two samples
-REFRESH = 10  # seconds between two loads of the page
-RECENT_SPAN = 900  # seconds of `syncd log` the page shows, at most RECENT_MAX events
-RECENT_MAX = 20
+log = logging.getLogger(__name__)
+
+SAMPLE_EVERY = 60.0  # seconds between two samples of the pending counts (the plot)
+RECENT_MAX = 20  # events of the history shown
 RECENT_ROWS = 2000  # of the latest journal rows: what a page reads of the history
 CONFLICTS_MAX = 50
 # Headers of every answer: nothing runs, nothing is framed, nothing is cached, and the
@@ -58,25 +67,6 @@ class PendingHistory:
                 for name, count in current.items()}
 
 
-@dataclass
-class View:
-    """What one rendering of the page shows (gathered by the daemon)."""
-    status: dict  # syncd/commands/status.py's shape, transfers included
-    series: dict[str, list[tuple[float, int]]]
-    recent: list[dict]  # `syncd log --json` events, newest last
-    conflicts: list[dict]  # {"path", "size"}
-    conflicts_total: int
-    now: float = field(default_factory=time.time)
-
-
-def http_config(listen: str) -> Config:
-    config = Config()
-    config.bind = [listen]
-    config.accesslog = None
-    config.loglevel = "WARNING"
-    return config
-
-
 class Gate:
     """Lets through requests with the token and the listening address as Host."""
 
@@ -97,7 +87,91 @@ class Gate:
         return None
 
 
-def build_app(gate: Gate, view: Callable[[], View], metrics: Callable[[], bytes]) -> FastAPI:
+class Source(Protocol):
+    """What the page reads of the daemon (syncd/daemon.py)."""
+    home: Home
+    catalog: Catalog
+
+    def live_peers(self) -> dict[str, dict]: ...
+
+    def transfers(self) -> dict: ...
+
+
+class StatusPage:
+    """The page and the metrics of one serving process, from its daemon's parts."""
+
+    def __init__(self, daemon: Source, listen: str, mountpoint: str | None):
+        self.daemon = daemon
+        self.listen = listen
+        self.mountpoint = mountpoint
+        self.url: str | None = None  # http://HOST:PORT, once bound
+        self.pending = PendingHistory()
+
+    def status(self) -> dict:
+        """What `syncd status --json` says, from this process's own catalog."""
+        d = self.daemon
+        # Not home.holder(): closing a descriptor of the lock file would drop this
+        # process's own lock on it (fcntl locks are the process's).
+        return gather(d.home, d.catalog, self.mountpoint, os.getpid(), d.live_peers(),
+                      d.transfers())
+
+    def view(self) -> View:
+        catalog = self.daemon.catalog
+        s = self.status()
+        now = time.time()
+        recent = history(catalog.db, int(now - RECENT_SPAN), list_peers(catalog.db),
+                         after=max(catalog.seq - RECENT_ROWS, 0))
+        conflicts = catalog.conflicts() if s["files"]["conflicts"] else []
+        return View(
+            status=s,
+            series=self.pending.series(now, {p["name"]: p["pending_changes"]
+                                             for p in s["peers"]}),
+            recent=[event_json(e) for e in recent[-RECENT_MAX:]],
+            conflicts=[{"path": c.path, "size": c.size} for c in conflicts[:CONFLICTS_MAX]],
+            conflicts_total=len(conflicts), now=now)
+
+    async def run(self, fuse_requests, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; `fuse_requests` is the mount's count of requests by
+        operation (read only)."""
+        gate = Gate(self.daemon.home.ui_token())
+        mine = CollectorRegistry()  # this page's, beside the process-wide counters
+        mine.register(Snapshot(self.status, fuse_requests))
+        app = build_app(gate, lambda: render(self.view()),
+                        lambda: generate_latest(REGISTRY) + generate_latest(mine))
+        async with trio.open_nursery() as nursery:
+            try:
+                binds = await nursery.start(functools.partial(
+                    serve_http, app, http_config(self.listen),
+                    shutdown_trigger=trio.sleep_forever))
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {self.listen} for the status "
+                                       f"page (ui_listen): {e.strerror}") from None
+            self.url = binds[0]
+            gate.host = self.url.removeprefix("http://")
+            log.info("status page on %s (syncd ui prints its URL)", self.url)
+            nursery.start_soon(self._sample)
+            task_status.started()
+
+    async def _sample(self) -> None:
+        """Each peer's pending changes every SAMPLE_EVERY, for the plot: what `syncd
+        status` counts (index/peers.py)."""
+        db = self.daemon.catalog.db
+        while True:
+            self.pending.add(time.time(), {p.name: pending_for(db, p).changes
+                                           for p in list_peers(db)})
+            await trio.sleep(SAMPLE_EVERY)
+
+
+def http_config(listen: str) -> Config:
+    config = Config()
+    config.bind = [listen]
+    config.accesslog = None
+    config.loglevel = "WARNING"
+    return config
+
+
+def build_app(gate: Gate, page, metrics) -> FastAPI:
+    """`page()` gives the HTML, `metrics()` the metrics' text."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
@@ -105,158 +179,11 @@ def build_app(gate: Gate, view: Callable[[], View], metrics: Callable[[], bytes]
         return gate.refusal(request) or await call_next(request)
 
     @app.get("/")
-    async def page(request: Request) -> HTMLResponse:
-        return HTMLResponse(render(view()), headers=HEADERS)
+    async def show() -> HTMLResponse:
+        return HTMLResponse(page(), headers=HEADERS)
 
     @app.get("/metrics")
     async def scrape() -> Response:
         return Response(metrics(), media_type=CONTENT_TYPE_LATEST, headers=HEADERS)
 
     return app
-
-
-# -- rendering
-
-STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff }
-h1 { font-size: 1.3em } h2 { font-size: 1.1em; margin-top: 1.6em }
-table { border-collapse: collapse } td, th { padding: .25em .8em; text-align: left }
-th { border-bottom: 2px solid #888 } td { border-bottom: 1px solid #ddd }
-td.n { text-align: right } .online { color: #176f2c; font-weight: bold }
-.offline { color: #b3261e; font-weight: bold } .note { color: #666; font-weight: normal }
-td.t { white-space: nowrap }
-tr.peer.offline-row { background: #fdecea } tr.peer { background: #f3f7fb }
-"""
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def render(v: View) -> str:
-    s = v.status
-    f = s["files"]
-    where = (f"mounted at {_e(s['mounted_at'])}" if s["mounted_at"] else "served without "
-             "a mount")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH}">
-<title>syncd: {_e(s['device']['name'])}</title><style>{STYLE}</style></head>
-<body>
-<h1>syncd: {_e(s['device']['name'])}</h1>
-<p>{where} (pid {_e(s['pid'])}); device {_e(s['device']['id'])}, seq {_e(s['device']['seq'])}.
-{_e(f['total'])} files ({_e(human_size(f['bytes']))}): {_e(f['local'])} here,
-{_e(f['missing'])} missing, {_e(f['pinned'])} pinned. As of {_e(utc(int(v.now)))};
-this page reloads every {REFRESH} s.</p>
-<h2>Peers</h2>
-{_peers(s['peers'])}
-<h2>Relays</h2>
-<p id="relays" class="note">No relays: this version of syncd has none yet.</p>
-<h2>Pending changes per peer, last {HISTORY_SPAN // 3600} hours</h2>
-{plot(v.series, v.now)}
-<h2>Transfers in flight</h2>
-{_transfers(s['transfers'])}
-<h2>Conflicts</h2>
-{_conflicts(v.conflicts, v.conflicts_total)}
-<h2>Recent history</h2>
-{_recent(v.recent)}
-</body></html>
-"""
-
-
-def _table(head: tuple[str, ...], rows: list[str], id_: str) -> str:
-    cells = "".join(f"<th>{_e(h)}</th>" for h in head)
-    return f'<table id="{id_}"><thead><tr>{cells}</tr></thead><tbody>{"".join(rows)}' \
-        "</tbody></table>"
-
-
-def _peers(peers: list[dict]) -> str:
-    if not peers:
-        return '<p id="peers" class="note">No peers: add one with syncd peer add.</p>'
-    rows = []
-    for p in peers:
-        state = p["state"]
-        why = "" if state == "online" else f'<br><span class="note">{_e(why_not_online(p))}' \
-            "</span>"
-        rows.append(
-            f'<tr class="peer{" offline-row" if state == "offline" else ""}" '
-            f'data-peer="{_e(p["name"])}"><td>{_e(p["name"])}</td>'
-            f'<td class="{_e(state)}">{_e(state)}{why}</td>'
-            f'<td class="t">{_e(p["last_seen"] or "never")}</td>'
-            f'<td class="n">{_e(p["pending_changes"])}</td>'
-            f'<td class="n t">{_e(human_size(p["pending_bytes"]))}</td>'
-            f'<td class="t">{_e(p["oldest_pending"] or "-")}</td></tr>')
-    return _table(("Peer", "State", "Last seen", "Pending", "Bytes", "Oldest pending"),
-                  rows, "peers")
-
-
-def _transfers(t: dict | None) -> str:
-    if not t or not (t["arriving"] or t["prefetching"]):
-        return '<p id="transfers" class="note">Nothing is being fetched.</p>'
-    rows = []
-    for a in t["arriving"]:
-        share = a["chunks_here"] / a["chunks"] if a["chunks"] else 1.0
-        rows.append(f'<tr><td>{_e(a["name"])}</td><td><progress max="{a["chunks"]}" '
-                    f'value="{a["chunks_here"]}"></progress> {share:.0%}</td>'
-                    f'<td class="n">{a["chunks_here"]} of {a["chunks"]} chunk(s)</td></tr>')
-    small = (f'<p class="note">{t["prefetching"]} small file(s) being fetched ahead of '
-             "time.</p>") if t["prefetching"] else ""
-    return _table(("File", "Progress", "Chunks"), rows, "transfers") + small
-
-
-def _conflicts(shown: list[dict], total: int) -> str:
-    if not total:
-        return '<p id="conflicts" class="note">No conflict copies.</p>'
-    rows = [f'<tr><td>{_e(c["path"])}</td><td class="n">{_e(human_size(c["size"]))}</td></tr>'
-            for c in shown]
-    more = f'<p class="note">and {total - len(shown)} more (syncd conflicts).</p>' \
-        if total > len(shown) else ""
-    return _table(("Conflict copy", "Size"), rows, "conflicts") + more
-
-
-def _recent(events: list[dict]) -> str:
-    if not events:
-        return (f'<p id="history" class="note">Nothing in the last {RECENT_SPAN // 60} '
-                "minutes.</p>")
-    rows = [f'<tr><td class="t">{_e(e["time"])}</td><td>{_e(e["event"])}</td>'
-            f'<td>{_e(e["peer"] or "-")}</td><td>{_e(e["change"] or "")}</td>'
-            f'<td>{_e(e["path"])}</td></tr>' for e in reversed(events)]
-    return _table(("Time", "Event", "Peer", "Change", "Path"), rows, "history")
-
-
-def plot(series: dict[str, list[tuple[float, int]]], now: float, width: int = 720,
-         height: int = 220) -> str:
-    """Pending changes per peer as lines over time, an inline SVG: time runs from the
-    first sample (HISTORY_SPAN ago at most, 10 minutes at least) to now."""
-    if not series:
-        return '<p id="plot" class="note">No peers to plot.</p>'
-    left, right, top, bottom = 48, 110, 10, 28
-    start = min(min(t for t, _ in points) for points in series.values())
-    start = min(max(start, now - HISTORY_SPAN), now - 600)
-    high = max(1, *(n for points in series.values() for _, n in points))
-    w, h = width - left - right, height - top - bottom
-
-    def x(t: float) -> float:
-        return left + w * (t - start) / (now - start)
-
-    def y(n: int) -> float:
-        return top + h * (1 - n / high)
-
-    parts = [f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" '
-             'stroke="#888"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#888"/>',
-             f'<text x="{left - 6}" y="{top + 10}" text-anchor="end">{high}</text>',
-             f'<text x="{left - 6}" y="{top + h}" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{height - 8}">{_e(utc(int(start))[11:16])}</text>',
-             f'<text x="{left + w}" y="{height - 8}" text-anchor="end">now</text>']
-    for i, (name, points) in enumerate(sorted(series.items())):
-        color = COLORS[i % len(COLORS)]
-        xy = " ".join(f"{x(t):.1f},{y(n):.1f}" for t, n in points if t >= start)
-        parts.append(f'<polyline class="series" data-peer="{_e(name)}" fill="none" '
-                     f'stroke="{color}" stroke-width="2" points="{xy}"/>')
-        parts.append(f'<text x="{left + w + 8}" y="{top + 14 + 16 * i}" fill="{color}">'
-                     f'{_e(name)} ({points[-1][1]})</text>')
-    return (f'<svg id="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}" font-size="12" role="img" aria-label="pending changes per '
-            f'peer">{"".join(parts)}</svg>')

@@ -18,7 +18,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from syncd import ui
+from syncd import statuspage, ui
 from tests.helpers import assert_clean_error, fuse_mounts, served_log, syncd, wait_for
 from tests.peers.conftest import wait_content
 
@@ -199,7 +199,7 @@ def test_the_page_shows_transfers_and_conflicts_as_text():
               "peers": [], "transfers": {"fetching": ["<b>x</b>.bin"], "prefetching": 2,
                                          "arriving": [{"name": "<b>x</b>.bin", "chunks": 8,
                                                        "chunks_here": 2}]}}
-    page = ui.render(ui.View(status=status, series={}, recent=[], conflicts_total=4,
+    page = statuspage.render(statuspage.View(status=status, series={}, recent=[], conflicts_total=4,
                              conflicts=[{"path": "a.sync-conflict-<i>.txt", "size": 3}]))
     assert '<progress max="8" value="2"></progress> 25%' in page
     assert "&lt;b&gt;x&lt;/b&gt;.bin" in page and "<b>x</b>" not in page
