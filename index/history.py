@@ -63,15 +63,18 @@ class _Row(NamedTuple):
     after: int | None  # the node's next journal row
 
 
-def history(db: sqlite_utils.Database, since: int, peers: list[Peer]) -> list[Event]:
-    """Every event at or after `since` (unix seconds), oldest first."""
+def history(db: sqlite_utils.Database, since: int, peers: list[Peer],
+            after: int = 0) -> list[Event]:
+    """Every event at or after `since` (unix seconds), oldest first. With `after`, only
+    those of the journal rows after that sequence number (a push's too): the status page
+    reads the journal's tail so, at a cost that does not grow with the journal."""
     names = {p.device: p.name for p in peers if p.device}
     pushes = db.conn.execute(
-        "SELECT peer, device, after, upto, seen, at FROM sent WHERE at >= ? ORDER BY at, rowid",
-        (since,)).fetchall()
-    first = db.conn.execute("SELECT min(seq) FROM journal WHERE at >= ?",
-                            (since,)).fetchone()[0]
-    starts = [p[2] for p in pushes] + ([first - 1] if first is not None else [])
+        "SELECT peer, device, after, upto, seen, at FROM sent WHERE at >= ? AND upto > ?"
+        " ORDER BY at, rowid", (since, after)).fetchall()
+    first = db.conn.execute("SELECT min(seq) FROM journal WHERE seq > ? AND at >= ?",
+                            (after, since)).fetchone()[0]
+    starts = [max(p[2], after) for p in pushes] + ([first - 1] if first is not None else [])
     if not starts:
         return []
     rows = [_Row(seq, node, op, at, d.get("from"), d.get("with"), nxt)

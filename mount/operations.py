@@ -57,6 +57,7 @@ SQLITE_FULL = 13
 def handler(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        self.requests[fn.__name__] += 1
         try:
             return await fn(self, *args)
         except FUSEError:
@@ -139,9 +140,12 @@ class Filesystem(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0,
-                 fetch: Fetch | None = None, name: str = ""):
+                 fetch: Fetch | None = None, name: str = "",
+                 requests: Counter[str] | None = None):
         """`fetch` gets a file's missing content from peers; None when this home has no
-        peers to ask. `name` is this machine's (user.syncd.holders)."""
+        peers to ask. `name` is this machine's (user.syncd.holders). `requests` counts the
+        requests answered, by operation (lookup, read, ...), for whoever reads it (the
+        status page's metrics)."""
         super().__init__()
         self.name = name
         self.catalog = catalog
@@ -150,6 +154,7 @@ class Filesystem(pyfuse3.Operations):
         self.content = Content(catalog, store, Merger(catalog), self._changed_behind_kernel)
         self.timeout = timeout
         self.lookups: Counter[int] = Counter()
+        self.requests: Counter[str] = Counter() if requests is None else requests
         # Inodes that lost their last name (here, or through a peer's change), until
         # purged. Only these are ever purged, so the last release or forget of any other
         # inode asks the index nothing.
@@ -372,10 +377,10 @@ class Filesystem(pyfuse3.Operations):
             after = batch[-1].entry
 
     async def releasedir(self, fh):
-        pass
+        self.requests["releasedir"] += 1
 
     async def fsyncdir(self, fh, datasync):
-        pass  # directory changes are committed to the index as they happen
+        self.requests["fsyncdir"] += 1  # directory changes are committed as they happen
 
     @handler
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -529,6 +534,7 @@ class Filesystem(pyfuse3.Operations):
             self._maybe_purge(h.ino)
 
     async def forget(self, inode_list):
+        self.requests["forget"] += 1
         for ino, n in inode_list:
             try:
                 self.lookups[ino] -= n

@@ -5,18 +5,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(fuse3 libfuse3-dev pkg-config python3-venv rsync git)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# The status page's test drives a headless browser (tests/peers/test_ui.py): installed
+# without their recommended packages (a desktop's worth), they take a fraction of the time.
+browser=(chromium chromium-driver)
+missing() {
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"
+    done
+}
+mapfile -t base < <(missing "${packages[@]}")
+mapfile -t web < <(missing "${browser[@]}")
+if [ ${#base[@]} -gt 0 ] || [ ${#web[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "bootstrap: need root to install: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+        echo "bootstrap: need root to install: ${base[*]} ${web[*]} (run: sudo apt-get install ${base[*]} ${web[*]})" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ ${#base[@]} -eq 0 ] || apt-get install -y -qq "${base[@]}" >/dev/null
+    [ ${#web[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${web[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -38,6 +38,7 @@ from syncd import auth, compress
 from syncd.index import chunklist
 from syncd.index.catalog import XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX, check_name
 from syncd.index.chunklist import MAX_FILE_SIZE, digest_of, file_hash
+from syncd.metrics import BYTES_RECEIVED, BYTES_SENT
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +402,7 @@ class Signed:
                 return await _reply(send, 413, {"detail": "body over 64 MiB"})
             if not message.get("more_body"):
                 break
+        BYTES_RECEIVED.labels("").inc(len(body))
         try:
             self.verifier.check_request(scope["method"], target, headers, bytes(body))
         except auth.AuthError as e:
@@ -454,6 +456,7 @@ class Signed:
                     headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
                     await send({**start, "headers": headers})
                     await send({"type": "http.response.body", "body": out})
+                    BYTES_SENT.labels("").inc(len(out))
 
         await self.app(scope, replay, capture)
 

@@ -15,7 +15,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 from hypercorn.config import Config
@@ -35,6 +35,7 @@ from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
 from syncd.settings import Live, SettingError
+from syncd.ui import StatusPage
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -51,12 +52,15 @@ class Daemon:
     def __init__(self, home: Home, catalog: Catalog,
                  changes: trio.MemoryReceiveChannel[None],
                  on_effects: Callable[[Effects], None] | None = None, mirror: bool = False,
-                 live: Live | None = None):
+                 live: Live | None = None, fuse_requests: Mapping[str, int] | None = None,
+                 mountpoint: str | None = None):
         """`changes` says that something was stamped here (Catalog's on_change sends on
         it): the peer loops then push. `on_effects` takes what peers' changes did to the
         index, for the mount (kernel caches, purges); without a mount, inodes left without
         names are purged here. `live` applies settings changed while it runs (the
-        control op "config"); the daemon registers its own there."""
+        control op "config"); the daemon registers its own there. `fuse_requests` is the
+        mount's count of requests by operation (the metrics), read only; `mountpoint`
+        where it is mounted (the status page)."""
         self.home = home
         self.catalog = catalog
         self.store = catalog.store
@@ -81,6 +85,9 @@ class Daemon:
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
+        self.ui_listen: str = config["ui_listen"]
+        self.page = StatusPage(self, self.ui_listen, mountpoint)
+        self.fuse_requests = fuse_requests if fuse_requests is not None else {}
 
     # -- what the API serves (syncd/api.py, PeerService)
 
@@ -325,8 +332,9 @@ class Daemon:
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
-                                 "peers": self._peers_op,
+                                 "peers": self._peers_op, "ui": self._ui_op,
                                  "config": self._config_op})
+            await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
@@ -402,20 +410,29 @@ class Daemon:
         return await self.copies(int(request["copies"]), int(request["upto"]),
                                  float(request.get("seconds") or 3600))
 
-    async def _transfers_op(self, request: dict) -> dict:
-        """What is being fetched right now (syncd status)."""
-        return {"ok": True,
-                "fetching": sorted(s.what for s in self.fetcher.streams.values()),
+    def transfers(self) -> dict:
+        """What is being fetched right now (syncd status's `transfers`)."""
+        return {"fetching": sorted(s.what for s in self.fetcher.streams.values()),
                 "arriving": sorted((s.progress() for s in self.fetcher.streams.values()),
                                    key=lambda p: p["name"]),
                 "prefetching": self.fetcher.prefetching}
 
-    async def _peers_op(self, request: dict) -> dict:
+    def live_peers(self) -> dict[str, dict]:
         """Each peer as its loop sees it now (syncd status): the index has its state as
         of the last change, and its last answer as of the last push or keep-alive."""
-        return {"peers": {link.name: {"state": link.state, "last_seen": link.last_seen,
-                                      "last_error": link.last_error, "url": link.url}
-                          for link in self.peers}}
+        return {link.name: {"state": link.state, "last_seen": link.last_seen,
+                            "last_error": link.last_error, "url": link.url}
+                for link in self.peers}
+
+    async def _transfers_op(self, request: dict) -> dict:
+        return {"ok": True, **self.transfers()}
+
+    async def _peers_op(self, request: dict) -> dict:
+        return {"peers": self.live_peers()}
+
+    async def _ui_op(self, request: dict) -> dict:
+        """Where the status page listens (syncd ui adds the token)."""
+        return {"url": self.page.url}
 
     async def _config_op(self, request: dict) -> dict:
         """A live setting changed in config.json (syncd config set): apply it now."""

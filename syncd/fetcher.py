@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -23,6 +24,7 @@ from syncd.index.catalog import Catalog
 from syncd.index.chunklist import CHUNK, ChunkList
 from syncd.index.inline import inline_size
 from syncd.index.store import matches
+from syncd.metrics import FETCH_SECONDS
 from syncd.peerlink import PeerError, PeerLink
 from syncd.peerset import PeerSet
 
@@ -306,7 +308,9 @@ class Fetcher:
         """Ask one peer for these chunks of `what` and install those that verify; the
         digests still missing (not held there, or wrong bytes: logged). PeerError when
         the peer does not answer."""
+        started = time.perf_counter()
         got = await link.get_chunks(digests)
+        FETCH_SECONDS.labels(link.name).observe(time.perf_counter() - started)
         installed = await self.install_all(got)
         for digest in set(got) - installed:
             log.warning("peer %s served wrong bytes for chunk %s of %s: not installed",

@@ -66,6 +66,7 @@ class Home:
         self.log_path = self.path / "mount.log"
         self.key_path = self.path / "cluster.key"
         self.control_path = self.path / "control.sock"
+        self.ui_token_path = self.path / "ui.token"
         self._lock_fd: int | None = None
 
     def exists(self) -> bool:
@@ -140,6 +141,18 @@ class Home:
     def log_keep_days(self) -> float:
         """How many days `syncd log` keeps (config key log_keep_days)."""
         return float(self.config()["log_keep_days"])
+
+    def ui_token(self) -> str:
+        """The status page's access token (HOME/ui.token, mode 0600), made at the first
+        start that serves the page and kept, so its URL stays the same across restarts."""
+        try:
+            token = self.ui_token_path.read_text().strip()
+        except FileNotFoundError:
+            token = ""
+        if not token:
+            token = secrets.token_urlsafe(32)
+            _write_private(self.ui_token_path, token + "\n")
+        return token
 
     def cluster_key(self) -> bytes:
         try:

@@ -27,6 +27,7 @@ from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
 from syncd.index.peers import Peer, confirm_push, save_peer
 from syncd.index.states import BATCH_DATA, changes_since
+from syncd.metrics import BYTES_RECEIVED, BYTES_SENT
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class PeerLink:
             except httpx.HTTPError as e:
                 raise self._unreachable(e, url) from None
         raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
+        BYTES_SENT.labels(self.name).inc(len(body))
+        BYTES_RECEIVED.labels(self.name).inc(len(raw))
         try:
             auth.check_response(self.me.key, r.status_code, signed[auth.NONCE], r.headers,
                                 auth.hash_of_pieces(pieces))

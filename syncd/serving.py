@@ -10,6 +10,7 @@ import math
 import resource
 import signal
 import socket
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -42,15 +43,18 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         effects_send, effects = trio.open_memory_channel[Effects](math.inf)
         daemon = None
         live = Live()  # settings changed while serving (syncd config set)
+        requests: Counter[str] = Counter()  # the mount's, by operation; the metrics read it
         if home.key_path.exists():
             daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait,
-                            live=live)
+                            live=live, fuse_requests=requests, mountpoint=mountpoint)
             _check_listen(daemon.listen)
+            _check_listen(daemon.ui_listen, "ui_listen", "the status page")
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
         config = home.config()
         fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]),
-                        fetch=daemon.fetcher if daemon else None, name=config["name"])
+                        fetch=daemon.fetcher if daemon else None, name=config["name"],
+                        requests=requests)
         live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
@@ -81,6 +85,7 @@ def serve_only(home: Home, mirror: bool) -> None:
         db, store, catalog = _open(home, changed)
         daemon = Daemon(home, catalog, changes, mirror=mirror)
         _check_listen(daemon.listen)
+        _check_listen(daemon.ui_listen, "ui_listen", "the status page")
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             trio.run(_serve_daemon, daemon)
@@ -124,16 +129,16 @@ async def _serve_daemon(daemon: Daemon) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _check_listen(listen: str) -> None:
-    """Fail before mounting, with a clear message, when the peer port is taken."""
+def _check_listen(listen: str, key: str = "listen", what: str = "peers") -> None:
+    """Fail before mounting, with a clear message, when the port for `what` is taken."""
     host, _, port = listen.rpartition(":")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host.strip("[]"), int(port)))
         except OSError as e:
-            raise UserError(f"cannot listen for peers on {listen}: {e.strerror} (set "
-                            "another address with 'listen' in config.json)") from None
+            raise UserError(f"cannot listen for {what} on {listen}: {e.strerror} (set "
+                            f"another address with 'syncd config set {key}')") from None
 
 
 def _fsname(home: Home) -> str:

@@ -9,6 +9,7 @@ hand edits are checked too (a bad one fails the next start, naming the key).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from collections.abc import Callable
@@ -63,6 +64,21 @@ def address(value: object) -> str:
     return value
 
 
+def loopback_address(value: object) -> str:
+    """HOST:PORT on a loopback address (the status page is plain HTTP with a token in its
+    URL: it stays on this machine); port 0 takes a free one at each start."""
+    host, _, port = str(value).rpartition(":")
+    try:
+        loopback = ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not isinstance(value, str) or not loopback or not port.isdigit() or \
+            not 0 <= int(port) < 65536 or (":" in host and not host.startswith("[")):
+        raise ValueError("want LOOPBACK-IP:PORT, such as 127.0.0.1:0 (port 0: a free one) "
+                         "or [::1]:8080")
+    return value
+
+
 def days(value: object) -> float:
     """Days, above 0 and below a million."""
     number = _number(value, "days", "30 or 0.5")
@@ -108,6 +124,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("log_keep_days", days, 30,
             "days of history `syncd log` shows; older journal rows are pruned hourly, but "
             "for what sync needs", live=True),
+    Setting("ui_listen", loopback_address, "127.0.0.1:0",
+            "HOST:PORT on loopback where the status page and /metrics are served (port 0: "
+            "a free one at each start; `syncd ui` prints the URL)", live=False),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

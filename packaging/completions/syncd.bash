@@ -2,7 +2,7 @@
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
 _syncd_commands="init cluster-key peer mount umount serve status pending log pin unpin fetch
-conflicts import wait config"
+conflicts import wait config ui"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
 --timeout --since --address"
@@ -27,11 +27,12 @@ _syncd_command_args()
         pin | unpin | fetch) args=files ;;
         import) opts="--into" args=dirs ;;
         wait) opts="--peer --copies --timeout" ;;
+        ui) opts="--metrics" ;;
         config)
             opts="--json"
             case $2 in
                 '') args=words words="get set" ;;
-                get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days" ;;
+                get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days ui_listen" ;;
             esac
             ;;
     esac

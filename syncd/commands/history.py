@@ -50,10 +50,10 @@ def collect(home: Home, peer: str | None, since: str | None) -> dict:
         events = [e for e in events if e.peer == wanted.name
                   or (wanted.device is not None and e.device == wanted.device)]
     return {"schema_version": LOG_SCHEMA, "since": utc(start), "peer": peer,
-            "events": [_json(e) for e in events]}
+            "events": [event_json(e) for e in events]}
 
 
-def _json(e: Event) -> dict:
+def event_json(e: Event) -> dict:
     return {"time": utc(e.at), "event": e.event, "peer": e.peer, "device": e.device,
             "path": e.path, "kind": e.kind, "change": e.change, "of": e.of}
 

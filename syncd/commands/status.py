@@ -6,7 +6,7 @@ import json
 
 from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
-from syncd.index.catalog import open_catalog
+from syncd.index.catalog import Catalog, open_catalog
 from syncd.index.peers import list_peers, pending_for
 
 STATUS_SCHEMA = 1
@@ -16,26 +16,34 @@ def collect(home: Home) -> dict:
     where, pid = mounted_at(home)
     live = live_peers(home) if pid is not None else None
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
-        device, seq = cat.device, cat.seq
-        files = cat.file_counts()
-        dirty = len(cat.store.dirty_inodes())
-        replaced_chunks, replaced_bytes = map(
-            sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
-        peers = []
-        for p in list_peers(cat.db):
-            changes, waiting, oldest = pending_for(cat.db, p)
-            now = (live or {}).get(p.name, {})
-            peers.append({"name": p.name, "url": now.get("url", p.url),
-                          "addresses": p.addresses, "device": p.device,
-                          "state": now.get("state", p.state),
-                          "last_seen": utc(now.get("last_seen", p.last_seen)),
-                          "pending_changes": changes, "pending_bytes": waiting,
-                          "oldest_pending": utc(oldest),
-                          "last_error": now.get("last_error", p.last_error)})
-    transfers = _transfers(home) if live is not None else None
+        found = gather(home, cat, where, pid, live)
+    found["transfers"] = _transfers(home) if live is not None else None
+    return found
+
+
+def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
+           live: dict[str, dict] | None, transfers: dict | None = None) -> dict:
+    """The status from an open catalog: this command's (read-only) or the serving
+    process's own (its status page). `live` is each peer's state as the serving process
+    sees it, by name (the control op "peers"); `transfers` what it is fetching."""
+    files = cat.file_counts()
+    dirty = len(cat.store.dirty_inodes())
+    replaced_chunks, replaced_bytes = map(
+        sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
+    peers = []
+    for p in list_peers(cat.db):
+        changes, waiting, oldest = pending_for(cat.db, p)
+        now = (live or {}).get(p.name, {})
+        peers.append({"name": p.name, "url": now.get("url", p.url),
+                      "addresses": p.addresses, "device": p.device,
+                      "state": now.get("state", p.state),
+                      "last_seen": utc(now.get("last_seen", p.last_seen)),
+                      "pending_changes": changes, "pending_bytes": waiting,
+                      "oldest_pending": utc(oldest),
+                      "last_error": now.get("last_error", p.last_error)})
     return {
         "schema_version": STATUS_SCHEMA,
-        "device": {"id": device, "name": home.config()["name"], "seq": seq},
+        "device": {"id": cat.device, "name": home.config()["name"], "seq": cat.seq},
         "mounted_at": where,
         "pid": pid,
         "files": {"total": files.total, "local": files.local,

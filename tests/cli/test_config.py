@@ -21,7 +21,8 @@ def test_get_lists_every_key_with_its_value(home):
     listed = json.loads(syncd(home, "config", "--json").stdout)
     assert listed["schema_version"] == 1
     assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
-                                        "log_keep_days"]
+                                        "log_keep_days", "ui_listen"]
+    assert listed["settings"]["ui_listen"] == "127.0.0.1:0"
     assert listed["settings"]["log_keep_days"] == 30
     assert listed["settings"]["name"] == "test"
     assert listed["settings"]["attr_timeout"] == 60.0
@@ -53,6 +54,10 @@ def test_set_checks_and_stores_the_canonical_value(home):
     (("set", "listen", "nowhere"), "bad value 'nowhere' for 'listen'"),
     (("set", "listen", "127.0.0.1:70000"), "bad value '127.0.0.1:70000' for 'listen'"),
     (("set", "name", ""), "bad value '' for 'name'"),
+    (("set", "ui_listen", "0.0.0.0:8080"), "bad value '0.0.0.0:8080' for 'ui_listen'"),
+    (("set", "ui_listen", "example.com:80"), "bad value 'example.com:80' for 'ui_listen'"),
+    (("set", "ui_listen", "::1:80"), "bad value '::1:80' for 'ui_listen'"),
+    (("set", "ui_listen", "127.0.0.1"), "bad value '127.0.0.1' for 'ui_listen'"),
     (("set", "name", "my laptop"), "bad value 'my laptop' for 'name'"),
 ])
 def test_bad_input_names_the_key_and_changes_nothing(home, args, words):

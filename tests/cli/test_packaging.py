@@ -52,7 +52,8 @@ def test_bash_completion_syntax():
     "line, expected",
     [
         ("syncd mo", ["mount"]),
-        ("syncd u", ["umount", "unpin"]),
+        ("syncd u", ["ui", "umount", "unpin"]),
+        ("syncd ui --m", ["--metrics"]),
         ("syncd peer ", ["add", "list", "remove", "set"]),
         ("syncd peer list --", ["--help", "--home", "--json"]),
         ("syncd wait --peer beta --c", ["--copies"]),

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from syncd.index.history import prune_step
+from syncd.index.history import history, prune_step
 from syncd.index.peers import add_peer, confirm_push, list_peers, pending_for, waiting_for
 
 from tests.replicas import Device, T
@@ -43,5 +43,27 @@ def test_pruning_keeps_what_sync_and_pending_read(tmp_path):
         # nothing younger than the cutoff goes
         d.write("/h", b"h", T)
         assert prune_step(d.db, 1500) == (0, None)
+    finally:
+        d.db.close()
+
+
+def test_history_of_the_journal_tail_reads_only_rows_after_it(tmp_path):
+    """The status page's recent history (after=): the events of the last rows alone, a
+    push's included, whatever came before."""
+    d = Device(tmp_path, A, T)
+    try:
+        add_peer(d.db, "beta", "http://b:7700")
+        for i in range(10):
+            d.write(f"/f{i}", b"%d" % i, T + i)
+        seq = d.cat.seq
+        confirm_push(d.db, "beta", "b" * 32, 0, seq, seq, None)
+        peers = list_peers(d.db)
+        everything = history(d.db, 0, peers)
+        sent = [e.path for e in everything if e.event == "sent"]
+        assert sorted(sent) == [f"f{i}" for i in range(10)]
+        tail = history(d.db, 0, peers, after=seq - 2)
+        assert {e.path for e in tail} == {"f9"}  # its create and content rows
+        assert [e.event for e in tail] == ["sent"]
+        assert history(d.db, 0, peers, after=seq) == []
     finally:
         d.db.close()
