@@ -61,6 +61,21 @@ def pick(versions: list[Version], at: int | None) -> Version | None:
     return versions[-1] if versions else None
 
 
+def choose(cat: Catalog, path: str, at: int | None) -> Version:
+    """The version of `path` to restore (pick), or RestoreError saying why there is none."""
+    found = versions_of(cat, path)
+    chosen = pick(found, at)
+    if chosen is None:
+        raise RestoreError(f"/{path} has no kept version" if not found else
+                           f"/{path} has no kept version from {_utc(at)} or before "
+                           f"(the oldest is from {_utc(found[0].mtime_ns // 10**9)})")
+    return chosen
+
+
+def _utc(seconds: int | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def usage(cat: Catalog) -> tuple[int, int]:
     """How many versions are kept, and their bytes (each counted at its size)."""
     return cat.conn.execute(

@@ -19,6 +19,7 @@ from syncd.commands import (
     peers,
     pending,
     status,
+    versions,
     waiting,
 )
 from syncd.home import (
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
-                     config):
+                     config, versions):
         commands.add_parsers(sub, common)
     return parser
 
@@ -122,4 +123,5 @@ def cmd_cluster_key(home: Home, args) -> int:
 COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
-            **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS}
+            **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,
+            **versions.COMMANDS}

@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
+from syncd.index import versions
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.history import prune_step
@@ -34,7 +36,7 @@ from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
-from syncd.settings import Live, SettingError
+from syncd.settings import Live, SettingError, by_disk
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -45,6 +47,7 @@ KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerli
 KEEP_REPLACED_MIN = 2.0  # seconds
 KEEP_REPLACED_MAX = 600.0
 PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_keep_days
+EXPIRE_VERSIONS_EVERY = 60.0  # seconds between expiries of old versions (index/versions.py)
 
 
 class Daemon:
@@ -78,6 +81,12 @@ class Daemon:
         self.live = live or Live()
         self.live.on("prefetch_below", lambda v: setattr(self, "prefetch_below", v))
         self.live.on("log_keep_days", lambda v: setattr(self, "log_keep_days", v))
+        # Old versions of files: kept this many days, within this size or share of the
+        # disk (index/versions.py). A change applies at once.
+        self.versions_keep_days = float(config["versions_keep_days"])
+        self.versions_max = config["versions_max"]
+        for key in ("versions_keep_days", "versions_max"):
+            self.live.on(key, functools.partial(self._versions_setting, key))
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -325,7 +334,7 @@ class Daemon:
                                 {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
-                                 "peers": self._peers_op,
+                                 "peers": self._peers_op, "restore": self._restore_op,
                                  "config": self._config_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
@@ -333,6 +342,7 @@ class Daemon:
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
+            nursery.start_soon(self._expire_versions)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
@@ -341,6 +351,48 @@ class Daemon:
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
             self.peers.poke_all()
+
+    def _versions_setting(self, key: str, value: object) -> None:
+        setattr(self, key, value)
+        self.expire_versions()
+
+    def expire_versions(self) -> None:
+        """Drop the old versions older than versions_keep_days, then the oldest beyond
+        versions_max."""
+        st = os.statvfs(self.store.root)
+        limit = by_disk(self.versions_max, st.f_blocks * st.f_frsize)
+        gone = versions.expire(self.catalog, self.versions_keep_days * 86400, limit)
+        if gone:
+            log.info("dropped %d old version(s): older than %g day(s) or beyond %d bytes",
+                     gone, self.versions_keep_days, limit)
+
+    async def _expire_versions(self) -> None:
+        while True:
+            self.expire_versions()
+            await trio.sleep(EXPIRE_VERSIONS_EVERY)
+
+    async def _restore_op(self, request: dict) -> dict:
+        """`syncd restore`: an old version back as a new one. Content not here (a chunk
+        found damaged since) is fetched from a peer first."""
+        try:
+            path, to = str(request["path"]), request.get("to")
+            at = request.get("at")
+            version = versions.choose(self.catalog, path,
+                                      None if at is None else int(at))
+            absent = versions.check_restorable(self.catalog, version)
+            if absent:
+                await self.fetcher.fetch_chunks_of(absent, f"/{path}")
+            effects = versions.restore(self.catalog, version, None if to is None else
+                                       str(to), int(request["uid"]), int(request["gid"]))
+        except (KeyError, TypeError, ValueError) as e:
+            return {"ok": False, "error": f"malformed restore request: {e}"}
+        except versions.RestoreError as e:
+            return {"ok": False, "error": str(e)}
+        except OSError as e:
+            return {"ok": False, "error": f"the content of that version is not here, and "
+                                          f"no peer holds it: {e.strerror or e}"}
+        self.on_effects(effects)
+        return {"ok": True, "version": version._asdict()}
 
     async def _expire_replaced(self) -> None:
         while True:
