@@ -87,6 +87,7 @@ class Daemon:
         self.versions_max = config["versions_max"]
         for key in ("versions_keep_days", "versions_max"):
             self.live.on(key, functools.partial(self._versions_setting, key))
+        self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -354,13 +355,18 @@ class Daemon:
 
     def _versions_setting(self, key: str, value: object) -> None:
         setattr(self, key, value)
+        self.catalog.keeps_versions = self._versions_limit() > 0
         self.expire_versions()
+
+    def _versions_limit(self) -> int:
+        """versions_max in bytes (0: keep none, not even for a moment)."""
+        st = os.statvfs(self.store.root)
+        return by_disk(self.versions_max, st.f_blocks * st.f_frsize)
 
     def expire_versions(self) -> None:
         """Drop the old versions older than versions_keep_days, then the oldest beyond
         versions_max."""
-        st = os.statvfs(self.store.root)
-        limit = by_disk(self.versions_max, st.f_blocks * st.f_frsize)
+        limit = self._versions_limit()
         gone = versions.expire(self.catalog, self.versions_keep_days * 86400, limit)
         if gone:
             log.info("dropped %d old version(s): older than %g day(s) or beyond %d bytes",
