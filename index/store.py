@@ -276,10 +276,17 @@ class ChunkStore:
         reserve. True when anything was freed (worth one more try)."""
         freed = self.give_up_versions()
         freed = self.drop_retired() or freed
-        if for_index and os.path.exists(self._reserve):
-            _unlink(self._reserve)
-            self.reserve_released = freed = True
+        if for_index:
+            freed = self.release_reserve() or freed
         return freed
+
+    def release_reserve(self) -> bool:
+        """Give up the reserve, so that the index can commit; True when it was there."""
+        if not os.path.exists(self._reserve):
+            return False
+        _unlink(self._reserve)
+        self.reserve_released = True
+        return True
 
     def retry_when_full(self, fn, *args):
         """fn(*args), tried once more after make_room when it fails with ENOSPC."""

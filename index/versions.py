@@ -17,6 +17,7 @@ listed (the machines that held it keep it in their own lists).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from typing import NamedTuple
@@ -25,6 +26,8 @@ from syncd.index.catalog import Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.schema import ROOT_INO
+
+log = logging.getLogger(__name__)
 
 # A full disk gives up the oldest versions at least this many bytes at a time.
 GIVE_UP_BATCH = 64 << 20
@@ -127,7 +130,17 @@ def give_up(cat: Catalog, at_least: int = GIVE_UP_BATCH) -> bool:
     try:
         _drop(cat, gone)
     except sqlite3.Error:
-        return False
+        # The index could not write either: the reserve is there for that (a delete must
+        # still commit on a full disk); the serving process makes it again once there is
+        # room (ChunkStore.keep_reserve).
+        if not cat.store.release_reserve():
+            return False
+        try:
+            _drop(cat, gone)
+        except sqlite3.Error:
+            return False
+    if gone:
+        log.info("gave up %d old version(s), the oldest: the disk is full", len(gone))
     return bool(gone)
 
 
