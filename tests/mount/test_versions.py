@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from syncd.index.chunklist import Builder, digest_of
 
 from tests.conftest import needs_fuse
-from tests.helpers import assert_clean_error, status, syncd
+from tests.helpers import Mount, assert_clean_error, force_cleanup, status, syncd
 
 pytestmark = needs_fuse
 
@@ -130,3 +130,50 @@ def test_the_limits_apply_at_once_when_changed(mount):
     syncd(home, "config", "set", "versions_max", "10%")  # applying it expires again
     assert listed(home, "f")["versions"] == []
     assert (m / "f").read_bytes() == b"D" * 1000
+
+
+def test_commands_work_with_the_home_served_without_a_mount(tmp_path):
+    from tests.hostile.conftest import Server
+
+    server = Server(tmp_path)
+    m = Mount(server.home, tmp_path / "mnt")
+    try:
+        m.start()
+        write(m.path / "f", b"old", JAN)
+        write(m.path / "f", b"new")
+        m.stop()
+        server.start()
+        syncd(server.home, "restore", "f", "--to", "g")  # by the serving process
+        syncd(server.home, "restore", "f")
+        assert [v["size"] for v in listed(server.home, "f")["versions"]] == [3, 3]
+        assert_clean_error(syncd(server.home, "restore", "f", "--to", "g", check=False), 4,
+                           "/g exists")
+        server.stop()
+        m.start()
+        assert (m.path / "g").read_bytes() == b"old" == (m.path / "f").read_bytes()
+        m.stop()
+    finally:
+        server.stop()
+        force_cleanup(server.home, m.path)
+
+
+def drop_version_chunks(home, data: bytes) -> None:
+    """Lose the stored chunk of a version (as if it was found damaged and dropped)."""
+    chunk = home / "store" / "chunks" / digest_of(data).hex()[:2] / digest_of(data).hex()
+    chunk.unlink()
+
+
+def test_content_no_longer_here_and_held_by_nobody_is_a_clear_error(mount):
+    home, m = mount.home, mount.path
+    old = os.urandom(100_000)  # a chunk file, not inline
+    write(m / "f", old)
+    write(m / "f", b"new")
+    drop_version_chunks(home, old)
+    seq = status(home)["device"]["seq"]
+    assert_clean_error(syncd(home, "restore", "f", check=False), 1,
+                       "the content of that version is not here, and no peer holds it")
+    mount.stop()
+    assert_clean_error(syncd(home, "restore", "f", check=False), 1,
+                       "the content of that version is not here: mount or serve the home")
+    mount.start()
+    assert status(home)["device"]["seq"] == seq and (m / "f").read_bytes() == b"new"

@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+from syncd.index.chunklist import digest_of
+
 from tests.helpers import syncd, wait_for
 from tests.peers.conftest import settled, wait_content, wait_gone
 
@@ -60,3 +62,17 @@ def test_a_restore_wins_over_an_older_concurrent_edit(cluster):
         names = sorted(os.listdir(p.path))
         assert len(names) == 2 and names[1].startswith("f.sync-conflict-"), names
         assert (p / names[1]).read_bytes() == b"alpha's edit, an hour old"
+
+
+def test_a_version_no_longer_here_is_fetched_from_a_peer_that_keeps_it(cluster):
+    a, b = cluster(2)
+    old = os.urandom(100_000)  # a chunk file (not inline), fetched at once (prefetch)
+    (a / "f").write_bytes(old)
+    wait_content(b / "f", old)
+    (a / "f").write_bytes(b"new")
+    wait_content(b / "f", b"new")
+    digest = digest_of(old).hex()
+    (b.home / "store" / "chunks" / digest[:2] / digest).unlink()  # lost on beta
+    syncd(b.home, "restore", "f")  # alpha keeps it too, as an old version
+    assert (b / "f").read_bytes() == old
+    wait_content(a / "f", old)
