@@ -719,14 +719,13 @@ class Catalog:
         delta = Counter(d for _, d in new.stored())
         delta.subtract(d for _, d in old.stored())
         garbage = []
+        self.conn.executemany(  # one statement for all: a new version of a big file
+            "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
+            [(digest, sizes[digest], change) for digest, change in delta.items()
+             if change > 0])
         for digest, change in delta.items():
-            if change > 0:
-                self.conn.execute(
-                    "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
-                    "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
-                    (digest, sizes[digest], change),
-                )
-            elif change < 0:
+            if change < 0:
                 # A row left at 0 stays until its chunk has left the store (retire), so
                 # that a crash in between leaves a record of it (collect_unreferenced).
                 self.conn.execute(
