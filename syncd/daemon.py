@@ -381,22 +381,22 @@ class Daemon:
         """`syncd restore`: an old version back as a new one. Content not here (a chunk
         found damaged since) is fetched from a peer first."""
         try:
-            path, to = str(request["path"]), request.get("to")
-            at = request.get("at")
-            version = versions.choose(self.catalog, path,
-                                      None if at is None else int(at))
+            path, to, at = str(request["path"]), request.get("to"), request.get("at")
+            to, at = None if to is None else str(to), None if at is None else int(at)
+            uid, gid = int(request["uid"]), int(request["gid"])
+            version = versions.choose(self.catalog, path, at)
             absent = versions.check_restorable(self.catalog, version)
             if absent:
-                await self.fetcher.fetch_chunks_of(absent, f"/{path}")
-            effects = versions.restore(self.catalog, version, None if to is None else
-                                       str(to), int(request["uid"]), int(request["gid"]))
+                try:
+                    await self.fetcher.fetch_chunks_of(absent, f"/{path}")
+                except OSError as e:
+                    return {"ok": False, "error": "the content of that version is not "
+                                                  f"here, and no peer holds it: {e.strerror}"}
+            effects = versions.restore(self.catalog, version, to, uid, gid)
         except (KeyError, TypeError, ValueError) as e:
             return {"ok": False, "error": f"malformed restore request: {e}"}
-        except versions.RestoreError as e:
+        except (versions.RestoreError, OSError) as e:
             return {"ok": False, "error": str(e)}
-        except OSError as e:
-            return {"ok": False, "error": f"the content of that version is not here, and "
-                                          f"no peer holds it: {e.strerror or e}"}
         self.on_effects(effects)
         return {"ok": True, "version": version._asdict()}
 

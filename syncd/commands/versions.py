@@ -114,7 +114,7 @@ def _restore_here(home: Home, path: str, at: int | None, to: str | None) -> Vers
                         "the content of that version is not here: mount or serve the home "
                         "so that it can be fetched from a peer")
                 effects = restore(cat, version, to, os.getuid(), os.getgid())
-            except RestoreError as e:
+            except (RestoreError, OSError) as e:
                 raise UserError(str(e)) from None
             cat.retire(cat.purge_inodes(list(effects.orphans)))  # no kernel knows them
         return version

@@ -85,7 +85,8 @@ def test_restore_to_a_new_path_and_what_is_refused(mount):
             (("f", "--at", "yesterday"), 2, "bad time 'yesterday'"),
             (("nothing",), 1, "/nothing has no kept version"),
             (("/elsewhere/f",), 2, "is outside the mount point"),
-            (("f", "--to", "other/x"), 1, "/other is not a directory")):
+            (("f", "--to", "other/x"), 1, "/other is not a directory"),
+            (("f", "--to", "x" * 256), 1, "File name too long")):
         assert_clean_error(syncd(home, "restore", *args, check=False), code, words)
     assert status(home)["device"]["seq"] == seq  # nothing changed
     assert (m / "other").read_bytes() == b"in the way" and (m / "f").read_bytes() == b"new"
