@@ -87,6 +87,7 @@ class Daemon:
         self.versions_max = config["versions_max"]
         for key in ("versions_keep_days", "versions_max"):
             self.live.on(key, functools.partial(self._versions_setting, key))
+        versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None

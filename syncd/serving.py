@@ -21,7 +21,6 @@ from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.recovery import recover
 from syncd.index.store import ChunkStore
-from syncd.index.versions import keep_versions
 from syncd.mount import session
 from syncd.mount.operations import Filesystem
 from syncd.settings import Live
@@ -113,7 +112,6 @@ def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True
     store = ChunkStore(home.store_path)
     store.reserve_released = not store.keep_reserve()
     catalog = Catalog(db, store, on_change)
-    keep_versions(catalog)  # expired by the daemon (Daemon._expire_versions)
     recover(catalog, store)  # it logs each file it recovers
     return db, store, catalog
 
