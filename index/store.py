@@ -101,8 +101,8 @@ class ChunkStore:
         # when read (syncd/fetcher.py, take_back), and is then the only copy of its bytes
         # here, so neither its expiry nor a full disk removes it.
         self.in_use: Callable[[bytes], bool] = lambda digest: False
-        # Give up some kept old versions, oldest first (index/versions.py): set by the
-        # Catalog, which holds them. True when it gave up any; their chunks are retired.
+        # Give up some kept old versions, oldest first: set by index/versions.py
+        # (keep_versions). True when it gave up any; their chunks are retired.
         self.give_up_versions: Callable[[], bool] = lambda: False
         self._reserve = f"{root}/reserve"
         # The reserve was given up (the index ran out of space) and not made again yet:

@@ -1,5 +1,5 @@
-"""Old versions of files: kept, listed, expired and restored (docs/cli.md, "syncd
-versions" and "syncd restore").
+"""Old versions of files: kept, listed, expired and restored (docs/cli.md, "Old versions
+and deleted files", `syncd versions`, `syncd restore`).
 
 Content replaced or deleted here, by this machine or by a peer's change, becomes a row of
 `versions` (index/schema.py, VERSIONS: triggers record it, the catalog counts its chunk
@@ -117,7 +117,7 @@ def keep_versions(cat: Catalog) -> None:
 def give_up(cat: Catalog, at_least: int = GIVE_UP_BATCH) -> bool:
     """The disk is full: drop the oldest versions, at least `at_least` bytes of them (or
     all). True when any went. Never inside a transaction (a rollback would bring back rows
-    whose chunks are gone), nor when the index itself cannot write."""
+    whose chunks are gone); when the index cannot write either, with its reserve."""
     if cat.conn.in_transaction:
         return False
     gone, freed = [], 0
@@ -168,9 +168,11 @@ def restore(cat: Catalog, version: Version, to: str | None, uid: int, gid: int) 
     (which must not exist), or where it was, over the file there now or as a new file
     (with any missing directories above it). Its content must be here (Catalog.absent).
     One transaction; what it changed, for the kernel's caches."""
-    blob, = cat.conn.execute("SELECT chunks FROM versions WHERE id = ?",
-                             (version.id,)).fetchone()
-    chunks = ChunkList.from_blob(blob)
+    row = cat.conn.execute("SELECT chunks FROM versions WHERE id = ?",
+                           (version.id,)).fetchone()
+    if row is None:  # expired while its content was being fetched
+        raise RestoreError(f"that version of /{version.path} is no longer kept")
+    chunks = ChunkList.from_blob(row[0])
     target = version.path if to is None else to
     effects = Effects()
 
