@@ -142,6 +142,9 @@ class Catalog:
         # deletes, with the bytes of those inline (see retire).
         self._collected: list[bytes] = []
         self.inline = InlineChunks(db)
+        # Keep old versions of files (index/versions.py, keep_versions)? Not without a
+        # serving process, which expires them: replaced content then goes at once.
+        self.keeps_versions = False
 
     # -- reading
 
@@ -259,7 +262,33 @@ class Catalog:
     def _collect_and(self, fn, args):
         if self._collected:  # rows of chunks retired since the last transaction
             self.inline.drop_unreferenced([(d,) for d in self._collected])
-        return fn(*args)
+        self._hold_versions()  # any a write outside these transactions recorded
+        result = fn(*args)
+        self._hold_versions()
+        return result
+
+    def _hold_versions(self) -> None:
+        """Count the chunk references of the old versions the triggers just recorded
+        (index/schema.py, VERSIONS), and where they were, while their inodes still hold
+        the chunks: from now on the versions do."""
+        if not self.keeps_versions:
+            self.conn.execute("DELETE FROM versions WHERE held = 0")
+            return
+        for vid, parent, name, blob, size in self.conn.execute(
+                "SELECT id, parent, name, chunks, size FROM versions WHERE held = 0"
+        ).fetchall():
+            self._reref(ChunkList.from_blob(blob), size, ChunkList([]))
+            self.conn.execute("UPDATE versions SET held = 1, path = ? WHERE id = ?",
+                              (self.path_of(parent, name), vid))
+
+    def path_of(self, parent: str | None, name: str) -> str:
+        """The path from the share's root of `name` under node `parent`, live or not."""
+        row = self.conn.execute(
+            "WITH RECURSIVE up (id, path, depth) AS (SELECT ?, ?, 0"
+            " UNION ALL SELECT n.parent, n.name || '/' || up.path, up.depth + 1"
+            " FROM nodes n JOIN up ON n.id = up.id WHERE up.id != ? AND up.depth < 4096)"
+            " SELECT path FROM up WHERE id = ?", (parent, name, ROOT_ID, ROOT_ID)).fetchone()
+        return row[0] if row else name
 
     def stamp_local(self, node: str, op: str, aspects: tuple[str, ...],
                     detail: dict | None, vvs: tuple[str, ...] | None = None,
@@ -690,14 +719,13 @@ class Catalog:
         delta = Counter(d for _, d in new.stored())
         delta.subtract(d for _, d in old.stored())
         garbage = []
+        self.conn.executemany(  # one statement for all: a new version of a big file
+            "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
+            [(digest, sizes[digest], change) for digest, change in delta.items()
+             if change > 0])
         for digest, change in delta.items():
-            if change > 0:
-                self.conn.execute(
-                    "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
-                    "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
-                    (digest, sizes[digest], change),
-                )
-            elif change < 0:
+            if change < 0:
                 # A row left at 0 stays until its chunk has left the store (retire), so
                 # that a crash in between leaves a record of it (collect_unreferenced).
                 self.conn.execute(
@@ -888,6 +916,11 @@ class Catalog:
         """A new inode holds these chunks (`size` bytes of content): a reference each;
         `inline`, the bytes of those that arrive with it (a peer's state carries them)."""
         self._reref(chunks, size, ChunkList([]), inline)
+
+    def release_chunk_refs(self, chunks: ChunkList) -> list[bytes]:
+        """What held these chunks (an old version) goes: a reference each less; the
+        chunks left unreferenced, for `retire`."""
+        return self._reref(ChunkList([]), 0, chunks)
 
     def _is_within(self, node: str, ancestor: str) -> bool:
         """Is `node` `ancestor` or below it?"""

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -124,6 +124,58 @@ CREATE TABLE xattrs (
 ) WITHOUT ROWID;
 CREATE TRIGGER xattrs_inode_gone AFTER DELETE ON inodes BEGIN
     DELETE FROM xattrs WHERE ino = old.ino;
+END;
+"""
+
+# Old versions (docs/cli.md, "syncd versions"), schema 13: a file's content that was
+# replaced or deleted here, by this machine or by a peer's change, kept for
+# versions_keep_days within versions_max (index/versions.py). Two triggers record one as
+# it goes, so that no path that replaces or deletes content can miss it: a file node that
+# leaves its inode when that inode keeps no other live name (a delete, a peer's newer
+# version, a file renamed over it), and an inode whose chunk list changes under its names
+# (a commit here). Only content all held here is kept (nothing to restore otherwise), and
+# never empty content. A row holds references to its chunks in `chunks`, as an inode does,
+# so the store keeps them; the triggers cannot walk a chunk list (no CTE in a trigger), so
+# a new row is `held = 0` until the catalog counts its references, within the same
+# transaction (Catalog.transaction).
+VERSIONS = """
+CREATE TABLE versions (
+    id       INTEGER PRIMARY KEY,
+    node     TEXT NOT NULL,        -- the node it was a version of
+    parent   TEXT,                 -- where it was: parent node id and name ...
+    name     TEXT NOT NULL,
+    path     TEXT,                 -- ... and its path from the share's root (set when held)
+    size     INTEGER NOT NULL,
+    hash     TEXT NOT NULL,        -- 'blake3:<hex>' of the chunk list
+    chunks   BLOB NOT NULL,        -- the chunk list (chunklist.py)
+    mtime_ns INTEGER NOT NULL,     -- its mtime: when it was written
+    mode     INTEGER NOT NULL,
+    device   TEXT,                 -- the device that made it
+    replaced INTEGER NOT NULL,     -- unix seconds when it was replaced or deleted here
+    held     INTEGER NOT NULL DEFAULT 0  -- its chunk references are counted
+);
+CREATE INDEX versions_path ON versions (path);
+CREATE INDEX versions_node ON versions (node);
+CREATE INDEX versions_replaced ON versions (replaced);
+CREATE INDEX versions_unheld ON versions (id) WHERE held = 0;
+CREATE TRIGGER versions_left AFTER UPDATE OF ino, deleted ON nodes
+WHEN old.kind = 'file' AND old.ino IS NOT NULL AND old.deleted = 0
+    AND (new.ino IS NOT old.ino OR new.deleted) BEGIN
+    INSERT INTO versions (node, parent, name, size, hash, chunks, mtime_ns, mode, device,
+                          replaced)
+    SELECT old.id, old.parent, old.name, i.size, i.hash, i.chunks, i.mtime_ns, i.mode,
+           old.content_device, CAST(strftime('%s', 'now') AS INTEGER)
+    FROM inodes i WHERE i.ino = old.ino AND i.local = 1 AND i.size > 0
+        AND NOT EXISTS (SELECT 1 FROM nodes WHERE ino = old.ino AND deleted = 0);
+END;
+CREATE TRIGGER versions_rewritten AFTER UPDATE OF chunks ON inodes
+WHEN old.kind = 'file' AND old.hash IS NOT new.hash AND old.local = 1 AND old.size > 0
+BEGIN
+    INSERT INTO versions (node, parent, name, size, hash, chunks, mtime_ns, mode, device,
+                          replaced)
+    SELECT n.id, n.parent, n.name, old.size, old.hash, old.chunks, old.mtime_ns, old.mode,
+           n.content_device, CAST(strftime('%s', 'now') AS INTEGER)
+    FROM nodes n WHERE n.ino = old.ino AND n.deleted = 0;
 END;
 """
 
@@ -284,7 +336,7 @@ CREATE TABLE inline (
     hash BLOB PRIMARY KEY,
     data BLOB NOT NULL
 );
-""" + XATTRS
+""" + XATTRS + VERSIONS
 
 
 
@@ -453,6 +505,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         ALTER TABLE nodes ADD COLUMN xattr_device TEXT;
         ALTER TABLE nodes ADD COLUMN xattr_made TEXT NOT NULL DEFAULT '{}';
     """ + XATTRS,
+    # Old versions of files, kept a while (index/versions.py).
+    13: VERSIONS,
 }
 
 

@@ -105,6 +105,9 @@ class ChunkStore:
         # when read (syncd/fetcher.py, take_back), and is then the only copy of its bytes
         # here, so neither its expiry nor a full disk removes it.
         self.in_use: Callable[[bytes], bool] = lambda digest: False
+        # Give up some kept old versions, oldest first: set by index/versions.py
+        # (keep_versions). True when it gave up any; their chunks are retired.
+        self.give_up_versions: Callable[[], bool] = lambda: False
         self._reserve = f"{root}/reserve"
         # The reserve was given up (the index ran out of space) and not made again yet:
         # writes of content then stop short of the last RESERVE bytes (room_for_content).
@@ -272,14 +275,22 @@ class ChunkStore:
     # -- a full disk
 
     def make_room(self, for_index: bool = False) -> bool:
-        """The disk is full: give up the replaced chunks kept for peers and, when the index
-        itself could not commit, the reserve. True when anything was freed (worth one
-        more try)."""
-        freed = self.drop_retired()
-        if for_index and os.path.exists(self._reserve):
-            _unlink(self._reserve)
-            self.reserve_released = freed = True
+        """The disk is full: give up old versions (a batch of the oldest), then the
+        replaced chunks kept for peers and, when the index itself could not commit, the
+        reserve. True when anything was freed (worth one more try)."""
+        freed = self.give_up_versions()
+        freed = self.drop_retired() or freed
+        if for_index:
+            freed = self.release_reserve() or freed
         return freed
+
+    def release_reserve(self) -> bool:
+        """Give up the reserve, so that the index can commit; True when it was there."""
+        if not os.path.exists(self._reserve):
+            return False
+        _unlink(self._reserve)
+        self.reserve_released = True
+        return True
 
     def retry_when_full(self, fn, *args):
         """fn(*args), tried once more after make_room when it fails with ENOSPC."""

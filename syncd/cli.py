@@ -20,6 +20,7 @@ from syncd.commands import (
     peers,
     pending,
     status,
+    versions,
     waiting,
 )
 from syncd.home import (
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
-                     config, page):
+                     config, page, versions):
         commands.add_parsers(sub, common)
     return parser
 
@@ -124,4 +125,4 @@ COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,
-            **page.COMMANDS}
+            **page.COMMANDS, **versions.COMMANDS}

@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
+from syncd.index import versions
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.history import prune_step
@@ -34,7 +36,7 @@ from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
-from syncd.settings import Live, SettingError
+from syncd.settings import Live, SettingError, by_disk
 from syncd.ui import StatusPage
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerli
 KEEP_REPLACED_MIN = 2.0  # seconds
 KEEP_REPLACED_MAX = 600.0
 PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_keep_days
+EXPIRE_VERSIONS_EVERY = 60.0  # seconds between expiries of old versions (index/versions.py)
 
 
 class Daemon:
@@ -82,6 +85,14 @@ class Daemon:
         self.live = live or Live()
         self.live.on("prefetch_below", lambda v: setattr(self, "prefetch_below", v))
         self.live.on("log_keep_days", lambda v: setattr(self, "log_keep_days", v))
+        # Old versions of files: kept this many days, within this size or share of the
+        # disk (index/versions.py). A change applies at once.
+        self.versions_keep_days = float(config["versions_keep_days"])
+        self.versions_max = config["versions_max"]
+        for key in ("versions_keep_days", "versions_max"):
+            self.live.on(key, functools.partial(self._versions_setting, key))
+        versions.keep_versions(catalog)  # and expire them (_expire_versions)
+        self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -333,6 +344,7 @@ class Daemon:
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
+                                 "restore": self._restore_op,
                                  "config": self._config_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
@@ -341,6 +353,7 @@ class Daemon:
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
+            nursery.start_soon(self._expire_versions)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
@@ -349,6 +362,53 @@ class Daemon:
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
             self.peers.poke_all()
+
+    def _versions_setting(self, key: str, value: object) -> None:
+        setattr(self, key, value)
+        self.catalog.keeps_versions = self._versions_limit() > 0
+        self.expire_versions()
+
+    def _versions_limit(self) -> int:
+        """versions_max in bytes (0: keep none, not even for a moment)."""
+        st = os.statvfs(self.store.root)
+        return by_disk(self.versions_max, st.f_blocks * st.f_frsize)
+
+    def expire_versions(self) -> None:
+        """Drop the old versions older than versions_keep_days, then the oldest beyond
+        versions_max."""
+        limit = self._versions_limit()
+        gone = versions.expire(self.catalog, self.versions_keep_days * 86400, limit)
+        if gone:
+            log.info("dropped %d old version(s): older than %g day(s) or beyond %d bytes",
+                     gone, self.versions_keep_days, limit)
+
+    async def _expire_versions(self) -> None:
+        while True:
+            self.expire_versions()
+            await trio.sleep(EXPIRE_VERSIONS_EVERY)
+
+    async def _restore_op(self, request: dict) -> dict:
+        """`syncd restore`: an old version back as a new one. Content not here (a chunk
+        found damaged since) is fetched from a peer first."""
+        try:
+            path, to, at = str(request["path"]), request.get("to"), request.get("at")
+            to, at = None if to is None else str(to), None if at is None else int(at)
+            uid, gid = int(request["uid"]), int(request["gid"])
+            version = versions.choose(self.catalog, path, at)
+            absent = versions.check_restorable(self.catalog, version)
+            if absent:
+                try:
+                    await self.fetcher.fetch_chunks_of(absent, f"/{path}")
+                except OSError as e:
+                    return {"ok": False, "error": "the content of that version is not "
+                                                  f"here, and no peer holds it: {e.strerror}"}
+            effects = versions.restore(self.catalog, version, to, uid, gid)
+        except (KeyError, TypeError, ValueError) as e:
+            return {"ok": False, "error": f"malformed restore request: {e}"}
+        except (versions.RestoreError, OSError) as e:
+            return {"ok": False, "error": str(e)}
+        self.on_effects(effects)
+        return {"ok": True, "version": version._asdict()}
 
     async def _expire_replaced(self) -> None:
         while True:

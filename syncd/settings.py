@@ -87,6 +87,30 @@ def days(value: object) -> float:
     return number
 
 
+_SHARE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
+
+
+def size_or_share(value: object) -> int | str:
+    """Bytes as `size` takes them, or a share of the disk, such as `10%` (kept as that
+    text: the disk's size is read where it applies, by_disk)."""
+    match = _SHARE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        try:
+            return size(value)
+        except ValueError:
+            raise ValueError("want a size such as 12MiB or 20GiB, or a share of the disk "
+                             "such as 10%") from None
+    share = float(match[1])
+    if share > 100:
+        raise ValueError("a share of the disk is at most 100%")
+    return f"{share:g}%"
+
+
+def by_disk(value: int | str, total: int) -> int:
+    """A size_or_share value in bytes, on a disk of `total` bytes."""
+    return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
+
+
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -127,6 +151,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("ui_listen", loopback_address, "127.0.0.1:0",
             "HOST:PORT on loopback where the status page and /metrics are served (port 0: "
             "a free one at each start; `syncd ui` prints the URL)", live=False),
+    Setting("versions_keep_days", days, 30,
+            "days an old version of a file (replaced or deleted, here or by a peer) is kept "
+            "for `syncd restore`", live=True),
+    Setting("versions_max", size_or_share, "10%",
+            "the most the old versions may take, oldest dropped first: a size such as 20GiB "
+            "or a share of the home's disk such as 10%", live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

@@ -150,8 +150,9 @@ def converge(*devices: Device) -> None:
 def check_invariants(c: Catalog) -> None:
     """What must hold after any operation: counters match the journal, every synced node's
     seq is a journal row about it, local-only nodes (special files) are live and never
-    stamped, live names are unique, chunk refs match the chunk lists, status's running
-    totals match the nodes and every inode without a name is recorded as an orphan."""
+    stamped, live names are unique, chunk refs match the chunk lists (of inodes and old
+    versions), status's running totals match the nodes and every inode without a name is
+    recorded as an orphan."""
     top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
     assert top == c.seq
     for node, seq, deleted, kind in c.conn.execute(
@@ -169,6 +170,11 @@ def check_invariants(c: Catalog) -> None:
         chunks = ChunkList.from_blob(blob)
         assert chunks == chunks.canonical(size) and chunks.slots == slot_count(size)
         for _, digest in chunks.stored():
+            refs[digest] = refs.get(digest, 0) + 1
+    # old versions hold references too (index/versions.py), all counted by now
+    assert c.conn.execute("SELECT count(*) FROM versions WHERE held = 0").fetchone() == (0,)
+    for (blob,) in c.conn.execute("SELECT chunks FROM versions"):
+        for _, digest in ChunkList.from_blob(blob).stored():
             refs[digest] = refs.get(digest, 0) + 1
     stored = {h: n for h, n in c.conn.execute("SELECT hash, refs FROM chunks WHERE refs > 0")}
     assert stored == refs

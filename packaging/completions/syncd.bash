@@ -2,10 +2,10 @@
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
 _syncd_commands="init cluster-key peer mount umount serve status pending log pin unpin fetch
-conflicts import wait config ui"
+conflicts import wait config ui versions restore"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
---timeout --since --address"
+--timeout --since --address --at --to"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
 # positional arguments; $2 is its first positional argument, if any.
@@ -28,11 +28,14 @@ _syncd_command_args()
         import) opts="--into" args=dirs ;;
         wait) opts="--peer --copies --timeout" ;;
         ui) opts="--metrics" ;;
+        versions) opts="--json" args=files ;;
+        restore) opts="--at --to" args=files ;;
         config)
             opts="--json"
             case $2 in
                 '') args=words words="get set" ;;
-                get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days ui_listen" ;;
+                get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
+                    ui_listen versions_keep_days versions_max" ;;
             esac
             ;;
     esac
@@ -67,7 +70,8 @@ _syncd()
     case $prev in
         --home) args=dirs ;;
         --name | --listen | --cluster-key | --peer | --copies | --timeout | --into | --since | \
-            --address) return ;;
+            --address | --at) return ;;
+        --to) args=files ;;
         --cluster-key-file) args=files ;;
         *)
             if [[ -z $cmd ]]; then

@@ -6,6 +6,7 @@ import json
 
 from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
+from syncd.index import versions
 from syncd.index.catalog import Catalog, open_catalog
 from syncd.index.peers import list_peers, pending_for
 
@@ -30,6 +31,7 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
     dirty = len(cat.store.dirty_inodes())
     replaced_chunks, replaced_bytes = map(
         sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
+    kept, kept_bytes = versions.usage(cat)
     peers = []
     for p in list_peers(cat.db):
         changes, waiting, oldest = pending_for(cat.db, p)
@@ -52,6 +54,7 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
                   "bytes_local": files.bytes_local},
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
+        "versions": {"count": kept, "bytes": kept_bytes},
         "peers": peers,
         "transfers": transfers,
     }
@@ -108,6 +111,8 @@ def print_status(home: Home, as_json: bool) -> None:
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),
+        ("versions", f"{s['versions']['count']} old version(s) of files kept "
+                     f"({human_size(s['versions']['bytes'])}): 'syncd versions PATH'"),
         ("transfers", "-" if s["transfers"] is None else
          f"{len(s['transfers']['fetching'])} file(s) being fetched on open"
          f"{_arriving(s['transfers']['arriving'])}, "

@@ -21,9 +21,12 @@ def test_get_lists_every_key_with_its_value(home):
     listed = json.loads(syncd(home, "config", "--json").stdout)
     assert listed["schema_version"] == 1
     assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
-                                        "log_keep_days", "ui_listen"]
+                                        "log_keep_days", "ui_listen", "versions_keep_days",
+                                        "versions_max"]
     assert listed["settings"]["ui_listen"] == "127.0.0.1:0"
     assert listed["settings"]["log_keep_days"] == 30
+    assert listed["settings"]["versions_keep_days"] == 30
+    assert listed["settings"]["versions_max"] == "10%"
     assert listed["settings"]["name"] == "test"
     assert listed["settings"]["attr_timeout"] == 60.0
     assert listed["settings"]["prefetch_below"] == 262144
@@ -42,6 +45,10 @@ def test_set_checks_and_stores_the_canonical_value(home):
     syncd(home, "config", "set", "attr_timeout", "0.5")
     assert syncd(home, "config", "get", "attr_timeout").stdout == "0.5\n"
     assert stored(home)["name"] == "test"  # the other keys are kept
+    for given, canonical in (("12MiB", 12 << 20), ("20GiB", 20 << 30), ("12.5 %", "12.5%"),
+                             ("0", 0)):
+        syncd(home, "config", "set", "versions_max", given)
+        assert stored(home)["versions_max"] == canonical
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -52,6 +59,10 @@ def test_set_checks_and_stores_the_canonical_value(home):
     (("set", "attr_timeout", "nan"), "bad value 'nan' for 'attr_timeout'"),
     (("set", "prefetch_below", "12 parsecs"), "bad value '12 parsecs' for 'prefetch_below'"),
     (("set", "listen", "nowhere"), "bad value 'nowhere' for 'listen'"),
+    (("set", "versions_max", "lots"), "bad value 'lots' for 'versions_max'"),
+    (("set", "versions_max", "101%"), "at most 100%"),
+    (("set", "versions_max", "ten%"), "bad value 'ten%' for 'versions_max'"),
+    (("set", "versions_keep_days", "0"), "bad value '0' for 'versions_keep_days'"),
     (("set", "listen", "127.0.0.1:70000"), "bad value '127.0.0.1:70000' for 'listen'"),
     (("set", "name", ""), "bad value '' for 'name'"),
     (("set", "ui_listen", "0.0.0.0:8080"), "bad value '0.0.0.0:8080' for 'ui_listen'"),

@@ -214,6 +214,9 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.db.conn.execute("DROP INDEX chunks_unreferenced")  # schema 9
     old.db.conn.execute("DROP TRIGGER xattrs_inode_gone")  # schema 12
     old.db.conn.execute("DROP TABLE xattrs")
+    for trigger in ("versions_left", "versions_rewritten"):  # schema 13
+        old.db.conn.execute(f"DROP TRIGGER {trigger}")
+    old.db.conn.execute("DROP TABLE versions")
     for column in ("xattr_vv", "xattr_clock", "xattr_device", "xattr_made"):
         old.db.conn.execute(f"ALTER TABLE nodes DROP COLUMN {column}")
     old.db.conn.execute("PRAGMA user_version = 7")  # the step before inline chunks

@@ -66,6 +66,7 @@ def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
     even when the disk is full from its very first byte."""
     m, home = small_home.path, small_home.home
     syncd(home, "peer", "add", "ghost", f"http://127.0.0.1:{free_port()}")
+    syncd(home, "config", "set", "versions_max", "0")  # no old versions (the test below)
     (m / "old").write_bytes(os.urandom(12 << 20))
     os.unlink(m / "old")
     wait_for(lambda: status(home)["replaced"]["chunks"] == 12, 10, "old's chunks kept")
@@ -82,6 +83,32 @@ def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
         os.close(fd)
     ballast.unlink()
     assert (m / "new").read_bytes() == data
+    assert status(home)["replaced"] == {"chunks": 0, "bytes": 0}
+
+
+def test_old_versions_give_way_to_a_write_first(small_home):
+    """Old versions are kept within 10% of the disk by default, but the disk may fill with
+    other things: a write that needs their space gets it, the oldest going first."""
+    m, home = small_home.path, small_home.home
+    syncd(home, "config", "set", "versions_max", "100%")
+    for name in ("old", "older"):
+        (m / name).write_bytes(os.urandom(6 << 20))
+        os.unlink(m / name)
+    assert status(home)["versions"] == {"count": 2, "bytes": 12 << 20}
+    fd = os.open(m / "new", os.O_WRONLY | os.O_CREAT, 0o644)
+    ballast = home.parent / "ballast"  # beside the home: every byte of the disk taken
+    try:
+        with open(ballast, "wb", buffering=0) as f, pytest.raises(OSError) as e:
+            while True:
+                f.write(os.urandom(1 << 20))
+        assert e.value.errno == errno.ENOSPC
+        data = os.urandom(256 << 10)
+        assert os.write(fd, data) == len(data)  # not ENOSPC, and not short
+    finally:
+        os.close(fd)
+    ballast.unlink()
+    assert (m / "new").read_bytes() == data
+    assert status(home)["versions"] == {"count": 0, "bytes": 0}
     assert status(home)["replaced"] == {"chunks": 0, "bytes": 0}
 
 

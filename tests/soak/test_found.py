@@ -147,6 +147,7 @@ def test_a_conflict_copy_nobody_holds_is_dropped(cluster):
     (a / "f").write_bytes(b"L" * (big + 1))
     wait_for(lambda: os.path.getsize(c / "f") == big + 1, 20, "L's metadata on gamma")
     a.set_peer("gamma", "outofuse")  # gamma must not learn of alpha's next edit yet
+    syncd(a.home, "config", "set", "versions_max", "0")  # kept as an old version otherwise
     (a / "f").write_bytes(b"2" * (big + 2))  # replaces L: its chunk is retired
     # Kept for peers a while (bug 16), not for peers out of use once that is over.
     wait_for(lambda: not os.listdir(a.home / "store" / "retired"), 20,
@@ -218,6 +219,7 @@ def test_opening_a_file_replaced_on_its_holder_is_not_an_io_error(cluster):
     wait_for(lambda: os.path.exists(b / "f") and os.path.getsize(b / "f") == len(v1), 20,
              "f on beta")  # metadata only, and not the empty create
     a.set_peer("beta", "outofuse")  # alpha's next change is late to reach beta
+    syncd(a.home, "config", "set", "versions_max", "0")  # kept as an old version otherwise
     (a / "f").write_bytes(v2)  # alpha retires version 1's chunk
     try:
         # Kept a while for peers (bug 16), and not for one out of use once that is over.
@@ -249,6 +251,7 @@ def test_a_file_its_holder_just_deleted_and_a_peer_moved_can_be_read(cluster):
         wait_for(lambda: os.path.exists(b / "f") and os.path.getsize(b / "f") == len(v1),
                  20, "f's content listed on beta")  # metadata only; not the empty create
         to_beta.set_mode("reset")  # alpha's delete does not reach beta
+        syncd(a.home, "config", "set", "versions_max", "0")  # else kept as an old version
         os.unlink(a / "f")
         wait_for(lambda: a.status()["replaced"] == {"chunks": 1, "bytes": len(v1)}, 10,
                  "f's chunk kept on alpha for beta")  # once the kernel forgot the inode
