@@ -28,6 +28,7 @@ import sqlite_utils
 from syncd.index.chunklist import ChunkList, digest_of, file_hash, slot_length
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
+from syncd.index.ignore import IGNORE_FILE, RULES_MAX, IgnoreRules
 from syncd.index.inline import InlineChunks, inline_size, inline_slot
 from syncd.index.schema import (
     LOCAL_ID_PREFIX,
@@ -70,7 +71,9 @@ SUBTREE = (
 
 
 def local_only(node: str) -> bool:
-    """Is this a special file's node, never stamped and never sent (schema.py)?"""
+    """Is this a node with a local id (a special file, or an entry made while ignored),
+    never stamped and never sent (schema.py)? Catalog.is_local_only adds the synced ones
+    that became ignored."""
     return node.startswith(LOCAL_ID_PREFIX)
 
 
@@ -121,7 +124,8 @@ class Entry:
 
 class Catalog:
     def __init__(self, db: sqlite_utils.Database, store: ChunkStore,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None,
+                 local_rules: Path | None = None):
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self.store = store
@@ -142,6 +146,11 @@ class Catalog:
         # deletes, with the bytes of those inline (see retire).
         self._collected: list[bytes] = []
         self.inline = InlineChunks(db)
+        # Ignore rules (index/ignore.py), HOME/ignore given as `local_rules`. When they
+        # change, or a directory moves, the entries below a directory may need a new
+        # decision: on_rules_change(directory node) asks for it (syncd/ignoring.py).
+        self.ignore = IgnoreRules(self.placement, self._rule_file, local_rules)
+        self.on_rules_change: Callable[[str], None] = lambda node: None
 
     # -- reading
 
@@ -271,7 +280,7 @@ class Catalog:
         itself, columns of the node written in the same UPDATE. A local-only node has no
         versions: only `sets` is written, nothing is stamped, so nothing of it is ever
         sent."""
-        if local_only(node):
+        if self.is_local_only(node):
             if sets:
                 self._set_node(node, sets)
             return
@@ -399,11 +408,12 @@ class Catalog:
         """A new live node: its id and entry. A synced node is stamped as it is inserted,
         and its id takes the counter of that stamp; a local-only node, never stamped,
         takes its entry number."""
-        if kind in LOCAL_ONLY_KINDS:
+        ignored = kind not in LOCAL_ONLY_KINDS and self.ignores(parent, name, kind)
+        if kind in LOCAL_ONLY_KINDS or ignored:
             entry = self.conn.execute(
                 "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
             node = f"{LOCAL_ID_PREFIX}{entry}"
-            columns = {"entry": entry, "id": node, "seq": 0}
+            columns = {"entry": entry, "id": node, "seq": 0, "ignored": int(ignored)}
         else:
             self._next_stamp()
             node = f"{self.device}:{self.seq}"
@@ -419,6 +429,8 @@ class Catalog:
             raise fail(errno.EEXIST, name) from None
         if not local_only(node):
             self._journal(node, op, self.device, detail)
+        if name == IGNORE_FILE:
+            self.rules_changed(parent)
         return node, entry
 
     # -- removing
@@ -447,13 +459,16 @@ class Catalog:
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
+        if name == IGNORE_FILE or is_dir:
+            self.rules_changed(self.dir_node(parent_ino))
         return entry.inode.ino if entry.inode.nlink == 1 else None
 
     def _tombstone(self, entry: Entry, vvs: tuple[str, ...]) -> None:
         """A removed name: a tombstone that carries the delete to peers, or, for a
         local-only node that no peer knows, nothing."""
-        if local_only(entry.node):
+        if self.is_local_only(entry.node):
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (entry.node,))
+            self._dir_nodes.pop(entry.inode.ino, None)
             return
         self.stamp_local(entry.node, "delete", ASPECTS, None, vvs,
                          {"deleted": 1, "ino": None})
@@ -520,6 +535,8 @@ class Catalog:
                 # The source's extended attributes come with its inode (rsync -X sets
                 # them on its temporary file): the target's that it lacks are removed.
                 self._remove_xattrs_missing(src.inode.ino, dst.inode.ino)
+                if self.is_local_only(dst.node) and not self.is_local_only(src.node):
+                    self.make_local(src.node)  # into an ignored file: peers keep the source
                 self.stamp_local(dst.node, "content", ("content", "mode", "xattr"),
                                  {"replaced_by": src.node},
                                  (dst_vvs[0], dst_vvs[1], dst_vvs[3]),
@@ -528,9 +545,25 @@ class Catalog:
             else:
                 self._tombstone(dst, dst_vvs)
         if not takes_inode:
+            was_local = self.is_local_only(src.node)
+            ignored = src.inode.kind not in LOCAL_ONLY_KINDS and \
+                self.ignores(new_parent_node, new_name, src.inode.kind)
+            if ignored and not was_local:  # stops syncing: peers keep it where it was
+                self.make_local(src.node)
             self.stamp_local(src.node, "rename", ("place",),
                              {"from": [self.dir_node(old_parent), old_name]}, src_vvs[2:3],
                              {"parent": new_parent_node, "name": new_name})
+            if was_local and not ignored and src.inode.kind not in LOCAL_ONLY_KINDS:
+                node = self.make_shared(src.node)  # sent from now on, like a new entry
+                if src.inode.kind == "dir":
+                    self.on_rules_change(node)  # what is below it, in the background
+            elif src.inode.kind == "dir" and not ignored:
+                self.on_rules_change(src.node)  # the rules above what is below it changed
+            if src.inode.kind == "dir":
+                self.ignore.invalidate()  # the paths below it changed
+        if IGNORE_FILE in (old_name, new_name):
+            self.rules_changed(self.dir_node(old_parent))
+            self.rules_changed(new_parent_node)
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino))
         self._touch_dir(old_parent, now)
         if new_parent != old_parent:
@@ -624,7 +657,8 @@ class Catalog:
             "SELECT n.id, n.conflict_of, n.content_device, p.name FROM nodes n"
             " LEFT JOIN peers p ON p.device = n.content_device"
             " WHERE n.ino = ? AND n.deleted = 0 ORDER BY n.entry", (ino,)).fetchall()
-        return (any(local_only(r[0]) for r in rows), any(r[1] is not None for r in rows),
+        return (any(self.is_local_only(r[0]) for r in rows),
+                any(r[1] is not None for r in rows),
                 [(r[2], r[3]) for r in rows if r[2] is not None])
 
     def _write_xattr(self, ino: int, name: str, value: bytes | None, clock: int) -> None:
@@ -677,6 +711,11 @@ class Catalog:
                 for node in self.nodes_of(ino):
                     self.stamp_local(node, "content" if "content" in aspects else "mode", aspects,
                                 {"hash": digest, "size": size})
+            if changed_content:
+                for parent, in self.conn.execute(
+                        "SELECT parent FROM nodes WHERE ino = ? AND name = ? AND deleted = 0",
+                        (ino, IGNORE_FILE)).fetchall():
+                    self.rules_changed(parent)
             return garbage
 
         return self.transaction(run)
@@ -868,17 +907,104 @@ class Catalog:
         """Has directory `node` live children (synced ones only, without `local_too`)?"""
         return self.conn.execute(
             "SELECT 1 FROM nodes WHERE parent = ? AND deleted = 0"
-            + ("" if local_too else f" AND id NOT LIKE '{LOCAL_ID_PREFIX}%'")
+            + ("" if local_too else
+               f" AND id NOT LIKE '{LOCAL_ID_PREFIX}%' AND ignored = 0")
             + " LIMIT 1", (node,)).fetchone() is not None
 
     def drop_local_children(self, node: str) -> list[tuple[int, str]]:
         """Remove the local-only children of directory `node` (inside a transaction),
-        which is going: their (inode, name)s, for the caller to purge and invalidate."""
+        which is going, and all below them: the children's (inode, name)s, for the
+        caller to invalidate, and the inodes below them as (inode, None), to purge."""
         rows = self.conn.execute(
             "SELECT id, ino, name FROM nodes WHERE parent = ? AND deleted = 0"
-            f" AND id LIKE '{LOCAL_ID_PREFIX}%'", (node,)).fetchall()
-        self.conn.executemany("DELETE FROM nodes WHERE id = ?", [(r[0],) for r in rows])
-        return [(ino, name) for _, ino, name in rows]
+            f" AND (id LIKE '{LOCAL_ID_PREFIX}%' OR ignored = 1)", (node,)).fetchall()
+        below = []
+        for child, _, _ in rows:
+            below += self.conn.execute(
+                SUBTREE + "SELECT id, ino FROM subtree WHERE id != ?", (child, child)).fetchall()
+        self.conn.executemany("DELETE FROM nodes WHERE id = ?",
+                              [(r[0],) for r in [*rows, *below]])
+        for _, ino in below:
+            self._dir_nodes.pop(ino, None)
+        for _, ino, _ in rows:
+            self._dir_nodes.pop(ino, None)
+        return [(ino, name) for _, ino, name in rows] + [(ino, None) for _, ino in below]
+
+    # -- local-only entries: ignored ones (index/ignore.py)
+
+    def is_local_only(self, node: str) -> bool:
+        """Is this node kept here only: a special file, or an ignored entry?"""
+        return local_only(node) or self.conn.execute(
+            "SELECT ignored FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
+
+    def ignores(self, parent: str, name: str, kind: str) -> bool:
+        """Would an entry `name` of `kind` in directory `parent` be ignored: is the
+        directory itself local-only, or do the rules ignore the name?"""
+        return (parent != ROOT_ID and self.is_local_only(parent)) or \
+            self.ignore.ignored(parent, name, kind)
+
+    def make_local(self, node: str) -> None:
+        """A synced node and everything below it become ignored (inside a transaction):
+        never stamped from now on, so never sent; peers keep what they have of them. Its
+        global id stays, so its peers' states are known as its and left alone
+        (Merger), and its versions are there when it is shared again."""
+        self.conn.execute(
+            SUBTREE + "UPDATE nodes SET ignored = 1, seq = 0, origin = NULL"
+            f" WHERE id IN (SELECT id FROM subtree) AND kind NOT IN {LOCAL_ONLY_KINDS}",
+            (node,))
+
+    def make_shared(self, node: str) -> str:
+        """An ignored node is ignored no more (inside a transaction; its parent is
+        shared): one made while ignored becomes a new node, a create, under a global id;
+        one that was shared before gets a new version of everything, so that peers take
+        what it is now. Returns its id. What is below it waits for its own decision."""
+        if not local_only(node):
+            vvs = self.conn.execute(
+                "SELECT content_vv, mode_vv, place_vv, xattr_vv FROM nodes WHERE id = ?",
+                (node,)).fetchone()
+            self.conn.execute("UPDATE nodes SET ignored = 0 WHERE id = ?", (node,))
+            self.stamp_local(node, "share", ASPECTS, None, vvs)
+            return node
+        self._next_stamp()
+        new = f"{self.device}:{self.seq}"
+        columns = {"id": new, "seq": self.seq, "ignored": 0, "origin": None,
+                   **self._new_versions(ASPECTS, ("{}",) * len(ASPECTS))}
+        ino = self.conn.execute(
+            f"UPDATE nodes SET {' = ?, '.join(columns)} = ? WHERE id = ? RETURNING ino",
+            (*columns.values(), node)).fetchone()[0]
+        self.conn.execute("UPDATE nodes SET parent = ? WHERE parent = ?", (new, node))
+        self.conn.execute("UPDATE xattrs SET clock = ?, device = ? WHERE ino = ?",
+                          (self.clock, self.device, ino))
+        if self._dir_nodes.get(ino) == node:
+            self._dir_nodes[ino] = new
+        self._journal(new, "create", self.device, {"shared": True})
+        return new
+
+    def local_only_files(self) -> int:
+        """How many live entries other than directories are kept here only (an index
+        of them: constant in the share's size)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM nodes WHERE seq = 0 AND deleted = 0 AND kind != 'dir'"
+        ).fetchone()[0]
+
+    def rules_changed(self, directory: str) -> None:
+        """A rule file in `directory` changed: decide afresh below it."""
+        self.ignore.invalidate()
+        self.on_rules_change(directory)
+
+    def _rule_file(self, directory: str) -> tuple[str, bytes] | None:
+        """The content hash and bytes of the `.syncdignore` in `directory`, if there is
+        one whose content is here."""
+        row = self.conn.execute(
+            "SELECT i.ino, i.hash, i.size, i.local FROM nodes n JOIN inodes i ON i.ino = n.ino"
+            " WHERE n.parent = ? AND n.name = ? AND n.deleted = 0 AND n.kind = 'file'",
+            (directory, IGNORE_FILE)).fetchone()
+        if row is None or not row[3]:
+            return None
+        ino, digest, size, _ = row
+        if size > RULES_MAX:  # refused for its size; its bytes need not be read
+            return digest, bytes(size)
+        return digest, self.open_draft(ino).read(0, size)
 
     def forget_dir(self, ino: int) -> None:
         """A directory inode whose node is gone (deleted, or merged into another)."""
@@ -1114,7 +1240,7 @@ class Catalog:
             d for (blob,) in self.conn.execute(
                 "SELECT i.chunks FROM nodes n JOIN inodes i ON i.ino = n.ino"
                 " WHERE n.kind = 'file' AND n.deleted = 0 AND n.origin IS NULL"
-                " AND n.seq <= ?", (upto,))
+                " AND n.seq BETWEEN 1 AND ?", (upto,))
             for d in ChunkList.from_blob(blob).digests()))
 
     def conflicts(self) -> list[Conflict]:

@@ -25,6 +25,7 @@ from syncd.index import rules
 from syncd.index.catalog import ASPECTS, Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
+from syncd.index.ignore import IGNORE_FILE
 from syncd.index.node_rows import (
     decided,
     entry_changed,
@@ -68,7 +69,7 @@ class Merger:
                 waiting = []
                 for state in queue:
                     if self._known(state) or self._parent_known(state):
-                        self._apply_one(state, origin, effects)
+                        self._apply_or_leave(state, origin, effects)
                     else:
                         waiting.append(state)
                 if len(waiting) == len(queue):
@@ -121,8 +122,30 @@ class Merger:
                 state = json.loads(text)
                 if self._parent_known(state):
                     self.conn.execute("DELETE FROM limbo WHERE id = ?", (node,))
-                    self._apply_one(state, origin, effects)
+                    self._apply_or_leave(state, origin, effects)
                     progress = True
+
+    def _apply_or_leave(self, state: dict, origin: str | None, effects: Effects) -> None:
+        """Apply a peer's state, unless it is of an entry kept here only or would put
+        one where the rules here ignore: that is left alone (docs/protocol.md, "Ignored
+        entries"), neither applied, nor fetched, nor deleting anything here."""
+        if self._ignored_here(state):
+            return
+        self._apply_one(state, origin, effects)
+        if state["name"] == IGNORE_FILE and state["kind"] == "file":
+            self.cat.rules_changed(state["parent"])
+        elif state["kind"] == "dir":
+            self.cat.ignore.invalidate()  # it may have moved: the paths below it did
+
+    def _ignored_here(self, state: dict) -> bool:
+        if self.cat.is_local_only(state["id"]):
+            return True
+        if state["deleted"]:
+            return False
+        row = self.conn.execute("SELECT kind FROM nodes WHERE id = ? AND deleted = 0",
+                                (state["parent"],)).fetchone()
+        return row is not None and row[0] == "dir" and \
+            self.cat.ignores(state["parent"], state["name"], state["kind"])
 
     def _known(self, state: dict) -> bool:
         return node_row(self.conn, state["id"]) is not None
@@ -261,13 +284,15 @@ class Merger:
         return out
 
     def _drop_local_children(self, node: str, dir_name: str, effects: Effects) -> None:
-        """A directory a peer deleted goes with the special files it holds here: they
-        hold no data, and are the one thing in it the deleter could not see."""
+        """A directory a peer deleted goes with the special files and ignored entries it
+        holds here (all below them too): they are what the deleter could not see, and
+        would otherwise bring the directory back here alone."""
         for ino, name in self.cat.drop_local_children(node):
-            log.info("the special file %r goes with its directory %r, deleted by a peer",
-                     name, dir_name)
             effects.orphans.add(ino)
-            entry_changed(self.cat, node, name, effects)
+            if name is not None:
+                log.info("%r, local to this machine, goes with its directory %r, deleted "
+                         "by a peer", name, dir_name)
+                entry_changed(self.cat, node, name, effects)
 
     # -- writing
 

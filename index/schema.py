@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -125,6 +125,19 @@ CREATE TABLE xattrs (
 CREATE TRIGGER xattrs_inode_gone AFTER DELETE ON inodes BEGIN
     DELETE FROM xattrs WHERE ino = old.ino;
 END;
+"""
+
+
+# Ignored entries (schema 13; index/ignore.py, docs/cli.md "Ignore rules"): local-only like
+# special files, never stamped (seq 0) so never sent nor pending. One made while ignored
+# has a local id ('local:<n>') as a special file does; a synced one that became ignored
+# (a rule changed, or it moved under an ignored path) keeps its global id, so that peers'
+# states of it are recognised and left alone, and its versions when it is shared again.
+# `ignored` marks both (special files are local by their kind, not by a rule). Every live
+# local-only node has seq 0, and so has the root: the index counts them for `syncd status`.
+IGNORED = """
+ALTER TABLE nodes ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX nodes_local_only ON nodes (kind) WHERE seq = 0 AND deleted = 0;
 """
 
 
@@ -453,6 +466,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
         ALTER TABLE nodes ADD COLUMN xattr_device TEXT;
         ALTER TABLE nodes ADD COLUMN xattr_made TEXT NOT NULL DEFAULT '{}';
     """ + XATTRS,
+    # Ignored entries: a mark on the node, and the local-only ones indexed for status.
+    13: IGNORED,
 }
 
 
@@ -503,6 +518,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         f"""BEGIN;
         {SCHEMA};
         {BOOKKEEPING};
+        {IGNORED};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

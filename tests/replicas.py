@@ -150,18 +150,21 @@ def converge(*devices: Device) -> None:
 def check_invariants(c: Catalog) -> None:
     """What must hold after any operation: counters match the journal, every synced node's
     seq is a journal row about it, local-only nodes (special files) are live and never
-    stamped, live names are unique, chunk refs match the chunk lists, status's running
+    stamped (ignored entries too), live names are unique, chunk refs match the chunk lists, status's running
     totals match the nodes and every inode without a name is recorded as an orphan."""
     top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
     assert top == c.seq
-    for node, seq, deleted, kind in c.conn.execute(
-            "SELECT id, seq, deleted, kind FROM nodes WHERE id != 'root'"):
-        if local_only(node):
-            assert (seq, deleted, kind in LOCAL_ONLY_KINDS) == (0, 0, True), node
+    for node, seq, deleted, kind, ignored in c.conn.execute(
+            "SELECT id, seq, deleted, kind, ignored FROM nodes WHERE id != 'root'"):
+        if local_only(node):  # a special file, or an entry made while ignored
+            assert (seq, deleted, kind in LOCAL_ONLY_KINDS) == (0, 0, not ignored), node
             assert c.conn.execute("SELECT 1 FROM journal WHERE node = ?",
                                   (node,)).fetchone() is None
             continue
         assert kind not in LOCAL_ONLY_KINDS, node
+        if ignored:  # a synced entry that became ignored: never stamped since
+            assert (seq, deleted) == (0, 0), node
+            continue
         assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
             node,)
     refs: dict[bytes, int] = {}
