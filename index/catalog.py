@@ -51,6 +51,9 @@ XATTR_TOTAL_MAX = 128 << 10
 # Version vectors and journal details as stored: JSON with sorted keys. One encoder for
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode
+# nodes.ignored: 1 for an ignored node, and for one that was shared before, a bit per
+# aspect changed here while it was ignored: what gets a new version once it is shared.
+IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
 
 # An Inode's columns. The table goes unaliased, so that an UPDATE of it can return them.
 INODE_COLUMNS = (
@@ -283,6 +286,9 @@ class Catalog:
         if self.is_local_only(node):
             if sets:
                 self._set_node(node, sets)
+            if aspects and not local_only(node):  # shared once: say what changed since
+                self.conn.execute("UPDATE nodes SET ignored = ignored | ? WHERE id = ?",
+                                  (sum(IGNORED_CHANGED[a] for a in aspects), node))
             return
         self._next_stamp()
         columns = {**(sets or {}), "seq": self.seq, "origin": None}
@@ -917,7 +923,7 @@ class Catalog:
         caller to invalidate, and the inodes below them as (inode, None), to purge."""
         rows = self.conn.execute(
             "SELECT id, ino, name FROM nodes WHERE parent = ? AND deleted = 0"
-            f" AND (id LIKE '{LOCAL_ID_PREFIX}%' OR ignored = 1)", (node,)).fetchall()
+            f" AND (id LIKE '{LOCAL_ID_PREFIX}%' OR ignored > 0)", (node,)).fetchall()
         below = []
         for child, _, _ in rows:
             below += self.conn.execute(
@@ -935,7 +941,7 @@ class Catalog:
     def is_local_only(self, node: str) -> bool:
         """Is this node kept here only: a special file, or an ignored entry?"""
         return local_only(node) or self.conn.execute(
-            "SELECT ignored FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
+            "SELECT ignored > 0 FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
 
     def ignores(self, parent: str, name: str, kind: str) -> bool:
         """Would an entry `name` of `kind` in directory `parent` be ignored: is the
@@ -949,21 +955,28 @@ class Catalog:
         global id stays, so its peers' states are known as its and left alone
         (Merger), and its versions are there when it is shared again."""
         self.conn.execute(
-            SUBTREE + "UPDATE nodes SET ignored = 1, seq = 0, origin = NULL"
+            SUBTREE + "UPDATE nodes SET ignored = ignored | 1, seq = 0, origin = NULL"
             f" WHERE id IN (SELECT id FROM subtree) AND kind NOT IN {LOCAL_ONLY_KINDS}",
             (node,))
 
     def make_shared(self, node: str) -> str:
         """An ignored node is ignored no more (inside a transaction; its parent is
         shared): one made while ignored becomes a new node, a create, under a global id;
-        one that was shared before gets a new version of everything, so that peers take
-        what it is now. Returns its id. What is below it waits for its own decision."""
+        one that was shared before gets a new version of what changed here meanwhile
+        (IGNORED_CHANGED), so that peers take it, and keeps the versions of the rest.
+        Returns its id. What is below it waits for its own decision."""
         if not local_only(node):
-            vvs = self.conn.execute(
-                "SELECT content_vv, mode_vv, place_vv, xattr_vv FROM nodes WHERE id = ?",
-                (node,)).fetchone()
+            row = self.conn.execute(
+                "SELECT ignored, content_vv, mode_vv, place_vv, xattr_vv FROM nodes"
+                " WHERE id = ?", (node,)).fetchone()
+            changed = [(a, vv) for a, vv in zip(ASPECTS, row[1:], strict=True)
+                       if row[0] & IGNORED_CHANGED[a]]
             self.conn.execute("UPDATE nodes SET ignored = 0 WHERE id = ?", (node,))
-            self.stamp_local(node, "share", ASPECTS, None, vvs)
+            if changed:
+                self.stamp_local(node, "share", tuple(a for a, _ in changed), None,
+                                 tuple(vv for _, vv in changed))
+            else:
+                self.stamp_applied(node, "share", None, None, {})
             return node
         self._next_stamp()
         new = f"{self.device}:{self.seq}"

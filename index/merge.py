@@ -130,12 +130,36 @@ class Merger:
         one where the rules here ignore: that is left alone (docs/protocol.md, "Ignored
         entries"), neither applied, nor fetched, nor deleting anything here."""
         if self._ignored_here(state):
+            self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
+                              (state["id"], json.dumps(state), origin))
             return
         self._apply_one(state, origin, effects)
         if state["name"] == IGNORE_FILE and state["kind"] == "file":
             self.cat.rules_changed(state["parent"])
         elif state["kind"] == "dir":
             self.cat.ignore.invalidate()  # it may have moved: the paths below it did
+
+    def release_held(self) -> Effects:
+        """Apply the peers' states held while the rules here ignored them, those they no
+        longer ignore (after the rules changed and the entries were decided afresh)."""
+        effects = Effects()
+
+        def run() -> None:
+            for node, text, origin in self.conn.execute(
+                    "SELECT id, state, origin FROM held").fetchall():
+                state = json.loads(text)
+                if not self._ignored_here(state):
+                    self.conn.execute("DELETE FROM held WHERE id = ?", (node,))
+                    if self._known(state) or self._parent_known(state):
+                        self._apply_or_leave(state, origin, effects)
+                    else:
+                        self.conn.execute("INSERT OR REPLACE INTO limbo (id, state, origin)"
+                                          " VALUES (?, ?, ?)", (node, text, origin))
+            self._drain_limbo(effects)
+
+        self.cat.transaction(run)
+        self.cat.detached.update(effects.detached)
+        return effects
 
     def _ignored_here(self, state: dict) -> bool:
         if self.cat.is_local_only(state["id"]):

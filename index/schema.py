@@ -135,9 +135,12 @@ END;
 # states of it are recognised and left alone, and its versions when it is shared again.
 # `ignored` marks both (special files are local by their kind, not by a rule). Every live
 # local-only node has seq 0, and so has the root: the index counts them for `syncd status`.
+# A peer's state that the rules here leave alone is held, its latest by node, and applied
+# once the rules here no longer ignore it (index/merge.py, release_held).
 IGNORED = """
 ALTER TABLE nodes ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX nodes_local_only ON nodes (kind) WHERE seq = 0 AND deleted = 0;
+CREATE TABLE held (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NULL);
 """
 
 

@@ -5,6 +5,8 @@ remount."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from syncd.index.catalog import Catalog
@@ -13,8 +15,12 @@ from syncd.index.schema import ROOT_ID
 
 
 class RulesKeeper:
-    def __init__(self, catalog: Catalog, poll: float = 1.0):
+    def __init__(self, catalog: Catalog, rescanned: Callable[[], None] = lambda: None,
+                 poll: float = 1.0):
+        """`rescanned` runs each time the entries were decided afresh: peers' states held
+        while ignored here may apply now (Daemon.release_held)."""
         self.catalog = catalog
+        self.rescanned = rescanned
         self.poll = poll
         self.rescan = Rescan(catalog)
         self.wake = trio.Event()
@@ -28,8 +34,10 @@ class RulesKeeper:
         # The rules, or the defaults, may have changed while nothing served the home.
         self.rescan.add(ROOT_ID)
         while True:
-            while self.rescan.step():
-                await trio.sleep(0)
+            if self.rescan.queue:
+                while self.rescan.step():
+                    await trio.sleep(0)
+                self.rescanned()
             with trio.move_on_after(self.poll):
                 await self.wake.wait()
             self.wake = trio.Event()

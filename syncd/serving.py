@@ -120,7 +120,7 @@ def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True
 async def _serve_daemon(daemon: Daemon) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_keep_reserve, daemon.store)
-        nursery.start_soon(RulesKeeper(daemon.catalog).run)
+        nursery.start_soon(RulesKeeper(daemon.catalog, daemon.release_held).run)
         await nursery.start(daemon.run)
         await _stop_on_signal()
         nursery.cancel_scope.cancel()
@@ -155,7 +155,8 @@ async def _main(fs: Filesystem, daemon: Daemon | None,
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
         nursery.start_soon(fs.purge_gathered)
-        nursery.start_soon(RulesKeeper(fs.catalog).run)
+        nursery.start_soon(RulesKeeper(
+            fs.catalog, daemon.release_held if daemon else lambda: None).run)
         if daemon is not None:
             await nursery.start(daemon.run)
         ready()

@@ -213,6 +213,7 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.db.conn.execute("DROP INDEX chunks_unreferenced")  # schema 9
     old.db.conn.execute("DROP INDEX nodes_local_only")  # schema 13
     old.db.conn.execute("ALTER TABLE nodes DROP COLUMN ignored")
+    old.db.conn.execute("DROP TABLE held")
     old.db.conn.execute("DROP TRIGGER xattrs_inode_gone")  # schema 12
     old.db.conn.execute("DROP TABLE xattrs")
     for column in ("xattr_vv", "xattr_clock", "xattr_device", "xattr_made"):
