@@ -18,6 +18,7 @@ def collect(home: Home) -> dict:
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         device, seq = cat.device, cat.seq
         files = cat.file_counts()
+        local_only = cat.local_only_files()
         dirty = len(cat.store.dirty_inodes())
         replaced_chunks, replaced_bytes = map(
             sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
@@ -41,7 +42,7 @@ def collect(home: Home) -> dict:
         "files": {"total": files.total, "local": files.local,
                   "missing": files.total - files.local, "pinned": files.pinned,
                   "conflicts": files.conflicts, "bytes": files.bytes,
-                  "bytes_local": files.bytes_local},
+                  "bytes_local": files.bytes_local, "local_only": local_only},
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "peers": peers,
@@ -96,7 +97,8 @@ def print_status(home: Home, as_json: bool) -> None:
         ("mounted", f"{s['mounted_at']} (pid {s['pid']})" if s["mounted_at"] else
          (f"no (served by pid {s['pid']})" if s["pid"] else "no")),
         ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
-                  f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
+                  f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts, "
+                  f"{f['local_only']} local-only"),
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),
