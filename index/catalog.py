@@ -152,7 +152,8 @@ class Catalog:
         # Ignore rules (index/ignore.py), HOME/ignore given as `local_rules`. When they
         # change, or a directory moves, the entries below a directory may need a new
         # decision: on_rules_change(directory node) asks for it (syncd/ignoring.py).
-        self.ignore = IgnoreRules(self.placement, self._rule_file, local_rules)
+        self.ignore = IgnoreRules(self.placement, self._rule_file, local_rules,
+                                  self._save_refused)
         self.on_rules_change: Callable[[str], None] = lambda node: None
 
     # -- reading
@@ -1004,6 +1005,18 @@ class Catalog:
         """A rule file in `directory` changed: decide afresh below it."""
         self.ignore.invalidate()
         self.on_rules_change(directory)
+
+    def _save_refused(self, refused: list[str]) -> None:
+        """Why rule files are refused, for `syncd status` (a local fact: no stamp)."""
+        with self.db.atomic():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES"
+                              " ('ignore_refused', ?)", (to_json(refused),))
+
+    def refused_rules(self) -> list[str]:
+        """Why rule files are refused, as the serving process last found."""
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = 'ignore_refused'").fetchone()
+        return json.loads(row[0]) if row else []
 
     def _rule_file(self, directory: str) -> tuple[str, bytes] | None:
         """The content hash and bytes of the `.syncdignore` in `directory`, if there is

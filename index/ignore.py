@@ -92,21 +92,29 @@ class IgnoreRules:
 
     def __init__(self, parent_of: Callable[[str], tuple[str | None, str]],
                  rule_file: Callable[[str], tuple[str, bytes] | None],
-                 local_path: Path | None = None):
+                 local_path: Path | None = None,
+                 on_refused: Callable[[list[str]], None] = lambda why: None):
+        """`on_refused` is told each time what is refused changes: why, for each file."""
         self.parent_of = parent_of
         self.rule_file = rule_file
         self.local_path = local_path
+        self.on_refused = on_refused
         self.defaults = pathspec.GitIgnoreSpec.from_lines(DEFAULTS)
-        self.refused: dict[str, str] = {}  # rule file -> why, as logged
+        self.refused: dict[str, str] = {}  # rule file -> why
+        self._logged: set[str] = set()
         self._parsed: dict[tuple[str, str], pathspec.GitIgnoreSpec | None] = {}
+        self._why: dict[tuple[str, str], str] = {}  # of those refused
         self._dirs: dict[str, _Dir] = {}
         self._local: pathspec.GitIgnoreSpec | None = None
         self._local_stamp: tuple | None = None
         self.read_local()
 
     def invalidate(self) -> None:
-        """A rule file or a directory's place changed: decide afresh from now on."""
+        """A rule file or a directory's place changed: decide afresh from now on (the
+        `.syncdignore` files refused are found again as their directories are)."""
         self._dirs.clear()
+        local = str(self.local_path)
+        self._set_refused({k: v for k, v in self.refused.items() if k == local})
 
     def local_stamp(self) -> tuple | None:
         """What says HOME/ignore changed: its inode, size and mtime (None: no file)."""
@@ -123,8 +131,9 @@ class IgnoreRules:
             return False
         self._local_stamp = stamp
         self._local = None
+        where = str(self.local_path)
+        self._set_refused({k: v for k, v in self.refused.items() if k != where})
         if stamp is not None:
-            where = str(self.local_path)
             try:
                 self._local = self._compile(where, self.local_path.read_bytes(), True)
             except OSError as e:
@@ -166,6 +175,8 @@ class IgnoreRules:
             spec = self._parsed_file(where, *found, node == ROOT_ID)
             if spec is not None:
                 d.specs.append((d.path, spec))
+            elif where not in self.refused:  # parsed before, refused then
+                self._refuse(where, self._why[where, found[0]])
         self._dirs[node] = d
         return d
 
@@ -174,6 +185,8 @@ class IgnoreRules:
         key = (where, digest)
         if key not in self._parsed:
             self._parsed[key] = self._compile(where, text, at_root)
+            if self._parsed[key] is None:
+                self._why[key] = self.refused[where]
         return self._parsed[key]
 
     def _compile(self, where: str, text: bytes, at_root: bool) -> pathspec.GitIgnoreSpec | None:
@@ -182,10 +195,16 @@ class IgnoreRules:
         except RuleError as e:
             self._refuse(where, str(e))
             return None
-        self.refused.pop(where, None)
+        self._set_refused({k: v for k, v in self.refused.items() if k != where})
         return spec
 
     def _refuse(self, where: str, why: str) -> None:
-        if self.refused.get(where) != why:
+        if why not in self._logged:
             log.error("ignore rules refused, none of this file applies: %s", why)
-        self.refused[where] = why
+            self._logged.add(why)
+        self._set_refused({**self.refused, where: why})
+
+    def _set_refused(self, refused: dict[str, str]) -> None:
+        if refused != self.refused:
+            self.refused = refused
+            self.on_refused(sorted(refused.values()))

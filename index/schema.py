@@ -147,8 +147,9 @@ CREATE TABLE held (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NUL
 SCHEMA = """
 -- Key/value facts about this device: device_id, created (unix seconds); while a crash
 -- recovery is cut short, recovering:<ino> = the inode of the recovered copy it committed
--- (index/recovery.py). The sequence number and the Lamport clock are those of the last
--- journal row (every stamp writes one).
+-- (index/recovery.py); ignore_refused = why rule files are refused, a JSON list
+-- (index/ignore.py, for `syncd status`). The sequence number and the Lamport clock are
+-- those of the last journal row (every stamp writes one).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value

@@ -19,6 +19,7 @@ def collect(home: Home) -> dict:
         device, seq = cat.device, cat.seq
         files = cat.file_counts()
         local_only = cat.local_only_files()
+        refused = cat.refused_rules()
         dirty = len(cat.store.dirty_inodes())
         replaced_chunks, replaced_bytes = map(
             sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
@@ -43,6 +44,7 @@ def collect(home: Home) -> dict:
                   "missing": files.total - files.local, "pinned": files.pinned,
                   "conflicts": files.conflicts, "bytes": files.bytes,
                   "bytes_local": files.bytes_local, "local_only": local_only},
+        "ignore_refused": refused,
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "peers": peers,
@@ -99,6 +101,7 @@ def print_status(home: Home, as_json: bool) -> None:
         ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts, "
                   f"{f['local_only']} local-only"),
+        *[("ignore rules", f"refused: {why}") for why in s["ignore_refused"]],
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),

@@ -93,6 +93,15 @@ def test_a_refused_rule_file_ignores_nothing(cluster):
     (b / "y.o").write_bytes(b"beta's")
     wait_content(a / "y.o", b"beta's")
     assert a.status()["files"]["local_only"] == 0 == b.status()["files"]["local_only"]
+    why = ".syncdignore, line 2: '*' would ignore everything in the share"
+    assert a.status()["ignore_refused"] == [why] == b.status()["ignore_refused"]
+    assert f"ignore rules  refused: {why}" in syncd(a.home, "status").stdout
+    (a / ".syncdignore").write_bytes(b"*.o\n")  # fixed: it applies, and says nothing
+    wait_for(lambda: b.status()["ignore_refused"] == [], 20, "the fixed file accepted")
+    (b / "z.o").write_bytes(b"ignored now")
+    (b / "marker").write_bytes(b"after it")
+    wait_content(a / "marker", b"after it")
+    assert not (a / "z.o").exists() and a.status()["ignore_refused"] == []
 
 
 def test_a_directory_a_peer_deletes_takes_ignored_entries_with_it(cluster):
