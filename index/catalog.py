@@ -466,7 +466,7 @@ class Catalog:
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
-        if name == IGNORE_FILE or is_dir:
+        if name == IGNORE_FILE:
             self.rules_changed(self.dir_node(parent_ino))
         return entry.inode.ino if entry.inode.nlink == 1 else None
 

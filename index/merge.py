@@ -133,11 +133,14 @@ class Merger:
             self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
                               (state["id"], json.dumps(state), origin))
             return
+        was = self.conn.execute("SELECT parent, name FROM nodes WHERE id = ?",
+                                (state["id"],)).fetchone()
         self._apply_one(state, origin, effects)
         if state["name"] == IGNORE_FILE and state["kind"] == "file":
             self.cat.rules_changed(state["parent"])
-        elif state["kind"] == "dir":
-            self.cat.ignore.invalidate()  # it may have moved: the paths below it did
+        elif state["kind"] == "dir" and was is not None and \
+                tuple(was) != (state["parent"], state["name"]):
+            self.cat.rules_changed(state["id"])  # it moved: what is below it is decided again
 
     def release_held(self) -> Effects:
         """Apply the peers' states held while the rules here ignored them, those they no

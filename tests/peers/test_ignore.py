@@ -39,6 +39,12 @@ def test_ignored_entries_stay_here_and_the_group_ignores_alike(cluster):
     wait_content(a / "marker2", b"after them")
     assert sorted(os.listdir(a / "build")) == ["out.bin"] and not (a / "y.o").exists()
     assert b.status()["files"]["local_only"] == 2
+    # a move into an ignored path stops syncing (beta keeps it); out of one sends it
+    os.rename(a / "marker", a / "build" / "marker")
+    os.rename(a / "build" / "out.bin", a / "out.bin")
+    wait_content(b / "out.bin", b"output")
+    wait_for(lambda: settled(a, b), 20, "nothing pending")
+    assert read(b / "marker") == b"after them" and not (b / "build" / "marker").exists()
 
 
 def test_rules_change_without_a_remount(cluster):
