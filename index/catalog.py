@@ -1025,12 +1025,12 @@ class Catalog:
             "SELECT i.ino, i.hash, i.size, i.local FROM nodes n JOIN inodes i ON i.ino = n.ino"
             " WHERE n.parent = ? AND n.name = ? AND n.deleted = 0 AND n.kind = 'file'",
             (directory, IGNORE_FILE)).fetchone()
-        if row is None or not row[3]:
+        if row is None:
             return None
-        ino, digest, size, _ = row
+        ino, digest, size, here = row
         if size > RULES_MAX:  # refused for its size; its bytes need not be read
             return digest, bytes(size)
-        return digest, self.open_draft(ino).read(0, size)
+        return (digest, self.open_draft(ino).read(0, size)) if here else None
 
     def forget_dir(self, ino: int) -> None:
         """A directory inode whose node is gone (deleted, or merged into another)."""

@@ -133,6 +133,7 @@ class Merger:
             self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
                               (state["id"], json.dumps(state), origin))
             return
+        self.conn.execute("DELETE FROM held WHERE id = ?", (state["id"],))  # older
         was = self.conn.execute("SELECT parent, name FROM nodes WHERE id = ?",
                                 (state["id"],)).fetchone()
         self._apply_one(state, origin, effects)

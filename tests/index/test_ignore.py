@@ -149,3 +149,45 @@ def test_a_refused_file_applies_nothing(devs, expect_log):
     assert a.cat.ignore.refused == {".syncdignore": ".syncdignore, line 2: '*' would "
                                     "ignore everything in the share"}
     logging.getLogger().info("done")
+
+
+def test_deeper_rule_files_win_and_may_ignore_all_of_their_directory(devs):
+    a, b, _ = devs
+    a.write(".syncdignore", b"*.log\n", T)
+    a.mkdir("keep")
+    a.write("keep/.syncdignore", b"!*.log\n", T)  # re-included here
+    a.mkdir("scratch")
+    a.write("scratch/.syncdignore", b"*\n", T)  # allowed below the root
+    a.write("x.log", b"x", T)
+    a.write("keep/y.log", b"y", T)
+    a.write("scratch/z", b"z", T)
+    send(a, b)
+    assert set(b.tree()) == {"/.syncdignore", "/keep", "/keep/.syncdignore", "/keep/y.log",
+                             "/scratch", "/scratch/.syncdignore"}
+    assert a.cat.ignore.refused == {}
+
+
+def test_a_rule_file_over_16_kib_is_refused(devs, expect_log):
+    a, b, _ = devs
+    expect_log(r"ignore rules refused, none of this file applies: \.syncdignore: over 16384")
+    a.write(".syncdignore", b"*.o\n" + b"#" * 16384 + b"\n", T)
+    a.write("x.o", b"o", T)
+    send(a, b)
+    assert "/x.o" in b.tree()
+    assert a.cat.refused_rules() == [".syncdignore: over 16384 bytes"]
+
+
+def test_held_states_apply_once_the_rules_stop_ignoring(devs, tmp_path):
+    a, b, _ = devs
+    (tmp_path / "ignore").write_text("cache/\n")
+    b.cat.ignore.local_path = tmp_path / "ignore"
+    b.cat.ignore.read_local()
+    a.mkdir("cache")
+    a.write("cache/c", b"alpha's", T)
+    send(a, b)
+    assert "/cache" not in b.tree()
+    (tmp_path / "ignore").write_text("")
+    assert b.cat.ignore.read_local()
+    rescan(b)
+    assert b.data("cache/c") == b"alpha's"
+    converge(a, b)
