@@ -81,6 +81,9 @@ class _Dir:
     path: str  # from the share's root, '' or ending in '/'
     specs: list[tuple[str, pathspec.GitIgnoreSpec]]  # (the rule file's directory, rules)
     ignored: bool  # by the rules of the directories above it
+    # What a name here is checked against, in order: the defaults, `specs` and HOME/ignore,
+    # those of one directory joined into one spec (one check instead of several).
+    checks: list[tuple[str, pathspec.GitIgnoreSpec]] | None = None
 
 
 class IgnoreRules:
@@ -149,10 +152,16 @@ class IgnoreRules:
         return d.ignored or self._decide(d, name, kind == "dir")
 
     def _decide(self, d: _Dir, name: str, is_dir: bool) -> bool:
+        if d.checks is None:
+            d.checks = []
+            for base, spec in [("", self.defaults), *d.specs,
+                               *([("", self._local)] if self._local else [])]:
+                if d.checks and d.checks[-1][0] == base:  # later lines win, as in one file
+                    spec = d.checks.pop()[1] + spec
+                d.checks.append((base, spec))
         path = d.path + name + ("/" if is_dir else "")
         result = False
-        for base, spec in [("", self.defaults), *d.specs,
-                           *([("", self._local)] if self._local else [])]:
+        for base, spec in d.checks:
             include = spec.check_file(path[len(base):]).include
             if include is not None:
                 result = include
@@ -168,13 +177,14 @@ class IgnoreRules:
             parent, name = self.parent_of(node)
             above = self._dir(parent or ROOT_ID)
             d = _Dir(above.path + name + "/", list(above.specs),
-                     above.ignored or self._decide(above, name, True))
+                     above.ignored or self._decide(above, name, True), above.checks)
         found = self.rule_file(node)
         if found is not None:
             where = d.path + IGNORE_FILE
             spec = self._parsed_file(where, *found, node == ROOT_ID)
             if spec is not None:
                 d.specs.append((d.path, spec))
+                d.checks = None
             elif where not in self.refused:  # parsed before, refused then
                 self._refuse(where, self._why[where, found[0]])
         self._dirs[node] = d
