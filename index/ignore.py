@@ -125,6 +125,8 @@ class IgnoreRules:
             st = self.local_path.stat() if self.local_path else None
         except FileNotFoundError:
             return None
+        except OSError as e:  # reading it says why, and refuses it
+            return ("unreadable", e.errno)
         return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def read_local(self) -> bool:

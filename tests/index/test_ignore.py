@@ -191,3 +191,16 @@ def test_held_states_apply_once_the_rules_stop_ignoring(devs, tmp_path):
     rescan(b)
     assert b.data("cache/c") == b"alpha's"
     converge(a, b)
+
+
+def test_an_unreadable_home_ignore_is_refused_and_ignores_nothing(devs, tmp_path, expect_log):
+    a, _, _ = devs
+    expect_log(r"ignore rules refused, none of this file applies: .*ignore: Is a directory")
+    (tmp_path / "ignore").mkdir()
+    a.cat.ignore.local_path = tmp_path / "ignore"
+    assert a.cat.ignore.read_local()
+    assert a.cat.refused_rules() == [f"{tmp_path / 'ignore'}: Is a directory"]
+    a.write("x", b"x", T)
+    assert "x" in sent_paths(a)
+    (tmp_path / "ignore").rmdir()
+    assert a.cat.ignore.read_local() and a.cat.refused_rules() == []
