@@ -543,7 +543,7 @@ class Catalog:
                 # them on its temporary file): the target's that it lacks are removed.
                 self._remove_xattrs_missing(src.inode.ino, dst.inode.ino)
                 if self.is_local_only(dst.node) and not self.is_local_only(src.node):
-                    self.make_local(src.node)  # into an ignored file: peers keep the source
+                    self.make_local(src.node, False)  # into an ignored file: peers keep it
                 self.stamp_local(dst.node, "content", ("content", "mode", "xattr"),
                                  {"replaced_by": src.node},
                                  (dst_vvs[0], dst_vvs[1], dst_vvs[3]),
@@ -556,7 +556,7 @@ class Catalog:
             ignored = src.inode.kind not in LOCAL_ONLY_KINDS and \
                 self.ignores(new_parent_node, new_name, src.inode.kind)
             if ignored and not was_local:  # stops syncing: peers keep it where it was
-                self.make_local(src.node)
+                self.make_local(src.node, src.inode.kind == "dir")
             self.stamp_local(src.node, "rename", ("place",),
                              {"from": [self.dir_node(old_parent), old_name]}, src_vvs[2:3],
                              {"parent": new_parent_node, "name": new_name})
@@ -950,15 +950,18 @@ class Catalog:
         return (parent != ROOT_ID and self.is_local_only(parent)) or \
             self.ignore.ignored(parent, name, kind)
 
-    def make_local(self, node: str) -> None:
+    def make_local(self, node: str, is_dir: bool) -> None:
         """A synced node and everything below it become ignored (inside a transaction):
         never stamped from now on, so never sent; peers keep what they have of them. Its
         global id stays, so its peers' states are known as its and left alone
         (Merger), and its versions are there when it is shared again."""
+        change = "UPDATE nodes SET ignored = ignored | 1, seq = 0, origin = NULL"
+        if not is_dir:
+            self.conn.execute(f"{change} WHERE id = ?", (node,))
+            return
         self.conn.execute(
-            SUBTREE + "UPDATE nodes SET ignored = ignored | 1, seq = 0, origin = NULL"
-            f" WHERE id IN (SELECT id FROM subtree) AND kind NOT IN {LOCAL_ONLY_KINDS}",
-            (node,))
+            f"{SUBTREE}{change} WHERE id IN (SELECT id FROM subtree)"
+            f" AND kind NOT IN {LOCAL_ONLY_KINDS}", (node,))
 
     def make_shared(self, node: str) -> str:
         """An ignored node is ignored no more (inside a transaction; its parent is

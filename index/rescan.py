@@ -15,7 +15,7 @@ from collections import deque
 from syncd.index.catalog import Catalog
 from syncd.index.schema import LOCAL_ONLY_KINDS, ROOT_ID
 
-BATCH = 500
+BATCH = 200
 
 
 class Rescan:
@@ -55,7 +55,7 @@ class Rescan:
                 ignored = cat.ignore.ignored(directory, name, kind)
                 was = cat.is_local_only(node)
                 if ignored and not was:
-                    cat.make_local(node)
+                    cat.make_local(node, kind == "dir")
                 elif was and not ignored:
                     node = cat.make_shared(node)
                 if kind == "dir" and not ignored:
