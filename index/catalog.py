@@ -28,6 +28,7 @@ import sqlite_utils
 from syncd.index.chunklist import ChunkList, digest_of, file_hash, slot_length
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
+from syncd.index.ignore import IGNORE_FILE, RULES_MAX, IgnoreRules
 from syncd.index.inline import InlineChunks, inline_size, inline_slot
 from syncd.index.schema import (
     LOCAL_ID_PREFIX,
@@ -50,6 +51,9 @@ XATTR_TOTAL_MAX = 128 << 10
 # Version vectors and journal details as stored: JSON with sorted keys. One encoder for
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode
+# nodes.ignored: 1 for an ignored node, and for one that was shared before, a bit per
+# aspect changed here while it was ignored: what gets a new version once it is shared.
+IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
 
 # An Inode's columns. The table goes unaliased, so that an UPDATE of it can return them.
 INODE_COLUMNS = (
@@ -70,7 +74,9 @@ SUBTREE = (
 
 
 def local_only(node: str) -> bool:
-    """Is this a special file's node, never stamped and never sent (schema.py)?"""
+    """Is this a node with a local id (a special file, or an entry made while ignored),
+    never stamped and never sent (schema.py)? Catalog.is_local_only adds the synced ones
+    that became ignored."""
     return node.startswith(LOCAL_ID_PREFIX)
 
 
@@ -121,7 +127,8 @@ class Entry:
 
 class Catalog:
     def __init__(self, db: sqlite_utils.Database, store: ChunkStore,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None,
+                 local_rules: Path | None = None):
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self.store = store
@@ -145,6 +152,12 @@ class Catalog:
         # Keep old versions of files (index/versions.py, keep_versions)? Not without a
         # serving process, which expires them: replaced content then goes at once.
         self.keeps_versions = False
+        # Ignore rules (index/ignore.py), HOME/ignore given as `local_rules`. When they
+        # change, or a directory moves, the entries below a directory may need a new
+        # decision: on_rules_change(directory node) asks for it (syncd/ignoring.py).
+        self.ignore = IgnoreRules(self.placement, self._rule_file, local_rules,
+                                  self._save_refused)
+        self.on_rules_change: Callable[[str], None] = lambda node: None
 
     # -- reading
 
@@ -300,9 +313,12 @@ class Catalog:
         itself, columns of the node written in the same UPDATE. A local-only node has no
         versions: only `sets` is written, nothing is stamped, so nothing of it is ever
         sent."""
-        if local_only(node):
+        if self.is_local_only(node):
             if sets:
                 self._set_node(node, sets)
+            if aspects and not local_only(node):  # shared once: say what changed since
+                self.conn.execute("UPDATE nodes SET ignored = ignored | ? WHERE id = ?",
+                                  (sum(IGNORED_CHANGED[a] for a in aspects), node))
             return
         self._next_stamp()
         columns = {**(sets or {}), "seq": self.seq, "origin": None}
@@ -428,11 +444,12 @@ class Catalog:
         """A new live node: its id and entry. A synced node is stamped as it is inserted,
         and its id takes the counter of that stamp; a local-only node, never stamped,
         takes its entry number."""
-        if kind in LOCAL_ONLY_KINDS:
+        ignored = kind not in LOCAL_ONLY_KINDS and self.ignores(parent, name, kind)
+        if kind in LOCAL_ONLY_KINDS or ignored:
             entry = self.conn.execute(
                 "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
             node = f"{LOCAL_ID_PREFIX}{entry}"
-            columns = {"entry": entry, "id": node, "seq": 0}
+            columns = {"entry": entry, "id": node, "seq": 0, "ignored": int(ignored)}
         else:
             self._next_stamp()
             node = f"{self.device}:{self.seq}"
@@ -448,6 +465,8 @@ class Catalog:
             raise fail(errno.EEXIST, name) from None
         if not local_only(node):
             self._journal(node, op, self.device, detail)
+        if name == IGNORE_FILE:
+            self.rules_changed(parent)
         return node, entry
 
     # -- removing
@@ -476,13 +495,16 @@ class Catalog:
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
+        if name == IGNORE_FILE:
+            self.rules_changed(self.dir_node(parent_ino))
         return entry.inode.ino if entry.inode.nlink == 1 else None
 
     def _tombstone(self, entry: Entry, vvs: tuple[str, ...]) -> None:
         """A removed name: a tombstone that carries the delete to peers, or, for a
         local-only node that no peer knows, nothing."""
-        if local_only(entry.node):
+        if self.is_local_only(entry.node):
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (entry.node,))
+            self._dir_nodes.pop(entry.inode.ino, None)
             return
         self.stamp_local(entry.node, "delete", ASPECTS, None, vvs,
                          {"deleted": 1, "ino": None})
@@ -549,6 +571,8 @@ class Catalog:
                 # The source's extended attributes come with its inode (rsync -X sets
                 # them on its temporary file): the target's that it lacks are removed.
                 self._remove_xattrs_missing(src.inode.ino, dst.inode.ino)
+                if self.is_local_only(dst.node) and not self.is_local_only(src.node):
+                    self.make_local(src.node, False)  # into an ignored file: peers keep it
                 self.stamp_local(dst.node, "content", ("content", "mode", "xattr"),
                                  {"replaced_by": src.node},
                                  (dst_vvs[0], dst_vvs[1], dst_vvs[3]),
@@ -557,9 +581,25 @@ class Catalog:
             else:
                 self._tombstone(dst, dst_vvs)
         if not takes_inode:
+            was_local = self.is_local_only(src.node)
+            ignored = src.inode.kind not in LOCAL_ONLY_KINDS and \
+                self.ignores(new_parent_node, new_name, src.inode.kind)
+            if ignored and not was_local:  # stops syncing: peers keep it where it was
+                self.make_local(src.node, src.inode.kind == "dir")
             self.stamp_local(src.node, "rename", ("place",),
                              {"from": [self.dir_node(old_parent), old_name]}, src_vvs[2:3],
                              {"parent": new_parent_node, "name": new_name})
+            if was_local and not ignored and src.inode.kind not in LOCAL_ONLY_KINDS:
+                node = self.make_shared(src.node)  # sent from now on, like a new entry
+                if src.inode.kind == "dir":
+                    self.on_rules_change(node)  # what is below it, in the background
+            elif src.inode.kind == "dir" and not ignored:
+                self.on_rules_change(src.node)  # the rules above what is below it changed
+            if src.inode.kind == "dir":
+                self.ignore.invalidate()  # the paths below it changed
+        if IGNORE_FILE in (old_name, new_name):
+            self.rules_changed(self.dir_node(old_parent))
+            self.rules_changed(new_parent_node)
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.inode.ino))
         self._touch_dir(old_parent, now)
         if new_parent != old_parent:
@@ -653,7 +693,8 @@ class Catalog:
             "SELECT n.id, n.conflict_of, n.content_device, p.name FROM nodes n"
             " LEFT JOIN peers p ON p.device = n.content_device"
             " WHERE n.ino = ? AND n.deleted = 0 ORDER BY n.entry", (ino,)).fetchall()
-        return (any(local_only(r[0]) for r in rows), any(r[1] is not None for r in rows),
+        return (any(self.is_local_only(r[0]) for r in rows),
+                any(r[1] is not None for r in rows),
                 [(r[2], r[3]) for r in rows if r[2] is not None])
 
     def _write_xattr(self, ino: int, name: str, value: bytes | None, clock: int) -> None:
@@ -706,6 +747,11 @@ class Catalog:
                 for node in self.nodes_of(ino):
                     self.stamp_local(node, "content" if "content" in aspects else "mode", aspects,
                                 {"hash": digest, "size": size})
+            if changed_content:
+                for parent, in self.conn.execute(
+                        "SELECT parent FROM nodes WHERE ino = ? AND name = ? AND deleted = 0",
+                        (ino, IGNORE_FILE)).fetchall():
+                    self.rules_changed(parent)
             return garbage
 
         return self.transaction(run)
@@ -895,17 +941,126 @@ class Catalog:
         """Has directory `node` live children (synced ones only, without `local_too`)?"""
         return self.conn.execute(
             "SELECT 1 FROM nodes WHERE parent = ? AND deleted = 0"
-            + ("" if local_too else f" AND id NOT LIKE '{LOCAL_ID_PREFIX}%'")
+            + ("" if local_too else
+               f" AND id NOT LIKE '{LOCAL_ID_PREFIX}%' AND ignored = 0")
             + " LIMIT 1", (node,)).fetchone() is not None
 
     def drop_local_children(self, node: str) -> list[tuple[int, str]]:
         """Remove the local-only children of directory `node` (inside a transaction),
-        which is going: their (inode, name)s, for the caller to purge and invalidate."""
+        which is going, and all below them: the children's (inode, name)s, for the
+        caller to invalidate, and the inodes below them as (inode, None), to purge."""
         rows = self.conn.execute(
             "SELECT id, ino, name FROM nodes WHERE parent = ? AND deleted = 0"
-            f" AND id LIKE '{LOCAL_ID_PREFIX}%'", (node,)).fetchall()
-        self.conn.executemany("DELETE FROM nodes WHERE id = ?", [(r[0],) for r in rows])
-        return [(ino, name) for _, ino, name in rows]
+            f" AND (id LIKE '{LOCAL_ID_PREFIX}%' OR ignored > 0)", (node,)).fetchall()
+        below = []
+        for child, _, _ in rows:
+            below += self.conn.execute(
+                SUBTREE + "SELECT id, ino FROM subtree WHERE id != ?", (child, child)).fetchall()
+        self.conn.executemany("DELETE FROM nodes WHERE id = ?",
+                              [(r[0],) for r in [*rows, *below]])
+        for _, ino in below:
+            self._dir_nodes.pop(ino, None)
+        for _, ino, _ in rows:
+            self._dir_nodes.pop(ino, None)
+        return [(ino, name) for _, ino, name in rows] + [(ino, None) for _, ino in below]
+
+    # -- local-only entries: ignored ones (index/ignore.py)
+
+    def is_local_only(self, node: str) -> bool:
+        """Is this node kept here only: a special file, or an ignored entry?"""
+        return local_only(node) or self.conn.execute(
+            "SELECT ignored > 0 FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
+
+    def ignores(self, parent: str, name: str, kind: str) -> bool:
+        """Would an entry `name` of `kind` in directory `parent` be ignored: is the
+        directory itself local-only, or do the rules ignore the name?"""
+        return (parent != ROOT_ID and self.is_local_only(parent)) or \
+            self.ignore.ignored(parent, name, kind)
+
+    def make_local(self, node: str, is_dir: bool) -> None:
+        """A synced node and everything below it become ignored (inside a transaction):
+        never stamped from now on, so never sent; peers keep what they have of them. Its
+        global id stays, so its peers' states are known as its and left alone
+        (Merger), and its versions are there when it is shared again."""
+        change = "UPDATE nodes SET ignored = ignored | 1, seq = 0, origin = NULL"
+        if not is_dir:
+            self.conn.execute(f"{change} WHERE id = ?", (node,))
+            return
+        self.conn.execute(
+            f"{SUBTREE}{change} WHERE id IN (SELECT id FROM subtree)"
+            f" AND kind NOT IN {LOCAL_ONLY_KINDS}", (node,))
+
+    def make_shared(self, node: str) -> str:
+        """An ignored node is ignored no more (inside a transaction; its parent is
+        shared): one made while ignored becomes a new node, a create, under a global id;
+        one that was shared before gets a new version of what changed here meanwhile
+        (IGNORED_CHANGED), so that peers take it, and keeps the versions of the rest.
+        Returns its id. What is below it waits for its own decision."""
+        if not local_only(node):
+            row = self.conn.execute(
+                "SELECT ignored, content_vv, mode_vv, place_vv, xattr_vv FROM nodes"
+                " WHERE id = ?", (node,)).fetchone()
+            changed = [(a, vv) for a, vv in zip(ASPECTS, row[1:], strict=True)
+                       if row[0] & IGNORED_CHANGED[a]]
+            self.conn.execute("UPDATE nodes SET ignored = 0 WHERE id = ?", (node,))
+            if changed:
+                self.stamp_local(node, "share", tuple(a for a, _ in changed), None,
+                                 tuple(vv for _, vv in changed))
+            else:
+                self.stamp_applied(node, "share", None, None, {})
+            return node
+        self._next_stamp()
+        new = f"{self.device}:{self.seq}"
+        columns = {"id": new, "seq": self.seq, "ignored": 0, "origin": None,
+                   **self._new_versions(ASPECTS, ("{}",) * len(ASPECTS))}
+        ino = self.conn.execute(
+            f"UPDATE nodes SET {' = ?, '.join(columns)} = ? WHERE id = ? RETURNING ino",
+            (*columns.values(), node)).fetchone()[0]
+        self.conn.execute("UPDATE nodes SET parent = ? WHERE parent = ?", (new, node))
+        self.conn.execute("UPDATE xattrs SET clock = ?, device = ? WHERE ino = ?",
+                          (self.clock, self.device, ino))
+        if self._dir_nodes.get(ino) == node:
+            self._dir_nodes[ino] = new
+        self._journal(new, "create", self.device, {"shared": True})
+        return new
+
+    def local_only_files(self) -> int:
+        """How many live entries other than directories are kept here only (an index
+        of them: constant in the share's size)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM nodes WHERE seq = 0 AND deleted = 0 AND kind != 'dir'"
+        ).fetchone()[0]
+
+    def rules_changed(self, directory: str) -> None:
+        """A rule file in `directory` changed: decide afresh below it."""
+        self.ignore.invalidate()
+        self.on_rules_change(directory)
+
+    def _save_refused(self, refused: list[str]) -> None:
+        """Why rule files are refused, for `syncd status` (a local fact: no stamp)."""
+        with self.db.atomic():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES"
+                              " ('ignore_refused', ?)", (to_json(refused),))
+
+    def refused_rules(self) -> list[str]:
+        """Why rule files are refused, as the serving process last found."""
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = 'ignore_refused'").fetchone()
+        return json.loads(row[0]) if row else []
+
+    def _rule_file(self, directory: str) -> tuple[str, bytes] | None:
+        """The content hash and bytes of the `.syncdignore` in `directory`, if there is
+        one whose content is here."""
+        row = self.conn.execute(
+            "SELECT i.ino, i.hash, i.size, i.local FROM nodes n JOIN inodes i ON i.ino = n.ino"
+            " WHERE n.parent = ? AND n.name = ? AND n.deleted = 0 AND n.kind = 'file'",
+            (directory, IGNORE_FILE)).fetchone()
+        if row is None:
+            return None
+        ino, digest, size, here = row
+        if size > RULES_MAX:  # refused for its size; its bytes need not be read
+            return digest, bytes(size)
+        return (digest, self.open_draft(ino).read(0, size)) if here else None
 
     def forget_dir(self, ino: int) -> None:
         """A directory inode whose node is gone (deleted, or merged into another)."""
@@ -1146,7 +1301,7 @@ class Catalog:
             d for (blob,) in self.conn.execute(
                 "SELECT i.chunks FROM nodes n JOIN inodes i ON i.ino = n.ino"
                 " WHERE n.kind = 'file' AND n.deleted = 0 AND n.origin IS NULL"
-                " AND n.seq <= ?", (upto,))
+                " AND n.seq BETWEEN 1 AND ?", (upto,))
             for d in ChunkList.from_blob(blob).digests()))
 
     def conflicts(self) -> list[Conflict]:

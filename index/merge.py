@@ -25,6 +25,7 @@ from syncd.index import rules
 from syncd.index.catalog import ASPECTS, Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
+from syncd.index.ignore import IGNORE_FILE
 from syncd.index.node_rows import (
     decided,
     entry_changed,
@@ -68,7 +69,7 @@ class Merger:
                 waiting = []
                 for state in queue:
                     if self._known(state) or self._parent_known(state):
-                        self._apply_one(state, origin, effects)
+                        self._apply_or_leave(state, origin, effects)
                     else:
                         waiting.append(state)
                 if len(waiting) == len(queue):
@@ -121,8 +122,58 @@ class Merger:
                 state = json.loads(text)
                 if self._parent_known(state):
                     self.conn.execute("DELETE FROM limbo WHERE id = ?", (node,))
-                    self._apply_one(state, origin, effects)
+                    self._apply_or_leave(state, origin, effects)
                     progress = True
+
+    def _apply_or_leave(self, state: dict, origin: str | None, effects: Effects) -> None:
+        """Apply a peer's state, unless it is of an entry kept here only or would put
+        one where the rules here ignore: that is left alone (docs/protocol.md, "Ignored
+        entries"), neither applied, nor fetched, nor deleting anything here."""
+        if self._ignored_here(state):
+            self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
+                              (state["id"], json.dumps(state), origin))
+            return
+        self.conn.execute("DELETE FROM held WHERE id = ?", (state["id"],))  # older
+        was = self.conn.execute("SELECT parent, name FROM nodes WHERE id = ?",
+                                (state["id"],)).fetchone()
+        self._apply_one(state, origin, effects)
+        if state["name"] == IGNORE_FILE and state["kind"] == "file":
+            self.cat.rules_changed(state["parent"])
+        elif state["kind"] == "dir" and was is not None and \
+                tuple(was) != (state["parent"], state["name"]):
+            self.cat.rules_changed(state["id"])  # it moved: what is below it is decided again
+
+    def release_held(self) -> Effects:
+        """Apply the peers' states held while the rules here ignored them, those they no
+        longer ignore (after the rules changed and the entries were decided afresh)."""
+        effects = Effects()
+
+        def run() -> None:
+            for node, text, origin in self.conn.execute(
+                    "SELECT id, state, origin FROM held").fetchall():
+                state = json.loads(text)
+                if not self._ignored_here(state):
+                    self.conn.execute("DELETE FROM held WHERE id = ?", (node,))
+                    if self._known(state) or self._parent_known(state):
+                        self._apply_or_leave(state, origin, effects)
+                    else:
+                        self.conn.execute("INSERT OR REPLACE INTO limbo (id, state, origin)"
+                                          " VALUES (?, ?, ?)", (node, text, origin))
+            self._drain_limbo(effects)
+
+        self.cat.transaction(run)
+        self.cat.detached.update(effects.detached)
+        return effects
+
+    def _ignored_here(self, state: dict) -> bool:
+        if self.cat.is_local_only(state["id"]):
+            return True
+        if state["deleted"]:
+            return False
+        row = self.conn.execute("SELECT kind FROM nodes WHERE id = ? AND deleted = 0",
+                                (state["parent"],)).fetchone()
+        return row is not None and row[0] == "dir" and \
+            self.cat.ignores(state["parent"], state["name"], state["kind"])
 
     def _known(self, state: dict) -> bool:
         return node_row(self.conn, state["id"]) is not None
@@ -261,13 +312,15 @@ class Merger:
         return out
 
     def _drop_local_children(self, node: str, dir_name: str, effects: Effects) -> None:
-        """A directory a peer deleted goes with the special files it holds here: they
-        hold no data, and are the one thing in it the deleter could not see."""
+        """A directory a peer deleted goes with the special files and ignored entries it
+        holds here (all below them too): they are what the deleter could not see, and
+        would otherwise bring the directory back here alone."""
         for ino, name in self.cat.drop_local_children(node):
-            log.info("the special file %r goes with its directory %r, deleted by a peer",
-                     name, dir_name)
             effects.orphans.add(ino)
-            entry_changed(self.cat, node, name, effects)
+            if name is not None:
+                log.info("%r, local to this machine, goes with its directory %r, deleted "
+                         "by a peer", name, dir_name)
+                entry_changed(self.cat, node, name, effects)
 
     # -- writing
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -180,11 +180,28 @@ END;
 """
 
 
+# Ignored entries (schema 14; index/ignore.py, docs/cli.md "Ignore rules"): local-only like
+# special files, never stamped (seq 0) so never sent nor pending. One made while ignored
+# has a local id ('local:<n>') as a special file does; a synced one that became ignored
+# (a rule changed, or it moved under an ignored path) keeps its global id, so that peers'
+# states of it are recognised and left alone, and its versions when it is shared again.
+# `ignored` marks both (special files are local by their kind, not by a rule). Every live
+# local-only node has seq 0, and so has the root: the index counts them for `syncd status`.
+# A peer's state that the rules here leave alone is held, its latest by node, and applied
+# once the rules here no longer ignore it (index/merge.py, release_held).
+IGNORED = """
+ALTER TABLE nodes ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX nodes_local_only ON nodes (kind) WHERE seq = 0 AND deleted = 0;
+CREATE TABLE held (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NULL);
+"""
+
+
 SCHEMA = """
 -- Key/value facts about this device: device_id, created (unix seconds); while a crash
 -- recovery is cut short, recovering:<ino> = the inode of the recovered copy it committed
--- (index/recovery.py). The sequence number and the Lamport clock are those of the last
--- journal row (every stamp writes one).
+-- (index/recovery.py); ignore_refused = why rule files are refused, a JSON list
+-- (index/ignore.py, for `syncd status`). The sequence number and the Lamport clock are
+-- those of the last journal row (every stamp writes one).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value
@@ -507,6 +524,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     """ + XATTRS,
     # Old versions of files, kept a while (index/versions.py).
     13: VERSIONS,
+    # Ignored entries: a mark on the node, and the local-only ones indexed for status.
+    14: IGNORED,
 }
 
 
@@ -557,6 +576,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         f"""BEGIN;
         {SCHEMA};
         {BOOKKEEPING};
+        {IGNORED};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

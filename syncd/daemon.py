@@ -116,6 +116,10 @@ class Daemon:
 
     # -- files nobody can read (soak bug 4)
 
+    def release_held(self) -> None:
+        """The ignore rules changed: apply what peers sent that they no longer ignore."""
+        self.on_effects(self.merger.release_held())
+
     def _recheck_unheld(self) -> None:
         """A peer answers again: it may hold what nobody answered for before."""
         self.check_unheld(unheld_copies(self.catalog))

@@ -17,6 +17,7 @@ import trio
 
 from syncd.daemon import Daemon
 from syncd.home import FAILURE, Home, UserError, mount_table
+from syncd.ignoring import RulesKeeper
 from syncd.index import schema
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
@@ -116,7 +117,7 @@ def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True
         raise UserError(str(e), FAILURE) from None
     store = ChunkStore(home.store_path)
     store.reserve_released = not store.keep_reserve()
-    catalog = Catalog(db, store, on_change)
+    catalog = Catalog(db, store, on_change, local_rules=home.path / "ignore")
     recover(catalog, store)  # it logs each file it recovers
     return db, store, catalog
 
@@ -124,6 +125,7 @@ def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True
 async def _serve_daemon(daemon: Daemon) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_keep_reserve, daemon.store)
+        nursery.start_soon(RulesKeeper(daemon.catalog, daemon.release_held).run)
         await nursery.start(daemon.run)
         await _stop_on_signal()
         nursery.cancel_scope.cancel()
@@ -158,6 +160,8 @@ async def _main(fs: Filesystem, daemon: Daemon | None,
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
         nursery.start_soon(fs.purge_gathered)
+        nursery.start_soon(RulesKeeper(
+            fs.catalog, daemon.release_held if daemon else lambda: None).run)
         if daemon is not None:
             await nursery.start(daemon.run)
         ready()

@@ -67,15 +67,25 @@ class Device:
     def xattrs(self) -> dict[str, dict[str, bytes]]:
         """Each shared path's extended attributes (those listed: removed ones are not)."""
         out = {}
-        for path, (kind, _, _) in self.tree().items():
+        for path, (kind, _, _) in self.shared_tree().items():
             if kind not in LOCAL_ONLY_KINDS:
                 ino = self.ino(path)
                 out[path] = {n: self.cat.xattr(ino, n) for n in self.cat.xattr_names(ino)}
         return out
 
     def shared_tree(self) -> dict[str, tuple]:
-        """tree() less the special files, which are this device's own."""
-        return {p: v for p, v in self.tree().items() if v[0] not in LOCAL_ONLY_KINDS}
+        """tree() less what is this device's own: special files and ignored entries."""
+        out = {}
+
+        def walk(ino: int, prefix: str) -> None:
+            for e in self.cat.children(ino, 0):
+                if not self.cat.is_local_only(e.node):
+                    out[f"{prefix}/{e.name}"] = (e.inode.kind, e.inode.hash, e.inode.mode)
+                    if e.inode.kind == "dir":
+                        walk(e.inode.ino, f"{prefix}/{e.name}")
+
+        walk(ROOT, "")
+        return out
 
     def data(self, path: str) -> bytes:
         ino = self.ino(path)
@@ -149,20 +159,23 @@ def converge(*devices: Device) -> None:
 
 def check_invariants(c: Catalog) -> None:
     """What must hold after any operation: counters match the journal, every synced node's
-    seq is a journal row about it, local-only nodes (special files) are live and never
-    stamped, live names are unique, chunk refs match the chunk lists (of inodes and old
-    versions), status's running totals match the nodes and every inode without a name is
-    recorded as an orphan."""
+    seq is a journal row about it, local-only nodes (special files, ignored entries) are
+    live and never stamped, live names are unique, chunk refs match the chunk lists (of
+    inodes and old versions), status's running totals match the nodes and every inode
+    without a name is recorded as an orphan."""
     top = c.conn.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
     assert top == c.seq
-    for node, seq, deleted, kind in c.conn.execute(
-            "SELECT id, seq, deleted, kind FROM nodes WHERE id != 'root'"):
-        if local_only(node):
-            assert (seq, deleted, kind in LOCAL_ONLY_KINDS) == (0, 0, True), node
+    for node, seq, deleted, kind, ignored in c.conn.execute(
+            "SELECT id, seq, deleted, kind, ignored FROM nodes WHERE id != 'root'"):
+        if local_only(node):  # a special file, or an entry made while ignored
+            assert (seq, deleted, kind in LOCAL_ONLY_KINDS) == (0, 0, not ignored), node
             assert c.conn.execute("SELECT 1 FROM journal WHERE node = ?",
                                   (node,)).fetchone() is None
             continue
         assert kind not in LOCAL_ONLY_KINDS, node
+        if ignored:  # a synced entry that became ignored: never stamped since
+            assert (seq, deleted) == (0, 0), node
+            continue
         assert c.conn.execute("SELECT node FROM journal WHERE seq = ?", (seq,)).fetchone() == (
             node,)
     refs: dict[bytes, int] = {}

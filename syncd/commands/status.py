@@ -28,6 +28,8 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
     process's own (its status page). `live` is each peer's state as the serving process
     sees it, by name (the control op "peers"); `transfers` what it is fetching."""
     files = cat.file_counts()
+    local_only = cat.local_only_files()
+    refused = cat.refused_rules()
     dirty = len(cat.store.dirty_inodes())
     replaced_chunks, replaced_bytes = map(
         sum, zip(cat.store.retired_usage(), cat.inline.usage(), strict=True))
@@ -51,7 +53,8 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
         "files": {"total": files.total, "local": files.local,
                   "missing": files.total - files.local, "pinned": files.pinned,
                   "conflicts": files.conflicts, "bytes": files.bytes,
-                  "bytes_local": files.bytes_local},
+                  "bytes_local": files.bytes_local, "local_only": local_only},
+        "ignore_refused": refused,
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "versions": {"count": kept, "bytes": kept_bytes},
@@ -107,7 +110,9 @@ def print_status(home: Home, as_json: bool) -> None:
         ("mounted", f"{s['mounted_at']} (pid {s['pid']})" if s["mounted_at"] else
          (f"no (served by pid {s['pid']})" if s["pid"] else "no")),
         ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
-                  f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts"),
+                  f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts, "
+                  f"{f['local_only']} local-only"),
+        *[("ignore rules", f"refused: {why}") for why in s["ignore_refused"]],
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"
                      " of replaced versions kept for peers"),
