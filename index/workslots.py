@@ -89,6 +89,8 @@ class WorkSlots:
         """All of `data` at `at` (at + len(data) <= SLOT), or OSError (ENOSPC: the file
         could not grow) with the header unchanged."""
         entry = self.taken[key]
+        if at > entry[1]:  # a gap reads as zeros, as in a file, not as a former chunk's bytes
+            data, at = bytes(at - entry[1]) + bytes(data), entry[1]
         view = memoryview(data)
         done = 0
         while done < len(view):
