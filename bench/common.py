@@ -1,6 +1,7 @@
 """Helpers the benchmark scripts share (each is run as `python bench/NAME.py`, so this
 module is found beside them)."""
 
+import random
 import socket
 from pathlib import Path
 
@@ -18,6 +19,14 @@ def alive(pid) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (32768 and up here): ports the
+    kernel hands out meanwhile (a status page's port 0, a connection's own end) never take
+    it before the server that is told to listen there binds it."""
+    while True:
+        port = random.randrange(10000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port

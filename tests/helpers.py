@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -37,9 +38,17 @@ def assert_clean_error(done: subprocess.CompletedProcess, code: int, words: str)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (32768 and up here): ports the
+    kernel hands out meanwhile (a status page's port 0, a connection's own end) never take
+    it before the server that is told to listen there binds it."""
+    while True:
+        port = random.randrange(10000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def status(home: Path) -> dict:
