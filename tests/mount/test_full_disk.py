@@ -60,6 +60,24 @@ def test_enospc_then_recovery(small_home):
     assert status(small_home.home)["dirty"] == 0
 
 
+def write_on_a_full_disk(m, home) -> None:
+    """Open a file in the mount, fill the home's disk to the last byte, then write to it:
+    the write must take all its bytes (not ENOSPC, and not short), and they stay."""
+    fd = os.open(m / "new", os.O_WRONLY | os.O_CREAT, 0o644)
+    ballast = home.parent / "ballast"  # beside the home: every byte of the disk taken
+    try:
+        with open(ballast, "wb", buffering=0) as f, pytest.raises(OSError) as e:
+            while True:
+                f.write(os.urandom(1 << 20))
+        assert e.value.errno == errno.ENOSPC
+        data = os.urandom(256 << 10)
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+    ballast.unlink()
+    assert (m / "new").read_bytes() == data
+
+
 def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
     """A deleted file's chunks are kept for a peer that has not confirmed the delete (here
     one that never answers); a write that needs their space gets it instead of ENOSPC,
@@ -70,19 +88,7 @@ def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
     (m / "old").write_bytes(os.urandom(12 << 20))
     os.unlink(m / "old")
     wait_for(lambda: status(home)["replaced"]["chunks"] == 12, 10, "old's chunks kept")
-    fd = os.open(m / "new", os.O_WRONLY | os.O_CREAT, 0o644)
-    ballast = home.parent / "ballast"  # beside the home: every byte of the disk taken
-    try:
-        with open(ballast, "wb", buffering=0) as f, pytest.raises(OSError) as e:
-            while True:
-                f.write(os.urandom(1 << 20))
-        assert e.value.errno == errno.ENOSPC
-        data = os.urandom(256 << 10)
-        assert os.write(fd, data) == len(data)  # not ENOSPC, and not short
-    finally:
-        os.close(fd)
-    ballast.unlink()
-    assert (m / "new").read_bytes() == data
+    write_on_a_full_disk(m, home)
     assert status(home)["replaced"] == {"chunks": 0, "bytes": 0}
 
 
@@ -95,19 +101,7 @@ def test_old_versions_give_way_to_a_write_first(small_home):
         (m / name).write_bytes(os.urandom(6 << 20))
         os.unlink(m / name)
     assert status(home)["versions"] == {"count": 2, "bytes": 12 << 20}
-    fd = os.open(m / "new", os.O_WRONLY | os.O_CREAT, 0o644)
-    ballast = home.parent / "ballast"  # beside the home: every byte of the disk taken
-    try:
-        with open(ballast, "wb", buffering=0) as f, pytest.raises(OSError) as e:
-            while True:
-                f.write(os.urandom(1 << 20))
-        assert e.value.errno == errno.ENOSPC
-        data = os.urandom(256 << 10)
-        assert os.write(fd, data) == len(data)  # not ENOSPC, and not short
-    finally:
-        os.close(fd)
-    ballast.unlink()
-    assert (m / "new").read_bytes() == data
+    write_on_a_full_disk(m, home)
     assert status(home)["versions"] == {"count": 0, "bytes": 0}
     assert status(home)["replaced"] == {"chunks": 0, "bytes": 0}
 
