@@ -231,15 +231,22 @@ class HoldList(Strict):
     chunks: Annotated[list[Hex64], Field(min_length=1, max_length=MAX_BATCH)]
 
 
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class Hello(Strict):
     device: DeviceId
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    fingerprint: Fingerprint  # the caller's certificate
+    server: Fingerprint | None  # the certificate it expects of us; None: not pinned yet
 
 
 class PeerService(Protocol):
     """What this process serves its peers from: the daemon (syncd/daemon.py)."""
 
-    def hello(self, device: str, name: str) -> dict: ...
+    def hello(self, device: str, name: str, fingerprint: str, server: str | None
+              ) -> dict: ...  # PermissionError: refused
+    def admit(self, method: str, path: str) -> str | None: ...  # why refused, or None
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int, inline: bool, xattr: bool
                       ) -> tuple[list[dict], int]: ...
@@ -273,7 +280,10 @@ def build_app(service: PeerService) -> FastAPI:
 
     @app.post("/v1/hello")
     async def hello(body: Hello) -> dict:
-        return service.hello(body.device, body.name)
+        try:
+            return service.hello(body.device, body.name, body.fingerprint, body.server)
+        except PermissionError as e:
+            raise HTTPException(403, str(e)) from None
 
     @app.post("/v1/changes")
     async def push(body: Changes) -> dict:
@@ -376,10 +386,13 @@ class Signed:
     response is compressed (when the client accepts zstd and it pays) before it is signed.
     """
 
-    def __init__(self, app, key: bytes):
+    def __init__(self, app, key: bytes, admit=lambda method, path: None):
+        """`admit(method, path)` says why this connection's client may not make the
+        request (403), or None (the certificate checks: PeerService.admit)."""
         self.app = app
         self.key = key
         self.verifier = auth.Verifier(key)
+        self.admit = admit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -414,6 +427,9 @@ class Signed:
             log.warning("refused %s %s: %d %s", scope["method"], target[:200], status, detail)
             await _reply(send, status, {"detail": detail}, (self.key, nonce))
 
+        refusal = self.admit(scope["method"], scope["path"])
+        if refusal is not None:
+            return await refuse(403, refusal)
         if headers.get("content-encoding", "identity") not in ("identity", "zstd"):
             return await refuse(415, "bodies are zstd or not encoded")
         if headers.get("content-encoding") == "zstd":

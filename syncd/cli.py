@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from importlib.metadata import version
@@ -29,6 +30,7 @@ from syncd.home import (
     UserError,
     default_home,
 )
+from syncd.index.catalog import open_catalog
 from syncd.index.schema import SchemaError
 
 log = logging.getLogger("syncd")
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "('-': standard input), which keeps it out of the process list")
 
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
+    p = sub.add_parser("id", parents=[common],
+                       help="print this device's id and its certificate's fingerprint")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
                      config):
@@ -119,7 +124,20 @@ def cmd_cluster_key(home: Home, args) -> int:
     return OK
 
 
-COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
+def cmd_id(home: Home, args) -> int:
+    """The device id and the fingerprint a peer pins (`syncd peer add --fingerprint`)."""
+    with open_catalog(home.require().db_path, home.store_path, readonly=True) as cat:
+        device = cat.device
+    fingerprint = home.device_identity(device).fingerprint
+    if args.json:
+        print(json.dumps({"schema_version": 1, "device": device, "fingerprint": fingerprint,
+                          "name": home.config()["name"]}, indent=2))
+    else:
+        print(f"device       {device}\nfingerprint  {fingerprint}")
+    return OK
+
+
+COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, "id": cmd_id, **peers.COMMANDS,
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS}

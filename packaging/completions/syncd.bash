@@ -1,11 +1,11 @@
 # bash completion for syncd
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
-_syncd_commands="init cluster-key peer mount umount serve status pending log pin unpin fetch
+_syncd_commands="init cluster-key id peer mount umount serve status pending log pin unpin fetch
 conflicts import wait config"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
---timeout --since --address"
+--timeout --since --address --fingerprint"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
 # positional arguments; $2 is its first positional argument, if any.
@@ -16,13 +16,14 @@ _syncd_command_args()
         peer)
             case $2 in
                 '') args=words words="add list remove set" ;;
+                add) opts="--fingerprint" ;;
                 list) opts="--json" ;;
                 set) opts="--address" ;;
             esac
             ;;
         mount) opts="--foreground --allow-other --debug-fuse" args=dirs ;;
         serve) opts="--mirror" ;;
-        status | pending | conflicts) opts="--json" ;;
+        status | pending | conflicts | id) opts="--json" ;;
         log) opts="--peer --since --json" ;;
         pin | unpin | fetch) args=files ;;
         import) opts="--into" args=dirs ;;
@@ -66,7 +67,7 @@ _syncd()
     case $prev in
         --home) args=dirs ;;
         --name | --listen | --cluster-key | --peer | --copies | --timeout | --into | --since | \
-            --address) return ;;
+            --address | --fingerprint) return ;;
         --cluster-key-file) args=files ;;
         *)
             if [[ -z $cmd ]]; then

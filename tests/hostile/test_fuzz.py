@@ -67,9 +67,22 @@ def api(shared_server):
     return schemathesis.openapi.from_dict(r.json())
 
 
-def session(key: bytes | None) -> requests.Session:
+class PeerTLS(requests.adapters.HTTPAdapter):
+    """TLS as a peer the server admits talks it (Server.tls): the server's pinned
+    certificate, not a host name, says who it is."""
+
+    def __init__(self, tls):
+        self.tls = tls
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kw):
+        super().init_poolmanager(*args, ssl_context=self.tls, assert_hostname=False, **kw)
+
+
+def session(server: Server, key: bytes | None) -> requests.Session:
     s = requests.Session()
     s.trust_env = False  # 127.0.0.1 only, whatever proxy the environment names
+    s.mount("https://", PeerTLS(server.tls))
     if key:
         s.auth = Sign(key)
     return s
@@ -103,7 +116,7 @@ def call(case, server: Server, http: requests.Session):
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_signed_requests(api, server, method, path):
     server.expect_log(r"WARNING refused ")  # one line per malformed request, by design
-    with session(server.key) as http:
+    with session(server, server.key) as http:
         def check(case):
             response = call(case, server, http)
             case.validate_response(response, checks=[not_a_server_error,
@@ -116,7 +129,7 @@ def test_signed_requests(api, server, method, path):
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_unsigned_requests_are_all_refused(api, server, method, path):
     server.expect_log(r"WARNING refused ")
-    with session(None) as http:
+    with session(server, None) as http:
         def check(case):
             response = call(case, server, http)
             assert response.status_code == 401, response.text

@@ -58,7 +58,7 @@ class Proxy:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
         self.closed = False
         self.thread = threading.Thread(target=self._accept, name=f"proxy {name}",
                                        daemon=True)
