@@ -241,12 +241,17 @@ class Hello(Strict):
     server: Fingerprint | None  # the certificate it expects of us; None: not pinned yet
 
 
+class NewKey(Strict):
+    key: Hex64  # the cluster's new key, 64 hex digits
+
+
 class PeerService(Protocol):
     """What this process serves its peers from: the daemon (syncd/daemon.py)."""
 
     def hello(self, device: str, name: str, fingerprint: str, server: str | None
               ) -> dict: ...  # PermissionError: refused
     def admit(self, method: str, path: str) -> str | None: ...  # why refused, or None
+    def take_key(self, key: bytes) -> None: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int, inline: bool, xattr: bool
                       ) -> tuple[list[dict], int]: ...
@@ -284,6 +289,13 @@ def build_app(service: PeerService) -> FastAPI:
             return service.hello(body.device, body.name, body.fingerprint, body.server)
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
+
+    @app.post("/v1/cluster-key")
+    async def cluster_key(body: NewKey) -> dict:
+        """A peer this machine admits hands over the cluster's new key (syncd cluster-key
+        --rotate): signed with the key in use, over mutual TLS."""
+        service.take_key(bytes.fromhex(body.key))
+        return {"ok": True}
 
     @app.post("/v1/changes")
     async def push(body: Changes) -> dict:
@@ -394,6 +406,11 @@ class Signed:
         self.verifier = auth.Verifier(key)
         self.admit = admit
 
+    def set_key(self, key: bytes) -> None:
+        """Check requests with this key from now on (the cluster key was changed); the
+        nonces seen stay refused."""
+        self.key = self.verifier.key = key
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -414,6 +431,7 @@ class Signed:
                 return await _reply(send, 413, {"detail": "body over 64 MiB"})
             if not message.get("more_body"):
                 break
+        key = self.key  # the answer is signed with the key the request was checked with
         try:
             self.verifier.check_request(scope["method"], target, headers, bytes(body))
         except auth.AuthError as e:
@@ -425,7 +443,7 @@ class Signed:
             """Refuse a request that passed authentication: logged, and signed like
             every answer to a signed request (a peer drops unsigned ones)."""
             log.warning("refused %s %s: %d %s", scope["method"], target[:200], status, detail)
-            await _reply(send, status, {"detail": detail}, (self.key, nonce))
+            await _reply(send, status, {"detail": detail}, (key, nonce))
 
         refusal = self.admit(scope["method"], scope["path"])
         if refusal is not None:
@@ -466,7 +484,7 @@ class Signed:
                         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
                         headers += [(b"content-encoding", b"zstd"),
                                     (b"content-length", str(len(out)).encode())]
-                    signed = auth.sign_response(self.key, start["status"], nonce, digest)
+                    signed = auth.sign_response(key, start["status"], nonce, digest)
                     headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
                     await send({**start, "headers": headers})
                     await send({"type": "http.response.body", "body": out})

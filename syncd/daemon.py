@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
-from syncd import identity
+from syncd import auth, identity
 from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
@@ -121,6 +121,35 @@ class Daemon:
             return (f"the certificate {client} is not admitted here: its device was "
                     "removed with 'syncd peer remove'; add it again with 'syncd peer add'")
         return None
+
+    def take_key(self, key: bytes) -> None:
+        """The cluster's key is this one from now on (syncd cluster-key --rotate here or
+        on a peer that admits us): in HOME/cluster.key, for requests, answers and checks."""
+        self.home.set_cluster_key(key)
+        self.me.key = key
+        self.app.set_key(key)
+        log.info("the cluster key was changed")
+
+    async def _rotate_op(self, request: dict) -> dict:
+        """`syncd cluster-key --rotate`: a new cluster key, handed over mutual TLS to each
+        peer pinned here (the ones this machine admits), then taken here. A device that
+        did not get it can no longer prove membership to those that have it."""
+        new = auth.new_key()
+        handed, missed = [], {}
+        for link in sorted(self.peers, key=lambda link: link.name):
+            if link.cert is None:
+                missed[link.name] = "its certificate is not pinned here yet"
+                continue
+            try:
+                await link.call("POST", "/v1/cluster-key", {"key": new.hex()})
+                handed.append(link.name)
+            except PeerError as e:
+                missed[link.name] = str(e)
+        self.take_key(new)
+        for link in self.peers:
+            link.stale = True  # say hello with the new key
+            link.poke()
+        return {"ok": True, "handed": handed, "missed": missed}
 
     def _pins_changed(self) -> None:
         """The peers' certificates changed (pinned, added, removed): trust exactly the
@@ -352,7 +381,7 @@ class Daemon:
         config.accesslog = None
         config.keep_alive_timeout = KEEPALIVE_SERVER
         config.loglevel = "WARNING"
-        app = Signed(build_app(self), self.me.key, self.admit)
+        app = self.app = Signed(build_app(self), self.me.key, self.admit)
         self._pins_changed()
         async with trio.open_nursery() as nursery:
             self._nursery = self.fetcher.nursery = nursery
@@ -367,7 +396,8 @@ class Daemon:
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op,
-                                 "config": self._config_op})
+                                 "config": self._config_op,
+                                 "rotate-key": self._rotate_op})
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()

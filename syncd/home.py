@@ -166,6 +166,9 @@ class Home:
                             "its peers then pin the new one only after 'syncd peer remove' "
                             "and 'syncd peer add' there)") from None
 
+    def set_cluster_key(self, key: bytes) -> None:
+        _write_private(self.key_path, key.hex() + "\n")
+
     # -- the lock
 
     def acquire(self, mountpoint: str | None) -> None:

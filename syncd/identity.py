@@ -201,6 +201,7 @@ class TrustStore:
 
     def _made(self, pems: list[str]) -> ssl.SSLContext:
         ctx = _context(self.identity, server=True)
+        ctx.num_tickets = 0  # no client resumes sessions: the tickets would be wasted
         ctx.verify_mode = ssl.CERT_OPTIONAL
         if pems:
             ctx.load_verify_locations(cadata="".join(pems))

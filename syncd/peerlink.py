@@ -80,7 +80,7 @@ class NotHeld(PeerError):
     """The peer answered that it does not hold the chunk asked for."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Me:
     """This device as its peers know it, the cluster key it signs with and its
     certificate."""
@@ -141,7 +141,8 @@ class PeerLink:
     # -- requests
 
     async def request(self, method: str, path: str, payload: dict | None = None,
-                      headers: dict | None = None, url: str | None = None) -> Reply:
+                      headers: dict | None = None, url: str | None = None,
+                      client: httpx.AsyncClient | None = None) -> Reply:
         """One signed exchange, with the address in use or `url`. Bodies are compressed
         when the peer accepts zstd and it pays; the signature covers the bytes as sent,
         both ways. A network failure at `url` raises Unreachable and leaves the state
@@ -163,9 +164,10 @@ class PeerLink:
             signed = auth.sign_request(self.me.key, method, path, body)
             all_headers.update(signed)
             try:
-                request = self.client.build_request(method, base + path, content=body,
-                                                    headers=all_headers)
-                r = await self.client.send(request, stream=True)
+                client = client or self.client
+                request = client.build_request(method, base + path, content=body,
+                                               headers=all_headers)
+                r = await client.send(request, stream=True)
                 try:
                     tls = r.extensions["network_stream"].get_extra_info("ssl_object")
                     parts = [part async for part in r.aiter_raw()]
@@ -311,13 +313,9 @@ class PeerLink:
         a relay: a relay's certificate is not the one the peer names), its device is the
         certificate's, and the certificate is the one given with --fingerprint, if one
         was, and of the device known under this name, if one is."""
-        first = self._client(None)
-        main, self.client = self.client, first
-        try:
-            r = await self.request("POST", "/v1/hello", self._greeting(), url=url)
-        finally:
-            self.client = main
-            await first.aclose()
+        async with self._client(None) as bare:
+            r = await self.request("POST", "/v1/hello", self._greeting(), url=url,
+                                   client=bare)
         if r.status != 200:
             raise Refused(f"{self.name} ({url}) refused hello: {r.status} "
                           f"{r.body[:300].decode(errors='replace')}")

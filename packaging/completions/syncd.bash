@@ -13,6 +13,7 @@ _syncd_command_args()
 {
     case $1 in
         init) opts="--name --listen --cluster-key --cluster-key-file" ;;
+        cluster-key) opts="--rotate" ;;
         peer)
             case $2 in
                 '') args=words words="add list remove set" ;;

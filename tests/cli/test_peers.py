@@ -99,6 +99,12 @@ def test_the_key_options_exclude_each_other(tmp_path):
     assert not (tmp_path / "h").exists()
 
 
+def test_a_key_is_rotated_only_by_the_serving_process(home):
+    key = key_of(home)
+    assert_clean_error(syncd(home, "cluster-key", "--rotate", check=False), 4, "is not served")
+    assert key_of(home) == key
+
+
 def test_cluster_key_errors(home, tmp_path):
     assert_clean_error(syncd(tmp_path / "none", "cluster-key", check=False), 3, "syncd init")
     (home / "cluster.key").write_text("not a key\n")

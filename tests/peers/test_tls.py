@@ -3,8 +3,11 @@ real homes on 127.0.0.1, real TLS, the real CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import ssl
+import threading
 import time
 
 import httpx
@@ -134,3 +137,97 @@ def test_plain_http_to_the_peer_port_gets_nothing(cluster):
     assert b"HTTP" not in received
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/v1/changes", timeout=10)
+
+
+def test_a_rotated_key_shuts_out_the_device_that_did_not_get_it(cluster):
+    a, b, c = cluster(3)
+    (a / "one").write_bytes(b"1")
+    for p in (b, c):
+        wait_content(p / "one", b"1")
+    wait_for(lambda: all(p.peer(q.name)["pinned"] for p in (a, b, c) for q in (a, b, c)
+                         if q is not p), 20, "every peer pinned by every other")
+    old = a.key
+    syncd(a.home, "peer", "remove", "gamma")  # gamma must leave the group
+    done = syncd(a.home, "cluster-key", "--rotate")
+    assert done.stdout.strip() == "new cluster key; handed to: beta" and not done.stderr
+    new = syncd(a.home, "cluster-key").stdout.strip()
+    assert new != old and syncd(b.home, "cluster-key").stdout.strip() == new
+    assert syncd(c.home, "cluster-key").stdout.strip() == old
+    (a / "two").write_bytes(b"2")
+    wait_content(b / "two", b"2")  # alpha and beta go on with the new key
+    (b / "three").write_bytes(b"3")
+    wait_content(a / "three", b"3")
+    # beta still admits gamma's certificate, but gamma cannot prove membership any more
+    b.expect_log(r"WARNING refused \S+ /v1/\S+: bad signature")
+    c.expect_log(r"WARNING refused \S+ /v1/\S+: bad signature")
+    (c / "four").write_bytes(b"4")
+    assert stays_away(b / "four") and stays_away(a / "four", 0.5)
+    assert read(c / "two") is None
+    wait_for(lambda: "do not share a cluster key" in (c.peer("beta")["last_error"] or ""), 30,
+             "gamma to learn that beta does not share its key")
+
+
+class Relay:
+    """A man in the middle: terminates TLS with a certificate of its own (a device of
+    the cluster's, `home`) and relays every byte to `port` over TLS of its own: what it
+    sees, it passes on unchanged, valid signatures included."""
+
+    def __init__(self, home, port: int):
+        self.target = port
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(home / "device.pem")
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.relayed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = self.listener.accept()
+                self.sockets.append(raw)
+                threading.Thread(target=self._relay, args=(raw,), daemon=True).start()
+
+    def _relay(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            client = self.tls.wrap_socket(raw, server_side=True)
+            onward = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            onward.check_hostname, onward.verify_mode = False, ssl.CERT_NONE
+            server = onward.wrap_socket(socket.create_connection(("127.0.0.1", self.target)))
+            self.sockets += [client, server]
+            self.relayed += 1
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+            self._pipe(client, server)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        for s in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_a_man_in_the_middle_relaying_valid_signatures_is_never_pinned(cluster):
+    a, b, c = cluster(3, mounted=False)
+    relay = Relay(c.home, int(a.url.rpartition(":")[2]))  # with gamma's certificate
+    try:
+        syncd(b.home, "peer", "set", "alpha", "--address", relay.url)
+        a.start()
+        b.start()
+        wait_for(lambda: "not the one its signed hello names" in
+                 (b.peer("alpha")["last_error"] or ""), 30, "beta to refuse the relay")
+        assert relay.relayed  # the signed answer came back through it, and was not enough
+        alpha = b.peer("alpha")
+        assert (alpha["pinned"], alpha["fingerprint"], alpha["device"]) == (False, None, None)
+        (b / "f").write_bytes(b"not through the relay")
+        assert stays_away(a / "f")
+    finally:
+        relay.close()
