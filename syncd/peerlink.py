@@ -235,8 +235,14 @@ class PeerLink:
                         "'syncd peer list --json' shows here; if that is right, run "
                         f"'syncd peer remove {self.name}' and 'syncd peer add {self.name} "
                         f"{' '.join(self.addresses)}' here, and it is sent everything")
+            if isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "") and \
+                    self.cert is not None:
+                return (f"it refused this machine's certificate ({cause.reason}): it has not "
+                        "pinned it (has it added this machine, with 'syncd peer add'?), or "
+                        "removed it")
             cause = cause.__cause__ or cause.__context__
-        if self.cert is not None and isinstance(error, httpx.RemoteProtocolError):
+        if self.cert is not None and isinstance(error, (httpx.RemoteProtocolError,
+                                                        httpx.ReadError, httpx.WriteError)):
             return (f"{error!r}: it closed the connection before answering, as a peer does "
                     "to a certificate it has not pinned (has it added this machine, with "
                     "'syncd peer add'?), or it is stopping")

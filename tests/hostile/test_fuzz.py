@@ -40,6 +40,9 @@ def bounded(examples: int) -> settings:
 # (METHOD, path) of every operation the app describes (the served description is the same)
 OPERATIONS = [(method.upper(), path)
               for path, ops in build_app(None).openapi()["paths"].items() for method in ops]
+# A valid POST /v1/cluster-key changes the key that every later request of the module's
+# server must be signed with: tests/hostile/test_input.py tries it on a server of its own.
+SIGNED_OPERATIONS = [op for op in OPERATIONS if op != ("POST", "/v1/cluster-key")]
 
 
 class Sign(requests.auth.AuthBase):
@@ -113,7 +116,7 @@ def call(case, server: Server, http: requests.Session):
     return response
 
 
-@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+@pytest.mark.parametrize(("method", "path"), SIGNED_OPERATIONS)
 def test_signed_requests(api, server, method, path):
     server.expect_log(r"WARNING refused ")  # one line per malformed request, by design
     with session(server, server.key) as http:
