@@ -189,8 +189,8 @@ def bench_join(base, exe, args, res):
     a.cli("import", src, "--into", "src0")
     b = Home(exe, base / "j-beta", "beta")
     b.init(key)
-    a.cli("peer", "add", "beta", f"http://127.0.0.1:{b.port}")
-    b.cli("peer", "add", "alpha", f"http://127.0.0.1:{a.port}")
+    a.cli("peer", "add", "beta", f"127.0.0.1:{b.port}")
+    b.cli("peer", "add", "alpha", f"127.0.0.1:{a.port}")
     try:
         a.mount(base / "mnt-ja")
         t = time.perf_counter()

@@ -137,8 +137,8 @@ class Syncd:
         key = self.cli("alpha", "cluster-key").split()[-1]
         self.cli("beta", "init", "--name", "beta", "--listen", f"127.0.0.1:{port['beta']}",
                  "--cluster-key", key)
-        self.cli("alpha", "peer", "add", "beta", f"http://127.0.0.1:{port['beta']}")
-        self.cli("beta", "peer", "add", "alpha", f"http://127.0.0.1:{port['alpha']}")
+        self.cli("alpha", "peer", "add", "beta", f"https://127.0.0.1:{port['beta']}")
+        self.cli("beta", "peer", "add", "alpha", f"https://127.0.0.1:{port['alpha']}")
         for peer, mnt in self.mnts.items():
             mnt.mkdir()
             print(out := self.cli(peer, "mount", mnt), flush=True)

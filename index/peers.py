@@ -16,7 +16,8 @@ import sqlite_utils
 
 # What the serving process records about a peer as it talks to it (url: the address that
 # answered last, of its addresses).
-SAVED_COLUMNS = frozenset({"device", "state", "cursor", "last_seen", "last_error", "url"})
+SAVED_COLUMNS = frozenset({"device", "state", "cursor", "last_seen", "last_error", "url",
+                           "fingerprint", "cert"})
 
 
 class PeerExists(Exception):
@@ -37,6 +38,8 @@ class Peer:
     last_seen: int | None  # unix seconds of its last answer
     last_error: str | None
     addresses: list[str] = field(default_factory=list)  # tried in order, `url` first
+    fingerprint: str | None = None  # its certificate's SHA-256: given at add, or pinned
+    cert: str | None = None  # its certificate (PEM), pinned at the first proven hello
 
 
 class Pending(NamedTuple):
@@ -45,15 +48,18 @@ class Pending(NamedTuple):
     oldest: int | None  # unix seconds of the oldest change's journal row
 
 
-def add_peer(db: sqlite_utils.Database, name: str, *addresses: str) -> None:
-    """A new peer at these addresses (tried in order), state unknown; PeerExists when the
-    name is taken."""
+def add_peer(db: sqlite_utils.Database, name: str, *addresses: str,
+             fingerprint: str | None = None) -> None:
+    """A new peer at these addresses (tried in order), state unknown, its certificate
+    that of `fingerprint` when given (else the one its first proven hello shows);
+    PeerExists when the name is taken."""
     if not addresses:
         raise ValueError("a peer needs an address")
     try:
         with db.atomic():
-            db.conn.execute("INSERT INTO peers (name, url, addresses) VALUES (?, ?, ?)",
-                            (name, addresses[0], json.dumps(list(addresses))))
+            db.conn.execute("INSERT INTO peers (name, url, addresses, fingerprint)"
+                            " VALUES (?, ?, ?, ?)", (name, addresses[0],
+                                                     json.dumps(list(addresses)), fingerprint))
     except sqlite3.IntegrityError:
         raise PeerExists(name) from None
 
@@ -91,9 +97,9 @@ def set_peer_use(db: sqlite_utils.Database, name: str, use: str) -> None:
 
 def list_peers(db: sqlite_utils.Database) -> list[Peer]:
     """Every peer, by name."""
-    return [Peer(*row[:-1], json.loads(row[-1]) or [row[1]]) for row in db.conn.execute(
-        "SELECT name, url, device, state, cursor, last_seen, last_error, addresses FROM peers"
-        " ORDER BY name")]
+    return [Peer(*row[:7], json.loads(row[7]) or [row[1]], *row[8:]) for row in db.conn.execute(
+        "SELECT name, url, device, state, cursor, last_seen, last_error, addresses,"
+        " fingerprint, cert FROM peers ORDER BY name")]
 
 
 def save_peer(db: sqlite_utils.Database, name: str, **columns) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -304,7 +304,9 @@ CREATE TABLE peers (
     cursor     INTEGER NOT NULL DEFAULT 0,
     last_seen  INTEGER,               -- unix seconds of the last answer
     last_error TEXT,
-    addresses  TEXT NOT NULL DEFAULT '[]'  -- JSON list of URLs
+    addresses  TEXT NOT NULL DEFAULT '[]',  -- JSON list of URLs
+    fingerprint TEXT,                 -- SHA-256 of its certificate: given, or pinned
+    cert       TEXT                   -- its certificate (PEM), pinned at the first hello
 );
 
 -- Pushes a peer confirmed (rule 5), for `syncd log` (index/history.py): the cursor of the
@@ -388,6 +390,21 @@ def _addresses(conn: sqlite3.Connection) -> None:
     if "addresses" not in [r[1] for r in conn.execute("PRAGMA table_info(peers)")]:
         conn.execute("ALTER TABLE peers ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]'")
     conn.execute("UPDATE peers SET addresses = json_array(url) WHERE addresses = '[]'")
+
+
+def _pins(conn: sqlite3.Connection) -> None:
+    """Peers talk TLS with pinned certificates (schema 13): each peer gets a fingerprint
+    and a certificate, pinned at its first hello, and its addresses become https (the
+    same host and port: the peer port speaks TLS only). A table that has the columns
+    already (a database whose version was set back) keeps them."""
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(peers)")]
+    for column in ("fingerprint", "cert"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE peers ADD COLUMN {column} TEXT")
+    conn.execute("UPDATE peers SET url = 'https://' || substr(url, 8) WHERE url LIKE 'http://%'")
+    conn.execute("UPDATE peers SET addresses = (SELECT json_group_array(CASE WHEN value LIKE "
+                 "'http://%' THEN 'https://' || substr(value, 8) ELSE value END) FROM "
+                 "json_each(peers.addresses))")
 
 
 # Each step takes a database of version N-1 to version N.
@@ -526,6 +543,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     13: VERSIONS,
     # Ignored entries: a mark on the node, and the local-only ones indexed for status.
     14: IGNORED,
+    # Pinned certificates; https addresses.
+    15: _pins,
 }
 
 

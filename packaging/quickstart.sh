@@ -24,8 +24,8 @@ if [ ! -e "$demo/alpha/index.db" ]; then
     "$syncd" --home "$demo/alpha" cluster-key |
         "$syncd" --home "$demo/beta" init --name beta --listen "127.0.0.1:$((port + 1))" \
             --cluster-key-file -
-    "$syncd" --home "$demo/alpha" peer add beta "http://127.0.0.1:$((port + 1))"
-    "$syncd" --home "$demo/beta" peer add alpha "http://127.0.0.1:$port"
+    "$syncd" --home "$demo/alpha" peer add beta "https://127.0.0.1:$((port + 1))"
+    "$syncd" --home "$demo/beta" peer add alpha "https://127.0.0.1:$port"
 fi
 for name in alpha beta; do
     mkdir -p "$demo/$name-mnt"

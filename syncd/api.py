@@ -232,15 +232,27 @@ class HoldList(Strict):
     chunks: Annotated[list[Hex64], Field(min_length=1, max_length=MAX_BATCH)]
 
 
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class Hello(Strict):
     device: DeviceId
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    fingerprint: Fingerprint  # the caller's certificate
+    server: Fingerprint | None  # the certificate it expects of us; None: not pinned yet
+
+
+class NewKey(Strict):
+    key: Hex64  # the cluster's new key, 64 hex digits
 
 
 class PeerService(Protocol):
     """What this process serves its peers from: the daemon (syncd/daemon.py)."""
 
-    def hello(self, device: str, name: str) -> dict: ...
+    def hello(self, device: str, name: str, fingerprint: str, server: str | None
+              ) -> dict: ...  # PermissionError: refused
+    def admit(self, method: str, path: str) -> str | None: ...  # why refused, or None
+    def take_key(self, key: bytes) -> None: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int, inline: bool, xattr: bool
                       ) -> tuple[list[dict], int]: ...
@@ -274,7 +286,17 @@ def build_app(service: PeerService) -> FastAPI:
 
     @app.post("/v1/hello")
     async def hello(body: Hello) -> dict:
-        return service.hello(body.device, body.name)
+        try:
+            return service.hello(body.device, body.name, body.fingerprint, body.server)
+        except PermissionError as e:
+            raise HTTPException(403, str(e)) from None
+
+    @app.post("/v1/cluster-key")
+    async def cluster_key(body: NewKey) -> dict:
+        """A peer this machine admits hands over the cluster's new key (syncd cluster-key
+        --rotate): signed with the key in use, over mutual TLS."""
+        service.take_key(bytes.fromhex(body.key))
+        return {"ok": True}
 
     @app.post("/v1/changes")
     async def push(body: Changes) -> dict:
@@ -377,10 +399,18 @@ class Signed:
     response is compressed (when the client accepts zstd and it pays) before it is signed.
     """
 
-    def __init__(self, app, key: bytes):
+    def __init__(self, app, key: bytes, admit=lambda method, path: None):
+        """`admit(method, path)` says why this connection's client may not make the
+        request (403), or None (the certificate checks: PeerService.admit)."""
         self.app = app
         self.key = key
         self.verifier = auth.Verifier(key)
+        self.admit = admit
+
+    def set_key(self, key: bytes) -> None:
+        """Check requests with this key from now on (the cluster key was changed); the
+        nonces seen stay refused."""
+        self.key = self.verifier.key = key
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -403,6 +433,7 @@ class Signed:
             if not message.get("more_body"):
                 break
         BYTES_RECEIVED.labels("").inc(len(body))
+        key = self.key  # the answer is signed with the key the request was checked with
         try:
             self.verifier.check_request(scope["method"], target, headers, bytes(body))
         except auth.AuthError as e:
@@ -414,8 +445,11 @@ class Signed:
             """Refuse a request that passed authentication: logged, and signed like
             every answer to a signed request (a peer drops unsigned ones)."""
             log.warning("refused %s %s: %d %s", scope["method"], target[:200], status, detail)
-            await _reply(send, status, {"detail": detail}, (self.key, nonce))
+            await _reply(send, status, {"detail": detail}, (key, nonce))
 
+        refusal = self.admit(scope["method"], scope["path"])
+        if refusal is not None:
+            return await refuse(403, refusal)
         if headers.get("content-encoding", "identity") not in ("identity", "zstd"):
             return await refuse(415, "bodies are zstd or not encoded")
         if headers.get("content-encoding") == "zstd":
@@ -452,7 +486,7 @@ class Signed:
                         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
                         headers += [(b"content-encoding", b"zstd"),
                                     (b"content-length", str(len(out)).encode())]
-                    signed = auth.sign_response(self.key, start["status"], nonce, digest)
+                    signed = auth.sign_response(key, start["status"], nonce, digest)
                     headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
                     await send({**start, "headers": headers})
                     await send({"type": "http.response.body", "body": out})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from importlib.metadata import version
@@ -26,11 +27,13 @@ from syncd.commands import (
 from syncd.home import (
     FAILURE,
     OK,
+    STATE,
     USAGE,
     Home,
     UserError,
     default_home,
 )
+from syncd.index.catalog import open_catalog
 from syncd.index.schema import SchemaError
 
 log = logging.getLogger("syncd")
@@ -58,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--cluster-key-file", metavar="FILE", help="read the key from FILE "
                      "('-': standard input), which keeps it out of the process list")
 
-    sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
+    p = sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
+    p.add_argument("--rotate", action="store_true",
+                   help="make a new key and hand it over TLS to the peers pinned here "
+                        "(the home must be served)")
+    p = sub.add_parser("id", parents=[common],
+                       help="print this device's id and its certificate's fingerprint")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
                      config, page, versions):
@@ -117,11 +126,41 @@ def _given_key(args) -> bytes | None:
 
 
 def cmd_cluster_key(home: Home, args) -> int:
-    print(home.require().cluster_key().hex())
+    if not args.rotate:
+        print(home.require().cluster_key().hex())
+        return OK
+    home.require().cluster_key()  # a readable key to sign the handing over with
+    if home.holder() is None:
+        raise UserError(f"{home.path} is not served: the new key is handed to the peers by "
+                        "the process serving it; start 'syncd mount' or 'syncd serve' first",
+                        STATE)
+    from syncd import control  # trio loads only when something is served
+
+    answer = control.request(home, "rotate-key", timeout=60)
+    if not answer.get("ok"):
+        raise UserError(f"the serving process did not change the key: {answer.get('error')}")
+    print(f"new cluster key; handed to: {', '.join(answer['handed']) or 'no peer'}")
+    for name, why in sorted(answer["missed"].items()):
+        print(f"syncd: warning: {name} did not get it ({why}); it can no longer talk to "
+              "this machine: put the key 'syncd cluster-key' prints here in its "
+              "HOME/cluster.key (mode 0600) and restart it", file=sys.stderr)
+    return FAILURE if answer["missed"] else OK
+
+
+def cmd_id(home: Home, args) -> int:
+    """The device id and the fingerprint a peer pins (`syncd peer add --fingerprint`)."""
+    with open_catalog(home.require().db_path, home.store_path, readonly=True) as cat:
+        device = cat.device
+    fingerprint = home.device_identity(device).fingerprint
+    if args.json:
+        print(json.dumps({"schema_version": 1, "device": device, "fingerprint": fingerprint,
+                          "name": home.config()["name"]}, indent=2))
+    else:
+        print(f"device       {device}\nfingerprint  {fingerprint}")
     return OK
 
 
-COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
+COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, "id": cmd_id, **peers.COMMANDS,
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,

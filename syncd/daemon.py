@@ -22,6 +22,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
+from syncd import auth, identity
 from syncd.api import Signed, build_app
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
@@ -32,6 +33,7 @@ from syncd.index.effects import Effects
 from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
+from syncd.index.peers import list_peers
 from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
@@ -71,10 +73,14 @@ class Daemon:
         self.name: str = config["name"]
         self.listen: str = config["listen"]
         self.device = catalog.device
-        self.me = Me(home.cluster_key(), self.device, self.name)
+        self.identity = home.device_identity(self.device)
+        self.me = Me(home.cluster_key(), self.device, self.name, self.identity)
+        self.trust = identity.TrustStore(self.identity)
+        self.admitted: dict[str, str] = {}  # fingerprint -> device of each pinned peer
         self.merger = Merger(catalog)
         self.changes = changes
-        self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld)
+        self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld,
+                             on_pinned=self._pins_changed)
         self.fetcher = Fetcher(catalog, self.peers, self.refresh)
         self.on_effects = on_effects or self._purge_orphans
         self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
@@ -102,10 +108,73 @@ class Daemon:
 
     # -- what the API serves (syncd/api.py, PeerService)
 
-    def hello(self, device: str, name: str) -> dict:
+    def hello(self, device: str, name: str, fingerprint: str, server: str | None) -> dict:
+        """Answer a hello naming both certificates of the connection as seen here
+        (docs/protocol.md, "Identity and TLS"); PermissionError when the caller saw
+        another certificate than ours (a relay), or shows one not its device's."""
+        client = identity.CLIENT.get()
+        if server is not None and server != self.identity.fingerprint:
+            raise PermissionError(f"this machine's certificate is {self.identity.fingerprint}"
+                                  f", not {server}: something between us terminates TLS")
+        if client is not None and (client != fingerprint or self.admitted[client] != device):
+            raise PermissionError("the hello names another certificate or device than the "
+                                  "one this connection presented")
         self.peers.greeted(device, name)
         return {"device": self.device, "name": self.name, "seq": self.catalog.seq,
-                "accepts": ["zstd", "inline", "xattr"]}
+                "accepts": ["zstd", "inline", "xattr"],
+                "fingerprint": self.identity.fingerprint, "client": client}
+
+    def admit(self, method: str, path: str) -> str | None:
+        """Who may ask what (DESIGN rule 7): a client whose certificate TLS checked
+        against the pins, while its peer is still pinned here; one without a certificate
+        may only say hello (the first hello of trust on first use). Pins checked at each
+        request: a peer removed meanwhile is refused on a connection it opened before."""
+        client = identity.CLIENT.get()
+        if client is None:
+            if (method, path) == ("POST", "/v1/hello"):
+                return None
+            return ("this connection presents no certificate: only hello is answered "
+                    "without one")
+        if client not in self.admitted:
+            return (f"the certificate {client} is not admitted here: its device was "
+                    "removed with 'syncd peer remove'; add it again with 'syncd peer add'")
+        return None
+
+    def take_key(self, key: bytes) -> None:
+        """The cluster's key is this one from now on (syncd cluster-key --rotate here or
+        on a peer that admits us): in HOME/cluster.key, for requests, answers and checks."""
+        self.home.set_cluster_key(key)
+        self.me.key = key
+        self.app.set_key(key)
+        log.info("the cluster key was changed")
+
+    async def _rotate_op(self, request: dict) -> dict:
+        """`syncd cluster-key --rotate`: a new cluster key, handed over mutual TLS to each
+        peer pinned here (the ones this machine admits), then taken here. A device that
+        did not get it can no longer prove membership to those that have it."""
+        new = auth.new_key()
+        handed, missed = [], {}
+        for link in sorted(self.peers, key=lambda link: link.name):
+            if link.cert is None:
+                missed[link.name] = "its certificate is not pinned here yet"
+                continue
+            try:
+                await link.call("POST", "/v1/cluster-key", {"key": new.hex()})
+                handed.append(link.name)
+            except PeerError as e:
+                missed[link.name] = str(e)
+        self.take_key(new)
+        for link in self.peers:
+            link.stale = True  # say hello with the new key
+            link.poke()
+        return {"ok": True, "handed": handed, "missed": missed}
+
+    def _pins_changed(self) -> None:
+        """The peers' certificates changed (pinned, added, removed): trust exactly the
+        pinned ones from the next connection and the next request on."""
+        pinned = [p for p in list_peers(self.catalog.db) if p.cert is not None]
+        self.admitted = {p.fingerprint: p.device for p in pinned}
+        self.trust.set([p.cert for p in pinned])
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -329,12 +398,13 @@ class Daemon:
             self.catalog.retire(self.catalog.purge_inodes(list(effects.orphans)))
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        config = Config()
+        config = _TLSConfig(self.trust)
         config.bind = [self.listen]
         config.accesslog = None
         config.keep_alive_timeout = KEEPALIVE_SERVER
         config.loglevel = "WARNING"
-        app = Signed(build_app(self), self.me.key)
+        app = self.app = Signed(build_app(self), self.me.key, self.admit)
+        self._pins_changed()
         async with trio.open_nursery() as nursery:
             self._nursery = self.fetcher.nursery = nursery
             try:
@@ -349,7 +419,7 @@ class Daemon:
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
                                  "restore": self._restore_op,
-                                 "config": self._config_op})
+                                 "config": self._config_op, "rotate-key": self._rotate_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
             nursery.start_soon(self._push_on_change)
@@ -509,6 +579,18 @@ class Daemon:
         return {"ok": True, "applied": applied}
 
     async def _reload_peers(self, request: dict) -> dict:
+        self._pins_changed()
         self.peers.load(self._nursery)
         return {"ok": True, "peers": sorted(self.peers.links)}
 
+
+class _TLSConfig(Config):
+    """hypercorn's settings, listening with the trust store's context (identity.py)."""
+
+    def __init__(self, trust: identity.TrustStore):
+        super().__init__()
+        self.trust = trust
+        self.certfile = self.keyfile = str(trust.identity.path)  # TLS on
+
+    def create_ssl_context(self):
+        return self.trust.listening

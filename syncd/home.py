@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import auth, settings
+from syncd import auth, identity, settings
 from syncd.index import schema
 from syncd.index.store import ChunkStore
 
@@ -65,6 +65,7 @@ class Home:
         self.config_path = self.path / "config.json"
         self.log_path = self.path / "mount.log"
         self.key_path = self.path / "cluster.key"
+        self.identity_path = self.path / "device.pem"  # key pair and certificate
         self.control_path = self.path / "control.sock"
         self.ui_token_path = self.path / "ui.token"
         self._lock_fd: int | None = None
@@ -95,8 +96,10 @@ class Home:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
         os.rename(tmp, home.config_path)
         _write_private(home.key_path, (auth.new_key() if key is None else key).hex() + "\n")
+        device = secrets.token_hex(16)
+        identity.ensure(home.identity_path, device)
         # The index last: its existence is what makes this a home.
-        db = schema.create(home.db_path.with_suffix(".new"), secrets.token_hex(16),
+        db = schema.create(home.db_path.with_suffix(".new"), device,
                            os.getuid(), os.getgid(), time.time_ns())
         db.close()
         os.rename(home.db_path.with_suffix(".new"), home.db_path)
@@ -165,6 +168,19 @@ class Home:
             raise UserError(f"cannot read {self.key_path}: {e.strerror}") from None
         except ValueError as e:
             raise UserError(f"{self.key_path} is malformed: {e}") from None
+
+    def device_identity(self, device: str) -> identity.Identity:
+        """This home's key pair and certificate, made when it has none (a home made
+        before identities: its first start after the upgrade)."""
+        try:
+            return identity.ensure(self.identity_path, device)
+        except identity.IdentityError as e:
+            raise UserError(f"{e} (move it away and start again to make a new one; "
+                            "its peers then pin the new one only after 'syncd peer remove' "
+                            "and 'syncd peer add' there)") from None
+
+    def set_cluster_key(self, key: bytes) -> None:
+        _write_private(self.key_path, key.hex() + "\n")
 
     # -- the lock
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from syncd import auth, compress
+from syncd import auth, compress, identity
 from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
 from syncd.index.peers import Peer, confirm_push, save_peer
@@ -53,6 +54,7 @@ class Reply:
     headers: httpx.Headers
     body: bytes
     pieces: list[bytes] | None  # auth.pieces(body), when it travelled as it is
+    server_cert: bytes | None = None  # the certificate (DER) the connection showed
 
     def digest_at(self, at: int, size: int) -> bytes | None:
         """The BLAKE3 digest of body[at:at + size] if the signature check computed it:
@@ -79,29 +81,34 @@ class NotHeld(PeerError):
     """The peer answered that it does not hold the chunk asked for."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Me:
-    """This device as its peers know it, and the cluster key it signs with."""
+    """This device as its peers know it, the cluster key it signs with and its
+    certificate."""
 
     key: bytes
     device: str
     name: str
+    identity: identity.Identity
 
 
 class PeerLink:
     def __init__(self, record: Peer, me: Me, catalog: Catalog,
-                 on_online: Callable[[], None]):
+                 on_online: Callable[[], None], on_pinned: Callable[[], None]):
         """One peer from its record in the index; `on_online` runs each time it answers
-        again after it did not."""
+        again after it did not, `on_pinned` when its certificate is pinned."""
         self.me = me
         self.catalog = catalog
         self.on_online = on_online
+        self.on_pinned = on_pinned
         self.name = record.name
         # Where it may be reached, in the operator's order; `url` is the one in use: the
         # one that last answered its hello as this peer, tried first (hello()).
         self.addresses = [a.rstrip("/") for a in record.addresses or [record.url]]
         self.url = record.url.rstrip("/")
         self.device = record.device
+        self.fingerprint = record.fingerprint  # given at add, or pinned with `cert`
+        self.cert = record.cert  # its certificate (PEM) once pinned
         self.state = record.state
         self.cursor = record.cursor
         self.last_seen = record.last_seen  # unix seconds of its last answer
@@ -117,10 +124,17 @@ class PeerLink:
         self.accepts_zstd = False  # learned at hello
         self.accepts_inline = False  # states may carry small files' bytes (hello too)
         self.accepts_xattr = False  # states may carry extended attributes (hello too)
-        # Idle connections are dropped here before the server drops them (KEEPALIVE_SERVER
-        # in daemon.py), so a request rarely meets a connection closing under it.
-        self.client = httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
-            retries=0, socket_options=_NODELAY, limits=httpx.Limits(keepalive_expiry=2.0)))
+        self.client = self._client(self.cert)
+
+    def _client(self, pinned: str | None) -> httpx.AsyncClient:
+        """A client that trusts only the pinned certificate and presents ours; with none
+        pinned, one that presents nothing and trusts what hello() checks (TLS in
+        identity.py). Idle connections are dropped here before the server drops them
+        (KEEPALIVE_SERVER in daemon.py), so a request rarely meets a connection closing
+        under it."""
+        return httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
+            retries=0, socket_options=_NODELAY, limits=httpx.Limits(keepalive_expiry=2.0),
+            verify=identity.client_context(self.me.identity, pinned)))
 
     def poke(self) -> None:
         self.wake.set()
@@ -128,7 +142,8 @@ class PeerLink:
     # -- requests
 
     async def request(self, method: str, path: str, payload: dict | None = None,
-                      headers: dict | None = None, url: str | None = None) -> Reply:
+                      headers: dict | None = None, url: str | None = None,
+                      client: httpx.AsyncClient | None = None) -> Reply:
         """One signed exchange, with the address in use or `url`. Bodies are compressed
         when the peer accepts zstd and it pays; the signature covers the bytes as sent,
         both ways. A network failure at `url` raises Unreachable and leaves the state
@@ -150,10 +165,12 @@ class PeerLink:
             signed = auth.sign_request(self.me.key, method, path, body)
             all_headers.update(signed)
             try:
-                request = self.client.build_request(method, base + path, content=body,
-                                                    headers=all_headers)
-                r = await self.client.send(request, stream=True)
+                client = client or self.client
+                request = client.build_request(method, base + path, content=body,
+                                               headers=all_headers)
+                r = await client.send(request, stream=True)
                 try:
+                    tls = r.extensions["network_stream"].get_extra_info("ssl_object")
                     parts = [part async for part in r.aiter_raw()]
                 finally:
                     await r.aclose()
@@ -163,6 +180,7 @@ class PeerLink:
                     raise self._unreachable(e, url) from None
             except httpx.HTTPError as e:
                 raise self._unreachable(e, url) from None
+        server_cert = tls.getpeercert(binary_form=True) if tls is not None else None
         raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
         BYTES_SENT.labels(self.name).inc(len(body))
         BYTES_RECEIVED.labels(self.name).inc(len(raw))
@@ -177,8 +195,8 @@ class PeerLink:
                 body = await off_loop(len(raw), compress.unpack, raw, MAX_ANSWER)
             except compress.BadEncoding as e:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
-            return Reply(r.status_code, r.headers, body, None)
-        return Reply(r.status_code, r.headers, raw, pieces)
+            return Reply(r.status_code, r.headers, body, None, server_cert)
+        return Reply(r.status_code, r.headers, raw, pieces, server_cert)
 
     def _unsigned(self, status: int, body: bytes, error: auth.AuthError, url: str) -> str:
         """Why an answer came unsigned. A 401 is the peer refusing our signature, and its
@@ -203,15 +221,42 @@ class PeerLink:
         once (one connection reset is no reason to wait out a back-off); one offline
         already is left to the back-off. At an address being tried (`url`), only that
         address failed."""
-        failure = Unreachable(f"{self.name} ({url or self.url}) does not answer: {error!r}")
+        failure = Unreachable(f"{self.name} ({url or self.url}) does not answer: "
+                              f"{self._reason(error)}")
         if url is None and self.state in ("online", "unknown"):
             self._set_state("offline", str(failure))
             self.poke()
         return failure
 
+    def _reason(self, error: Exception) -> str:
+        """What a failed exchange says, with what TLS failures mean here."""
+        cause: BaseException | None = error
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return ("its certificate is not the one pinned here: another machine, or "
+                        "its home made again. Compare 'syncd id' there with the fingerprint "
+                        "'syncd peer list --json' shows here; if that is right, run "
+                        f"'syncd peer remove {self.name}' and 'syncd peer add {self.name} "
+                        f"{' '.join(self.addresses)}' here, and it is sent everything")
+            if isinstance(cause, ssl.SSLError) and "ALERT" in (cause.reason or "") and \
+                    self.cert is not None:
+                return (f"it refused this machine's certificate ({cause.reason}): it has not "
+                        "pinned it (has it added this machine, with 'syncd peer add'?), or "
+                        "removed it")
+            cause = cause.__cause__ or cause.__context__
+        if self.cert is not None and isinstance(error, (httpx.RemoteProtocolError,
+                                                        httpx.ReadError, httpx.WriteError)):
+            return (f"{error!r}: it closed the connection before answering, as a peer does "
+                    "to a certificate it has not pinned (has it added this machine, with "
+                    "'syncd peer add'?), or it is stopping")
+        return repr(error)
+
     async def call(self, method: str, path: str, payload: dict | None = None,
                    url: str | None = None) -> dict:
         r = await self.request(method, path, payload, url=url)
+        if r.status == 403:  # this machine, not the request: nothing of it is skipped
+            raise PeerError(f"{self.name} does not admit this machine: "
+                            f"{r.body[:300].decode(errors='replace')}")
         if r.status != 200:
             error = Refused if 400 <= r.status < 500 and r.status != 401 else PeerError
             raise error(f"{self.name} refused {method} {path}: {r.status} "
@@ -223,36 +268,24 @@ class PeerLink:
 
     async def hello(self) -> None:
         """Greet the peer at its addresses, the one that answered last first, then the
-        others in the operator's order, until one answers as this peer: the device it
-        answered as at its first hello (identity comes from the signed hello, never from
-        an address). That address is then the one in use."""
+        others in the operator's order, until one answers as this peer over mutual TLS
+        with the certificate pinned here. A peer not pinned yet is pinned by the first
+        hello it answers proving the cluster key (trust on first use, _first_hello).
+        That address is then the one in use."""
         failures, seen = [], self.last_seen
         for url in [self.url] + [a for a in self.addresses if a != self.url]:
             self.last_seen = seen  # only an answer as this peer is one of its answers
             try:
-                answer = await self.call("POST", "/v1/hello", {"device": self.me.device,
-                                                              "name": self.me.name}, url=url)
+                if self.cert is None:
+                    await self._first_hello(url)
+                answer = await self.call("POST", "/v1/hello", self._greeting(), url=url)
+                self._check_answer(answer, url)
             except PeerError as e:  # not there, or not a peer that accepts us: the next
                 failures.append(str(e))
-                continue
-            device = answer.get("device")
-            if not isinstance(device, str):
-                failures.append(f"{self.name} ({url}) answered hello without its device")
-                continue
-            if self.device is not None and device != self.device:
-                # Its cursor counts what the device added under this name holds: another
-                # device there holds none of it, and would never be sent it.
-                failures.append(
-                    f"{self.name} ({url}) answers as device {device}, not as {self.device}, "
-                    "the device added under that name: another machine, or its home made "
-                    f"again. If that is right, run 'syncd peer remove {self.name}' and "
-                    f"'syncd peer add {self.name} {' '.join(self.addresses)}' here, and it "
-                    "is sent everything")
                 continue
             self.accepts_zstd = "zstd" in answer.get("accepts", [])
             self.accepts_inline = "inline" in answer.get("accepts", [])
             self.accepts_xattr = "xattr" in answer.get("accepts", [])
-            self.device = device
             if url != self.url:
                 log.info("peer %s answers at %s", self.name, url)
                 self.url = url
@@ -261,6 +294,69 @@ class PeerLink:
             return
         self.last_seen = seen
         raise PeerError("; ".join(failures))
+
+    def _greeting(self) -> dict:
+        """The hello's body: who we are, our certificate's fingerprint and the one we
+        expect the peer's to be (None before it is pinned), all under the signature."""
+        return {"device": self.me.device, "name": self.me.name,
+                "fingerprint": self.me.identity.fingerprint, "server": self.fingerprint
+                if self.cert is not None else None}
+
+    def _check_answer(self, answer: dict, url: str) -> None:
+        """A hello answered over mutual TLS names both certificates as the peer saw
+        them, under its signature: its own (the one pinned here, which TLS checked) and
+        ours, so a connection relayed through another certificate is never taken."""
+        if answer.get("fingerprint") != self.fingerprint or \
+                answer.get("client") != self.me.identity.fingerprint:
+            raise PeerError(f"{self.name} ({url}) signed a hello for other certificates than "
+                            "those of this connection: something between the two machines "
+                            "terminates TLS")
+        if answer.get("device") != self.device:
+            raise PeerError(f"{self.name} ({url}) answered as device {answer.get('device')} "
+                            f"with the certificate of {self.device}")
+
+    async def _first_hello(self, url: str) -> None:
+        """Trust on first use: say hello without a certificate of ours, and pin the one
+        the peer showed when its signed answer names that certificate's fingerprint
+        (proof that whoever holds the cluster key is the end of this TLS connection, not
+        a relay: a relay's certificate is not the one the peer names), its device is the
+        certificate's, and the certificate is the one given with --fingerprint, if one
+        was, and of the device known under this name, if one is."""
+        async with self._client(None) as bare:
+            r = await self.request("POST", "/v1/hello", self._greeting(), url=url,
+                                   client=bare)
+        if r.status != 200:
+            raise Refused(f"{self.name} ({url}) refused hello: {r.status} "
+                          f"{r.body[:300].decode(errors='replace')}")
+        try:
+            answer = json.loads(r.body)
+            cert = identity.Certificate.from_der(r.server_cert or b"")
+        except (ValueError, identity.IdentityError) as e:
+            raise PeerError(f"{self.name} ({url}) answered hello with {e}") from None
+        if answer.get("fingerprint") != cert.fingerprint or answer.get("device") != cert.device:
+            raise PeerError(f"{self.name} ({url}) showed a certificate ({cert.fingerprint}) "
+                            "that is not the one its signed hello names: something between "
+                            "the two machines terminates TLS; nothing was pinned")
+        if self.fingerprint is not None and cert.fingerprint != self.fingerprint:
+            raise PeerError(f"{self.name} ({url}) shows certificate {cert.fingerprint}, not "
+                            f"{self.fingerprint} given with --fingerprint: another machine, or "
+                            "its home made again; compare 'syncd id' there")
+        if self.device is not None and cert.device != self.device:
+            # Its cursor counts what the device added under this name holds: another
+            # device there holds none of it, and would never be sent it.
+            raise PeerError(
+                f"{self.name} ({url}) answers as device {cert.device}, not as {self.device}, "
+                "the device added under that name: another machine, or its home made "
+                f"again. If that is right, run 'syncd peer remove {self.name}' and "
+                f"'syncd peer add {self.name} {' '.join(self.addresses)}' here, and it "
+                "is sent everything")
+        log.info("peer %s: pinned certificate %s of device %s", self.name, cert.fingerprint,
+                 cert.device)
+        self.device, self.fingerprint, self.cert = cert.device, cert.fingerprint, cert.pem
+        self._save(device=self.device, fingerprint=self.fingerprint, cert=self.cert)
+        old, self.client = self.client, self._client(self.cert)
+        await old.aclose()
+        self.on_pinned()
 
     async def get_chunk(self, digest: bytes) -> tuple[bytes, bytes | None]:
         """A chunk's bytes, not yet verified, and their BLAKE3 digest when the signature

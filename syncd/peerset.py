@@ -13,11 +13,14 @@ from syncd.peerlink import Me, PeerLink
 
 
 class PeerSet:
-    def __init__(self, me: Me, catalog: Catalog, on_online: Callable[[], None]):
-        """`on_online` runs each time a peer answers again after it did not."""
+    def __init__(self, me: Me, catalog: Catalog, on_online: Callable[[], None],
+                 on_pinned: Callable[[], None]):
+        """`on_online` runs each time a peer answers again after it did not, `on_pinned`
+        when a peer's certificate is pinned."""
         self.me = me
         self.catalog = catalog
         self.on_online = on_online
+        self.on_pinned = on_pinned
         self.links: dict[str, PeerLink] = {}
 
     def __iter__(self) -> Iterator[PeerLink]:
@@ -29,7 +32,8 @@ class PeerSet:
         records = {p.name: p for p in list_peers(self.catalog.db)}
         for name, link in list(self.links.items()):
             record = records.get(name)
-            if record is None or [a.rstrip("/") for a in record.addresses] != link.addresses:
+            if record is None or [a.rstrip("/") for a in record.addresses] != link.addresses \
+                    or (record.fingerprint, record.cert) != (link.fingerprint, link.cert):
                 link.cancel.cancel()
                 del self.links[name]
             elif (record.state == "outofuse") != (link.state == "outofuse"):
@@ -38,7 +42,7 @@ class PeerSet:
         for name, record in records.items():
             if name not in self.links:
                 link = self.links[name] = PeerLink(record, self.me, self.catalog,
-                                                   self.on_online)
+                                                   self.on_online, self.on_pinned)
                 nursery.start_soon(link.run, name=f"peer {name}")
 
     def holders(self) -> list[PeerLink]:

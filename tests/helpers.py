@@ -10,10 +10,13 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 SYNCD = [sys.executable, "-m", "syncd"]
 
@@ -49,6 +52,24 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
+
+
+def tls_context(server: Path, client: Path | None = None) -> ssl.SSLContext:
+    """TLS to a home's peer port as a peer talks it: trust exactly the certificate of the
+    home `server`, present that of the home `client` (none when None)."""
+    from syncd import identity
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=identity.load(server / "device.pem").cert.pem)
+    if client is not None:
+        ctx.load_cert_chain(client / "device.pem")
+    return ctx
+
+
+def tls_client(server: Path, client: Path | None = None, **kw) -> httpx.Client:
+    """An httpx client for a home's peer port (tls_context)."""
+    return httpx.Client(verify=tls_context(server, client), trust_env=False, **kw)
 
 
 def status(home: Path) -> dict:

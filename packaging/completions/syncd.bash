@@ -1,11 +1,11 @@
 # bash completion for syncd
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
-_syncd_commands="init cluster-key peer mount umount serve status pending log pin unpin fetch
+_syncd_commands="init cluster-key id peer mount umount serve status pending log pin unpin fetch
 conflicts import wait config ui versions restore"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
---timeout --since --address --at --to"
+--timeout --since --address --fingerprint --at --to"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
 # positional arguments; $2 is its first positional argument, if any.
@@ -13,16 +13,18 @@ _syncd_command_args()
 {
     case $1 in
         init) opts="--name --listen --cluster-key --cluster-key-file" ;;
+        cluster-key) opts="--rotate" ;;
         peer)
             case $2 in
                 '') args=words words="add list remove set" ;;
+                add) opts="--fingerprint" ;;
                 list) opts="--json" ;;
                 set) opts="--address" ;;
             esac
             ;;
         mount) opts="--foreground --allow-other --debug-fuse" args=dirs ;;
         serve) opts="--mirror" ;;
-        status | pending | conflicts) opts="--json" ;;
+        status | pending | conflicts | id) opts="--json" ;;
         log) opts="--peer --since --json" ;;
         pin | unpin | fetch) args=files ;;
         import) opts="--into" args=dirs ;;
@@ -70,7 +72,7 @@ _syncd()
     case $prev in
         --home) args=dirs ;;
         --name | --listen | --cluster-key | --peer | --copies | --timeout | --into | --since | \
-            --address | --at) return ;;
+            --address | --fingerprint | --at) return ;;
         --to) args=files ;;
         --cluster-key-file) args=files ;;
         *)

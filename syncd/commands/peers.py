@@ -13,6 +13,7 @@ import sys
 from syncd.commands.status import live_peers
 from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
+from syncd.identity import parse_fingerprint
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import (
     NoSuchPeer,
@@ -27,7 +28,7 @@ from syncd.index.peers import (
 PEERS_SCHEMA = 1
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_URL = re.compile(r"http://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})/?")
+_URL = re.compile(r"(https://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})/?")
 
 
 def check_name(home: Home, name: str) -> str:
@@ -39,11 +40,16 @@ def check_name(home: Home, name: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """An address as stored, without a trailing slash: http://HOST:PORT."""
+    """An address as stored, without a trailing slash: https://HOST:PORT (given as that
+    or as HOST:PORT). Peers talk TLS only: http:// is refused with what to write."""
+    if url.startswith("http://"):
+        raise UserError(f"bad peer address {url!r}: peers talk TLS only, use "
+                        f"https://{url[len('http://'):].rstrip('/')} (or HOST:PORT)", USAGE)
     match = _URL.fullmatch(url)
     if not match or not 0 < int(match["port"]) < 65536:
-        raise UserError(f"bad peer address {url!r}: want http://HOST:PORT", USAGE)
-    return f"http://{match['host']}:{match['port']}"
+        raise UserError(f"bad peer address {url!r}: want https://HOST:PORT or HOST:PORT",
+                        USAGE)
+    return f"https://{match['host']}:{match['port']}"
 
 
 def check_addresses(addresses: list[str]) -> list[str]:
@@ -54,10 +60,19 @@ def check_addresses(addresses: list[str]) -> list[str]:
     return checked
 
 
-def add(home: Home, name: str, addresses: list[str]) -> None:
+def check_fingerprint(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return parse_fingerprint(text)
+    except ValueError as e:
+        raise UserError(f"--fingerprint: {e}", USAGE) from None
+
+
+def add(home: Home, name: str, addresses: list[str], fingerprint: str | None) -> None:
     try:
         with open_catalog(home.db_path, home.store_path) as cat:
-            add_peer(cat.db, name, *addresses)
+            add_peer(cat.db, name, *addresses, fingerprint=fingerprint)
     except PeerExists:
         raise UserError(f"there is already a peer named {name!r}; "
                         "'syncd peer remove' it first", STATE) from None
@@ -95,6 +110,7 @@ def collect(home: Home) -> dict:
     return {"schema_version": PEERS_SCHEMA,
             "peers": [{"name": p.name, "url": live.get(p.name, {}).get("url", p.url),
                        "addresses": p.addresses, "device": p.device,
+                       "fingerprint": p.fingerprint, "pinned": p.cert is not None,
                        "state": live.get(p.name, {}).get("state", p.state),
                        "last_seen": utc(live.get(p.name, {}).get("last_seen", p.last_seen))}
                       for p in peers]}
@@ -120,8 +136,11 @@ def add_parsers(sub, common) -> None:
     p = peer.add_parser("add", parents=[common], help="add a peer")
     p.add_argument("name", metavar="NAME", help="its name here: 1-64 of A-Z a-z 0-9 . _ -")
     p.add_argument("addresses", metavar="ADDRESS", nargs="+",
-                   help="where it listens, http://HOST:PORT; several are "
+                   help="where it listens, https://HOST:PORT or HOST:PORT; several are "
                         "tried in order, the one that answered last first")
+    p.add_argument("--fingerprint", metavar="FP",
+                   help="its certificate's fingerprint, as 'syncd id' prints it there "
+                        "(default: pin the certificate its first hello shows)")
     p = peer.add_parser("list", parents=[common], help="list the peers")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
     p = peer.add_parser("remove", parents=[common], help="forget a peer")
@@ -142,11 +161,12 @@ def cmd_peer(home: Home, args) -> int:
         return OK
     if args.peer_command == "add":
         name, addresses = check_name(home, args.name), check_addresses(args.addresses)
-        add(home, name, addresses)
+        fingerprint = check_fingerprint(args.fingerprint)
+        add(home, name, addresses, fingerprint)
         print(f"added peer {args.name} at {' '.join(addresses)}")
     elif args.peer_command == "remove":
         remove(home, args.name)
-        print(f"removed peer {args.name}")
+        print(f"removed peer {args.name}: its certificate is no longer admitted here")
     else:
         if args.use is None and args.addresses is None:
             raise UserError("peer set wants outofuse, auto or --address ADDRESS...", USAGE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -41,6 +42,29 @@ def test_init_makes_a_new_key_readable_by_its_owner_only(home, tmp_path):
     assert key_of(other) != key
 
 
+def test_init_makes_a_key_pair_and_a_certificate_of_the_device(home, tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    shown = json.loads(syncd(home, "id", "--json").stdout)
+    device = json.loads(syncd(home, "status", "--json").stdout)["device"]["id"]
+    pem = (home / "device.pem").read_bytes()
+    assert stat.S_IMODE((home / "device.pem").stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in pem
+    cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE"):])
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == device
+    assert shown == {"schema_version": 1, "device": device, "name": "test",
+                     "fingerprint": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()}
+    assert syncd(home, "id").stdout.split() == ["device", device,
+                                                "fingerprint", shown["fingerprint"]]
+    assert syncd(home, "id").stdout == syncd(home, "id").stdout  # made once
+    syncd(tmp_path / "other", "init", "--name", "other")
+    assert json.loads(syncd(tmp_path / "other", "id", "--json").stdout)["fingerprint"] != \
+        shown["fingerprint"]
+    assert_clean_error(syncd(tmp_path / "none", "id", check=False), 3, "syncd init")
+
+
 def test_init_with_the_key_of_a_cluster(tmp_path):
     syncd(tmp_path / "a", "init", "--cluster-key", KEY)
     assert key_of(tmp_path / "a") == KEY
@@ -75,6 +99,12 @@ def test_the_key_options_exclude_each_other(tmp_path):
     assert not (tmp_path / "h").exists()
 
 
+def test_a_key_is_rotated_only_by_the_serving_process(home):
+    key = key_of(home)
+    assert_clean_error(syncd(home, "cluster-key", "--rotate", check=False), 4, "is not served")
+    assert key_of(home) == key
+
+
 def test_cluster_key_errors(home, tmp_path):
     assert_clean_error(syncd(tmp_path / "none", "cluster-key", check=False), 3, "syncd init")
     (home / "cluster.key").write_text("not a key\n")
@@ -86,14 +116,15 @@ def test_cluster_key_errors(home, tmp_path):
 def test_peer_add_list_set_remove(home):
     assert peers(home) == []
     assert "no peers" in syncd(home, "peer", "list").stdout
-    assert "added peer beta" in syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700/").stdout
-    syncd(home, "peer", "add", "a.l-p_h4", "http://[::1]:7701")
-    syncd(home, "peer", "add", "gamma", "http://gamma.example:80")
+    assert "added peer beta" in syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700/").stdout
+    syncd(home, "peer", "add", "a.l-p_h4", "[::1]:7701")  # https:// is the default
+    syncd(home, "peer", "add", "gamma", "gamma.example:80", "--fingerprint", "AB:" * 31 + "AB")
     assert peers(home) == [
-        {"name": name, "url": url, "addresses": [url], "device": None, "state": "unknown",
-         "last_seen": None}
-        for name, url in (("a.l-p_h4", "http://[::1]:7701"), ("beta", "http://10.0.0.2:7700"),
-                          ("gamma", "http://gamma.example:80"))]
+        {"name": name, "url": url, "addresses": [url], "device": None,
+         "fingerprint": "ab" * 32 if name == "gamma" else None, "pinned": False,
+         "state": "unknown", "last_seen": None}
+        for name, url in (("a.l-p_h4", "https://[::1]:7701"), ("beta", "https://10.0.0.2:7700"),
+                          ("gamma", "https://gamma.example:80"))]
     syncd(home, "peer", "set", "beta", "outofuse")
     assert [p["state"] for p in peers(home)] == ["unknown", "outofuse", "unknown"]
     syncd(home, "peer", "set", "beta", "auto")
@@ -103,49 +134,64 @@ def test_peer_add_list_set_remove(home):
 
 
 def test_peer_list_shows_what_the_daemon_learned(home):
-    syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700")
-    syncd(home, "peer", "add", "gamma-with-a-long-name", "http://10.0.0.3:7700")
+    syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700")
+    syncd(home, "peer", "add", "gamma-with-a-long-name", "https://10.0.0.3:7700")
     with sqlite3.connect(home / "index.db") as conn:
         conn.execute("UPDATE peers SET device = ?, state = 'online', last_seen = ? "
                      "WHERE name = 'beta'", ("9c" * 16, 1_763_900_000))
     conn.close()
-    assert peers(home)[0] == {"name": "beta", "url": "http://10.0.0.2:7700",
-                              "addresses": ["http://10.0.0.2:7700"],
-                              "device": "9c" * 16, "state": "online",
+    assert peers(home)[0] == {"name": "beta", "url": "https://10.0.0.2:7700",
+                              "addresses": ["https://10.0.0.2:7700"],
+                              "device": "9c" * 16, "fingerprint": None, "pinned": False,
+                              "state": "online",
                               "last_seen": "2025-11-23T12:13:20Z"}
     lines = syncd(home, "peer", "list").stdout.splitlines()
     assert lines[0].split() == ["NAME", "URL", "STATE", "LAST", "SEEN", "DEVICE"]
-    assert lines[1].split() == ["beta", "http://10.0.0.2:7700", "online",
+    assert lines[1].split() == ["beta", "https://10.0.0.2:7700", "online",
                                 "2025-11-23T12:13:20Z", "9c" * 16]
-    assert lines[2].split() == ["gamma-with-a-long-name", "http://10.0.0.3:7700", "unknown",
+    assert lines[2].split() == ["gamma-with-a-long-name", "https://10.0.0.3:7700", "unknown",
                                 "never", "-"]
     assert len({line.index("http") for line in lines[1:]}) == 1  # aligned
     assert lines[0].index("URL") == lines[1].index("http")
 
 
 @pytest.mark.parametrize("url", [
-    "https://10.0.0.2:7700", "http://10.0.0.2", "http://10.0.0.2:0", "http://10.0.0.2:65536",
-    "http://10.0.0.2:7700/v1", "10.0.0.2:7700", "http://user@host:7700", "http://:7700",
-    "http://host:77a", "http://host:7700//",
+    "ftp://10.0.0.2:7700", "https://10.0.0.2", "https://10.0.0.2:0", "https://10.0.0.2:65536",
+    "https://10.0.0.2:7700/v1", "10.0.0.2", "https://user@host:7700", "https://:7700",
+    "https://host:77a", "https://host:7700//", ":7700",
 ])
 def test_peer_add_refuses_other_urls(home, url):
-    assert_clean_error(syncd(home, "peer", "add", "beta", url, check=False), 2, "want http")
+    assert_clean_error(syncd(home, "peer", "add", "beta", url, check=False), 2,
+                       "want https://HOST:PORT or HOST:PORT")
+    assert peers(home) == []
+
+
+def test_an_http_address_is_refused_with_what_to_write(home):
+    assert_clean_error(syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700/", check=False),
+                       2, "peers talk TLS only, use https://10.0.0.2:7700")
+    assert peers(home) == []
+
+
+@pytest.mark.parametrize("fingerprint", ["ab" * 31, "ab" * 33, "zz" * 32, ""])
+def test_a_bad_fingerprint_is_a_usage_error(home, fingerprint):
+    assert_clean_error(syncd(home, "peer", "add", "beta", "10.0.0.2:7700", "--fingerprint",
+                             fingerprint, check=False), 2, "--fingerprint: a fingerprint is 64")
     assert peers(home) == []
 
 
 @pytest.mark.parametrize("name", ["", "a" * 65, "a/b", "a b", "é", "a\n"])
 def test_peer_add_refuses_bad_names(home, name):
-    assert_clean_error(syncd(home, "peer", "add", "--", name, "http://h:1", check=False), 2,
+    assert_clean_error(syncd(home, "peer", "add", "--", name, "https://h:1", check=False), 2,
                        "bad peer name")
     assert peers(home) == []
 
 
 def test_peer_errors(home, tmp_path):
-    syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700")
-    assert_clean_error(syncd(home, "peer", "add", "beta", "http://10.0.0.9:7700", check=False),
+    syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700")
+    assert_clean_error(syncd(home, "peer", "add", "beta", "https://10.0.0.9:7700", check=False),
                        4, "already a peer named 'beta'")
-    assert peers(home)[0]["url"] == "http://10.0.0.2:7700"
-    assert_clean_error(syncd(home, "peer", "add", "test", "http://h:1", check=False), 2,
+    assert peers(home)[0]["url"] == "https://10.0.0.2:7700"
+    assert_clean_error(syncd(home, "peer", "add", "test", "https://h:1", check=False), 2,
                        "this machine's own name")
     assert_clean_error(syncd(home, "peer", "remove", "nobody", check=False), 1,
                        "no peer named 'nobody'")
@@ -205,7 +251,7 @@ def served(home, tmp_path):
 
 def test_peer_changes_reach_the_serving_process(home, served):
     calls = served("serve")
-    done = [syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700"),
+    done = [syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700"),
             syncd(home, "peer", "set", "beta", "outofuse"),
             syncd(home, "peer", "remove", "beta")]
     assert [d.stderr for d in done] == [""] * 3
@@ -214,43 +260,43 @@ def test_peer_changes_reach_the_serving_process(home, served):
 
 def test_a_serving_process_that_does_not_answer_gets_the_change_later(home, served):
     served("silent")
-    done = syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700")
+    done = syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700")
     assert "syncd: warning:" in done.stderr and "next start" in done.stderr
     assert done.stderr.count("\n") == 1
     assert [p["name"] for p in peers(home)] == ["beta"]
 
 
 def test_peer_addresses_are_kept_in_order_and_replaced_by_set(home):
-    syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700", "http://beta.vpn:7700/",
-          "http://[fd00::2]:7700")
+    syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700", "https://beta.vpn:7700/",
+          "https://[fd00::2]:7700")
     (beta,) = peers(home)
-    assert beta["addresses"] == ["http://10.0.0.2:7700", "http://beta.vpn:7700",
-                                 "http://[fd00::2]:7700"]
-    assert beta["url"] == "http://10.0.0.2:7700"  # the first, until one answers
-    done = syncd(home, "peer", "set", "beta", "--address", "http://beta.example:7700",
-                 "http://10.0.0.2:7700")
-    assert done.stdout.strip() == "peer beta at http://beta.example:7700 http://10.0.0.2:7700"
+    assert beta["addresses"] == ["https://10.0.0.2:7700", "https://beta.vpn:7700",
+                                 "https://[fd00::2]:7700"]
+    assert beta["url"] == "https://10.0.0.2:7700"  # the first, until one answers
+    done = syncd(home, "peer", "set", "beta", "--address", "https://beta.example:7700",
+                 "https://10.0.0.2:7700")
+    assert done.stdout.strip() == "peer beta at https://beta.example:7700 https://10.0.0.2:7700"
     (beta,) = peers(home)
     assert (beta["url"], beta["addresses"]) == (
-        "http://beta.example:7700", ["http://beta.example:7700", "http://10.0.0.2:7700"])
-    syncd(home, "peer", "set", "beta", "outofuse", "--address", "http://10.0.0.9:7700")
+        "https://beta.example:7700", ["https://beta.example:7700", "https://10.0.0.2:7700"])
+    syncd(home, "peer", "set", "beta", "outofuse", "--address", "https://10.0.0.9:7700")
     (beta,) = peers(home)
-    assert (beta["state"], beta["addresses"]) == ("outofuse", ["http://10.0.0.9:7700"])
+    assert (beta["state"], beta["addresses"]) == ("outofuse", ["https://10.0.0.9:7700"])
 
 
 @pytest.mark.parametrize("args, words", [
-    (["add", "gamma", "http://10.0.0.3:7700", "10.0.0.4:7700"],
-     "bad peer address '10.0.0.4:7700': want http://HOST:PORT"),
-    (["add", "gamma", "http://10.0.0.3:7700", "http://10.0.0.3:7700/"],
-     "address http://10.0.0.3:7700 is given twice"),
-    (["set", "beta", "--address", "http://ok:1", "http://bad"],
-     "bad peer address 'http://bad': want http://HOST:PORT"),
+    (["add", "gamma", "https://10.0.0.3:7700", "10.0.0.4"],
+     "bad peer address '10.0.0.4': want https://HOST:PORT or HOST:PORT"),
+    (["add", "gamma", "https://10.0.0.3:7700", "https://10.0.0.3:7700/"],
+     "address https://10.0.0.3:7700 is given twice"),
+    (["set", "beta", "--address", "https://ok:1", "https://bad"],
+     "bad peer address 'https://bad': want https://HOST:PORT or HOST:PORT"),
     (["set", "beta"], "peer set wants outofuse, auto or --address ADDRESS..."),
 ])
 def test_bad_peer_addresses_are_usage_errors_that_change_nothing(home, args, words):
-    syncd(home, "peer", "add", "beta", "http://10.0.0.2:7700")
+    syncd(home, "peer", "add", "beta", "https://10.0.0.2:7700")
     assert_clean_error(syncd(home, "peer", *args, check=False), 2, words)
     assert [(p["name"], p["addresses"]) for p in peers(home)] == [
-        ("beta", ["http://10.0.0.2:7700"])]
-    assert_clean_error(syncd(home, "peer", "set", "nobody", "--address", "http://h:1",
+        ("beta", ["https://10.0.0.2:7700"])]
+    assert_clean_error(syncd(home, "peer", "set", "nobody", "--address", "https://h:1",
                              check=False), 1, "no peer named 'nobody'")

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from syncd.index.chunklist import file_hash
 
-from syncd import auth
-from tests.helpers import SERVED_LOGS, SYNCD, free_port, served_log, syncd, wait_for
+from syncd import auth, identity
+from tests.helpers import SERVED_LOGS, SYNCD, free_port, served_log, syncd, tls_context, wait_for
 
 TABLES = ("meta", "inodes", "nodes", "journal", "peers", "limbo", "chunks", "inline", "xattrs")
 
@@ -33,14 +33,31 @@ class Server:
     def __init__(self, root: Path, name: str = "target"):
         self.home = root / name
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
         syncd(self.home, "init", "--name", name, "--listen", f"127.0.0.1:{self.port}")
         self.key = auth.parse_key(syncd(self.home, "cluster-key").stdout)
         self.log_path = root / f"{name}.log"
         self.served_log = served_log(self.log_path)
         self.proc: subprocess.Popen | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+        self.peer = self._admitted_peer(root / f"{name}-peer")
+        self.tls = tls_context(self.home, self.peer)
+        self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False,
+                                   verify=self.tls)
         self._mark = 0
+
+    def _admitted_peer(self, home: Path) -> Path:
+        """A device whose certificate the server pinned (as its first hello to a peer
+        it added would), taken out of use so that it is never called: the requests of
+        these tests come with its certificate. Returns the directory of its device.pem."""
+        home.mkdir()
+        peer = identity.ensure(home / "device.pem", new_device())
+        syncd(self.home, "peer", "add", "peer", f"127.0.0.1:{free_port()}")
+        syncd(self.home, "peer", "set", "peer", "outofuse")
+        with sqlite3.connect(self.home / "index.db") as conn:
+            conn.execute("UPDATE peers SET device = ?, fingerprint = ?, cert = ?",
+                         (peer.device, peer.fingerprint, peer.cert.pem))
+        conn.close()
+        return home
 
     def start(self) -> Server:
         self.served_log.serving()

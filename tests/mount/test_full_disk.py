@@ -83,7 +83,7 @@ def test_chunks_kept_for_peers_give_way_to_a_write(small_home):
     one that never answers); a write that needs their space gets it instead of ENOSPC,
     even when the disk is full from its very first byte."""
     m, home = small_home.path, small_home.home
-    syncd(home, "peer", "add", "ghost", f"http://127.0.0.1:{free_port()}")
+    syncd(home, "peer", "add", "ghost", f"127.0.0.1:{free_port()}")
     syncd(home, "config", "set", "versions_max", "0")  # no old versions (the test below)
     (m / "old").write_bytes(os.urandom(12 << 20))
     os.unlink(m / "old")

@@ -4,6 +4,7 @@ of 2026-12-01, 916a72d, schema 4)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -35,7 +36,20 @@ def old_home(tmp_path: Path):
 
 
 def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
+    db = sqlite3.connect(old_home.home / "index.db")
+    try:
+        (device,) = db.execute("SELECT value FROM meta WHERE key = 'device_id'").fetchone()
+    finally:
+        db.close()
+    assert not (old_home.home / "device.pem").exists()  # made before identities
     old_home.start()
+    # its first start made its key pair and certificate, for the device it was
+    shown = json.loads(syncd(old_home.home, "id", "--json").stdout)
+    assert shown["device"] == device == status(old_home.home)["device"]["id"]
+    assert stat.S_IMODE(os.stat(old_home.home / "device.pem").st_mode) == 0o600
+    (beta,) = status(old_home.home)["peers"]  # its address is https now, not pinned yet
+    assert beta["url"].startswith("https://") and beta["addresses"] == [beta["url"]]
+    assert (beta["fingerprint"], beta["pinned"]) == (None, False)
     m = old_home.path
     assert sorted(os.listdir(m)) == ["docs", "link", "sparse.bin"]
     assert (m / "docs" / "small.txt").read_bytes() == b"hello from the landed version\n"
@@ -52,6 +66,7 @@ def test_a_home_of_the_landed_version_mounts_with_its_files(old_home):
     os.setxattr(m / "docs" / "small.txt", "user.tag", b"schema 12")  # nor these
     old_home.stop()
     old_home.start()
+    assert json.loads(syncd(old_home.home, "id", "--json").stdout) == shown  # made once
     assert os.getxattr(m / "docs" / "hard.txt", "user.tag") == b"schema 12"
     assert (m / "docs" / "new.txt").read_text() == "written by this version\n"
     assert stat.S_ISFIFO(os.lstat(m / "docs" / "pipe").st_mode)

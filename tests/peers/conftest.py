@@ -19,7 +19,7 @@ class Peer:
         self.name = name
         self.home = root / name
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
         args = ["init", "--name", name, "--listen", f"127.0.0.1:{self.port}"]
         if key:
             args += ["--cluster-key", key]

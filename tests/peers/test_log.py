@@ -58,7 +58,7 @@ def test_the_log_shows_what_arrived_and_what_was_sent_and_confirmed(cluster):
 
 def test_the_log_filters_by_peer_and_time(cluster):
     a, b = cluster(2)
-    syncd(a.home, "peer", "add", "gamma", f"http://127.0.0.1:{free_port()}")  # nobody there
+    syncd(a.home, "peer", "add", "gamma", f"127.0.0.1:{free_port()}")  # nobody there
     (a / "early").write_bytes(b"early")
     wait_content(b / "early", b"early")
     wait_for(lambda: ("sent", "beta", "early", "create") in events(a), 20, "early sent")

@@ -77,8 +77,8 @@ def test_last_seen_moves_with_every_answer(cluster):
 
 def test_the_text_status_says_why_a_peer_is_not_online(cluster):
     (a,) = cluster(1)
-    syncd(a.home, "peer", "add", "gamma", f"http://127.0.0.1:{free_port()}")  # nobody there
-    syncd(a.home, "peer", "add", "delta", f"http://127.0.0.1:{free_port()}")
+    syncd(a.home, "peer", "add", "gamma", f"127.0.0.1:{free_port()}")  # nobody there
+    syncd(a.home, "peer", "add", "delta", f"127.0.0.1:{free_port()}")
     a.set_peer("delta", "outofuse")
     wait_for(lambda: a.peer("gamma")["state"] == "offline", 20, "gamma offline")
     lines = syncd(a.home, "status").stdout.splitlines()
@@ -184,8 +184,8 @@ def test_a_peer_whose_home_was_made_again_is_refused_until_added_again(cluster):
           "--cluster-key", a.key)
     syncd(b.home, "peer", "add", "alpha", a.url)
     b.start()
-    wait_for(lambda: "answers as device" in (a.peer("beta")["last_error"] or ""), 30,
-             "alpha refusing the new beta")
+    wait_for(lambda: "not the one pinned here" in (a.peer("beta")["last_error"] or ""), 30,
+             "alpha refusing the new beta")  # its new certificate
     beta = a.peer("beta")
     assert beta["state"] == "offline" and beta["device"] == old
     assert f"syncd peer remove beta' and 'syncd peer add beta {b.url}'" in beta["last_error"]

@@ -9,13 +9,12 @@ import os
 import shutil
 import sqlite3
 
-import httpx
 import pytest
 from syncd.index.inline import INLINE_MAX
 from syncd.index.names import conflict_name
 
 from syncd import auth
-from tests.helpers import wait_for
+from tests.helpers import tls_client, wait_for
 from tests.peers.conftest import read, settled, wait_content, wait_gone
 
 
@@ -171,14 +170,16 @@ def test_edit_against_delete_keeps_the_edit(cluster):
 
 
 def test_a_request_with_a_wrong_key_changes_nothing(cluster):
-    a, _ = cluster(2)
+    a, b = cluster(2)
     a.expect_log(r"WARNING refused POST /v1/changes: (bad signature|unsigned)")
+    wait_for(lambda: a.peer("beta")["pinned"], 20, "alpha to pin beta")
     seq = a.status()["device"]["seq"]
     body = b'{"device": "' + b"0" * 32 + b'", "changes": []}'
-    for key in (auth.new_key(), None):
-        headers = auth.sign_request(key, "POST", "/v1/changes", body) if key else {}
-        r = httpx.post(f"{a.url}/v1/changes", content=body, headers=headers)
-        assert r.status_code == 401, r.text
+    with tls_client(a.home, b.home) as client:  # a device admitted there: the key is wrong
+        for key in (auth.new_key(), None):
+            headers = auth.sign_request(key, "POST", "/v1/changes", body) if key else {}
+            r = client.post(f"{a.url}/v1/changes", content=body, headers=headers)
+            assert r.status_code == 401, r.text
     assert a.status()["device"]["seq"] == seq
     assert "refused POST /v1/changes" in a.mount.log()
 
@@ -221,7 +222,8 @@ def test_bodies_travel_compressed_when_it_pays(cluster):
     key = bytes.fromhex(a.key)
     path = f"/v1/chunks/{digest}"
     headers = auth.sign_request(key, "GET", path, b"")
-    r = httpx.get(a.url + path, headers={**headers, "accept-encoding": "zstd"})
+    with tls_client(a.home, b.home) as client:
+        r = client.get(a.url + path, headers={**headers, "accept-encoding": "zstd"})
     assert r.status_code == 200 and r.headers["content-encoding"] == "zstd"
     assert len(r.content) == len(text)  # (httpx decodes it)
     assert int(r.headers["content-length"]) < len(text) // 10

@@ -10,9 +10,11 @@ without touching the third peer. Modes:
   and then nothing is forwarded or answered (the peer waits for its own timeouts).
 - `flaky`: forward, but each new connection is reset, with probability `cut_rate`, after a
   random number of bytes of the answer (a transfer interrupted half way).
-- `close_reused`: forward the first exchange of each connection; when the client sends
-  again on it after an answer, close it unanswered: what a server that closes an idle
-  keep-alive connection does when a request crosses its close.
+- `close_reused`: forward the first exchange of each connection (the TLS handshake, then
+  the first request and its answer); when the client sends again on it after that answer,
+  close it unanswered: what a server that closes an idle keep-alive connection does when a
+  request crosses its close. (The peers' TLS servers send no session tickets, so the
+  handshake is one answer.)
 
 Threads, not trio: the proxy runs beside blocking test code. Every socket it opens is
 closed by `close()`.
@@ -58,7 +60,7 @@ class Proxy:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
         self.closed = False
         self.thread = threading.Thread(target=self._accept, name=f"proxy {name}",
                                        daemon=True)
@@ -149,7 +151,7 @@ class Proxy:
         """Copy src to dst. `reused` (client to server only): set once the server has
         answered, so a further request can be refused in close_reused mode; `answered`
         (server to client only): set when it does."""
-        sent = 0
+        sent = turns = 0
         try:
             while True:
                 data = src.recv(65536)
@@ -157,12 +159,17 @@ class Proxy:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
                     return
-                if reused is not None and reused.is_set() and self.mode == "close_reused":
-                    self.stats["cut"] += 1
-                    for sock in pair:  # FINs, as a server closing the connection sends
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_RDWR)
-                    return
+                if reused is not None and reused.is_set():
+                    # the client sends after an answer: its second turn is its first
+                    # request (the first is the TLS handshake's end), its third a reuse
+                    reused.clear()
+                    turns += 1
+                    if turns >= 2 and self.mode == "close_reused":
+                        self.stats["cut"] += 1
+                        for sock in pair:  # FINs, as a server closing the connection sends
+                            with contextlib.suppress(OSError):
+                                sock.shutdown(socket.SHUT_RDWR)
+                        return
                 if answered is not None:
                     answered.set()
                 if cut_after is not None and sent + len(data) > cut_after:

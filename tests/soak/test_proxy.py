@@ -78,9 +78,11 @@ def test_modes(echo):
         proxy.set_mode("close_reused")  # the first exchange passes, the next is closed
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as s:
             got = b""
-            while len(got) < 1 << 20:
+            while len(got) < 1 << 20:  # as a TLS server's handshake flight
                 got += s.recv(65536)
-            s.sendall(b"again")
+            s.sendall(b"first")  # the handshake's end and the first request: passed on
+            assert s.recv(10) == b"first"
+            s.sendall(b"again")  # a request after that answer: closed unanswered
             assert s.recv(10) == b""
         proxy.set_mode("pass")
         assert fetch(proxy.port) == b"x" * (1 << 20)
