@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         return FAILURE
     except KeyboardInterrupt:
         return FAILURE
+    except BrokenPipeError:
+        # The reader left (syncd status | head): no error of ours. Output still buffered
+        # would fail again at exit, so it goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
 
 
 def cmd_init(home: Home, args) -> int:

@@ -51,6 +51,17 @@ def test_version(tmp_path):
     assert done.stdout == f"syncd {version('syncd')}\n"
 
 
+def test_a_reader_that_leaves_early_is_no_error(home):
+    """`syncd status | head -1`: the pipe closes under the printing, which is no error."""
+    syncd(home, "peer", "add", "beta", f"127.0.0.1:{free_port()}")
+    r, w = os.pipe()
+    os.close(r)  # nobody reads: the first write breaks the pipe
+    done = subprocess.run([*SYNCD, "--home", str(home), "status"], stdout=w,
+                          stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_init_refuses_an_existing_home(home):
     before = (home / "index.db").stat().st_mtime_ns
     assert_clean_error(syncd(home, "init", check=False), 4, "already")
