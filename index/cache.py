@@ -16,6 +16,7 @@ inode is marked not local, so the next open fetches it again (syncd/fetcher.py).
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import Counter
@@ -45,10 +46,13 @@ class Usage:
         self.used[ino] = time.time_ns()
 
 
-def flush_use(cat: Catalog, usage: Usage) -> int:
-    """Write the last uses gathered in memory to the inodes' atime, in one transaction (an
-    earlier explicit atime is kept if later); how many."""
-    used, usage.used = usage.used, {}
+def flush_use(cat: Catalog, usage: Usage, most: int | None = None) -> int:
+    """Write the last uses gathered in memory to the inodes' atime, at most `most` of them
+    in one transaction (an explicit atime set later is kept); how many."""
+    if most is None or len(usage.used) <= most:
+        used, usage.used = usage.used, {}
+    else:
+        used = {ino: usage.used.pop(ino) for ino in list(itertools.islice(usage.used, most))}
     if used:
         with cat.db.atomic():
             cat.conn.executemany(
@@ -70,11 +74,12 @@ def candidates(cat: Catalog, after: tuple[int, int], limit: int) -> list[Candida
     (atime_ns, ino) `after`; at most `limit`. Open, pinned and uncommitted ones are for the
     caller to skip (evictable says)."""
     return [Candidate(*r) for r in cat.conn.execute(
-        "SELECT i.ino, i.atime_ns, i.chunks, i.size FROM inodes i"
-        " WHERE i.kind = 'file' AND i.local = 1 AND i.size > ? AND (i.atime_ns, i.ino) > (?, ?)"
+        "SELECT i.ino, i.atime_ns, i.chunks, i.size FROM inodes i INDEXED BY inodes_lru"
+        f" WHERE i.kind = 'file' AND i.local = 1 AND i.size > {INLINE_MAX}"
+        " AND (i.atime_ns, i.ino) > (?, ?)"
         " AND EXISTS (SELECT 1 FROM nodes n WHERE n.ino = i.ino AND n.deleted = 0"
         " AND n.seq > 0) ORDER BY i.atime_ns, i.ino LIMIT ?",
-        (INLINE_MAX, after[0], after[1], limit))]
+        (after[0], after[1], limit))]
 
 
 def evictable(cat: Catalog, usage: Usage, dirty: set[int], c: Candidate) -> bool:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 EVERY = 5.0  # seconds between looks at the cache's use (and flushes of last uses)
 BATCH = 32  # files looked at in one batch, between which other tasks run
+FLUSH_BATCH = 2000  # last uses written in one transaction (~5 us each)
 LEASE_SECONDS = 60.0  # how long a peer keeps a chunk it leased to us
 MAX_LEASE_SECONDS = 600.0  # the longest lease this machine grants
 
@@ -108,7 +109,8 @@ class Evictor:
 
     async def step(self) -> int:
         """Write the last uses, measure, and evict while over the limit; bytes freed."""
-        cache.flush_use(self.catalog, self.usage)
+        while cache.flush_use(self.catalog, self.usage, FLUSH_BATCH) == FLUSH_BATCH:
+            await trio.sleep(0)
         limit = self.limit_bytes()
         if limit is None:
             self.used = None
