@@ -174,3 +174,13 @@ def test_two_machines_do_not_drop_each_others_last_copy(cluster):
     for name, d in data.items():
         assert (a / name).read_bytes() == d
         assert (b / name).read_bytes() == d
+
+
+def test_wait_asks_for_min_copies_unless_told(cluster):
+    a, _ = cluster(2)
+    (a / "f").write_bytes(b"x" * 300_000)
+    assert "held by 1 other machine(s)" in syncd(a.home, "wait", "--timeout", "30").stdout
+    syncd(a.home, "config", "set", "min_copies", "2")
+    done = syncd(a.home, "wait", "--timeout", "30", check=False)
+    assert done.returncode == 4 and "2 copies cannot be held" in done.stderr, done.stderr
+    assert syncd(a.home, "wait", "--copies", "1", "--timeout", "30").returncode == 0
