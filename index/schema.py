@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -193,6 +193,15 @@ IGNORED = """
 ALTER TABLE nodes ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX nodes_local_only ON nodes (kind) WHERE seq = 0 AND deleted = 0;
 CREATE TABLE held (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NULL);
+"""
+
+
+# The bounded cache's walk, least recently used first (index/cache.py, candidates): the
+# files all here with content beyond the index (over INLINE_MAX, 16384 bytes, which stays
+# in the index), by last use. Partial, so a small file's create and commit never touch it.
+CACHE_LRU = """
+CREATE INDEX inodes_lru ON inodes (atime_ns, ino)
+    WHERE local = 1 AND kind = 'file' AND size > 16384;
 """
 
 
@@ -545,6 +554,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     14: IGNORED,
     # Pinned certificates; https addresses.
     15: _pins,
+    # The bounded cache: an index of the files it may evict, by last use.
+    16: CACHE_LRU,
 }
 
 
@@ -596,6 +607,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         {SCHEMA};
         {BOOKKEEPING};
         {IGNORED};
+        {CACHE_LRU};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

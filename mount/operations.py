@@ -31,6 +31,7 @@ from typing import Protocol
 import pyfuse3
 import trio
 from pyfuse3 import FUSEError
+from syncd.index.cache import Usage
 from syncd.index.catalog import XATTR_SIZE_MAX, Catalog, Inode, check_name
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
@@ -141,11 +142,12 @@ class Filesystem(pyfuse3.Operations):
 
     def __init__(self, catalog: Catalog, store: ChunkStore, timeout: float = 60.0,
                  fetch: Fetch | None = None, name: str = "",
-                 requests: Counter[str] | None = None):
+                 requests: Counter[str] | None = None, usage: Usage | None = None):
         """`fetch` gets a file's missing content from peers; None when this home has no
         peers to ask. `name` is this machine's (user.syncd.holders). `requests` counts the
         requests answered, by operation (lookup, read, ...), for whoever reads it (the
-        status page's metrics)."""
+        status page's metrics). `usage` records opens and last uses for the cache's
+        eviction (index/cache.py), which runs in the daemon."""
         super().__init__()
         self.name = name
         self.catalog = catalog
@@ -163,6 +165,7 @@ class Filesystem(pyfuse3.Operations):
         self._purge_due = trio.Event()
         self.handles: dict[int, Handle] = {}
         self.opened: Counter[int] = Counter()  # open handles per inode
+        self.usage = usage if usage is not None else Usage()
         self.writers: Counter[int] = Counter()  # open writable handles per inode
         self._next_fh = 1
         self.initialized = trio.Event()  # the kernel's INIT has been answered
@@ -447,6 +450,7 @@ class Filesystem(pyfuse3.Operations):
         self._next_fh += 1
         self.handles[fh] = Handle(ino, writable, bool(flags & os.O_APPEND))
         self.opened[ino] += 1
+        self.usage.opened(ino)
         if writable:
             self.writers[ino] += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
@@ -528,6 +532,7 @@ class Filesystem(pyfuse3.Operations):
             # Counted open until the commit is done, so an unlink meanwhile cannot
             # discard the draft under it.
             self.opened[h.ino] -= 1
+            self.usage.released(h.ino)
         if not self.opened[h.ino]:
             del self.opened[h.ino]
             self.content.close(h.ino)

@@ -235,6 +235,11 @@ class HoldList(Strict):
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
+class LeaseList(Strict):
+    chunks: Annotated[list[Hex64], Field(min_length=1, max_length=MAX_BATCH)]
+    seconds: Annotated[float, Field(gt=0, le=600)]
+
+
 class Hello(Strict):
     device: DeviceId
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -259,6 +264,7 @@ class PeerService(Protocol):
     def read_inline(self, digests: list[bytes]) -> dict[bytes, bytes]: ...  # SQLite
     def read_chunk(self, digest: bytes) -> bytes | None: ...  # on a worker thread: no SQLite
     def hold(self, digests: list[bytes]) -> int: ...
+    def lease(self, digests: list[bytes], seconds: float) -> list[bytes]: ...
     def state_of(self, node: str, inline: bool, xattr: bool) -> dict | None: ...
 
 
@@ -328,6 +334,13 @@ def build_app(service: PeerService) -> FastAPI:
         """Keep a copy of these chunks: answers at once with how many are still missing
         here, and fetches those in the background (the caller asks again)."""
         return {"missing": service.hold([bytes.fromhex(h) for h in body.chunks])}
+
+    @app.post("/v1/lease")
+    async def lease(body: LeaseList) -> dict:
+        """Keep these chunks here (no eviction) for `seconds`: a peer is about to evict
+        its own copies. Answers with those held here, now leased (syncd/cache.py)."""
+        held = service.lease([bytes.fromhex(h) for h in body.chunks], body.seconds)
+        return {"leased": [d.hex() for d in held]}
 
     @app.get("/v1/chunks/{digest}")
     async def chunk(digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")],

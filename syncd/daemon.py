@@ -24,10 +24,12 @@ from hypercorn.trio import serve as serve_http
 
 from syncd import auth, identity
 from syncd.api import Signed, build_app
+from syncd.cache import Evictor
 from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index import versions
+from syncd.index.cache import Usage
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.history import prune_step
@@ -58,14 +60,15 @@ class Daemon:
                  changes: trio.MemoryReceiveChannel[None],
                  on_effects: Callable[[Effects], None] | None = None, mirror: bool = False,
                  live: Live | None = None, fuse_requests: Mapping[str, int] | None = None,
-                 mountpoint: str | None = None):
+                 mountpoint: str | None = None, usage: Usage | None = None):
         """`changes` says that something was stamped here (Catalog's on_change sends on
         it): the peer loops then push. `on_effects` takes what peers' changes did to the
         index, for the mount (kernel caches, purges); without a mount, inodes left without
         names are purged here. `live` applies settings changed while it runs (the
         control op "config"); the daemon registers its own there. `fuse_requests` is the
         mount's count of requests by operation (the metrics), read only; `mountpoint`
-        where it is mounted (the status page)."""
+        where it is mounted (the status page); `usage` the mount's opens and last uses
+        (the cache's eviction, syncd/cache.py)."""
         self.home = home
         self.catalog = catalog
         self.store = catalog.store
@@ -102,6 +105,10 @@ class Daemon:
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
+        self.evictor = Evictor(catalog, self.peers, usage or Usage(), config["cache_limit"],
+                               int(config["min_copies"]), mirror)
+        self.live.on("cache_limit", self.evictor.set_limit)
+        self.live.on("min_copies", self.evictor.set_min_copies)
         self.ui_listen: str = config["ui_listen"]
         self.page = StatusPage(self, self.ui_listen, mountpoint)
         self.fuse_requests = fuse_requests if fuse_requests is not None else {}
@@ -313,6 +320,9 @@ class Daemon:
             self._nursery.start_soon(self._hold_fetch, fresh)
         return len(missing)
 
+    def lease(self, digests: list[bytes], seconds: float) -> list[bytes]:
+        return self.evictor.lease(digests, seconds)
+
     async def _hold_fetch(self, digests: list[bytes]) -> None:
         try:
             await self.fetcher.fetch_chunks(digests)
@@ -428,6 +438,7 @@ class Daemon:
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
             nursery.start_soon(self._expire_versions)
+            nursery.start_soon(self.evictor.run)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
@@ -550,6 +561,10 @@ class Daemon:
                 "arriving": sorted((s.progress() for s in self.fetcher.streams.values()),
                                    key=lambda p: p["name"]),
                 "prefetching": self.fetcher.prefetching}
+
+    def cache(self) -> dict:
+        """The cache's use against its limit (syncd status's `cache`), as last measured."""
+        return self.evictor.status()
 
     def live_peers(self) -> dict[str, dict]:
         """Each peer as its loop sees it now (syncd status): the index has its state as

@@ -412,6 +412,19 @@ class PeerLink:
             missing += int((await self.call("POST", "/v1/hold", {"chunks": batch}))["missing"])
         return missing
 
+    async def lease(self, digests: list[bytes], seconds: float) -> set[bytes]:
+        """Ask the peer not to evict these chunks for `seconds` (syncd/cache.py); those it
+        holds and promised to keep."""
+        held: set[bytes] = set()
+        for i in range(0, len(digests), 1000):
+            batch = [d.hex() for d in digests[i:i + 1000]]
+            answer = await self.call("POST", "/v1/lease", {"chunks": batch, "seconds": seconds})
+            try:
+                held.update(bytes.fromhex(h) for h in answer["leased"])
+            except (KeyError, TypeError, ValueError):
+                raise PeerError(f"{self.name} sent a malformed lease answer") from None
+        return held
+
     # -- the loop
 
     async def run(self) -> None:

@@ -19,6 +19,7 @@ from syncd.daemon import Daemon
 from syncd.home import FAILURE, Home, UserError, mount_table
 from syncd.ignoring import RulesKeeper
 from syncd.index import schema
+from syncd.index.cache import Usage
 from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.recovery import recover
@@ -45,9 +46,11 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         daemon = None
         live = Live()  # settings changed while serving (syncd config set)
         requests: Counter[str] = Counter()  # the mount's, by operation; the metrics read it
+        usage = Usage()  # the mount's opens and last uses, for the daemon's cache eviction
         if home.key_path.exists():
             daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait,
-                            live=live, fuse_requests=requests, mountpoint=mountpoint)
+                            live=live, fuse_requests=requests, mountpoint=mountpoint,
+                            usage=usage)
             _check_listen(daemon.listen)
             _check_listen(daemon.ui_listen, "ui_listen", "the status page")
         else:
@@ -55,7 +58,7 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         config = home.config()
         fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]),
                         fetch=daemon.fetcher if daemon else None, name=config["name"],
-                        requests=requests)
+                        requests=requests, usage=usage)
         live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a

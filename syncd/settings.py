@@ -106,6 +106,30 @@ def size_or_share(value: object) -> int | str:
     return f"{share:g}%"
 
 
+def cache_limit(value: object) -> int | str:
+    """`none` (no limit), or a size_or_share value."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return "none"
+    try:
+        return size_or_share(value)
+    except ValueError:
+        raise ValueError("want none, a size such as 12MiB or 20GiB, or a share of the disk "
+                         "such as 20%") from None
+
+
+def copies(value: object) -> int:
+    """A number of other machines, 1 to 100 (0 would let a last copy go)."""
+    try:
+        if isinstance(value, bool) or float(value) != int(value):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("want a whole number of copies, such as 1 or 2") from None
+    if not 1 <= number <= 100:
+        raise ValueError("want 1 to 100 copies (a last copy is never evicted)")
+    return number
+
+
 def by_disk(value: int | str, total: int) -> int:
     """A size_or_share value in bytes, on a disk of `total` bytes."""
     return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
@@ -157,6 +181,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("versions_max", size_or_share, "10%",
             "the most the old versions may take, oldest dropped first: a size such as 20GiB "
             "or a share of the home's disk such as 10%", live=True),
+    Setting("cache_limit", cache_limit, "none",
+            "the most the content fetched or written here may take in the store: a size such "
+            "as 20GiB or a share of the home's disk such as 20%; beyond it the least recently "
+            "used files that enough peers hold are evicted, and fetched again on open "
+            "(none: no limit)", live=True),
+    Setting("min_copies", copies, 1,
+            "how many other machines must hold a chunk before the cache evicts it here, and "
+            "`syncd wait --copies`'s default", live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

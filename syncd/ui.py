@@ -96,6 +96,8 @@ class Source(Protocol):
 
     def transfers(self) -> dict: ...
 
+    def cache(self) -> dict: ...
+
 
 class StatusPage:
     """The page and the metrics of one serving process, from its daemon's parts."""
@@ -113,7 +115,7 @@ class StatusPage:
         # Not home.holder(): closing a descriptor of the lock file would drop this
         # process's own lock on it (fcntl locks are the process's).
         return gather(d.home, d.catalog, self.mountpoint, os.getpid(), d.live_peers(),
-                      d.transfers())
+                      d.transfers(), d.cache())
 
     def view(self) -> View:
         catalog = self.daemon.catalog

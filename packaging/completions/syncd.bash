@@ -37,7 +37,7 @@ _syncd_command_args()
             case $2 in
                 '') args=words words="get set" ;;
                 get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
-                    ui_listen versions_keep_days versions_max" ;;
+                    ui_listen versions_keep_days versions_max cache_limit min_copies" ;;
             esac
             ;;
     esac

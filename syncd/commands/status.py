@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
 from syncd.index import versions
+from syncd.index.cache import chunk_bytes
 from syncd.index.catalog import Catalog, open_catalog
 from syncd.index.peers import list_peers, pending_for
+from syncd.settings import by_disk
 
 STATUS_SCHEMA = 1
 
@@ -23,10 +26,12 @@ def collect(home: Home) -> dict:
 
 
 def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
-           live: dict[str, dict] | None, transfers: dict | None = None) -> dict:
+           live: dict[str, dict] | None, transfers: dict | None = None,
+           cache: dict | None = None) -> dict:
     """The status from an open catalog: this command's (read-only) or the serving
     process's own (its status page). `live` is each peer's state as the serving process
-    sees it, by name (the control op "peers"); `transfers` what it is fetching."""
+    sees it, by name (the control op "peers"); `transfers` what it is fetching; `cache`
+    the cache's use as its evictor last measured it (else measured here, on the disk)."""
     files = cat.file_counts()
     local_only = cat.local_only_files()
     refused = cat.refused_rules()
@@ -61,7 +66,33 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
         "versions": {"count": kept, "bytes": kept_bytes},
         "peers": peers,
         "transfers": transfers,
+        "cache": cache if cache is not None else _cache(home, cat),
     }
+
+
+def _cache(home: Home, cat: Catalog) -> dict:
+    """The bytes of content in the store against cache_limit (docs/cli.md, "The cache").
+    Measuring them is a stat per chunk: done only when there is a limit to measure them
+    against, so that status costs nothing that grows with the share by default."""
+    config = home.config()
+    used = limit = None
+    if config["cache_limit"] != "none":
+        used = chunk_bytes(cat.store.root)
+        st = os.statvfs(cat.store.root)
+        limit = by_disk(config["cache_limit"], st.f_blocks * st.f_frsize)
+    return {"bytes": used, "limit": limit, "setting": config["cache_limit"],
+            "min_copies": config["min_copies"], "over": limit is not None and used > limit}
+
+
+def _cache_line(c: dict) -> str:
+    used = "-" if c["bytes"] is None else human_size(c["bytes"])
+    if c["limit"] is None:
+        return "no limit (cache_limit)"
+    line = f"{used} of {human_size(c['limit'])} (cache_limit {c['setting']})"
+    if c["over"]:
+        line += (": over the limit; the rest is open, pinned, uncommitted or held by fewer"
+                 f" than {c['min_copies']} other machine(s)")
+    return line
 
 
 def _ask(home: Home, op: str) -> dict | None:
@@ -123,6 +154,7 @@ def print_status(home: Home, as_json: bool) -> None:
          f"{len(s['transfers']['fetching'])} file(s) being fetched on open"
          f"{_arriving(s['transfers']['arriving'])}, "
          f"{s['transfers']['prefetching']} small file(s) ahead of time"),
+        ("cache", _cache_line(s["cache"])),
         ("peers", "none" if not s["peers"] else f"{len(s['peers'])}"),
     ]
     width = max(len(k) for k, _ in rows)

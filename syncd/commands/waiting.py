@@ -15,9 +15,10 @@ def add_parsers(sub, common) -> None:
     p = sub.add_parser("wait", parents=[common],
                        help="wait until peers have confirmed every change made here")
     p.add_argument("--peer", metavar="NAME", help="only this peer (default: every online one)")
-    p.add_argument("--copies", type=int, default=1, metavar="N",
+    p.add_argument("--copies", type=int, metavar="N",
                    help="and the content of each change is held by N other machines "
-                        "(default 1; 0: do not check content)")
+                        "(default: the setting min_copies, 1 unless set; 0: do not check "
+                        "content)")
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
 
 
@@ -26,6 +27,8 @@ def cmd_wait(home: Home, args) -> int:
     up to now. What can never succeed fails at once: nothing serving the home (nothing
     sends the changes), no peer in use, fewer peers in use than copies asked."""
     home.require()
+    if args.copies is None:
+        args.copies = int(home.config()["min_copies"])
     if home.holder() is None:
         raise UserError(f"{home.path} is not mounted or served: nothing sends its changes "
                         "to peers; 'syncd mount' or 'syncd serve' first", STATE)

@@ -22,11 +22,13 @@ def test_get_lists_every_key_with_its_value(home):
     assert listed["schema_version"] == 1
     assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
                                         "log_keep_days", "ui_listen", "versions_keep_days",
-                                        "versions_max"]
+                                        "versions_max", "cache_limit", "min_copies"]
     assert listed["settings"]["ui_listen"] == "127.0.0.1:0"
     assert listed["settings"]["log_keep_days"] == 30
     assert listed["settings"]["versions_keep_days"] == 30
     assert listed["settings"]["versions_max"] == "10%"
+    assert listed["settings"]["cache_limit"] == "none"
+    assert listed["settings"]["min_copies"] == 1
     assert listed["settings"]["name"] == "test"
     assert listed["settings"]["attr_timeout"] == 60.0
     assert listed["settings"]["prefetch_below"] == 262144
@@ -49,6 +51,12 @@ def test_set_checks_and_stores_the_canonical_value(home):
                              ("0", 0)):
         syncd(home, "config", "set", "versions_max", given)
         assert stored(home)["versions_max"] == canonical
+    for given, canonical in (("12MiB", 12 << 20), ("20%", "20%"), ("NONE", "none"),
+                             ("0", 0)):
+        syncd(home, "config", "set", "cache_limit", given)
+        assert stored(home)["cache_limit"] == canonical
+    syncd(home, "config", "set", "min_copies", "2")
+    assert stored(home)["min_copies"] == 2
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -63,6 +71,14 @@ def test_set_checks_and_stores_the_canonical_value(home):
     (("set", "versions_max", "101%"), "at most 100%"),
     (("set", "versions_max", "ten%"), "bad value 'ten%' for 'versions_max'"),
     (("set", "versions_keep_days", "0"), "bad value '0' for 'versions_keep_days'"),
+    (("set", "cache_limit", "lots"), "want none, a size such as 12MiB"),
+    (("set", "cache_limit", "1e9"), "bad value '1e9' for 'cache_limit'"),
+    (("set", "cache_limit", "120%"), "bad value '120%' for 'cache_limit'"),
+    (("set", "cache_limit", "12 parsecs"), "bad value '12 parsecs' for 'cache_limit'"),
+    (("set", "min_copies", "0"), "a last copy is never evicted"),
+    (("set", "min_copies", "1.5"), "bad value '1.5' for 'min_copies'"),
+    (("set", "min_copies", "two"), "bad value 'two' for 'min_copies'"),
+    (("set", "min_copies", "101"), "bad value '101' for 'min_copies'"),
     (("set", "listen", "127.0.0.1:70000"), "bad value '127.0.0.1:70000' for 'listen'"),
     (("set", "name", ""), "bad value '' for 'name'"),
     (("set", "ui_listen", "0.0.0.0:8080"), "bad value '0.0.0.0:8080' for 'ui_listen'"),

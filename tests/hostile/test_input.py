@@ -405,3 +405,29 @@ def test_a_new_cluster_key_from_an_admitted_peer_is_taken(fresh_server):
     assert fresh_server.request("GET", "/v1/changes?since=0", key=new).status_code == 200
     fresh_server.expect_log(r"WARNING refused GET /v1/changes\?since=0: bad signature")
     assert fresh_server.request("GET", "/v1/changes?since=0").status_code == 401  # the old
+
+
+LEASE_OK = {"chunks": ["ab" * 32], "seconds": 30}
+BAD_LEASES = {
+    "no chunks": ({"chunks": [], "seconds": 30}, "chunks"),
+    "a digest that is not one": ({"chunks": ["../x"], "seconds": 30}, "chunks"),
+    "too many chunks": ({"chunks": ["ab" * 32] * 1001, "seconds": 30}, "chunks"),
+    "no seconds": ({"chunks": ["ab" * 32]}, "seconds"),
+    "no time at all": ({**LEASE_OK, "seconds": 0}, "seconds"),
+    "negative seconds": ({**LEASE_OK, "seconds": -5}, "seconds"),
+    "longer than ten minutes": ({**LEASE_OK, "seconds": 601}, "seconds"),
+    "seconds as text": ({**LEASE_OK, "seconds": "soon"}, "seconds"),
+    "an unknown field": ({**LEASE_OK, "forever": True}, "forever"),
+}
+
+
+@pytest.mark.parametrize(("body", "word"), BAD_LEASES.values(), ids=BAD_LEASES.keys())
+def test_a_malformed_lease_is_refused(server, unchanged, body, word):
+    r = server.request("POST", "/v1/lease", json.dumps(body).encode())
+    refused(server, r, 422, word)
+
+
+def test_a_lease_of_chunks_not_held_here_leases_nothing(server, unchanged):
+    r = server.request("POST", "/v1/lease", json.dumps(LEASE_OK).encode())
+    assert r.status_code == 200, r.text
+    assert r.json() == {"leased": []}

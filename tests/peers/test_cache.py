@@ -1,0 +1,186 @@
+"""The bounded cache (cache_limit, min_copies; docs/cli.md, "The cache") on real peers
+with real mounts: least recently used content goes beyond the limit and comes back on
+open; what is pinned, open, uncommitted or not held elsewhere stays; leases keep two
+machines from dropping each other's last copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+from syncd.index.chunklist import CHUNK, digest_of
+
+from syncd import auth
+from tests.helpers import syncd, wait_for
+from tests.peers.conftest import wait_content
+
+MiB = 1 << 20
+ROUND = 6  # seconds: more than one round of the evictor (syncd/cache.py, EVERY)
+
+
+def state(path) -> str:
+    return os.getxattr(path, "user.syncd.state").decode()
+
+
+def states(peer, names) -> list[str]:
+    return [state(peer / n) for n in names]
+
+
+def cache(peer) -> dict:
+    return peer.status()["cache"]
+
+
+def limit(peer, value: str) -> None:
+    done = syncd(peer.home, "config", "set", "cache_limit", value)
+    assert "applied to the running mount" in done.stdout
+
+
+def fetched(a, b, n: int, prefix: str = "f") -> dict[str, bytes]:
+    """n files of 2 MiB written on a, then read on b in order (b's least recently used
+    first); all here on both."""
+    data = {f"{prefix}{i}": os.urandom(2 * MiB) for i in range(n)}
+    for name, d in data.items():
+        (a / name).write_bytes(d)
+    for name, d in data.items():
+        wait_content(b / name, d)
+        wait_for(lambda name=name: state(b / name) == "local", 20, f"{name} local on b")
+    return data
+
+
+def test_least_recently_used_content_goes_and_comes_back_on_open(cluster):
+    a, b = cluster(2)
+    data = fetched(a, b, 4)
+    names = list(data)
+    assert cache(b) == {"bytes": None, "limit": None, "setting": "none", "min_copies": 1,
+                        "over": False}  # not measured: a stat per chunk, for nothing
+    limit(b, "5MiB")
+    wait_for(lambda: states(b, names) == ["missing", "missing", "local", "local"], 20,
+             "the two least recently used evicted")
+    assert cache(b) == {"bytes": 4 * MiB, "limit": 5 * MiB, "setting": 5 * MiB,
+                        "min_copies": 1, "over": False}
+    assert sorted(os.listdir(b.path)) == names  # still listed, sizes and all
+    assert os.stat(b / "f0").st_size == 2 * MiB
+    assert (b / "f0").read_bytes() == data["f0"]  # fetched again and verified
+    # f0 is now the most recently used: f2, least recently used of those here, goes.
+    wait_for(lambda: states(b, names) == ["local", "missing", "missing", "local"], 20,
+             "f2 evicted after f0 came back")
+    assert states(a, names) == ["local"] * 4  # a has no limit
+    assert "4.0 MiB of 5.0 MiB (cache_limit 5242880)" in syncd(b.home, "status").stdout
+    for name in names:
+        assert (b / name).read_bytes() == data[name]
+
+
+WRITER = """
+import sys
+with open(sys.argv[1], "r+b", buffering=0) as f:
+    f.write(b"uncommitted")
+    print("written", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_pinned_open_and_uncommitted_content_stays_even_over_the_limit(cluster):
+    a, b = cluster(2)
+    data = fetched(a, b, 3)
+    syncd(b.home, "pin", "f1")
+    mine = os.urandom(2 * MiB)
+    (b / "mine").write_bytes(mine)
+    wait_content(a / "mine", mine)  # a holds it too
+    # The writer is a process of its own: every command this test runs would otherwise
+    # inherit its descriptor, whose close at exec is a flush, which commits.
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(b / "mine")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "written\n"
+        with open(b / "f2", "rb") as reader:
+            head = reader.read(10)
+            limit(b, "0")  # smaller than the open file
+            wait_for(lambda: state(b / "f0") == "missing", 20, "f0 evicted")
+            time.sleep(ROUND)
+            assert states(b, ["f1", "f2", "mine"]) == ["local"] * 3
+            assert head + reader.read() == data["f2"]
+            s = b.status()
+            assert s["dirty"] == 1  # mine's writes are still uncommitted
+            assert s["cache"]["over"] and s["cache"]["limit"] == 0
+            assert s["cache"]["bytes"] == 6 * MiB  # f1, f2, mine
+            assert "over the limit" in syncd(b.home, "status").stdout
+    finally:
+        writer.communicate("\n", timeout=30)
+    assert writer.returncode == 0
+    # Closed: f2 goes. mine's new first chunk is here alone (a fetches lazily): it stays.
+    wait_for(lambda: state(b / "f2") == "missing", 20, "f2 evicted once closed")
+    time.sleep(ROUND)
+    assert states(b, ["f1", "mine"]) == ["local", "local"]
+    assert (b / "mine").read_bytes() == b"uncommitted" + mine[11:]
+    assert (b / "f0").read_bytes() == data["f0"]
+
+
+def test_a_chunk_no_other_machine_holds_is_never_evicted(cluster):
+    a, b = cluster(2)
+    data = fetched(a, b, 1)
+    own = os.urandom(2 * MiB)
+    (b / "own").write_bytes(own)  # a learns of it but fetches it only on open
+    syncd(b.home, "config", "set", "min_copies", "2")  # only one other machine here
+    limit(b, "0")
+    time.sleep(ROUND)
+    assert states(b, ["f0", "own"]) == ["local", "local"]
+    a.stop()  # the only other holder of f0 is gone
+    syncd(b.home, "config", "set", "min_copies", "1")
+    time.sleep(ROUND)
+    assert states(b, ["f0", "own"]) == ["local", "local"]
+    a.start()
+    wait_for(lambda: state(b / "f0") == "missing", 30, "f0 evicted once a is back")
+    time.sleep(ROUND)
+    assert state(b / "own") == "local"
+    assert (b / "f0").read_bytes() == data["f0"]
+    assert (b / "own").read_bytes() == own
+
+
+def lease(peer, digests: list[bytes], seconds: float) -> list[str]:
+    """Ask `peer` for a lease as another member of the group would."""
+    body = json.dumps({"chunks": [d.hex() for d in digests], "seconds": seconds}).encode()
+    headers = auth.sign_request(auth.parse_key(peer.key), "POST", "/v1/lease", body)
+    r = httpx.post(f"{peer.url}/v1/lease", content=body,
+                   headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    return r.json()["leased"]
+
+
+def test_a_machine_never_drops_a_chunk_it_leased_to_another(cluster):
+    a, b = cluster(2)
+    data = fetched(a, b, 1)["f0"]
+    digests = [digest_of(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
+    assert lease(b, digests, 8) == [d.hex() for d in digests]
+    limit(b, "0")
+    time.sleep(ROUND)
+    assert state(b / "f0") == "local"  # a holds it and would lease it, but b leased it out
+    wait_for(lambda: state(b / "f0") == "missing", 20, "f0 evicted once the lease ended")
+    assert lease(b, digests, 8) == []  # not held any more: nothing to lease
+    assert (b / "f0").read_bytes() == data
+
+
+def test_two_machines_do_not_drop_each_others_last_copy(cluster):
+    a, b = cluster(2)
+    data = fetched(a, b, 3)
+    for peer in (a, b):
+        syncd(peer.home, "config", "set", "cache_limit", "0")
+    time.sleep(2 * ROUND)
+    for name in data:
+        assert "local" in (state(a / name), state(b / name)), name
+    for name, d in data.items():
+        assert (a / name).read_bytes() == d
+        assert (b / name).read_bytes() == d
+
+
+def test_wait_asks_for_min_copies_unless_told(cluster):
+    a, _ = cluster(2)
+    (a / "f").write_bytes(b"x" * 300_000)
+    assert "held by 1 other machine(s)" in syncd(a.home, "wait", "--timeout", "30").stdout
+    syncd(a.home, "config", "set", "min_copies", "2")
+    done = syncd(a.home, "wait", "--timeout", "30", check=False)
+    assert done.returncode == 4 and "2 copies cannot be held" in done.stderr, done.stderr
+    assert syncd(a.home, "wait", "--copies", "1", "--timeout", "30").returncode == 0
