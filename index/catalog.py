@@ -158,6 +158,9 @@ class Catalog:
         self.ignore = IgnoreRules(self.placement, self._rule_file, local_rules,
                                   self._save_refused)
         self.on_rules_change: Callable[[str], None] = lambda node: None
+        # The mode setting (syncd/settings.py): "send-only" holds peers' states back
+        # (index/merge.py); the serving process sets it, and nothing else applies states.
+        self.mode = "send-receive"
 
     # -- reading
 
@@ -547,7 +550,7 @@ class Catalog:
         new_parent_node = self.dir_node(new_parent)
         now = time.time_ns()
         takes_inode = False
-        if src.inode.kind == "dir" and self._is_within(new_parent_node, src.node):
+        if src.inode.kind == "dir" and self.is_within(new_parent_node, src.node):
             raise fail(errno.EINVAL, "cannot move a directory into itself")
         if dst is not None:
             if noreplace:
@@ -1077,7 +1080,7 @@ class Catalog:
         chunks left unreferenced, for `retire`."""
         return self._reref(ChunkList([]), 0, chunks)
 
-    def _is_within(self, node: str, ancestor: str) -> bool:
+    def is_within(self, node: str, ancestor: str) -> bool:
         """Is `node` `ancestor` or below it?"""
         while node is not None:
             if node == ancestor:

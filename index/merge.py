@@ -42,6 +42,8 @@ from syncd.index.unheld import missing_chunk, unheld_file
 
 log = logging.getLogger(__name__)
 
+SEND_ONLY = "send-only"  # Catalog.mode (syncd/settings.py, MODES)
+
 
 class Merger:
     """Merges remote node states, and files written here while a peer replaced them, into
@@ -127,9 +129,10 @@ class Merger:
 
     def _apply_or_leave(self, state: dict, origin: str | None, effects: Effects) -> None:
         """Apply a peer's state, unless it is of an entry kept here only or would put
-        one where the rules here ignore: that is left alone (docs/protocol.md, "Ignored
-        entries"), neither applied, nor fetched, nor deleting anything here."""
-        if self._ignored_here(state):
+        one where the rules here ignore, or this machine is send-only: that is left alone
+        (docs/protocol.md, "Ignored entries", "Send-only machines"), neither applied, nor
+        fetched, nor deleting anything here."""
+        if self.cat.mode == SEND_ONLY or self._ignored_here(state):
             self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
                               (state["id"], json.dumps(state), origin))
             return
@@ -144,9 +147,13 @@ class Merger:
             self.cat.rules_changed(state["id"])  # it moved: what is below it is decided again
 
     def release_held(self) -> Effects:
-        """Apply the peers' states held while the rules here ignored them, those they no
-        longer ignore (after the rules changed and the entries were decided afresh)."""
+        """Apply the peers' states held while the rules here ignored them, or while this
+        machine was send-only, those not ignored now (after the rules changed and the
+        entries were decided afresh, or the mode changed). A send-only machine applies
+        none of them."""
         effects = Effects()
+        if self.cat.mode == SEND_ONLY:
+            return effects
 
         def run() -> None:
             for node, text, origin in self.conn.execute(
@@ -164,6 +171,66 @@ class Merger:
         self.cat.transaction(run)
         self.cat.detached.update(effects.detached)
         return effects
+
+    def behind(self) -> int:
+        """How many peers' states this machine holds back, ignored entries aside: what a
+        send-only machine is behind the group by (those waiting for their parent too)."""
+        held = sum(not self._ignored_here(json.loads(text)) for (text,) in
+                   self.conn.execute("SELECT state FROM held").fetchall())
+        return held + self.conn.execute("SELECT count(*) FROM limbo").fetchone()[0]
+
+    def override(self, under: str) -> int:
+        """Send-only: this machine's version of every node below `under` (a live node)
+        whose peers' state is held back becomes a new version that dominates it (its
+        vectors, each the pointwise maximum of both plus a counter of this device), so
+        every peer takes it by rule 3 (docs/protocol.md, "Send-only machines"). A node
+        the group has and this machine does not becomes a tombstone of that kind. The
+        states it dominates are dropped; how many were is returned."""
+        count = 0
+
+        def run() -> None:
+            nonlocal count
+            for node, text in self.conn.execute("SELECT id, state FROM held").fetchall():
+                state = json.loads(text)
+                if self._ignored_here(state) or not self._held_below(state, under):
+                    continue
+                self.conn.execute("DELETE FROM held WHERE id = ?", (node,))
+                row = node_row(self.conn, node)
+                if row is None and state["deleted"]:
+                    continue  # the group deleted what was never here: so be it
+                if row is None:
+                    self.conn.execute(
+                        "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq,"
+                        " conflict_of) VALUES (?, ?, NULL, ?, ?, 1, 0, ?)",
+                        (node, state["kind"], state["parent"], state["name"],
+                         state["conflict_of"]))
+                    set_versions(self.cat, node, state)
+                    vvs = [state[a]["vv"] for a in ASPECTS]
+                else:
+                    mine = state_from_row(row)
+                    vvs = [rules.vv_max(mine[a]["vv"], state[a]["vv"]) for a in ASPECTS]
+                self.cat.observe_clock(max(state[a]["clock"] for a in ASPECTS))
+                self.cat.stamp_local(node, "override", ASPECTS, {"override": True},
+                                     tuple(json.dumps(vv, sort_keys=True) for vv in vvs))
+                count += 1
+
+        self.cat.transaction(run)
+        return count
+
+    def _held_below(self, state: dict, under: str) -> bool:
+        """Is a held state's node `under` or below it: where it is here, or for a node
+        not here, where its parent is (held too, maybe)?"""
+        if under == ROOT_ID:
+            return True
+        for _ in range(4096):
+            if self._known(state):
+                return self.cat.is_within(state["id"], under)
+            row = self.conn.execute("SELECT state FROM held WHERE id = ?",
+                                    (state["parent"],)).fetchone()
+            if row is None:
+                return self.cat.is_within(state["parent"], under)
+            state = json.loads(row[0])
+        return False
 
     def _ignored_here(self, state: dict) -> bool:
         if self.cat.is_local_only(state["id"]):

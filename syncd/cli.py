@@ -15,6 +15,7 @@ from syncd.commands import (
     content,
     history,
     importing,
+    modes,
     mounting,
     page,
     peers,
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cluster-key", parents=[common], help="print the cluster key")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
-                     config, page, versions):
+                     config, page, versions, modes):
         commands.add_parsers(sub, common)
     return parser
 
@@ -125,4 +126,4 @@ COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, **peers.COMMANDS,
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,
-            **page.COMMANDS, **versions.COMMANDS}
+            **page.COMMANDS, **versions.COMMANDS, **modes.COMMANDS}

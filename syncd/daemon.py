@@ -31,7 +31,7 @@ from syncd.index.catalog import Catalog
 from syncd.index.effects import Effects
 from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
-from syncd.index.merge import Merger
+from syncd.index.merge import SEND_ONLY, Merger
 from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
@@ -91,6 +91,9 @@ class Daemon:
         self.versions_max = config["versions_max"]
         for key in ("versions_keep_days", "versions_max"):
             self.live.on(key, functools.partial(self._versions_setting, key))
+        # send-only holds peers' states back (index/merge.py); a change applies at once.
+        self.catalog.mode = config["mode"]
+        self.live.on("mode", self._set_mode)
         versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
@@ -119,6 +122,22 @@ class Daemon:
     def release_held(self) -> None:
         """The ignore rules changed: apply what peers sent that they no longer ignore."""
         self.on_effects(self.merger.release_held())
+
+    def _set_mode(self, mode: str) -> None:
+        """Send-only no more: what was held back applies now, by rule 3."""
+        self.catalog.mode = mode
+        self.release_held()
+
+    async def _override_op(self, request: dict) -> dict:
+        """`syncd override [PATH]`: this machine's versions win over those held back."""
+        if self.catalog.mode != SEND_ONLY:
+            return {"ok": False, "error": f"this machine is {self.catalog.mode}: override "
+                                          "is for a send-only one (syncd mode send-only)"}
+        path = request.get("path")
+        node = self.catalog.node_at(path) if isinstance(path, str) else None
+        if node is None:
+            return {"ok": False, "error": f"/{path} is not in the share here"}
+        return {"ok": True, "overridden": self.merger.override(node)}
 
     def _recheck_unheld(self) -> None:
         """A peer answers again: it may hold what nobody answered for before."""
@@ -349,6 +368,7 @@ class Daemon:
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
                                  "restore": self._restore_op,
+                                 "override": self._override_op,
                                  "config": self._config_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)

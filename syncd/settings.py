@@ -111,6 +111,19 @@ def by_disk(value: int | str, total: int) -> int:
     return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
 
 
+# What this machine does with changes (docs/cli.md, "syncd mode"): the first sends and
+# applies them, the second sends its own and holds the group's back (index/merge.py).
+SEND_RECEIVE, SEND_ONLY = "send-receive", "send-only"
+MODES = (SEND_RECEIVE, SEND_ONLY)
+
+
+def sync_mode(value: object) -> str:
+    """One of MODES."""
+    if value not in MODES:
+        raise ValueError(f"want one of {', '.join(MODES)}")
+    return value
+
+
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -157,6 +170,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("versions_max", size_or_share, "10%",
             "the most the old versions may take, oldest dropped first: a size such as 20GiB "
             "or a share of the home's disk such as 10%", live=True),
+    Setting("mode", sync_mode, SEND_RECEIVE,
+            "send-receive, or send-only: this machine's changes go to the group, and the "
+            "group's are held back until `syncd override` or a change of mode "
+            "(`syncd mode`)", live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

@@ -8,6 +8,7 @@ from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
 from syncd.index import versions
 from syncd.index.catalog import Catalog, open_catalog
+from syncd.index.merge import Merger
 from syncd.index.peers import list_peers, pending_for
 
 STATUS_SCHEMA = 1
@@ -54,6 +55,8 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
                   "missing": files.total - files.local, "pinned": files.pinned,
                   "conflicts": files.conflicts, "bytes": files.bytes,
                   "bytes_local": files.bytes_local, "local_only": local_only},
+        "mode": home.config()["mode"],
+        "behind": Merger(cat).behind(),
         "ignore_refused": refused,
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
@@ -112,6 +115,9 @@ def print_status(home: Home, as_json: bool) -> None:
         ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts, "
                   f"{f['local_only']} local-only"),
+        ("mode", s["mode"] + (f", behind the group by {s['behind']} change(s) held back"
+                              " ('syncd override' or 'syncd mode send-receive')"
+                              if s["behind"] else "")),
         *[("ignore rules", f"refused: {why}") for why in s["ignore_refused"]],
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"

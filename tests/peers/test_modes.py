@@ -1,0 +1,97 @@
+"""Send-only machines among three real mounted peers (docs/cli.md, "syncd mode"): a
+send-only machine sends its changes and applies none of the group's, shows them as
+behind, and `syncd override` makes its own versions win on the others; back to
+send-receive, what was held back applies and the group converges."""
+
+from __future__ import annotations
+
+import os
+
+from tests.helpers import assert_clean_error, syncd, wait_for
+from tests.peers.conftest import read, settled, wait_content, wait_gone
+
+
+def listing(peer) -> dict[str, bytes | None]:
+    return {name: read(peer / name) for name in sorted(os.listdir(peer.path))}
+
+
+def test_a_send_only_machine_applies_nothing_and_its_override_wins(cluster):
+    a, b, c = cluster(3)
+    (b / "shared").write_bytes(b"the group's first")
+    (c / "doomed").write_bytes(b"to be deleted by gamma")
+    wait_content(a / "shared", b"the group's first")
+    wait_content(a / "doomed", b"to be deleted by gamma")
+    done = syncd(a.home, "mode", "send-only")
+    assert "applied to the running mount" in done.stdout
+    assert syncd(a.home, "mode").stdout.strip() == "send-only"
+    assert syncd(a.home, "config", "get", "mode").stdout.strip() == "send-only"
+
+    (b / "shared").write_bytes(b"beta's edit")
+    (b / "new-from-beta").write_bytes(b"beta made it")
+    os.unlink(c / "doomed")
+    wait_content(c / "new-from-beta", b"beta made it")
+    wait_content(b / "shared", b"beta's edit")
+    wait_gone(b / "doomed")
+    wait_for(lambda: a.status()["behind"] == 3, 20, "alpha to hold back three changes")
+    # alpha applied none of them, and still sends its own
+    assert listing(a) == {"doomed": b"to be deleted by gamma",
+                          "shared": b"the group's first"}
+    (a / "alphas").write_bytes(b"alpha sends")
+    wait_content(b / "alphas", b"alpha sends")
+    wait_content(c / "alphas", b"alpha sends")
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    assert read(a / "shared") == b"the group's first"
+    assert "behind the group by 3 change(s)" in syncd(a.home, "status").stdout
+
+    done = syncd(a.home, "override")
+    assert "3 held back version(s) overridden" in done.stdout
+    want = {"alphas": b"alpha sends", "doomed": b"to be deleted by gamma",
+            "shared": b"the group's first"}
+    for peer in (b, c):
+        wait_for(lambda peer=peer: listing(peer) == want, 20, f"alpha's tree on {peer.name}")
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    assert listing(a) == want and a.status()["behind"] == 0
+    # beta's edit that lost is kept among its old versions there, the newest
+    syncd(b.home, "restore", "shared", "--to", "betas-edit")
+    assert read(b / "betas-edit") == b"beta's edit"
+
+
+def test_back_to_send_receive_the_group_converges(cluster):
+    a, b, c = cluster(3)
+    (a / "both").write_bytes(b"first")
+    for peer in (b, c):
+        wait_content(peer / "both", b"first")
+    syncd(a.home, "mode", "send-only")
+    (b / "both").write_bytes(b"beta's edit")
+    (c / "from-gamma").write_bytes(b"gamma's")
+    wait_for(lambda: a.status()["behind"] == 2, 20, "alpha to hold back two changes")
+    (a / "both").write_bytes(b"alpha's later edit")  # concurrent with beta's, and later
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    assert not (a / "from-gamma").exists()
+    done = syncd(a.home, "mode", "send-receive")
+    assert "applied to the running mount" in done.stdout
+    wait_content(a / "from-gamma", b"gamma's")
+    wait_for(lambda: settled(a, b, c) and listing(a) == listing(b) == listing(c), 20,
+             "the three trees to agree")
+    tree = listing(a)
+    # rule 3: the later edit keeps the name, the other is a conflict copy; nothing lost
+    assert tree["both"] == b"alpha's later edit"
+    assert sorted(v for k, v in tree.items() if ".sync-conflict-" in k) == [b"beta's edit"]
+    assert a.status()["behind"] == 0 and a.status()["mode"] == "send-receive"
+
+
+def test_bad_mode_inputs_are_clear_errors_that_change_nothing(cluster, tmp_path):
+    (a,) = cluster(1, mounted=False)
+    assert_clean_error(syncd(a.home, "mode", "receive-everything", check=False), 2,
+                       "bad value 'receive-everything' for 'mode'")
+    assert syncd(a.home, "mode").stdout.strip() == "send-receive"
+    assert_clean_error(syncd(a.home, "override", check=False), 2,
+                       "override is for a send-only one")
+    syncd(a.home, "mode", "send-only")
+    assert_clean_error(syncd(a.home, "override", check=False), 5, "nothing serves")
+    a.start()
+    assert_clean_error(syncd(a.home, "override", str(tmp_path), check=False), 2,
+                       "is outside the mount point")
+    assert_clean_error(syncd(a.home, "override", "no/such", check=False), 2,
+                       "/no/such is not in the share here")
+    assert a.status()["mode"] == "send-only"
