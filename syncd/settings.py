@@ -112,9 +112,10 @@ def by_disk(value: int | str, total: int) -> int:
 
 
 # What this machine does with changes (docs/cli.md, "syncd mode"): the first sends and
-# applies them, the second sends its own and holds the group's back (index/merge.py).
-SEND_RECEIVE, SEND_ONLY = "send-receive", "send-only"
-MODES = (SEND_RECEIVE, SEND_ONLY)
+# applies them, the second keeps its own and takes the group's, the third sends its own
+# and holds the group's back (index/merge.py).
+SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY = "send-receive", "receive-only", "send-only"
+MODES = (SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY)
 
 
 def sync_mode(value: object) -> str:
@@ -171,9 +172,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "the most the old versions may take, oldest dropped first: a size such as 20GiB "
             "or a share of the home's disk such as 10%", live=True),
     Setting("mode", sync_mode, SEND_RECEIVE,
-            "send-receive, or send-only: this machine's changes go to the group, and the "
-            "group's are held back until `syncd override` or a change of mode "
-            "(`syncd mode`)", live=True),
+            "send-receive; receive-only: changes made here stay here and the group's "
+            "always win (`syncd revert`); send-only: the group's are held back "
+            "(`syncd override`)", live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

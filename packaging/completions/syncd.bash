@@ -2,7 +2,7 @@
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
 _syncd_commands="init cluster-key peer mount umount serve status pending log pin unpin fetch
-conflicts import wait config ui versions restore mode override"
+conflicts import wait config ui versions restore mode revert override"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
 --timeout --since --address --at --to"
@@ -30,8 +30,8 @@ _syncd_command_args()
         ui) opts="--metrics" ;;
         versions) opts="--json" args=files ;;
         restore) opts="--at --to" args=files ;;
-        mode) [[ -z $2 ]] && args=words words="send-receive send-only" ;;
-        override) args=files ;;
+        mode) [[ -z $2 ]] && args=words words="send-receive receive-only send-only" ;;
+        revert | override) args=files ;;
         config)
             opts="--json"
             case $2 in

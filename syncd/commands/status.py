@@ -57,6 +57,7 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
                   "bytes_local": files.bytes_local, "local_only": local_only},
         "mode": home.config()["mode"],
         "behind": Merger(cat).behind(),
+        "local_edits": len(cat.edits_here()),
         "ignore_refused": refused,
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
@@ -117,7 +118,9 @@ def print_status(home: Home, as_json: bool) -> None:
                   f"{f['local_only']} local-only"),
         ("mode", s["mode"] + (f", behind the group by {s['behind']} change(s) held back"
                               " ('syncd override' or 'syncd mode send-receive')"
-                              if s["behind"] else "")),
+                              if s["behind"] else "")
+         + (f", {s['local_edits']} local edit(s) and copies ('syncd conflicts', "
+            "'syncd revert')" if s["local_edits"] else "")),
         *[("ignore rules", f"refused: {why}") for why in s["ignore_refused"]],
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"

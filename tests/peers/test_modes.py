@@ -5,6 +5,7 @@ send-receive, what was held back applies and the group converges."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from tests.helpers import assert_clean_error, syncd, wait_for
@@ -95,3 +96,93 @@ def test_bad_mode_inputs_are_clear_errors_that_change_nothing(cluster, tmp_path)
     assert_clean_error(syncd(a.home, "override", "no/such", check=False), 2,
                        "/no/such is not in the share here")
     assert a.status()["mode"] == "send-only"
+
+
+def test_a_receive_only_machine_sends_nothing_the_group_wins_and_revert_restores(cluster):
+    a, b, c = cluster(3)
+    (b / "input").write_bytes(b"v1")
+    os.mkdir(c / "d")
+    (c / "d" / "data").write_bytes(b"gamma's data")
+    wait_content(a / "input", b"v1")
+    wait_content(a / "d" / "data", b"gamma's data")
+    assert "applied to the running mount" in syncd(a.home, "mode", "receive-only").stdout
+
+    (a / "input").write_bytes(b"alpha's local edit")
+    (a / "a-new").write_bytes(b"alpha made it")
+    os.unlink(a / "d" / "data")
+    (a / "d" / "scratch").write_bytes(b"alpha's scratch")
+    (b / "marker").write_bytes(b"after alpha's edits")
+    wait_content(a / "marker", b"after alpha's edits")
+    wait_content(c / "marker", b"after alpha's edits")
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    group = {"d": None, "input": b"v1", "marker": b"after alpha's edits"}
+    assert listing(b) == listing(c) == group  # nothing of alpha's went out
+    assert sorted(os.listdir(b / "d")) == ["data"]
+    assert a.status()["local_edits"] == 4
+    local = json.loads(syncd(a.home, "conflicts", "--json").stdout)["local"]
+    assert local == [{"path": "a-new", "what": "made"}, {"path": "d/data", "what": "deleted"},
+                     {"path": "d/scratch", "what": "made"},
+                     {"path": "input", "what": "changed"}]
+
+    with open(a / "input", "rb") as handle:
+        (b / "input").write_bytes(b"v2")  # the group's newer version wins here
+        wait_content(a / "input", b"v2")
+        assert handle.read() == b"alpha's local edit"  # rule 6
+    (copy,) = [n for n in os.listdir(a.path) if n.startswith("input.sync-local-")]
+    assert read(a / copy) == b"alpha's local edit"
+    assert {"path": copy, "what": "copy"} in \
+        json.loads(syncd(a.home, "conflicts", "--json").stdout)["local"]
+    assert f"{copy}  (local: copy)" in syncd(a.home, "conflicts").stdout
+    assert "4 local edit(s) and copies" in syncd(a.home, "status").stdout
+    (b / "marker").write_bytes(b"after the copy")
+    wait_content(c / "marker", b"after the copy")
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    assert not any(".sync-local-" in n for n in os.listdir(b.path) + os.listdir(c.path))
+
+    assert "4 local edit(s) and copies thrown away" in syncd(a.home, "revert").stdout
+    wait_for(lambda: listing(a) == listing(b) == listing(c), 20, "alpha's tree the group's")
+    assert sorted(os.listdir(a / "d")) == ["data"]
+    assert read(a / "d" / "data") == b"gamma's data"
+    assert a.status()["local_edits"] == 0
+    # what was thrown away is among the old versions
+    kept = json.loads(syncd(a.home, "versions", copy, "--json").stdout)["versions"]
+    assert len(kept) == 1 and kept[0]["size"] == len(b"alpha's local edit")
+
+
+def test_a_receive_only_machine_that_sends_again_sends_its_edits(cluster):
+    a, b, c = cluster(3)
+    (b / "f").write_bytes(b"the group's")
+    (b / "gone").write_bytes(b"to be deleted on alpha")
+    wait_content(a / "f", b"the group's")
+    wait_content(a / "gone", b"to be deleted on alpha")
+    syncd(a.home, "mode", "receive-only")
+    (a / "f").write_bytes(b"alpha's edit")
+    os.mkdir(a / "newdir")
+    (a / "newdir" / "inside").write_bytes(b"alpha's new file")
+    os.unlink(a / "gone")
+    (c / "from-gamma").write_bytes(b"gamma's")
+    wait_content(a / "from-gamma", b"gamma's")
+    assert read(b / "f") == b"the group's" and not (b / "newdir").exists()
+    syncd(a.home, "mode", "send-receive")
+    want = {"f": b"alpha's edit", "from-gamma": b"gamma's", "newdir": None}
+    for peer in (a, b, c):
+        wait_for(lambda peer=peer: listing(peer) == want, 20, f"alpha's edits on {peer.name}")
+        wait_content(peer / "newdir" / "inside", b"alpha's new file")
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    assert a.status()["local_edits"] == 0 and a.status()["files"]["local_only"] == 0
+
+
+def test_revert_and_override_in_the_wrong_mode_or_place_are_clear_errors(cluster, tmp_path):
+    (a,) = cluster(1, mounted=False)
+    assert_clean_error(syncd(a.home, "revert", check=False), 2,
+                       "revert is for a receive-only one")
+    syncd(a.home, "mode", "receive-only")
+    assert_clean_error(syncd(a.home, "revert", check=False), 5, "nothing serves")
+    assert_clean_error(syncd(a.home, "override", check=False), 2,
+                       "override is for a send-only one")
+    a.start()
+    assert_clean_error(syncd(a.home, "revert", str(tmp_path), check=False), 2,
+                       "is outside the mount point")
+    assert_clean_error(syncd(a.home, "revert", "no/such", check=False), 2,
+                       "/no/such is not in the share here")
+    assert a.status()["mode"] == "receive-only"
