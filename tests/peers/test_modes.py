@@ -128,18 +128,29 @@ def test_a_receive_only_machine_sends_nothing_the_group_wins_and_revert_restores
         (b / "input").write_bytes(b"v2")  # the group's newer version wins here
         wait_content(a / "input", b"v2")
         assert handle.read() == b"alpha's local edit"  # rule 6
-    (copy,) = [n for n in os.listdir(a.path) if n.startswith("input.sync-local-")]
+    # a file open for writing when the group's version replaces it keeps the writer's
+    # bytes aside too, once closed
+    with open(a / "input", "r+b", buffering=0) as writer:
+        (b / "input").write_bytes(b"v3")
+        wait_content(a / "input", b"v3")
+        writer.write(b"WRITTEN")
+    wait_for(lambda: len([n for n in os.listdir(a.path) if ".sync-local-" in n]) == 2, 10,
+             "the writer's copy")
+    assert read(a / "input") == b"v3"
+    copies = sorted(n for n in os.listdir(a.path) if n.startswith("input.sync-local-"))
+    assert sorted(read(a / n) for n in copies) == [b"WRITTEN", b"alpha's local edit"]
+    (copy,) = [n for n in copies if read(a / n) == b"alpha's local edit"]
     assert read(a / copy) == b"alpha's local edit"
     assert {"path": copy, "what": "copy"} in \
         json.loads(syncd(a.home, "conflicts", "--json").stdout)["local"]
     assert f"{copy}  (local: copy)" in syncd(a.home, "conflicts").stdout
-    assert "4 local edit(s) and copies" in syncd(a.home, "status").stdout
+    assert "5 local edit(s) and copies" in syncd(a.home, "status").stdout
     (b / "marker").write_bytes(b"after the copy")
     wait_content(c / "marker", b"after the copy")
     wait_for(lambda: settled(a, b, c), 20, "nothing pending")
     assert not any(".sync-local-" in n for n in os.listdir(b.path) + os.listdir(c.path))
 
-    assert "4 local edit(s) and copies thrown away" in syncd(a.home, "revert").stdout
+    assert "5 local edit(s) and copies thrown away" in syncd(a.home, "revert").stdout
     wait_for(lambda: listing(a) == listing(b) == listing(c), 20, "alpha's tree the group's")
     assert sorted(os.listdir(a / "d")) == ["data"]
     assert read(a / "d" / "data") == b"gamma's data"
