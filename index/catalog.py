@@ -1101,9 +1101,18 @@ class Catalog:
                         else "copy" if ".sync-local-" in path.rpartition("/")[2] else "made"))
         return sorted(out)
 
-    def share_edited_deletes(self) -> None:
-        """Receive-only no more: what was deleted here meanwhile is sent as a delete (the
-        rest of the edits are shared by a rescan of the rules, make_shared)."""
+    def set_mode(self, mode: str, at_start: bool = False) -> None:
+        """The mode setting, at the start or changed. Receive-only no more (now, or since
+        the last start): what was made or changed here meanwhile is shared, a delete
+        here, and the rest by a rescan of the rules (make_shared; a rescan of the root
+        is done at every start)."""
+        was, self.mode = self.mode, mode
+        if mode != RECEIVE_ONLY and (at_start or was == RECEIVE_ONLY):
+            self._share_edited_deletes()
+            if not at_start:
+                self.rules_changed(ROOT_ID)
+
+    def _share_edited_deletes(self) -> None:
         def run() -> None:
             for node, in self.conn.execute(
                     "SELECT id FROM nodes WHERE deleted = 1 AND ignored & ?",

@@ -32,7 +32,6 @@ from syncd.index.effects import Effects
 from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import SEND_ONLY, Merger
-from syncd.index.schema import ROOT_ID
 from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
@@ -92,8 +91,7 @@ class Daemon:
         self.versions_max = config["versions_max"]
         for key in ("versions_keep_days", "versions_max"):
             self.live.on(key, functools.partial(self._versions_setting, key))
-        # send-only holds peers' states back (index/merge.py); a change applies at once.
-        self.catalog.mode = config["mode"]
+        # The mode (set on the catalog at the start, syncd/serving.py) applies at once.
         self.live.on("mode", self._set_mode)
         versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
@@ -128,10 +126,7 @@ class Daemon:
         """Receive-only no more: what was made or changed here is sent (a rescan shares
         it, then releases what peers sent meanwhile). Send-only no more: what was held
         back applies now, by rule 3."""
-        was, self.catalog.mode = self.catalog.mode, mode
-        if was == RECEIVE_ONLY and mode != RECEIVE_ONLY:
-            self.catalog.share_edited_deletes()
-            self.catalog.rules_changed(ROOT_ID)
+        self.catalog.set_mode(mode)
         self.release_held()
 
     async def _revert_op(self, request: dict) -> dict:

@@ -197,3 +197,27 @@ def test_revert_and_override_in_the_wrong_mode_or_place_are_clear_errors(cluster
     assert_clean_error(syncd(a.home, "revert", "no/such", check=False), 2,
                        "/no/such is not in the share here")
     assert a.status()["mode"] == "receive-only"
+
+
+def test_local_edits_and_copies_go_with_a_directory_a_peer_deletes(cluster):
+    a, b, c = cluster(3)
+    os.mkdir(c / "d")
+    (c / "d" / "x").write_bytes(b"gamma's x")
+    wait_content(a / "d" / "x", b"gamma's x")
+    syncd(a.home, "mode", "receive-only")
+    (a / "d" / "x").write_bytes(b"alpha's x")
+    (a / "d" / "new").write_bytes(b"alpha's new")
+    (b / "d" / "x").write_bytes(b"beta's x")
+    wait_content(a / "d" / "x", b"beta's x")
+    (copy,) = [n for n in os.listdir(a / "d") if n.startswith("x.sync-local-")]
+    wait_content(c / "d" / "x", b"beta's x")
+    os.unlink(c / "d" / "x")
+    os.rmdir(c / "d")
+    wait_gone(a / "d")  # the local entries do not keep it alive here
+    wait_for(lambda: settled(a, b, c), 20, "nothing pending")
+    assert not (b / "d").exists() and a.status()["local_edits"] == 0
+    for name, data in ((copy, b"alpha's x"), ("new", b"alpha's new")):
+        kept = json.loads(syncd(a.home, "versions", f"d/{name}", "--json").stdout)["versions"]
+        assert [v["size"] for v in kept] == [len(data)], name
+        syncd(a.home, "restore", f"d/{name}", "--to", f"restored-{name}")
+        assert read(a / f"restored-{name}") == data
