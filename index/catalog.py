@@ -59,7 +59,8 @@ IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
 # "Receive-only machines"): a local edit, until `syncd revert`, a peer's newer version or a
 # change of mode.
 EDITED_HERE = 32
-RECEIVE_ONLY = "receive-only"  # Catalog.mode (syncd/settings.py, MODES)
+# Catalog.mode: the setting (syncd/settings.py, MODES) where the index acts on it.
+RECEIVE_ONLY, SEND_ONLY = "receive-only", "send-only"
 
 # An Inode's columns. The table goes unaliased, so that an UPDATE of it can return them.
 INODE_COLUMNS = (
@@ -1084,10 +1085,11 @@ class Catalog:
 
     def edits_here(self, under: str = ROOT_ID) -> list[tuple[str, str]]:
         """The nodes made or changed here while receive-only (EDITED_HERE), `under` or
-        below it (where they are here; a delete where it was), with their paths."""
+        below it (where they are here; a delete where it was), with their paths. Such a
+        node is never stamped (seq 0): the index of sequence numbers finds them."""
         return [(node, self.path_of(parent, name)) for node, parent, name in
-                self.conn.execute("SELECT id, parent, name FROM nodes WHERE ignored & ?"
-                                  " ORDER BY entry", (EDITED_HERE,)).fetchall()
+                self.conn.execute("SELECT id, parent, name FROM nodes WHERE seq = 0 AND"
+                                  " ignored & ? ORDER BY entry", (EDITED_HERE,)).fetchall()
                 if under == ROOT_ID or self.is_within(node, under)]
 
     def local_edits(self) -> list[tuple[str, str]]:
@@ -1115,7 +1117,7 @@ class Catalog:
     def _share_edited_deletes(self) -> None:
         def run() -> None:
             for node, in self.conn.execute(
-                    "SELECT id FROM nodes WHERE deleted = 1 AND ignored & ?",
+                    "SELECT id FROM nodes WHERE seq = 0 AND deleted = 1 AND ignored & ?",
                     (EDITED_HERE,)).fetchall():
                 self.conn.execute("UPDATE nodes SET ignored = 0 WHERE id = ?", (node,))
                 self.stamp_local(node, "delete", ASPECTS, None)

@@ -27,6 +27,7 @@ from syncd.index.catalog import (
     EDITED_HERE,
     IGNORED_CHANGED,
     RECEIVE_ONLY,
+    SEND_ONLY,
     Catalog,
     local_only,
 )
@@ -49,8 +50,6 @@ from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
 from syncd.index.unheld import missing_chunk, unheld_file
 
 log = logging.getLogger(__name__)
-
-SEND_ONLY = "send-only"  # Catalog.mode (syncd/settings.py, MODES)
 
 
 class Merger:
@@ -144,8 +143,9 @@ class Merger:
     def _apply_or_leave(self, state: dict, origin: str | None, effects: Effects) -> None:
         """Apply a peer's state, unless it is of an entry kept here only or would put
         one where the rules here ignore, or this machine is send-only: that is left alone
-        (docs/protocol.md, "Ignored entries", "Send-only machines"), neither applied, nor
-        fetched, nor deleting anything here."""
+        (docs/protocol.md, "Ignored entries", "Receive-only and send-only machines"),
+        neither applied, nor fetched, nor deleting anything here. On a receive-only
+        machine, a newer state of an entry changed here takes it back (_take_over)."""
         node = state["id"]
         edited = self.cat.edited_here(node)
         # An edit of a receive-only machine that is receive-only no more waits for the
@@ -268,7 +268,8 @@ class Merger:
         """Send-only: this machine's version of every node below `under` (a live node)
         whose peers' state is held back becomes a new version that dominates it (its
         vectors, each the pointwise maximum of both plus a counter of this device), so
-        every peer takes it by rule 3 (docs/protocol.md, "Send-only machines"). A node
+        every peer takes it by rule 3 (docs/protocol.md, "Receive-only and send-only
+        machines"). A node
         the group has and this machine does not becomes a tombstone of that kind. The
         states it dominates are dropped; how many were is returned."""
         count = 0

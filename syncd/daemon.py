@@ -27,11 +27,11 @@ from syncd.control import serve_control
 from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index import versions
-from syncd.index.catalog import RECEIVE_ONLY, Catalog, local_only
+from syncd.index.catalog import RECEIVE_ONLY, SEND_ONLY, Catalog, local_only
 from syncd.index.effects import Effects
 from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
-from syncd.index.merge import SEND_ONLY, Merger
+from syncd.index.merge import Merger
 from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
