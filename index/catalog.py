@@ -54,6 +54,13 @@ to_json = json.JSONEncoder(sort_keys=True).encode
 # nodes.ignored: 1 for an ignored node, and for one that was shared before, a bit per
 # aspect changed here while it was ignored: what gets a new version once it is shared.
 IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
+# nodes.ignored: local only because it was made or changed here while this machine was
+# receive-only, not because of the rules (with 1 and the bits above; docs/protocol.md,
+# "Receive-only machines"): a local edit, until `syncd revert`, a peer's newer version or a
+# change of mode.
+EDITED_HERE = 32
+# Catalog.mode: the setting (syncd/settings.py, MODES) where the index acts on it.
+RECEIVE_ONLY, SEND_ONLY = "receive-only", "send-only"
 
 # An Inode's columns. The table goes unaliased, so that an UPDATE of it can return them.
 INODE_COLUMNS = (
@@ -158,6 +165,10 @@ class Catalog:
         self.ignore = IgnoreRules(self.placement, self._rule_file, local_rules,
                                   self._save_refused)
         self.on_rules_change: Callable[[str], None] = lambda node: None
+        # The mode setting (syncd/settings.py): "send-only" holds peers' states back
+        # (index/merge.py); the serving process sets it, and nothing else applies states.
+        self.mode = "send-receive"
+        # and "receive-only" keeps every change made here local (EDITED_HERE).
 
     # -- reading
 
@@ -313,6 +324,10 @@ class Catalog:
         itself, columns of the node written in the same UPDATE. A local-only node has no
         versions: only `sets` is written, nothing is stamped, so nothing of it is ever
         sent."""
+        if self.mode == RECEIVE_ONLY and not (detail or {}).get("decided") and \
+                not self.is_local_only(node):
+            self.conn.execute("UPDATE nodes SET ignored = ?, seq = 0, origin = NULL"
+                              " WHERE id = ?", (1 | EDITED_HERE, node))
         if self.is_local_only(node):
             if sets:
                 self._set_node(node, sets)
@@ -444,12 +459,16 @@ class Catalog:
         """A new live node: its id and entry. A synced node is stamped as it is inserted,
         and its id takes the counter of that stamp; a local-only node, never stamped,
         takes its entry number."""
-        ignored = kind not in LOCAL_ONLY_KINDS and self.ignores(parent, name, kind)
-        if kind in LOCAL_ONLY_KINDS or ignored:
+        receive_only = self.mode == RECEIVE_ONLY
+        ignored = kind not in LOCAL_ONLY_KINDS and \
+            self.ignores(parent, name, kind, edits_too=not receive_only)
+        edited = kind not in LOCAL_ONLY_KINDS and not ignored and receive_only
+        if kind in LOCAL_ONLY_KINDS or ignored or edited:
             entry = self.conn.execute(
                 "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
             node = f"{LOCAL_ID_PREFIX}{entry}"
-            columns = {"entry": entry, "id": node, "seq": 0, "ignored": int(ignored)}
+            columns = {"entry": entry, "id": node, "seq": 0,
+                       "ignored": 1 | EDITED_HERE if edited else int(ignored)}
         else:
             self._next_stamp()
             node = f"{self.device}:{self.seq}"
@@ -547,7 +566,7 @@ class Catalog:
         new_parent_node = self.dir_node(new_parent)
         now = time.time_ns()
         takes_inode = False
-        if src.inode.kind == "dir" and self._is_within(new_parent_node, src.node):
+        if src.inode.kind == "dir" and self.is_within(new_parent_node, src.node):
             raise fail(errno.EINVAL, "cannot move a directory into itself")
         if dst is not None:
             if noreplace:
@@ -937,6 +956,10 @@ class Catalog:
             "SELECT 1 FROM nodes WHERE parent = ? AND name = ? AND deleted = 0", (parent, name)
         ).fetchone() is not None
 
+    def is_live_dir(self, node: str | None) -> bool:
+        return self.conn.execute("SELECT 1 FROM nodes WHERE id = ? AND deleted = 0 AND"
+                                 " kind = 'dir'", (node,)).fetchone() is not None
+
     def has_children(self, node: str, local_too: bool = True) -> bool:
         """Has directory `node` live children (synced ones only, without `local_too`)?"""
         return self.conn.execute(
@@ -947,17 +970,29 @@ class Catalog:
 
     def drop_local_children(self, node: str) -> list[tuple[int, str]]:
         """Remove the local-only children of directory `node` (inside a transaction),
-        which is going, and all below them: the children's (inode, name)s, for the
-        caller to invalidate, and the inodes below them as (inode, None), to purge."""
+        which is going, and all below them (drop_local)."""
         rows = self.conn.execute(
-            "SELECT id, ino, name FROM nodes WHERE parent = ? AND deleted = 0"
+            "SELECT id FROM nodes WHERE parent = ? AND deleted = 0"
             f" AND (id LIKE '{LOCAL_ID_PREFIX}%' OR ignored > 0)", (node,)).fetchall()
+        return self.drop_local([r[0] for r in rows])
+
+    def drop_local(self, nodes: list[str]) -> list[tuple[int, str | None]]:
+        """Remove local-only nodes and all below them (inside a transaction), the content
+        of their files into the old versions (index/versions.py): the nodes' (inode,
+        name)s, for the caller to invalidate, and the inodes below them as (inode, None),
+        to purge."""
+        rows = [self.conn.execute("SELECT id, ino, name FROM nodes WHERE id = ?",
+                                  (node,)).fetchone() for node in nodes]
         below = []
         for child, _, _ in rows:
             below += self.conn.execute(
                 SUBTREE + "SELECT id, ino FROM subtree WHERE id != ?", (child, child)).fetchall()
-        self.conn.executemany("DELETE FROM nodes WHERE id = ?",
-                              [(r[0],) for r in [*rows, *below]])
+        gone = [(r[0],) for r in [*rows, *below]]
+        # A file that leaves its inode is recorded as an old version (schema.VERSIONS),
+        # with its path while the nodes above it are still there.
+        self.conn.executemany("UPDATE nodes SET deleted = 1 WHERE id = ?", gone)
+        self._hold_versions()
+        self.conn.executemany("DELETE FROM nodes WHERE id = ?", gone)
         for _, ino in below:
             self._dir_nodes.pop(ino, None)
         for _, ino, _ in rows:
@@ -971,10 +1006,25 @@ class Catalog:
         return local_only(node) or self.conn.execute(
             "SELECT ignored > 0 FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
 
-    def ignores(self, parent: str, name: str, kind: str) -> bool:
+    def kept_local(self, node: str) -> bool:
+        """Is this node kept here only by its kind or by the rules (is_local_only, less
+        the edits of a receive-only machine, which peers' newer versions replace)?"""
+        row = self.conn.execute("SELECT ignored FROM nodes WHERE id = ?", (node,)).fetchone()
+        ignored = row[0] if row else 0
+        return (local_only(node) or ignored > 0) and not ignored & EDITED_HERE
+
+    def edited_here(self, node: str) -> bool:
+        """Was this node made or changed here while receive-only, and is kept local for
+        that (EDITED_HERE)?"""
+        return self.conn.execute("SELECT ignored & ? FROM nodes WHERE id = ?",
+                                 (EDITED_HERE, node)).fetchone() not in (None, (0,))
+
+    def ignores(self, parent: str, name: str, kind: str, edits_too: bool = True) -> bool:
         """Would an entry `name` of `kind` in directory `parent` be ignored: is the
-        directory itself local-only, or do the rules ignore the name?"""
-        return (parent != ROOT_ID and self.is_local_only(parent)) or \
+        directory itself local-only (without `edits_too`: kept_local), or do the rules
+        ignore the name?"""
+        local = self.is_local_only if edits_too else self.kept_local
+        return (parent != ROOT_ID and local(parent)) or \
             self.ignore.ignored(parent, name, kind)
 
     def make_local(self, node: str, is_dir: bool) -> None:
@@ -982,7 +1032,8 @@ class Catalog:
         never stamped from now on, so never sent; peers keep what they have of them. Its
         global id stays, so its peers' states are known as its and left alone
         (Merger), and its versions are there when it is shared again."""
-        change = "UPDATE nodes SET ignored = ignored | 1, seq = 0, origin = NULL"
+        change = f"UPDATE nodes SET ignored = (ignored | 1) & ~{EDITED_HERE}, seq = 0," \
+            " origin = NULL"
         if not is_dir:
             self.conn.execute(f"{change} WHERE id = ?", (node,))
             return
@@ -995,7 +1046,15 @@ class Catalog:
         shared): one made while ignored becomes a new node, a create, under a global id;
         one that was shared before gets a new version of what changed here meanwhile
         (IGNORED_CHANGED), so that peers take it, and keeps the versions of the rest.
-        Returns its id. What is below it waits for its own decision."""
+        Returns its id. What is below it waits for its own decision. On a receive-only
+        machine, one made or changed here stays local, as that machine's edit."""
+        if self.mode == RECEIVE_ONLY:
+            changed = sum(IGNORED_CHANGED.values())
+            self.conn.execute(
+                "UPDATE nodes SET ignored = CASE WHEN ? OR ignored & ? THEN ignored | ?"
+                " ELSE 0 END WHERE id = ?",
+                (local_only(node), changed, 1 | EDITED_HERE, node))
+            return node
         if not local_only(node):
             row = self.conn.execute(
                 "SELECT ignored, content_vv, mode_vv, place_vv, xattr_vv FROM nodes"
@@ -1023,6 +1082,47 @@ class Catalog:
             self._dir_nodes[ino] = new
         self._journal(new, "create", self.device, {"shared": True})
         return new
+
+    def edits_here(self, under: str = ROOT_ID) -> list[tuple[str, str]]:
+        """The nodes made or changed here while receive-only (EDITED_HERE), `under` or
+        below it (where they are here; a delete where it was), with their paths. Such a
+        node is never stamped (seq 0): the index of sequence numbers finds them."""
+        return [(node, self.path_of(parent, name)) for node, parent, name in
+                self.conn.execute("SELECT id, parent, name FROM nodes WHERE seq = 0 AND"
+                                  " ignored & ? ORDER BY entry", (EDITED_HERE,)).fetchall()
+                if under == ROOT_ID or self.is_within(node, under)]
+
+    def local_edits(self) -> list[tuple[str, str]]:
+        """What a receive-only machine made or changed here, by path: each with what it
+        is (`copy`: kept aside, `made`, `changed`, `deleted`)."""
+        out = []
+        for node, path in self.edits_here():
+            deleted = self.conn.execute("SELECT deleted FROM nodes WHERE id = ?",
+                                        (node,)).fetchone()[0]
+            out.append((path, "deleted" if deleted else "changed" if not local_only(node)
+                        else "copy" if ".sync-local-" in path.rpartition("/")[2] else "made"))
+        return sorted(out)
+
+    def set_mode(self, mode: str, at_start: bool = False) -> None:
+        """The mode setting, at the start or changed. Receive-only no more (now, or since
+        the last start): what was made or changed here meanwhile is shared, a delete
+        here, and the rest by a rescan of the rules (make_shared; a rescan of the root
+        is done at every start)."""
+        was, self.mode = self.mode, mode
+        if mode != RECEIVE_ONLY and (at_start or was == RECEIVE_ONLY):
+            self._share_edited_deletes()
+            if not at_start:
+                self.rules_changed(ROOT_ID)
+
+    def _share_edited_deletes(self) -> None:
+        def run() -> None:
+            for node, in self.conn.execute(
+                    "SELECT id FROM nodes WHERE seq = 0 AND deleted = 1 AND ignored & ?",
+                    (EDITED_HERE,)).fetchall():
+                self.conn.execute("UPDATE nodes SET ignored = 0 WHERE id = ?", (node,))
+                self.stamp_local(node, "delete", ASPECTS, None)
+
+        self.transaction(run)
 
     def local_only_files(self) -> int:
         """How many live entries other than directories are kept here only (an index
@@ -1077,7 +1177,7 @@ class Catalog:
         chunks left unreferenced, for `retire`."""
         return self._reref(ChunkList([]), 0, chunks)
 
-    def _is_within(self, node: str, ancestor: str) -> bool:
+    def is_within(self, node: str, ancestor: str) -> bool:
         """Is `node` `ancestor` or below it?"""
         while node is not None:
             if node == ancestor:

@@ -22,10 +22,19 @@ import logging
 import time
 
 from syncd.index import rules
-from syncd.index.catalog import ASPECTS, Catalog
+from syncd.index.catalog import (
+    ASPECTS,
+    EDITED_HERE,
+    IGNORED_CHANGED,
+    RECEIVE_ONLY,
+    SEND_ONLY,
+    Catalog,
+    local_only,
+)
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.ignore import IGNORE_FILE
+from syncd.index.names import free_tagged_name, utc_stamp
 from syncd.index.node_rows import (
     decided,
     entry_changed,
@@ -36,7 +45,7 @@ from syncd.index.node_rows import (
     write_xattrs,
 )
 from syncd.index.placement import Placement
-from syncd.index.schema import ROOT_ID
+from syncd.index.schema import LOCAL_ID_PREFIX, ROOT_ID
 from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
 from syncd.index.unheld import missing_chunk, unheld_file
 
@@ -86,16 +95,22 @@ class Merger:
         return effects
 
     def commit_detached(self, node: str, base_vv: dict[str, int], chunks: ChunkList,
-                        size: int, mtime_ns: int) -> Effects:
+                        size: int, mtime_ns: int, ino: int | None = None) -> Effects:
         """A file written here while a peer's change replaced or deleted it (rule 6) was
         closed: its content is a version concurrent with that change, merged by rule 3
         like any other (the later mtime keeps the name, the other is a conflict copy; an
-        edit beats a delete). Nothing anyone wrote is lost."""
+        edit beats a delete). Nothing anyone wrote is lost. On a receive-only machine
+        the peer's version wins: inode `ino` stays as a local copy beside the node."""
         effects = Effects()
 
         def run() -> None:
             row = node_row(self.conn, node)
             if row is None:
+                return
+            if self.cat.mode == RECEIVE_ONLY and ino is not None:
+                if not self.cat.nodes_of(ino):  # not kept aside yet
+                    parent = row[2] if self.cat.is_live_dir(row[2]) else ROOT_ID
+                    self._set_aside(ino, parent, row[3], effects)
                 return
             mine = state_from_row(row)
             device = self.cat.device
@@ -127,13 +142,24 @@ class Merger:
 
     def _apply_or_leave(self, state: dict, origin: str | None, effects: Effects) -> None:
         """Apply a peer's state, unless it is of an entry kept here only or would put
-        one where the rules here ignore: that is left alone (docs/protocol.md, "Ignored
-        entries"), neither applied, nor fetched, nor deleting anything here."""
-        if self._ignored_here(state):
+        one where the rules here ignore, or this machine is send-only: that is left alone
+        (docs/protocol.md, "Ignored entries", "Receive-only and send-only machines"),
+        neither applied, nor fetched, nor deleting anything here. On a receive-only
+        machine, a newer state of an entry changed here takes it back (_take_over)."""
+        node = state["id"]
+        edited = self.cat.edited_here(node)
+        # An edit of a receive-only machine that is receive-only no more waits for the
+        # rescan that shares it (syncd/ignoring.py), then merges with this by rule 3.
+        if self.cat.mode == SEND_ONLY or self._ignored_here(state) or \
+                (edited and self.cat.mode != RECEIVE_ONLY):
             self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
                               (state["id"], json.dumps(state), origin))
             return
         self.conn.execute("DELETE FROM held WHERE id = ?", (state["id"],))  # older
+        if edited:
+            if not self._news(state):
+                return  # the local edit stays until the group has a newer version
+            self._take_over(node, effects, keep=True)
         was = self.conn.execute("SELECT parent, name FROM nodes WHERE id = ?",
                                 (state["id"],)).fetchone()
         self._apply_one(state, origin, effects)
@@ -144,9 +170,13 @@ class Merger:
             self.cat.rules_changed(state["id"])  # it moved: what is below it is decided again
 
     def release_held(self) -> Effects:
-        """Apply the peers' states held while the rules here ignored them, those they no
-        longer ignore (after the rules changed and the entries were decided afresh)."""
+        """Apply the peers' states held while the rules here ignored them, or while this
+        machine was send-only, those not ignored now (after the rules changed and the
+        entries were decided afresh, or the mode changed). A send-only machine applies
+        none of them."""
         effects = Effects()
+        if self.cat.mode == SEND_ONLY:
+            return effects
 
         def run() -> None:
             for node, text, origin in self.conn.execute(
@@ -165,15 +195,138 @@ class Merger:
         self.cat.detached.update(effects.detached)
         return effects
 
+    def _news(self, state: dict) -> bool:
+        local = state_from_row(node_row(self.conn, state["id"]))
+        raw = {a: rules.compare(local[a]["vv"], state[a]["vv"]) for a in ASPECTS}
+        return rules.is_news(local, state, raw,
+                             self.cat.has_children(state["id"], local_too=False))
+
+    def _take_over(self, node: str, effects: Effects, keep: bool) -> None:
+        """Receive-only: a node made or changed here takes the group's next state whatever
+        it is (incoming versions always win). With `keep`, content written here is kept
+        aside first, as NAME.sync-local-YYYYMMDD-HHMMSS.EXT on the same inode, local only
+        (handles open on it keep their bytes, rule 6). The node then knows no version, so
+        that the state applied next dominates it."""
+        row = node_row(self.conn, node)
+        ignored = self.conn.execute("SELECT ignored FROM nodes WHERE id = ?",
+                                    (node,)).fetchone()[0]
+        parent, name, deleted, ino = row[2], row[3], row[4], row[8]
+        if keep and row[1] == "file" and not deleted and ino is not None and \
+                ignored & IGNORED_CHANGED["content"]:
+            self._set_aside(ino, parent, name, effects)
+            self.conn.execute("UPDATE nodes SET ino = NULL WHERE id = ?", (node,))
+        self.conn.execute(
+            "UPDATE nodes SET ignored = 0, "
+            + ", ".join(f"{a}_vv = '{{}}', {a}_made = '{{}}'" for a in ASPECTS)
+            + " WHERE id = ?", (node,))
+
+    def _set_aside(self, ino: int, parent: str, name: str, effects: Effects) -> str:
+        """A local-only node for inode `ino` beside `name`: NAME.sync-local-TIME.EXT."""
+        entry = self.conn.execute(
+            "SELECT coalesce(max(entry), 0) + 1 FROM nodes").fetchone()[0]
+        copy = free_tagged_name(name, f"sync-local-{utc_stamp()}",
+                                lambda n: self.cat.is_live_name(parent, n))
+        self.conn.execute(
+            "INSERT INTO nodes (entry, id, kind, ino, parent, name, seq, ignored)"
+            " VALUES (?, ?, 'file', ?, ?, ?, 0, ?)",
+            (entry, f"{LOCAL_ID_PREFIX}{entry}", ino, parent, copy,
+             1 | EDITED_HERE | IGNORED_CHANGED["content"]))
+        entry_changed(self.cat, parent, copy, effects)
+        log.info("%r, written here, kept aside as %r: a peer's version replaces it",
+                 name, copy)
+        return copy
+
+    def revert(self, states: list[tuple[dict, str]], under: str) -> Effects:
+        """Receive-only `syncd revert`: the nodes made or changed here, `under` or below
+        it, take the group's state (`states`, each with the peer that gave it: those of
+        the nodes it knows), and those it does not know go, into the old versions."""
+        effects = Effects()
+
+        def run() -> None:
+            for state, origin in states:
+                self._take_over(state["id"], effects, keep=False)
+                self._apply_one(state, origin, effects)
+            for node, _ in self.cat.edits_here(under):
+                if not local_only(node):  # the group has no state of it: so be it here
+                    self.conn.execute("UPDATE nodes SET ignored = 0 WHERE id = ?", (node,))
+                elif node_row(self.conn, node) is not None:  # not gone with a directory
+                    parent = self.cat.placement(node)[0]
+                    self._drop(self.cat.drop_local([node]), parent, effects)
+
+        self.cat.transaction(run)
+        self.cat.detached.update(effects.detached)
+        return effects
+
+    def behind(self) -> int:
+        """How many peers' states this machine holds back, ignored entries aside: what a
+        send-only machine is behind the group by (those waiting for their parent too)."""
+        held = sum(not self._ignored_here(json.loads(text)) for (text,) in
+                   self.conn.execute("SELECT state FROM held").fetchall())
+        return held + self.conn.execute("SELECT count(*) FROM limbo").fetchone()[0]
+
+    def override(self, under: str) -> int:
+        """Send-only: this machine's version of every node below `under` (a live node)
+        whose peers' state is held back becomes a new version that dominates it (its
+        vectors, each the pointwise maximum of both plus a counter of this device), so
+        every peer takes it by rule 3 (docs/protocol.md, "Receive-only and send-only
+        machines"). A node
+        the group has and this machine does not becomes a tombstone of that kind. The
+        states it dominates are dropped; how many were is returned."""
+        count = 0
+
+        def run() -> None:
+            nonlocal count
+            for node, text in self.conn.execute("SELECT id, state FROM held").fetchall():
+                state = json.loads(text)
+                if self._ignored_here(state) or not self._held_below(state, under):
+                    continue
+                self.conn.execute("DELETE FROM held WHERE id = ?", (node,))
+                row = node_row(self.conn, node)
+                if row is None and state["deleted"]:
+                    continue  # the group deleted what was never here: so be it
+                if row is None:
+                    self.conn.execute(
+                        "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq,"
+                        " conflict_of) VALUES (?, ?, NULL, ?, ?, 1, 0, ?)",
+                        (node, state["kind"], state["parent"], state["name"],
+                         state["conflict_of"]))
+                    set_versions(self.cat, node, state)
+                    vvs = [state[a]["vv"] for a in ASPECTS]
+                else:
+                    mine = state_from_row(row)
+                    vvs = [rules.vv_max(mine[a]["vv"], state[a]["vv"]) for a in ASPECTS]
+                self.cat.observe_clock(max(state[a]["clock"] for a in ASPECTS))
+                self.cat.stamp_local(node, "override", ASPECTS, {"override": True},
+                                     tuple(json.dumps(vv, sort_keys=True) for vv in vvs))
+                count += 1
+
+        self.cat.transaction(run)
+        return count
+
+    def _held_below(self, state: dict, under: str) -> bool:
+        """Is a held state's node `under` or below it: where it is here, or for a node
+        not here, where its parent is (held too, maybe)?"""
+        if under == ROOT_ID:
+            return True
+        for _ in range(4096):
+            if self._known(state):
+                return self.cat.is_within(state["id"], under)
+            row = self.conn.execute("SELECT state FROM held WHERE id = ?",
+                                    (state["parent"],)).fetchone()
+            if row is None:
+                return self.cat.is_within(state["parent"], under)
+            state = json.loads(row[0])
+        return False
+
     def _ignored_here(self, state: dict) -> bool:
-        if self.cat.is_local_only(state["id"]):
+        if self.cat.kept_local(state["id"]):
             return True
         if state["deleted"]:
             return False
         row = self.conn.execute("SELECT kind FROM nodes WHERE id = ? AND deleted = 0",
                                 (state["parent"],)).fetchone()
         return row is not None and row[0] == "dir" and \
-            self.cat.ignores(state["parent"], state["name"], state["kind"])
+            self.cat.ignores(state["parent"], state["name"], state["kind"], edits_too=False)
 
     def _known(self, state: dict) -> bool:
         return node_row(self.conn, state["id"]) is not None
@@ -312,15 +465,25 @@ class Merger:
         return out
 
     def _drop_local_children(self, node: str, dir_name: str, effects: Effects) -> None:
-        """A directory a peer deleted goes with the special files and ignored entries it
-        holds here (all below them too): they are what the deleter could not see, and
-        would otherwise bring the directory back here alone."""
-        for ino, name in self.cat.drop_local_children(node):
+        """A directory a peer deleted goes with the special files, ignored entries and
+        local copies it holds here (all below them too, files into the old versions):
+        they are what the deleter could not see, and would otherwise bring the directory
+        back here alone."""
+        for name in self._drop(self.cat.drop_local_children(node), node, effects):
+            log.info("%r, local to this machine, goes with its directory %r, deleted "
+                     "by a peer", name, dir_name)
+
+    def _drop(self, dropped: list[tuple[int, str | None]], parent: str | None,
+              effects: Effects) -> list[str]:
+        """What Catalog.drop_local removed from directory `parent`, for the kernel and
+        the purge; the names that were in `parent`."""
+        names = []
+        for ino, name in dropped:
             effects.orphans.add(ino)
             if name is not None:
-                log.info("%r, local to this machine, goes with its directory %r, deleted "
-                         "by a peer", name, dir_name)
-                entry_changed(self.cat, node, name, effects)
+                names.append(name)
+                entry_changed(self.cat, parent, name, effects)
+        return names
 
     # -- writing
 
@@ -373,7 +536,7 @@ class Merger:
             return
         parent = self.placement.live_parent(merged["parent"], effects)
         moved = old["deleted"] or (parent, merged["name"]) != (old_parent, old_name)
-        content_changed = old["deleted"] or any(
+        content_changed = old["deleted"] or ino is None or any(
             old["content"][k] != merged["content"][k]
             for k in ("hash", "mtime_ns", "target")) or old["kind"] != merged["kind"]
         if content_changed and (merged["kind"] != "dir" or ino is None):

@@ -1,7 +1,9 @@
 """Deciding afresh which entries are ignored, below the directories whose rules changed
 (index/ignore.py), a batch at a time: a rule file changed, HOME/ignore changed, or a
 directory moved. An entry that became ignored stops syncing and stays everywhere
-(Catalog.make_local); one that is ignored no more is sent (Catalog.make_shared).
+(Catalog.make_local); one that is ignored no more is sent (Catalog.make_shared). On a
+receive-only machine, what was made or changed here stays as it is; once the machine is
+receive-only no more, a walk from the root shares those edits the same way.
 
 The walk goes down from each directory asked for, parents before children (a child can
 be shared only under a shared parent), and never below an ignored directory, where all
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from syncd.index.catalog import Catalog
+from syncd.index.catalog import RECEIVE_ONLY, Catalog
 from syncd.index.schema import LOCAL_ONLY_KINDS, ROOT_ID
 
 BATCH = 200
@@ -41,7 +43,7 @@ class Rescan:
             row = cat.conn.execute("SELECT kind FROM nodes WHERE id = ? AND deleted = 0",
                                    (directory,)).fetchone()
             if row is None or row[0] != "dir" or \
-                    (directory != ROOT_ID and cat.is_local_only(directory)):
+                    (directory != ROOT_ID and cat.kept_local(directory)):
                 continue
             children = cat.conn.execute(
                 "SELECT id, name, kind, entry FROM nodes WHERE parent = ? AND deleted = 0"
@@ -54,7 +56,10 @@ class Rescan:
                     continue
                 ignored = cat.ignore.ignored(directory, name, kind)
                 was = cat.is_local_only(node)
-                if ignored and not was:
+                edited = cat.edited_here(node)
+                if edited and cat.mode == RECEIVE_ONLY:
+                    pass  # a local edit, until reverted or the mode changes
+                elif ignored and (edited or not was):
                     cat.make_local(node, kind == "dir")
                 elif was and not ignored:
                     node = cat.make_shared(node)

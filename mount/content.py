@@ -124,7 +124,7 @@ class Content:
             detached = self.catalog.detached.get(ino)
             if detached is not None:
                 self.on_effects(self.merger.commit_detached(
-                    *detached, sealed.chunk_list(), sealed.size, time.time_ns()))
+                    *detached, sealed.chunk_list(), sealed.size, time.time_ns(), ino))
             return True
 
     async def sync_all(self) -> None:

@@ -17,6 +17,7 @@ from syncd.commands import (
     content,
     history,
     importing,
+    modes,
     mounting,
     page,
     peers,
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
-                     config, page, versions):
+                     config, page, versions, modes):
         commands.add_parsers(sub, common)
     return parser
 
@@ -170,4 +171,4 @@ COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, "id": cmd_id, **pe
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,
-            **page.COMMANDS, **versions.COMMANDS}
+            **page.COMMANDS, **versions.COMMANDS, **modes.COMMANDS}

@@ -30,7 +30,7 @@ from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index import versions
 from syncd.index.cache import Usage
-from syncd.index.catalog import Catalog
+from syncd.index.catalog import RECEIVE_ONLY, SEND_ONLY, Catalog, local_only
 from syncd.index.effects import Effects
 from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
@@ -100,6 +100,8 @@ class Daemon:
         self.versions_max = config["versions_max"]
         for key in ("versions_keep_days", "versions_max"):
             self.live.on(key, functools.partial(self._versions_setting, key))
+        # The mode (set on the catalog at the start, syncd/serving.py) applies at once.
+        self.live.on("mode", self._set_mode)
         versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
@@ -196,6 +198,60 @@ class Daemon:
         """The ignore rules changed: apply what peers sent that they no longer ignore."""
         self.on_effects(self.merger.release_held())
 
+    def _set_mode(self, mode: str) -> None:
+        """Receive-only no more: what was made or changed here is sent (a rescan shares
+        it, then releases what peers sent meanwhile). Send-only no more: what was held
+        back applies now, by rule 3."""
+        self.catalog.set_mode(mode)
+        self.release_held()
+
+    async def _revert_op(self, request: dict) -> dict:
+        """`syncd revert [PATH]`: the group's state of every node made or changed here,
+        asked of the peers; nothing changes unless each node the group knows has one."""
+        if self.catalog.mode != RECEIVE_ONLY:
+            return {"ok": False, "error": f"this machine is {self.catalog.mode}: revert is "
+                                          "for a receive-only one (syncd mode receive-only)"}
+        path = request.get("path")
+        under = self.catalog.node_at(path) if isinstance(path, str) else None
+        if under is None:
+            return {"ok": False, "error": f"/{path} is not in the share here"}
+        edits = [(n, p) for n, p in self.catalog.edits_here(under) if not local_only(n)]
+        states = []
+        for node, where in edits:
+            found = await self._group_state(node)
+            if found is None:
+                return {"ok": False, "error": f"no peer answers for /{where}: the group's "
+                                              "version is not known here; nothing reverted"}
+            states.append(found)
+        count = len(self.catalog.edits_here(under))
+        self.on_effects(self.merger.revert(states, under))
+        return {"ok": True, "reverted": count}
+
+    async def _group_state(self, node: str) -> tuple[dict, str] | None:
+        """A node's state as a peer that answers has it, and that peer's device."""
+        for link in self.peers.holders():
+            if link.device is None:
+                continue
+            try:
+                state = await link.get_node(node)
+            except PeerError as e:
+                log.info("%s did not give node %s: %s", link.name, node, e)
+                continue
+            if state is not None:
+                return state, link.device
+        return None
+
+    async def _override_op(self, request: dict) -> dict:
+        """`syncd override [PATH]`: this machine's versions win over those held back."""
+        if self.catalog.mode != SEND_ONLY:
+            return {"ok": False, "error": f"this machine is {self.catalog.mode}: override "
+                                          "is for a send-only one (syncd mode send-only)"}
+        path = request.get("path")
+        node = self.catalog.node_at(path) if isinstance(path, str) else None
+        if node is None:
+            return {"ok": False, "error": f"/{path} is not in the share here"}
+        return {"ok": True, "overridden": self.merger.override(node)}
+
     def _recheck_unheld(self) -> None:
         """A peer answers again: it may hold what nobody answered for before."""
         self.check_unheld(unheld_copies(self.catalog))
@@ -272,6 +328,8 @@ class Daemon:
                              data_budget=BATCH_DATA if inline else 0, xattrs=xattr)
 
     def state_of(self, node: str, inline: bool, xattr: bool = False) -> dict | None:
+        if self.catalog.is_local_only(node):  # its data here is not that of its versions
+            return None
         return state_of(self.catalog.conn, node, inline, xattrs=xattr)
 
     async def refresh(self, ino: int) -> bool:
@@ -429,6 +487,8 @@ class Daemon:
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
                                  "restore": self._restore_op,
+                                 "override": self._override_op,
+                                 "revert": self._revert_op,
                                  "config": self._config_op, "rotate-key": self._rotate_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)

@@ -60,6 +60,8 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
                         fetch=daemon.fetcher if daemon else None, name=config["name"],
                         requests=requests, usage=usage)
         live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
+        if daemon is None:  # the daemon's applies it, and releases what it held
+            live.on("mode", catalog.set_mode)
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
         # dead mount: hold the signals until the receiver is in place.
@@ -122,6 +124,7 @@ def _open(home: Home, on_change: Callable[[], None], autocheckpoint: bool = True
     store.reserve_released = not store.keep_reserve()
     catalog = Catalog(db, store, on_change, local_rules=home.path / "ignore")
     recover(catalog, store)  # it logs each file it recovers
+    catalog.set_mode(home.config()["mode"], at_start=True)
     return db, store, catalog
 
 

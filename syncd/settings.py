@@ -135,6 +135,20 @@ def by_disk(value: int | str, total: int) -> int:
     return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
 
 
+# What this machine does with changes (docs/cli.md, "syncd mode"): the first sends and
+# applies them, the second keeps its own and takes the group's, the third sends its own
+# and holds the group's back (index/merge.py).
+SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY = "send-receive", "receive-only", "send-only"
+MODES = (SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY)
+
+
+def sync_mode(value: object) -> str:
+    """One of MODES."""
+    if value not in MODES:
+        raise ValueError(f"want one of {', '.join(MODES)}")
+    return value
+
+
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -189,6 +203,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("min_copies", copies, 1,
             "how many other machines must hold a chunk before the cache evicts it here, and "
             "`syncd wait --copies`'s default", live=True),
+    Setting("mode", sync_mode, SEND_RECEIVE,
+            "send-receive; receive-only: changes made here stay here and the group's "
+            "always win (`syncd revert`); send-only: the group's are held back "
+            "(`syncd override`)", live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

@@ -2,7 +2,8 @@
 # tests/cli/test_packaging.py checks that it offers every command and option of `syncd`.
 
 _syncd_commands="init cluster-key id peer mount umount serve status pending log pin unpin fetch
-conflicts import wait config ui versions restore"
+conflicts import wait config ui versions restore mode revert
+override"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
 --timeout --since --address --fingerprint --at --to"
@@ -32,12 +33,14 @@ _syncd_command_args()
         ui) opts="--metrics" ;;
         versions) opts="--json" args=files ;;
         restore) opts="--at --to" args=files ;;
+        mode) [[ -z $2 ]] && args=words words="send-receive receive-only send-only" ;;
+        revert | override) args=files ;;
         config)
             opts="--json"
             case $2 in
                 '') args=words words="get set" ;;
                 get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
-                    ui_listen versions_keep_days versions_max cache_limit min_copies" ;;
+                    ui_listen versions_keep_days versions_max cache_limit min_copies mode" ;;
             esac
             ;;
     esac

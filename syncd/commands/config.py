@@ -34,7 +34,7 @@ def add_parsers(sub, common) -> None:
 def cmd_config(home: Home, args) -> int:
     home.require()
     if args.config_command == "set":
-        return _set(home, args.key, args.value)
+        return set_setting(home, args.key, args.value)
     key = getattr(args, "key", None)
     values = home.config()
     if key is not None and key not in settings.SETTINGS:
@@ -52,7 +52,8 @@ def cmd_config(home: Home, args) -> int:
     return OK
 
 
-def _set(home: Home, key: str, text: str) -> int:
+def set_setting(home: Home, key: str, text: str) -> int:
+    """Check, store and apply a setting (also `syncd mode`'s)."""
     try:
         value = home.set_config(key, text)
     except settings.SettingError as e:

@@ -24,7 +24,8 @@ def add_parsers(sub, common) -> None:
     p = sub.add_parser("fetch", parents=[common],
                        help="fetch and verify a subtree now; exit 0 only when all is here")
     p.add_argument("path", metavar="PATH", nargs="?", default=".")
-    p = sub.add_parser("conflicts", parents=[common], help="list the conflict copies")
+    p = sub.add_parser("conflicts", parents=[common],
+                       help="list the conflict copies and a receive-only machine's local edits")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
 
@@ -121,15 +122,19 @@ def cmd_conflicts(home: Home, args) -> int:
     home.require()
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         rows = cat.conflicts()
+        local = cat.local_edits()
     if args.json:
         print(json.dumps({"schema_version": 1, "conflicts": [
             {"path": p, "size": size, "mtime": time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime // 10**9))}
-            for p, size, mtime in rows]}, indent=2))
-    elif rows:
-        for path, _, _ in rows:
-            print(path)
-    else:
+            for p, size, mtime in rows],
+            "local": [{"path": p, "what": what} for p, what in local]}, indent=2))
+        return OK
+    for path, _, _ in rows:
+        print(path)
+    for path, what in local:
+        print(f"{path}  (local: {what})")
+    if not rows and not local:
         print("no conflicts")
     return OK
 

@@ -52,6 +52,7 @@ def cmd_import(home: Home, args) -> int:
             home.acquire(None)
             try:
                 with open_catalog(home.db_path, home.store_path) as cat:
+                    cat.mode = home.config()["mode"]  # receive-only: the import stays here
                     return _run(home, src, into, lambda batch: _apply_here(cat, into, batch))
             finally:
                 home.release()

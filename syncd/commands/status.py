@@ -10,6 +10,7 @@ from syncd.home import OK, Home, UserError, mounted_at, utc
 from syncd.index import versions
 from syncd.index.cache import chunk_bytes
 from syncd.index.catalog import Catalog, open_catalog
+from syncd.index.merge import Merger
 from syncd.index.peers import list_peers, pending_for
 from syncd.settings import by_disk
 
@@ -60,6 +61,9 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
                   "missing": files.total - files.local, "pinned": files.pinned,
                   "conflicts": files.conflicts, "bytes": files.bytes,
                   "bytes_local": files.bytes_local, "local_only": local_only},
+        "mode": home.config()["mode"],
+        "behind": Merger(cat).behind(),
+        "local_edits": len(cat.edits_here()),
         "ignore_refused": refused,
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
@@ -144,6 +148,11 @@ def print_status(home: Home, as_json: bool) -> None:
         ("files", f"{f['total']} ({human_size(f['bytes'])}): {f['local']} local, "
                   f"{f['missing']} missing, {f['pinned']} pinned, {f['conflicts']} conflicts, "
                   f"{f['local_only']} local-only"),
+        ("mode", s["mode"] + (f", behind the group by {s['behind']} change(s) held back"
+                              " ('syncd override' or 'syncd mode send-receive')"
+                              if s["behind"] else "")
+         + (f", {s['local_edits']} local edit(s) and copies ('syncd conflicts', "
+            "'syncd revert')" if s["local_edits"] else "")),
         *[("ignore rules", f"refused: {why}") for why in s["ignore_refused"]],
         ("uncommitted", f"{s['dirty']} file(s) open for writing or awaiting recovery"),
         ("replaced", f"{s['replaced']['chunks']} chunk(s) ({human_size(s['replaced']['bytes'])})"

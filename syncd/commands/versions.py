@@ -106,6 +106,7 @@ def _restore_here(home: Home, path: str, at: int | None, to: str | None) -> Vers
     home.acquire(None)
     try:
         with open_catalog(home.db_path, home.store_path) as cat:
+            cat.mode = home.config()["mode"]  # receive-only: the restore stays here
             keep_versions(cat)  # what it replaces is kept in turn
             try:
                 version = choose(cat, path, at)

@@ -51,7 +51,7 @@ def test_bash_completion_syntax():
 @pytest.mark.parametrize(
     "line, expected",
     [
-        ("syncd mo", ["mount"]),
+        ("syncd mo", ["mode", "mount"]),
         ("syncd u", ["ui", "umount", "unpin"]),
         ("syncd ui --m", ["--metrics"]),
         ("syncd peer ", ["add", "list", "remove", "set"]),
