@@ -11,11 +11,10 @@ import subprocess
 import sys
 import time
 
-import httpx
 from syncd.index.chunklist import CHUNK, digest_of
 
 from syncd import auth
-from tests.helpers import syncd, wait_for
+from tests.helpers import syncd, tls_client, wait_for
 from tests.peers.conftest import wait_content
 
 MiB = 1 << 20
@@ -140,12 +139,14 @@ def test_a_chunk_no_other_machine_holds_is_never_evicted(cluster):
     assert (b / "own").read_bytes() == own
 
 
-def lease(peer, digests: list[bytes], seconds: float) -> list[str]:
-    """Ask `peer` for a lease as another member of the group would."""
+def lease(peer, member, digests: list[bytes], seconds: float) -> list[str]:
+    """Ask `peer` for a lease as `member`, a machine it admits, would: over mutual TLS
+    with its certificate, signed with the cluster key."""
     body = json.dumps({"chunks": [d.hex() for d in digests], "seconds": seconds}).encode()
     headers = auth.sign_request(auth.parse_key(peer.key), "POST", "/v1/lease", body)
-    r = httpx.post(f"{peer.url}/v1/lease", content=body,
-                   headers={**headers, "content-type": "application/json"})
+    with tls_client(peer.home, member.home) as client:
+        r = client.post(f"{peer.url}/v1/lease", content=body,
+                        headers={**headers, "content-type": "application/json"})
     assert r.status_code == 200, r.text
     return r.json()["leased"]
 
@@ -154,12 +155,12 @@ def test_a_machine_never_drops_a_chunk_it_leased_to_another(cluster):
     a, b = cluster(2)
     data = fetched(a, b, 1)["f0"]
     digests = [digest_of(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
-    assert lease(b, digests, 8) == [d.hex() for d in digests]
+    assert lease(b, a, digests, 8) == [d.hex() for d in digests]
     limit(b, "0")
     time.sleep(ROUND)
     assert state(b / "f0") == "local"  # a holds it and would lease it, but b leased it out
     wait_for(lambda: state(b / "f0") == "missing", 20, "f0 evicted once the lease ended")
-    assert lease(b, digests, 8) == []  # not held any more: nothing to lease
+    assert lease(b, a, digests, 8) == []  # not held any more: nothing to lease
     assert (b / "f0").read_bytes() == data
 
 
