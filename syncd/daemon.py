@@ -208,14 +208,11 @@ class Daemon:
     async def _revert_op(self, request: dict) -> dict:
         """`syncd revert [PATH]`: the group's state of every node made or changed here,
         asked of the peers; nothing changes unless each node the group knows has one."""
-        if self.catalog.mode != RECEIVE_ONLY:
-            return {"ok": False, "error": f"this machine is {self.catalog.mode}: revert is "
-                                          "for a receive-only one (syncd mode receive-only)"}
-        path = request.get("path")
-        under = self.catalog.node_at(path) if isinstance(path, str) else None
-        if under is None:
-            return {"ok": False, "error": f"/{path} is not in the share here"}
-        edits = [(n, p) for n, p in self.catalog.edits_here(under) if not local_only(n)]
+        under = self._node_for(request, "revert", RECEIVE_ONLY)
+        if isinstance(under, dict):
+            return under
+        every = self.catalog.edits_here(under)
+        edits = [(n, p) for n, p in every if not local_only(n)]
         states = []
         for node, where in edits:
             found = await self._group_state(node)
@@ -223,9 +220,8 @@ class Daemon:
                 return {"ok": False, "error": f"no peer answers for /{where}: the group's "
                                               "version is not known here; nothing reverted"}
             states.append(found)
-        count = len(self.catalog.edits_here(under))
         self.on_effects(self.merger.revert(states, under))
-        return {"ok": True, "reverted": count}
+        return {"ok": True, "reverted": len(every)}
 
     async def _group_state(self, node: str) -> tuple[dict, str] | None:
         """A node's state as a peer that answers has it, and that peer's device."""
@@ -243,14 +239,22 @@ class Daemon:
 
     async def _override_op(self, request: dict) -> dict:
         """`syncd override [PATH]`: this machine's versions win over those held back."""
-        if self.catalog.mode != SEND_ONLY:
-            return {"ok": False, "error": f"this machine is {self.catalog.mode}: override "
-                                          "is for a send-only one (syncd mode send-only)"}
+        node = self._node_for(request, "override", SEND_ONLY)
+        if isinstance(node, dict):
+            return node
+        return {"ok": True, "overridden": self.merger.override(node)}
+
+    def _node_for(self, request: dict, command: str, mode: str) -> str | dict:
+        """The node at the request's path for a command of `mode` only; else the error
+        answer to give."""
+        if self.catalog.mode != mode:
+            return {"ok": False, "error": f"this machine is {self.catalog.mode}: {command} is "
+                                          f"for a {mode} one (syncd mode {mode})"}
         path = request.get("path")
         node = self.catalog.node_at(path) if isinstance(path, str) else None
         if node is None:
             return {"ok": False, "error": f"/{path} is not in the share here"}
-        return {"ok": True, "overridden": self.merger.override(node)}
+        return node
 
     def _recheck_unheld(self) -> None:
         """A peer answers again: it may hold what nobody answered for before."""

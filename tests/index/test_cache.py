@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from syncd.index.cache import Usage, candidates, evict, evictable, flush_use, own_chunks
 from syncd.index.chunklist import CHUNK, Builder, digest_of
 from syncd.index.inline import INLINE_MAX
-from syncd.index.versions import keep_versions
 
-from tests.replicas import ROOT, Device, T, check_invariants
-
-A = "aa" * 16
-
-
-@pytest.fixture
-def dev(tmp_path):
-    d = Device(tmp_path, A, T)
-    keep_versions(d.cat)
-    yield d
-    check_invariants(d.cat)
-    d.db.close()
+from tests.replicas import ROOT, Device, T
 
 
 def write(d: Device, name: str, data: bytes, mtime_ns: int) -> None:

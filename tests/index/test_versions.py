@@ -25,15 +25,6 @@ from tests.replicas import ROOT, Device, T, check_invariants, send
 A, B = "aa" * 16, "bb" * 16
 
 
-@pytest.fixture
-def dev(tmp_path):
-    d = Device(tmp_path, A, T)
-    keep_versions(d.cat)
-    yield d
-    check_invariants(d.cat)
-    d.db.close()
-
-
 def purge(d: Device, ino: int) -> None:
     """What the mount does once the kernel forgets an inode without names."""
     d.cat.retire(d.cat.purge_inodes([ino]))
