@@ -59,8 +59,11 @@ IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
 # "Receive-only machines"): a local edit, until `syncd revert`, a peer's newer version or a
 # change of mode.
 EDITED_HERE = 32
-# Catalog.mode: the setting (syncd/settings.py, MODES) where the index acts on it.
-RECEIVE_ONLY, SEND_ONLY = "receive-only", "send-only"
+# What this machine does with changes (docs/cli.md, "syncd mode"; the setting `mode`,
+# syncd/settings.py): the first sends and applies them, the second keeps its own and takes
+# the group's, the third sends its own and holds the group's back (index/merge.py).
+SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY = "send-receive", "receive-only", "send-only"
+MODES = (SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY)
 
 # An Inode's columns. The table goes unaliased, so that an UPDATE of it can return them.
 INODE_COLUMNS = (
@@ -167,7 +170,7 @@ class Catalog:
         self.on_rules_change: Callable[[str], None] = lambda node: None
         # The mode setting (syncd/settings.py): "send-only" holds peers' states back
         # (index/merge.py); the serving process sets it, and nothing else applies states.
-        self.mode = "send-receive"
+        self.mode = SEND_RECEIVE
         # and "receive-only" keeps every change made here local (EDITED_HERE).
 
     # -- reading

@@ -15,6 +15,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from syncd.index.catalog import MODES, SEND_RECEIVE
+
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
                "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
 _SIZE = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*")
@@ -133,13 +135,6 @@ def copies(value: object) -> int:
 def by_disk(value: int | str, total: int) -> int:
     """A size_or_share value in bytes, on a disk of `total` bytes."""
     return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
-
-
-# What this machine does with changes (docs/cli.md, "syncd mode"): the first sends and
-# applies them, the second keeps its own and takes the group's, the third sends its own
-# and holds the group's back (index/merge.py).
-SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY = "send-receive", "receive-only", "send-only"
-MODES = (SEND_RECEIVE, RECEIVE_ONLY, SEND_ONLY)
 
 
 def sync_mode(value: object) -> str:

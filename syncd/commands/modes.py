@@ -9,17 +9,16 @@ serving, there is nobody to ask or to send to, so they say so."""
 
 from __future__ import annotations
 
-from syncd import settings
 from syncd.commands.config import set_setting
 from syncd.home import OK, STATE, UNREACHABLE, USAGE, Home, UserError, mounted_at
-from syncd.index.catalog import open_catalog
+from syncd.index.catalog import MODES, RECEIVE_ONLY, SEND_ONLY, open_catalog
 from syncd.paths import share_path
 
 
 def add_parsers(sub, common) -> None:
     p = sub.add_parser("mode", parents=[common],
                        help="show or change whether this machine sends, receives or both")
-    p.add_argument("mode", nargs="?", metavar="MODE", help=", ".join(settings.MODES))
+    p.add_argument("mode", nargs="?", metavar="MODE", help=", ".join(MODES))
     p = sub.add_parser("revert", parents=[common],
                        help="receive-only: throw away what was made or changed here")
     p.add_argument("path", nargs="?", default="", metavar="PATH",
@@ -39,14 +38,14 @@ def cmd_mode(home: Home, args) -> int:
 
 
 def cmd_revert(home: Home, args) -> int:
-    answer = _ask(home, args.path, "revert", settings.RECEIVE_ONLY)
+    answer = _ask(home, args.path, "revert", RECEIVE_ONLY)
     print(f"/{answer['path']}: {answer['reverted']} local edit(s) and copies thrown away; "
           "it is the group's again")
     return OK
 
 
 def cmd_override(home: Home, args) -> int:
-    answer = _ask(home, args.path, "override", settings.SEND_ONLY)
+    answer = _ask(home, args.path, "override", SEND_ONLY)
     print(f"/{answer['path']}: {answer['overridden']} held back version(s) overridden; "
           "this machine's go to every peer")
     return OK
