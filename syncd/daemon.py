@@ -216,15 +216,18 @@ class Daemon:
         states = []
         for node, where in edits:
             found = await self._group_state(node)
-            if found is None:
-                return {"ok": False, "error": f"no peer answers for /{where}: the group's "
-                                              "version is not known here; nothing reverted"}
+            if isinstance(found, str):
+                return {"ok": False, "unreachable": True,
+                        "error": f"the group's version of /{where} is not known here: "
+                                 f"{found}; nothing reverted"}
             states.append(found)
         self.on_effects(self.merger.revert(states, under))
         return {"ok": True, "reverted": len(every)}
 
-    async def _group_state(self, node: str) -> tuple[dict, str] | None:
-        """A node's state as a peer that answers has it, and that peer's device."""
+    async def _group_state(self, node: str) -> tuple[dict, str] | str:
+        """A node's state as a peer that answers has it, and that peer's device; else
+        why there is none (no peer answered, or those that did do not know the node)."""
+        failed, unknown = [], []
         for link in self.peers.holders():
             if link.device is None:
                 continue
@@ -232,10 +235,16 @@ class Daemon:
                 state = await link.get_node(node)
             except PeerError as e:
                 log.info("%s did not give node %s: %s", link.name, node, e)
+                failed.append(link.name)
                 continue
             if state is not None:
                 return state, link.device
-        return None
+            unknown.append(link.name)
+        if unknown:
+            return f"{', '.join(unknown)} {'does' if len(unknown) == 1 else 'do'} not know it"
+        if failed:
+            return f"{', '.join(failed)} did not answer"
+        return "no peer is online"
 
     async def _override_op(self, request: dict) -> dict:
         """`syncd override [PATH]`: this machine's versions win over those held back."""

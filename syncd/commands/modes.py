@@ -69,7 +69,8 @@ def _ask(home: Home, arg: str, op: str, mode: str) -> dict:
 
     answer = control.request(home, op, timeout=600.0, path=path)
     if not answer.get("ok"):
-        raise UserError(answer.get("error") or f"{op} failed", STATE)
+        raise UserError(answer.get("error") or f"{op} failed",
+                        UNREACHABLE if answer.get("unreachable") else STATE)
     return {**answer, "path": path}
 
 

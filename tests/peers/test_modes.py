@@ -221,3 +221,17 @@ def test_local_edits_and_copies_go_with_a_directory_a_peer_deletes(cluster):
         assert [v["size"] for v in kept] == [len(data)], name
         syncd(a.home, "restore", f"d/{name}", "--to", f"restored-{name}")
         assert read(a / f"restored-{name}") == data
+
+
+def test_revert_with_the_group_out_of_reach_says_so_and_changes_nothing(cluster):
+    a, b = cluster(2)
+    (b / "f").write_bytes(b"the group's")
+    wait_content(a / "f", b"the group's")
+    syncd(a.home, "mode", "receive-only")
+    (a / "f").write_bytes(b"alpha's edit")
+    b.stop()
+    failed = syncd(a.home, "revert", check=False)
+    assert_clean_error(failed, 5, "the group's version of /f is not known here")
+    assert "nothing reverted" in failed.stderr
+    assert "did not answer" in failed.stderr or "no peer is online" in failed.stderr
+    assert read(a / "f") == b"alpha's edit" and a.status()["local_edits"] == 1
