@@ -37,10 +37,10 @@ class Directory:
 
     # -- in a worker thread
 
-    def _check(self) -> None:
+    def _check(self, marker: bool = True) -> None:
         if not self.root.is_dir():
             raise Unreachable(f"{self.url}: the relay's directory does not exist")
-        if not (self.root / MARKER).is_file():
+        if marker and not (self.root / MARKER).is_file():
             raise Unreachable(f"{self.url}: no {MARKER} in the directory: not a relay, or "
                               "its disk is not mounted")
 
@@ -57,14 +57,14 @@ class Directory:
         return sorted(names)
 
     def _get(self, name: str) -> bytes:
-        with self._errors(name):
+        with self._errors(name, marker=name != MARKER):
             return (self.root / name).read_bytes()
 
     def _put(self, name: str, data: bytes) -> None:
         path = self.root / name
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
         with self._errors(name):
-            self._check()
+            self._check(marker=name != MARKER)  # the marker makes a relay of a directory
             for parent in reversed(path.relative_to(self.root).parents[:-1]):
                 (self.root / parent).mkdir(exist_ok=True)
             try:
@@ -83,13 +83,13 @@ class Directory:
             self._check()
 
     @contextlib.contextmanager
-    def _errors(self, name: str = ""):
+    def _errors(self, name: str, marker: bool = True):
         """Map OSError onto the relay errors: a missing `name` is Missing only while the
-        relay itself is there."""
+        relay itself is there (only its directory, for the marker)."""
         try:
             yield
         except FileNotFoundError as e:
-            self._check()
+            self._check(marker)
             raise Missing(f"{self.url}: no object {name}") from e
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

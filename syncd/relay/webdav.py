@@ -45,10 +45,7 @@ class WebDAV:
     # -- the Storage interface
 
     async def check(self) -> None:
-        root = await self._request("PROPFIND", "", headers={"Depth": "0"}, content=_PROPFIND,
-                                   ok=(207, 404, 409))
-        if root.status_code != 207:
-            raise Unreachable(f"{self.url}: the relay's collection does not exist")
+        await self._check_root()
         marker = await self._request("HEAD", MARKER, ok=(200, 404))
         if marker.status_code == 404:
             raise Unreachable(f"{self.url}: no {MARKER} in the collection: not a relay, or "
@@ -74,13 +71,15 @@ class WebDAV:
     async def get(self, name: str) -> bytes:
         answer = await self._request("GET", check_name(name), ok=(200, 404))
         if answer.status_code == 404:
-            await self.check()
+            await (self._check_root() if name == MARKER else self.check())
             raise Missing(f"{self.url}: no object {name}")
         return answer.content
 
     async def put(self, name: str, data: bytes) -> None:
         check_name(name)
-        if "/" not in name:
+        if name == MARKER:
+            await self._check_root()  # the marker makes a relay of a collection that exists
+        elif "/" not in name:
             await self.check()  # a file in the root is the one write that needs no parent
         answer = await self._request("PUT", name, content=data, ok=(200, 201, 204, 409))
         if answer.status_code == 409:  # a parent collection is missing
@@ -96,6 +95,12 @@ class WebDAV:
             await self.check()
 
     # -- HTTP
+
+    async def _check_root(self) -> None:
+        root = await self._request("PROPFIND", "", headers={"Depth": "0"}, content=_PROPFIND,
+                                   ok=(207, 404, 409))
+        if root.status_code != 207:
+            raise Unreachable(f"{self.url}: the relay's collection does not exist")
 
     async def _request(self, method: str, name: str, ok: tuple[int, ...],
                        **kw) -> httpx.Response:

@@ -12,7 +12,7 @@ import time
 import pytest
 import trio
 
-from syncd.relay.storage import Missing, RelayError, Unreachable
+from syncd.relay.storage import MARKER, Missing, RelayError, Unreachable
 from tests.relay.conftest import PASSWORD, USER
 
 
@@ -99,11 +99,37 @@ def test_missing_root_or_marker_is_unreachable(relay, where, op):
             await getattr(s, op)(*args)
         return str(e.value)
     message = relay.run(go, root)
-    assert relay.at(root).url in message
+    assert f"/{where}" in message  # says which relay: its path or URL
     if where == "missing":
         assert not root.exists()
     else:
         assert list(root.iterdir()) == []
+
+
+def test_the_marker_makes_a_relay(relay):
+    """`syncd relay add`: a directory or collection that exists but has no marker gets one
+    (get says Missing, put writes it); a missing one stays missing."""
+    bare, missing = relay.served / "bare", relay.served / "missing"
+    bare.mkdir()
+    if relay.server:
+        os.chown(bare, relay.root.stat().st_uid, relay.root.stat().st_gid)
+
+    async def mark(s):
+        with pytest.raises(Missing):
+            await s.get(MARKER)
+        await s.put(MARKER, b"marker")
+        await s.check()
+        assert await s.get(MARKER) == b"marker"
+        assert await s.list("batches") == []
+
+    async def refused(s):
+        for op in (lambda: s.get(MARKER), lambda: s.put(MARKER, b"marker")):
+            with pytest.raises(Unreachable):
+                await op()
+    relay.run(mark, bare)
+    relay.run(refused, missing)
+    assert [p.name for p in bare.iterdir()] == [MARKER]
+    assert not missing.exists()
 
 
 def test_a_reader_sees_whole_objects_only(relay):
