@@ -27,7 +27,8 @@ _DAV = "{DAV:}"
 
 
 class WebDAV:
-    def __init__(self, url: str, username: str | None, password: str | None):
+    def __init__(self, url: str, username: str | None, password: str | None, *,
+                 timeout: httpx.Timeout = TIMEOUT):
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -37,7 +38,7 @@ class WebDAV:
         self._root = parsed.copy_with(path=parsed.path.rstrip("/") + "/", query=None,
                                       fragment=None)
         auth = httpx.BasicAuth(username, password or "") if username is not None else None
-        self._client = httpx.AsyncClient(auth=auth, timeout=TIMEOUT, follow_redirects=False)
+        self._client = httpx.AsyncClient(auth=auth, timeout=timeout, follow_redirects=False)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -123,7 +124,8 @@ class WebDAV:
                          f"(HTTP {status} for {where})")
         if status in (413, 507):
             raise Full(f"{self.url}: the server has no room (HTTP {status} for {where})")
-        raise RelayError(f"{self.url}: unexpected HTTP {status} for {where}")
+        hint = " (is it a WebDAV collection?)" if status == 405 else ""
+        raise RelayError(f"{self.url}: unexpected HTTP {status} for {where}{hint}")
 
     def _members(self, answer: httpx.Response, collection: str) -> list[tuple[str, bool]]:
         """(name, is a collection) for each member a Depth: 1 PROPFIND of `collection`

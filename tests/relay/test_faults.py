@@ -6,10 +6,13 @@ operation succeeds once the fault is gone."""
 from __future__ import annotations
 
 import contextlib
+import re
 
+import httpx
 import pytest
+import trio
 
-from syncd.relay.storage import Denied, Full, Missing, Unreachable
+from syncd.relay.storage import Denied, Full, Missing, RelayError, Unreachable
 from syncd.relay.webdav import WebDAV
 from tests.relay.conftest import PASSWORD, USER, make_relay, tmpfs
 from tests.soak.proxy import Proxy
@@ -120,3 +123,51 @@ def test_wrong_password(dav):
             assert "wrong-pass" not in message and PASSWORD not in message
     dav.run(go, password="wrong-pass")
     assert dav.files() == []
+
+
+def test_no_answer_in_bounded_time(dav, proxy):
+    """A silent partition: the connection is accepted and never answered."""
+    async def go(_direct):
+        proxy.set_mode("blackhole")
+        s = WebDAV(f"http://127.0.0.1:{proxy.port}/dav/relay/", USER, PASSWORD,
+                   timeout=httpx.Timeout(0.5))
+        try:
+            started = trio.current_time()
+            with pytest.raises(Unreachable, match="no answer in time"):
+                await s.check()
+            assert trio.current_time() - started < 5
+        finally:
+            await s.aclose()
+    dav.run(go)
+
+
+def test_not_a_webdav_collection(dav):
+    """A URL the server does not serve with WebDAV: an error that says what it got."""
+    async def go(s):
+        with pytest.raises(RelayError) as e:
+            await s.put("batches/x", b"x")
+        assert type(e.value) is RelayError
+        assert str(e.value).endswith(
+            "unexpected HTTP 405 for PUT /batches/x (is it a WebDAV collection?)")
+        assert PASSWORD not in str(e.value)
+    dav.run(lambda _direct: with_client(
+        WebDAV(f"http://127.0.0.1:{dav.server.port}/", USER, PASSWORD), go))
+    assert dav.files() == []
+
+
+async def with_client(s: WebDAV, test):
+    try:
+        return await test(s)
+    finally:
+        await s.aclose()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("ftp://127.0.0.1/dav/", "not an http(s) URL"),
+    ("https:///dav/", "not an http(s) URL"),
+    ("https://relay:pass-7Qx!@127.0.0.1/dav/", "must not carry a user or password"),
+])
+def test_bad_url_refused(url, words):
+    with pytest.raises(ValueError, match=re.escape(words)) as e:
+        WebDAV(url, USER, PASSWORD)
+    assert PASSWORD not in str(e.value)
