@@ -38,7 +38,10 @@ class WebDAV:
         self._root = parsed.copy_with(path=parsed.path.rstrip("/") + "/", query=None,
                                       fragment=None)
         auth = httpx.BasicAuth(username, password or "") if username is not None else None
-        self._client = httpx.AsyncClient(auth=auth, timeout=timeout, follow_redirects=False)
+        # Idle connections are dropped here before servers commonly drop theirs (Apache
+        # after 5 s), so that a request rarely meets a connection closing under it.
+        self._client = httpx.AsyncClient(auth=auth, timeout=timeout, follow_redirects=False,
+                                         limits=httpx.Limits(keepalive_expiry=2.0))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -109,7 +112,12 @@ class WebDAV:
         RelayError it means."""
         url = self._root.copy_with(path=self._root.path + quote(name))
         try:
-            answer = await self._client.request(method, url, **kw)
+            try:
+                answer = await self._client.request(method, url, **kw)
+            except httpx.RemoteProtocolError:
+                # closed without an answer: most often a kept-alive connection that the
+                # server closed as the request went out. Every request here is idempotent.
+                answer = await self._client.request(method, url, **kw)
         except httpx.TimeoutException as e:
             raise Unreachable(f"{self.url}: no answer in time ({type(e).__name__})") from e
         except httpx.TransportError as e:

@@ -54,7 +54,7 @@ def test_upload_cut_midway(dav, proxy):
         async with via(proxy) as s:
             with pytest.raises(Unreachable, match="cannot reach"):
                 await s.put("batches/big", BIG)
-        assert proxy.stats["cut"] == 1
+        assert proxy.stats["cut"] >= 1
         proxy.set_mode("pass")
         async with via(proxy) as s:
             assert await s.list("batches") == ["batches/small"]
@@ -73,7 +73,7 @@ def test_download_cut_midway(dav, proxy):
         async with via(proxy) as s:
             with pytest.raises(Unreachable, match="cannot reach"):
                 await s.get("chunks/big")
-        assert proxy.stats["cut"] == 1
+        assert proxy.stats["cut"] >= 1
         proxy.set_mode("pass")
         async with via(proxy) as s:
             assert await s.get("chunks/big") == BIG
@@ -171,3 +171,18 @@ def test_bad_url_refused(url, words):
     with pytest.raises(ValueError, match=re.escape(words)) as e:
         WebDAV(url, USER, PASSWORD)
     assert PASSWORD not in str(e.value)
+
+
+def test_kept_alive_connection_closed_by_the_server(dav, proxy):
+    """A server that closes a kept-alive connection as the next request goes out (the
+    proxy closes each connection at its third request): every operation still succeeds."""
+    async def go(_direct):
+        proxy.set_mode("close_reused")
+        async with via(proxy) as s:
+            for i in range(4):
+                await s.put(f"batches/{i}", b"x" * i)
+                assert await s.get(f"batches/{i}") == b"x" * i
+            assert await s.list("batches") == [f"batches/{i}" for i in range(4)]
+            await s.delete("batches/0")
+        assert proxy.stats["cut"] >= 3
+    dav.run(go)
