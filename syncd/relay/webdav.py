@@ -30,10 +30,10 @@ class WebDAV:
     def __init__(self, url: str, username: str | None, password: str | None, *,
                  timeout: httpx.Timeout = TIMEOUT):
         parsed = httpx.URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"not an http(s) URL: {url!r}")
         if parsed.userinfo:
             raise ValueError("the URL must not carry a user or password")
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"not an http(s) URL: {url!r}")
         self.url = url
         self._root = parsed.copy_with(path=parsed.path.rstrip("/") + "/", query=None,
                                       fragment=None)
@@ -61,9 +61,7 @@ class WebDAV:
         pending = [prefix]
         while pending:
             collection = pending.pop()
-            answer = await self._request("PROPFIND", collection + "/",
-                                         headers={"Depth": "1"}, content=_PROPFIND,
-                                         ok=(207, 400, 404, 409))
+            answer = await self._propfind(collection + "/", "1", ok=(207, 400, 404, 409))
             if answer.status_code != 207:  # no collection there (400: Apache, for a file)
                 if collection == prefix:
                     await self.check()  # nothing under prefix yet, or no relay at all
@@ -101,10 +99,13 @@ class WebDAV:
     # -- HTTP
 
     async def _check_root(self) -> None:
-        root = await self._request("PROPFIND", "", headers={"Depth": "0"}, content=_PROPFIND,
-                                   ok=(207, 404, 409))
+        root = await self._propfind("", "0", ok=(207, 404, 409))
         if root.status_code != 207:
             raise Unreachable(f"{self.url}: the relay's collection does not exist")
+
+    async def _propfind(self, name: str, depth: str, ok: tuple[int, ...]) -> httpx.Response:
+        return await self._request("PROPFIND", name, ok, content=_PROPFIND, headers={
+            "Depth": depth, "Content-Type": "application/xml; charset=utf-8"})
 
     async def _request(self, method: str, name: str, ok: tuple[int, ...],
                        **kw) -> httpx.Response:

@@ -166,6 +166,7 @@ async def with_client(s: WebDAV, test):
     ("ftp://127.0.0.1/dav/", "not an http(s) URL"),
     ("https:///dav/", "not an http(s) URL"),
     ("https://relay:pass-7Qx!@127.0.0.1/dav/", "must not carry a user or password"),
+    ("ftp://relay:pass-7Qx!@127.0.0.1/dav/", "must not carry a user or password"),
 ])
 def test_bad_url_refused(url, words):
     with pytest.raises(ValueError, match=re.escape(words)) as e:
