@@ -2,8 +2,9 @@
 on 127.0.0.1, over a given directory, with basic auth.
 
 Apache rather than wsgidav: mod_dav_fs writes a PUT to a temporary file and renames it
-(wsgidav writes in place, so a reader or a cut upload sees part of an object), answers 507
-when the disk is full (wsgidav answers 500), and starts in about 0.1 s.
+(wsgidav 4.4 writes in place, so a reader or a cut upload sees part of an object), answers
+507 when the disk is full (wsgidav has no mapping of ENOSPC to 507), and listens 0.03 s
+after it is started (wsgidav's command: 0.4 s).
 
 As root, Apache serves as www-data: the directory is given to www-data and its parents
 made traversable."""
