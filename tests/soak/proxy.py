@@ -15,6 +15,9 @@ without touching the third peer. Modes:
   close it unanswered: what a server that closes an idle keep-alive connection does when a
   request crosses its close. (The peers' TLS servers send no session tickets, so the
   handshake is one answer.)
+- `cut_request`, `cut_answer`: forward, but reset each new connection once `cut_bytes` of
+  its request (an upload) or of its answer (a download) have passed: a transfer cut half
+  way, every time.
 
 Threads, not trio: the proxy runs beside blocking test code. Every socket it opens is
 closed by `close()`.
@@ -28,7 +31,7 @@ import socket
 import struct
 import threading
 
-MODES = ("pass", "reset", "blackhole", "flaky", "close_reused")
+MODES = ("pass", "reset", "blackhole", "flaky", "close_reused", "cut_request", "cut_answer")
 
 
 def _reset(sock: socket.socket) -> None:
@@ -45,11 +48,12 @@ def _reset(sock: socket.socket) -> None:
 
 class Proxy:
     def __init__(self, target_port: int, name: str = "", seed: int = 0,
-                 cut_rate: float = 0.3):
+                 cut_rate: float = 0.3, cut_bytes: int = 64 * 1024):
         self.name = name
         self.target = ("127.0.0.1", target_port)
         self.mode = "pass"
         self.cut_rate = cut_rate
+        self.cut_bytes = cut_bytes
         self.rng = random.Random(seed)
         self.lock = threading.Lock()  # guards mode, conns and held
         self.conns: set[tuple[socket.socket, socket.socket]] = set()
@@ -109,13 +113,18 @@ class Proxy:
                 self.stats["refused"] += 1
                 _reset(client)
                 continue
-            cut_after = None
+            cut_after = cut_request = None
             if mode == "flaky" and self.rng.random() < self.cut_rate:
                 cut_after = self.rng.randrange(0, 256 * 1024)
-            threading.Thread(target=self._connect, args=(client, cut_after), daemon=True,
-                             name=f"proxy {self.name} conn").start()
+            elif mode == "cut_answer":
+                cut_after = self.cut_bytes
+            elif mode == "cut_request":
+                cut_request = self.cut_bytes
+            threading.Thread(target=self._connect, args=(client, cut_after, cut_request),
+                             daemon=True, name=f"proxy {self.name} conn").start()
 
-    def _connect(self, client: socket.socket, cut_after: int | None) -> None:
+    def _connect(self, client: socket.socket, cut_after: int | None,
+                 cut_request: int | None = None) -> None:
         try:
             upstream = socket.create_connection(self.target, timeout=5)
             upstream.settimeout(None)
@@ -134,7 +143,7 @@ class Proxy:
             self.stats["accepted"] += 1
         done = threading.Semaphore(0)  # one release per direction that has ended
         answered = threading.Event()  # the server has sent something on this connection
-        threading.Thread(target=self._pump, args=(client, upstream, pair, None, done,
+        threading.Thread(target=self._pump, args=(client, upstream, pair, cut_request, done,
                                                   answered), daemon=True).start()
         self._pump(upstream, client, pair, cut_after, done, None, answered)
         done.acquire()
