@@ -177,20 +177,23 @@ def test_a_known_peer_at_a_wrong_address_is_reached_where_it_announces_itself(
     alpha.run("peer", "add", "beta", beta.url, "--fingerprint", beta.fingerprint)
     wrong = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     beta.run("peer", "add", "alpha", wrong, "--fingerprint", alpha.fingerprint)
+    # Another certificate than alpha's: alpha's announcement is not this peer's.
+    beta.run("peer", "add", "other", f"127.0.0.1:{free_port()}", "--fingerprint", "ab" * 32)
     for h in (alpha, beta):
         h.start()
     for h in (alpha, beta):
         h.listening()
 
     def reached() -> dict | None:
-        (peer,) = status(beta.home)["peers"]
+        peer, other = status(beta.home)["peers"]
+        assert other["discovered"] == [] and other["state"] != "online"
         return peer if peer["state"] == "online" else None
 
     peer = wait_for(reached, 20, "beta to reach alpha at the address it announces")
     assert peer["url"] == alpha.url and peer["device"] == alpha.device and peer["pinned"]
     assert peer["addresses"] == [wrong, alpha.url] and peer["discovered"] == [alpha.url]
-    listed = json.loads(beta.run("peer", "list", "--json").stdout)["peers"][0]
-    assert listed["discovered"] == [alpha.url]
+    listed = json.loads(beta.run("peer", "list", "--json").stdout)["peers"]
+    assert [p["discovered"] for p in listed] == [[alpha.url], []]
     # The stored list is the operator's: what was heard is not written to it.
     beta.stop()
     assert json.loads(beta.run("peer", "list", "--json").stdout)["peers"][0][
