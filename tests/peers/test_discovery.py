@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Side:
 
     netns: str
     ip: str
+    dev: str = ""  # its end of the veth pair
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
@@ -48,12 +50,13 @@ def lan():
             made.append(side.netns)
         net = f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}"
         a.ip, b.ip = f"{net}.1", f"{net}.2"
-        steps = [("link", "add", f"sd{tag}a", "netns", a.netns, "type", "veth", "peer",
-                  "name", f"sd{tag}b", "netns", b.netns)]
-        for side, dev in ((a, f"sd{tag}a"), (b, f"sd{tag}b")):
-            steps += [("-n", side.netns, "addr", "add", f"{side.ip}/24", "dev", dev),
+        a.dev, b.dev = f"sd{tag}a", f"sd{tag}b"
+        steps = [("link", "add", a.dev, "netns", a.netns, "type", "veth", "peer",
+                  "name", b.dev, "netns", b.netns)]
+        for side in (a, b):
+            steps += [("-n", side.netns, "addr", "add", f"{side.ip}/24", "dev", side.dev),
                       ("-n", side.netns, "link", "set", "lo", "up"),
-                      ("-n", side.netns, "link", "set", dev, "up")]
+                      ("-n", side.netns, "link", "set", side.dev, "up")]
         for step in steps:
             done = _ip(*step)
             assert done.returncode == 0, f"ip {' '.join(step)}: {done.stderr}"
@@ -228,3 +231,18 @@ def test_nothing_is_announced_with_discovery_off(lan, homes):
     quiet.run("peer", "add", "heard", f"127.0.0.1:{free_port()}", "--fingerprint",
               heard.fingerprint)
     assert status(quiet.home)["peers"][0]["discovered"] == []
+
+
+def test_a_failing_zeroconf_is_logged_and_serving_goes_on(lan, homes):
+    """Its interface down, mDNS cannot send (Network is unreachable): zeroconf says so,
+    and the home is served and stops as ever."""
+    a, _ = lan
+    alpha = homes("alpha", a)
+    assert subprocess.run(["ip", "-n", a.netns, "link", "set", a.dev, "down"]).returncode == 0
+    alpha.log.expect_log(r"zeroconf WARNING Error with socket .*Network is unreachable")
+    alpha.start().listening()
+    wait_for(lambda: "Network is unreachable" in alpha.log.text(), 10, "zeroconf to fail")
+    assert status(alpha.home)["pid"] == alpha.proc.pid
+    took = time.monotonic()
+    alpha.stop()
+    assert time.monotonic() - took < 10
