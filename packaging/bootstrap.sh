@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # apache2-bin: the WebDAV server of the relay tests (tests/relay/webdav_server.py); the
-# binary and modules only, no service started.
-packages=(fuse3 libfuse3-dev pkg-config python3-venv rsync git apache2-bin)
+# binary and modules only, no service started. iproute2: `ip netns`, for discovery's test
+# between two network namespaces (tests/peers/test_discovery.py).
+packages=(fuse3 libfuse3-dev pkg-config python3-venv rsync git apache2-bin iproute2)
 # The status page's test drives a headless browser (tests/peers/test_ui.py): installed
 # without their recommended packages (a desktop's worth), they take a fraction of the time.
 browser=(chromium chromium-driver)

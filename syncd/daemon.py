@@ -26,6 +26,7 @@ from syncd import auth, identity
 from syncd.api import Signed, build_app
 from syncd.cache import Evictor
 from syncd.control import serve_control
+from syncd.discovery import Discovery
 from syncd.fetcher import Fetcher
 from syncd.home import Home
 from syncd.index import versions
@@ -85,6 +86,10 @@ class Daemon:
         self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld,
                              on_pinned=self._pins_changed)
         self.fetcher = Fetcher(catalog, self.peers, self.refresh)
+        # Announce this home on the LAN and hear its peers there (setting `discovery`).
+        self.discovery = Discovery(self.device, self.name, self.identity.fingerprint,
+                                   self.listen, self.peers.found, self.peers.lost) \
+            if config["discovery"] else None
         self.on_effects = on_effects or self._purge_orphans
         self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
         # Files smaller than this are fetched as soon as they are announced, many per
@@ -505,6 +510,8 @@ class Daemon:
                                  "config": self._config_op, "rotate-key": self._rotate_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
+            if self.discovery is not None:
+                nursery.start_soon(self.discovery.run)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
@@ -643,7 +650,9 @@ class Daemon:
         """Each peer as its loop sees it now (syncd status): the index has its state as
         of the last change, and its last answer as of the last push or keep-alive."""
         return {link.name: {"state": link.state, "last_seen": link.last_seen,
-                            "last_error": link.last_error, "url": link.url}
+                            "last_error": link.last_error, "url": link.url,
+                            "addresses": link.addresses + link.discovered,
+                            "discovered": link.discovered}
                 for link in self.peers}
 
     async def _transfers_op(self, request: dict) -> dict:

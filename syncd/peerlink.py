@@ -105,6 +105,9 @@ class PeerLink:
         # Where it may be reached, in the operator's order; `url` is the one in use: the
         # one that last answered its hello as this peer, tried first (hello()).
         self.addresses = [a.rstrip("/") for a in record.addresses or [record.url]]
+        # Where discovery on the LAN last heard it (syncd/discovery.py), besides those:
+        # tried after them, and never saved.
+        self.discovered: list[str] = []
         self.url = record.url.rstrip("/")
         self.device = record.device
         self.fingerprint = record.fingerprint  # given at add, or pinned with `cert`
@@ -138,6 +141,20 @@ class PeerLink:
 
     def poke(self) -> None:
         self.wake.set()
+
+    def found_at(self, urls: list[str]) -> None:
+        """Discovery heard this peer's device and certificate announced at `urls` (none:
+        it said goodbye). Those not among its addresses are tried after them; a peer not
+        online is tried at once."""
+        discovered = [u for u in urls if u not in self.addresses]
+        if discovered == self.discovered:
+            return
+        if discovered:
+            log.info("peer %s announces itself on the LAN at %s", self.name,
+                     " ".join(discovered))
+        self.discovered = discovered
+        if self.state != "online":
+            self.poke()
 
     # -- requests
 
@@ -268,12 +285,14 @@ class PeerLink:
 
     async def hello(self) -> None:
         """Greet the peer at its addresses, the one that answered last first, then the
-        others in the operator's order, until one answers as this peer over mutual TLS
+        others in the operator's order, then those discovery found, until one answers as
+        this peer over mutual TLS
         with the certificate pinned here. A peer not pinned yet is pinned by the first
         hello it answers proving the cluster key (trust on first use, _first_hello).
         That address is then the one in use."""
         failures, seen = [], self.last_seen
-        for url in [self.url] + [a for a in self.addresses if a != self.url]:
+        tried = self.addresses + self.discovered
+        for url in [self.url] + [a for a in tried if a != self.url]:
             self.last_seen = seen  # only an answer as this peer is one of its answers
             try:
                 if self.cert is None:

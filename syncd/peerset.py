@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import trio
 
+from syncd.discovery import Found
 from syncd.index.catalog import Catalog
 from syncd.index.peers import list_peers
 from syncd.peerlink import Me, PeerLink
@@ -22,6 +23,7 @@ class PeerSet:
         self.on_online = on_online
         self.on_pinned = on_pinned
         self.links: dict[str, PeerLink] = {}
+        self.heard: dict[str, Found] = {}  # what discovery heard on the LAN, by service
 
     def __iter__(self) -> Iterator[PeerLink]:
         return iter(list(self.links.values()))
@@ -44,6 +46,26 @@ class PeerSet:
                 link = self.links[name] = PeerLink(record, self.me, self.catalog,
                                                    self.on_online, self.on_pinned)
                 nursery.start_soon(link.run, name=f"peer {name}")
+        self._discovered()
+
+    def found(self, found: Found) -> None:
+        """Discovery heard a home announce itself (syncd/discovery.py)."""
+        self.heard[found.service] = found
+        self._discovered()
+
+    def lost(self, service: str) -> None:
+        """A home announced earlier said goodbye."""
+        if self.heard.pop(service, None) is not None:
+            self._discovered()
+
+    def _discovered(self) -> None:
+        """Give each peer the addresses its device was heard at. A device is known by
+        its certificate's fingerprint, the one pinned or given with --fingerprint, and
+        its device id once learnt, never by an address; TLS checks the pin as ever."""
+        for link in self:
+            urls = [url for f in self.heard.values() if f.fingerprint == link.fingerprint
+                    and link.device in (None, f.device) for url in f.urls]
+            link.found_at(urls)
 
     def holders(self) -> list[PeerLink]:
         """Peers to ask for content, the ones known to answer first."""

@@ -144,6 +144,15 @@ def sync_mode(value: object) -> str:
     return value
 
 
+def boolean(value: object) -> bool:
+    """true or false (as JSON has them, or as text)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("want true or false")
+
+
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -198,6 +207,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("min_copies", copies, 1,
             "how many other machines must hold a chunk before the cache evicts it here, and "
             "`syncd wait --copies`'s default", live=True),
+    Setting("discovery", boolean, True,
+            "announce this home on the LAN (mDNS, when it listens beyond loopback) and look "
+            "for its peers there; `syncd peer discover` lists the homes heard", live=False),
     Setting("mode", sync_mode, SEND_RECEIVE,
             "send-receive; receive-only: changes made here stay here and the group's "
             "always win (`syncd revert`); send-only: the group's are held back "

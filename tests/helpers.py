@@ -22,8 +22,10 @@ SYNCD = [sys.executable, "-m", "syncd"]
 
 
 def syncd(home: Path, *args: str, check: bool = True, timeout: float = 90,
-          **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run([*SYNCD, "--home", str(home), *args], capture_output=True,
+          netns: str | None = None, **kw) -> subprocess.CompletedProcess:
+    """The command on `home`; in the network namespace `netns` when given."""
+    where = ["ip", "netns", "exec", netns] if netns else []
+    done = subprocess.run([*where, *SYNCD, "--home", str(home), *args], capture_output=True,
                           text=True, timeout=timeout, **kw)
     served_log(home / "mount.log").add_output(f"syncd {' '.join(args)}", done.stderr)
     if check and done.returncode != 0:

@@ -6,7 +6,7 @@ conflicts import wait config ui versions restore mode revert
 override"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
---timeout --since --address --fingerprint --at --to"
+--timeout --since --address --fingerprint --at --to --seconds"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
 # positional arguments; $2 is its first positional argument, if any.
@@ -17,8 +17,9 @@ _syncd_command_args()
         cluster-key) opts="--rotate" ;;
         peer)
             case $2 in
-                '') args=words words="add list remove set" ;;
+                '') args=words words="add discover list remove set" ;;
                 add) opts="--fingerprint" ;;
+                discover) opts="--json --seconds" ;;
                 list) opts="--json" ;;
                 set) opts="--address" ;;
             esac
@@ -40,7 +41,7 @@ _syncd_command_args()
             case $2 in
                 '') args=words words="get set" ;;
                 get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
-                    ui_listen versions_keep_days versions_max cache_limit min_copies mode" ;;
+                    ui_listen versions_keep_days versions_max cache_limit min_copies discovery mode" ;;
             esac
             ;;
     esac
@@ -75,7 +76,7 @@ _syncd()
     case $prev in
         --home) args=dirs ;;
         --name | --listen | --cluster-key | --peer | --copies | --timeout | --into | --since | \
-            --address | --fingerprint | --at) return ;;
+            --address | --fingerprint | --at | --seconds) return ;;
         --to) args=files ;;
         --cluster-key-file) args=files ;;
         *)

@@ -44,12 +44,17 @@ def cmd_config(home: Home, args) -> int:
     if args.json:
         print(json.dumps({"schema_version": CONFIG_SCHEMA, "settings": shown}, indent=2))
     elif key is not None:
-        print(shown[key])
+        print(_text(shown[key]))
     else:
         width = max(len(k) for k in shown)
         for k, v in shown.items():
-            print(f"{k:<{width}}  {v}")
+            print(f"{k:<{width}}  {_text(v)}")
     return OK
+
+
+def _text(value: object) -> str:
+    """A value as `config set` takes it: true and false as JSON writes them."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def set_setting(home: Home, key: str, text: str) -> int:
@@ -58,13 +63,14 @@ def set_setting(home: Home, key: str, text: str) -> int:
         value = home.set_config(key, text)
     except settings.SettingError as e:
         raise UserError(str(e), USAGE) from None
+    shown = _text(value)
     holder = home.holder()
     if holder is None:
-        print(f"{key} = {value}")
+        print(f"{key} = {shown}")
         return OK
     serving = f"the running {'mount' if holder.mountpoint else 'server'} (pid {holder.pid})"
     if not settings.SETTINGS[key].live:
-        print(f"{key} = {value}; takes effect at the next mount or serve ({serving} keeps "
+        print(f"{key} = {shown}; takes effect at the next mount or serve ({serving} keeps "
               "the old value until then)")
         return OK
     from syncd import control  # trio loads only when something is served
@@ -74,11 +80,11 @@ def set_setting(home: Home, key: str, text: str) -> int:
     except UserError as e:
         answer = {"error": str(e)}
     if answer.get("ok") and answer.get("applied"):
-        print(f"{key} = {value}; applied to {serving}")
+        print(f"{key} = {shown}; applied to {serving}")
     elif answer.get("ok"):  # e.g. attr_timeout on a server without a mount
-        print(f"{key} = {value}; {serving} does not use it")
+        print(f"{key} = {shown}; {serving} does not use it")
     else:
-        print(f"{key} = {value}")
+        print(f"{key} = {shown}")
         print(f"syncd: warning: {serving} did not take the change ({answer.get('error')}); "
               "it will at its next start", file=sys.stderr)
     return OK

@@ -26,6 +26,7 @@ from syncd.index.peers import (
 )
 
 PEERS_SCHEMA = 1
+DISCOVER_SECONDS = 3.0  # zeroconf asks at once and after 1 s; homes starting announce
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _URL = re.compile(r"(https://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})/?")
@@ -109,7 +110,9 @@ def collect(home: Home) -> dict:
         peers = list_peers(cat.db)
     return {"schema_version": PEERS_SCHEMA,
             "peers": [{"name": p.name, "url": live.get(p.name, {}).get("url", p.url),
-                       "addresses": p.addresses, "device": p.device,
+                       "addresses": live.get(p.name, {}).get("addresses", p.addresses),
+                       "discovered": live.get(p.name, {}).get("discovered", []),
+                       "device": p.device,
                        "fingerprint": p.fingerprint, "pinned": p.cert is not None,
                        "state": live.get(p.name, {}).get("state", p.state),
                        "last_seen": utc(live.get(p.name, {}).get("last_seen", p.last_seen))}
@@ -130,6 +133,49 @@ def print_peers(home: Home, as_json: bool) -> None:
     print_table(rows)
 
 
+def discovered(home: Home, seconds: float) -> dict:
+    """The homes heard on the LAN within `seconds`, this one left out, each with the
+    peer it is here: one whose fingerprint (pinned or given) is the one announced, and
+    whose device, once known, is too (as the serving process matches them)."""
+    if not 0.1 <= seconds <= 600:
+        raise UserError(f"--seconds {seconds:g}: want 0.1 to 600 seconds", USAGE)
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        me, known = cat.device, list_peers(cat.db)
+    from syncd import discovery  # zeroconf loads only for this command
+
+    devices = []
+    for f in discovery.discover(seconds):
+        if f.device == me:
+            continue
+        peer = next((p.name for p in known if p.fingerprint == f.fingerprint
+                     and p.device in (None, f.device)), None)
+        devices.append({"name": f.name, "host": f.host, "device": f.device,
+                        "fingerprint": f.fingerprint, "addresses": list(f.urls),
+                        "peer": peer})
+    return {"schema_version": PEERS_SCHEMA, "seconds": seconds, "devices": devices}
+
+
+def print_discovered(home: Home, seconds: float, as_json: bool) -> None:
+    found = discovered(home, seconds)
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found["devices"]:
+        print(f"no syncd home heard on the LAN in {seconds:g} s (on a machine that serves "
+              "one, 'syncd config get discovery' must be true and 'listen' not loopback)")
+        return
+    for d in found["devices"]:
+        print(f"{d['name'] or '(no name)'} ({d['host']})")
+        print(f"  device       {d['device']}\n  fingerprint  {d['fingerprint']}")
+        print(f"  addresses    {' '.join(d['addresses'])}")
+        if d["peer"] is not None:
+            print(f"  peer         {d['peer']}, reached at these addresses too")
+        else:
+            name = d["name"] if d["name"] and _NAME.fullmatch(d["name"]) else "NAME"
+            print(f"  not a peer   add it with: syncd peer add {name} {d['addresses'][0]} "
+                  f"--fingerprint {d['fingerprint']}")
+
+
 def add_parsers(sub, common) -> None:
     p = sub.add_parser("peer", parents=[common], help="add, list, remove or set peers")
     peer = p.add_subparsers(dest="peer_command", required=True, metavar="PEER_COMMAND")
@@ -143,6 +189,11 @@ def add_parsers(sub, common) -> None:
                         "(default: pin the certificate its first hello shows)")
     p = peer.add_parser("list", parents=[common], help="list the peers")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    p = peer.add_parser("discover", parents=[common],
+                        help="list the syncd homes announcing themselves on the LAN")
+    p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
+    p.add_argument("--seconds", type=float, default=DISCOVER_SECONDS, metavar="N",
+                   help=f"listen this long, 0.1 to 600 (default {DISCOVER_SECONDS:g})")
     p = peer.add_parser("remove", parents=[common], help="forget a peer")
     p.add_argument("name", metavar="NAME")
     p = peer.add_parser("set", parents=[common],
@@ -158,6 +209,9 @@ def cmd_peer(home: Home, args) -> int:
     home.require()
     if args.peer_command == "list":
         print_peers(home, as_json=args.json)
+        return OK
+    if args.peer_command == "discover":
+        print_discovered(home, args.seconds, args.json)
         return OK
     if args.peer_command == "add":
         name, addresses = check_name(home, args.name), check_addresses(args.addresses)

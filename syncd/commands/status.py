@@ -45,7 +45,8 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
         changes, waiting, oldest = pending_for(cat.db, p)
         now = (live or {}).get(p.name, {})
         peers.append({"name": p.name, "url": now.get("url", p.url),
-                      "addresses": p.addresses, "device": p.device,
+                      "addresses": now.get("addresses", p.addresses),
+                      "discovered": now.get("discovered", []), "device": p.device,
                       "fingerprint": p.fingerprint, "pinned": p.cert is not None,
                       "state": now.get("state", p.state),
                       "last_seen": utc(now.get("last_seen", p.last_seen)),

@@ -22,7 +22,8 @@ def test_get_lists_every_key_with_its_value(home):
     assert listed["schema_version"] == 1
     assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
                                         "log_keep_days", "ui_listen", "versions_keep_days",
-                                        "versions_max", "cache_limit", "min_copies", "mode"]
+                                        "versions_max", "cache_limit", "min_copies", "discovery",
+                                        "mode"]
     assert listed["settings"]["mode"] == "send-receive"
     assert listed["settings"]["ui_listen"] == "127.0.0.1:0"
     assert listed["settings"]["log_keep_days"] == 30
@@ -30,6 +31,7 @@ def test_get_lists_every_key_with_its_value(home):
     assert listed["settings"]["versions_max"] == "10%"
     assert listed["settings"]["cache_limit"] == "none"
     assert listed["settings"]["min_copies"] == 1
+    assert listed["settings"]["discovery"] is True
     assert listed["settings"]["name"] == "test"
     assert listed["settings"]["attr_timeout"] == 60.0
     assert listed["settings"]["prefetch_below"] == 262144
@@ -58,6 +60,9 @@ def test_set_checks_and_stores_the_canonical_value(home):
         assert stored(home)["cache_limit"] == canonical
     syncd(home, "config", "set", "min_copies", "2")
     assert stored(home)["min_copies"] == 2
+    assert syncd(home, "config", "set", "discovery", "False").stdout == "discovery = false\n"
+    assert stored(home)["discovery"] is False
+    assert syncd(home, "config", "get", "discovery").stdout == "false\n"
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -87,6 +92,8 @@ def test_set_checks_and_stores_the_canonical_value(home):
     (("set", "ui_listen", "::1:80"), "bad value '::1:80' for 'ui_listen'"),
     (("set", "ui_listen", "127.0.0.1"), "bad value '127.0.0.1' for 'ui_listen'"),
     (("set", "name", "my laptop"), "bad value 'my laptop' for 'name'"),
+    (("set", "discovery", "maybe"), "want true or false"),
+    (("set", "discovery", "1"), "bad value '1' for 'discovery'"),
 ])
 def test_bad_input_names_the_key_and_changes_nothing(home, args, words):
     before = (home / "config.json").read_bytes()

@@ -120,7 +120,7 @@ def test_peer_add_list_set_remove(home):
     syncd(home, "peer", "add", "a.l-p_h4", "[::1]:7701")  # https:// is the default
     syncd(home, "peer", "add", "gamma", "gamma.example:80", "--fingerprint", "AB:" * 31 + "AB")
     assert peers(home) == [
-        {"name": name, "url": url, "addresses": [url], "device": None,
+        {"name": name, "url": url, "addresses": [url], "discovered": [], "device": None,
          "fingerprint": "ab" * 32 if name == "gamma" else None, "pinned": False,
          "state": "unknown", "last_seen": None}
         for name, url in (("a.l-p_h4", "https://[::1]:7701"), ("beta", "https://10.0.0.2:7700"),
@@ -141,7 +141,7 @@ def test_peer_list_shows_what_the_daemon_learned(home):
                      "WHERE name = 'beta'", ("9c" * 16, 1_763_900_000))
     conn.close()
     assert peers(home)[0] == {"name": "beta", "url": "https://10.0.0.2:7700",
-                              "addresses": ["https://10.0.0.2:7700"],
+                              "addresses": ["https://10.0.0.2:7700"], "discovered": [],
                               "device": "9c" * 16, "fingerprint": None, "pinned": False,
                               "state": "online",
                               "last_seen": "2025-11-23T12:13:20Z"}
