@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +30,7 @@ from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
 from syncd.index.ignore import IGNORE_FILE, RULES_MAX, IgnoreRules
 from syncd.index.inline import InlineChunks, inline_size, inline_slot
+from syncd.index.inodecache import InodeCache
 from syncd.index.schema import (
     LOCAL_ID_PREFIX,
     LOCAL_ONLY_KINDS,
@@ -108,7 +109,7 @@ def check_name(name: str | bytes) -> str:
         raise fail(errno.EILSEQ, f"name is not valid UTF-8: {raw!r}") from None
 
 
-@dataclass
+@dataclass(frozen=True)  # shared from the InodeCache: never changed in place
 class Inode:
     ino: int
     kind: str
@@ -147,6 +148,8 @@ class Catalog:
             "SELECT value FROM meta WHERE key = 'device_id'").fetchone()[0]
         self._load_counters()
         self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
+        self._inodes: InodeCache[Inode] = InodeCache(self.conn)
+        self._chunk_blobs: InodeCache[bytes] = InodeCache(self.conn)  # inodes.chunks
         # Called after every transaction that stamped something (the daemon's wake-up).
         self.on_change = on_change
         # File inodes a peer's change took from their node (rule 6): inode -> (node, the
@@ -158,6 +161,8 @@ class Catalog:
         # Chunks retired since the last transaction, whose rows (refs 0) that transaction
         # deletes, with the bytes of those inline (see retire).
         self._collected: list[bytes] = []
+        self._held_at = -1  # conn.total_changes when no version was left unheld
+        self.committed_at = -1  # conn.total_changes at the last commit of `transaction`
         self.inline = InlineChunks(db)
         # Keep old versions of files (index/versions.py, keep_versions)? Not without a
         # serving process, which expires them: replaced content then goes at once.
@@ -176,16 +181,27 @@ class Catalog:
     # -- reading
 
     def inode(self, ino: int) -> Inode:
+        inode = self._inodes.get(ino)
+        if inode is not None:
+            return inode
         row = self.conn.execute(
             f"SELECT {INODE_COLUMNS} FROM inodes WHERE ino = ?", (ino,)
         ).fetchone()
         if row is None:
             raise fail(errno.ENOENT, f"inode {ino}")
-        return Inode(*row)
+        inode = Inode(*row)
+        self._inodes.read(ino, inode)
+        return inode
 
     def chunks(self, ino: int) -> ChunkList:
-        row = self.conn.execute("SELECT chunks FROM inodes WHERE ino = ?", (ino,)).fetchone()
-        return ChunkList.from_blob(row[0] if row else None)
+        blob = self._chunk_blobs.get(ino)
+        if blob is None:
+            row = self.conn.execute("SELECT chunks FROM inodes WHERE ino = ?",
+                                    (ino,)).fetchone()
+            blob = row[0] if row else None
+            if blob is not None:
+                self._chunk_blobs.read(ino, blob)
+        return ChunkList.from_blob(blob)
 
     def dir_node(self, ino: int) -> str:
         """The node id of a directory inode (directories have exactly one node)."""
@@ -274,6 +290,7 @@ class Catalog:
                 try:
                     result = self._collect_and(fn, args)
                     self.conn.execute("COMMIT")
+                    self.committed_at = self.conn.total_changes
                 except BaseException:
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
@@ -286,12 +303,20 @@ class Catalog:
             self.on_change()
         return result
 
+    def _wrote(self, before: int, inodes: dict[int, Inode], blobs: dict[int, bytes]) -> None:
+        """The transaction just committed from change count `before` wrote exactly these
+        inode rows (and chunk lists), and no other (index/inodecache.py)."""
+        self._inodes.wrote(before, self.committed_at, inodes)
+        self._chunk_blobs.wrote(before, self.committed_at, blobs)
+
     def _collect_and(self, fn, args):
         if self._collected:  # rows of chunks retired since the last transaction
             self.inline.drop_unreferenced([(d,) for d in self._collected])
-        self._hold_versions()  # any a write outside these transactions recorded
+        if self.conn.total_changes != self._held_at:
+            self._hold_versions()  # any a write outside these transactions recorded
         result = fn(*args)
         self._hold_versions()
+        self._held_at = self.conn.total_changes  # nothing written since: none to hold
         return result
 
     def _hold_versions(self) -> None:
@@ -319,19 +344,23 @@ class Catalog:
 
     def stamp_local(self, node: str, op: str, aspects: tuple[str, ...],
                     detail: dict | None, vvs: tuple[str, ...] | None = None,
-                    sets: dict[str, object] | None = None) -> None:
+                    sets: dict[str, object] | None = None,
+                    ignored: int | None = None) -> None:
         """A change made here (inside a transaction): the next sequence number, a new
         version of each of `aspects` (this device's entry in its vector is that number,
         its clock the next Lamport clock) and a journal row. `vvs`: the node's vectors of
         `aspects` as stored, when the caller has read them already; `sets`: the change
-        itself, columns of the node written in the same UPDATE. A local-only node has no
+        itself, columns of the node written in the same UPDATE; `ignored`: the node's
+        column of that name, when the caller has read it. A local-only node has no
         versions: only `sets` is written, nothing is stamped, so nothing of it is ever
         sent."""
-        if self.mode == RECEIVE_ONLY and not (detail or {}).get("decided") and \
-                not self.is_local_only(node):
+        local = self.is_local_only(node) if ignored is None else \
+            local_only(node) or ignored > 0
+        if self.mode == RECEIVE_ONLY and not (detail or {}).get("decided") and not local:
             self.conn.execute("UPDATE nodes SET ignored = ?, seq = 0, origin = NULL"
                               " WHERE id = ?", (1 | EDITED_HERE, node))
-        if self.is_local_only(node):
+            local = True
+        if local:
             if sets:
                 self._set_node(node, sets)
             if aspects and not local_only(node):  # shared once: say what changed since
@@ -425,6 +454,7 @@ class Catalog:
             if kind == "symlink":
                 digest = "blake3:" + digest_of(target or b"").hex()
             mode_bits = mode & 0o7777
+            directory = self.inode(parent_ino)  # before any write: the cache may have it
             ino = self.conn.execute(
                 "INSERT INTO inodes (kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns,"
                 " hash, chunks, target, rdev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -435,10 +465,17 @@ class Catalog:
                 self._reref(chunks, size, ChunkList([]))
             node, entry = self._add_node(kind, ino, parent, name, {"kind": kind}, op)
             self._touch_dir(parent_ino, now)
-            return Entry(node, entry, name, Inode(ino, kind, mode_bits, uid, gid, size, mtime,
-                                                  now, now, digest, target, rdev, 1))
+            inode = Inode(ino, kind, mode_bits, uid, gid, size, mtime, now, now, digest,
+                          target, rdev, 1)
+            return Entry(node, entry, name, inode), replace(directory, mtime_ns=now,
+                                                            ctime_ns=now)
 
-        return self.transaction(run)
+        before = self.conn.total_changes
+        created, directory = self.transaction(run)
+        if name != IGNORE_FILE:  # a rule file's effects reach further
+            self._wrote(before, {created.inode.ino: created.inode, parent_ino: directory},
+                        {created.inode.ino: chunks.blob})
+        return created
 
     def link(self, ino: int, parent_ino: int, name: str) -> Entry:
         """A hard link: a second node on the same inode (peers see a separate file)."""
@@ -664,7 +701,10 @@ class Catalog:
                                          tuple(stored[a] for a in aspects))
             return Inode(*row)
 
-        return self.transaction(run)
+        before = self.conn.total_changes
+        inode = self.transaction(run)
+        self._wrote(before, {ino: inode}, {})
+        return inode
 
     # -- extended attributes (user.* only: the mount refuses the others)
 
@@ -745,7 +785,7 @@ class Catalog:
         no reference, for `retire`."""
         blob = chunks.blob
 
-        def run() -> list[bytes]:
+        def run() -> tuple[list[bytes], Inode, bool]:
             inode = self.inode(ino)
             old = self.chunks(ino)
             now = time.time_ns()
@@ -757,26 +797,36 @@ class Catalog:
                 aspects += ("content",)
             if mode is not None and (mode & 0o7777) != inode.mode:
                 aspects += ("mode",)
+            after = replace(inode, size=size, hash=digest, mtime_ns=new_mtime, ctime_ns=now,
+                            mode=inode.mode if mode is None else mode & 0o7777,
+                            uid=(owner or {}).get("uid", inode.uid),
+                            gid=(owner or {}).get("gid", inode.gid))
             self.conn.execute(
                 "UPDATE inodes SET chunks = ?, size = ?, hash = ?, mtime_ns = ?, mode = ?,"
                 " ctime_ns = ?, uid = ?, gid = ? WHERE ino = ?",
-                (blob, size, digest, new_mtime,
-                 inode.mode if mode is None else mode & 0o7777, now,
-                 (owner or {}).get("uid", inode.uid), (owner or {}).get("gid", inode.gid), ino),
+                (blob, size, digest, new_mtime, after.mode, now, after.uid, after.gid, ino),
             )
             garbage = self._reref(chunks, size, old, inline)
-            if aspects:
-                for node in self.nodes_of(ino):
-                    self.stamp_local(node, "content" if "content" in aspects else "mode", aspects,
-                                {"hash": digest, "size": size})
-            if changed_content:
-                for parent, in self.conn.execute(
-                        "SELECT parent FROM nodes WHERE ino = ? AND name = ? AND deleted = 0",
-                        (ino, IGNORE_FILE)).fetchall():
-                    self.rules_changed(parent)
-            return garbage
+            rules = False
+            if aspects or changed_content:
+                for node, name, parent, ignored, *vvs in self.conn.execute(
+                        "SELECT id, name, parent, ignored, content_vv, mode_vv FROM nodes"
+                        " WHERE ino = ? AND deleted = 0 ORDER BY entry", (ino,)).fetchall():
+                    if aspects:
+                        stored = dict(zip(("content", "mode"), vvs, strict=True))
+                        self.stamp_local(node, "content" if "content" in aspects else "mode",
+                                         aspects, {"hash": digest, "size": size},
+                                         tuple(stored[a] for a in aspects), ignored=ignored)
+                    if changed_content and name == IGNORE_FILE:
+                        self.rules_changed(parent)
+                        rules = True
+            return garbage, after, rules
 
-        return self.transaction(run)
+        before = self.conn.total_changes
+        garbage, after, rules = self.transaction(run)
+        if not rules:  # a rule file's effects reach further
+            self._wrote(before, {ino: after}, {ino: blob})
+        return garbage
 
     def _reref(self, new: ChunkList, size: int, old: ChunkList,
                inline: dict[bytes, bytes] | None = None) -> list[bytes]:

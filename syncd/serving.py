@@ -161,7 +161,7 @@ async def _main(fs: Filesystem, daemon: Daemon | None,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fs.follow, effects)
         nursery.start_soon(_stop_on_signal, session.stop)
-        nursery.start_soon(_checkpoints, home.db_path)
+        nursery.start_soon(_checkpoints, home.db_path, fs.catalog.conn)
         nursery.start_soon(_keep_reserve, fs.store)
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
@@ -182,14 +182,16 @@ async def _raise_readahead(fs: Filesystem, mountpoint: str) -> None:
         await session.raise_readahead(fs, device)
 
 
-async def _checkpoints(db_path, interval: float = 1.0) -> None:
+async def _checkpoints(db_path, conn, interval: float = 1.0) -> None:
     """Checkpoint the WAL on a worker thread, off the request path (the serving
-    connection has autocheckpoint off)."""
+    connection has autocheckpoint off); when it has grown large, the frames committed
+    meanwhile on the trio thread, so that it starts again (Checkpointer)."""
     checkpoint = schema.Checkpointer(db_path)
     try:
         while True:
             await trio.sleep(interval)
-            await trio.to_thread.run_sync(checkpoint)
+            if await trio.to_thread.run_sync(checkpoint):
+                checkpoint.finish(conn)
     finally:
         checkpoint.close()
 
