@@ -19,6 +19,11 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+# The most rows kept: a `find` over a large share reads every inode without writing,
+# and memory must not grow with the share. The requests this cache serves (a create's
+# setattrs, a stat after a close) come within a few of the read or write they follow.
+LIMIT = 4096
+
 
 class InodeCache(Generic[T]):
     def __init__(self, conn: sqlite3.Connection):
@@ -37,6 +42,8 @@ class InodeCache(Generic[T]):
     def read(self, ino: int, row: T) -> None:
         """`row` was just read from the index (after a `get` that missed)."""
         if not self.conn.in_transaction and self.conn.total_changes == self.at:
+            if len(self.rows) >= LIMIT:
+                self.rows.clear()
             self.rows[ino] = row
 
     def wrote(self, before: int, after: int, rows: dict[int, T]) -> None:
@@ -47,7 +54,7 @@ class InodeCache(Generic[T]):
             self.rows.clear()  # a caller's transaction (may roll back), or written since
             self.at = -1
             return
-        if self.at != before:
+        if self.at != before or len(self.rows) + len(rows) > LIMIT:
             self.rows.clear()
         self.rows.update(rows)
         self.at = after

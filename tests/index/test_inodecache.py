@@ -10,6 +10,7 @@ import stat
 import pytest
 from syncd.index.catalog import INODE_COLUMNS, Catalog, Inode
 from syncd.index.chunklist import ChunkList
+from syncd.index.inodecache import LIMIT
 from syncd.index.schema import ROOT_INO
 
 from tests.replicas import Device, T, converge
@@ -101,3 +102,14 @@ def test_the_cached_inode_cannot_be_changed_in_place(cat):
     with pytest.raises(AttributeError):
         cat.inode(f).mode = 0o777  # type: ignore[misc]
     assert cat.chunks(f) == ChunkList([])
+
+
+def test_reading_a_large_tree_keeps_a_bounded_number_of_inodes(cat):
+    """A `find` over a large share reads every inode and writes nothing: memory must not
+    grow with the share, and every inode read stays exact."""
+    inos = [cat.create(ROOT_INO, f"f{i}", "file", 0o644, 1000, 1000).inode.ino
+            for i in range(LIMIT + 100)]
+    for ino in inos:
+        cat.inode(ino)
+        assert len(cat._inodes.rows) <= LIMIT
+    same(cat, *inos[:10], *inos[-10:])
