@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,17 +43,30 @@ def assert_clean_error(done: subprocess.CompletedProcess, code: int, words: str)
     assert words in lines[0]
 
 
+_PORTS_GIVEN: set[int] = set()
+_PORTS_LOCK = threading.Lock()  # clusters start their peers on threads
+
+
 def free_port() -> int:
     """A port free now, below the kernel's ephemeral range (32768 and up here): ports the
     kernel hands out meanwhile (a status page's port 0, a connection's own end) never take
-    it before the server that is told to listen there binds it."""
+    it before the server that is told to listen there binds it. Never one given before in
+    this process, and under pytest-xdist from this worker's own slice of the range, so
+    that two servers told to listen are never told the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = (32768 - 10000) // workers
+    low = 10000 + int(worker) * width
     while True:
-        port = random.randrange(10000, 32768)
-        with socket.socket() as s:
+        port = random.randrange(low, low + width)
+        with _PORTS_LOCK, socket.socket() as s:
+            if port in _PORTS_GIVEN:
+                continue
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _PORTS_GIVEN.add(port)
             return port
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,17 @@ def settled(*peers: Peer) -> bool:
                for peer in peers for p in peer.status()["peers"])
 
 
+def at_once(work, items: list) -> list:
+    """work(item) for every item on threads of their own, as each mostly waits for a
+    `syncd` process (a peer's init, its mount): a cluster starts and stops in the time of
+    one peer. Waits for all; the first exception is raised."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(work, item) for item in items]
+    return [f.result() for f in futures]
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """make(n, mounted=True): n peers that all know each other; unmounted and stopped
@@ -83,23 +95,25 @@ def cluster(tmp_path):
     def make(n: int = 2, mounted: bool = True) -> list[Peer]:
         names = ["alpha", "beta", "gamma", "delta"][:n]
         first = Peer(tmp_path, names[0], None)
-        peers = [first] + [Peer(tmp_path, name, first.key) for name in names[1:]]
-        made.extend(peers)
-        for p in peers:
+        made.append(first)
+        others = at_once(lambda name: Peer(tmp_path, name, first.key), names[1:])
+        made.extend(others)
+        peers = [first, *others]
+
+        def introduce(p: Peer) -> None:
             for q in peers:
                 if q is not p:
                     syncd(p.home, "peer", "add", q.name, q.url)
+
+        at_once(introduce, peers)
         if mounted:
-            for p in peers:
-                p.start()
+            at_once(Peer.start, peers)
         return peers
 
     try:
         yield make
         os.chdir("/")
-        for p in made:
-            if p.mount.pid:
-                p.stop()
+        at_once(Peer.stop, [p for p in made if p.mount.pid])
     finally:
         for p in made:
             with contextlib.suppress(Exception):
