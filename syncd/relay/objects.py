@@ -1,0 +1,171 @@
+"""The objects on a relay and how each is written and read (docs/protocol.md, "Relays").
+
+    .syncd-relay            the marker: {"syncd_relay": 1, "share": SHARE}, plain JSON
+    m/TAG                   a member's certificate (PEM), sealed
+    b/TAG/LAST              a batch of that member's node states, stamps up to LAST (16
+                            digits), after the AFTER its payload names: sealed, signed,
+                            zstd-compressed JSON {"device", "after", "last", "states"}
+    c/TAG/CTAG              a content chunk the member stored, sealed (verified against
+                            its digest, like any chunk, when installed)
+    r/TAG                   the member's cursor: sealed, signed JSON {"device", "read":
+                            {DEVICE: UPTO}} of the batches it applied
+
+TAG is keys.tag(device id), CTAG keys.tag(chunk digest): names reveal no id, digest or
+path. Every device writes under its own TAG only, so no two devices write one object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+import zstandard
+
+from syncd.identity import Certificate, IdentityError
+from syncd.relay import sealing
+from syncd.relay.sealing import Keys, Rejected
+from syncd.relay.storage import MARKER, Missing, Storage, Unreachable
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64 << 20  # a batch's JSON at most, decompressed (as a push body)
+
+
+class Objects:
+    """One device's view of one relay: what it writes as itself, and what it reads and
+    checks of the others."""
+
+    def __init__(self, storage: Storage, keys: Keys, cert: Certificate, signer):
+        self.storage = storage
+        self.keys = keys
+        self.cert = cert
+        self.signer = signer  # the device's private key (sealing.signing_key)
+        self.tag = keys.tag(cert.device)
+
+    async def check(self) -> None:
+        """Unreachable unless the relay is there and is this share's."""
+        await self.storage.check()
+        try:
+            self.keys.check_marker(await self.storage.get(MARKER))
+        except Missing:
+            raise Unreachable(f"{self.storage.url} has no {MARKER} marker") from None
+        except Rejected as e:
+            raise Unreachable(f"{self.storage.url}: {e}") from None
+
+    async def _put_sealed(self, name: str, plain: bytes, signed: bool) -> int:
+        def seal() -> bytes:
+            body = sealing.sign(self.signer, name, plain) if signed else plain
+            return self.keys.seal(name, body)
+        data = await trio.to_thread.run_sync(seal)
+        await self.storage.put(name, data)
+        return len(data)
+
+    async def _get_open(self, name: str) -> bytes:
+        data = await self.storage.get(name)
+        return await trio.to_thread.run_sync(self.keys.open, name, data)
+
+    # -- written by this device
+
+    async def publish(self) -> None:
+        """Our certificate, unless the one there is already ours."""
+        name = f"m/{self.tag}"
+        try:
+            if (await self._get_open(name)).decode() == self.cert.pem:
+                return
+        except (Missing, Rejected, UnicodeDecodeError):
+            pass
+        await self._put_sealed(name, self.cert.pem.encode(), signed=False)
+
+    async def put_batch(self, after: int, last: int, states: list[dict]) -> int:
+        """Store a batch of our states stamped in (after, last]; its size there."""
+        def pack() -> bytes:
+            text = json.dumps({"device": self.cert.device, "after": after, "last": last,
+                               "states": states}, separators=(",", ":")).encode()
+            return zstandard.ZstdCompressor(level=3).compress(text)
+        payload = await trio.to_thread.run_sync(pack)
+        return await self._put_sealed(f"b/{self.tag}/{last:016d}", payload, signed=True)
+
+    async def put_chunk(self, digest: bytes, data: bytes) -> int:
+        return await self._put_sealed(f"c/{self.tag}/{self.keys.tag(digest)}", data, False)
+
+    async def our_chunks(self) -> set[str]:
+        """The names of the chunks we stored."""
+        return set(await self.storage.list(f"c/{self.tag}"))
+
+    def chunk_name(self, digest: bytes, tag: str | None = None) -> str:
+        return f"c/{tag or self.tag}/{self.keys.tag(digest)}"
+
+    async def put_cursor(self, read: dict[str, int]) -> None:
+        body = json.dumps({"device": self.cert.device, "read": read}).encode()
+        await self._put_sealed(f"r/{self.tag}", body, signed=True)
+
+    async def our_batches(self) -> list[str]:
+        return await self.storage.list(f"b/{self.tag}")
+
+    # -- written by the others
+
+    async def members(self) -> dict[str, Certificate]:
+        """tag -> certificate of each other member whose certificate opens and names the
+        device its tag is of; the others are logged and left out."""
+        out = {}
+        for name in await self.storage.list("m"):
+            tag = name.rpartition("/")[2]
+            if tag == self.tag:
+                continue
+            try:
+                cert = Certificate.from_pem((await self._get_open(name)).decode())
+            except (Rejected, IdentityError, UnicodeDecodeError) as e:
+                log.warning("relay %s: skipped member certificate %s: %s",
+                            self.storage.url, name, e)
+                continue
+            except Missing:
+                continue
+            if self.keys.tag(cert.device) != tag:
+                log.warning("relay %s: skipped member certificate %s: it is device %s's, "
+                            "filed under another device", self.storage.url, name, cert.device)
+                continue
+            out[tag] = cert
+        return out
+
+    async def batches(self, tag: str, after: int) -> list[tuple[int, str]]:
+        """(last stamp, name) of a member's batches past `after`, in order."""
+        out = []
+        for name in await self.storage.list(f"b/{tag}"):
+            last = name.rpartition("/")[2]
+            if len(last) == 16 and last.isdigit() and int(last) > after:
+                out.append((int(last), name))
+        return sorted(out)
+
+    async def read_batch(self, cert: Certificate, name: str) -> dict:
+        """A member's batch, opened, signature checked and unpacked; Rejected if anything
+        about it is wrong (Missing if it is gone)."""
+        data = await self.storage.get(name)
+
+        def unpack() -> dict:
+            payload = sealing.verify(cert, name, self.keys.open(name, data))
+            try:
+                text = zstandard.ZstdDecompressor().decompress(payload,
+                                                               max_output_size=MAX_BATCH)
+                batch = json.loads(text)
+            except (zstandard.ZstdError, ValueError) as e:
+                raise Rejected(f"{name}: not a batch: {e}") from None
+            if not isinstance(batch, dict) or batch.get("device") != cert.device \
+                    or not isinstance(batch.get("states"), list) \
+                    or not isinstance(batch.get("last"), int) \
+                    or f"{batch['last']:016d}" != name.rpartition("/")[2]:
+                raise Rejected(f"{name}: not a batch of device {cert.device} up to its name")
+            return batch
+        return await trio.to_thread.run_sync(unpack)
+
+    async def get_chunk(self, digest: bytes, tags: list[str]) -> bytes | None:
+        """A chunk's bytes from the first member that stored it (not verified yet)."""
+        for tag in tags:
+            name = self.chunk_name(digest, tag)
+            try:
+                return await self._get_open(name)
+            except Missing:
+                continue
+            except Rejected as e:
+                log.warning("relay %s: skipped chunk %s: %s", self.storage.url, name, e)
+        return None
