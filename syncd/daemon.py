@@ -40,6 +40,8 @@ from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
+from syncd.relay import sealing
+from syncd.relaylink import RelayLink, RelaySet
 from syncd.settings import Live, SettingError, by_disk
 from syncd.ui import StatusPage
 
@@ -85,6 +87,9 @@ class Daemon:
         self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld,
                              on_pinned=self._pins_changed)
         self.fetcher = Fetcher(catalog, self.peers, self.refresh)
+        self._relay_keys: sealing.Keys | None = None  # made again when the key changes
+        self.relays = RelaySet(catalog, self._relay_link)
+        self.fetcher.relays = self.relays
         self.on_effects = on_effects or self._purge_orphans
         self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
         # Files smaller than this are fetched as soon as they are announced, many per
@@ -154,6 +159,7 @@ class Daemon:
         on a peer that admits us): in HOME/cluster.key, for requests, answers and checks."""
         self.home.set_cluster_key(key)
         self.me.key = key
+        self._relay_keys = None
         self.app.set_key(key)
         log.info("the cluster key was changed")
 
@@ -184,6 +190,16 @@ class Daemon:
         pinned = [p for p in list_peers(self.catalog.db) if p.cert is not None]
         self.admitted = {p.fingerprint: p.device for p in pinned}
         self.trust.set([p.cert for p in pinned])
+
+    def relay_keys(self) -> sealing.Keys:
+        if self._relay_keys is None:
+            self._relay_keys = sealing.Keys([self.home.cluster_key(),
+                                             *self.home.old_cluster_keys()])
+        return self._relay_keys
+
+    def _relay_link(self, record) -> RelayLink:
+        return RelayLink(record, self.catalog, self.relay_keys, self.identity.cert,
+                         sealing.signing_key(self.identity), self.receive)
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -493,9 +509,12 @@ class Daemon:
                                  "restore": self._restore_op,
                                  "override": self._override_op,
                                  "revert": self._revert_op,
-                                 "config": self._config_op, "rotate-key": self._rotate_op})
+                                 "config": self._config_op, "rotate-key": self._rotate_op,
+                                 "reload-relays": self._reload_relays,
+                                 "relays": self._relays_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
+            self.relays.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
@@ -511,6 +530,7 @@ class Daemon:
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
             self.peers.poke_all()
+            self.relays.poke_all()
 
     def _versions_setting(self, key: str, value: object) -> None:
         setattr(self, key, value)
@@ -656,6 +676,20 @@ class Daemon:
         log.info("setting %s = %r %s", request.get("key"), request.get("value"),
                  "applied" if applied else "noted (nothing here uses it)")
         return {"ok": True, "applied": applied}
+
+    async def _reload_relays(self, request: dict) -> dict:
+        self.relays.load(self._nursery)
+        return {"ok": True, "relays": sorted(self.relays.links)}
+
+    def live_relays(self) -> dict[str, dict]:
+        """Each relay as its loop sees it now (syncd status)."""
+        return {link.name: {"state": link.state, "last_seen": link.last_seen,
+                            "last_error": link.last_error, "cursor": link.cursor,
+                            "stored_bytes": link.stored_bytes}
+                for link in self.relays}
+
+    async def _relays_op(self, request: dict) -> dict:
+        return {"relays": self.live_relays()}
 
     async def _reload_peers(self, request: dict) -> dict:
         self._pins_changed()

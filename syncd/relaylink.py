@@ -1,0 +1,248 @@
+"""The relays of a home as its serving process runs them: one loop per relay that, while
+the relay is reachable, stores the changes made here (with the content they need) and
+applies the other members' batches as a peer's push would be applied (DESIGN rule 3).
+docs/protocol.md, "Relays", says what is where and why.
+
+A directory relay is polled: it is looked at POLL seconds after the last exchange ended,
+and at once when something is stamped here. A 4 KiB file written on one side is thus
+readable on the other within about POLL plus the time of two exchanges.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import pydantic
+import trio
+
+from syncd.api import Changes
+from syncd.identity import Certificate
+from syncd.index import relays
+from syncd.index.catalog import Catalog
+from syncd.index.chunklist import ChunkList
+from syncd.index.states import BATCH_DATA, changes_since
+from syncd.peerlink import PeerError
+from syncd.relay.backends import BadRelay, open_storage
+from syncd.relay.objects import Objects
+from syncd.relay.sealing import Keys, Rejected
+from syncd.relay.storage import Missing, RelayError, Unreachable
+
+log = logging.getLogger(__name__)
+
+POLL = 0.5  # seconds between looks at a relay (docs/protocol.md, "Relays")
+BATCH_STATES = 1000  # node states in one batch at most, as in a push
+
+
+class RelayLink:
+    def __init__(self, record: relays.Relay, catalog: Catalog, keys: Callable[[], Keys],
+                 cert: Certificate, signer, receive: Callable[[str, list[dict]], int]):
+        """`receive(device, states)` applies a member's states (the daemon's, as for a
+        push); `keys()` the relay keys of the cluster key now and those it replaced."""
+        self.name = record.name
+        self.url = record.url
+        self.credentials = record.credentials
+        self.state = record.state
+        self.cursor = record.cursor
+        self.last_seen = record.last_seen
+        self.last_error = record.last_error
+        self.stored_bytes = record.stored_bytes
+        self.catalog = catalog
+        self.keys = keys
+        self.cert = cert
+        self.signer = signer
+        self.receive = receive
+        self.objects: Objects | None = None
+        self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
+        self.rejected: set[str] = set()  # objects skipped (logged once each)
+        self.last_problem: str | None = None  # why the last one was skipped (status)
+        self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
+        self.cancel = trio.CancelScope()
+        self._wake = trio.Event()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        with self.cancel:
+            while True:
+                try:
+                    await self.exchange()
+                except BadRelay as e:
+                    self._set("failing", str(e))
+                except Unreachable as e:
+                    self._set("unreachable", str(e))
+                except RelayError as e:
+                    self._set("failing", str(e))
+                with trio.move_on_after(POLL):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    def _set(self, state: str, error: str | None) -> None:
+        if state != "online" and (state, error) != (self.state, self.last_error):
+            log.warning("relay %s: %s", self.name, error)
+        elif state == "online" and self.state != "online":
+            log.info("relay %s (%s) is reachable", self.name, self.url)
+        self.state, self.last_error = state, error
+        columns = {"state": state, "last_error": error, "stored_bytes": self.stored_bytes}
+        if error is None:
+            self.last_seen = int(time.time())
+            columns["last_seen"] = self.last_seen
+        relays.save_relay(self.catalog.db, self.name, **columns)
+
+    async def exchange(self) -> None:
+        """One round: check, publish, upload, download. RelayError when it fails; what
+        was done before stays done (each batch moves a cursor only once stored or
+        applied)."""
+        keys = self.keys()
+        if self.objects is None or self.objects.keys is not keys:
+            try:
+                storage = open_storage(self.name, self.url, self.credentials)
+            except ModuleNotFoundError as e:
+                raise BadRelay(f"this syncd cannot open {self.url}: {e}") from None
+            self.objects = Objects(storage, keys, self.cert, self.signer)
+            self.chunks_there = None
+        await self.objects.check()
+        if self.state != "online":
+            await self.objects.publish()
+        await self.upload()
+        await self.download()
+        self._set("online", self.last_problem)
+
+    # -- up
+
+    async def upload(self) -> None:
+        objects = self.objects
+        if self.chunks_there is None:
+            self.chunks_there = await objects.our_chunks()
+        while True:
+            states, last = changes_since(self.catalog.conn, self.cursor, BATCH_STATES,
+                                         data_budget=BATCH_DATA)
+            if last == self.cursor:
+                return
+            for digest in self._chunks_of(states):
+                name = objects.chunk_name(digest)
+                if name in self.chunks_there:
+                    continue
+                data = await self._read_chunk(digest)
+                if data is None:
+                    continue  # not here (fetched on open elsewhere, from whoever has it)
+                self.stored_bytes += await objects.put_chunk(digest, data)
+                self.chunks_there.add(name)
+            self.stored_bytes += await objects.put_batch(self.cursor, last, states)
+            self.cursor = last
+            relays.save_relay(self.catalog.db, self.name, cursor=last,
+                              stored_bytes=self.stored_bytes)
+
+    @staticmethod
+    def _chunks_of(states: list[dict]) -> list[bytes]:
+        """The chunks of the live files among `states` that do not carry their bytes."""
+        out: dict[bytes, None] = {}
+        for s in states:
+            content = s["content"]
+            if s["kind"] == "file" and not s["deleted"] and "data" not in content:
+                chunks = ChunkList.from_hex(content["chunks"], content["size"])
+                out.update(dict.fromkeys(d for d in chunks.digests()))
+        return list(out)
+
+    async def _read_chunk(self, digest: bytes) -> bytes | None:
+        inline = self.catalog.inline.get([digest])
+        if digest in inline:
+            return inline[digest]
+        return await trio.to_thread.run_sync(self.catalog.store.read_served, digest)
+
+    # -- down
+
+    async def download(self) -> None:
+        objects = self.objects
+        self.members = await objects.members()
+        pinned = relays.members(self.catalog.db, self.name)
+        read = {}
+        for tag, cert in sorted(self.members.items()):
+            fingerprint, upto = pinned.get(cert.device, (cert.fingerprint, 0))
+            if fingerprint != cert.fingerprint:
+                self._reject(f"m/{tag}", f"device {cert.device} published another "
+                             f"certificate ({cert.fingerprint[:16]}...) than the one first "
+                             f"read there ({fingerprint[:16]}...): its objects are skipped")
+                continue
+            if cert.device not in pinned:
+                relays.pin_member(self.catalog.db, self.name, cert.device, cert.fingerprint)
+            for last, name in await objects.batches(tag, upto):
+                try:
+                    batch = await objects.read_batch(cert, name)
+                    states = Changes.model_validate(
+                        {"device": cert.device, "changes": batch["states"]}).changes
+                except Missing:
+                    continue
+                except Rejected as e:
+                    self._reject(name, str(e))
+                    break  # later batches of that member wait: order matters
+                except pydantic.ValidationError as e:
+                    self._reject(name, f"{name}: states that fail validation: "
+                                       f"{str(e).splitlines()[0]}")
+                    break
+                self.receive(cert.device, [s.model_dump() for s in states])
+                relays.consumed(self.catalog.db, self.name, cert.device, last)
+                upto = last
+            read[cert.device] = upto
+        if read:
+            await objects.put_cursor(read)
+
+    def _reject(self, name: str, why: str) -> None:
+        if name not in self.rejected:
+            log.warning("relay %s: skipped %s, nothing of it applied: %s", self.name, name,
+                        why)
+            self.rejected.add(name)
+            self.last_problem = why
+
+    # -- content, for the fetcher
+
+    async def get_chunks(self, digests: list[bytes]) -> dict[bytes, tuple[bytes, None]]:
+        """The chunks some member stored, not yet verified (as PeerLink.get_chunks);
+        PeerError when the relay does not answer."""
+        if self.objects is None or self.state != "online":
+            raise PeerError(f"relay {self.name} is {self.state}")
+        tags = sorted(self.members)
+        out = {}
+        try:
+            for digest in digests:
+                data = await self.objects.get_chunk(digest, tags)
+                if data is not None:
+                    out[digest] = (data, None)
+        except RelayError as e:
+            raise PeerError(f"relay {self.name}: {e}") from None
+        return out
+
+
+class RelaySet:
+    """One RelayLink loop per relay in the index, started and stopped as `syncd relay`
+    changes them."""
+
+    def __init__(self, catalog: Catalog, make: Callable[[relays.Relay], RelayLink]):
+        self.catalog = catalog
+        self.make = make
+        self.links: dict[str, RelayLink] = {}
+
+    def __iter__(self) -> Iterator[RelayLink]:
+        return iter(list(self.links.values()))
+
+    def load(self, nursery: trio.Nursery) -> None:
+        records = {r.name: r for r in relays.list_relays(self.catalog.db)}
+        for name, link in list(self.links.items()):
+            record = records.get(name)
+            if record is None or (record.url, record.credentials) != (link.url,
+                                                                     link.credentials):
+                link.cancel.cancel()
+                del self.links[name]
+        for name, record in records.items():
+            if name not in self.links:
+                link = self.links[name] = self.make(record)
+                nursery.start_soon(link.run, name=f"relay {name}")
+
+    def poke_all(self) -> None:
+        for link in self:
+            link.poke()
+
+    def holders(self) -> list[RelayLink]:
+        return [link for link in self if link.state == "online"]
