@@ -54,6 +54,7 @@ KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerli
 KEEP_REPLACED_MIN = 2.0  # seconds
 KEEP_REPLACED_MAX = 600.0
 PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_keep_days
+LAST_UPLOAD = 10.0  # seconds the serving process gives reachable relays at its end
 EXPIRE_VERSIONS_EVERY = 60.0  # seconds between expiries of old versions (index/versions.py)
 
 
@@ -687,6 +688,21 @@ class Daemon:
                             "last_error": link.last_error, "cursor": link.cursor,
                             "stored_bytes": link.stored_bytes}
                 for link in self.relays}
+
+    async def last_upload(self, seconds: float = LAST_UPLOAD) -> None:
+        """Before the process ends (umount, a signal): give each reachable relay up to
+        `seconds` to store what is pending for it; log what is left."""
+        self.relays.poke_all()
+        with trio.move_on_after(seconds):
+            while any(link.state == "online" and link.pending().changes
+                      for link in self.relays):
+                await trio.sleep(0.05)
+        for link in self.relays:
+            left = link.pending().changes
+            if left:
+                log.warning("relay %s: %d change(s) made here are not stored there (%s); "
+                            "they go at the next exchange with it", link.name, left,
+                            link.last_error or link.state)
 
     async def _relays_op(self, request: dict) -> dict:
         return {"relays": self.live_relays()}

@@ -22,6 +22,7 @@ from syncd.identity import Certificate
 from syncd.index import relays
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import ChunkList
+from syncd.index.peers import Pending
 from syncd.index.states import BATCH_DATA, changes_since
 from syncd.peerlink import PeerError
 from syncd.relay.backends import BadRelay, open_storage
@@ -60,6 +61,12 @@ class RelayLink:
         self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
         self.cancel = trio.CancelScope()
         self._wake = trio.Event()
+
+    def pending(self) -> Pending:
+        """What is not stored on the relay yet (index/relays.py)."""
+        return relays.pending_to(self.catalog.db, relays.Relay(
+            self.name, self.url, self.credentials, self.state, self.cursor, self.last_seen,
+            self.last_error, self.stored_bytes))
 
     def poke(self) -> None:
         self._wake.set()

@@ -1,0 +1,188 @@
+"""Peers that exchange through a relay: a directory that runs no syncd (docs/protocol.md,
+"Relays"), with real mounts, a real relay directory and, where said, a real direct link."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import force_cleanup, syncd, wait_for
+from tests.peers.conftest import Peer, read, wait_content, wait_gone
+
+BIG = os.urandom(2_500_000)  # three chunks, stored on the relay as chunk objects
+
+
+@pytest.fixture
+def relayed(tmp_path):
+    """make(names, link=False): peers of one share, each with the relay `usb` at
+    tmp_path/relay, not peers of each other (unless `link`), not mounted; every one
+    unmounted after the test, even when it fails."""
+    root = tmp_path / "relay"
+    root.mkdir()
+    made: list[Peer] = []
+
+    def make(*names: str, link: bool = False) -> list[Peer]:
+        key = made[0].key if made else None
+        peers = []
+        for name in names:
+            peer = Peer(tmp_path, name, key)
+            key = peer.key
+            syncd(peer.home, "relay", "add", "usb", root.as_uri())
+            peers.append(peer)
+        made.extend(peers)
+        if link:
+            for p in peers:
+                for q in peers:
+                    if q is not p:
+                        syncd(p.home, "peer", "add", q.name, q.url)
+        return peers
+
+    make.root = root
+    try:
+        yield make
+        os.chdir("/")
+        for p in made:
+            if p.mount.pid:
+                p.stop()
+    finally:
+        for p in made:
+            with contextlib.suppress(Exception):
+                force_cleanup(p.home, p.path)
+
+
+def relay_of(peer: Peer) -> dict:
+    (relay,) = peer.status()["relays"]
+    return relay
+
+
+def tree(peer: Peer) -> dict[str, bytes | None]:
+    out = {}
+    for folder, _, files in os.walk(peer.path):
+        for name in files:
+            path = Path(folder, name)
+            out[str(path.relative_to(peer.path))] = read(path)
+    return out
+
+
+def test_two_peers_never_up_together_exchange_and_a_third_joins_from_the_relay(relayed):
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "notes.txt").write_bytes(b"one")
+    (alpha / "d").mkdir()
+    (alpha / "d" / "big.bin").write_bytes(BIG)
+    (alpha / "gone.txt").write_bytes(b"bye")
+    alpha.stop()
+    assert relay_of(alpha)["pending_changes"] == 0  # the last upload at umount
+    assert relay_of(alpha)["stored_bytes"] > len(BIG)
+
+    beta.start()
+    wait_content(beta / "notes.txt", b"one")
+    wait_content(beta / "gone.txt", b"bye")
+    wait_content(beta / "d" / "big.bin", BIG)  # its chunks from the relay, on open
+    (beta / "notes.txt").write_bytes(b"two")
+    os.rename(beta / "d" / "big.bin", beta / "d" / "moved.bin")
+    os.unlink(beta / "gone.txt")
+    beta.stop()
+
+    alpha.start()
+    wait_content(alpha / "notes.txt", b"two")
+    wait_content(alpha / "d" / "moved.bin", BIG)
+    wait_gone(alpha / "d" / "big.bin")
+    wait_gone(alpha / "gone.txt")
+    alpha.stop()
+
+    (gamma,) = relayed("gamma")
+    gamma.start()
+    wait_content(gamma / "d" / "moved.bin", BIG)
+    wait_for(lambda: tree(gamma) == {"notes.txt": b"two", "d/moved.bin": BIG}, 20,
+             "gamma to hold the tree alpha and beta made")
+    gamma.stop()
+
+    # the relay holds no name, path or content in the clear
+    for path in relayed.root.rglob("*"):
+        assert not any(word in path.name for word in ("notes", "moved", "big", "alpha"))
+        if path.is_file() and path.name != ".syncd-relay":
+            data = path.read_bytes()
+            assert b"notes.txt" not in data and BIG[:64] not in data
+
+
+def test_a_concurrent_edit_and_a_relay_that_goes_away_and_comes_back(relayed):
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "c.txt").write_bytes(b"base")
+    alpha.stop()
+    beta.start()
+    wait_content(beta / "c.txt", b"base")
+    away = relayed.root.with_name("unplugged")
+    shutil.move(relayed.root, away)  # the disk is unplugged
+    beta.expect_log(r"WARNING relay usb: relay directory .* is not there",
+                    r"WARNING relay usb: \d+ change\(s\) made here are not stored there")
+    wait_for(lambda: relay_of(beta)["state"] == "unreachable", 10, "the relay to be missed")
+    assert not relayed.root.exists()  # never made again beneath a disk not there
+    (beta / "c.txt").write_bytes(b"beta's edit")
+    done = syncd(beta.home, "umount")
+    assert "relay usb: " in done.stderr and "not stored there yet" in done.stderr
+    shutil.move(away, relayed.root)
+
+    alpha.start()
+    (alpha / "c.txt").write_bytes(b"alpha's edit, later")
+    alpha.stop()
+    beta.start()
+    wait_for(lambda: relay_of(beta)["pending_changes"] == 0
+             and len(tree(beta)) == 2, 20, "beta to store its edit and take alpha's")
+    on_beta = tree(beta)
+    beta.stop()
+    alpha.start()
+    wait_for(lambda: len(tree(alpha)) == 2, 20, "alpha to take beta's edit")
+    on_alpha = tree(alpha)
+    alpha.stop()
+    assert on_alpha == on_beta
+    (copy,) = [name for name in on_alpha if ".sync-conflict-" in name]
+    assert on_alpha["c.txt"] == b"alpha's edit, later" and on_alpha[copy] == b"beta's edit"
+
+
+def test_a_relay_and_a_direct_link_together_lose_and_duplicate_nothing(relayed):
+    alpha, beta = relayed("alpha", "beta", link=True)
+    alpha.start()
+    beta.start()
+    for i in range(20):
+        (alpha / f"a{i}").write_bytes(b"a" * i)
+        (beta / f"b{i}").write_bytes(b"b" * i)
+    (alpha / "shared").write_bytes(b"first")
+    wait_content(beta / "shared", b"first")
+    (beta / "shared").write_bytes(b"second")
+    expected = {**{f"a{i}": b"a" * i for i in range(20)},
+                **{f"b{i}": b"b" * i for i in range(20)}, "shared": b"second"}
+    for peer in (alpha, beta):
+        wait_for(lambda p=peer: tree(p) == expected, 30, f"{peer.name} to converge")
+        wait_for(lambda p=peer: relay_of(p)["pending_changes"] == 0, 20, "the relay")
+    assert alpha.status()["files"]["conflicts"] == beta.status()["files"]["conflicts"] == 0
+
+
+def test_a_tampered_or_foreign_batch_is_skipped_and_nothing_of_it_applied(relayed):
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "first.txt").write_bytes(b"1")
+    alpha.stop()
+    alpha.start()
+    (alpha / "second.txt").write_bytes(b"2")
+    alpha.stop()
+    batches = sorted(relayed.root.glob("b/*/*"))
+    assert len(batches) >= 2
+    first = batches[0]
+    data = first.read_bytes()
+    first.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped
+    beta.expect_log(r"WARNING relay usb: skipped b/\w+/\d+, nothing of it applied: .*"
+                    r"does not open with the cluster key")
+    beta.start()
+    wait_for(lambda: "does not open" in (relay_of(beta)["last_error"] or ""), 10,
+             "status to say why")
+    assert tree(beta) == {}  # nor anything after it: order matters
+    first.write_bytes(data)  # the fault is gone
+    wait_content(beta / "second.txt", b"2")
+    wait_content(beta / "first.txt", b"1")
+    beta.stop()
