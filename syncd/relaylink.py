@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.5  # seconds between looks at a relay (docs/protocol.md, "Relays")
 BATCH_STATES = 1000  # node states in one batch at most, as in a push
+SAVE_EVERY = 30.0  # seconds between saves of a relay's last exchange while nothing changes
 
 
 class RelayLink:
@@ -61,6 +62,7 @@ class RelayLink:
         self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
         self.cancel = trio.CancelScope()
         self._wake = trio.Event()
+        self._saved = 0.0  # time.monotonic() of the last save of the state
 
     def pending(self) -> Pending:
         """What is not stored on the relay yet (index/relays.py)."""
@@ -87,16 +89,21 @@ class RelayLink:
                 self._wake = trio.Event()
 
     def _set(self, state: str, error: str | None) -> None:
+        """Take the outcome of a round; saved when it changed, else at most every SAVE_EVERY
+        seconds (a relay is looked at twice a second: not a commit each time)."""
         if state != "online" and (state, error) != (self.state, self.last_error):
             log.warning("relay %s: %s", self.name, error)
         elif state == "online" and self.state != "online":
             log.info("relay %s (%s) is reachable", self.name, self.url)
+        now = time.monotonic()
+        changed = (state, error) != (self.state, self.last_error)
         self.state, self.last_error = state, error
-        columns = {"state": state, "last_error": error, "stored_bytes": self.stored_bytes}
-        if error is None:
+        if error is None or state == "online":
             self.last_seen = int(time.time())
-            columns["last_seen"] = self.last_seen
-        relays.save_relay(self.catalog.db, self.name, **columns)
+        if changed or now - self._saved > SAVE_EVERY:
+            self._saved = now
+            relays.save_relay(self.catalog.db, self.name, state=state, last_error=error,
+                              last_seen=self.last_seen, stored_bytes=self.stored_bytes)
 
     async def exchange(self) -> None:
         """One round: check, publish, upload, download. RelayError when it fails; what

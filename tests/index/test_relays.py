@@ -235,3 +235,16 @@ def test_objects_round_trip_and_refuse_forgeries(tmp_path):
         with pytest.raises(Unreachable, match="another share"):
             await a.check()
     trio.run(main)
+
+
+def test_a_rotated_cluster_key_is_kept_for_reading_relays(tmp_path):
+    from syncd.home import Home
+
+    home = Home.init(tmp_path / "home", "a", "127.0.0.1:7700", KEY)
+    home.set_cluster_key(OTHER)
+    home.set_cluster_key(b"n" * 32)
+    assert home.cluster_key() == b"n" * 32
+    assert home.old_cluster_keys() == [OTHER, KEY]
+    assert oct((tmp_path / "home" / "cluster.key.old").stat().st_mode & 0o777) == "0o600"
+    sealed = sealing.Keys([KEY]).seal("m/t", b"cert")
+    assert sealing.Keys([home.cluster_key(), *home.old_cluster_keys()]).open("m/t", sealed)

@@ -75,6 +75,9 @@ def test_two_peers_never_up_together_exchange_and_a_third_joins_from_the_relay(r
     (alpha / "d").mkdir()
     (alpha / "d" / "big.bin").write_bytes(BIG)
     (alpha / "gone.txt").write_bytes(b"bye")
+    done = syncd(alpha.home, "wait", "--timeout", "30")  # a reachable relay counts
+    assert "confirmed by every online peer" in done.stdout
+    assert "stored on 1 relay(s)" in done.stdout
     alpha.stop()
     assert relay_of(alpha)["pending_changes"] == 0  # the last upload at umount
     assert relay_of(alpha)["stored_bytes"] > len(BIG)
