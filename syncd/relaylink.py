@@ -11,6 +11,7 @@ readable on the other within about POLL plus the time of two exchanges.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 POLL = 0.5  # seconds between looks at a relay (docs/protocol.md, "Relays")
 BATCH_STATES = 1000  # node states in one batch at most, as in a push
+# A device writes a snapshot of every node's state once it has this many batches on a
+# relay past its last one, and then removes its batches that every member read.
+SNAPSHOT_BATCHES = 16
+COMPACT_EVERY = 10.0  # seconds between looks at what can be removed
+MEMBER_MAX_AGE = 30 * 86400  # a member whose cursor is older is lost: not waited for
 SAVE_EVERY = 30.0  # seconds between saves of a relay's last exchange while nothing changes
 
 
@@ -63,6 +69,11 @@ class RelayLink:
         self.cancel = trio.CancelScope()
         self._wake = trio.Event()
         self._saved = 0.0  # time.monotonic() of the last save of the state
+        self._compacted = -math.inf  # time.monotonic() of the last compaction
+        self.lost: set[str] = set()  # members not waited for (MEMBER_MAX_AGE)
+        # the stamp of our last batch there (a reader that has not read up to it when it
+        # reads the next has missed some: index/relays.py), found at the first upload
+        self.prev_batch: int | None = None
 
     def pending(self) -> Pending:
         """What is not stored on the relay yet (index/relays.py)."""
@@ -120,8 +131,13 @@ class RelayLink:
         await self.objects.check()
         if self.state != "online":
             await self.objects.publish()
+        if not relays.members(self.catalog.db, self.name):
+            await self.start_from_snapshots()  # a newcomer does not replay history
         await self.upload()
         await self.download()
+        if time.monotonic() - self._compacted > COMPACT_EVERY:
+            await self.compact()
+            self._compacted = time.monotonic()
         self._set("online", self.last_problem)
 
     # -- up
@@ -131,10 +147,16 @@ class RelayLink:
         if self.chunks_there is None:
             self.chunks_there = await objects.our_chunks()
         while True:
+            # what a member sent is in its own objects there already
+            members = relays.members(self.catalog.db, self.name).keys()
             states, last = changes_since(self.catalog.conn, self.cursor, BATCH_STATES,
-                                         data_budget=BATCH_DATA)
+                                         data_budget=BATCH_DATA, skip_origins=members)
             if last == self.cursor:
                 return
+            if not states:  # all from members: nothing to store, the cursor moves
+                self.cursor = last
+                relays.save_relay(self.catalog.db, self.name, cursor=last)
+                continue
             for digest in self._chunks_of(states):
                 name = objects.chunk_name(digest)
                 if name in self.chunks_there:
@@ -144,7 +166,11 @@ class RelayLink:
                     continue  # not here (fetched on open elsewhere, from whoever has it)
                 self.stored_bytes += await objects.put_chunk(digest, data)
                 self.chunks_there.add(name)
-            self.stored_bytes += await objects.put_batch(self.cursor, last, states)
+            if self.prev_batch is None:
+                self.prev_batch = max([0, *(n for n, _ in await objects.numbered("b")),
+                                       *(n for n, _ in await objects.numbered("s"))])
+            self.stored_bytes += await objects.put_batch(self.prev_batch, last, states)
+            self.prev_batch = last
             self.cursor = last
             relays.save_relay(self.catalog.db, self.name, cursor=last,
                               stored_bytes=self.stored_bytes)
@@ -185,23 +211,147 @@ class RelayLink:
             for last, name in await objects.batches(tag, upto):
                 try:
                     batch = await objects.read_batch(cert, name)
-                    states = Changes.model_validate(
-                        {"device": cert.device, "changes": batch["states"]}).changes
+                    pages = self._validated(cert.device, name, batch["states"])
                 except Missing:
                     continue
                 except Rejected as e:
                     self._reject(name, str(e))
                     break  # later batches of that member wait: order matters
-                except pydantic.ValidationError as e:
-                    self._reject(name, f"{name}: states that fail validation: "
-                                       f"{str(e).splitlines()[0]}")
-                    break
-                self.receive(cert.device, [s.model_dump() for s in states])
+                prev = batch.get("prev")
+                if isinstance(prev, int) and prev > upto and await self._gap(cert, upto, prev):
+                    return  # the snapshots were applied: read on from there next round
+                for page in pages:
+                    self.receive(cert.device, page)
                 relays.consumed(self.catalog.db, self.name, cert.device, last)
                 upto = last
             read[cert.device] = upto
         if read:
             await objects.put_cursor(read)
+
+    async def _gap(self, cert: Certificate, upto: int, prev: int) -> bool:
+        """A member's batches after `upto` up to `prev` were removed before they were read
+        here (a member lost for MEMBER_MAX_AGE, or one that joined after them): take the
+        snapshots. True when they cover the gap; else it is logged and reading goes on."""
+        log.warning("relay %s: batches of %s in (%d, %d] were removed before they were "
+                    "read here: taking the snapshots", self.name, cert.device, upto, prev)
+        await self.start_from_snapshots()
+        if relays.members(self.catalog.db, self.name).get(cert.device, ("", 0))[1] >= prev:
+            return True
+        self._reject(f"b/{self.objects.keys.tag(cert.device)}", f"no snapshot covers the "
+                     f"batches of {cert.device} in ({upto}, {prev}]: changes in them that "
+                     "no later state carries are missing here")
+        return False
+
+    @staticmethod
+    def _validated(device: str, name: str, states) -> list[list[dict]]:
+        """States as a push's are validated, in pages of a push's size; Rejected when
+        any fails (nothing of the object is applied then)."""
+        if not isinstance(states, list):
+            raise Rejected(f"{name}: no states")
+        pages = []
+        for i in range(0, max(len(states), 1), BATCH_STATES):
+            try:
+                changes = Changes.model_validate(
+                    {"device": device, "changes": states[i:i + BATCH_STATES]}).changes
+            except pydantic.ValidationError as e:
+                raise Rejected(f"{name}: states that fail validation: "
+                               f"{str(e).splitlines()[0]}") from None
+            for s in changes:
+                if s.parent is None and s.id != "root":
+                    raise Rejected(f"{name}: node {s.id} has no parent")
+            pages.append([s.model_dump() for s in changes])
+        return pages
+
+    async def start_from_snapshots(self) -> None:
+        """Apply every member's newest snapshot, then read each member's batches from
+        the newest stamp of it that a snapshot covers: a device that joins later, or a
+        lost member whose batches were removed, does not replay (or miss) history."""
+        objects = self.objects
+        members = await objects.members()
+        upto: dict[str, int] = {}
+        for tag, cert in sorted(members.items()):
+            snapshots = await objects.numbered("s", tag)
+            if not snapshots:
+                continue
+            last, name = snapshots[-1]
+            try:
+                snapshot = await objects.read_batch(cert, name)
+                pages = self._validated(cert.device, name, snapshot["states"])
+                read = snapshot.get("read")
+                if not isinstance(read, dict):
+                    raise Rejected(f"{name}: a snapshot without what its member read")
+            except Missing:
+                continue
+            except Rejected as e:
+                self._reject(name, str(e))
+                continue
+            for page in pages:
+                self.receive(cert.device, page)
+            upto[cert.device] = max(upto.get(cert.device, 0), last)
+            for device, n in read.items():
+                if isinstance(n, int):
+                    upto[device] = max(upto.get(device, 0), n)
+            log.info("relay %s: applied the snapshot of %s up to its stamp %d", self.name,
+                     cert.device, last)
+        pinned = relays.members(self.catalog.db, self.name)
+        for cert in members.values():
+            if cert.device not in pinned:
+                relays.pin_member(self.catalog.db, self.name, cert.device, cert.fingerprint)
+            if upto.get(cert.device, 0) > pinned.get(cert.device, ("", 0))[1]:
+                relays.consumed(self.catalog.db, self.name, cert.device, upto[cert.device])
+
+    async def compact(self) -> None:
+        """Write a snapshot once SNAPSHOT_BATCHES of our batches are past the last one,
+        then remove our batches that it covers and that every member not lost has read,
+        and our older snapshots."""
+        objects = self.objects
+        ours = await objects.numbered("b")
+        snapshots = await objects.numbered("s")
+        newest = snapshots[-1][0] if snapshots else 0
+        if sum(last > newest for last, _ in ours) >= SNAPSHOT_BATCHES:
+            newest = await self._snapshot()
+            snapshots.append((newest, None))
+        for _, name in snapshots[:-1]:
+            await objects.delete(name)
+        floor = newest
+        for cert in self.members.values():
+            try:
+                cursor = await objects.cursor(cert)
+            except Rejected as e:
+                self._reject(f"r/{objects.keys.tag(cert.device)}", str(e))
+                cursor = None
+            if cursor is not None and time.time() - cursor["at"] > MEMBER_MAX_AGE:
+                if cert.device not in self.lost:
+                    self.lost.add(cert.device)
+                    self.last_problem = (
+                        f"member {cert.device} has not read this relay for over "
+                        f"{MEMBER_MAX_AGE // 86400} days: its batches are no longer kept for "
+                        "it; when it comes back it starts from the snapshots")
+                    log.warning("relay %s: %s", self.name, self.last_problem)
+                continue
+            read = cursor["read"].get(self.cert.device, 0) if cursor else 0
+            floor = min(floor, read if isinstance(read, int) else 0)
+        for last, name in ours:
+            if last <= floor:
+                await objects.delete(name)
+
+    async def _snapshot(self) -> int:
+        """Store a snapshot of every node's state here; the stamp it is at."""
+        states, last = [], 0
+        while True:
+            page, upto = changes_since(self.catalog.conn, last, BATCH_STATES,
+                                       data_budget=1 << 62)
+            if upto == last:
+                break
+            states += page
+            last = upto
+            await trio.sleep(0)  # a page at a time on the trio thread
+        read = {device: n for device, (_, n) in
+                relays.members(self.catalog.db, self.name).items()}
+        self.stored_bytes += await self.objects.put_snapshot(last, read, states)
+        log.info("relay %s: stored a snapshot of %d node(s) up to stamp %d", self.name,
+                 len(states), last)
+        return last
 
     def _reject(self, name: str, why: str) -> None:
         if name not in self.rejected:

@@ -3,12 +3,17 @@
     .syncd-relay            the marker: {"syncd_relay": 1, "share": SHARE}, plain JSON
     m/TAG                   a member's certificate (PEM), sealed
     b/TAG/LAST              a batch of that member's node states, stamps up to LAST (16
-                            digits), after the AFTER its payload names: sealed, signed,
-                            zstd-compressed JSON {"device", "after", "last", "states"}
+                            digits): sealed, signed, zstd-compressed JSON {"device",
+                            "prev", "last", "states"}, PREV the LAST of the member's
+                            batch (or snapshot) before it
     c/TAG/CTAG              a content chunk the member stored, sealed (verified against
                             its digest, like any chunk, when installed)
-    r/TAG                   the member's cursor: sealed, signed JSON {"device", "read":
-                            {DEVICE: UPTO}} of the batches it applied
+    r/TAG                   the member's cursor: sealed, signed JSON {"device", "at",
+                            "read": {DEVICE: UPTO}} of the batches it applied
+    s/TAG/LAST              a snapshot: sealed, signed, zstd-compressed JSON {"device",
+                            "last", "read", "states"}: every node's state as the member
+                            held it at its stamp LAST, small files' bytes included, and
+                            up to which stamp of each member it had applied batches
 
 TAG is keys.tag(device id), CTAG keys.tag(chunk digest): names reveal no id, digest or
 path. Every device writes under its own TAG only, so no two devices write one object.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import trio
 import zstandard
@@ -77,14 +83,27 @@ class Objects:
             pass
         await self._put_sealed(name, self.cert.pem.encode(), signed=False)
 
-    async def put_batch(self, after: int, last: int, states: list[dict]) -> int:
-        """Store a batch of our states stamped in (after, last]; its size there."""
+    async def put_batch(self, prev: int, last: int, states: list[dict]) -> int:
+        """Store a batch of our states stamped up to `last`, after our batch (or snapshot)
+        up to `prev`; its size there."""
+        return await self._put_packed(f"b/{self.tag}/{last:016d}", {
+            "device": self.cert.device, "prev": prev, "last": last, "states": states})
+
+    async def put_snapshot(self, last: int, read: dict[str, int], states: list[dict]) -> int:
+        return await self._put_packed(f"s/{self.tag}/{last:016d}", {
+            "device": self.cert.device, "last": last, "read": read, "states": states})
+
+    async def _put_packed(self, name: str, body: dict) -> int:
         def pack() -> bytes:
-            text = json.dumps({"device": self.cert.device, "after": after, "last": last,
-                               "states": states}, separators=(",", ":")).encode()
+            text = json.dumps(body, separators=(",", ":")).encode()
             return zstandard.ZstdCompressor(level=3).compress(text)
-        payload = await trio.to_thread.run_sync(pack)
-        return await self._put_sealed(f"b/{self.tag}/{last:016d}", payload, signed=True)
+        return await self._put_sealed(name, await trio.to_thread.run_sync(pack), signed=True)
+
+    async def delete(self, name: str) -> None:
+        """Remove one of our own objects."""
+        if name.split("/")[1] != self.tag:
+            raise ValueError(f"{name} is not this device's to remove")
+        await self.storage.delete(name)
 
     async def put_chunk(self, digest: bytes, data: bytes) -> int:
         return await self._put_sealed(f"c/{self.tag}/{self.keys.tag(digest)}", data, False)
@@ -97,11 +116,19 @@ class Objects:
         return f"c/{tag or self.tag}/{self.keys.tag(digest)}"
 
     async def put_cursor(self, read: dict[str, int]) -> None:
-        body = json.dumps({"device": self.cert.device, "read": read}).encode()
+        body = json.dumps({"device": self.cert.device, "at": int(time.time()),
+                           "read": read}).encode()
         await self._put_sealed(f"r/{self.tag}", body, signed=True)
 
-    async def our_batches(self) -> list[str]:
-        return await self.storage.list(f"b/{self.tag}")
+    async def numbered(self, kind: str, tag: str | None = None) -> list[tuple[int, str]]:
+        """(last stamp, name) of a member's batches (kind "b") or snapshots ("s"), in
+        order; ours when `tag` is None."""
+        out = []
+        for name in await self.storage.list(f"{kind}/{tag or self.tag}"):
+            last = name.rpartition("/")[2]
+            if len(last) == 16 and last.isdigit():
+                out.append((int(last), name))
+        return sorted(out)
 
     # -- written by the others
 
@@ -130,16 +157,31 @@ class Objects:
 
     async def batches(self, tag: str, after: int) -> list[tuple[int, str]]:
         """(last stamp, name) of a member's batches past `after`, in order."""
-        out = []
-        for name in await self.storage.list(f"b/{tag}"):
-            last = name.rpartition("/")[2]
-            if len(last) == 16 and last.isdigit() and int(last) > after:
-                out.append((int(last), name))
-        return sorted(out)
+        return [(last, name) for last, name in await self.numbered("b", tag) if last > after]
+
+    async def cursor(self, cert: Certificate) -> dict | None:
+        """A member's cursor object, checked; None when it wrote none. Rejected if wrong."""
+        name = f"r/{self.keys.tag(cert.device)}"
+        try:
+            data = await self.storage.get(name)
+        except Missing:
+            return None
+
+        def unpack() -> dict:
+            try:
+                cursor = json.loads(sealing.verify(cert, name, self.keys.open(name, data)))
+            except ValueError as e:
+                raise Rejected(f"{name}: not a cursor: {e}") from None
+            if not isinstance(cursor, dict) or cursor.get("device") != cert.device \
+                    or not isinstance(cursor.get("read"), dict) \
+                    or not isinstance(cursor.get("at"), int):
+                raise Rejected(f"{name}: not a cursor of device {cert.device}")
+            return cursor
+        return await trio.to_thread.run_sync(unpack)
 
     async def read_batch(self, cert: Certificate, name: str) -> dict:
-        """A member's batch, opened, signature checked and unpacked; Rejected if anything
-        about it is wrong (Missing if it is gone)."""
+        """A member's batch or snapshot, opened, signature checked and unpacked; Rejected
+        if anything about it is wrong (Missing if it is gone)."""
         data = await self.storage.get(name)
 
         def unpack() -> dict:

@@ -189,3 +189,41 @@ def test_a_tampered_or_foreign_batch_is_skipped_and_nothing_of_it_applied(relaye
     wait_content(beta / "second.txt", b"2")
     wait_content(beta / "first.txt", b"1")
     beta.stop()
+
+
+def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
+    """A device writes a snapshot once it has SNAPSHOT_BATCHES batches past its last one,
+    removes its batches only once every member read them, and a newcomer starts from the
+    snapshot alone."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
+    root = relayed.root
+    alpha.start()
+    expected = {}
+    for i in range(SNAPSHOT_BATCHES + 2):
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    wait_for(lambda: len(list(root.glob(f"s/{tag}/*"))) == 1, 30, "a snapshot")
+    # beta, a member, read none of them: they stay
+    assert len(list(root.glob(f"b/{tag}/*"))) >= SNAPSHOT_BATCHES
+    alpha.stop()
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batches")
+    beta.stop()
+    assert not list(root.glob("b/*/*")) or all(
+        tag in str(p) for p in root.glob("b/*/*"))  # beta stored nothing alpha made again
+    alpha.start()
+    wait_for(lambda: not list(root.glob(f"b/{tag}/*")), 30,
+             "alpha to remove the batches every member read")
+    alpha.stop()
+    (gamma,) = relayed("gamma")
+    gamma.start()
+    wait_for(lambda: tree(gamma) == expected, 30, "gamma to start from the snapshot")
+    gamma.stop()
