@@ -227,3 +227,36 @@ def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
     gamma.start()
     wait_for(lambda: tree(gamma) == expected, 30, "gamma to start from the snapshot")
     gamma.stop()
+
+
+def test_a_batch_forged_by_a_non_member_or_of_another_share_is_skipped(relayed, tmp_path):
+    """A device that holds the cluster key but writes into another member's folder, and an
+    object sealed by another share, are refused; the member's real batch still applies."""
+    from syncd import identity
+    from syncd.relay import sealing
+
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "real.txt").write_bytes(b"real")
+    alpha.stop()
+    last, real = max((int(p.name), p) for p in relayed.root.glob("b/*/*"))
+    keys = sealing.Keys([bytes.fromhex(alpha.key)])
+    intruder = identity.ensure(tmp_path / "intruder.pem", "ee" * 16)
+    forged = f"b/{real.parent.name}/{last + 1:016d}"
+    (relayed.root / forged).write_bytes(keys.seal(forged, sealing.sign(
+        sealing.signing_key(intruder), forged, b"anything")))
+    foreign = f"b/{real.parent.name}/{last + 2:016d}"
+    (relayed.root / foreign).write_bytes(sealing.Keys([b"x" * 32]).seal(foreign, b"x"))
+    beta.expect_log(r"WARNING relay usb: skipped b/\w+/\d+, nothing of it applied: .*"
+                    r"not signed by device")
+    beta.start()
+    wait_content(beta / "real.txt", b"real")
+    wait_for(lambda: "not signed by device" in (relay_of(beta)["last_error"] or ""), 10,
+             "status to say why")
+    assert tree(beta) == {"real.txt": b"real"}
+    (relayed.root / forged).unlink()  # gone: the next object is the other share's
+    beta.expect_log(r"WARNING relay usb: skipped b/\w+/\d+, nothing of it applied: .*"
+                    r"sealed with a key this share never had")
+    wait_for(lambda: "never had" in (relay_of(beta)["last_error"] or ""), 10,
+             "status to say why")
+    beta.stop()
