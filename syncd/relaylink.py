@@ -3,9 +3,10 @@ the relay is reachable, stores the changes made here (with the content they need
 applies the other members' batches as a peer's push would be applied (DESIGN rule 3).
 docs/protocol.md, "Relays", says what is where and why.
 
-A directory relay is polled: it is looked at POLL seconds after the last exchange ended,
-and at once when something is stamped here. A 4 KiB file written on one side is thus
-readable on the other within about POLL plus the time of two exchanges.
+A relay is polled: looked at POLL seconds after the last exchange ended (a directory: a
+few stats and listings), REMOTE_POLL for WebDAV (requests to a server), and at once when
+something is stamped here. A 4 KiB file written on one side is thus readable on the other
+within about the poll interval plus the time of two exchanges.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from syncd.relay.storage import Missing, RelayError, Unreachable
 
 log = logging.getLogger(__name__)
 
-POLL = 0.5  # seconds between looks at a relay (docs/protocol.md, "Relays")
+POLL = 0.2  # seconds between looks at a directory relay (docs/protocol.md, "Relays")
+REMOTE_POLL = 2.0  # seconds between looks at a WebDAV relay
 BATCH_STATES = 1000  # node states in one batch at most, as in a push
 # A device writes a snapshot of every node's state once it has this many batches on a
 # relay past its last one, and then removes its batches that every member read.
@@ -95,7 +97,7 @@ class RelayLink:
                     self._set("unreachable", str(e))
                 except RelayError as e:
                     self._set("failing", str(e))
-                with trio.move_on_after(POLL):
+                with trio.move_on_after(POLL if self.url.startswith("file:") else REMOTE_POLL):
                     await self._wake.wait()
                 self._wake = trio.Event()
 
