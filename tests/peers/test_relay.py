@@ -260,3 +260,26 @@ def test_a_batch_forged_by_a_non_member_or_of_another_share_is_skipped(relayed, 
     wait_for(lambda: "never had" in (relay_of(beta)["last_error"] or ""), 10,
              "status to say why")
     beta.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs as the relay")
+def test_a_full_relay_is_said_and_the_exchange_completes_once_there_is_room(relayed):
+    import subprocess
+
+    root = relayed.root
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], check=True)
+    try:
+        (alpha,) = relayed("alpha")
+        alpha.expect_log(r"WARNING relay usb: relay file://.*: put .*No space left on device")
+        alpha.start()
+        (alpha / "big.bin").write_bytes(BIG)
+        wait_for(lambda: relay_of(alpha)["state"] == "failing", 20, "the relay to be full")
+        assert "free some room" in relay_of(alpha)["last_error"]
+        assert relay_of(alpha)["pending_changes"] == 1
+        assert not [p for p in root.rglob("*") if p.name.startswith(".tmp-")]  # no debris
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0
+                 and relay_of(alpha)["state"] == "online", 20, "the upload once there is room")
+        alpha.stop()
+    finally:  # the fixture unmounts alpha (a lazy unmount lets it finish with the relay)
+        subprocess.run(["umount", "-l", str(root)], check=False)
