@@ -42,6 +42,7 @@ BATCH_STATES = 1000  # node states in one batch at most, as in a push
 SNAPSHOT_BATCHES = 16
 COMPACT_EVERY = 10.0  # seconds between looks at what can be removed
 MEMBER_MAX_AGE = 30 * 86400  # a member whose cursor is older is lost: not waited for
+CURSOR_EVERY = 3600.0  # seconds between rewrites of our cursor object when it did not move
 SAVE_EVERY = 30.0  # seconds between saves of a relay's last exchange while nothing changes
 
 
@@ -73,6 +74,8 @@ class RelayLink:
         self._saved = 0.0  # time.monotonic() of the last save of the state
         self._compacted = -math.inf  # time.monotonic() of the last compaction
         self.lost: set[str] = set()  # members not waited for (MEMBER_MAX_AGE)
+        self._cursor_written: dict[str, int] = {}  # our cursor object as last written
+        self._cursor_at = -math.inf  # time.monotonic() when it was
         # the stamp of our last batch there (a reader that has not read up to it when it
         # reads the next has missed some: index/relays.py), found at the first upload
         self.prev_batch: int | None = None
@@ -227,8 +230,11 @@ class RelayLink:
                 relays.consumed(self.catalog.db, self.name, cert.device, last)
                 upto = last
             read[cert.device] = upto
-        if read:
+        # written when it moved, and now and then so that members see we are not lost
+        if read and (read != self._cursor_written
+                     or time.monotonic() - self._cursor_at > CURSOR_EVERY):
             await objects.put_cursor(read)
+            self._cursor_written, self._cursor_at = read, time.monotonic()
 
     async def _gap(self, cert: Certificate, upto: int, prev: int) -> bool:
         """A member's batches after `upto` up to `prev` were removed before they were read
@@ -314,7 +320,7 @@ class RelayLink:
             newest = await self._snapshot()
             snapshots.append((newest, None))
         for _, name in snapshots[:-1]:
-            await objects.delete(name)
+            self.stored_bytes -= await objects.delete(name)
         floor = newest
         for cert in self.members.values():
             try:
@@ -335,7 +341,7 @@ class RelayLink:
             floor = min(floor, read if isinstance(read, int) else 0)
         for last, name in ours:
             if last <= floor:
-                await objects.delete(name)
+                self.stored_bytes -= await objects.delete(name)
 
     async def _snapshot(self) -> int:
         """Store a snapshot of every node's state here; the stamp it is at."""

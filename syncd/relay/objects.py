@@ -99,11 +99,17 @@ class Objects:
             return zstandard.ZstdCompressor(level=3).compress(text)
         return await self._put_sealed(name, await trio.to_thread.run_sync(pack), signed=True)
 
-    async def delete(self, name: str) -> None:
-        """Remove one of our own objects."""
+    async def delete(self, name: str) -> int:
+        """Remove one of our own objects; its size (read first: the interface has no
+        stat, and removals are rare), for the bytes we store there."""
         if name.split("/")[1] != self.tag:
             raise ValueError(f"{name} is not this device's to remove")
+        try:
+            size = len(await self.storage.get(name))
+        except Missing:
+            return 0
         await self.storage.delete(name)
+        return size
 
     async def put_chunk(self, digest: bytes, data: bytes) -> int:
         return await self._put_sealed(f"c/{self.tag}/{self.keys.tag(digest)}", data, False)

@@ -223,6 +223,9 @@ def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
     wait_for(lambda: not list(root.glob(f"b/{tag}/*")), 30,
              "alpha to remove the batches every member read")
     alpha.stop()
+    ours = sum(p.stat().st_size for kind in "mbcs" for p in root.glob(f"{kind}/{tag}*/**")
+               if p.is_file())
+    assert relay_of(alpha)["stored_bytes"] <= ours + 1024  # its certificate not counted
     (gamma,) = relayed("gamma")
     gamma.start()
     wait_for(lambda: tree(gamma) == expected, 30, "gamma to start from the snapshot")
