@@ -67,13 +67,13 @@ class RelayLink:
         self.objects: Objects | None = None
         self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
         self.rejected: set[str] = set()  # objects skipped (logged once each)
-        self.last_problem: str | None = None  # why the last one was skipped (status)
+        self.problems: list[str] = []  # why objects were skipped in this round (status)
         self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
         self.cancel = trio.CancelScope()
         self._wake = trio.Event()
         self._saved = 0.0  # time.monotonic() of the last save of the state
         self._compacted = -math.inf  # time.monotonic() of the last compaction
-        self.lost: set[str] = set()  # members not waited for (MEMBER_MAX_AGE)
+        self.lost: dict[str, str] = {}  # device -> why it is not waited for (status)
         self._cursor_written: dict[str, int] = {}  # our cursor object as last written
         self._cursor_at = -math.inf  # time.monotonic() when it was
         # the stamp of our last batch there (a reader that has not read up to it when it
@@ -133,6 +133,7 @@ class RelayLink:
                 raise BadRelay(f"this syncd cannot open {self.url}: {e}") from None
             self.objects = Objects(storage, keys, self.cert, self.signer)
             self.chunks_there = None
+        self.problems = []
         await self.objects.check()
         if self.state != "online":
             await self.objects.publish()
@@ -143,7 +144,7 @@ class RelayLink:
         if time.monotonic() - self._compacted > COMPACT_EVERY:
             await self.compact()
             self._compacted = time.monotonic()
-        self._set("online", self.last_problem)
+        self._set("online", next(iter([*self.problems, *self.lost.values()]), None))
 
     # -- up
 
@@ -330,13 +331,13 @@ class RelayLink:
                 cursor = None
             if cursor is not None and time.time() - cursor["at"] > MEMBER_MAX_AGE:
                 if cert.device not in self.lost:
-                    self.lost.add(cert.device)
-                    self.last_problem = (
+                    self.lost[cert.device] = (
                         f"member {cert.device} has not read this relay for over "
                         f"{MEMBER_MAX_AGE // 86400} days: its batches are no longer kept for "
                         "it; when it comes back it starts from the snapshots")
-                    log.warning("relay %s: %s", self.name, self.last_problem)
+                    log.warning("relay %s: %s", self.name, self.lost[cert.device])
                 continue
+            self.lost.pop(cert.device, None)
             read = cursor["read"].get(self.cert.device, 0) if cursor else 0
             floor = min(floor, read if isinstance(read, int) else 0)
         for last, name in ours:
@@ -366,7 +367,7 @@ class RelayLink:
             log.warning("relay %s: skipped %s, nothing of it applied: %s", self.name, name,
                         why)
             self.rejected.add(name)
-            self.last_problem = why
+        self.problems.append(why)
 
     # -- content, for the fetcher
 

@@ -188,6 +188,7 @@ def test_a_tampered_or_foreign_batch_is_skipped_and_nothing_of_it_applied(relaye
     first.write_bytes(data)  # the fault is gone
     wait_content(beta / "second.txt", b"2")
     wait_content(beta / "first.txt", b"1")
+    wait_for(lambda: relay_of(beta)["last_error"] is None, 10, "status to clear")
     beta.stop()
 
 
