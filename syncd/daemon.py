@@ -108,6 +108,9 @@ class Daemon:
             self.live.on(key, functools.partial(self._versions_setting, key))
         # The mode (set on the catalog at the start, syncd/serving.py) applies at once.
         self.live.on("mode", self._set_mode)
+        # Days after which a relay member that does not read is lost (syncd/relaylink.py).
+        self.relay_member_days = float(config["relay_member_days"])
+        self.live.on("relay_member_days", lambda v: setattr(self, "relay_member_days", v))
         versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
@@ -200,7 +203,8 @@ class Daemon:
 
     def _relay_link(self, record) -> RelayLink:
         return RelayLink(record, self.catalog, self.relay_keys, self.identity.cert,
-                         sealing.signing_key(self.identity), self.receive)
+                         sealing.signing_key(self.identity), self.receive,
+                         lambda: self.relay_member_days)
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)

@@ -41,16 +41,19 @@ BATCH_STATES = 1000  # node states in one batch at most, as in a push
 # relay past its last one, and then removes its batches that every member read.
 SNAPSHOT_BATCHES = 16
 COMPACT_EVERY = 10.0  # seconds between looks at what can be removed
-MEMBER_MAX_AGE = 30 * 86400  # a member whose cursor is older is lost: not waited for
 CURSOR_EVERY = 3600.0  # seconds between rewrites of our cursor object when it did not move
 SAVE_EVERY = 30.0  # seconds between saves of a relay's last exchange while nothing changes
 
 
 class RelayLink:
     def __init__(self, record: relays.Relay, catalog: Catalog, keys: Callable[[], Keys],
-                 cert: Certificate, signer, receive: Callable[[str, list[dict]], int]):
+                 cert: Certificate, signer, receive: Callable[[str, list[dict]], int],
+                 member_days: Callable[[], float] = lambda: 30.0):
         """`receive(device, states)` applies a member's states (the daemon's, as for a
-        push); `keys()` the relay keys of the cluster key now and those it replaced."""
+        push); `keys()` the relay keys of the cluster key now and those it replaced;
+        `member_days()` the setting relay_member_days (a member whose cursor is older is
+        lost: not waited for)."""
+        self.member_days = member_days
         self.name = record.name
         self.url = record.url
         self.credentials = record.credentials
@@ -74,7 +77,7 @@ class RelayLink:
         self._saved = 0.0  # time.monotonic() of the last save of the state
         self._compacted = -math.inf  # time.monotonic() of the last compaction
         self.lost: dict[str, str] = {}  # device -> why it is not waited for (status)
-        self._cursor_written: dict[str, int] = {}  # our cursor object as last written
+        self._cursor_written: dict[str, int] | None = None  # our cursor object as written
         self._cursor_at = -math.inf  # time.monotonic() when it was
         # the stamp of our last batch there (a reader that has not read up to it when it
         # reads the next has missed some: index/relays.py), found at the first upload
@@ -232,14 +235,13 @@ class RelayLink:
                 upto = last
             read[cert.device] = upto
         # written when it moved, and now and then so that members see we are not lost
-        if read and (read != self._cursor_written
-                     or time.monotonic() - self._cursor_at > CURSOR_EVERY):
+        if read != self._cursor_written or time.monotonic() - self._cursor_at > CURSOR_EVERY:
             await objects.put_cursor(read)
             self._cursor_written, self._cursor_at = read, time.monotonic()
 
     async def _gap(self, cert: Certificate, upto: int, prev: int) -> bool:
         """A member's batches after `upto` up to `prev` were removed before they were read
-        here (a member lost for MEMBER_MAX_AGE, or one that joined after them): take the
+        here (a member lost for relay_member_days, or one that joined after them): take the
         snapshots. True when they cover the gap; else it is logged and reading goes on."""
         log.warning("relay %s: batches of %s in (%d, %d] were removed before they were "
                     "read here: taking the snapshots", self.name, cert.device, upto, prev)
@@ -329,12 +331,13 @@ class RelayLink:
             except Rejected as e:
                 self._reject(f"r/{objects.keys.tag(cert.device)}", str(e))
                 cursor = None
-            if cursor is not None and time.time() - cursor["at"] > MEMBER_MAX_AGE:
+            days = self.member_days()
+            if cursor is not None and time.time() - cursor["at"] > days * 86400:
                 if cert.device not in self.lost:
                     self.lost[cert.device] = (
-                        f"member {cert.device} has not read this relay for over "
-                        f"{MEMBER_MAX_AGE // 86400} days: its batches are no longer kept for "
-                        "it; when it comes back it starts from the snapshots")
+                        f"member {cert.device} has not read this relay for over {days:g} "
+                        "days (relay_member_days): its batches are no longer kept for it; "
+                        "when it comes back it starts from the snapshots")
                     log.warning("relay %s: %s", self.name, self.lost[cert.device])
                 continue
             self.lost.pop(cert.device, None)

@@ -47,7 +47,8 @@ _syncd_command_args()
             case $2 in
                 '') args=words words="get set" ;;
                 get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
-                    ui_listen versions_keep_days versions_max cache_limit min_copies mode" ;;
+                    ui_listen versions_keep_days versions_max cache_limit min_copies mode
+                    relay_member_days" ;;
             esac
             ;;
     esac

@@ -287,3 +287,30 @@ def test_a_full_relay_is_said_and_the_exchange_completes_once_there_is_room(rela
         alpha.stop()
     finally:  # the fixture unmounts alpha (a lazy unmount lets it finish with the relay)
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relayed):
+    """relay_member_days: a member that has not read for that long no longer holds back
+    the removal of batches; status says so; back, it starts from the snapshots."""
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    syncd(alpha.home, "config", "set", "relay_member_days", "0.0001")  # 8.64 s
+    alpha.expect_log(r"WARNING relay usb: member \w+ has not read this relay for over")
+    alpha.start()
+    expected = {}
+    for i in range(SNAPSHOT_BATCHES + 1):
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    wait_for(lambda: "has not read this relay" in (relay_of(alpha)["last_error"] or ""), 40,
+             "beta to be lost")
+    wait_for(lambda: not list(relayed.root.glob("b/*/*")), 30, "the batches to be removed")
+    alpha.stop()
+    beta.expect_log(r"WARNING relay usb: batches of \w+ in \(\d+, \d+\] were removed")
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to catch up from the snapshot")
+    beta.stop()
