@@ -68,8 +68,11 @@ def credentials(name: str, file: str | None) -> tuple[str | None, str | None]:
 def open_storage(name: str, url: str, credentials_file: str | None = None) -> Storage:
     """The Storage for a relay as stored (check_url); BadRelay when it cannot be built."""
     if url.startswith("file:"):
-        return Directory(unquote(urlsplit(url).path), url)
+        return Directory(unquote(urlsplit(url).path))
     user, password = credentials(name, credentials_file)
     from syncd.relay.webdav import WebDAV  # httpx-based; only when a relay uses it
 
-    return WebDAV(url, user, password)
+    try:
+        return WebDAV(url, user, password)
+    except ValueError as e:
+        raise BadRelay(f"relay {name}: {e}") from None

@@ -25,9 +25,9 @@ TEMP_PREFIX = ".tmp-"
 class Directory:
     """Storage over a directory (syncd/relay/storage.py)."""
 
-    def __init__(self, root: Path | str, url: str | None = None):
+    def __init__(self, root: Path | str):
         self.root = Path(root)
-        self.url = url or self.root.as_uri()
+        self.url = self.root.as_uri()
 
     async def check(self) -> None:
         await trio.to_thread.run_sync(self._check)

@@ -41,7 +41,7 @@ def test_bad_relays_get_a_clear_error_and_change_nothing(home, tmp_path):
             (["bad name!", root.as_uri()], 2, "bad relay name"),
             (["usb", "ftp://host/x"], 2, "want file:///PATH"),
             (["usb", "https://me:pw@nas/dav"], 2, "never in the URL"),
-            (["usb", root.as_uri()], 4, "is not there"),
+            (["usb", root.as_uri()], 4, "wants a directory or collection that exists"),
             (["usb", "https://nas/dav", "--credentials", str(tmp_path / "none")], 2,
              "cannot read the credentials")):
         assert_clean_error(syncd(home, "relay", "add", *args, check=False), code, words)
