@@ -24,6 +24,12 @@ has its size ("listed": metadata arrived), then by reading each file and compari
            not fetched (checked with `syncd status --json` files.missing). rsync has no
            equivalent: its column is the same read of the file rsync delivered (local).
 
+With --relay, the same workloads also run through a directory relay on the same disk
+(docs/protocol.md, "Relays"): two more homes, not peers of each other, both mounted, whose
+only link is `syncd relay add usb file:///BASE/relay`; beside it, `rsync -a` of the same
+files into a plain directory there and `rsync -a` out of it into the receiver's (local
+rsync, no daemon, one after the other), the figure the issue's target compares with.
+
 many and big run --repeat times; figures are medians. Each workload prints its phases
 (written, pushed, listed, readable: seconds since the start) to show what dominates.
 Syncthing (../shared/docs/running-anchors.md) is not implemented: only reported as skipped.
@@ -185,6 +191,38 @@ class Syncd:
 
 
 
+class SyncdRelay(Syncd):
+    """Two homes whose only link is a directory relay: both mounted, never peers."""
+    name = "relay"
+
+    def __init__(self, exe, base):
+        super().__init__(exe, base)
+        self.homes = {"alpha": base / "relay-alpha", "beta": base / "relay-beta"}
+        self.mnts = {k: base / f"relay-mnt-{k}" for k in self.homes}
+        self.send, self.recv = self.mnts["alpha"], self.mnts["beta"]
+        self.dir = base / "relay"
+
+    def start(self):
+        self.dir.mkdir()
+        port = {k: free_port() for k in self.homes}
+        self.cli("alpha", "init", "--name", "alpha", "--listen", f"127.0.0.1:{port['alpha']}")
+        key = self.cli("alpha", "cluster-key").split()[-1]
+        self.cli("beta", "init", "--name", "beta", "--listen", f"127.0.0.1:{port['beta']}",
+                 "--cluster-key", key)
+        for peer in self.homes:
+            self.cli(peer, "relay", "add", "usb", self.dir.as_uri())
+        for peer, mnt in self.mnts.items():
+            mnt.mkdir()
+            print(out := self.cli(peer, "mount", mnt), flush=True)
+            self.pids[peer] = int(re.search(r"\(pid (\d+)\)", out).group(1))
+        warm = Content(4 * KIB)
+        warm.write(self.send / "warmup")
+        wait_until("relay warm-up file", warm.matches, self.recv / "warmup", timeout=60)
+
+    def stored(self):
+        return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
+
+
 class Rsync:
     name = "rsync"
 
@@ -233,6 +271,27 @@ class Rsync:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class RsyncDir(Rsync):
+    """rsync -a into a plain directory on the same disk, then rsync -a out of it."""
+    name = "rsync-dir"
+
+    def __init__(self, base):
+        super().__init__(base)
+        self.send, self.recv = base / "rsync-dir-src", base / "rsync-dir-dst"
+        self.mid = base / "rsync-dir-mid"
+
+    def start(self):
+        for d in (self.send, self.recv, self.mid):
+            d.mkdir()
+
+    def push(self, sub):
+        run(["rsync", "-a", f"{self.send / sub}/", f"{self.mid / sub}/"])
+        run(["rsync", "-a", f"{self.mid / sub}/", f"{self.recv / sub}/"])
+
+    def stop(self):
+        pass
 
 
 def transfer(s, sub, files, first=False):
@@ -322,6 +381,22 @@ def report(res, args):
     def mbs(ms):
         return args.big_mib * MIB / 1e6 / median(ms)
     rows = []
+    relay_rows = []
+    for w, unit, wl, f, scale, target, ok in (
+            ("4 KiB propagation, median", "ms", "latency", median, 1e3, "< 2000 ms",
+             lambda sv, rv: sv < 2000),
+            (f"{args.files:,} x 4 KiB files", "s", "many", median, 1, "<= 2x rsync in+out",
+             lambda sv, rv: sv <= 2 * rv),
+            (f"{args.big_mib} MiB file", "s", "big", median, 1, "<= 2x rsync in+out",
+             lambda sv, rv: sv <= 2 * rv)):
+        sv, rv = (f(ms) * scale if isinstance(ms := res.get(side, {}).get(wl), list) else None
+                  for side in ("relay", "rsync-dir"))
+        if sv is None and rv is None:
+            continue
+        both = sv is not None and rv is not None
+        relay_rows.append({"workload": w, "unit": unit, "relay": sv, "rsync-dir": rv,
+                           "ratio": sv / rv if both else None, "target": target,
+                           "met": ok(sv, rv) if both else None})
     for w, unit, wl, f, scale, target, ok in (
             ("4 KiB propagation, median", "ms", "latency", median, 1e3, "< 50 ms",
              lambda sv, rv: sv < 50),
@@ -351,6 +426,17 @@ def report(res, args):
               f"{fmt(r['ratio']):>6}  {r['target']:19} {met}")
     print("ratio = syncd / rsync of the figure shown (time, or MB/s); medians; lazy: rsync's "
           "figure is a plain read of the file it delivered, for scale")
+    if relay_rows:
+        print(f"\n{'through a directory relay':26} {'unit':5} {'relay':>8} {'rsync2':>8} "
+              f"{'ratio':>6}  {'target':19} met")
+        for r in relay_rows:
+            met = {None: "-", True: "met", False: "NOT MET"}[r["met"]]
+            print(f"{r['workload']:26} {r['unit']:5} {fmt(r['relay']):>8} "
+                  f"{fmt(r['rsync-dir']):>8} {fmt(r['ratio']):>6}  {r['target']:19} {met}")
+        print("rsync2 = rsync -a into a directory on the same disk, then rsync -a out of it")
+        if "relay_stored" in res:
+            print(f"relay stored {res['relay_stored'] / MIB:.1f} MiB at the end")
+        rows += relay_rows
     for n in notes:
         print("note:", n)
     return rows
@@ -365,6 +451,11 @@ def main():
     p.add_argument("--big-mib", type=int, help="big file size (default 256, quick 16)")
     p.add_argument("--repeat", type=int, default=1, help="runs of many and big (median)")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--relay", action="store_true",
+                   help="also through a directory relay, against rsync in and out of a "
+                        "directory")
+    p.add_argument("--only-relay", action="store_true",
+                   help="only the relay and its rsync comparison")
     p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
     args = p.parse_args()
     for k, full, quick in (("trials", 20, 5), ("files", 1000, 100), ("big_mib", 256, 16)):
@@ -384,7 +475,9 @@ def main():
     base = Path(tempfile.mkdtemp(prefix="syncd-sync-bench-", dir=args.dir or "/var/tmp"))
     print(f"sync bench in {base}: nproc {os.cpu_count()}, kernel {platform.release()}, "
           f"{run(['rsync', '--version']).splitlines()[0]}", flush=True)
-    systems, res = [Syncd(exe, base), Rsync(base)], {}
+    systems, res = [] if args.only_relay else [Syncd(exe, base), Rsync(base)], {}
+    if args.relay or args.only_relay:
+        systems += [SyncdRelay(exe, base), RsyncDir(base)]
     try:
         for s in systems:
             s.start()
@@ -397,6 +490,9 @@ def main():
                 except Exception as e:  # keep going: the failure shows in the table
                     res.setdefault(s.name, {})[w] = f"error: {e}"
                     note(f"{s.name} {w} failed: {type(e).__name__}: {e}")
+        for s in systems:
+            if isinstance(s, SyncdRelay):
+                res["relay_stored"] = s.stored()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from syncd.index.chunklist import ChunkList
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -202,6 +202,30 @@ CREATE TABLE held (id TEXT PRIMARY KEY, state TEXT NOT NULL, origin TEXT NOT NUL
 CACHE_LRU = """
 CREATE INDEX inodes_lru ON inodes (atime_ns, ino)
     WHERE local = 1 AND kind = 'file' AND size > 16384;
+"""
+
+# Relays: storage that runs no syncd (syncd/relay/, index/relays.py). `cursor` is this
+# device's sequence number up to which its states are on the relay (rule 5: moved only
+# after the batch is stored); `relay_reads` says, per member that writes there, up to which
+# of its stamps its batches were applied here, and pins the certificate it published.
+RELAYS = """
+CREATE TABLE relays (
+    name         TEXT PRIMARY KEY,
+    url          TEXT NOT NULL,
+    credentials  TEXT,                            -- `relay add --credentials FILE`, or NULL
+    state        TEXT NOT NULL DEFAULT 'unknown', -- unknown, online, unreachable, failing
+    cursor       INTEGER NOT NULL DEFAULT 0,
+    last_seen    INTEGER,                         -- unix seconds of the last exchange
+    last_error   TEXT,
+    stored_bytes INTEGER NOT NULL DEFAULT 0       -- this device's objects there, last count
+);
+CREATE TABLE relay_reads (
+    relay        TEXT NOT NULL,
+    device       TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    upto         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (relay, device)
+);
 """
 
 
@@ -556,6 +580,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     15: _pins,
     # The bounded cache: an index of the files it may evict, by last use.
     16: CACHE_LRU,
+    # Relays and what was read from each.
+    17: RELAYS,
 }
 
 
@@ -628,6 +654,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         {BOOKKEEPING};
         {IGNORED};
         {CACHE_LRU};
+        {RELAYS};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

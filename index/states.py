@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from collections.abc import Collection
 
 from syncd.index.chunklist import ChunkList
 from syncd.index.inline import encode
@@ -110,9 +111,11 @@ def state_of(conn: sqlite3.Connection, node: str, with_data: bool = False,
 
 def changes_since(conn: sqlite3.Connection, since: int, limit: int = 1000,
                   skip_origin: str | None = None,
-                  data_budget: int = 0, xattrs: bool = True) -> tuple[list[dict], int]:
+                  data_budget: int = 0, xattrs: bool = True,
+                  skip_origins: Collection[str] = ()) -> tuple[list[dict], int]:
     """Node states stamped after `since`, oldest first, and the sequence number to ask
-    from next. States that `skip_origin` sent us are left out: it holds them. With a
+    from next. States that `skip_origin` (or one of `skip_origins`) sent us are left out:
+    it holds them. With a
     `data_budget`, states carry their inline content's bytes, and the batch ends before
     the state whose bytes would take it past that many. States carry their extended
     attributes unless `xattrs` is false (a peer that does not take them); their bytes
@@ -126,7 +129,7 @@ def changes_since(conn: sqlite3.Connection, since: int, limit: int = 1000,
                             (since, limit)).fetchall()
     states, last, spent = [], since, 0
     for row in rows:
-        if skip_origin is None or row[7] != skip_origin:
+        if (skip_origin is None or row[7] != skip_origin) and row[7] not in skip_origins:
             state = _with_data(row)
             if not xattrs:
                 without_xattrs(state)

@@ -22,6 +22,7 @@ from syncd.commands import (
     page,
     peers,
     pending,
+    relays,
     status,
     versions,
     waiting,
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
     for commands in (peers, mounting, status, pending, history, content, importing, waiting,
-                     config, page, versions, modes):
+                     config, page, versions, modes, relays):
         commands.add_parsers(sub, common)
     return parser
 
@@ -171,4 +172,5 @@ COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, "id": cmd_id, **pe
             **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
             **content.COMMANDS,
             **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,
-            **page.COMMANDS, **versions.COMMANDS, **modes.COMMANDS}
+            **page.COMMANDS, **versions.COMMANDS, **modes.COMMANDS,
+            **relays.COMMANDS}

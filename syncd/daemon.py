@@ -41,6 +41,8 @@ from syncd.index.states import BATCH_DATA, changes_since, state_of
 from syncd.index.unheld import drop_unheld, unheld_copies, unheld_file
 from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
+from syncd.relay import sealing
+from syncd.relaylink import RelayLink, RelaySet
 from syncd.settings import Live, SettingError, by_disk
 from syncd.ui import StatusPage
 
@@ -53,6 +55,7 @@ KEEPALIVE_SERVER = 20.0  # seconds; clients drop idle connections sooner (peerli
 KEEP_REPLACED_MIN = 2.0  # seconds
 KEEP_REPLACED_MAX = 600.0
 PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_keep_days
+LAST_UPLOAD = 10.0  # seconds the serving process gives reachable relays at its end
 EXPIRE_VERSIONS_EVERY = 60.0  # seconds between expiries of old versions (index/versions.py)
 
 
@@ -90,6 +93,9 @@ class Daemon:
         self.discovery = Discovery(self.device, self.name, self.identity.fingerprint,
                                    self.listen, self.peers.found, self.peers.lost) \
             if config["discovery"] else None
+        self._relay_keys: sealing.Keys | None = None  # made again when the key changes
+        self.relays = RelaySet(catalog, self._relay_link)
+        self.fetcher.relays = self.relays
         self.on_effects = on_effects or self._purge_orphans
         self.mirror = mirror  # keep every file's content here (syncd serve --mirror)
         # Files smaller than this are fetched as soon as they are announced, many per
@@ -107,6 +113,9 @@ class Daemon:
             self.live.on(key, functools.partial(self._versions_setting, key))
         # The mode (set on the catalog at the start, syncd/serving.py) applies at once.
         self.live.on("mode", self._set_mode)
+        # Days after which a relay member that does not read is lost (syncd/relaylink.py).
+        self.relay_member_days = float(config["relay_member_days"])
+        self.live.on("relay_member_days", lambda v: setattr(self, "relay_member_days", v))
         versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
@@ -159,6 +168,7 @@ class Daemon:
         on a peer that admits us): in HOME/cluster.key, for requests, answers and checks."""
         self.home.set_cluster_key(key)
         self.me.key = key
+        self._relay_keys = None
         self.app.set_key(key)
         log.info("the cluster key was changed")
 
@@ -189,6 +199,17 @@ class Daemon:
         pinned = [p for p in list_peers(self.catalog.db) if p.cert is not None]
         self.admitted = {p.fingerprint: p.device for p in pinned}
         self.trust.set([p.cert for p in pinned])
+
+    def relay_keys(self) -> sealing.Keys:
+        if self._relay_keys is None:
+            self._relay_keys = sealing.Keys([self.home.cluster_key(),
+                                             *self.home.old_cluster_keys()])
+        return self._relay_keys
+
+    def _relay_link(self, record) -> RelayLink:
+        return RelayLink(record, self.catalog, self.relay_keys, self.identity.cert,
+                         sealing.signing_key(self.identity), self.receive,
+                         lambda: self.relay_member_days)
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
@@ -507,11 +528,14 @@ class Daemon:
                                  "restore": self._restore_op,
                                  "override": self._override_op,
                                  "revert": self._revert_op,
-                                 "config": self._config_op, "rotate-key": self._rotate_op})
+                                 "config": self._config_op, "rotate-key": self._rotate_op,
+                                 "reload-relays": self._reload_relays,
+                                 "relays": self._relays_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
             if self.discovery is not None:
                 nursery.start_soon(self.discovery.run)
+            self.relays.load(nursery)
             nursery.start_soon(self._push_on_change)
             self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
@@ -527,6 +551,7 @@ class Daemon:
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
             self.peers.poke_all()
+            self.relays.poke_all()
 
     def _versions_setting(self, key: str, value: object) -> None:
         setattr(self, key, value)
@@ -674,6 +699,35 @@ class Daemon:
         log.info("setting %s = %r %s", request.get("key"), request.get("value"),
                  "applied" if applied else "noted (nothing here uses it)")
         return {"ok": True, "applied": applied}
+
+    async def _reload_relays(self, request: dict) -> dict:
+        self.relays.load(self._nursery)
+        return {"ok": True, "relays": sorted(self.relays.links)}
+
+    def live_relays(self) -> dict[str, dict]:
+        """Each relay as its loop sees it now (syncd status)."""
+        return {link.name: {"state": link.state, "last_seen": link.last_seen,
+                            "last_error": link.last_error, "cursor": link.cursor,
+                            "stored_bytes": link.stored_bytes}
+                for link in self.relays}
+
+    async def last_upload(self, seconds: float = LAST_UPLOAD) -> None:
+        """Before the process ends (umount, a signal): give each reachable relay up to
+        `seconds` to store what is pending for it; log what is left."""
+        self.relays.poke_all()
+        with trio.move_on_after(seconds):
+            while any(link.state == "online" and link.pending().changes
+                      for link in self.relays):
+                await trio.sleep(0.05)
+        for link in self.relays:
+            left = link.pending().changes
+            if left:
+                log.warning("relay %s: %d change(s) made here are not stored there (%s); "
+                            "they go at the next exchange with it", link.name, left,
+                            link.last_error or link.state)
+
+    async def _relays_op(self, request: dict) -> dict:
+        return {"relays": self.live_relays()}
 
     async def _reload_peers(self, request: dict) -> dict:
         self._pins_changed()

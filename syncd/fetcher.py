@@ -113,6 +113,12 @@ class Fetcher:
         self.nursery: trio.Nursery | None = None
         self.streams: dict[int, Stream] = {}
         self.prefetching = 0  # small files in the current ahead-of-time round
+        self.relays = None  # the daemon's RelaySet, asked after the peers
+
+    def holders(self) -> list:
+        """Whom to ask for content: the peers, then the reachable relays."""
+        relays = self.relays.holders() if self.relays is not None else []
+        return [*self.peers.holders(), *relays]
 
     async def take_back(self, digests: list[bytes]) -> list[bytes]:
         """Put back the retired chunks among `digests` that are intact (hashed on a worker
@@ -273,7 +279,7 @@ class Fetcher:
                                  if not self.catalog.missing_chunks(ino)])
 
     async def _prefetch_chunks(self, todo: list[bytes]) -> None:
-        for link in self.peers.holders():
+        for link in self.holders():
             left = []
             for i in range(0, len(todo), BATCH_CHUNKS):
                 batch = todo[i:i + BATCH_CHUNKS]
@@ -291,7 +297,7 @@ class Fetcher:
         the peers in turn for those still missing; OSError(EIO) when some chunk has no
         peer that serves it right."""
         tried = []
-        for link in self.peers.holders():
+        for link in self.holders():
             try:
                 left = await self._take_from(link, digests, what)
             except PeerError as e:

@@ -65,6 +65,7 @@ class Home:
         self.config_path = self.path / "config.json"
         self.log_path = self.path / "mount.log"
         self.key_path = self.path / "cluster.key"
+        self.old_keys_path = self.path / "cluster.key.old"  # replaced keys, newest first
         self.identity_path = self.path / "device.pem"  # key pair and certificate
         self.control_path = self.path / "control.sock"
         self.ui_token_path = self.path / "ui.token"
@@ -180,7 +181,23 @@ class Home:
                             "and 'syncd peer add' there)") from None
 
     def set_cluster_key(self, key: bytes) -> None:
+        """Take a new key; the one it replaces goes first in HOME/cluster.key.old, where
+        relays still read what it sealed (syncd/relay/sealing.py)."""
+        try:
+            earlier = [self.cluster_key(), *self.old_cluster_keys()]
+        except UserError:
+            earlier = []
+        earlier = [k for k in dict.fromkeys(earlier) if k != key]
+        _write_private(self.old_keys_path, "".join(k.hex() + "\n" for k in earlier))
         _write_private(self.key_path, key.hex() + "\n")
+
+    def old_cluster_keys(self) -> list[bytes]:
+        """The keys the cluster key replaced, newest first (relays read with them)."""
+        try:
+            lines = self.old_keys_path.read_text().split()
+        except FileNotFoundError:
+            return []
+        return [auth.parse_key(line) for line in lines]
 
     # -- the lock
 

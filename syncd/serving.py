@@ -134,6 +134,7 @@ async def _serve_daemon(daemon: Daemon) -> None:
         nursery.start_soon(RulesKeeper(daemon.catalog, daemon.release_held).run)
         await nursery.start(daemon.run)
         await _stop_on_signal()
+        await daemon.last_upload()
         nursery.cancel_scope.cancel()
 
 
@@ -172,6 +173,8 @@ async def _main(fs: Filesystem, daemon: Daemon | None,
             await nursery.start(daemon.run)
         ready()
         await session.serve()
+        if daemon is not None:
+            await daemon.last_upload()
         nursery.cancel_scope.cancel()
 
 

@@ -214,6 +214,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "send-receive; receive-only: changes made here stay here and the group's "
             "always win (`syncd revert`); send-only: the group's are held back "
             "(`syncd override`)", live=True),
+    Setting("relay_member_days", days, 30,
+            "days after which a relay member that has not read a relay is lost: its "
+            "batches are no longer kept for it (it starts from the snapshots when back)",
+            live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

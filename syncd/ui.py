@@ -115,7 +115,7 @@ class StatusPage:
         # Not home.holder(): closing a descriptor of the lock file would drop this
         # process's own lock on it (fcntl locks are the process's).
         return gather(d.home, d.catalog, self.mountpoint, os.getpid(), d.live_peers(),
-                      d.transfers(), d.cache())
+                      d.transfers(), d.cache(), d.live_relays())
 
     def view(self) -> View:
         catalog = self.daemon.catalog

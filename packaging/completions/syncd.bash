@@ -3,10 +3,10 @@
 
 _syncd_commands="init cluster-key id peer mount umount serve status pending log pin unpin fetch
 conflicts import wait config ui versions restore mode revert
-override"
+override relay"
 # Options that take a value (the next word is that value).
 _syncd_valued="--home --name --listen --cluster-key --cluster-key-file --into --peer --copies
---timeout --since --address --fingerprint --at --to --seconds"
+--timeout --since --address --fingerprint --at --to --seconds --credentials"
 
 # Sets the options of command $1 (besides --home and --help) and the kind of its
 # positional arguments; $2 is its first positional argument, if any.
@@ -22,6 +22,13 @@ _syncd_command_args()
                 discover) opts="--json --seconds" ;;
                 list) opts="--json" ;;
                 set) opts="--address" ;;
+            esac
+            ;;
+        relay)
+            case $2 in
+                '') args=words words="add list remove" ;;
+                add) opts="--credentials" ;;
+                list) opts="--json" ;;
             esac
             ;;
         mount) opts="--foreground --allow-other --debug-fuse" args=dirs ;;
@@ -41,7 +48,8 @@ _syncd_command_args()
             case $2 in
                 '') args=words words="get set" ;;
                 get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
-                    ui_listen versions_keep_days versions_max cache_limit min_copies discovery mode" ;;
+                    ui_listen versions_keep_days versions_max cache_limit min_copies discovery mode
+                    relay_member_days" ;;
             esac
             ;;
     esac
@@ -78,7 +86,7 @@ _syncd()
         --name | --listen | --cluster-key | --peer | --copies | --timeout | --into | --since | \
             --address | --fingerprint | --at | --seconds) return ;;
         --to) args=files ;;
-        --cluster-key-file) args=files ;;
+        --cluster-key-file | --credentials) args=files ;;
         *)
             if [[ -z $cmd ]]; then
                 args=commands

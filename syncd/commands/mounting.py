@@ -209,7 +209,23 @@ def cmd_umount(home: Home, args) -> int:
                             f"{UMOUNT_TIMEOUT:.0f} s", UNREACHABLE)
         time.sleep(0.05)
     print(f"unmounted {holder.mountpoint}")
+    _left_for_relays(home)
     return OK
+
+
+def _left_for_relays(home: Home) -> None:
+    """Say which relays did not get everything made here before the process ended (it
+    gives reachable ones a bounded time: daemon.LAST_UPLOAD)."""
+    from syncd.index.catalog import open_catalog
+    from syncd.index.relays import list_relays, pending_to
+
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        for relay in list_relays(cat.db):
+            left = pending_to(cat.db, relay).changes
+            if left:
+                print(f"syncd: warning: relay {relay.name}: {left} change(s) made here are "
+                      f"not stored there yet ({relay.last_error or relay.state}); they go at "
+                      "the next mount while it is reachable", file=sys.stderr)
 
 
 def cmd_serve(home: Home, args) -> int:

@@ -12,6 +12,7 @@ from syncd.index.cache import chunk_bytes
 from syncd.index.catalog import Catalog, open_catalog
 from syncd.index.merge import Merger
 from syncd.index.peers import list_peers, pending_for
+from syncd.index.relays import list_relays, pending_to
 from syncd.settings import by_disk
 
 STATUS_SCHEMA = 1
@@ -20,19 +21,21 @@ STATUS_SCHEMA = 1
 def collect(home: Home) -> dict:
     where, pid = mounted_at(home)
     live = live_peers(home) if pid is not None else None
+    relays = (_ask(home, "relays") or {}).get("relays") if live is not None else None
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
-        found = gather(home, cat, where, pid, live)
+        found = gather(home, cat, where, pid, live, live_relays=relays)
     found["transfers"] = _transfers(home) if live is not None else None
     return found
 
 
 def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
            live: dict[str, dict] | None, transfers: dict | None = None,
-           cache: dict | None = None) -> dict:
+           cache: dict | None = None, live_relays: dict[str, dict] | None = None) -> dict:
     """The status from an open catalog: this command's (read-only) or the serving
     process's own (its status page). `live` is each peer's state as the serving process
     sees it, by name (the control op "peers"); `transfers` what it is fetching; `cache`
-    the cache's use as its evictor last measured it (else measured here, on the disk)."""
+    the cache's use as its evictor last measured it (else measured here, on the disk);
+    `live_relays` each relay as the serving process sees it (the control op "relays")."""
     files = cat.file_counts()
     local_only = cat.local_only_files()
     refused = cat.refused_rules()
@@ -53,6 +56,17 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
                       "pending_changes": changes, "pending_bytes": waiting,
                       "oldest_pending": utc(oldest),
                       "last_error": now.get("last_error", p.last_error)})
+    relays = []
+    for r in list_relays(cat.db):
+        now = (live_relays or {}).get(r.name, {})
+        r.cursor = max(r.cursor, now.get("cursor", 0))
+        changes, waiting, oldest = pending_to(cat.db, r)
+        relays.append({"name": r.name, "url": r.url, "state": now.get("state", r.state),
+                       "last_seen": utc(now.get("last_seen", r.last_seen)),
+                       "pending_changes": changes, "pending_bytes": waiting,
+                       "oldest_pending": utc(oldest),
+                       "stored_bytes": now.get("stored_bytes", r.stored_bytes),
+                       "last_error": now.get("last_error", r.last_error)})
     return {
         "schema_version": STATUS_SCHEMA,
         "device": {"id": cat.device, "name": home.config()["name"], "seq": cat.seq},
@@ -70,6 +84,7 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "versions": {"count": kept, "bytes": kept_bytes},
         "peers": peers,
+        "relays": relays,
         "transfers": transfers,
         "cache": cache if cache is not None else _cache(home, cat),
     }
@@ -180,6 +195,19 @@ def print_status(home: Home, as_json: bool) -> None:
         print_table(table)
         reasons = [f"{p['name']}: {why_not_online(p)}" for p in s["peers"]
                    if p["state"] != "online"]
+        if reasons:
+            print()
+            print("\n".join(reasons))
+    if s["relays"]:
+        print()
+        table = [("RELAY", "STATE", "LAST EXCHANGE", "PENDING", "BYTES", "OLDEST PENDING",
+                  "STORED")]
+        for r in s["relays"]:
+            table.append((r["name"], r["state"], r["last_seen"] or "never",
+                          str(r["pending_changes"]), human_size(r["pending_bytes"]),
+                          r["oldest_pending"] or "-", human_size(r["stored_bytes"])))
+        print_table(table)
+        reasons = [f"{r['name']}: {r['last_error']}" for r in s["relays"] if r["last_error"]]
         if reasons:
             print()
             print("\n".join(reasons))

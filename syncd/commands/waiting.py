@@ -9,6 +9,7 @@ from syncd.commands.content import FETCH_TIMEOUT
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import Peer, list_peers, pending_for
+from syncd.index.relays import list_relays
 
 
 def add_parsers(sub, common) -> None:
@@ -36,7 +37,9 @@ def cmd_wait(home: Home, args) -> int:
     target = None
     while True:
         with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
-            peers = list_peers(cat.db)
+            relays = [Peer(r.name, r.url, None, r.state, r.cursor, r.last_seen, r.last_error)
+                      for r in list_relays(cat.db)]
+            peers = list_peers(cat.db) + relays
             if target is None:
                 target = cat.seq
                 _check_in_use(peers, args)
@@ -47,7 +50,7 @@ def cmd_wait(home: Home, args) -> int:
         if not behind:
             print("every change made here has been confirmed"
                   + (f" by {args.peer}" if args.peer else " by every online peer"))
-            return _wait_copies(home, args, target, deadline)
+            return _wait_copies(home, args, target, deadline, _stored_on(relays, args.peer))
         if deadline is not None and time.monotonic() > deadline:
             report = ", ".join(f"{name} ({n} change(s), {size} bytes)"
                                for name, n, size in behind)
@@ -67,7 +70,8 @@ def _check_in_use(peers: list[Peer], args) -> None:
             raise UserError(f"peer {args.peer} is out of use: 'syncd peer set {args.peer} "
                             "auto' to use it again", STATE)
     if not peers:
-        raise UserError("this home has no peers: 'syncd peer add NAME URL' first", STATE)
+        raise UserError("this home has no peers or relays: 'syncd peer add NAME URL' or "
+                        "'syncd relay add NAME URL' first", STATE)
     in_use = sum(p.state != "outofuse" for p in peers)
     if not in_use:
         raise UserError("every peer is out of use: nothing can confirm the changes; "
@@ -77,9 +81,19 @@ def _check_in_use(peers: list[Peer], args) -> None:
                         f"{args.copies} copies cannot be held", STATE)
 
 
-def _wait_copies(home: Home, args, target: int, deadline: float | None) -> int:
-    if args.copies <= 0:
+def _stored_on(relays: list[Peer], only: str | None) -> int:
+    """The reachable relays that store every change made here, and so its content: each
+    counts as a copy (a relay stores the chunks of what is made here with its states)."""
+    return sum(r.state == "online" and only in (None, r.name) for r in relays)
+
+
+def _wait_copies(home: Home, args, target: int, deadline: float | None,
+                 relays: int = 0) -> int:
+    if args.copies <= relays:
+        if relays:
+            print(f"the content is stored on {relays} relay(s)")
         return OK
+    args.copies -= relays
     left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
     from syncd import control
 

@@ -23,7 +23,7 @@ def test_get_lists_every_key_with_its_value(home):
     assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
                                         "log_keep_days", "ui_listen", "versions_keep_days",
                                         "versions_max", "cache_limit", "min_copies", "discovery",
-                                        "mode"]
+                                        "mode", "relay_member_days"]
     assert listed["settings"]["mode"] == "send-receive"
     assert listed["settings"]["ui_listen"] == "127.0.0.1:0"
     assert listed["settings"]["log_keep_days"] == 30

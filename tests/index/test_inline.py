@@ -213,6 +213,8 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.db.conn.execute("DROP TABLE inline")
     old.db.conn.execute("DROP INDEX chunks_unreferenced")  # schema 9
     old.db.conn.execute("DROP INDEX inodes_lru")  # schema 16
+    old.db.conn.execute("DROP TABLE relays")  # schema 17
+    old.db.conn.execute("DROP TABLE relay_reads")
     old.db.conn.execute("DROP INDEX nodes_local_only")  # schema 14
     old.db.conn.execute("ALTER TABLE nodes DROP COLUMN ignored")
     old.db.conn.execute("DROP TABLE held")

@@ -1,0 +1,315 @@
+"""Peers that exchange through a relay: a directory that runs no syncd (docs/protocol.md,
+"Relays"), with real mounts, a real relay directory and, where said, a real direct link."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import force_cleanup, syncd, wait_for
+from tests.peers.conftest import Peer, read, wait_content, wait_gone
+
+BIG = os.urandom(2_500_000)  # three chunks, stored on the relay as chunk objects
+
+
+@pytest.fixture
+def relayed(tmp_path):
+    """make(names, link=False): peers of one share, each with the relay `usb` at
+    tmp_path/relay, not peers of each other (unless `link`), not mounted; every one
+    unmounted after the test, even when it fails."""
+    root = tmp_path / "relay"
+    root.mkdir()
+    made: list[Peer] = []
+
+    def make(*names: str, link: bool = False) -> list[Peer]:
+        key = made[0].key if made else None
+        peers = []
+        for name in names:
+            peer = Peer(tmp_path, name, key)
+            key = peer.key
+            syncd(peer.home, "relay", "add", "usb", root.as_uri())
+            peers.append(peer)
+        made.extend(peers)
+        if link:
+            for p in peers:
+                for q in peers:
+                    if q is not p:
+                        syncd(p.home, "peer", "add", q.name, q.url)
+        return peers
+
+    make.root = root
+    try:
+        yield make
+        os.chdir("/")
+        for p in made:
+            if p.mount.pid:
+                p.stop()
+    finally:
+        for p in made:
+            with contextlib.suppress(Exception):
+                force_cleanup(p.home, p.path)
+
+
+def relay_of(peer: Peer) -> dict:
+    (relay,) = peer.status()["relays"]
+    return relay
+
+
+def tree(peer: Peer) -> dict[str, bytes | None]:
+    out = {}
+    for folder, _, files in os.walk(peer.path):
+        for name in files:
+            path = Path(folder, name)
+            out[str(path.relative_to(peer.path))] = read(path)
+    return out
+
+
+def test_two_peers_never_up_together_exchange_and_a_third_joins_from_the_relay(relayed):
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "notes.txt").write_bytes(b"one")
+    (alpha / "d").mkdir()
+    (alpha / "d" / "big.bin").write_bytes(BIG)
+    (alpha / "gone.txt").write_bytes(b"bye")
+    done = syncd(alpha.home, "wait", "--timeout", "30")  # a reachable relay counts
+    assert "confirmed by every online peer" in done.stdout
+    assert "stored on 1 relay(s)" in done.stdout
+    alpha.stop()
+    assert relay_of(alpha)["pending_changes"] == 0  # the last upload at umount
+    assert relay_of(alpha)["stored_bytes"] > len(BIG)
+
+    beta.start()
+    wait_content(beta / "notes.txt", b"one")
+    wait_content(beta / "gone.txt", b"bye")
+    wait_content(beta / "d" / "big.bin", BIG)  # its chunks from the relay, on open
+    (beta / "notes.txt").write_bytes(b"two")
+    os.rename(beta / "d" / "big.bin", beta / "d" / "moved.bin")
+    os.unlink(beta / "gone.txt")
+    beta.stop()
+
+    alpha.start()
+    wait_content(alpha / "notes.txt", b"two")
+    wait_content(alpha / "d" / "moved.bin", BIG)
+    wait_gone(alpha / "d" / "big.bin")
+    wait_gone(alpha / "gone.txt")
+    alpha.stop()
+
+    (gamma,) = relayed("gamma")
+    gamma.start()
+    wait_content(gamma / "d" / "moved.bin", BIG)
+    wait_for(lambda: tree(gamma) == {"notes.txt": b"two", "d/moved.bin": BIG}, 20,
+             "gamma to hold the tree alpha and beta made")
+    gamma.stop()
+
+    # the relay holds no name, path or content in the clear
+    for path in relayed.root.rglob("*"):
+        assert not any(word in path.name for word in ("notes", "moved", "big", "alpha"))
+        if path.is_file() and path.name != ".syncd-relay":
+            data = path.read_bytes()
+            assert b"notes.txt" not in data and BIG[:64] not in data
+
+
+def test_a_concurrent_edit_and_a_relay_that_goes_away_and_comes_back(relayed):
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "c.txt").write_bytes(b"base")
+    alpha.stop()
+    beta.start()
+    wait_content(beta / "c.txt", b"base")
+    away = relayed.root.with_name("unplugged")
+    shutil.move(relayed.root, away)  # the disk is unplugged
+    beta.expect_log(r"WARNING relay usb: .*relay",  # the backend's words for a missing root
+                    r"WARNING relay usb: \d+ change\(s\) made here are not stored there")
+    wait_for(lambda: relay_of(beta)["state"] == "unreachable", 10, "the relay to be missed")
+    assert not relayed.root.exists()  # never made again beneath a disk not there
+    (beta / "c.txt").write_bytes(b"beta's edit")
+    done = syncd(beta.home, "umount")
+    assert "relay usb: " in done.stderr and "not stored there yet" in done.stderr
+    shutil.move(away, relayed.root)
+
+    alpha.start()
+    (alpha / "c.txt").write_bytes(b"alpha's edit, later")
+    alpha.stop()
+    beta.start()
+    wait_for(lambda: relay_of(beta)["pending_changes"] == 0
+             and len(tree(beta)) == 2, 20, "beta to store its edit and take alpha's")
+    on_beta = tree(beta)
+    beta.stop()
+    alpha.start()
+    wait_for(lambda: len(tree(alpha)) == 2, 20, "alpha to take beta's edit")
+    on_alpha = tree(alpha)
+    alpha.stop()
+    assert on_alpha == on_beta
+    (copy,) = [name for name in on_alpha if ".sync-conflict-" in name]
+    assert on_alpha["c.txt"] == b"alpha's edit, later" and on_alpha[copy] == b"beta's edit"
+
+
+def test_a_relay_and_a_direct_link_together_lose_and_duplicate_nothing(relayed):
+    alpha, beta = relayed("alpha", "beta", link=True)
+    alpha.start()
+    beta.start()
+    for i in range(20):
+        (alpha / f"a{i}").write_bytes(b"a" * i)
+        (beta / f"b{i}").write_bytes(b"b" * i)
+    (alpha / "shared").write_bytes(b"first")
+    wait_content(beta / "shared", b"first")
+    (beta / "shared").write_bytes(b"second")
+    expected = {**{f"a{i}": b"a" * i for i in range(20)},
+                **{f"b{i}": b"b" * i for i in range(20)}, "shared": b"second"}
+    for peer in (alpha, beta):
+        wait_for(lambda p=peer: tree(p) == expected, 30, f"{peer.name} to converge")
+        wait_for(lambda p=peer: relay_of(p)["pending_changes"] == 0, 20, "the relay")
+    assert alpha.status()["files"]["conflicts"] == beta.status()["files"]["conflicts"] == 0
+
+
+def test_a_tampered_or_foreign_batch_is_skipped_and_nothing_of_it_applied(relayed):
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "first.txt").write_bytes(b"1")
+    alpha.stop()
+    alpha.start()
+    (alpha / "second.txt").write_bytes(b"2")
+    alpha.stop()
+    batches = sorted(relayed.root.glob("b/*/*"))
+    assert len(batches) >= 2
+    first = batches[0]
+    data = first.read_bytes()
+    first.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped
+    beta.expect_log(r"WARNING relay usb: skipped b/\w+/\d+, nothing of it applied: .*"
+                    r"does not open with the cluster key")
+    beta.start()
+    wait_for(lambda: "does not open" in (relay_of(beta)["last_error"] or ""), 10,
+             "status to say why")
+    assert tree(beta) == {}  # nor anything after it: order matters
+    first.write_bytes(data)  # the fault is gone
+    wait_content(beta / "second.txt", b"2")
+    wait_content(beta / "first.txt", b"1")
+    wait_for(lambda: relay_of(beta)["last_error"] is None, 10, "status to clear")
+    beta.stop()
+
+
+def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
+    """A device writes a snapshot once it has SNAPSHOT_BATCHES batches past its last one,
+    removes its batches only once every member read them, and a newcomer starts from the
+    snapshot alone."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
+    root = relayed.root
+    alpha.start()
+    expected = {}
+    for i in range(SNAPSHOT_BATCHES + 2):
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    wait_for(lambda: len(list(root.glob(f"s/{tag}/*"))) == 1, 30, "a snapshot")
+    # beta, a member, read none of them: they stay
+    assert len(list(root.glob(f"b/{tag}/*"))) >= SNAPSHOT_BATCHES
+    alpha.stop()
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batches")
+    beta.stop()
+    assert not list(root.glob("b/*/*")) or all(
+        tag in str(p) for p in root.glob("b/*/*"))  # beta stored nothing alpha made again
+    alpha.start()
+    wait_for(lambda: not list(root.glob(f"b/{tag}/*")), 30,
+             "alpha to remove the batches every member read")
+    alpha.stop()
+    ours = sum(p.stat().st_size for kind in "mbcs" for p in root.glob(f"{kind}/{tag}*/**")
+               if p.is_file())
+    assert relay_of(alpha)["stored_bytes"] <= ours + 1024  # its certificate not counted
+    (gamma,) = relayed("gamma")
+    gamma.start()
+    wait_for(lambda: tree(gamma) == expected, 30, "gamma to start from the snapshot")
+    gamma.stop()
+
+
+def test_a_batch_forged_by_a_non_member_or_of_another_share_is_skipped(relayed, tmp_path):
+    """A device that holds the cluster key but writes into another member's folder, and an
+    object sealed by another share, are refused; the member's real batch still applies."""
+    from syncd import identity
+    from syncd.relay import sealing
+
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "real.txt").write_bytes(b"real")
+    alpha.stop()
+    last, real = max((int(p.name), p) for p in relayed.root.glob("b/*/*"))
+    keys = sealing.Keys([bytes.fromhex(alpha.key)])
+    intruder = identity.ensure(tmp_path / "intruder.pem", "ee" * 16)
+    forged = f"b/{real.parent.name}/{last + 1:016d}"
+    (relayed.root / forged).write_bytes(keys.seal(forged, sealing.sign(
+        sealing.signing_key(intruder), forged, b"anything")))
+    foreign = f"b/{real.parent.name}/{last + 2:016d}"
+    (relayed.root / foreign).write_bytes(sealing.Keys([b"x" * 32]).seal(foreign, b"x"))
+    beta.expect_log(r"WARNING relay usb: skipped b/\w+/\d+, nothing of it applied: .*"
+                    r"not signed by device")
+    beta.start()
+    wait_content(beta / "real.txt", b"real")
+    wait_for(lambda: "not signed by device" in (relay_of(beta)["last_error"] or ""), 10,
+             "status to say why")
+    assert tree(beta) == {"real.txt": b"real"}
+    (relayed.root / forged).unlink()  # gone: the next object is the other share's
+    beta.expect_log(r"WARNING relay usb: skipped b/\w+/\d+, nothing of it applied: .*"
+                    r"sealed with a key this share never had")
+    wait_for(lambda: "never had" in (relay_of(beta)["last_error"] or ""), 10,
+             "status to say why")
+    beta.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs as the relay")
+def test_a_full_relay_is_said_and_the_exchange_completes_once_there_is_room(relayed):
+    import subprocess
+
+    root = relayed.root
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], check=True)
+    try:
+        (alpha,) = relayed("alpha")
+        alpha.expect_log(r"WARNING relay usb: .*(No space left|full)")
+        alpha.start()
+        (alpha / "big.bin").write_bytes(BIG)
+        wait_for(lambda: relay_of(alpha)["state"] == "failing", 20, "the relay to be full")
+        assert relay_of(alpha)["pending_changes"] == 1
+        assert not [p for p in root.rglob("*") if p.name.startswith(".tmp-")]  # no debris
+        subprocess.run(["mount", "-o", "remount,size=8m", str(root)], check=True)
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0
+                 and relay_of(alpha)["state"] == "online", 20, "the upload once there is room")
+        alpha.stop()
+    finally:  # the fixture unmounts alpha (a lazy unmount lets it finish with the relay)
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relayed):
+    """relay_member_days: a member that has not read for that long no longer holds back
+    the removal of batches; status says so; back, it starts from the snapshots."""
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    syncd(alpha.home, "config", "set", "relay_member_days", "0.0001")  # 8.64 s
+    alpha.expect_log(r"WARNING relay usb: member \w+ has not read this relay for over")
+    alpha.start()
+    expected = {}
+    for i in range(SNAPSHOT_BATCHES + 1):
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    wait_for(lambda: "has not read this relay" in (relay_of(alpha)["last_error"] or ""), 40,
+             "beta to be lost")
+    wait_for(lambda: not list(relayed.root.glob("b/*/*")), 30, "the batches to be removed")
+    alpha.stop()
+    beta.expect_log(r"WARNING relay usb: batches of \w+ in \(\d+, \d+\] were removed")
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to catch up from the snapshot")
+    beta.stop()
