@@ -93,6 +93,14 @@ class RelayLink:
         self._wake.set()
 
     async def run(self) -> None:
+        try:
+            await self._rounds()
+        finally:
+            if self.objects is not None:
+                with trio.CancelScope(shield=True):
+                    await self.objects.storage.aclose()
+
+    async def _rounds(self) -> None:
         with self.cancel:
             while True:
                 try:
@@ -134,6 +142,8 @@ class RelayLink:
                 storage = open_storage(self.name, self.url, self.credentials)
             except ModuleNotFoundError as e:
                 raise BadRelay(f"this syncd cannot open {self.url}: {e}") from None
+            if self.objects is not None:
+                await self.objects.storage.aclose()
             self.objects = Objects(storage, keys, self.cert, self.signer)
             self.chunks_there = None
         self.problems = []

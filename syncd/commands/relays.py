@@ -45,6 +45,8 @@ def prepare(home: Home, name: str, url: str, credentials_file: str | None) -> st
         except Missing:
             await storage.put(MARKER, keys.marker())
             return "marked as a relay of this share"
+        finally:
+            await storage.aclose()
 
     try:
         return trio.run(run)

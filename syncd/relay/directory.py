@@ -35,6 +35,9 @@ class Directory:
     async def delete(self, name: str) -> None:
         await trio.to_thread.run_sync(self._delete, check_name(name))
 
+    async def aclose(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
+
     # -- in a worker thread
 
     def _check(self, marker: bool = True) -> None:

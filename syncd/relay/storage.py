@@ -69,3 +69,7 @@ class Storage(Protocol):
 
     async def delete(self, name: str) -> None:
         """Remove the object; no error if it is already gone."""
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (a WebDAV client's connections); the storage is
+        not used after."""
