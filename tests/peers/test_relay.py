@@ -12,18 +12,30 @@ import pytest
 
 from tests.helpers import force_cleanup, syncd, wait_for
 from tests.peers.conftest import Peer, read, wait_content, wait_gone
+from tests.relay.conftest import PASSWORD, USER
+from tests.relay.webdav_server import webdav_server
 
 BIG = os.urandom(2_500_000)  # three chunks, stored on the relay as chunk objects
 
 
 @pytest.fixture
-def relayed(tmp_path):
+def relayed(request, tmp_path):
     """make(names, link=False): peers of one share, each with the relay `usb` at
     tmp_path/relay, not peers of each other (unless `link`), not mounted; every one
-    unmounted after the test, even when it fails."""
+    unmounted after the test, even when it fails. The relay is that directory, or
+    (parametrized indirectly with "webdav") a WebDAV collection Apache serves over it."""
     root = tmp_path / "relay"
     root.mkdir()
     made: list[Peer] = []
+    servers = contextlib.ExitStack()
+    url, extra = root.as_uri(), []
+    if getattr(request, "param", "directory") == "webdav":
+        server = servers.enter_context(webdav_server(root, USER, PASSWORD))
+        url = server.url.rstrip("/")
+        credentials = tmp_path / "relay-credentials"
+        credentials.write_text(f"{USER}:{PASSWORD}\n")
+        credentials.chmod(0o600)
+        extra = ["--credentials", str(credentials)]
 
     def make(*names: str, link: bool = False) -> list[Peer]:
         key = made[0].key if made else None
@@ -31,7 +43,7 @@ def relayed(tmp_path):
         for name in names:
             peer = Peer(tmp_path, name, key)
             key = peer.key
-            syncd(peer.home, "relay", "add", "usb", root.as_uri())
+            syncd(peer.home, "relay", "add", "usb", url, *extra)
             peers.append(peer)
         made.extend(peers)
         if link:
@@ -52,6 +64,7 @@ def relayed(tmp_path):
         for p in made:
             with contextlib.suppress(Exception):
                 force_cleanup(p.home, p.path)
+        servers.close()
 
 
 def relay_of(peer: Peer) -> dict:
@@ -68,6 +81,7 @@ def tree(peer: Peer) -> dict[str, bytes | None]:
     return out
 
 
+@pytest.mark.parametrize("relayed", ["directory", "webdav"], indirect=True)
 def test_two_peers_never_up_together_exchange_and_a_third_joins_from_the_relay(relayed):
     alpha, beta = relayed("alpha", "beta")
     alpha.start()
