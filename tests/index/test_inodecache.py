@@ -5,6 +5,7 @@ applied, a raw UPDATE), and after a rolled back transaction."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -66,6 +67,21 @@ def test_any_write_on_the_connection_is_seen(cat):
     cat.unlink(ROOT_INO, "f")
     assert cat.inode(f).nlink == 0  # the link count follows the nodes table
     same(cat, f, ROOT_INO)
+
+
+def test_a_commit_by_another_connection_is_seen(cat, tmp_path):
+    """Nothing else writes while a home is served, but if something does (a tool, a
+    test behind the kernel's back), the cache does not hide it."""
+    f = cat.create(ROOT_INO, "f", "file", 0o644, 1000, 1000).inode.ino
+    commit(cat, f, b"small")  # the rows the commit wrote are kept
+    assert cat.inode(f).size == 5
+    other = sqlite3.connect(tmp_path / "index.db")
+    with other:
+        other.execute("UPDATE inodes SET mtime_ns = 7, mode = 384 WHERE ino = ?", (f,))
+    other.close()
+    assert cat.inode(f).mtime_ns == 7 and cat.inode(f).mode == 0o600
+    commit(cat, f, b"again")
+    same(cat, f)
 
 
 def test_a_rolled_back_change_is_not_kept(cat):
