@@ -151,7 +151,8 @@ class Daemon:
         """Who may ask what (DESIGN rule 7): a client whose certificate TLS checked
         against the pins, while its peer is still pinned here; one without a certificate
         may only say hello (the first hello of trust on first use). Pins checked at each
-        request: a peer removed meanwhile is refused on a connection it opened before."""
+        request: a peer removed meanwhile is refused on a connection it opened before. A
+        request admitted is a sign of life: the caller's loop here wakes if it waits."""
         client = identity.CLIENT.get()
         if client is None:
             if (method, path) == ("POST", "/v1/hello"):
@@ -161,6 +162,7 @@ class Daemon:
         if client not in self.admitted:
             return (f"the certificate {client} is not admitted here: its device was "
                     "removed with 'syncd peer remove'; add it again with 'syncd peer add'")
+        self.peers.arrived(self.admitted[client])
         return None
 
     def take_key(self, key: bytes) -> None:
