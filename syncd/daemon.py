@@ -527,6 +527,7 @@ class Daemon:
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
+                                 "cache": self._cache_op,
                                  "restore": self._restore_op,
                                  "override": self._override_op,
                                  "revert": self._revert_op,
@@ -684,6 +685,11 @@ class Daemon:
 
     async def _transfers_op(self, request: dict) -> dict:
         return {"ok": True, **self.transfers()}
+
+    async def _cache_op(self, request: dict) -> dict:
+        """The evictor's rounds, for syncd status (which measures the rest itself)."""
+        c = self.evictor.status()
+        return {"ok": True, "rounds": c["rounds"], "in_round": c["in_round"]}
 
     async def _peers_op(self, request: dict) -> dict:
         return {"peers": self.live_peers()}
