@@ -27,7 +27,7 @@ def collect(home: Home) -> dict:
     found["transfers"] = _transfers(home) if live is not None else None
     rounds = _ask(home, "cache") if live is not None else None
     if rounds is not None:
-        found["cache"].update(rounds=rounds["rounds"], in_round=rounds["in_round"])
+        found["cache"] |= {"rounds": rounds["rounds"], "in_round": rounds["in_round"]}
     return found
 
 
