@@ -482,7 +482,7 @@ class PeerLink:
         self.backoff = BACKOFF_MIN
         with trio.move_on_after(KEEPALIVE) as idle:
             await self.wake.wait()
-        self.stale = idle.cancelled_caught
+        self.stale |= idle.cancelled_caught  # or made stale while it waited (PeerSet.greeted)
 
     async def _push(self) -> bool:
         """Send one batch; True when there may be more. In a burst of changes (the last

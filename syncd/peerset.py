@@ -82,11 +82,14 @@ class PeerSet:
 
     def greeted(self, device: str, name: str) -> None:
         """A peer said hello: it is back, so send it what waits for it now. A hello under
-        a peer's name from another device (its home made again) wakes that peer's loop
-        too: it then says at once why it is refused, not after its back-off."""
+        a peer's name from another device (its home made again, which this loop may not
+        have noticed yet) makes that peer's loop say hello to it at once: it learns, and
+        says, that the device is not the one pinned, not after a back-off or keep-alive."""
         for link in self:
-            if link.device == device or (link.name == name and
-                                         (link.device is None or link.state != "online")):
+            if link.device == device:
+                link.heard_from()
+            elif link.name == name:
+                link.stale = True
                 link.heard_from()
 
     def arrived(self, device: str) -> None:
