@@ -43,6 +43,14 @@ def wait_round(peer, rounds: int) -> None:
     wait_for(lambda: cache(peer)["rounds"] >= rounds, 20, f"eviction round {rounds}")
 
 
+def a_whole_round(peer) -> None:
+    """Until a round that starts after now has completed on `peer`, started at once by
+    setting min_copies again (any setting of it wakes the evictor), not up to 5 s later."""
+    rounds = round_from_now(peer)
+    syncd(peer.home, "config", "set", "min_copies", str(cache(peer)["min_copies"]))
+    wait_round(peer, rounds)
+
+
 def limit(peer, value: str) -> None:
     done = syncd(peer.home, "config", "set", "cache_limit", value)
     assert "applied to the running mount" in done.stdout
@@ -113,7 +121,7 @@ def test_pinned_open_and_uncommitted_content_stays_even_over_the_limit(cluster):
             head = reader.read(10)
             limit(b, "0")  # smaller than the open file
             wait_for(lambda: state(b / "f0") == "missing", 20, "f0 evicted")
-            wait_round(b, round_from_now(b))
+            a_whole_round(b)
             assert states(b, ["f1", "f2", "mine"]) == ["local"] * 3
             assert head + reader.read() == data["f2"]
             s = b.status()
@@ -126,7 +134,7 @@ def test_pinned_open_and_uncommitted_content_stays_even_over_the_limit(cluster):
     assert writer.returncode == 0
     # Closed: f2 goes. mine's new first chunk is here alone (a fetches lazily): it stays.
     wait_for(lambda: state(b / "f2") == "missing", 20, "f2 evicted once closed")
-    wait_round(b, round_from_now(b))
+    a_whole_round(b)
     assert states(b, ["f1", "mine"]) == ["local", "local"]
     assert (b / "mine").read_bytes() == b"uncommitted" + mine[11:]
     assert (b / "f0").read_bytes() == data["f0"]
@@ -149,7 +157,7 @@ def test_a_chunk_no_other_machine_holds_is_never_evicted(cluster):
     assert states(b, ["f0", "own"]) == ["local", "local"]
     a.start()
     wait_for(lambda: state(b / "f0") == "missing", 30, "f0 evicted once a is back")
-    wait_round(b, round_from_now(b))
+    a_whole_round(b)
     assert state(b / "own") == "local"
     assert (b / "f0").read_bytes() == data["f0"]
     assert (b / "own").read_bytes() == own
