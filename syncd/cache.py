@@ -54,6 +54,10 @@ class Evictor:
         # trio thread touches it; _drop checks it in the same block of code that drops.
         self.leased: dict[bytes, float] = {}
         self._wake = trio.Event()
+        # Rounds (step) completed, and whether one runs now: what status shows, so that
+        # an observer knows when a whole round has looked at the cache since a moment.
+        self.rounds = 0
+        self.in_round = False
 
     # -- settings
 
@@ -63,6 +67,7 @@ class Evictor:
 
     def set_min_copies(self, value: int) -> None:
         self.min_copies = value
+        self._wake.set()
 
     def limit_bytes(self) -> int | None:
         """cache_limit in bytes; None when there is none."""
@@ -72,11 +77,13 @@ class Evictor:
         return by_disk(self.limit, st.f_blocks * st.f_frsize)
 
     def status(self) -> dict:
-        """For syncd status: the use as last measured, the limit, over it or not."""
+        """For syncd status: the use as last measured, the limit, over it or not, and the
+        rounds completed."""
         limit = self.limit_bytes()
         return {"bytes": self.used, "limit": limit, "setting": self.limit,
                 "min_copies": self.min_copies,
-                "over": limit is not None and self.used is not None and self.used > limit}
+                "over": limit is not None and self.used is not None and self.used > limit,
+                "rounds": self.rounds, "in_round": self.in_round}
 
     # -- leases this machine grants (syncd/api.py, POST /v1/lease)
 
@@ -103,7 +110,10 @@ class Evictor:
                 with trio.move_on_after(EVERY):
                     await self._wake.wait()
                 self._wake = trio.Event()
+                self.in_round = True
                 await self.step()
+                self.in_round = False
+                self.rounds += 1
         finally:
             cache.flush_use(self.catalog, self.usage)
 

@@ -151,7 +151,8 @@ class Daemon:
         """Who may ask what (DESIGN rule 7): a client whose certificate TLS checked
         against the pins, while its peer is still pinned here; one without a certificate
         may only say hello (the first hello of trust on first use). Pins checked at each
-        request: a peer removed meanwhile is refused on a connection it opened before."""
+        request: a peer removed meanwhile is refused on a connection it opened before. A
+        request admitted is a sign of life: the caller's loop here wakes if it waits."""
         client = identity.CLIENT.get()
         if client is None:
             if (method, path) == ("POST", "/v1/hello"):
@@ -161,6 +162,7 @@ class Daemon:
         if client not in self.admitted:
             return (f"the certificate {client} is not admitted here: its device was "
                     "removed with 'syncd peer remove'; add it again with 'syncd peer add'")
+        self.peers.arrived(self.admitted[client])
         return None
 
     def take_key(self, key: bytes) -> None:
@@ -525,6 +527,7 @@ class Daemon:
                                  "pin": self._pin_op, "transfers": self._transfers_op,
                                  "copies": self._copies_op, "import": self._import_op,
                                  "peers": self._peers_op, "ui": self._ui_op,
+                                 "cache": self._cache_op,
                                  "restore": self._restore_op,
                                  "override": self._override_op,
                                  "revert": self._revert_op,
@@ -682,6 +685,11 @@ class Daemon:
 
     async def _transfers_op(self, request: dict) -> dict:
         return {"ok": True, **self.transfers()}
+
+    async def _cache_op(self, request: dict) -> dict:
+        """The evictor's rounds, for syncd status (which measures the rest itself)."""
+        c = self.evictor.status()
+        return {"ok": True, "rounds": c["rounds"], "in_round": c["in_round"]}
 
     async def _peers_op(self, request: dict) -> dict:
         return {"peers": self.live_peers()}

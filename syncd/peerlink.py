@@ -5,7 +5,8 @@ most BATCH states, and BATCH_DATA bytes of small files carried in them), and mov
 cursor only when the peer has answered that it applied them (rule 5). It sleeps
 until something changes here (event-driven: a close reaches the peer within a round trip)
 or until a keep-alive probe is due. A peer that does not answer becomes `offline` and is
-probed again with exponential back-off; a hello from it wakes the loop at once. Any
+probed again with exponential back-off; any request from it that arrives here (its hello,
+a push, a fetch) wakes the loop at once and starts the back-off again from its least. Any
 exchange, the fetcher's too, that fails at the network level marks the peer offline there
 and then; one it answers, even with an HTTP error, is its last sign of life (`last_seen`,
 kept here and saved with the state, the cursor and each keep-alive).
@@ -141,6 +142,12 @@ class PeerLink:
 
     def poke(self) -> None:
         self.wake.set()
+
+    def heard_from(self) -> None:
+        """A request from this peer arrived: it is back, so try it now, and soon again if
+        that fails (its server may still be starting), not after a grown back-off."""
+        self.backoff = BACKOFF_MIN
+        self.poke()
 
     def found_at(self, urls: list[str]) -> None:
         """Discovery heard this peer's device and certificate announced at `urls` (none:
@@ -468,14 +475,14 @@ class PeerLink:
                 return
         except PeerError as e:
             self._set_state("offline", str(e))
-            with trio.move_on_after(self.backoff):
+            delay, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+            with trio.move_on_after(delay):
                 await self.wake.wait()
-            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
             return
         self.backoff = BACKOFF_MIN
         with trio.move_on_after(KEEPALIVE) as idle:
             await self.wake.wait()
-        self.stale = idle.cancelled_caught
+        self.stale |= idle.cancelled_caught  # or made stale while it waited (PeerSet.greeted)
 
     async def _push(self) -> bool:
         """Send one batch; True when there may be more. In a burst of changes (the last

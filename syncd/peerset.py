@@ -81,10 +81,24 @@ class PeerSet:
             link.poke()
 
     def greeted(self, device: str, name: str) -> None:
-        """A peer said hello: it is back, so send it what waits for it now."""
+        """A peer said hello: it is back, so send it what waits for it now. A hello under
+        a peer's name from another device (its home made again, which this loop may not
+        have noticed yet) makes that peer's loop say hello to it at once: it learns, and
+        says, that the device is not the one pinned, not after a back-off or keep-alive."""
         for link in self:
-            if link.device == device or (link.device is None and link.name == name):
-                link.poke()
+            if link.device == device:
+                link.heard_from()
+            elif link.name == name:
+                link.stale = True
+                link.heard_from()
+
+    def arrived(self, device: str) -> None:
+        """An admitted request came from this device (a push, a fetch, ...): one whose loop
+        here thinks it offline is evidently back, so its loop wakes now. Loops of peers
+        online are left alone: they push as changes come, and a request is no news."""
+        for link in self:
+            if link.device == device and link.state != "online":
+                link.heard_from()
 
     def confirmed(self) -> int:
         """The sequence number up to which every peer in use has confirmed our changes."""

@@ -25,6 +25,9 @@ def collect(home: Home) -> dict:
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         found = gather(home, cat, where, pid, live, live_relays=relays)
     found["transfers"] = _transfers(home) if live is not None else None
+    rounds = _ask(home, "cache") if live is not None else None
+    if rounds is not None:
+        found["cache"] |= {"rounds": rounds["rounds"], "in_round": rounds["in_round"]}
     return found
 
 
@@ -101,7 +104,8 @@ def _cache(home: Home, cat: Catalog) -> dict:
         st = os.statvfs(cat.store.root)
         limit = by_disk(config["cache_limit"], st.f_blocks * st.f_frsize)
     return {"bytes": used, "limit": limit, "setting": config["cache_limit"],
-            "min_copies": config["min_copies"], "over": limit is not None and used > limit}
+            "min_copies": config["min_copies"], "over": limit is not None and used > limit,
+            "rounds": None, "in_round": False}  # nothing runs rounds
 
 
 def _cache_line(c: dict) -> str:

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from syncd.index.chunklist import CHUNK, digest_of
 
@@ -18,7 +17,6 @@ from tests.helpers import syncd, tls_client, wait_for
 from tests.peers.conftest import wait_content
 
 MiB = 1 << 20
-ROUND = 6  # seconds: more than one round of the evictor (syncd/cache.py, EVERY)
 
 
 def state(path) -> str:
@@ -31,6 +29,26 @@ def states(peer, names) -> list[str]:
 
 def cache(peer) -> dict:
     return peer.status()["cache"]
+
+
+def round_from_now(peer) -> int:
+    """The count of eviction rounds at which one that starts after now has completed
+    (docs/cli.md, status's `cache`)."""
+    c = cache(peer)
+    return c["rounds"] + 1 + c["in_round"]
+
+
+def wait_round(peer, rounds: int) -> None:
+    """Until `peer`'s evictor has completed `rounds` (from round_from_now)."""
+    wait_for(lambda: cache(peer)["rounds"] >= rounds, 20, f"eviction round {rounds}")
+
+
+def a_whole_round(peer) -> None:
+    """Until a round that starts after now has completed on `peer`, started at once by
+    setting min_copies again (any setting of it wakes the evictor), not up to 5 s later."""
+    rounds = round_from_now(peer)
+    syncd(peer.home, "config", "set", "min_copies", str(cache(peer)["min_copies"]))
+    wait_round(peer, rounds)
 
 
 def limit(peer, value: str) -> None:
@@ -54,13 +72,17 @@ def test_least_recently_used_content_goes_and_comes_back_on_open(cluster):
     a, b = cluster(2)
     data = fetched(a, b, 4)
     names = list(data)
-    assert cache(b) == {"bytes": None, "limit": None, "setting": "none", "min_copies": 1,
-                        "over": False}  # not measured: a stat per chunk, for nothing
+    before = cache(b)
+    assert before.pop("rounds") >= 0 and before.pop("in_round") in (True, False)
+    assert before == {"bytes": None, "limit": None, "setting": "none", "min_copies": 1,
+                      "over": False}  # not measured: a stat per chunk, for nothing
     limit(b, "5MiB")
     wait_for(lambda: states(b, names) == ["missing", "missing", "local", "local"], 20,
              "the two least recently used evicted")
-    assert cache(b) == {"bytes": 4 * MiB, "limit": 5 * MiB, "setting": 5 * MiB,
-                        "min_copies": 1, "over": False}
+    after = cache(b)
+    assert after.pop("rounds") > 0 and after.pop("in_round") in (True, False)
+    assert after == {"bytes": 4 * MiB, "limit": 5 * MiB, "setting": 5 * MiB,
+                     "min_copies": 1, "over": False}
     assert sorted(os.listdir(b.path)) == names  # still listed, sizes and all
     assert os.stat(b / "f0").st_size == 2 * MiB
     assert (b / "f0").read_bytes() == data["f0"]  # fetched again and verified
@@ -99,7 +121,7 @@ def test_pinned_open_and_uncommitted_content_stays_even_over_the_limit(cluster):
             head = reader.read(10)
             limit(b, "0")  # smaller than the open file
             wait_for(lambda: state(b / "f0") == "missing", 20, "f0 evicted")
-            time.sleep(ROUND)
+            a_whole_round(b)
             assert states(b, ["f1", "f2", "mine"]) == ["local"] * 3
             assert head + reader.read() == data["f2"]
             s = b.status()
@@ -112,7 +134,7 @@ def test_pinned_open_and_uncommitted_content_stays_even_over_the_limit(cluster):
     assert writer.returncode == 0
     # Closed: f2 goes. mine's new first chunk is here alone (a fetches lazily): it stays.
     wait_for(lambda: state(b / "f2") == "missing", 20, "f2 evicted once closed")
-    time.sleep(ROUND)
+    a_whole_round(b)
     assert states(b, ["f1", "mine"]) == ["local", "local"]
     assert (b / "mine").read_bytes() == b"uncommitted" + mine[11:]
     assert (b / "f0").read_bytes() == data["f0"]
@@ -124,16 +146,18 @@ def test_a_chunk_no_other_machine_holds_is_never_evicted(cluster):
     own = os.urandom(2 * MiB)
     (b / "own").write_bytes(own)  # a learns of it but fetches it only on open
     syncd(b.home, "config", "set", "min_copies", "2")  # only one other machine here
+    rounds = round_from_now(b)
     limit(b, "0")
-    time.sleep(ROUND)
+    wait_round(b, rounds)
     assert states(b, ["f0", "own"]) == ["local", "local"]
     a.stop()  # the only other holder of f0 is gone
+    rounds = round_from_now(b)
     syncd(b.home, "config", "set", "min_copies", "1")
-    time.sleep(ROUND)
+    wait_round(b, rounds)
     assert states(b, ["f0", "own"]) == ["local", "local"]
     a.start()
     wait_for(lambda: state(b / "f0") == "missing", 30, "f0 evicted once a is back")
-    time.sleep(ROUND)
+    a_whole_round(b)
     assert state(b / "own") == "local"
     assert (b / "f0").read_bytes() == data["f0"]
     assert (b / "own").read_bytes() == own
@@ -156,8 +180,9 @@ def test_a_machine_never_drops_a_chunk_it_leased_to_another(cluster):
     data = fetched(a, b, 1)["f0"]
     digests = [digest_of(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
     assert lease(b, a, digests, 8) == [d.hex() for d in digests]
+    rounds = round_from_now(b)
     limit(b, "0")
-    time.sleep(ROUND)
+    wait_round(b, rounds)
     assert state(b / "f0") == "local"  # a holds it and would lease it, but b leased it out
     wait_for(lambda: state(b / "f0") == "missing", 20, "f0 evicted once the lease ended")
     assert lease(b, a, digests, 8) == []  # not held any more: nothing to lease
@@ -167,9 +192,11 @@ def test_a_machine_never_drops_a_chunk_it_leased_to_another(cluster):
 def test_two_machines_do_not_drop_each_others_last_copy(cluster):
     a, b = cluster(2)
     data = fetched(a, b, 3)
+    rounds = {peer: round_from_now(peer) for peer in (a, b)}
     for peer in (a, b):
         syncd(peer.home, "config", "set", "cache_limit", "0")
-    time.sleep(2 * ROUND)
+    for peer in (a, b):  # each has tried every file, asking the other for leases
+        wait_round(peer, rounds[peer])
     for name in data:
         assert "local" in (state(a / name), state(b / name)), name
     for name, d in data.items():
