@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,57 @@ def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relaye
     beta.start()
     wait_for(lambda: tree(beta) == expected, 30, "beta to catch up from the snapshot")
     beta.stop()
+
+
+def test_chunks_no_remaining_object_names_are_removed_and_the_current_ones_stay(relayed):
+    """A file replaced and one deleted: their old chunks stay while a member has not read
+    the batches past them, go once it has and a snapshot covers them; the chunks of the
+    current files stay, so a newcomer reads every file from the relay alone. The relay
+    then holds at most 1.1x the share's content (random bytes: compressed is as large)."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import COMPACT_EVERY, SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
+    root = relayed.root
+
+    def chunk_bytes() -> int:
+        return sum(p.stat().st_size for p in root.glob(f"c/{tag}/*"))
+
+    keep, old, gone, new = (os.urandom(2_500_000) for _ in range(4))
+    alpha.start()
+    for name, data in (("keep.bin", keep), ("old.bin", old), ("gone.bin", gone)):
+        (alpha / name).write_bytes(data)
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 20, "the batch")
+    (alpha / "old.bin").write_bytes(new)
+    (alpha / "gone.bin").unlink()
+    expected = {"keep.bin": keep, "old.bin": new}
+    for i in range(SNAPSHOT_BATCHES + 1):  # batches enough for a snapshot
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 20, "the batch")
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+    wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 20, "the batch")
+    wait_for(lambda: len(list(root.glob(f"s/{tag}/*"))) == 1, 30, "a snapshot")
+    time.sleep(COMPACT_EVERY + 2)  # a compaction after the snapshot: beta read nothing yet
+    assert chunk_bytes() >= len(keep) + len(old) + len(gone) + len(new)
+    alpha.stop()
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 60, "beta to read alpha's batches")
+    beta.stop()
+    alpha.start()
+    share = sum(map(len, expected.values()))
+    wait_for(lambda: chunk_bytes() <= 1.1 * (len(keep) + len(new)), 40,
+             "alpha to remove the chunks no remaining object names")
+    alpha.stop()
+    assert len(keep) + len(new) <= chunk_bytes() <= 1.1 * (len(keep) + len(new))
+    stored = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    print(f"relay stores {stored} B for a share of {share} B: {stored / share:.3f}x")
+    assert stored <= 1.1 * share
+    assert relay_of(alpha)["stored_bytes"] <= stored
+    (gamma,) = relayed("gamma")
+    gamma.start()
+    wait_for(lambda: tree(gamma) == expected, 60, "gamma to read every file from the relay")
+    gamma.stop()
