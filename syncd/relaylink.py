@@ -76,9 +76,9 @@ class RelayLink:
         self._wake = trio.Event()
         self._saved = 0.0  # time.monotonic() of the last save of the state
         self._compacted = -math.inf  # time.monotonic() of the last compaction
-        # our chunks are looked over after a removal of our batches or snapshots (and
-        # once at start: a removal may have been cut short)
-        self._sweep_due = True
+        # our chunks are looked over after a removal of our batches or snapshots (not at
+        # start: the first round is what makes the relay a holder for content fetches)
+        self._sweep_due = False
         self.lost: dict[str, str] = {}  # device -> why it is not waited for (status)
         self._cursor_written: dict[str, int] | None = None  # our cursor object as written
         self._cursor_at = -math.inf  # time.monotonic() when it was
