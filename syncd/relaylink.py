@@ -68,6 +68,9 @@ class RelayLink:
         self.signer = signer
         self.receive = receive
         self.objects: Objects | None = None
+        # the relay answered this round's check: a holder for fetches on open from then
+        # on, before the round ends (states it brings down are opened at once)
+        self.reachable = False
         self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
         self.rejected: set[str] = set()  # objects skipped (logged once each)
         self.problems: list[str] = []  # why objects were skipped in this round (status)
@@ -126,6 +129,7 @@ class RelayLink:
         elif state == "online" and self.state != "online":
             log.info("relay %s (%s) is reachable", self.name, self.url)
         now = time.monotonic()
+        self.reachable = state == "online"
         changed = (state, error) != (self.state, self.last_error)
         self.state, self.last_error = state, error
         if error is None or state == "online":
@@ -151,6 +155,7 @@ class RelayLink:
             self.chunks_there = None
         self.problems = []
         await self.objects.check()
+        self.reachable = True
         if self.state != "online":
             await self.objects.publish()
         if not relays.members(self.catalog.db, self.name):
@@ -419,7 +424,7 @@ class RelayLink:
     async def get_chunks(self, digests: list[bytes]) -> dict[bytes, tuple[bytes, None]]:
         """The chunks some member stored, not yet verified (as PeerLink.get_chunks);
         PeerError when the relay does not answer."""
-        if self.objects is None or self.state != "online":
+        if self.objects is None or not self.reachable:
             raise PeerError(f"relay {self.name} is {self.state}")
         tags = sorted(self.members)
         out = {}
@@ -463,4 +468,4 @@ class RelaySet:
             link.poke()
 
     def holders(self) -> list[RelayLink]:
-        return [link for link in self if link.state == "online"]
+        return [link for link in self if link.reachable]
