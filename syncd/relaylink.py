@@ -68,6 +68,9 @@ class RelayLink:
         self.signer = signer
         self.receive = receive
         self.objects: Objects | None = None
+        # the relay answered this round's check: a holder for fetches on open from then
+        # on, before the round ends (states it brings down are opened at once)
+        self.reachable = False
         self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
         self.rejected: set[str] = set()  # objects skipped (logged once each)
         self.problems: list[str] = []  # why objects were skipped in this round (status)
@@ -76,6 +79,9 @@ class RelayLink:
         self._wake = trio.Event()
         self._saved = 0.0  # time.monotonic() of the last save of the state
         self._compacted = -math.inf  # time.monotonic() of the last compaction
+        # our chunks are looked over after a removal of our batches or snapshots (not at
+        # start: the first round is what makes the relay a holder for content fetches)
+        self._sweep_due = False
         self.lost: dict[str, str] = {}  # device -> why it is not waited for (status)
         self._cursor_written: dict[str, int] | None = None  # our cursor object as written
         self._cursor_at = -math.inf  # time.monotonic() when it was
@@ -123,6 +129,7 @@ class RelayLink:
         elif state == "online" and self.state != "online":
             log.info("relay %s (%s) is reachable", self.name, self.url)
         now = time.monotonic()
+        self.reachable = state == "online"
         changed = (state, error) != (self.state, self.last_error)
         self.state, self.last_error = state, error
         if error is None or state == "online":
@@ -148,6 +155,7 @@ class RelayLink:
             self.chunks_there = None
         self.problems = []
         await self.objects.check()
+        self.reachable = True
         if self.state != "online":
             await self.objects.publish()
         if not relays.members(self.catalog.db, self.name):
@@ -324,7 +332,7 @@ class RelayLink:
     async def compact(self) -> None:
         """Write a snapshot once SNAPSHOT_BATCHES of our batches are past the last one,
         then remove our batches that it covers and that every member not lost has read,
-        and our older snapshots."""
+        our older snapshots, and then our chunks that nothing left of ours names."""
         objects = self.objects
         ours = await objects.numbered("b")
         snapshots = await objects.numbered("s")
@@ -334,6 +342,7 @@ class RelayLink:
             snapshots.append((newest, None))
         for _, name in snapshots[:-1]:
             self.stored_bytes -= await objects.delete(name)
+            self._sweep_due = True
         floor = newest
         for cert in self.members.values():
             try:
@@ -356,6 +365,34 @@ class RelayLink:
         for last, name in ours:
             if last <= floor:
                 self.stored_bytes -= await objects.delete(name)
+                self._sweep_due = True
+        if self._sweep_due:
+            await self._remove_unneeded_chunks()
+            self._sweep_due = False
+
+    async def _remove_unneeded_chunks(self) -> None:
+        """Remove our chunks that neither our newest snapshot nor a batch of ours still
+        there refers to. Every member reads content through states: the snapshot holds
+        every current state (what a newcomer, or a lazy member opening a file, needs) and
+        a removed batch was read by every member and is covered by the snapshot, so no one
+        can look up a chunk that no remaining object of ours names. Old versions are kept
+        by each device in its own store, never on a relay."""
+        objects = self.objects
+        needed: set[str] = set()
+        for _, name in [*(await objects.numbered("s"))[-1:], *await objects.numbered("b")]:
+            try:
+                batch = await objects.read_batch(self.cert, name)
+            except Missing:
+                continue
+            except Rejected as e:  # ours, altered there: what it names is unknown
+                log.warning("relay %s: no chunk removed: %s", self.name, e)
+                return
+            needed.update(objects.chunk_name(d) for d in self._chunks_of(batch["states"]))
+        for name in sorted(await objects.our_chunks() - needed):
+            self.stored_bytes -= await objects.delete(name)
+            if self.chunks_there is not None:
+                self.chunks_there.discard(name)
+        relays.save_relay(self.catalog.db, self.name, stored_bytes=self.stored_bytes)
 
     async def _snapshot(self) -> int:
         """Store a snapshot of every node's state here; the stamp it is at."""
@@ -387,7 +424,7 @@ class RelayLink:
     async def get_chunks(self, digests: list[bytes]) -> dict[bytes, tuple[bytes, None]]:
         """The chunks some member stored, not yet verified (as PeerLink.get_chunks);
         PeerError when the relay does not answer."""
-        if self.objects is None or self.state != "online":
+        if self.objects is None or not self.reachable:
             raise PeerError(f"relay {self.name} is {self.state}")
         tags = sorted(self.members)
         out = {}
@@ -431,4 +468,4 @@ class RelaySet:
             link.poke()
 
     def holders(self) -> list[RelayLink]:
-        return [link for link in self if link.state == "online"]
+        return [link for link in self if link.reachable]
