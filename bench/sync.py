@@ -24,10 +24,11 @@ has its size ("listed": metadata arrived), then by reading each file and compari
            not fetched (checked with `syncd status --json` files.missing). rsync has no
            equivalent: its column is the same read of the file rsync delivered (local).
 
-With --relay, the same workloads also run through a directory relay on the same disk
-(docs/protocol.md, "Relays"): two more homes, not peers of each other, both mounted, whose
-only link is `syncd relay add usb file:///BASE/relay`; beside it, `rsync -a` of the same
-files into a plain directory there and `rsync -a` out of it into the receiver's (local
+With --relay, the same workloads also run through a directory relay on the same disk, and
+through a WebDAV relay (Apache's mod_dav_fs on loopback over a directory on that disk)
+(docs/protocol.md, "Relays"): for each, two more homes, not peers of each other, both
+mounted, whose only link is the relay (`syncd relay add usb URL`); beside them, `rsync -a`
+of the same files into a plain directory there and `rsync -a` out of it into the receiver's (local
 rsync, no daemon, one after the other), the figure the issue's target compares with.
 
 many and big run --repeat times; figures are medians. Each workload prints its phases
@@ -35,6 +36,7 @@ many and big run --repeat times; figures are medians. Each workload prints its p
 Syncthing (../shared/docs/running-anchors.md) is not implemented: only reported as skipped.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -197,20 +199,25 @@ class SyncdRelay(Syncd):
 
     def __init__(self, exe, base):
         super().__init__(exe, base)
-        self.homes = {"alpha": base / "relay-alpha", "beta": base / "relay-beta"}
-        self.mnts = {k: base / f"relay-mnt-{k}" for k in self.homes}
+        self.homes = {"alpha": base / f"{self.name}-alpha", "beta": base / f"{self.name}-beta"}
+        self.mnts = {k: base / f"{self.name}-mnt-{k}" for k in self.homes}
         self.send, self.recv = self.mnts["alpha"], self.mnts["beta"]
-        self.dir = base / "relay"
+        self.dir = base / self.name
+
+    def relay(self):
+        """The relay's URL and `relay add`'s other arguments."""
+        return self.dir.as_uri(), []
 
     def start(self):
         self.dir.mkdir()
+        url, extra = self.relay()
         port = {k: free_port() for k in self.homes}
         self.cli("alpha", "init", "--name", "alpha", "--listen", f"127.0.0.1:{port['alpha']}")
         key = self.cli("alpha", "cluster-key").split()[-1]
         self.cli("beta", "init", "--name", "beta", "--listen", f"127.0.0.1:{port['beta']}",
                  "--cluster-key", key)
         for peer in self.homes:
-            self.cli(peer, "relay", "add", "usb", self.dir.as_uri())
+            self.cli(peer, "relay", "add", "usb", url, *extra)
         for peer, mnt in self.mnts.items():
             mnt.mkdir()
             print(out := self.cli(peer, "mount", mnt), flush=True)
@@ -221,6 +228,32 @@ class SyncdRelay(Syncd):
 
     def stored(self):
         return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
+
+
+class SyncdWebDAVRelay(SyncdRelay):
+    """The same through a WebDAV collection: Debian's Apache (mod_dav_fs) on loopback over
+    a directory on the same disk, started as the relay tests start it."""
+    name = "relay-dav"
+
+    def __init__(self, exe, base):
+        super().__init__(exe, base)
+        self.server = contextlib.ExitStack()
+
+    def relay(self):
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.relay.webdav_server import webdav_server
+        user, password = "bench", "bench-" + os.urandom(6).hex()
+        server = self.server.enter_context(webdav_server(self.dir, user, password))
+        login = self.dir.parent / "relay-dav-login"
+        login.write_text(f"{user}:{password}\n")
+        login.chmod(0o600)
+        return server.url.rstrip("/"), ["--credentials", str(login)]
+
+    def stop(self):
+        try:
+            super().stop()
+        finally:
+            self.server.close()
 
 
 class Rsync:
@@ -389,14 +422,15 @@ def report(res, args):
              lambda sv, rv: sv <= 2 * rv),
             (f"{args.big_mib} MiB file", "s", "big", median, 1, "<= 2x rsync in+out",
              lambda sv, rv: sv <= 2 * rv)):
-        sv, rv = (f(ms) * scale if isinstance(ms := res.get(side, {}).get(wl), list) else None
-                  for side in ("relay", "rsync-dir"))
+        sv, dv, rv = (f(ms) * scale if isinstance(ms := res.get(side, {}).get(wl), list)
+                      else None for side in ("relay", "relay-dav", "rsync-dir"))
         if sv is None and rv is None:
             continue
         both = sv is not None and rv is not None
-        relay_rows.append({"workload": w, "unit": unit, "relay": sv, "rsync-dir": rv,
-                           "ratio": sv / rv if both else None, "target": target,
-                           "met": ok(sv, rv) if both else None})
+        relay_rows.append({"workload": w, "unit": unit, "relay": sv, "relay-dav": dv,
+                           "rsync-dir": rv, "ratio": sv / rv if both else None,
+                           "dav-ratio": dv / rv if dv is not None and rv else None,
+                           "target": target, "met": ok(sv, rv) if both else None})
     for w, unit, wl, f, scale, target, ok in (
             ("4 KiB propagation, median", "ms", "latency", median, 1e3, "< 50 ms",
              lambda sv, rv: sv < 50),
@@ -427,15 +461,19 @@ def report(res, args):
     print("ratio = syncd / rsync of the figure shown (time, or MB/s); medians; lazy: rsync's "
           "figure is a plain read of the file it delivered, for scale")
     if relay_rows:
-        print(f"\n{'through a directory relay':26} {'unit':5} {'relay':>8} {'rsync2':>8} "
-              f"{'ratio':>6}  {'target':19} met")
+        print(f"\n{'through a relay':26} {'unit':5} {'dir':>8} {'webdav':>8} {'rsync2':>8} "
+              f"{'ratio':>6} {'dav/r2':>6}  {'target (dir)':19} met")
         for r in relay_rows:
             met = {None: "-", True: "met", False: "NOT MET"}[r["met"]]
             print(f"{r['workload']:26} {r['unit']:5} {fmt(r['relay']):>8} "
-                  f"{fmt(r['rsync-dir']):>8} {fmt(r['ratio']):>6}  {r['target']:19} {met}")
-        print("rsync2 = rsync -a into a directory on the same disk, then rsync -a out of it")
-        if "relay_stored" in res:
-            print(f"relay stored {res['relay_stored'] / MIB:.1f} MiB at the end")
+                  f"{fmt(r['relay-dav']):>8} {fmt(r['rsync-dir']):>8} {fmt(r['ratio']):>6} "
+                  f"{fmt(r['dav-ratio']):>6}  {r['target']:19} {met}")
+        print("dir = a directory relay, webdav = a WebDAV relay (Apache on loopback); rsync2 = "
+              "rsync -a into a directory on the same disk, then rsync -a out of it; ratio = "
+              "dir / rsync2, dav/r2 = webdav / rsync2")
+        for key in ("relay", "relay-dav"):
+            if f"{key}_stored" in res:
+                print(f"{key} stored {res[f'{key}_stored'] / MIB:.1f} MiB at the end")
         rows += relay_rows
     for n in notes:
         print("note:", n)
@@ -478,6 +516,10 @@ def main():
     systems, res = [] if args.only_relay else [Syncd(exe, base), Rsync(base)], {}
     if args.relay or args.only_relay:
         systems += [SyncdRelay(exe, base), RsyncDir(base)]
+        if os.path.exists("/usr/sbin/apache2"):
+            systems.insert(-1, SyncdWebDAVRelay(exe, base))
+        else:
+            note("no /usr/sbin/apache2 (Debian's apache2-bin): the WebDAV relay is skipped")
     try:
         for s in systems:
             s.start()
@@ -492,7 +534,7 @@ def main():
                     note(f"{s.name} {w} failed: {type(e).__name__}: {e}")
         for s in systems:
             if isinstance(s, SyncdRelay):
-                res["relay_stored"] = s.stored()
+                res[f"{s.name}_stored"] = s.stored()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
