@@ -231,19 +231,20 @@ def cmd_peer(home: Home, args) -> int:
         if args.use is not None:
             set_use(home, args.name, args.use)
             print(f"peer {args.name}: {args.use}")
-    _reload_peers(home)
+    reload_serving(home, "reload-peers")
     return OK
 
 
-def _reload_peers(home: Home) -> None:
-    """Tell the serving process, if any, that the peers table changed."""
+def reload_serving(home: Home, op: str) -> None:
+    """Tell the serving process, if any, that its peers or relays changed (`op`:
+    reload-peers, reload-relays); warn when it did not take the change."""
     holder = home.holder()
     if holder is None:
         return
     from syncd import control  # trio loads only when something is served
 
     try:
-        answer = control.request(home, "reload-peers")
+        answer = control.request(home, op)
     except UserError as e:
         answer = {"error": str(e)}
     if not answer.get("ok"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
+from syncd.commands.peers import reload_serving
 from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
@@ -135,24 +135,8 @@ def cmd_relay(home: Home, args) -> int:
         except NoSuchRelay:
             raise UserError(f"no relay named {args.name!r}") from None
         print(f"removed relay {args.name}; what this machine stored there stays")
-    _reload(home)
+    reload_serving(home, "reload-relays")
     return OK
-
-
-def _reload(home: Home) -> None:
-    """Tell the serving process, if any, that the relays changed."""
-    holder = home.holder()
-    if holder is None:
-        return
-    from syncd import control  # trio loads only when something is served
-
-    try:
-        answer = control.request(home, "reload-relays")
-    except UserError as e:
-        answer = {"error": str(e)}
-    if not answer.get("ok"):
-        print(f"syncd: warning: the serving process (pid {holder.pid}) did not take the "
-              f"change ({answer.get('error')}); it will at its next start", file=sys.stderr)
 
 
 COMMANDS = {"relay": cmd_relay}
