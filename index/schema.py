@@ -658,7 +658,9 @@ def connect(path: Path, readonly: bool = False,
     import sqlite_utils  # here, not at the top: see ReadOnly
 
     conn = sqlite3.connect(path, check_same_thread=False)
-    db = sqlite_utils.Database(conn)
+    # No sqlite-utils plugins: finding them scans every installed package's entry points
+    # (50 ms at each start), and one installed for something else would hook our index.
+    db = sqlite_utils.Database(conn, execute_plugins=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL stays consistent across crashes; fsync() commits switch to FULL.
