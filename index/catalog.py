@@ -22,9 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import sqlite_utils
 from syncd.index.chunklist import ChunkList, digest_of, file_hash, slot_length
 from syncd.index.draft import Draft, Sealed
 from syncd.index.faults import crash_point
@@ -39,6 +38,9 @@ from syncd.index.schema import (
     open_db,
 )
 from syncd.index.store import ChunkStore
+
+if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
+    import sqlite_utils
 
 ASPECTS = ("content", "mode", "place", "xattr")
 NAME_MAX = 255

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import bisect
 import json
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import sqlite_utils
 from syncd.index.peers import Peer
+
+if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
+    import sqlite_utils
 
 CREATES = ("create", "apply-create", "recover")
 DELETES = ("delete", "apply-delete", "drop-unheld", "merge-dir")

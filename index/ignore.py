@@ -16,15 +16,18 @@ rule file, or the place of a directory, changes (`invalidate`).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pathspec
-from pathspec.patterns.gitignore import GitIgnorePatternError
 from syncd.index.inline import INLINE_MAX
 from syncd.index.schema import ROOT_ID
+
+if TYPE_CHECKING:
+    import pathspec
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,14 @@ class RuleError(ValueError):
     """A rule file that is refused: the message names the file and the line."""
 
 
+def _spec(lines: Iterable[str]) -> pathspec.GitIgnoreSpec:
+    """Compiled rules. pathspec loads at the first compile, not with the catalog: what
+    only reads the index (`syncd status`) never decides a name."""
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
 def parse(text: bytes, where: str, at_root: bool) -> pathspec.GitIgnoreSpec:
     """Compile a rule file's bytes, or refuse it whole. `where` names it in the error;
     `at_root`: its rules are relative to the share's root, where a line matching every
@@ -59,6 +70,8 @@ def parse(text: bytes, where: str, at_root: bool) -> pathspec.GitIgnoreSpec:
     except UnicodeDecodeError as e:
         line = text[:e.start].count(b"\n") + 1
         raise RuleError(f"{where}, line {line}: not valid UTF-8") from None
+    from pathspec.patterns.gitignore import GitIgnorePatternError
+
     for number, line in enumerate(lines, 1):
         rule = line.strip()
         if not rule or rule.startswith("#"):
@@ -66,14 +79,14 @@ def parse(text: bytes, where: str, at_root: bool) -> pathspec.GitIgnoreSpec:
         if rule in ("/", ".", "./", "/."):
             raise RuleError(f"{where}, line {number}: {rule!r} would ignore the share's root")
         try:
-            one = pathspec.GitIgnoreSpec.from_lines([line])
+            one = _spec([line])
         except GitIgnorePatternError as e:
             raise RuleError(f"{where}, line {number}: {e}") from None
         if at_root and (all(one.match_file(p) for p in _PROBES)
                         or all(one.match_file(p + "/") for p in _PROBES)):
             raise RuleError(f"{where}, line {number}: {rule!r} would ignore everything in "
                             "the share")
-    return pathspec.GitIgnoreSpec.from_lines(lines)
+    return _spec(lines)
 
 
 @dataclass
@@ -102,7 +115,6 @@ class IgnoreRules:
         self.rule_file = rule_file
         self.local_path = local_path
         self.on_refused = on_refused
-        self.defaults = pathspec.GitIgnoreSpec.from_lines(DEFAULTS)
         self.refused: dict[str, str] = {}  # rule file -> why
         self._logged: set[str] = set()
         self._parsed: dict[tuple[str, str], pathspec.GitIgnoreSpec | None] = {}
@@ -111,6 +123,10 @@ class IgnoreRules:
         self._local: pathspec.GitIgnoreSpec | None = None
         self._local_stamp: tuple | None = None
         self.read_local()
+
+    @functools.cached_property
+    def defaults(self) -> pathspec.GitIgnoreSpec:
+        return _spec(DEFAULTS)
 
     def invalidate(self) -> None:
         """A rule file or a directory's place changed: decide afresh from now on (the

@@ -28,9 +28,12 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
 from syncd.index.chunklist import ChunkList, digest_of, slot_count, slot_length
+
+if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
+    import sqlite_utils
 
 INLINE_MAX = 16 << 10
 

@@ -10,9 +10,11 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import sqlite_utils
+if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
+    import sqlite_utils
+
 
 # What the serving process records about a peer as it talks to it (url: the address that
 # answered last, of its addresses).

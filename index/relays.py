@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import sqlite_utils
 from syncd.index.peers import Peer, Pending, pending_for
+
+if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
+    import sqlite_utils
 
 SAVED_COLUMNS = frozenset({"state", "cursor", "last_seen", "last_error", "stored_bytes"})
 

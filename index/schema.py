@@ -7,15 +7,19 @@ SCHEMA_VERSION; `open_db` migrates older databases forward, one MIGRATIONS step 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlite_utils
 from syncd.index.chunklist import ChunkList
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 SCHEMA_VERSION = 17
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
@@ -624,21 +628,44 @@ class Checkpointer:
         self.conn.close()
 
 
+class ReadOnly:
+    """A read-only index: the connection alone. What only looks runs no transaction, so
+    it needs nothing of sqlite-utils, whose import (pluggy, dateutil, click) and scan of
+    every installed package for its plugins were half of `syncd status`'s time."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[ReadOnly]:
+        """A write through it fails at its first statement ("readonly"), as it would
+        through sqlite-utils."""
+        with self.conn:
+            yield self
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def connect(path: Path, readonly: bool = False,
-            autocheckpoint: bool = True) -> sqlite_utils.Database:
+            autocheckpoint: bool = True) -> sqlite_utils.Database | ReadOnly:
     """Open the index with the settings every user of it needs. Without `autocheckpoint`,
     a Checkpointer must copy the WAL back."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False)
-    db = sqlite_utils.Database(conn)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return ReadOnly(conn)
+    import sqlite_utils  # here, not at the top: see ReadOnly
+
+    conn = sqlite3.connect(path, check_same_thread=False)
+    # No sqlite-utils plugins: finding them scans every installed package's entry points
+    # (50 ms at each start), and one installed for something else would hook our index.
+    db = sqlite_utils.Database(conn, execute_plugins=False)
     conn.execute("PRAGMA busy_timeout = 5000")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL stays consistent across crashes; fsync() commits switch to FULL.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {8192 if autocheckpoint else 0}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL stays consistent across crashes; fsync() commits switch to FULL.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {8192 if autocheckpoint else 0}")
     return db
 
 
@@ -669,7 +696,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
 
 
 def open_db(path: Path, readonly: bool = False,
-            autocheckpoint: bool = True) -> sqlite_utils.Database:
+            autocheckpoint: bool = True) -> sqlite_utils.Database | ReadOnly:
     """Open an existing index, migrating it to SCHEMA_VERSION unless read-only."""
     if not path.exists():
         raise FileNotFoundError(path)

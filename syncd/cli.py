@@ -7,10 +7,9 @@ import json
 import logging
 import os
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
-from syncd import settings
+from syncd import control, settings
 from syncd.auth import parse_key
 from syncd.commands import (
     config,
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncd", parents=[common],
         description="A synchronized file system for groups of Linux machines.")
-    parser.add_argument("--version", action="version", version=f"syncd {version('syncd')}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create a home")
@@ -76,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
                      config, page, versions, modes, relays):
         commands.add_parsers(sub, common)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, read from the package's metadata only when asked: importing
+    importlib.metadata is a cost every command would pay."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        print(f"syncd {version('syncd')}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +156,6 @@ def cmd_cluster_key(home: Home, args) -> int:
         raise UserError(f"{home.path} is not served: the new key is handed to the peers by "
                         "the process serving it; start 'syncd mount' or 'syncd serve' first",
                         STATE)
-    from syncd import control  # trio loads only when something is served
-
     answer = control.request(home, "rotate-key", timeout=60)
     if not answer.get("ok"):
         raise UserError(f"the serving process did not change the key: {answer.get('error')}")

@@ -4,6 +4,9 @@ a home to act (DESIGN, "The shape").
 One request per connection: the client sends one JSON object on one line, {"op": OP, ...},
 and reads one line back, {"ok": true, ...} or {"ok": false, "error": "..."}. The socket is
 the owner's only (mode 0600); a socket file's permissions are what guards it on Linux.
+
+The commands' side, `request`, is plain sockets: trio loads only in the serving process,
+so a command asking it (`syncd status` of a mounted home) does not pay for trio's import.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
-
-import trio
+from typing import TYPE_CHECKING
 
 from syncd.home import UNREACHABLE, Home, UserError
+
+if TYPE_CHECKING:
+    import trio
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +69,15 @@ def request(home: Home, op: str, timeout: float = 10.0, **args) -> dict:
     return answer
 
 
-async def serve_control(path: Path, handlers: dict[str, Handler],
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_control(path: Path, handlers: dict[str, Handler], *,
+                        task_status: trio.TaskStatus[None]) -> None:
     """Answer requests on the socket at path until cancelled, then remove it.
 
     A handler gets the request's arguments (without "op") and returns the answer's fields;
     "ok": true is added unless it says otherwise. Nothing a client sends stops the server.
     """
+    import trio
+
     path = Path(path)
     # Bound under a temporary name and renamed into place, so the socket is never reachable
     # with a looser mode, and a stale one left by a crash is replaced.
@@ -94,6 +101,8 @@ async def serve_control(path: Path, handlers: dict[str, Handler],
 
 
 async def _answer(handlers: dict[str, Handler], stream: trio.SocketStream) -> None:
+    import trio
+
     async with stream:
         try:
             with trio.fail_after(READ_TIMEOUT):

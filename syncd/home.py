@@ -19,10 +19,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from syncd import auth, identity, settings
+from syncd import auth, settings
 from syncd.index import schema
 from syncd.index.store import ChunkStore
+
+if TYPE_CHECKING:
+    from syncd import identity
 
 # Exit codes (docs/cli.md)
 OK, FAILURE, USAGE, NO_HOME, STATE, UNREACHABLE = 0, 1, 2, 3, 4, 5
@@ -98,7 +102,7 @@ class Home:
         os.rename(tmp, home.config_path)
         _write_private(home.key_path, (auth.new_key() if key is None else key).hex() + "\n")
         device = secrets.token_hex(16)
-        identity.ensure(home.identity_path, device)
+        home.device_identity(device)
         # The index last: its existence is what makes this a home.
         db = schema.create(home.db_path.with_suffix(".new"), device,
                            os.getuid(), os.getgid(), time.time_ns())
@@ -172,7 +176,10 @@ class Home:
 
     def device_identity(self, device: str) -> identity.Identity:
         """This home's key pair and certificate, made when it has none (a home made
-        before identities: its first start after the upgrade)."""
+        before identities: its first start after the upgrade). cryptography loads here,
+        not with the home: most commands never need it."""
+        from syncd import identity
+
         try:
             return identity.ensure(self.identity_path, device)
         except identity.IdentityError as e:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from syncd import settings
+from syncd import control, settings
 from syncd.home import OK, USAGE, Home, UserError
 
 CONFIG_SCHEMA = 1
@@ -73,8 +73,6 @@ def set_setting(home: Home, key: str, text: str) -> int:
         print(f"{key} = {shown}; takes effect at the next mount or serve ({serving} keeps "
               "the old value until then)")
         return OK
-    from syncd import control  # trio loads only when something is served
-
     try:
         answer = control.request(home, "config", key=key, value=value)
     except UserError as e:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+from syncd import control
 from syncd.home import OK, STATE, UNREACHABLE, Home, UserError, mounted_at
 from syncd.index.catalog import open_catalog
 from syncd.paths import share_path
@@ -33,8 +34,6 @@ def _ask(home: Home, op: str, timeout: float = 30.0, **request) -> dict:
     if home.holder() is None:
         raise UserError(f"{home.path} is not mounted or served: 'syncd mount' or "
                         "'syncd serve' first", STATE)
-    from syncd import control
-
     answer = control.request(home, op, timeout=timeout, **request)
     if not answer.get("ok") and "files" not in answer:
         raise UserError(answer.get("error") or f"{op} failed")

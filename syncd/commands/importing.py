@@ -12,6 +12,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from syncd import control
 from syncd.home import FAILURE, OK, USAGE, Home, UserError, mounted_at
 from syncd.index.catalog import open_catalog
 from syncd.index.chunklist import ChunkList
@@ -63,8 +64,6 @@ def cmd_import(home: Home, args) -> int:
 
 def _apply_there(home: Home, into: str, batch: list[Entry]) -> Outcome:
     """A batch applied by the serving process."""
-    from syncd import control
-
     answer = control.request(home, "import", timeout=600.0, into=into, uid=os.getuid(),
                              gid=os.getgid(), entries=[e.as_dict() for e in batch])
     if not answer.get("ok"):

@@ -9,6 +9,7 @@ serving, there is nobody to ask or to send to, so they say so."""
 
 from __future__ import annotations
 
+from syncd import control
 from syncd.commands.config import set_setting
 from syncd.home import OK, STATE, UNREACHABLE, USAGE, Home, UserError, mounted_at
 from syncd.index.catalog import MODES, RECEIVE_ONLY, SEND_ONLY, open_catalog
@@ -65,8 +66,6 @@ def _ask(home: Home, arg: str, op: str, mode: str) -> dict:
     if home.holder() is None:
         raise UserError(f"nothing serves {home.path}: {op} needs its mount or server "
                         "running (syncd mount, syncd serve)", UNREACHABLE)
-    from syncd import control  # trio loads only when something is served
-
     answer = control.request(home, op, timeout=600.0, path=path)
     if not answer.get("ok"):
         raise UserError(answer.get("error") or f"{op} failed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from syncd import control
 from syncd.home import OK, STATE, Home, UserError
 
 
@@ -20,8 +21,6 @@ def cmd_ui(home: Home, args) -> int:
     if home.holder() is None:
         raise UserError(f"nothing serves {home.path}: the status page is served by 'syncd "
                         "mount' or 'syncd serve'", STATE)
-    from syncd import control  # trio loads only when something is served
-
     answer = control.request(home, "ui", timeout=5.0)
     if not answer.get("ok") or not answer.get("url"):
         raise UserError(f"the process serving {home.path} shows no status page: "

@@ -10,10 +10,10 @@ import json
 import re
 import sys
 
+from syncd import control
 from syncd.commands.status import live_peers
 from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
-from syncd.identity import parse_fingerprint
 from syncd.index.catalog import open_catalog
 from syncd.index.peers import (
     NoSuchPeer,
@@ -64,6 +64,8 @@ def check_addresses(addresses: list[str]) -> list[str]:
 def check_fingerprint(text: str | None) -> str | None:
     if text is None:
         return None
+    from syncd.identity import parse_fingerprint  # cryptography: only when one is given
+
     try:
         return parse_fingerprint(text)
     except ValueError as e:
@@ -241,8 +243,6 @@ def reload_serving(home: Home, op: str) -> None:
     holder = home.holder()
     if holder is None:
         return
-    from syncd import control  # trio loads only when something is served
-
     try:
         answer = control.request(home, op)
     except UserError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from syncd import control
 from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
 from syncd.index import versions
@@ -121,8 +122,6 @@ def _cache_line(c: dict) -> str:
 
 def _ask(home: Home, op: str) -> dict | None:
     """The serving process's answer to `op`; None when it does not answer."""
-    from syncd import control
-
     try:
         answer = control.request(home, op, timeout=2.0)
     except UserError:

@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+from syncd import control
 from syncd.commands.history import parse_time
 from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, mounted_at, utc
@@ -87,8 +88,6 @@ def cmd_restore(home: Home, args) -> int:
         except RestoreError as e:
             raise UserError(str(e)) from None
     if home.holder() is not None:
-        from syncd import control
-
         answer = control.request(home, "restore", timeout=600.0, path=path, to=to, at=at,
                                  uid=os.getuid(), gid=os.getgid())
         if not answer.get("ok"):

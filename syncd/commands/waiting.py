@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from syncd import control
 from syncd.commands.content import FETCH_TIMEOUT
 from syncd.home import FAILURE, OK, STATE, UNREACHABLE, Home, UserError
 from syncd.index.catalog import open_catalog
@@ -95,8 +96,6 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None,
         return OK
     args.copies -= relays
     left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
-    from syncd import control
-
     answer = control.request(home, "copies", timeout=(left or FETCH_TIMEOUT) + 10,
                              copies=args.copies, upto=target, seconds=left)
     if not answer.get("ok"):

@@ -1,5 +1,6 @@
 """A relay's Storage from its URL: `file:///PATH` is a directory, `https://` and `http://`
-a WebDAV collection (syncd/relay/webdav.py, loaded only when used).
+a WebDAV collection (syncd/relay/webdav.py); each loads only when used (the commands
+that only check a URL need neither trio nor httpx).
 
 WebDAV credentials never come from the command line: they are read, when the relay is
 opened, from the environment (SYNCD_RELAY_<NAME>_USER and SYNCD_RELAY_<NAME>_PASSWORD,
@@ -14,7 +15,6 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from syncd.relay.directory import Directory
 from syncd.relay.storage import Storage
 
 
@@ -68,6 +68,8 @@ def credentials(name: str, file: str | None) -> tuple[str | None, str | None]:
 def open_storage(name: str, url: str, credentials_file: str | None = None) -> Storage:
     """The Storage for a relay as stored (check_url); BadRelay when it cannot be built."""
     if url.startswith("file:"):
+        from syncd.relay.directory import Directory
+
         return Directory(unquote(urlsplit(url).path))
     user, password = credentials(name, credentials_file)
     from syncd.relay.webdav import WebDAV  # httpx-based; only when a relay uses it
