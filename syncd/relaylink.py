@@ -72,6 +72,9 @@ class RelayLink:
         # on, before the round ends (states it brings down are opened at once)
         self.reachable = False
         self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
+        # tags of members whose certificate did not open in the last round: what they
+        # read is unknown, so none of our batches is removed meanwhile
+        self.unreadable: set[str] = set()
         self.rejected: set[str] = set()  # objects skipped (logged once each)
         self.problems: list[str] = []  # why objects were skipped in this round (status)
         self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
@@ -223,9 +226,16 @@ class RelayLink:
 
     async def download(self) -> None:
         objects = self.objects
-        self.members = await objects.members()
+        self.members, unreadable = await objects.members()
+        self.unreadable = set(unreadable)
         pinned = relays.members(self.catalog.db, self.name)
         read = {}
+        for device, (_, upto) in pinned.items():  # its batches wait; our cursor keeps it
+            if objects.keys.tag(device) in unreadable:
+                read[device] = upto
+        for tag, why in sorted(unreadable.items()):
+            self._reject(f"m/{tag}", f"{why}: that member's batches wait, and nothing is "
+                         "removed here until it opens again")
         for tag, cert in sorted(self.members.items()):
             fingerprint, upto = pinned.get(cert.device, (cert.fingerprint, 0))
             if fingerprint != cert.fingerprint:
@@ -296,7 +306,7 @@ class RelayLink:
         the newest stamp of it that a snapshot covers: a device that joins later, or a
         lost member whose batches were removed, does not replay (or miss) history."""
         objects = self.objects
-        members = await objects.members()
+        members, _ = await objects.members()
         upto: dict[str, int] = {}
         for tag, cert in sorted(members.items()):
             snapshots = await objects.numbered("s", tag)
@@ -331,8 +341,10 @@ class RelayLink:
 
     async def compact(self) -> None:
         """Write a snapshot once SNAPSHOT_BATCHES of our batches are past the last one,
-        then remove our batches that it covers and that every member not lost has read,
-        our older snapshots, and then our chunks that nothing left of ours names."""
+        then remove our batches that it covers and that every member not lost has read
+        (none while a member's certificate or cursor does not open: a member unknown is
+        not a member absent), our older snapshots, and then our chunks that nothing left
+        of ours names."""
         objects = self.objects
         ours = await objects.numbered("b")
         snapshots = await objects.numbered("s")
@@ -343,7 +355,8 @@ class RelayLink:
         for _, name in snapshots[:-1]:
             self.stored_bytes -= await objects.delete(name)
             self._sweep_due = True
-        floor = newest
+        # a member whose certificate does not open may not have read anything of ours
+        floor = 0 if self.unreadable else newest
         for cert in self.members.values():
             try:
                 cursor = await objects.cursor(cert)

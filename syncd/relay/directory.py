@@ -100,6 +100,7 @@ class Directory:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise Denied(f"{self.url}: {name}: {e.strerror}") from e
             if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):  # a name in the way
+                self._check(marker)  # ... or the relay taken away under us
                 raise RelayError(f"{self.url}: {name}: {e.strerror}") from e
             raise Unreachable(f"{self.url}: {name}: {e.strerror or e}") from e
 
