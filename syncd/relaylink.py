@@ -197,13 +197,24 @@ class RelayLink:
                 self.stored_bytes += await objects.put_chunk(digest, data)
                 self.chunks_there.add(name)
             if self.prev_batch is None:
-                self.prev_batch = max([0, *(n for n, _ in await objects.numbered("b")),
-                                       *(n for n, _ in await objects.numbered("s"))])
+                self.prev_batch = await self._last_batch(last)
             self.stored_bytes += await objects.put_batch(self.prev_batch, last, states)
             self.prev_batch = last
             self.cursor = last
             relays.save_relay(self.catalog.db, self.name, cursor=last,
                               stored_bytes=self.stored_bytes)
+
+    async def _last_batch(self, below: int) -> int:
+        """The stamp of our newest batch there below `below` (found after a restart):
+        compaction keeps our newest batch for this. A snapshot does not do: it can be
+        ahead of the batches (it holds states received since the last upload), and a
+        PREV beyond what a reader read tells it that batches were removed unread. Only
+        a relay that holds no batch of ours, written so by an older syncd, falls back to
+        our snapshots: then readers take them once."""
+        batches = [n for n, _ in await self.objects.numbered("b") if n < below]
+        if batches:
+            return batches[-1]
+        return max([0, *(n for n, _ in await self.objects.numbered("s") if n < below)])
 
     @staticmethod
     def _chunks_of(states: list[dict]) -> list[bytes]:
@@ -341,7 +352,8 @@ class RelayLink:
 
     async def compact(self) -> None:
         """Write a snapshot once SNAPSHOT_BATCHES of our batches are past the last one,
-        then remove our batches that it covers and that every member not lost has read
+        then remove our batches but the newest that it covers and that every member not
+        lost has read
         (none while a member's certificate or cursor does not open: a member unknown is
         not a member absent), our older snapshots, and then our chunks that nothing left
         of ours names."""
@@ -375,7 +387,7 @@ class RelayLink:
             self.lost.pop(cert.device, None)
             read = cursor["read"].get(self.cert.device, 0) if cursor else 0
             floor = min(floor, read if isinstance(read, int) else 0)
-        for last, name in ours:
+        for last, name in ours[:-1]:  # the newest one says what a next batch follows
             if last <= floor:
                 self.stored_bytes -= await objects.delete(name)
                 self._sweep_due = True
