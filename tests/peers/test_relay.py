@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -446,6 +447,34 @@ def test_a_writer_killed_after_a_snapshot_ahead_of_its_batches_makes_no_gap(rela
     wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batch")
     beta.stop()
     assert "were removed before they were read here" not in beta.mount.log()
+
+
+def test_a_state_of_ours_readers_would_refuse_is_left_out_and_the_rest_goes_up(relayed):
+    """A state here that fails the validation readers make (a recovered file of 0 bytes
+    with one slot, before e7f48ee) is not stored, with a log line, as a peer refuses it;
+    the rest goes up. Reading its chunks for the upload used to end the serving process."""
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "bad").write_bytes(b"four")
+    (alpha / "good").write_bytes(b"good")
+    alpha.stop()
+    db = sqlite3.connect(alpha.home / "index.db")
+    with db:
+        db.execute("UPDATE inodes SET size = 0 WHERE ino = (SELECT ino FROM nodes WHERE "
+                   "name = 'bad')")
+        db.execute("UPDATE relays SET cursor = 0")  # to be stored again
+    db.close()
+    alpha.expect_log(r"ERROR relay usb: node \w+:\d+ \('bad'\) is not stored there, which "
+                     r"skips it: .*a file of 0 bytes has 0 slot\(s\), not 1")
+    alpha.start()
+    (alpha / "after").write_bytes(b"after")
+    wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    alpha.stop()
+    beta.start()
+    wait_content(beta / "after", b"after")
+    wait_content(beta / "good", b"good")
+    wait_content(beta / "bad", b"four")  # as first stored, before the index went wrong
+    beta.stop()
 
 
 def test_chunks_no_remaining_object_names_are_removed_and_the_current_ones_stay(relayed):
