@@ -107,6 +107,8 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     zeros. Its size: the larger of `floor` and the end of the last working chunk."""
     base = catalog.chunks(ino)
     size = max([floor] + [i * CHUNK + os.path.getsize(p) for i, p in work.items()])
+    # an empty working chunk at the end (none of its bytes written yet) is no slot
+    work = {i: p for i, p in work.items() if i < slot_count(size)}
     work_digests, made = {}, {}
     kept = base.truncated(floor // CHUNK)  # the committed slots wholly below the floor
     cut = {floor // CHUNK} if floor % CHUNK else set()  # the slot the floor cuts

@@ -72,6 +72,9 @@ class RelayLink:
         # on, before the round ends (states it brings down are opened at once)
         self.reachable = False
         self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
+        # tags of members whose certificate did not open in the last round: what they
+        # read is unknown, so none of our batches is removed meanwhile
+        self.unreadable: set[str] = set()
         self.rejected: set[str] = set()  # objects skipped (logged once each)
         self.problems: list[str] = []  # why objects were skipped in this round (status)
         self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
@@ -180,6 +183,7 @@ class RelayLink:
                                          data_budget=BATCH_DATA, skip_origins=members)
             if last == self.cursor:
                 return
+            states = self._storable(states)
             if not states:  # all from members: nothing to store, the cursor moves
                 self.cursor = last
                 relays.save_relay(self.catalog.db, self.name, cursor=last)
@@ -194,13 +198,40 @@ class RelayLink:
                 self.stored_bytes += await objects.put_chunk(digest, data)
                 self.chunks_there.add(name)
             if self.prev_batch is None:
-                self.prev_batch = max([0, *(n for n, _ in await objects.numbered("b")),
-                                       *(n for n, _ in await objects.numbered("s"))])
+                self.prev_batch = await self._last_batch(last)
             self.stored_bytes += await objects.put_batch(self.prev_batch, last, states)
             self.prev_batch = last
             self.cursor = last
             relays.save_relay(self.catalog.db, self.name, cursor=last,
                               stored_bytes=self.stored_bytes)
+
+    def _storable(self, states: list[dict]) -> list[dict]:
+        """Our states that pass the validation readers make: one that does not (a bug
+        here) is left out with a log line, as a peer refuses it in a push; stored, it
+        would hold back that batch and every later one of ours at every reader, and
+        reading its chunks would end this process."""
+        out = []
+        for s in states:
+            try:
+                Changes.model_validate({"device": self.cert.device, "changes": [s]})
+            except pydantic.ValidationError as e:
+                log.error("relay %s: node %s (%r) is not stored there, which skips it: %s",
+                          self.name, s.get("id"), s.get("name"), e.errors()[0]["msg"])
+                continue
+            out.append(s)
+        return out
+
+    async def _last_batch(self, below: int) -> int:
+        """The stamp of our newest batch there below `below` (found after a restart):
+        compaction keeps our newest batch for this. A snapshot does not do: it can be
+        ahead of the batches (it holds states received since the last upload), and a
+        PREV beyond what a reader read tells it that batches were removed unread. Only
+        a relay that holds no batch of ours, written so by an older syncd, falls back to
+        our snapshots: then readers take them once."""
+        batches = [n for n, _ in await self.objects.numbered("b") if n < below]
+        if batches:
+            return batches[-1]
+        return max([0, *(n for n, _ in await self.objects.numbered("s") if n < below)])
 
     @staticmethod
     def _chunks_of(states: list[dict]) -> list[bytes]:
@@ -223,9 +254,16 @@ class RelayLink:
 
     async def download(self) -> None:
         objects = self.objects
-        self.members = await objects.members()
+        self.members, unreadable = await objects.members()
+        self.unreadable = set(unreadable)
         pinned = relays.members(self.catalog.db, self.name)
         read = {}
+        for device, (_, upto) in pinned.items():  # its batches wait; our cursor keeps it
+            if objects.keys.tag(device) in unreadable:
+                read[device] = upto
+        for tag, why in sorted(unreadable.items()):
+            self._reject(f"m/{tag}", f"{why}: that member's batches wait, and nothing is "
+                         "removed here until it opens again")
         for tag, cert in sorted(self.members.items()):
             fingerprint, upto = pinned.get(cert.device, (cert.fingerprint, 0))
             if fingerprint != cert.fingerprint:
@@ -296,7 +334,7 @@ class RelayLink:
         the newest stamp of it that a snapshot covers: a device that joins later, or a
         lost member whose batches were removed, does not replay (or miss) history."""
         objects = self.objects
-        members = await objects.members()
+        members, _ = await objects.members()
         upto: dict[str, int] = {}
         for tag, cert in sorted(members.items()):
             snapshots = await objects.numbered("s", tag)
@@ -331,8 +369,11 @@ class RelayLink:
 
     async def compact(self) -> None:
         """Write a snapshot once SNAPSHOT_BATCHES of our batches are past the last one,
-        then remove our batches that it covers and that every member not lost has read,
-        our older snapshots, and then our chunks that nothing left of ours names."""
+        then remove our batches but the newest that it covers and that every member not
+        lost has read
+        (none while a member's certificate or cursor does not open: a member unknown is
+        not a member absent), our older snapshots, and then our chunks that nothing left
+        of ours names."""
         objects = self.objects
         ours = await objects.numbered("b")
         snapshots = await objects.numbered("s")
@@ -343,7 +384,8 @@ class RelayLink:
         for _, name in snapshots[:-1]:
             self.stored_bytes -= await objects.delete(name)
             self._sweep_due = True
-        floor = newest
+        # a member whose certificate does not open may not have read anything of ours
+        floor = 0 if self.unreadable else newest
         for cert in self.members.values():
             try:
                 cursor = await objects.cursor(cert)
@@ -362,7 +404,7 @@ class RelayLink:
             self.lost.pop(cert.device, None)
             read = cursor["read"].get(self.cert.device, 0) if cursor else 0
             floor = min(floor, read if isinstance(read, int) else 0)
-        for last, name in ours:
+        for last, name in ours[:-1]:  # the newest one says what a next batch follows
             if last <= floor:
                 self.stored_bytes -= await objects.delete(name)
                 self._sweep_due = True

@@ -52,11 +52,20 @@ class Directory:
         if not (self.root / prefix).is_dir():
             self._check()
             return names
+        gone: list[OSError] = []
+
+        def onerror(e: OSError) -> None:
+            if not isinstance(e, FileNotFoundError):
+                raise e
+            gone.append(e)
         with self._errors(prefix):
-            for dirpath, dirnames, filenames in os.walk(self.root / prefix, onerror=_raise):
+            for dirpath, dirnames, filenames in os.walk(self.root / prefix, onerror=onerror):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 rel = Path(dirpath).relative_to(self.root).as_posix()
                 names += [f"{rel}/{f}" for f in filenames if not f.startswith(".")]
+        if gone:  # never a directory we remove: the relay was taken away while listed
+            self._check()
+            raise Unreachable(f"{self.url}: {prefix} went away while it was listed")
         return sorted(names)
 
     def _get(self, name: str) -> bytes:
@@ -100,11 +109,6 @@ class Directory:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise Denied(f"{self.url}: {name}: {e.strerror}") from e
             if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):  # a name in the way
+                self._check(marker)  # ... or the relay taken away under us
                 raise RelayError(f"{self.url}: {name}: {e.strerror}") from e
             raise Unreachable(f"{self.url}: {name}: {e.strerror or e}") from e
-
-
-def _raise(e: OSError) -> None:
-    """os.walk's error handler: a directory removed while walking is just gone."""
-    if not isinstance(e, FileNotFoundError):
-        raise e

@@ -138,10 +138,11 @@ class Objects:
 
     # -- written by the others
 
-    async def members(self) -> dict[str, Certificate]:
+    async def members(self) -> tuple[dict[str, Certificate], dict[str, str]]:
         """tag -> certificate of each other member whose certificate opens and names the
-        device its tag is of; the others are logged and left out."""
-        out = {}
+        device its tag is of, and tag -> why for those whose certificate does not (damaged,
+        foreign): still members, whose reading nobody can check meanwhile."""
+        out, unreadable = {}, {}
         for name in await self.storage.list("m"):
             tag = name.rpartition("/")[2]
             if tag == self.tag:
@@ -149,17 +150,16 @@ class Objects:
             try:
                 cert = Certificate.from_pem((await self._get_open(name)).decode())
             except (Rejected, IdentityError, UnicodeDecodeError) as e:
-                log.warning("relay %s: skipped member certificate %s: %s",
-                            self.storage.url, name, e)
+                unreadable[tag] = f"member certificate {name}: {e}"
                 continue
             except Missing:
                 continue
             if self.keys.tag(cert.device) != tag:
-                log.warning("relay %s: skipped member certificate %s: it is device %s's, "
-                            "filed under another device", self.storage.url, name, cert.device)
+                unreadable[tag] = (f"member certificate {name}: it is device {cert.device}'s, "
+                                   "filed under another device")
                 continue
             out[tag] = cert
-        return out
+        return out, unreadable
 
     async def batches(self, tag: str, after: int) -> list[tuple[int, str]]:
         """(last stamp, name) of a member's batches past `after`, in order."""

@@ -272,6 +272,26 @@ def test_recovery_after_truncate_takes_no_bytes_above_the_floor(cat, expect_log)
     assert committed(cat, r.inode.ino) == b"x" * 10 + bytes(2 * CHUNK - 10) + b"end"
 
 
+def test_recovery_of_an_empty_working_chunk_makes_a_valid_empty_file(cat, expect_log):
+    """Killed over a file truncated to 0 and written again, its working chunk still empty
+    (the relay soak, seed 5): the recovered copy was a file of 0 bytes with one slot,
+    which every peer refused and a relay upload died on."""
+    expect_log(r"WARNING recovered uncommitted writes to inode \d+ as f.sync-recovered-")
+    file_node, ino, d = new_file(cat, "f")
+    d.write(0, b"committed")
+    _commit(cat, ino, d)
+    d.truncate(0)  # records the floor
+    d.write(0, b"x")
+    cat.store.adopt_slots()  # as recovery does first: the working chunk as a file
+    for path in cat.store.work_chunks(ino).values():
+        os.truncate(path, 0)  # none of its bytes written yet
+    [name] = recover(cat, cat.store)
+    r = cat.lookup(ROOT, name)
+    assert committed(cat, r.inode.ino) == b""
+    chunks = cat.chunks(r.inode.ino)
+    assert ChunkList.from_hex(chunks.hex(), 0) == chunks  # what a peer checks
+
+
 def test_seq_and_clock_survive_reopen(tmp_path, cat):
     cat.create(ROOT, "a", "file", 0o644, 0, 0)
     cat.create(ROOT, "b", "dir", 0o755, 0, 0)

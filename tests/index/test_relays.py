@@ -201,7 +201,8 @@ def test_objects_round_trip_and_refuse_forgeries(tmp_path):
         await b.publish()
         await a.put_batch(0, 5, [{"id": "x"}])
         await a.put_chunk(b"d" * 32, b"chunk bytes")
-        members = await b.members()
+        members, unreadable = await b.members()
+        assert not unreadable
         assert [c.device for c in members.values()] == ["ab" * 16]
         (tag,) = members
         ((last, name),) = await b.batches(tag, 0)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import force_cleanup, syncd, wait_for
+from tests.helpers import alive, force_cleanup, syncd, wait_for
 from tests.peers.conftest import Peer, read, wait_content, wait_gone
 from tests.relay.conftest import PASSWORD, USER
 from tests.relay.webdav_server import webdav_server
@@ -78,6 +80,12 @@ def relayed(request, tmp_path):
 def relay_of(peer: Peer) -> dict:
     (relay,) = peer.status()["relays"]
     return relay
+
+
+def covered(root: Path, tag: str, snapshot: Path) -> list[int]:
+    """The batches of the member TAG that the snapshot covers, but its newest."""
+    batches = sorted(int(p.name) for p in root.glob(f"b/{tag}/*"))
+    return [n for n in batches[:-1] if n <= int(snapshot.name)]
 
 
 def tree(peer: Peer) -> dict[str, bytes | None]:
@@ -243,13 +251,13 @@ def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
     assert not list(root.glob("b/*/*")) or all(
         tag in str(p) for p in root.glob("b/*/*"))  # beta stored nothing alpha made again
     alpha.start()
-    # (on a loaded machine the snapshot can come before the last batches: those stay)
-    wait_for(lambda: not [p for p in root.glob(f"b/{tag}/*")
-                          if int(p.name) <= int(snapshot.name)], 30,
+    # (on a loaded machine the snapshot can come before the last batches: those stay,
+    # and so does the newest batch, whatever it is)
+    wait_for(lambda: not covered(root, tag, snapshot), 30,
              "alpha to remove the batches every member read that the snapshot covers")
     alpha.stop()
-    ours = sum(p.stat().st_size for kind in "mbcs" for p in root.glob(f"{kind}/{tag}*/**")
-               if p.is_file())
+    ours = sum(p.stat().st_size for kind in "bcs" for p in (root / kind / tag).glob("*"))
+    assert ours > 0  # its snapshot at least
     assert relay_of(alpha)["stored_bytes"] <= ours + 1024  # its certificate not counted
     (gamma,) = relayed("gamma")
     gamma.start()
@@ -334,14 +342,138 @@ def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relaye
              "beta to be lost")
     tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
     (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
-    # (on a loaded machine the snapshot can come before the last batches: those stay)
-    wait_for(lambda: not [p for p in relayed.root.glob(f"b/{tag}/*")
-                          if int(p.name) <= int(snapshot.name)], 30,
+    # (on a loaded machine the snapshot can come before the last batches: those stay,
+    # and so does the newest batch, whatever it is)
+    wait_for(lambda: not covered(relayed.root, tag, snapshot), 30,
              "the batches the snapshot covers to be removed, beta unread")
     alpha.stop()
     beta.expect_log(r"WARNING relay usb: batches of \w+ in \(\d+, \d+\] were removed")
     beta.start()
     wait_for(lambda: tree(beta) == expected, 30, "beta to catch up from the snapshot")
+    beta.stop()
+
+
+def test_a_member_whose_certificate_does_not_open_is_still_waited_for(relayed):
+    """A member's certificate damaged on the relay (soak bug, relay_damage): the writer
+    cannot read that member's cursor, and must keep its batches, not take the member for
+    gone; once the certificate is mended the member reads them all, with no gap to fill
+    from the snapshots (the soak's divergence began there)."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    keys = Keys([bytes.fromhex(alpha.key)])
+    tag = keys.tag(alpha.status()["device"]["id"])
+    certificate = relayed.root / "m" / keys.tag(beta.status()["device"]["id"])
+    good = certificate.read_bytes()
+    certificate.write_bytes(good[:len(good) // 2])
+    alpha.expect_log(r"WARNING relay usb: skipped m/\w+, nothing of it applied: member "
+                     r"certificate m/\w+: m/\w+: does not open with the cluster key")
+    alpha.start()
+    expected = {}
+    for i in range(SNAPSHOT_BATCHES + 1):
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    error = relay_of(alpha)["last_error"]
+    alpha.stop()
+    assert len(list(relayed.root.glob(f"b/{tag}/*"))) >= SNAPSHOT_BATCHES  # kept for beta
+    assert "does not open with the cluster key" in error  # status says why
+    certificate.write_bytes(good)
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batches")
+    beta.stop()
+    assert "were removed before they were read here" not in beta.mount.log()
+
+
+def test_a_writer_killed_after_a_snapshot_ahead_of_its_batches_makes_no_gap(relayed):
+    """A snapshot holds states received since the last upload, so it can be ahead of the
+    writer's newest batch. Killed then, the writer restarted and named the snapshot as the
+    PREV of its next batch: every reader took that for batches removed unread and fell
+    back to the snapshots (the relay soak, seed 9: beta killed 0.3 s after a snapshot,
+    and both others "taking the snapshots"). PREV is the newest batch, kept for this."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
+    root = relayed.root
+
+    def stamps(kind: str) -> list[int]:
+        return sorted(int(p.name) for p in root.glob(f"{kind}/{tag}/*"))
+
+    def unsnapshotted() -> int:
+        newest = (stamps("s") or [0])[-1]
+        return sum(n > newest for n in stamps("b"))
+
+    expected = {}
+    alpha.start()
+    for i in range(5 * SNAPSHOT_BATCHES):  # stopped with enough batches for a snapshot
+        if unsnapshotted() >= SNAPSHOT_BATCHES:
+            alpha.stop()
+            if unsnapshotted() >= SNAPSHOT_BATCHES:
+                break
+            alpha.start()  # (a compaction came first: more batches)
+        (alpha / f"f{i}").write_bytes(b"%d" % i)
+        expected[f"f{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    assert unsnapshotted() >= SNAPSHOT_BATCHES
+    before, newest_batch = stamps("s"), stamps("b")[-1]
+    beta.start()  # reads alpha's batches, and makes a change alpha reads, stamped there
+    (beta / "from-beta").write_bytes(b"b")
+    expected["from-beta"] = b"b"
+    wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batches")
+    beta.stop()
+    alpha.start()  # its first round: beta's state, then a snapshot up to its stamp
+    wait_content(alpha / "from-beta", b"b")
+    wait_for(lambda: stamps("s") != before, 30, "a snapshot")
+    assert stamps("s")[-1] > newest_batch  # ahead of alpha's newest batch
+    pid = alpha.mount.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 10, "alpha's mount process to die")
+    alpha.start()  # the mount clears the dead one
+    (alpha / "after").write_bytes(b"after the kill")
+    expected["after"] = b"after the kill"
+    wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    alpha.stop()
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batch")
+    beta.stop()
+    assert "were removed before they were read here" not in beta.mount.log()
+
+
+def test_a_state_of_ours_readers_would_refuse_is_left_out_and_the_rest_goes_up(relayed):
+    """A state here that fails the validation readers make (a recovered file of 0 bytes
+    with one slot, before e7f48ee) is not stored, with a log line, as a peer refuses it;
+    the rest goes up. Reading its chunks for the upload used to end the serving process."""
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    (alpha / "bad").write_bytes(b"four")
+    (alpha / "good").write_bytes(b"good")
+    alpha.stop()
+    db = sqlite3.connect(alpha.home / "index.db")
+    with db:
+        db.execute("UPDATE inodes SET size = 0 WHERE ino = (SELECT ino FROM nodes WHERE "
+                   "name = 'bad')")
+        db.execute("UPDATE relays SET cursor = 0")  # to be stored again
+    db.close()
+    alpha.expect_log(r"ERROR relay usb: node \w+:\d+ \('bad'\) is not stored there, which "
+                     r"skips it: .*a file of 0 bytes has 0 slot\(s\), not 1")
+    alpha.start()
+    (alpha / "after").write_bytes(b"after")
+    wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    alpha.stop()
+    beta.start()
+    wait_content(beta / "after", b"after")
+    wait_content(beta / "good", b"good")
+    wait_content(beta / "bad", b"four")  # as first stored, before the index went wrong
     beta.stop()
 
 

@@ -55,7 +55,10 @@ NAME_OPS = {"unlink", "blind", "rename"}  # replace what a name holds without re
 # The tail of a round: operations that replace only what they read, so every version
 # closed in it is required unless a later operation read it (test_soak.py, point 2).
 TAIL_WEIGHTS = {"write": 20, "append": 12, "truncate": 5, "read": 10, "chmod": 5}
-FAULTS = ["kill", "partition", "flaky", "corrupt", "xfer_kill", "xfer_corrupt", "island"]
+FAULTS = ["kill", "partition", "flaky", "corrupt", "xfer_kill", "xfer_corrupt", "island",
+          "unplug", "relay_damage"]
+RELAY = "shared"  # the directory relay every peer has, each through a symlink of its own
+RELAY_KINDS = ["m", "b", "s", "r", "c"]  # the kinds of object relay_damage picks from
 
 # What the faults make the peers log on purpose. Each peer's log (and what the commands run
 # on its home print) may hold these for the fault kinds of the run; any other warning or
@@ -70,14 +73,25 @@ KILLED = [
 ]
 DAMAGED = r"WARNING chunk \w+ in the store is damaged: fetching it again$"  # `syncd fetch`
 WRONG = r"WARNING peer \w+ served wrong bytes for chunk \w+ of .*: not installed$"
+# The relay's directory gone (unplugged; an island's link to it cut), also as seen half way
+# through a round.
+RELAY_GONE = (r"WARNING relay shared: \S+: (the relay's directory does not exist|no "
+              r"\.syncd-relay in the directory: |[\w/]+ went away while it was listed)")
+RELAY_DAMAGED = [  # an object on the relay that does not open, logged once per object
+    r"WARNING relay shared: skipped [mbrs]/\w+(/\d+)?, nothing of it applied: ",
+    r"WARNING relay \S+: skipped chunk c/\w+/\w+: ",
+    r"WARNING relay shared: no chunk removed: ",  # one of our own batches damaged
+]
 FAULT_LOGS = {
     "kill": [UNREACHABLE, AHEAD, CUT, *KILLED],
     "xfer_kill": [UNREACHABLE, AHEAD, CUT, *KILLED],
     "partition": [UNREACHABLE, AHEAD, CUT],
     "flaky": [UNREACHABLE, AHEAD, CUT],
-    "island": [UNREACHABLE, AHEAD, CUT],
+    "island": [UNREACHABLE, AHEAD, CUT, RELAY_GONE],
     "corrupt": [UNREACHABLE, AHEAD, DAMAGED, WRONG],
     "xfer_corrupt": [UNREACHABLE, AHEAD, WRONG],
+    "unplug": [UNREACHABLE, AHEAD, RELAY_GONE],
+    "relay_damage": [UNREACHABLE, AHEAD, *RELAY_DAMAGED],
 }
 
 
@@ -253,6 +267,9 @@ class Soak:
         self.tail = False  # the round's last seconds: only operations that read first
         self.fault_lock = threading.Lock()  # picking peers for a fault and marking them busy
         self.log_path = root / "soak-ops.jsonl"
+        self.relay = root / "relay"  # the relay's directory (moved away while unplugged)
+        self.relay_links = root / "relay-links"  # peer name -> a symlink to it
+        self.relay_lock = threading.Lock()  # one relay fault at a time
         self.stats: dict[str, int] = {}
         self.round_times: list[dict] = []
 
@@ -266,6 +283,11 @@ class Soak:
             for kind in self.fault_menu if self.with_faults else []:
                 p.expect_log(*FAULT_LOGS[kind])
         self.board = ProxyBoard(self.peers, self.seed)
+        self.relay.mkdir()
+        self.relay_links.mkdir()
+        for p in self.peers:
+            self.link_relay(p, True)
+            syncd(p.home, "relay", "add", RELAY, (self.relay_links / p.name).as_uri())
         for a in self.peers:
             for b in self.peers:
                 if a is not b:
@@ -720,13 +742,87 @@ class Soak:
             f = self.begin("island", (peer.name,))
             others = [(peer.name, q.name) for q in self.peers if q is not peer]
             self.board.claim(others, "reset")
+            self.link_relay(peer, False)  # and off the relay
             time.sleep(0.5)  # what was in flight lands and its invalidations reach the kernel
             peer.model = Model(self.snapshot(peer))
             peer.island_written = set()
         self.stop.wait()
         self.board.release(others, "reset")
+        self.link_relay(peer, True)
         self.end(f)
         peer.busy = False
+
+    def link_relay(self, peer: SoakPeer, on: bool) -> None:
+        """Point the peer's way to the relay at it, or at nothing (an island)."""
+        link = self.relay_links / peer.name
+        tmp = link.with_name(f".{peer.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.relay if on else self.root / "no-relay-here")
+        os.replace(tmp, link)
+
+    def fault_unplug(self, u: float, duration: float) -> None:
+        """The relay's directory goes away (a disk unplugged), then comes back."""
+        if not self.relay_lock.acquire(blocking=False):
+            return
+        try:
+            f = self.begin("unplug", ())
+            away = self.relay.with_name("relay-unplugged")
+            os.rename(self.relay, away)
+            self.stop.wait(duration)
+            os.rename(away, self.relay)
+            self.end(f)
+        finally:
+            self.relay_lock.release()
+
+    def fault_relay_damage(self, u: float, duration: float) -> None:
+        """Objects on the relay are truncated or altered in place for a while, then put
+        back (unless their writer replaced or removed them meanwhile)."""
+        if not self.relay_lock.acquire(blocking=False):
+            return
+        try:
+            rng = random.Random(u)
+            kinds = [k for k in RELAY_KINDS if (self.relay / k).is_dir()]
+            names = [str(path.relative_to(self.relay))
+                     for k in rng.sample(kinds, min(len(kinds), rng.randint(1, 2)))
+                     for path in (self.relay / k).rglob("*")
+                     if path.is_file() and not path.name.startswith(".")]
+            if not names:
+                return
+            chosen = sorted(rng.sample(names, min(len(names), rng.randint(1, 4))))
+            how = rng.choice(["truncated", "altered"])
+            f = self.begin("relay_damage", (), f"{how} {' '.join(chosen)}")
+            saved = [self.damage_object(name, how, rng) for name in chosen]
+            self.stop.wait(duration)
+            for entry in filter(None, saved):
+                self.restore_object(*entry)
+            self.end(f)
+        finally:
+            self.relay_lock.release()
+
+    def damage_object(self, name: str, how: str, rng: random.Random):
+        """Damage the object in place (through the file its name had when opened, so a
+        writer's rename over it is never undone); (name, inode, right bytes)."""
+        try:
+            with open(self.relay / name, "r+b") as f:
+                data = f.read()
+                if how == "truncated":
+                    f.truncate(rng.randrange(len(data)) if data else 0)
+                elif data:
+                    at = rng.randrange(len(data))
+                    f.seek(at)
+                    f.write(bytes([data[at] ^ 0xFF]))
+                return name, os.fstat(f.fileno()).st_ino, data
+        except FileNotFoundError:
+            return None
+
+    def restore_object(self, name: str, ino: int, data: bytes) -> None:
+        try:
+            with open(self.relay / name, "r+b") as f:
+                if os.fstat(f.fileno()).st_ino == ino:  # not replaced by its writer since
+                    f.write(data)
+                    f.truncate(len(data))
+        except FileNotFoundError:
+            pass
 
     def snapshot(self, peer: SoakPeer) -> dict[str, tuple[str, str | None]]:
         out = {}
@@ -1059,8 +1155,9 @@ class Soak:
         return {p.name: status(p.home) for p in self.peers}
 
     def quiet(self, statuses: dict[str, dict]) -> bool:
+        """Every peer and relay online with nothing pending to it."""
         return all(q["pending_changes"] == 0 and q["state"] == "online"
-                   for s in statuses.values() for q in s["peers"])
+                   for s in statuses.values() for q in [*s["peers"], *s["relays"]])
 
     def listing(self, p: SoakPeer) -> dict[str, tuple]:
         """Paths, kinds, modes and sizes through the mount (no content)."""
@@ -1144,7 +1241,7 @@ class Soak:
     def describe_status(self, st: dict[str, dict]) -> str:
         lines = []
         for name, s in st.items():
-            for q in s["peers"]:
+            for q in [*s["peers"], *s["relays"]]:
                 lines.append(f"  {name} -> {q['name']}: {q['state']}, "
                              f"{q['pending_changes']} pending, error {q['last_error']}")
         return "\n".join(lines)

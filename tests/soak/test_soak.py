@@ -15,10 +15,14 @@ a big file while another peer fetches it (or of the fetching peer); a partition 
 pair (TCP reset or a silent black hole) while the third talks to both; flaky links that
 cut transfers half way; a peer whose store holds damaged chunks for a while (then `syncd
 fetch` mends it); a third peer fetching a file whose first holder serves damaged bytes;
-and, in half the rounds, an "island": one peer cut off from both others until the round
-ends. Then the faults stop, every peer is up and connected, and the soak polls (under a
-deadline) until every peer's `syncd status --json` shows every other peer online with 0
-pending changes and the three listings are equal and stable. Then it checks, and the next
+and, in half the rounds, an "island": one peer cut off from both others (and from the
+relay) until the round ends. The three peers also share a directory relay, each reaching
+it through a symlink of its own: it is unplugged for a while (its directory moved away,
+then back), or some of its objects (certificates, batches, snapshots, cursors, chunks)
+are truncated or altered in place, then put back unless their writer replaced them. Then
+the faults stop, every peer is up and connected, and the soak polls (under a deadline)
+until every peer's `syncd status --json` shows every other peer and the relay online with
+0 pending changes and the three listings are equal and stable. Then it checks, and the next
 round starts from that common state.
 
 What is asserted, at the end of every round:
