@@ -624,14 +624,43 @@ class Checkpointer:
         self.conn.close()
 
 
+class IndexConnection(sqlite3.Connection):
+    """The index's connection: before any statement, `settle` (when set) writes what its
+    owner keeps in memory until then (Catalog's new files, which commit with the first
+    transaction after their create), so no statement ever sees an index without them."""
+
+    settle: Callable[[], None] | None = None
+
+    def execute(self, sql: str, parameters=(), /) -> sqlite3.Cursor:
+        if self.settle is not None:
+            self.settle()
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters, /) -> sqlite3.Cursor:
+        if self.settle is not None:
+            self.settle()
+        return super().executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        if self.settle is not None:
+            self.settle()
+        return super().executescript(script)
+
+    def unsettled(self, sql: str, parameters=(), /) -> sqlite3.Cursor:
+        """A statement that reads nothing `settle` would write (what other connections
+        committed, the next inode number), run as it is."""
+        return super().execute(sql, parameters)
+
+
 def connect(path: Path, readonly: bool = False,
             autocheckpoint: bool = True) -> sqlite_utils.Database:
     """Open the index with the settings every user of it needs. Without `autocheckpoint`,
     a Checkpointer must copy the WAL back."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                               factory=IndexConnection)
     else:
-        conn = sqlite3.connect(path, check_same_thread=False)
+        conn = sqlite3.connect(path, check_same_thread=False, factory=IndexConnection)
     db = sqlite_utils.Database(conn)
     conn.execute("PRAGMA busy_timeout = 5000")
     if not readonly:
