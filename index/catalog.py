@@ -146,6 +146,7 @@ class _NewFile:
     parent_ino: int
     node: dict[str, object]  # the node row's columns
     journal: tuple  # the journal row
+    chunks: bytes = b""  # its chunk list, once its first commit gave it content
 
 
 class Catalog:
@@ -386,7 +387,7 @@ class Catalog:
                 "INSERT INTO inodes (ino, kind, mode, uid, gid, size, mtime_ns, ctime_ns,"
                 " atime_ns, hash, chunks, target, rdev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
                 " ?, ?, ?, ?)", (i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns,
-                                 i.ctime_ns, i.atime_ns, i.hash, b"", None, 0))
+                                 i.ctime_ns, i.atime_ns, i.hash, new.chunks, None, 0))
             self.conn.execute(
                 f"INSERT INTO nodes ({', '.join(new.node)})"
                 f" VALUES ({', '.join('?' * len(new.node))})", tuple(new.node.values()))
@@ -928,6 +929,9 @@ class Catalog:
         bytes of those that go into the index now, by digest. Returns the chunks left with
         no reference, for `retire`."""
         blob = chunks.blob
+        if ino in self._new_files:
+            self._commit_new_file(ino, chunks, size, mtime_ns, mode, owner or {}, inline)
+            return []
 
         def run() -> tuple[list[bytes], Inode, bool]:
             inode = self.inode(ino)
@@ -971,6 +975,25 @@ class Catalog:
         if not rules:  # a rule file's effects reach further
             self._wrote(before, {ino: after}, {ino: blob})
         return garbage
+
+    def _commit_new_file(self, ino: int, chunks: ChunkList, size: int, mtime_ns: int | None,
+                         mode: int | None, owner: dict[str, int],
+                         inline: dict[bytes, bytes] | None) -> None:
+        """The first commit of a new file its create kept in memory: the create takes the
+        content and metadata, and is written with its chunk references in one
+        transaction, one change (a file made with its content, as syncd import makes
+        one): no second stamp, journal row or update of rows just inserted."""
+        new = self._new_files[ino]
+        old = new.inode
+        after = replace(old, size=size, hash=file_hash(chunks.blob), ctime_ns=time.time_ns(),
+                        mtime_ns=old.mtime_ns if mtime_ns is None else mtime_ns,
+                        mode=old.mode if mode is None else mode & 0o7777,
+                        uid=owner.get("uid", old.uid), gid=owner.get("gid", old.gid))
+        self._new_files[ino] = replace(new, inode=after, chunks=chunks.blob)
+        self._unsettled[ino] = after
+        before = self.conn.total_changes
+        self.transaction(self._reref, chunks, size, ChunkList([]), inline)
+        self._wrote(before, {ino: after}, {ino: chunks.blob})
 
     def _reref(self, new: ChunkList, size: int, old: ChunkList,
                inline: dict[bytes, bytes] | None = None) -> list[bytes]:
