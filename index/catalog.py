@@ -380,7 +380,8 @@ class Catalog:
 
     def _write_new_files(self) -> None:
         """Insert the new files kept in memory (inside a transaction), in the order of
-        their stamps."""
+        their stamps. Inserts leave no old version to hold (schema.VERSIONS)."""
+        held = self._held_at == self.conn.total_changes
         for new in sorted(self._new_files.values(), key=lambda n: n.journal[0]):
             i = new.inode
             self.conn.execute(
@@ -396,6 +397,8 @@ class Catalog:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)", new.journal)
             self._touch_dir(new.parent_ino, i.ctime_ns)
         self._settled = dict(self._unsettled)
+        if held:
+            self._held_at = self.conn.total_changes
 
     def _new_files_written(self) -> None:
         self._new_files.clear()
