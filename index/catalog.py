@@ -353,7 +353,8 @@ class Catalog:
     def settle(self) -> None:
         """Write the new files kept in memory, in a transaction of their own (another
         statement is about to run, or a close has nothing else to commit); nothing to do
-        when there are none."""
+        when there are none. On a full disk the store's reserve gives way for them: the
+        statement that asked (often one freeing room) must not run before them."""
         if not self._new_files:
             return
         self._disarm()
@@ -361,6 +362,15 @@ class Catalog:
             self._write_new_files()
             self._new_files_written()
             return
+        try:
+            self._settle()
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode != sqlite3.SQLITE_FULL or not self.store.release_reserve():
+                raise
+            self._disarm()
+            self._settle()
+
+    def _settle(self) -> None:
         before = self.conn.total_changes
         self._settled = {}
         self.conn.execute("BEGIN")
