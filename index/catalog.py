@@ -414,7 +414,6 @@ class Catalog:
         self._new_files.clear()
         self._unsettled.clear()
 
-
     def _wrote(self, before: int, inodes: dict[int, Inode], blobs: dict[int, bytes]) -> None:
         """The transaction just committed from change count `before` wrote exactly these
         inode rows (and chunk lists), and no other but those of the new files it wrote
