@@ -24,7 +24,11 @@ pyfuse3 can beat. The table shows medians and SPEED ratios, mount speed / native
 mount speed / passthrough speed, mount speed / floor speed and floor speed / passthrough
 speed: 1.0 = as fast, 0.5 = half as fast (for timed workloads: other seconds / mount
 seconds). --profile records a py-spy speedscope profile (with idle stacks) of the mount
-process during each mount workload, next to --json (else in cwd).
+process during each mount workload, next to --json (else in cwd). --compare SYNCD mounts a
+second syncd (another checkout's executable) beside the first, as the side `compare`, so
+two versions are measured in the same run (mount/compare: 1.2 = this one 1.2x as fast);
+each syncd side also prints its serving process's CPU seconds per workload
+(/proc/PID/stat), which the machine's other load disturbs less than wall time.
 """
 import argparse
 import importlib.metadata
@@ -51,10 +55,11 @@ MIB = 1 << 20
 # name: (unit, higher_is_better)
 WORKLOADS = {"write": ("MB/s", True), "read": ("MB/s", True), "small": ("files/s", True),
              "tar": ("s", False), "find": ("s", False), "git": ("s", False)}
-SIDES = ("native", "mount", "passthrough", "floor")
+SIDES = ("native", "mount", "compare", "passthrough", "floor")
 # ratio key: (side, other side), each a speed ratio side / other
 RATIOS = {"ratio": ("mount", "native"), "ratio_passthrough": ("mount", "passthrough"),
-          "ratio_floor": ("mount", "floor"), "ratio_floor_passthrough": ("floor", "passthrough")}
+          "ratio_floor": ("mount", "floor"), "ratio_floor_passthrough": ("floor", "passthrough"),
+          "ratio_compare": ("mount", "compare")}
 FLOOR = Path(__file__).with_name("floorfs.py")
 notes = []
 
@@ -333,8 +338,15 @@ def unmount_example(proc, mnt):
         run(["fusermount3", "-u", "-z", str(mnt)])
 
 
+def cpu_seconds(pid):
+    """User and system CPU seconds of process `pid` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_workload(w, side, bench, results, pyspy=None, pid=None, prof_dir=None):
     prof = None
+    cpu = cpu_seconds(pid) if pid else None
     if pyspy and pid:
         out = prof_dir / f"syncd-profile-{w}.speedscope.json"
         prof = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "speedscope",
@@ -343,7 +355,9 @@ def run_workload(w, side, bench, results, pyspy=None, pid=None, prof_dir=None):
         time.sleep(1)  # let py-spy attach
     try:
         secs = results.setdefault(w, {})[side] = getattr(bench, w)()
-        print(f"  {side:11} {w:5} " + " ".join(f"{s:.3f}s" for s in secs), flush=True)
+        used = "" if cpu is None else \
+            f" (serving process: {cpu_seconds(pid) - cpu:.2f} s CPU in all)"
+        print(f"  {side:11} {w:5} " + " ".join(f"{s:.3f}s" for s in secs) + used, flush=True)
     except Exception as e:  # keep going: the failure shows in the table and notes
         results.setdefault(w, {})[side] = f"error: {e}"
         note(f"{side} {w} failed: {type(e).__name__}: {e}")
@@ -368,6 +382,8 @@ def main():
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
     p.add_argument("--profile", action="store_true", help="py-spy the mount during each workload")
+    p.add_argument("--compare", metavar="SYNCD",
+                   help="another syncd executable, mounted beside as the side `compare`")
     p.add_argument("--cache", default="/var/tmp/syncd-bench-cache",
                    help="where pyfuse3's source distribution is kept between runs")
     args = p.parse_args()
@@ -384,20 +400,22 @@ def main():
 
     base = Path(tempfile.mkdtemp(prefix="syncd-bench-", dir=args.dir or "/var/tmp"))
     home, tarball, repo = base / "home", base / "tree.tar", base / "repo"
-    roots = {side: base / side for side in SIDES}
+    roots = {side: base / side for side in SIDES if side != "compare" or args.compare}
     for d in (*roots.values(), base / "passthrough-src"):
         d.mkdir()
     facts = machine_facts(base)
     print(f"syncd bench in {base}: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     print("ratio = mount speed / other speed (1.0 = as fast, 0.5 = half as fast;"
           " for timed workloads other s / mount s); find runs with warm caches", flush=True)
-    results, pid, examples = {}, None, {}
+    results, pid, examples, compared = {}, None, {}, None
     try:
         if {"tar", "find"} & set(only):
             make_tarball(tarball, args.tar_files)
         if "git" in only:
             make_repo(repo, args.git_files)
         pid = mount(syncd, home, roots["mount"])
+        if args.compare:
+            compared = mount(args.compare, base / "home-compare", roots["compare"])
         argvs = {"floor": [FLOOR, roots["floor"]]}
         if script:
             argvs["passthrough"] = [script, base / "passthrough-src", roots["passthrough"]]
@@ -413,6 +431,8 @@ def main():
                     continue  # in memory: its bytes would only measure copying in Python
                 if side == "mount":
                     run_workload(w, side, bench, results, pyspy, pid, prof_dir)
+                elif side == "compare":
+                    run_workload(w, side, bench, results, pid=compared)
                 else:
                     run_workload(w, side, bench, results)
         status = run([syncd, "--home", str(home), "status", "--json"])[1]
@@ -423,6 +443,9 @@ def main():
                 unmount_example(proc, roots[side])
         if (home / "lock").exists() or mounted(roots["mount"]):
             unmount(syncd, home, roots["mount"], pid or lock_pid(home))
+        other = base / "home-compare"
+        if args.compare and ((other / "lock").exists() or mounted(roots["compare"])):
+            unmount(args.compare, other, roots["compare"], compared or lock_pid(other))
         shutil.rmtree(base, ignore_errors=True)
     report(results, only, args, facts, syncd)
 
@@ -443,6 +466,8 @@ def report(results, only, args, facts, syncd):
             row[key] = (x / y if higher else y / x) if x and y else None
         rows.append(row)
     heads = {**{side: side for side in SIDES}, **{k: "/".join(v) for k, v in RATIOS.items()}}
+    if not args.compare:
+        heads = {k: h for k, h in heads.items() if "compare" not in h}
     print(f"\n{'workload':10} {'unit':8} " + " ".join(f"{h:>12}" for h in heads.values()))
     for r in rows:
         f = [("-" if r[k] is None else f"{r[k]:.2f}" if r[k] >= 1 else f"{r[k]:.3g}")
@@ -461,6 +486,7 @@ def report(results, only, args, facts, syncd):
              "ratio_passthrough": "mount speed / passthrough example speed",
              "ratio_floor": "mount speed / floor speed",
              "ratio_floor_passthrough": "floor speed / passthrough example speed",
+             "ratio_compare": "mount speed / the --compare syncd's speed",
              "results": rows, "notes": notes}, indent=1))
 
 

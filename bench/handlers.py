@@ -7,8 +7,9 @@ Calls the FUSE handlers (mount/operations.py) directly in trio on a real index i
 CREATE, WRITE (100-2,000 bytes), SETATTR of the times, of the owner and of the mode
 through the open file, FLUSH (the commit), RELEASE and FORGET, 100 files per directory.
 Prints the process's CPU and the wall time per file, and the statements SQLite ran per
-file. `--code DIR` runs another copy of the code (a directory holding `syncd/` with
-`index/` and `mount/` inside, as installed), to compare two versions in the same run:
+file, the transactions and the pages they wrote to the WAL. `--code DIR` runs another
+copy of the code (a directory holding `syncd/` with `index/` and `mount/` inside, as
+installed), to compare two versions in the same run:
 the pyfuse3 round trips and the kernel, which bench/fs.py measures, are not in these
 figures.
 """
@@ -85,15 +86,20 @@ def main() -> None:
         trio.run(tar, fs, args.n, b"d")
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         statements: list[str] = []
+        wal = base / "index.db-wal"
+        wal_before = wal.stat().st_size
         db.conn.set_trace_callback(statements.append)  # counted apart: it costs time
         trio.run(tar, fs, 100, b"counted")
+        frames = (wal.stat().st_size - wal_before) / (4096 + 24)  # nothing checkpoints
         db.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
     # A trigger's statements are traced as the statement that fired it, once more each.
     ran = sum(1 for i, s in enumerate(statements) if i == 0 or s != statements[i - 1])
+    commits = statements.count("COMMIT")
     print(f"{args.code or 'this tree'}: {1e6 * cpu / args.n:.0f} us CPU, "
-          f"{1e6 * wall / args.n:.0f} us wall, {ran / 100:.1f} statements per file")
+          f"{1e6 * wall / args.n:.0f} us wall, {ran / 100:.1f} statements, "
+          f"{commits / 100:.1f} transactions, {frames / 100:.1f} WAL pages per file")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from syncd.index.schema import (
     LOCAL_ONLY_KINDS,
     ROOT_ID,
     ROOT_INO,
+    IndexConnection,
     open_db,
 )
 from syncd.index.store import ChunkStore
@@ -138,6 +139,18 @@ class Entry:
     inode: Inode
 
 
+@dataclass(frozen=True)
+class _NewFile:
+    """A new file's create, kept in memory until the next transaction writes it
+    (Catalog.create with `later`)."""
+
+    inode: Inode
+    parent_ino: int
+    node: dict[str, object]  # the node row's columns
+    journal: tuple  # the journal row
+    chunks: bytes = b""  # its chunk list, once its first commit gave it content
+
+
 class Catalog:
     def __init__(self, db: sqlite_utils.Database, store: ChunkStore,
                  on_change: Callable[[], None] = lambda: None,
@@ -148,6 +161,16 @@ class Catalog:
         store.in_use = self._in_use
         self.device: str = self.conn.execute(
             "SELECT value FROM meta WHERE key = 'device_id'").fetchone()[0]
+        # New files not written yet (create with `later`), by inode, and the inodes as
+        # they are until then: those files and their directories. Every statement on the
+        # connection writes them first (IndexConnection.settle), and a transaction of
+        # ours writes them as its own first rows: a file's create and its commit at close
+        # are one transaction.
+        self._new_files: dict[int, _NewFile] = {}
+        self._unsettled: dict[int, Inode] = {}
+        # The inode rows the last transaction wrote of them, for _wrote.
+        self._settled: dict[int, Inode] = {}
+        self._unsettled_sql = getattr(self.conn, "unsettled", self.conn.execute)
         self._load_counters()
         self._dir_nodes: dict[int, str] = {ROOT_INO: ROOT_ID}
         self._inodes: InodeCache[Inode] = InodeCache(self.conn)
@@ -183,6 +206,9 @@ class Catalog:
     # -- reading
 
     def inode(self, ino: int) -> Inode:
+        inode = self._unsettled.get(ino)
+        if inode is not None:
+            return inode
         inode = self._inodes.get(ino)
         if inode is not None:
             return inode
@@ -196,6 +222,8 @@ class Catalog:
         return inode
 
     def chunks(self, ino: int) -> ChunkList:
+        if ino in self._new_files:
+            return ChunkList([])
         blob = self._chunk_blobs.get(ino)
         if blob is None:
             row = self.conn.execute("SELECT chunks FROM inodes WHERE ino = ?",
@@ -283,32 +311,116 @@ class Catalog:
         own, plain BEGIN and COMMIT (sqlite-utils' atomic() costs ~1.5 us more, on every
         change)."""
         before = self.seq
+        settling = bool(self._new_files) and not self.conn.in_transaction
         try:
             if self.conn.in_transaction:
                 with self.db.atomic():
                     result = self._collect_and(fn, args)
             else:
+                self._disarm()  # new files kept in memory are this transaction's first rows
+                self._settled = {}
                 self.conn.execute("BEGIN")
                 try:
+                    if settling:
+                        self._write_new_files()
                     result = self._collect_and(fn, args)
                     self.conn.execute("COMMIT")
                     self.committed_at = self.conn.total_changes
                 except BaseException:
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
+                    self._settled = {}
+                    self._arm()  # still to be written, by the next statement
                     raise
         except BaseException:
             self._load_counters()
             raise
         self._collected = []
-        if self.seq != before:
+        if settling:
+            self._new_files_written()
+        if self.seq != before or settling:
             self.on_change()
         return result
 
+    # New files kept in memory (create with `later`) until the next statement.
+
+    def _arm(self) -> None:
+        if self._new_files and isinstance(self.conn, IndexConnection):
+            self.conn.settle = self.settle
+
+    def _disarm(self) -> None:
+        if isinstance(self.conn, IndexConnection):
+            self.conn.settle = None
+
+    def settle(self) -> None:
+        """Write the new files kept in memory, in a transaction of their own (another
+        statement is about to run, or a close has nothing else to commit); nothing to do
+        when there are none. On a full disk the store's reserve gives way for them: the
+        statement that asked (often one freeing room) must not run before them."""
+        if not self._new_files:
+            return
+        self._disarm()
+        if self.conn.in_transaction:  # one begun outside `transaction`: they join it
+            self._write_new_files()
+            self._new_files_written()
+            return
+        try:
+            self._settle()
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode != sqlite3.SQLITE_FULL or not self.store.release_reserve():
+                raise
+            self._disarm()
+            self._settle()
+
+    def _settle(self) -> None:
+        before = self.conn.total_changes
+        self._settled = {}
+        self.conn.execute("BEGIN")
+        try:
+            self._write_new_files()
+            self.conn.execute("COMMIT")
+            self.committed_at = self.conn.total_changes
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self._settled = {}
+            self._arm()
+            raise
+        self._wrote(before, {}, {})
+        self._new_files_written()
+        self.on_change()
+
+    def _write_new_files(self) -> None:
+        """Insert the new files kept in memory (inside a transaction), in the order of
+        their stamps. Inserts leave no old version to hold (schema.VERSIONS)."""
+        held = self._held_at == self.conn.total_changes
+        for new in sorted(self._new_files.values(), key=lambda n: n.journal[0]):
+            i = new.inode
+            self.conn.execute(
+                "INSERT INTO inodes (ino, kind, mode, uid, gid, size, mtime_ns, ctime_ns,"
+                " atime_ns, hash, chunks, target, rdev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?)", (i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ns,
+                                 i.ctime_ns, i.atime_ns, i.hash, new.chunks, None, 0))
+            self.conn.execute(
+                f"INSERT INTO nodes ({', '.join(new.node)})"
+                f" VALUES ({', '.join('?' * len(new.node))})", tuple(new.node.values()))
+            self.conn.execute(
+                "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", new.journal)
+            self._touch_dir(new.parent_ino, i.ctime_ns)
+        self._settled = dict(self._unsettled)
+        if held:
+            self._held_at = self.conn.total_changes
+
+    def _new_files_written(self) -> None:
+        self._new_files.clear()
+        self._unsettled.clear()
+
     def _wrote(self, before: int, inodes: dict[int, Inode], blobs: dict[int, bytes]) -> None:
         """The transaction just committed from change count `before` wrote exactly these
-        inode rows (and chunk lists), and no other (index/inodecache.py)."""
-        self._inodes.wrote(before, self.committed_at, inodes)
+        inode rows (and chunk lists), and no other but those of the new files it wrote
+        first (index/inodecache.py)."""
+        self._inodes.wrote(before, self.committed_at, {**self._settled, **inodes})
         self._chunk_blobs.wrote(before, self.committed_at, blobs)
 
     def _collect_and(self, fn, args):
@@ -428,9 +540,11 @@ class Catalog:
     def _load_counters(self) -> None:
         """The sequence number and clock are those of the last journal row. Also used when
         a failed transaction rolled back the counters it advanced."""
-        row = self.conn.execute(
+        row = self._unsettled_sql(
             "SELECT seq, clock FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         self.seq, self.clock = row if row else (0, 0)
+        for new in self._new_files.values():  # stamped, not written yet
+            self.seq, self.clock = max(self.seq, new.journal[0]), max(self.clock, new.journal[1])
 
 
     # -- creating
@@ -439,16 +553,29 @@ class Catalog:
         self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
         target: bytes | None = None, mtime_ns: int | None = None, rdev: int = 0,
         content: tuple[ChunkList, int] | None = None, op: str = "create",
+        later: bool = False,
     ) -> Entry:
         """A new file, directory, symlink or special file (`rdev` for a device): one new
         inode, one new node, one change (none for a special file: it is local-only). A
         file may be made with its content (its chunks in the store) and an mtime of its
         own (syncd import). `op` is its journal row's: `recover` for the copy crash
-        recovery makes of uncommitted writes (index/recovery.py, `syncd log`)."""
+        recovery makes of uncommitted writes (index/recovery.py, `syncd log`).
+
+        `later` (the mount's create of an empty file): the inode number, stamp and rows
+        are decided now, and written by the next transaction or statement, normally
+        the file's commit at close (one transaction per file, not two). Entries that
+        stamp nothing (ignored ones, a receive-only machine's) and rule files are
+        written at once."""
         name = check_name(name)
         now = time.time_ns()
         mtime = mtime_ns if mtime_ns is not None else now
         parent = self.dir_node(parent_ino)
+        if later and kind == "file" and content is None and mtime_ns is None and \
+                name != IGNORE_FILE and self.mode != RECEIVE_ONLY and \
+                isinstance(self.conn, IndexConnection) and not self.conn.in_transaction:
+            created = self._create_later(parent_ino, parent, name, mode, uid, gid, now)
+            if created is not None:
+                return created
         chunks, size = content or (ChunkList([]), len(target) if target is not None else 0)
 
         def run() -> Entry:
@@ -478,6 +605,36 @@ class Catalog:
             self._wrote(before, {created.inode.ino: created.inode, parent_ino: directory},
                         {created.inode.ino: chunks.blob})
         return created
+
+    def _create_later(self, parent_ino: int, parent: str, name: str, mode: int, uid: int,
+                      gid: int, now: int) -> Entry | None:
+        """create(later=True) of an empty file, or None when it must be written at once
+        (ignored). Its inode number comes after every one SQLite handed out and every
+        one kept in memory; its stamp is taken now, so it is written before any later
+        one (every transaction writes it first)."""
+        if self.is_live_name(parent, name):  # also writes the new files kept before
+            raise fail(errno.EEXIST, name)
+        if self.ignores(parent, name, "file"):
+            return None
+        directory = self.inode(parent_ino)
+        row = self._unsettled_sql(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
+        ino = max([row[0] if row else 0, *self._new_files]) + 1
+        self._next_stamp()
+        node = f"{self.device}:{self.seq}"
+        columns = {"id": node, "seq": self.seq,
+                   **self._new_versions(ASPECTS, ("{}",) * len(ASPECTS)),
+                   "kind": "file", "ino": ino, "parent": parent, "name": name}
+        inode = Inode(ino, "file", mode & 0o7777, uid, gid, 0, now, now, now,
+                      ChunkList([]).hash, None, 0, 1)
+        self._new_files[ino] = _NewFile(
+            inode, parent_ino, columns,
+            (self.seq, self.clock, node, "create", self.device, now // 10**9,
+             to_json({"kind": "file"})))
+        self._unsettled[ino] = inode
+        self._unsettled[parent_ino] = replace(directory, mtime_ns=now, ctime_ns=now)
+        self._arm()
+        return Entry(node, 0, name, inode)  # its entry (readdir offset) comes at insert
 
     def link(self, ino: int, parent_ino: int, name: str) -> Entry:
         """A hard link: a second node on the same inode (peers see a separate file)."""
@@ -786,6 +943,9 @@ class Catalog:
         bytes of those that go into the index now, by digest. Returns the chunks left with
         no reference, for `retire`."""
         blob = chunks.blob
+        if ino in self._new_files:
+            self._commit_new_file(ino, chunks, size, mtime_ns, mode, owner or {}, inline)
+            return []
 
         def run() -> tuple[list[bytes], Inode, bool]:
             inode = self.inode(ino)
@@ -829,6 +989,25 @@ class Catalog:
         if not rules:  # a rule file's effects reach further
             self._wrote(before, {ino: after}, {ino: blob})
         return garbage
+
+    def _commit_new_file(self, ino: int, chunks: ChunkList, size: int, mtime_ns: int | None,
+                         mode: int | None, owner: dict[str, int],
+                         inline: dict[bytes, bytes] | None) -> None:
+        """The first commit of a new file its create kept in memory: the create takes the
+        content and metadata, and is written with its chunk references in one
+        transaction, one change (a file made with its content, as syncd import makes
+        one): no second stamp, journal row or update of rows just inserted."""
+        new = self._new_files[ino]
+        old = new.inode
+        after = replace(old, size=size, hash=file_hash(chunks.blob), ctime_ns=time.time_ns(),
+                        mtime_ns=old.mtime_ns if mtime_ns is None else mtime_ns,
+                        mode=old.mode if mode is None else mode & 0o7777,
+                        uid=owner.get("uid", old.uid), gid=owner.get("gid", old.gid))
+        self._new_files[ino] = replace(new, inode=after, chunks=chunks.blob)
+        self._unsettled[ino] = after
+        before = self.conn.total_changes
+        self.transaction(self._reref, chunks, size, ChunkList([]), inline)
+        self._wrote(before, {ino: after}, {ino: chunks.blob})
 
     def _reref(self, new: ChunkList, size: int, old: ChunkList,
                inline: dict[bytes, bytes] | None = None) -> list[bytes]:
@@ -909,6 +1088,13 @@ class Catalog:
             if not inline_size(len(v)):
                 self.store.put(v)
 
+    def reserve_inodes(self, upto: int) -> None:
+        """Inode numbers up to `upto` are taken (by new files a crash kept from the index,
+        whose working chunks name them): never handed out again."""
+        with self.db.atomic():
+            self.conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?)"
+                              " WHERE name = 'inodes'", (upto,))
+
     def recovery_target(self, ino: int) -> int | None:
         """The inode a recovery of `ino`'s uncommitted writes created, if that recovery
         was cut short after its commit (recovery.py)."""
@@ -952,8 +1138,8 @@ class Catalog:
                  if inline_size(sealed.work[i].length) and not self.store.has(digest)}
         inline = {installs[i]: self.store.read_work(draft.ino, i, sealed.work[i].length)
                   for i in short}
-        if durable:
-            self.conn.execute("PRAGMA synchronous = FULL")
+        if durable:  # not a statement that writes the new files first: they join the commit
+            self._unsettled_sql("PRAGMA synchronous = FULL")
         try:
             crash_point("commit:before-index")
             garbage = self.commit_content(
@@ -961,7 +1147,7 @@ class Catalog:
                 draft.content_changed, draft.owner, inline)
         finally:
             if durable:
-                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self._unsettled_sql("PRAGMA synchronous = NORMAL")
         crash_point("commit:after-index")
         for n, (i, digest) in enumerate(installs.items()):
             if n == 1:

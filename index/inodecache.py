@@ -30,13 +30,15 @@ LIMIT = 4096
 class InodeCache(Generic[T]):
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        # Asks nothing that new files kept in memory would change (IndexConnection).
+        self._pragma = getattr(conn, "unsettled", conn.execute)
         self.rows: dict[int, T] = {}
         # (conn.total_changes, PRAGMA data_version) when `rows` were last known exact
         self.at: tuple[int, int] | None = None
 
     def _outside(self) -> int:
         """SQLite's count of commits by other connections (PRAGMA data_version)."""
-        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+        return self._pragma("PRAGMA data_version").fetchone()[0]
 
     def get(self, ino: int) -> T | None:
         now = (self.conn.total_changes, self._outside())

@@ -10,6 +10,10 @@ writes sit in its working chunks, store/work/<ino>.<index>. Two cases:
 - Otherwise it keeps its last committed version, and what was written since becomes
   NAME.sync-recovered-YYYYMMDD-HHMMSS.EXT beside it, an ordinary new file, so nothing is
   published as if closed and nothing is lost.
+- A new file whose create had not reached the index (it commits with the file's first
+  close, Catalog.create with `later`) is gone, as an unsynced create on ext4 may be; what
+  was written to it becomes inode-N.sync-recovered-... at the share's root, the name the
+  recovery gives bytes whose names are gone. Its inode number is never handed out again.
 
 Recovery is crash-safe itself: the recovered copy's transaction records which inode it
 made (Catalog.set_recovery_target), so a recovery cut short after it finishes the install
@@ -53,6 +57,7 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
         store.drop_staged(staged - kept)
     store.adopt_slots()
     recovered = []
+    catalog.reserve_inodes(max(store.work_inodes(), default=0))
     for ino in store.work_inodes():
         size = catalog.size_of(ino)  # None: the inode is gone
         work = store.work_chunks(ino)
@@ -64,9 +69,10 @@ def recover(catalog: Catalog, store: ChunkStore) -> list[str]:
             target = ino
         if target is not None:  # the index has the version: finish the install
             _install(catalog, store, target, work, digests)
-        elif work and size is not None:
+        elif work:
             lowest = store.floor(ino)  # 0 after O_TRUNC: the committed bytes are gone
-            floor = size if lowest is None else min(size, lowest)
+            committed = size or 0  # None: a new file whose create never reached the index
+            floor = committed if lowest is None else min(committed, lowest)
             recovered.append(_recover_file(catalog, store, ino, floor, work))
         store.clear_work(ino)
         if interrupted is not None:
@@ -131,7 +137,9 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
     chunks = b.copy(kept, b.slots, slot_count(size)).done()
     catalog.store_new_chunks(made)
 
-    inode = catalog.inode(ino)
+    # A new file's create that never reached the index: the root's owner, mode 0600.
+    inode = catalog.inode(ino if catalog.size_of(ino) is not None else ROOT_INO)
+    mode = inode.mode if inode.kind == "file" else 0o600
     nodes = catalog.nodes_of(ino)
     if nodes:
         parent_node, name = catalog.placement(nodes[0])
@@ -146,7 +154,7 @@ def _recover_file(catalog: Catalog, store: ChunkStore, ino: int, floor: int,
               if _as_slot(work[i], work_digests[i]) is not None
               and inline_size(os.path.getsize(work[i])) and not store.has(work_digests[i])}
     with catalog.db.atomic():
-        entry = catalog.create(parent_ino, new_name, "file", inode.mode, inode.uid, inode.gid,
+        entry = catalog.create(parent_ino, new_name, "file", mode, inode.uid, inode.gid,
                                op="recover")
         catalog.commit_content(entry.inode.ino, chunks, size, time.time_ns(), None, True,
                                inline=inline)

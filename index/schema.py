@@ -647,17 +647,46 @@ class ReadOnly:
         self.conn.close()
 
 
+class IndexConnection(sqlite3.Connection):
+    """The index's connection: before any statement, `settle` (when set) writes what its
+    owner keeps in memory until then (Catalog's new files, which commit with the first
+    transaction after their create), so no statement ever sees an index without them."""
+
+    settle: Callable[[], None] | None = None
+
+    def execute(self, sql: str, parameters=(), /) -> sqlite3.Cursor:
+        if self.settle is not None:
+            self.settle()
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters, /) -> sqlite3.Cursor:
+        if self.settle is not None:
+            self.settle()
+        return super().executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        if self.settle is not None:
+            self.settle()
+        return super().executescript(script)
+
+    def unsettled(self, sql: str, parameters=(), /) -> sqlite3.Cursor:
+        """A statement that reads nothing `settle` would write (what other connections
+        committed, the next inode number), run as it is."""
+        return super().execute(sql, parameters)
+
+
 def connect(path: Path, readonly: bool = False,
             autocheckpoint: bool = True) -> sqlite_utils.Database | ReadOnly:
     """Open the index with the settings every user of it needs. Without `autocheckpoint`,
     a Checkpointer must copy the WAL back."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                               factory=IndexConnection)
         conn.execute("PRAGMA busy_timeout = 5000")
         return ReadOnly(conn)
     import sqlite_utils  # here, not at the top: see ReadOnly
 
-    conn = sqlite3.connect(path, check_same_thread=False)
+    conn = sqlite3.connect(path, check_same_thread=False, factory=IndexConnection)
     # No sqlite-utils plugins: finding them scans every installed package's entry points
     # (50 ms at each start), and one installed for something else would hook our index.
     db = sqlite_utils.Database(conn, execute_plugins=False)

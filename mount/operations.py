@@ -405,7 +405,7 @@ class Filesystem(pyfuse3.Operations):
         device = kind in ("chardev", "blockdev")
         return self._new(parent_inode, name, kind, mode, ctx, rdev=rdev if device else 0)
 
-    def _new(self, parent_inode, name, kind, mode, ctx, target=None, rdev=0):
+    def _new(self, parent_inode, name, kind, mode, ctx, target=None, rdev=0, later=False):
         """A new node owned by the caller, with mode minus umask; setgid directories pass
         their group (and, to directories, the bit) on."""
         parent = self.catalog.inode(parent_inode)
@@ -417,7 +417,7 @@ class Filesystem(pyfuse3.Operations):
             if kind == "dir":
                 mode |= stat.S_ISGID
         entry = self.catalog.create(parent_inode, check_name(name), kind, mode & 0o7777,
-                                    ctx.uid, gid, target, rdev=rdev)
+                                    ctx.uid, gid, target, rdev=rdev, later=later)
         return self._entry(entry.inode)
 
     @handler
@@ -457,7 +457,8 @@ class Filesystem(pyfuse3.Operations):
 
     @handler
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attrs = self._new(parent_inode, name, "file", mode, ctx)
+        # Written with the file's commit at close, or by whatever reaches the index first.
+        attrs = self._new(parent_inode, name, "file", mode, ctx, later=True)
         self.content.draft(attrs.st_ino, empty=True)  # its writes need not ask the index
         return self._open_handle(attrs.st_ino, flags), attrs
 
@@ -509,14 +510,15 @@ class Filesystem(pyfuse3.Operations):
     @handler
     async def flush(self, fh):
         h = self.handles[fh]
-        if h.writable:
-            await self.content.commit(h.ino)
+        if h.writable and not await self.content.commit(h.ino):
+            self.catalog.settle()  # a new file closed unwritten: its create commits now
 
     @handler
     async def fsync(self, fh, datasync):
         h = self.handles[fh]
         if not await self.content.commit(h.ino, durable=True):
             # Already committed, perhaps not durably: flush the home's file system.
+            self.catalog.settle()
             await self.content.sync_all()
 
     @handler

@@ -1,0 +1,120 @@
+"""A new file's create kept in memory until the next transaction (Catalog.create with
+`later`, as the mount's CREATE does), on real SQLite files."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+import pytest
+from syncd.index import schema
+from syncd.index.catalog import Catalog
+from syncd.index.chunklist import ChunkList
+from syncd.index.draft import Draft
+from syncd.index.recovery import recover
+from syncd.index.store import ChunkStore
+
+from tests.index.conftest import DEVICE
+from tests.index.test_catalog import _commit, committed, journal
+
+ROOT = schema.ROOT_INO
+
+
+def new_file(c: Catalog, name: str) -> tuple[str, int, Draft]:
+    e = c.create(ROOT, name, "file", 0o644, 1000, 1000, later=True)
+    return e.node, e.inode.ino, Draft(c.store, e.inode.ino, ChunkList([]), 0)
+
+
+def other_reader(tmp_path) -> sqlite3.Connection:
+    """Another process's view of the index (as `syncd status` reads it)."""
+    return sqlite3.connect(f"file:{tmp_path / 'index.db'}?mode=ro", uri=True)
+
+
+def names(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM nodes WHERE deleted = 0")}
+
+
+def traced(c: Catalog, fn) -> list[str]:
+    statements: list[str] = []
+    c.conn.set_trace_callback(statements.append)
+    try:
+        fn()
+    finally:
+        c.conn.set_trace_callback(None)
+    return statements
+
+
+def test_a_new_file_and_its_first_commit_are_one_transaction(cat, tmp_path):
+    reader = other_reader(tmp_path)
+    made: list = []
+    assert "COMMIT" not in traced(cat, lambda: made.extend(new_file(cat, "a.txt")))
+    assert "a.txt" not in names(reader)
+    first = made[0]
+    file_node, ino, d = new_file(cat, "b.txt")  # the first is written before it looks
+    assert "a.txt" in names(reader) and "b.txt" not in names(reader)
+    assert cat.inode(ino).size == 0 and cat.inode(ROOT).mtime_ns == cat.inode(ino).ctime_ns
+    d.write(0, b"hello")
+    ran = traced(cat, lambda: _commit(cat, ino, d))
+    assert ran.count("COMMIT") == 1
+    assert "b.txt" in names(reader)
+    # one change: the file made with its content, as syncd import makes one
+    assert journal(cat)[-2:] == [(first, "create"), (file_node, "create")]
+    assert committed(cat, ino) == b"hello" and cat.inode(ino).size == 5
+    assert cat.lookup(ROOT, "b.txt").inode == cat.inode(ino)
+    reader.close()
+
+
+def test_every_statement_sees_a_new_file(cat):
+    file_node, ino, _ = new_file(cat, "a")
+    assert cat.lookup(ROOT, "a").inode.ino == ino  # SQL, after the create was written
+    assert cat.nodes_of(ino) == [file_node]
+    with pytest.raises(OSError) as e:
+        new_file(cat, "a")
+    assert e.value.errno == errno.EEXIST
+
+
+def test_a_new_file_closed_unwritten_is_written_by_settle(cat, tmp_path):
+    reader = other_reader(tmp_path)
+    new_file(cat, "empty")
+    cat.settle()  # what the mount's flush does when there is nothing to commit
+    assert "empty" in names(reader)
+    reader.close()
+
+
+def test_a_failed_transaction_keeps_the_new_file_for_the_next(cat):
+    first, ino, _ = new_file(cat, "a")
+    with pytest.raises(OSError) as e:
+        cat.unlink(ROOT, "not-there")  # wrote the new file, then rolled back
+    assert e.value.errno == errno.ENOENT
+    assert cat.inode(ino).kind == "file"
+    second = cat.create(ROOT, "b", "file", 0o644, 0, 0).node
+    assert journal(cat)[-2:] == [(first, "create"), (second, "create")]
+    assert int(second.split(":")[1]) == int(first.split(":")[1]) + 1
+    assert cat.lookup(ROOT, "a").inode.ino == ino
+
+
+def test_recovery_keeps_the_bytes_of_a_new_file_the_index_never_got(tmp_path, expect_log):
+    expect_log(r"WARNING recovered uncommitted writes to inode \d+ as inode-\d+\.sync-recovered-")
+    ChunkStore.create(tmp_path / "store")
+    schema.create(tmp_path / "index.db", DEVICE, 1000, 1000, 1_700_000_000 * 10**9).close()
+    db = schema.open_db(tmp_path / "index.db")
+    c = Catalog(db, ChunkStore(tmp_path / "store"))
+    _, ino, d = new_file(c, "never-closed.txt")
+    d.write(0, b"written, never closed")  # its dirty mark names an inode the index lacks
+    c.store.close()
+    db.close()  # a crash: nothing writes the new file
+
+    db = schema.open_db(tmp_path / "index.db")
+    c = Catalog(db, ChunkStore(tmp_path / "store"))
+    try:
+        assert c.size_of(ino) is None
+        [name] = recover(c, c.store)
+        assert name.startswith(f"inode-{ino}.sync-recovered-")
+        copy = c.lookup(ROOT, name).inode
+        assert committed(c, copy.ino) == b"written, never closed"
+        assert copy.ino != ino
+        assert c.create(ROOT, "next", "file", 0o644, 0, 0).inode.ino > ino  # never reused
+        assert c.store.dirty_inodes() == []
+    finally:
+        c.store.close()
+        db.close()
