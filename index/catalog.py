@@ -1521,7 +1521,7 @@ class NewEntries:
     def __init__(self, cat: Catalog, uid: int, gid: int):
         self.cat, self.uid, self.gid = cat, uid, gid
         self.now = time.time_ns()
-        self.next_ino: int | None = None  # the next inode number, once read
+        self.next_ino: int | None = None  # the next inode number, read at the first add
         self.inodes: list[tuple] = []
         self.nodes: list[tuple] = []
         self.journal: list[tuple] = []
@@ -1587,6 +1587,7 @@ class NewEntries:
                          [(self.now, ino) for ino in self.parents])
         self.inodes, self.nodes, self.journal = [], [], []
         self.refs, self.sizes, self.inline, self.parents = Counter(), {}, {}, set()
+        self.next_ino = None  # a create may come before the next add
 
 
 class Conflict(NamedTuple):

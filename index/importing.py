@@ -59,9 +59,14 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
+        """An entry as another process sent it: its inline bytes checked against its
+        chunk list (those read here, by read_file, are the bytes it hashed)."""
         e = cls(**d)
         if e.data is not None:
             e.data = base64.b64decode(e.data, validate=True)
+            if inline_slot(ChunkList.from_hex(e.chunks or [], e.size), e.size) \
+                    != digest_of(e.data):
+                raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
         return e
 
 
@@ -280,9 +285,10 @@ class Importer:
                 return
             content = (chunks, e.size)
             if e.data is not None:  # its short last chunk, inline
-                if inline_slot(chunks, e.size) != digest_of(e.data):
-                    raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
-                inline = {digest_of(e.data): e.data}
+                digest = inline_slot(chunks, e.size)
+                if digest is None:
+                    raise ValueError(f"{e.rel}: it has no chunk to hold inline")
+                inline = {digest: e.data}
         target = os.fsencode(e.target) if e.kind == "symlink" else None
         mtime = e.mtime_ns if e.kind != "dir" else None
         if parent in batch.pending:  # the ignore rules read the parent from the index

@@ -22,7 +22,7 @@ from syncd.paths import share_path
 
 BATCH_FILES = 2000  # entries applied in one transaction
 BATCH_BYTES = 256 << 20  # content read ahead of one transaction
-READERS = 4  # files read and hashed at once
+READERS = 2  # files read and hashed at once
 GROUP = 64  # files one reading task reads (a future per file cost the applying thread)
 
 
