@@ -48,11 +48,13 @@ class Entry:
     mtime_ns: int
     size: int = 0
     target: str | None = None  # a symlink's target (surrogate-escaped)
-    chunks: list[str] | None = None  # a file's chunk list (hex), once read
+    chunks: ChunkList | None = None  # a file's chunk list, once read (hex in JSON)
     data: bytes | None = None  # its short last chunk's bytes, kept inline
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.chunks is not None:
+            d["chunks"] = self.chunks.hex()
         if self.data is not None:
             d["data"] = base64.b64encode(self.data).decode()
         return d
@@ -62,10 +64,11 @@ class Entry:
         """An entry as another process sent it: its inline bytes checked against its
         chunk list (those read here, by read_file, are the bytes it hashed)."""
         e = cls(**d)
+        if e.chunks is not None:
+            e.chunks = ChunkList.from_hex(e.chunks, e.size)
         if e.data is not None:
             e.data = base64.b64decode(e.data, validate=True)
-            if inline_slot(ChunkList.from_hex(e.chunks or [], e.size), e.size) \
-                    != digest_of(e.data):
+            if e.chunks is None or inline_slot(e.chunks, e.size) != digest_of(e.data):
                 raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
         return e
 
@@ -237,15 +240,13 @@ class Importer:
         """One transaction for the batch, then its staged chunks into the store: with no
         await in between, no reader sees the index claim a chunk that is not there."""
         outcome, effects = Outcome(), Effects()
-        chunks = {e.rel: ChunkList.from_hex(e.chunks, e.size)
-                  for e in entries if e.chunks is not None}
-        staged = {d for c in chunks.values() for d in c.digests()}
+        staged = {d for e in entries if e.chunks is not None for d in e.chunks.digests()}
         used: set[bytes] = set()
 
         def run() -> None:
             batch = _Batch(self.catalog.new_entries(self.uid, self.gid), entries)
             for e in entries:
-                self._apply_one(e, chunks.get(e.rel), outcome, effects, used, batch)
+                self._apply_one(e, e.chunks, outcome, effects, used, batch)
             batch.flush()
 
         try:

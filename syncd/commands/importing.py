@@ -15,14 +15,13 @@ from pathlib import Path
 
 from syncd.home import FAILURE, OK, USAGE, Home, UserError, mounted_at
 from syncd.index.catalog import open_catalog
-from syncd.index.chunklist import ChunkList
 from syncd.index.importing import Entry, Importer, Outcome, blocked, read_file, scan, wanted
 from syncd.index.store import ChunkStore
 from syncd.paths import share_path
 
 BATCH_FILES = 2000  # entries applied in one transaction
 BATCH_BYTES = 256 << 20  # content read ahead of one transaction
-READERS = 2  # files read and hashed at once
+READERS = 4  # files read and hashed at once
 GROUP = 64  # files one reading task reads (a future per file cost the applying thread)
 
 
@@ -162,7 +161,7 @@ class _Reading:
                     error = error or result
                     continue
                 chunks, e.size, short, more = result
-                e.chunks = chunks.hex()
+                e.chunks = chunks
                 if short is not None:
                     e.data = short
                 self.digests.update(chunks.digests())
@@ -214,8 +213,7 @@ def _batches(entries: list[Entry]):
 
 def _drop(store: ChunkStore, batch: list[Entry]) -> None:
     """Staged chunks of a batch that will not be applied."""
-    store.drop_staged([d for e in batch if e.chunks is not None
-                       for d in ChunkList.from_hex(e.chunks, e.size).digests()])
+    store.drop_staged([d for e in batch if e.chunks is not None for d in e.chunks.digests()])
 
 
 def _summary(o: Outcome) -> str:

@@ -10,7 +10,6 @@ import os
 
 import pytest
 from syncd.index.catalog import ASPECTS, RECEIVE_ONLY, Catalog, local_only, to_json
-from syncd.index.chunklist import ChunkList
 from syncd.index.importing import Entry, Importer, read_file, scan
 from syncd.index.inline import inline_slot
 from syncd.index.schema import ROOT_INO
@@ -47,7 +46,7 @@ def read_tree(cat: Catalog, src) -> list[Entry]:
     for e in entries:
         if e.kind == "file":
             chunks, e.size, e.data, _ = read_file(cat.store, src / e.rel)
-            e.chunks = chunks.hex()
+            e.chunks = chunks
     return entries
 
 
@@ -61,7 +60,7 @@ def create_each(cat: Catalog, into: str, entries: list[Entry]) -> None:
             head, _, name = e.rel.rpartition("/")
             content = None
             if e.kind == "file":
-                chunks = ChunkList.from_hex(e.chunks, e.size)
+                chunks = e.chunks
                 content = (chunks, e.size)
                 if e.data is not None:
                     cat.inline.add({inline_slot(chunks, e.size): e.data})
@@ -119,8 +118,7 @@ def test_a_batch_makes_the_rows_a_create_per_entry_makes(cat, tmp_path):
     # a chunk held by both trees counts two references per file; the small files'
     # bytes are held once, inline
     assert cat.conn.execute("SELECT refs FROM chunks WHERE hash = ?", (
-        ChunkList.from_hex(entries[[e.rel for e in entries].index("a/f00")].chunks, 8)
-        .at(0),)).fetchone() == (4,)
+        entries[[e.rel for e in entries].index("a/f00")].chunks.at(0),)).fetchone() == (4,)
     assert cat.conn.execute("SELECT count(*) FROM inline").fetchone() == (31,)
     # the directories' own mtimes moved with their new entries, each once
     top = cat.ino_of(cat.node_at("bulk"))
