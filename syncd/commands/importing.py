@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import errno
 import os
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -105,7 +106,8 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
                         reading = _Reading(pool, store, src, batch, todo,
                                            read.digests if read else set())
                     if read is not None:
-                        done.add(apply(read.batch))
+                        with _uninterrupted():
+                            done.add(apply(read.batch))
                         bar.update(sum(x.size for x in read.batch if x.kind == "file"))
                         bar.set_postfix_str(f"{done.created + done.skipped} files",
                                             refresh=False)
@@ -137,6 +139,21 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
     for line in done.refused + skipped:
         print(f"  skipped {line}", file=sys.stderr)
     return OK if not (done.differing or done.refused or skipped) else FAILURE
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C waits for the block to end, then interrupts: a batch's transaction and the
+    move of its chunks into the store go together (interrupted in between, the command
+    dropped chunks the index had just taken, or the serving process was about to)."""
+    pressed = []
+    before = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 class _Reading:

@@ -4,6 +4,7 @@ again, it skips what is there; killed or out of space, it leaves whole files or 
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 
@@ -18,6 +19,7 @@ from tests.helpers import (
     free_port,
     status,
     syncd,
+    wait_for,
 )
 
 pytestmark = needs_fuse
@@ -141,6 +143,45 @@ def test_a_chunk_two_batches_share_is_whole_though_one_is_read_while_the_other_a
     assert not list((share.home / "store" / "import").iterdir())
     share.start()
     same_tree(src, share.path / "src")
+    share.stop()
+
+
+def test_an_interrupted_import_leaves_whole_files_and_a_run_again_imports_the_rest(
+        share, tmp_path):
+    """Ctrl-C while a batch is applied and the next one read: nothing staged stays, every
+    file there is whole, and a run again skips those and imports the rest."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(4):
+        (src / f"big{i}").write_bytes(os.urandom(MIB + i))
+    for i in range(10000):  # five batches, each with chunks to stage
+        (src / "d" / f"f{i:05d}").write_bytes(os.urandom(MIB) if i % 500 == 7 else b"%d\n" % i)
+    proc = subprocess.Popen([*SYNCD, "--home", str(share.home), "import", str(src)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: status(share.home)["files"]["total"] > 0, what="a batch applied")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    assert "interrupted: " in err and "run again to import the rest" in err
+    assert not list((share.home / "store" / "import").iterdir())
+    share.start()
+    here = os.listdir(share.path / "src" / "d")
+    assert 0 < len(here) < 10000
+    for name in here:
+        assert (share.path / "src" / "d" / name).read_bytes() == (src / "d" / name).read_bytes()
+    share.stop()
+    again = syncd(share.home, "import", str(src))
+    assert f"{len(here) + 5} already there" in again.stdout  # and the four big files, d
+    share.start()
+    assert len(os.listdir(share.path / "src" / "d")) == 10000
+    for name in [f"big{i}" for i in range(4)] + [f"d/f{i:05d}" for i in range(7, 10000, 50)]:
+        assert (share.path / "src" / name).read_bytes() == (src / name).read_bytes(), name
+    assert not list((share.home / "store" / "import").iterdir())
     share.stop()
 
 
