@@ -304,8 +304,12 @@ class Importer:
             batch.flush()
             if inline:
                 self.catalog.inline.add(inline)
-            made = self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid,
-                                       target, mtime_ns=mtime, content=content)
+            try:
+                made = self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid,
+                                           target, mtime_ns=mtime, content=content)
+            except OSError as x:  # a name create refuses: reported, the batch goes on
+                outcome.refused.append(f"{e.rel}: {x.strerror}")
+                return
             ino, node = made.inode.ino, made.node
         outcome.created += 1
         if e.kind == "dir":
