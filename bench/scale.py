@@ -8,7 +8,8 @@ Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh 
 
   import   a tree of --files files of 4 KiB (100 per directory) put into an idle home with
            `syncd import`, against `cp -a` of the same tree into a plain directory on the
-           same disk (caches dropped before each): files/s and the ratio.
+           same disk (caches dropped before each): files/s and the ratio, medians of
+           --repeat rounds; --before SYNCD times another syncd's import in the same rounds.
   share    the home grown to --share-files files by more imports (one directory holding
            --dir-files of them), then: `syncd status --json` (median of 5), the mount
            until it answers (`syncd mount`, median of 3), both also on an empty home in
@@ -113,21 +114,43 @@ class Home:
 
 
 def bench_import(base, exe, args, res):
+    """`cp -a` and `syncd import` of one tree, --repeat times (and the --before syncd's
+    import in the same rounds, alternating which goes first); medians. The first home
+    the import made goes on to the share workload; the others are removed at once (a
+    100,000-file home is about 450 MB)."""
     src = base / "src0"
     make_tree(src, args.files)
-    plain = base / "plain"
-    drop_caches()
-    cp = timed(lambda: run(["cp", "-a", src, plain]))
-    home = Home(exe, base / "alpha", "alpha")
-    home.init()
-    drop_caches()
-    imp = timed(lambda: home.cli("import", src, "--into", "src0"))
+    sides = [("import", exe)] + ([("before", args.before)] if args.before else [])
+    times = {"cp": [], **{name: [] for name, _ in sides}}
+    kept = None
+    for r in range(args.repeat):
+        plain = base / "plain"
+        drop_caches()
+        times["cp"].append(timed(lambda plain=plain: run(["cp", "-a", src, plain])))
+        shutil.rmtree(plain)
+        for name, syncd in sides[::-1] if r % 2 else sides:
+            home = Home(syncd, base / f"{name}-{r}", "alpha")
+            home.init()
+            drop_caches()
+            times[name].append(timed(lambda h=home: h.cli("import", src, "--into", "src0")))
+            if kept is None and name == "import" and "share" in args.only:
+                kept = home
+            else:
+                shutil.rmtree(home.path)
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
+              flush=True)
+    cp, imp = statistics.median(times["cp"]), statistics.median(times["import"])
     res["import"] = {"files": args.files, "cp_s": cp, "import_s": imp,
                      "cp_files_s": args.files / cp, "import_files_s": args.files / imp,
-                     "ratio": cp / imp}
-    print(f"import {args.files:,} files: syncd import {imp:.2f} s, cp -a {cp:.2f} s, "
-          f"ratio {cp / imp:.2f}", flush=True)
-    return home
+                     "ratio": cp / imp, "rounds": times}
+    line = (f"import {args.files:,} files (median of {args.repeat}): syncd import {imp:.2f} s, "
+            f"cp -a {cp:.2f} s, ratio {cp / imp:.2f}")
+    if args.before:
+        before = statistics.median(times["before"])
+        res["import"] |= {"before_s": before, "before_ratio": cp / before}
+        line += f"; before ({args.before}) {before:.2f} s, ratio {cp / before:.2f}"
+    print(line, flush=True)
+    return kept
 
 
 def status_and_mount(home, mnt):
@@ -229,6 +252,10 @@ def main():
     p.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     p.add_argument("--json", type=Path)
     p.add_argument("--syncd", default=str(Path(sys.executable).with_name("syncd")))
+    p.add_argument("--repeat", type=int, default=1, help="rounds of the import workload")
+    p.add_argument("--before", metavar="SYNCD",
+                   help="another syncd (say, a checkout of the code before a change) whose "
+                        "import is timed in the same rounds")
     args = p.parse_args()
     only = set(args.only.split(","))
     base = Path(tempfile.mkdtemp(prefix="syncd-scale-", dir=args.dir))
@@ -236,7 +263,8 @@ def main():
     homes = []
     try:
         home = bench_import(base, args.syncd, args, res)
-        homes.append(home)
+        if home:
+            homes.append(home)
         if "share" in only:
             bench_share(base, home, args, res)
         if "join" in only:

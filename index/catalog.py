@@ -256,6 +256,14 @@ class Catalog:
         ).fetchone()
         return Entry(row[0], row[1], row[2], Inode(*row[3:])) if row else None
 
+    def names_taken(self, parent_ino: int, names: list[str]) -> set[str]:
+        """Those of `names` that are live entries of a directory: one statement, where a
+        lookup each would cost a statement and an Entry per name (syncd import)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT name FROM nodes WHERE parent = ? AND deleted = 0"
+            " AND name IN (SELECT value FROM json_each(?))",
+            (self.dir_node(parent_ino), json.dumps(names)))}
+
     def children(self, dir_ino: int, after: int, limit: int = 1000) -> list[Entry]:
         rows = self.conn.execute(
             f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
@@ -635,6 +643,16 @@ class Catalog:
         self._unsettled[parent_ino] = replace(directory, mtime_ns=now, ctime_ns=now)
         self._arm()
         return Entry(node, 0, name, inode)  # its entry (readdir offset) comes at insert
+
+    def creates_plainly(self, parent: str, name: str, kind: str) -> bool:
+        """Would `create` make this entry a plain shared node, as NewEntries makes it: not
+        a special file, not ignored, not a rule file, not on a receive-only machine?"""
+        return (kind not in LOCAL_ONLY_KINDS and self.mode != RECEIVE_ONLY
+                and name != IGNORE_FILE and not self.ignores(parent, name, kind))
+
+    def new_entries(self, uid: int, gid: int) -> NewEntries:
+        """New entries made in bulk inside the caller's transaction (NewEntries)."""
+        return NewEntries(self, uid, gid)
 
     def link(self, ino: int, parent_ino: int, name: str) -> Entry:
         """A hard link: a second node on the same inode (peers see a separate file)."""
@@ -1670,6 +1688,94 @@ class Catalog:
             " WHERE n.deleted = 0)"
             " SELECT count(*) FROM pinned WHERE kind = 'file'").fetchone()[0]
         return FileCounts(files, local, pinned, conflicts, size, size_local)
+
+
+# A new node's columns as NewEntries writes them, versions in _new_versions' order.
+NEW_NODE_COLUMNS = ("id", "seq", *(f"{a}_{c}" for a in ASPECTS
+                                   for c in ("vv", "made", "clock", "device")),
+                    "kind", "ino", "parent", "name")
+
+
+class NewEntries:
+    """Files, directories and symlinks made in bulk (syncd import): for each the rows
+    `create` writes (inode, node, journal row, chunk references, inline bytes), gathered
+    and written with one statement per table at `flush`, each parent's mtime set once.
+    Only for entries `Catalog.creates_plainly` allows, under parents that exist or were
+    added here, and names checked and free. Inside one transaction of the caller's, which
+    flushes before anything else reads or writes the index: `add` allocates each entry's
+    inode number and stamp at once, so a directory's children can be added before it is
+    written."""
+
+    def __init__(self, cat: Catalog, uid: int, gid: int):
+        self.cat, self.uid, self.gid = cat, uid, gid
+        self.now = time.time_ns()
+        self.next_ino: int | None = None  # the next inode number, read at the first add
+        self.inodes: list[tuple] = []
+        self.nodes: list[tuple] = []
+        self.journal: list[tuple] = []
+        self.refs: Counter[bytes] = Counter()
+        self.sizes: dict[bytes, int] = {}
+        self.inline: dict[bytes, bytes] = {}
+        self.parents: set[int] = set()
+
+    def add(self, parent_ino: int, parent: str, name: str, kind: str, mode: int,
+            mtime_ns: int | None = None, target: bytes | None = None,
+            content: tuple[ChunkList, int] | None = None,
+            inline: dict[bytes, bytes] | None = None) -> tuple[int, str]:
+        """One new entry, as `create` makes it (with `inline`: bytes of its chunks held in
+        the index); its inode number and node id."""
+        cat = self.cat
+        if self.next_ino is None:  # AUTOINCREMENT's next, as an INSERT would take it
+            self.next_ino = cat.conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'),"
+                " 0), coalesce((SELECT max(ino) FROM inodes), 0)) + 1").fetchone()[0]
+        ino, self.next_ino = self.next_ino, self.next_ino + 1
+        chunks, size = content or (ChunkList([]), len(target) if target is not None else 0)
+        digest = chunks.hash if kind == "file" else None
+        if kind == "symlink":
+            digest = "blake3:" + digest_of(target or b"").hex()
+        mtime = mtime_ns if mtime_ns is not None else self.now
+        self.inodes.append((ino, kind, mode & 0o7777, self.uid, self.gid, size, mtime,
+                            self.now, self.now, digest, chunks.blob, target))
+        for i, d in chunks.stored():
+            self.refs[d] += 1
+            self.sizes[d] = slot_length(i, size)
+        self.inline.update(inline or {})
+        cat._next_stamp()
+        node = f"{cat.device}:{cat.seq}"
+        vv = to_json({cat.device: cat.seq})  # every aspect's first version: _new_versions
+        self.nodes.append((node, cat.seq, *(vv, vv, cat.clock, cat.device) * len(ASPECTS),
+                           kind, ino, parent, name))
+        self.journal.append((cat.seq, cat.clock, node, "create", cat.device,
+                             self.now // 10**9, to_json({"kind": kind})))
+        self.parents.add(parent_ino)
+        return ino, node
+
+    def flush(self) -> None:
+        """Write what was added since the last flush."""
+        if not self.nodes:
+            return
+        conn = self.cat.conn
+        conn.executemany(
+            "INSERT INTO inodes (ino, kind, mode, uid, gid, size, mtime_ns, ctime_ns,"
+            " atime_ns, hash, chunks, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.inodes)
+        conn.executemany(
+            f"INSERT INTO nodes ({', '.join(NEW_NODE_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(NEW_NODE_COLUMNS))})", self.nodes)
+        conn.executemany(
+            "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", self.journal)
+        conn.executemany(
+            "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs",
+            [(d, self.sizes[d], n) for d, n in self.refs.items()])
+        self.cat.inline.add(self.inline)
+        conn.executemany("UPDATE inodes SET mtime_ns = ?1, ctime_ns = ?1 WHERE ino = ?2",
+                         [(self.now, ino) for ino in self.parents])
+        self.inodes, self.nodes, self.journal = [], [], []
+        self.refs, self.sizes, self.inline, self.parents = Counter(), {}, {}, set()
+        self.next_ino = None  # a create may come before the next add
 
 
 class Conflict(NamedTuple):

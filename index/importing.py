@@ -6,9 +6,11 @@ hashed in 1 MiB slots and its chunks are staged in the store (ChunkStore.stage),
 short last one (index/inline.py), whose bytes travel with the batch into the index. Batches
 of entries are then applied in one transaction each (Importer.apply), by the process that
 owns the index, and their staged chunks moved among the committed ones right after, with
-nothing in between. A batch is all or nothing: an interrupted or failed import leaves
-whole files or none, and staged chunks no transaction took are dropped (recovery does it
-after a crash). Peers learn the imported files as ordinary changes.
+nothing in between; the next batch is read meanwhile (its chunks that the batch being
+applied has staged too are staged once that is over). A batch is all or nothing: an
+interrupted or failed import leaves whole files or none, and staged chunks no transaction
+took are dropped (recovery does it after a crash). Peers learn the imported files as
+ordinary changes.
 
 What is already in the share at a path is left alone: the same kind, size and mtime count
 as imported (a run again skips them without reading); a different file is reported, not
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd.index.catalog import Catalog
+from syncd.index.catalog import Catalog, NewEntries, check_name
 from syncd.index.chunklist import CHUNK, Builder, ChunkList, digest_of, zero_digest
 from syncd.index.effects import Effects
 from syncd.index.faults import crash_point
@@ -46,20 +48,28 @@ class Entry:
     mtime_ns: int
     size: int = 0
     target: str | None = None  # a symlink's target (surrogate-escaped)
-    chunks: list[str] | None = None  # a file's chunk list (hex), once read
+    chunks: ChunkList | None = None  # a file's chunk list, once read (hex in JSON)
     data: bytes | None = None  # its short last chunk's bytes, kept inline
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.chunks is not None:
+            d["chunks"] = self.chunks.hex()
         if self.data is not None:
             d["data"] = base64.b64encode(self.data).decode()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
+        """An entry as another process sent it: its inline bytes checked against its
+        chunk list (those read here, by read_file, are the bytes it hashed)."""
         e = cls(**d)
+        if e.chunks is not None:
+            e.chunks = ChunkList.from_hex(e.chunks, e.size)
         if e.data is not None:
             e.data = base64.b64decode(e.data, validate=True)
+            if e.chunks is None or inline_slot(e.chunks, e.size) != digest_of(e.data):
+                raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
         return e
 
 
@@ -121,27 +131,32 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def read_file(store: ChunkStore, path: Path) -> tuple[ChunkList, int, bytes | None]:
+def read_file(store: ChunkStore, path: Path, busy: set[bytes] | frozenset = frozenset()
+              ) -> tuple[ChunkList, int, bytes | None, dict[bytes, bytes]]:
     """Hash a file in slots and stage its chunks (a worker thread's work); its chunk list
-    and size as read (the file may have changed since it was listed), and the bytes of a
-    short last chunk, which is not staged: it goes inline. When it fails (a full disk),
-    what it staged is dropped."""
+    and size as read (the file may have changed since it was listed), the bytes of a
+    short last chunk, which is not staged: it goes inline, and those of chunks in `busy`,
+    not staged either: another batch, being applied, has them staged under the same
+    names, which its apply moves or drops (the caller stages them once it is over). When
+    it fails (a full disk), what it staged is dropped."""
     b = Builder()
-    size, short = 0, None
+    size, short, held = 0, None, {}
     try:
         with open(path, "rb") as f:
             while piece := f.read(CHUNK):
                 digest = digest_of(piece)
                 if inline_size(len(piece)) and digest != zero_digest(len(piece)):
                     short = piece
+                elif digest in busy:
+                    held[digest] = piece
                 elif digest != zero_digest(len(piece)):
                     store.stage(digest, piece)
                 b.add(digest, len(piece))
                 size += len(piece)
     except OSError:
-        store.drop_staged(b.done().digests())
+        store.drop_staged([d for d in b.done().digests() if d not in busy])
         raise
-    return b.done(), size, short
+    return b.done(), size, short, held
 
 
 def wanted(catalog: Catalog, into: str, entries: list[Entry]) -> list[Entry]:
@@ -172,25 +187,33 @@ def blocked(catalog: Catalog, into: str) -> str | None:
 
 class _Dirs:
     """The inodes of the directories below one (`root`), by path, each looked up once: a
-    batch's entries share their parents."""
+    batch's entries share their parents. Those made by this batch (`fresh`) have no other
+    entries than it made, so nothing below them is looked up."""
 
     def __init__(self, catalog: Catalog, root: int | None):
         self.catalog = catalog
         self.known: dict[str, int | None] = {"": root}
+        self.fresh: set[int] = set()
 
     def get(self, path: str) -> int | None:
         """The directory at `path`; None when there is no such directory."""
         if path not in self.known:
             head, _, name = path.rpartition("/")
             parent = self.get(head)
-            found = None if parent is None else self.catalog.lookup(parent, name)
+            found = None if parent is None or parent in self.fresh else \
+                self.catalog.lookup(parent, name)
             self.known[path] = found.inode.ino if found and found.inode.kind == "dir" else None
         return self.known[path]
 
 
 class Importer:
     """Applies batches of entries under one directory of the share, `into` (made if need
-    be). Runs where the index is owned: the serving process, or the command itself."""
+    be). Runs where the index is owned: the serving process, or the command itself.
+
+    A batch's new entries are written in bulk (Catalog.new_entries: one statement per
+    table for many entries) rather than by one `create` each, which is what bounded the
+    import; what `create` alone decides (an ignored entry, a rule file, a receive-only
+    machine) still goes through it, after what was gathered is written."""
 
     def __init__(self, catalog: Catalog, into: str, uid: int, gid: int):
         self.catalog = catalog
@@ -217,14 +240,14 @@ class Importer:
         """One transaction for the batch, then its staged chunks into the store: with no
         await in between, no reader sees the index claim a chunk that is not there."""
         outcome, effects = Outcome(), Effects()
-        chunks = {e.rel: ChunkList.from_hex(e.chunks, e.size)
-                  for e in entries if e.chunks is not None}
-        staged = {d for c in chunks.values() for d in c.digests()}
+        staged = {d for e in entries if e.chunks is not None for d in e.chunks.digests()}
         used: set[bytes] = set()
 
         def run() -> None:
+            batch = _Batch(self.catalog.new_entries(self.uid, self.gid), entries)
             for e in entries:
-                self._apply_one(e, chunks.get(e.rel), outcome, effects, used)
+                self._apply_one(e, e.chunks, outcome, effects, used, batch)
+            batch.flush()
 
         try:
             self.catalog.transaction(run)
@@ -237,40 +260,62 @@ class Importer:
         return outcome, effects
 
     def _apply_one(self, e: Entry, chunks: ChunkList | None, outcome: Outcome,
-                   effects: Effects, used: set[bytes]) -> None:
+                   effects: Effects, used: set[bytes], batch: _Batch) -> None:
         parent, name = self._parent(e.rel)
         if parent is None:
             outcome.differing.append(e.rel)
             return
-        found = self.catalog.lookup(parent, name)
+        try:
+            name = check_name(name)
+        except OSError as x:  # a name the share cannot hold (too long, not UTF-8)
+            outcome.refused.append(f"{e.rel}: {x.strerror}")
+            return
+        found = None
+        if parent not in self.dirs.fresh and name in batch.taken(self.catalog, parent, e.rel):
+            found = self.catalog.lookup(parent, name)
         if found is not None:
             if self._same(found.inode, e):
                 outcome.skipped += 1
             else:
                 outcome.differing.append(e.rel)
             return
-        content = None
+        content, inline = None, None
         if e.kind == "file":
             if chunks is None:  # not there when the batch was read, there since
                 outcome.differing.append(e.rel)
                 return
             content = (chunks, e.size)
             if e.data is not None:  # its short last chunk, inline
-                data = e.data
-                if inline_slot(chunks, e.size) != digest_of(data):
-                    raise ValueError(f"{e.rel}: its inline bytes are not its last chunk")
-                self.catalog.inline.add({digest_of(data): data})
+                digest = inline_slot(chunks, e.size)
+                if digest is None:
+                    raise ValueError(f"{e.rel}: it has no chunk to hold inline")
+                inline = {digest: e.data}
         target = os.fsencode(e.target) if e.kind == "symlink" else None
-        try:
-            made = self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid,
-                                       target, mtime_ns=e.mtime_ns if e.kind != "dir" else None,
-                                       content=content)
-        except OSError as x:  # a name the share cannot hold (too long, not UTF-8)
-            outcome.refused.append(f"{e.rel}: {x.strerror}")
-            return
+        mtime = e.mtime_ns if e.kind != "dir" else None
+        if parent in batch.pending:  # the ignore rules read the parent from the index
+            batch.flush()
+        parent_node = batch.nodes.get(parent) or self.catalog.dir_node(parent)
+        if self.catalog.creates_plainly(parent_node, name, e.kind):
+            ino, node = batch.new.add(parent, parent_node, name, e.kind, e.mode, mtime,
+                                      target, content, inline)
+            if e.kind == "dir":
+                batch.pending.add(ino)
+        else:  # as a create decides it, on what was gathered so far
+            batch.flush()
+            if inline:
+                self.catalog.inline.add(inline)
+            try:
+                made = self.catalog.create(parent, name, e.kind, e.mode, self.uid, self.gid,
+                                           target, mtime_ns=mtime, content=content)
+            except OSError as x:  # a name create refuses: reported, the batch goes on
+                outcome.refused.append(f"{e.rel}: {x.strerror}")
+                return
+            ino, node = made.inode.ino, made.node
         outcome.created += 1
         if e.kind == "dir":
-            self.dirs.known[e.rel] = made.inode.ino
+            self.dirs.known[e.rel] = ino
+            self.dirs.fresh.add(ino)
+            batch.nodes[ino] = node
         if chunks is not None:
             used.update(chunks.digests())
             outcome.bytes += e.size
@@ -286,3 +331,31 @@ class Importer:
         if e.kind == "symlink":
             return inode.target == os.fsencode(e.target)
         return True
+
+
+class _Batch:
+    """What one batch's transaction has gathered: the entries not written yet (`new`),
+    the directories among them (`pending`), the node of each directory it made, and
+    which of its names are taken in the directories that were there before it."""
+
+    def __init__(self, new: NewEntries, entries: list[Entry]):
+        self.new = new
+        self.pending: set[int] = set()
+        self.nodes: dict[int, str] = {}
+        self.names: dict[str, list[str]] = {}  # the batch's names, by directory path
+        for e in entries:
+            head, _, name = e.rel.rpartition("/")
+            if _utf8(name):  # others are refused
+                self.names.setdefault(head, []).append(name)
+        self._taken: dict[int, set[str]] = {}
+
+    def taken(self, catalog: Catalog, parent: int, rel: str) -> set[str]:
+        """The names of the batch in `rel`'s directory (inode `parent`) that are taken."""
+        if parent not in self._taken:
+            self._taken[parent] = catalog.names_taken(parent,
+                                                      self.names[rel.rpartition("/")[0]])
+        return self._taken[parent]
+
+    def flush(self) -> None:
+        self.new.flush()
+        self.pending.clear()

@@ -115,17 +115,18 @@ async def _answer(handlers: dict[str, Handler], stream: trio.SocketStream) -> No
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes | None:
-    """One line, or None when it is longer than MAX_LINE."""
-    data = b""
-    while b"\n" not in data:
-        if len(data) > MAX_LINE:
-            return None
+    """One line, or None when it is longer than MAX_LINE. Only each new piece is searched
+    for the newline: an import's batch is a line of megabytes."""
+    data = bytearray()
+    while len(data) <= MAX_LINE:
         chunk = await stream.receive_some(65536)
         if not chunk:
             break
-        data += chunk
-    line = data.split(b"\n", 1)[0]
-    return line if len(line) <= MAX_LINE else None
+        end = chunk.find(b"\n")
+        data += chunk if end < 0 else chunk[:end]
+        if end >= 0:
+            break
+    return bytes(data) if len(data) <= MAX_LINE else None
 
 
 async def _dispatch(handlers: dict[str, Handler], line: bytes | None) -> dict:

@@ -6,8 +6,10 @@ home, else here under the home's lock."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import os
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -15,7 +17,6 @@ from pathlib import Path
 from syncd import control
 from syncd.home import FAILURE, OK, USAGE, Home, UserError, mounted_at
 from syncd.index.catalog import open_catalog
-from syncd.index.chunklist import ChunkList
 from syncd.index.importing import Entry, Importer, Outcome, blocked, read_file, scan, wanted
 from syncd.index.store import ChunkStore
 from syncd.paths import share_path
@@ -23,6 +24,7 @@ from syncd.paths import share_path
 BATCH_FILES = 2000  # entries applied in one transaction
 BATCH_BYTES = 256 << 20  # content read ahead of one transaction
 READERS = 4  # files read and hashed at once
+GROUP = 64  # files one reading task reads (a future per file cost the applying thread)
 
 
 def add_parsers(sub, common) -> None:
@@ -80,6 +82,8 @@ def _apply_here(cat, into: str, batch: list[Entry]) -> Outcome:
 
 
 def _run(home: Home, src: Path, into: str, apply) -> int:
+    """Read each batch on the pool while the one before it is applied: the index bounds
+    the import, and then never waits for the disk or the hashing."""
     from tqdm import tqdm
 
     skipped: list[str] = []
@@ -91,28 +95,36 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
                disable=not sys.stderr.isatty(), leave=False)
     try:
         with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
-            for batch in _batches(entries):
-                with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
-                    todo = wanted(cat, into, batch)
-                try:
-                    _read_all(pool, store, src, todo)
-                except OSError as e:
-                    _drop(store, batch)
-                    if e.errno == errno.ENOSPC:
-                        raise UserError(f"no space left on the home's disk: {_summary(done)}; "
-                                        "free some space and run again", FAILURE) from None
-                    raise UserError(f"cannot read {e.filename}: {e.strerror}") from None
-                except BaseException:
-                    _drop(store, batch)
-                    raise
-                try:
-                    outcome = apply(batch)
-                except BaseException:
-                    _drop(store, batch)
-                    raise
-                done.add(outcome)
-                bar.update(sum(x.size for x in batch if x.kind == "file"))
-                bar.set_postfix_str(f"{done.created + done.skipped} files", refresh=False)
+            read: _Reading | None = None  # read, to apply
+            reading: _Reading | None = None
+            try:
+                for batch in [*_batches(entries), None]:
+                    if batch is not None:
+                        with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+                            todo = wanted(cat, into, batch)
+                        reading = _Reading(pool, store, src, batch, todo,
+                                           read.digests if read else set())
+                    if read is not None:
+                        with _uninterrupted():
+                            done.add(apply(read.batch))
+                        bar.update(sum(x.size for x in read.batch if x.kind == "file"))
+                        bar.set_postfix_str(f"{done.created + done.skipped} files",
+                                            refresh=False)
+                        read = None
+                    if reading is not None:
+                        reading.finish()
+                        read, reading = reading, None
+            except BaseException:
+                for r in (read, reading):
+                    if r is not None:
+                        r.abandon()
+                raise
+    except _Unread as x:
+        e = x.error
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"no space left on the home's disk: {_summary(done)}; "
+                            "free some space and run again", FAILURE) from None
+        raise UserError(f"cannot read {e.filename}: {e.strerror}") from None
     except KeyboardInterrupt:
         print(f"interrupted: {_summary(done)}; run again to import the rest",
               file=sys.stderr)
@@ -128,21 +140,78 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
     return OK if not (done.differing or done.refused or skipped) else FAILURE
 
 
-def _read_all(pool, store: ChunkStore, src: Path, todo: list[Entry]) -> None:
-    """Read and stage these files on the pool's threads; every read is over when this
-    returns or raises (the first error), so a failed batch can drop all it staged."""
-    futures = [pool.submit(read_file, store, src / e.rel) for e in todo]
-    error = None
-    for e, future in zip(todo, futures, strict=True):
+@contextlib.contextmanager
+def _uninterrupted():
+    """Ctrl-C waits for the block to end, then interrupts: a batch's transaction and the
+    move of its chunks into the store go together (interrupted in between, the command
+    dropped chunks the index had just taken, or the serving process was about to)."""
+    pressed = []
+    before = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if pressed:
+        raise KeyboardInterrupt
+
+
+class _Reading:
+    """The files of one batch (`todo`, those it must read) read and staged on the pool's
+    threads, GROUP files a task. Chunks in `busy` (staged by the batch being applied)
+    are held in memory and staged once `finish` is called, after that apply."""
+
+    def __init__(self, pool, store: ChunkStore, src: Path, batch: list[Entry],
+                 todo: list[Entry], busy: set[bytes]):
+        self.store, self.batch = store, batch
+        self.digests: set[bytes] = set()  # what this batch stages
+        self.tasks = [(group, pool.submit(_read_group, store, src, group, busy))
+                      for group in (todo[i:i + GROUP] for i in range(0, len(todo), GROUP))]
+
+    def finish(self) -> None:
+        """Wait for every read, then stage the held chunks; the first error once every
+        read is over, so that a failed batch can drop all it staged."""
+        error, held = None, {}
+        for group, task in self.tasks:
+            for e, result in zip(group, task.result(), strict=True):
+                if isinstance(result, OSError):
+                    error = error or result
+                    continue
+                chunks, e.size, short, more = result
+                e.chunks = chunks
+                if short is not None:
+                    e.data = short
+                self.digests.update(chunks.digests())
+                held |= more
+        self.tasks = []
+        for digest, data in held.items():
+            self.store.stage(digest, data)
+        if error is not None:
+            raise _Unread(error)
+
+    def abandon(self) -> None:
+        """This batch will not be applied: drop what it staged, once its reads are over."""
+        with contextlib.suppress(_Unread):
+            self.finish()
+        _drop(self.store, self.batch)
+
+
+class _Unread(Exception):
+    """A file of a batch could not be read, or its chunks staged (`error`)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _read_group(store: ChunkStore, src: Path, group: list[Entry], busy: set[bytes]) -> list:
+    """read_file for each entry: its result, or the OSError it raised."""
+    results: list = []
+    for e in group:
         try:
-            chunks, e.size, short = future.result()
-            e.chunks = chunks.hex()
-            if short is not None:
-                e.data = short
+            results.append(read_file(store, src / e.rel, busy))
         except OSError as x:
-            error = error or x
-    if error is not None:
-        raise error
+            results.append(x)
+    return results
 
 
 def _batches(entries: list[Entry]):
@@ -160,8 +229,7 @@ def _batches(entries: list[Entry]):
 
 def _drop(store: ChunkStore, batch: list[Entry]) -> None:
     """Staged chunks of a batch that will not be applied."""
-    store.drop_staged([d for e in batch if e.chunks is not None
-                       for d in ChunkList.from_hex(e.chunks, e.size).digests()])
+    store.drop_staged([d for e in batch if e.chunks is not None for d in e.chunks.digests()])
 
 
 def _summary(o: Outcome) -> str:
