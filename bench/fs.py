@@ -31,7 +31,6 @@ each syncd side also prints its serving process's CPU seconds per workload
 (/proc/PID/stat), which the machine's other load disturbs less than wall time.
 """
 import argparse
-import importlib.metadata
 import io
 import json
 import os
@@ -50,6 +49,7 @@ import time
 from pathlib import Path
 
 from common import alive, free_port, mounted
+from examples import mount_example, passthrough_example, unmount_example
 
 MIB = 1 << 20
 # name: (unit, higher_is_better)
@@ -283,61 +283,6 @@ def unmount(syncd, home, mnt, pid):
         os.kill(pid, sig)
 
 
-def passthrough_example(cache):
-    """pyfuse3's examples/passthroughfs.py, of the installed pyfuse3's version, from its
-    source distribution (downloaded into `cache` once); None when it cannot be had."""
-    try:
-        version = importlib.metadata.version("pyfuse3")
-    except importlib.metadata.PackageNotFoundError:
-        note(f"pyfuse3 is not installed for {sys.executable}: no passthrough column")
-        return None
-    script = cache / f"passthroughfs-{version}.py"
-    if script.exists():
-        return script
-    cache.mkdir(parents=True, exist_ok=True)
-    sdist = cache / f"pyfuse3-{version}.tar.gz"
-    if not sdist.exists():
-        code, out = run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
-                         "--no-deps", f"pyfuse3=={version}", "-d", cache], timeout=600)
-        if code or not sdist.exists():
-            note(f"pip download of pyfuse3 {version}'s source failed ({code}): no passthrough"
-                 f" column. {out[-300:]}")
-            return None
-    with tarfile.open(sdist) as tf:
-        script.write_bytes(tf.extractfile(f"pyfuse3-{version}/examples/passthroughfs.py").read())
-    return script
-
-
-def mount_example(argv, mnt, log):
-    """A pyfuse3 file system run in the foreground as `python argv...`, mounted at `mnt`:
-    its process, or None when it did not mount."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, *map(str, argv)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        if mounted(mnt):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    note(f"{Path(argv[0]).name} did not mount: {Path(log).read_text()[-500:]}")
-    unmount_example(proc, mnt)
-    return None
-
-
-def unmount_example(proc, mnt):
-    if mounted(mnt):
-        run(["fusermount3", "-u", str(mnt)])
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        note(f"the file system at {mnt} did not exit after its unmount: killed")
-        proc.kill()
-        proc.wait()
-    if mounted(mnt):
-        run(["fusermount3", "-u", "-z", str(mnt)])
-
-
 def cpu_seconds(pid):
     """User and system CPU seconds of process `pid` so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -396,7 +341,7 @@ def main():
         note("--profile: py-spy is not installed, no profiles are recorded")
     prof_dir = Path(args.json).resolve().parent if args.json else Path.cwd()
     prof_dir.mkdir(parents=True, exist_ok=True)
-    script = passthrough_example(Path(args.cache))
+    script = passthrough_example(Path(args.cache), note)
 
     base = Path(tempfile.mkdtemp(prefix="syncd-bench-", dir=args.dir or "/var/tmp"))
     home, tarball, repo = base / "home", base / "tree.tar", base / "repo"
@@ -421,7 +366,8 @@ def main():
             argvs["passthrough"] = [script, base / "passthrough-src", roots["passthrough"]]
         for side in ("passthrough", "floor"):
             if side in argvs:
-                examples[side] = mount_example(argvs[side], roots[side], base / f"{side}.log")
+                examples[side] = mount_example(argvs[side], roots[side], base / f"{side}.log",
+                                               note)
             if not examples.get(side):
                 del roots[side]
         benches = {side: Bench(root, args, tarball, repo) for side, root in roots.items()}
@@ -440,7 +386,7 @@ def main():
     finally:
         for side, proc in examples.items():
             if proc:
-                unmount_example(proc, roots[side])
+                unmount_example(proc, roots[side], note)
         if (home / "lock").exists() or mounted(roots["mount"]):
             unmount(syncd, home, roots["mount"], pid or lock_pid(home))
         other = base / "home-compare"

@@ -34,7 +34,9 @@ rsync, no daemon, one after the other), the figure the issue's target compares w
 many and big run --repeat times; figures are medians. Each workload prints its phases
 (written, pushed, listed, readable: seconds since the start) to show what dominates.
 Syncthing (../shared/docs/running-anchors.md) is not implemented: only reported as skipped.
-The big file's bytes are also moved by bench/wire.py in the same run (a bare hypercorn
+The small files are also written through pyfuse3's own examples/passthroughfs.py (as in
+bench/fs.py): what writing them through any mount on this stack costs. The big file's
+bytes are also moved by bench/wire.py in the same run (a bare hypercorn
 server and httpx client, TLS, no disk): the stack's own ceiling for that row.
 """
 import argparse
@@ -56,6 +58,7 @@ import time
 from pathlib import Path
 
 from common import alive, free_port, mounted
+from examples import mount_example, passthrough_example, unmount_example
 from wire import measure as wire_ceiling
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -257,6 +260,42 @@ class SyncdWebDAVRelay(SyncdRelay):
             super().stop()
         finally:
             self.server.close()
+
+
+class PassthroughWrite:
+    """Not a sync: the files written through pyfuse3's own examples/passthroughfs.py over a
+    plain directory, and read back from that directory. The standards' reference for what
+    a mount on this stack costs, so the `many` rows show how much of their time no pyfuse3
+    mount could save (the writing a syncd sender does through its mount)."""
+    name = "pt"
+    workloads = ("many",)
+
+    def __init__(self, base, cache):
+        self.base, self.cache, self.proc = base, cache, None
+        self.send, self.recv = base / "pt-mnt", base / "pt-src"
+
+    def start(self):
+        script = passthrough_example(self.cache, note)
+        for d in (self.send, self.recv):
+            d.mkdir()
+        if script is None or not (proc := mount_example(
+                [script, self.recv, self.send], self.send, self.base / "pt.log", note)):
+            raise RuntimeError("the passthrough example did not mount")
+        self.proc = proc
+
+    def prepare(self, sub):
+        (self.send / sub).mkdir()
+        return sub
+
+    def push(self, sub):
+        pass
+
+    def missing(self):
+        return None
+
+    def stop(self):
+        if self.proc:
+            unmount_example(self.proc, self.send, note)
 
 
 class Rsync:
@@ -486,6 +525,12 @@ def report(res, args):
         rows.append({"workload": f"{args.big_mib} MiB, wire alone", "unit": "MB/s",
                      "syncd": wire, "rsync": mbs(sb), "ratio": wire / mbs(sb),
                      "target": "", "met": None})
+    if isinstance(pt := res.get("pt", {}).get("many"), list):
+        print(f"\nwriting the {args.files:,} files through pyfuse3's passthrough example "
+              f"(the stack's reference): {median(pt, 'written'):.3g} s")
+        rows.append({"workload": f"{args.files:,} x 4 KiB files written, passthrough",
+                     "unit": "s", "syncd": median(pt, "written"), "rsync": None,
+                     "ratio": None, "target": "", "met": None})
     for n in notes:
         print("note:", n)
     return rows
@@ -506,6 +551,8 @@ def main():
     p.add_argument("--only-relay", action="store_true",
                    help="only the relay and its rsync comparison")
     p.add_argument("--syncd", help="syncd executable (default: next to python, else PATH)")
+    p.add_argument("--cache", default="/var/tmp/syncd-bench-cache",
+                   help="where pyfuse3's passthrough example is kept (as bench/fs.py)")
     args = p.parse_args()
     for k, full, quick in (("trials", 20, 5), ("files", 1000, 100), ("big_mib", 256, 16)):
         if getattr(args, k) is None:
@@ -525,6 +572,7 @@ def main():
     print(f"sync bench in {base}: nproc {os.cpu_count()}, kernel {platform.release()}, "
           f"{run(['rsync', '--version']).splitlines()[0]}", flush=True)
     systems, res = [] if args.only_relay else [Syncd(exe, base), Rsync(base)], {}
+    systems.append(PassthroughWrite(base, Path(args.cache)))
     if args.relay or args.only_relay:
         systems += [SyncdRelay(exe, base), RsyncDir(base)]
         if os.path.exists("/usr/sbin/apache2"):
@@ -536,6 +584,8 @@ def main():
             s.start()
         for w in WORKLOADS:
             for s in systems:
+                if w not in getattr(s, "workloads", WORKLOADS):
+                    continue
                 try:
                     ms = res.setdefault(s.name, {})[w] = WORKLOADS[w](s, args)
                     print(f"  {s.name:5} {w:7} median of {len(ms)}: " + ", ".join(
