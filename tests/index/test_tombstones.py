@@ -4,15 +4,28 @@ decided by rule 3 once its tombstone is gone."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from syncd.index import relays, tombstones
 from syncd.index.history import history
 from syncd.index.peers import add_peer, list_peers, remove_peer, save_peer
 from syncd.index.versions import keep_versions, versions_of
 
-from tests.replicas import ROOT, Device, T, check_invariants, converge, send, three_devices
+from tests.index.test_convergence import step
+from tests.replicas import (
+    ROOT,
+    Device,
+    T,
+    check_invariants,
+    converge,
+    send,
+    send_some,
+    three_devices,
+)
 
 NOW = 2_000_000_000  # unix seconds, after every journal row of these tests
 
@@ -250,3 +263,73 @@ def test_history_and_old_versions_of_a_collected_delete_still_read(tmp_path):
     assert [e.event for e in events] == before
     check_invariants(a.cat)
     a.db.close()
+
+
+def collect_now(d: Device, devices: list[Device]) -> None:
+    """Drop the tombstones every other device had (the cursors of the replicas' pushes),
+    at once: no keep time, which only adds safety."""
+    upto = min(d.sent.get(o.id, 0) for o in devices if o is not d)
+    after = 0
+    while after is not None and upto:
+        _, after = tombstones.collect_step(d.cat, upto, 1 << 62, after)
+
+
+def same_step(one: Device, twin: Device, draw, n: int, log: list[str]) -> None:
+    """The same random operation on two devices: the second replays what the first drew."""
+    drawn: list = []
+
+    def record(strategy, label=None):
+        drawn.append(draw(strategy))
+        return drawn[-1]
+
+    step(one, record, n, log)
+    again = iter(drawn)
+    step(twin, lambda strategy, label=None: next(again), n, [])
+
+
+def twin_histories(draw, kept: list[Device], collected: list[Device]) -> None:
+    """The same random history on two sets of three devices, one of which collects its
+    tombstones now and then; then each set exchanges until nothing moves."""
+    log: list[str] = []
+    for n in range(draw(st.integers(1, 30), label="steps")):
+        what = draw(st.sampled_from(["exchange", "change", "collect"]), label="what")
+        if what == "exchange":
+            i, j = draw(st.permutations(range(3)), label="pair")[:2]
+            batch, batches = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+            for devs in (kept, collected):
+                send_some(devs[i], devs[j], batch, batches)
+            log.append(f"send {i} -> {j}")
+        elif what == "change":
+            i = draw(st.integers(0, 2), label="device")
+            same_step(kept[i], collected[i], draw, n, log)
+        else:
+            i = draw(st.integers(0, 2), label="device")
+            collect_now(collected[i], collected)
+            log.append(f"collect on {i}")
+    for devs in (kept, collected):
+        for _ in range(30):
+            if not sum(send_some(x, y, 100, 1000) for x, y in itertools.permutations(devs, 2)):
+                break
+    trees = [d.shared_tree() for d in (*kept, *collected)]
+    assert all(t == trees[0] for t in trees), "\n".join(
+        ["the collecting devices' trees differ:", *log, "kept:", *map(str, trees[0].items()),
+         "collected:", *map(str, trees[3].items())])
+    for d in (*kept, *collected):
+        check_invariants(d.cat)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_random_histories_end_the_same_with_tombstones_collected(tmp_path_factory, data):
+    """Rule 3 decides the same with a tombstone gone once every peer had it: random
+    histories (tests/index/test_convergence.py's operations and partial exchanges) end in
+    the same tree whether or not the devices collect their tombstones along the way."""
+    kept = three_devices(tmp_path_factory.mktemp("kept"))
+    collected = three_devices(tmp_path_factory.mktemp("collected"))
+    try:
+        twin_histories(data.draw, kept, collected)
+    finally:
+        for d in (*kept, *collected):
+            d.db.close()
