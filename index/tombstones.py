@@ -14,7 +14,9 @@ then arrives as a new node here and is alive, as rule 3 says it must be. What th
 collection keeps whatever the cursors say: directory tombstones that stand for a merged
 directory, tombstones a conflict copy names, or whose node has a state in limbo or
 held, or that came from a relay member (the cursors of our batches say nothing of its
-batches), and those `syncd log` still shows. And the cursors must have passed it
+batches), those `syncd log` still shows, and that of a file a writer here still has
+open on the inode the delete took from it (its close makes a version concurrent with the
+delete, Merger.commit_detached, which needs the tombstone). And the cursors must have passed it
 tombstone_keep_days ago: a push a peer built before it had the delete lives for a
 request's time (its signature's 300 s), and a person may still want to see the delete.
 
@@ -23,6 +25,7 @@ The collection runs in the serving process, off the mount's requests, a batch of
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from syncd.index.catalog import Catalog
@@ -49,6 +52,7 @@ AND NOT EXISTS (SELECT 1 FROM nodes c WHERE c.conflict_of = n.id)
 AND NOT EXISTS (SELECT 1 FROM limbo WHERE limbo.id = n.id)
 AND NOT EXISTS (SELECT 1 FROM held WHERE held.id = n.id)
 AND (n.origin IS NULL OR n.origin NOT IN (SELECT device FROM relay_reads))
+AND n.id NOT IN (SELECT value FROM json_each(:writing))
 """
 
 
@@ -95,7 +99,8 @@ def collect_step(cat: Catalog, upto: int, log_before: int, after: int = 0,
             " JOIN journal j ON j.seq = n.seq"
             " WHERE n.deleted = 1 AND n.seq > :after AND n.seq <= :upto"
             " ORDER BY n.seq LIMIT :limit",
-            {"after": after, "upto": upto, "log_before": log_before, "limit": limit},
+            {"after": after, "upto": upto, "log_before": log_before, "limit": limit,
+             "writing": json.dumps(sorted({node for node, _ in cat.detached.values()}))},
         ).fetchall()
         gone = [(entry,) for _, entry, ok in rows if ok]
         cat.conn.executemany("DELETE FROM nodes WHERE entry = ? AND deleted = 1", gone)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from syncd.index import relays, tombstones
+from syncd.index.chunklist import Builder, digest_of
 from syncd.index.history import history
 from syncd.index.peers import add_peer, list_peers, remove_peer, save_peer
 from syncd.index.versions import keep_versions, versions_of
@@ -337,3 +338,23 @@ def test_random_histories_end_the_same_with_tombstones_collected(tmp_path_factor
         for d in (*kept, *collected):
             d.db.close()
         shutil.rmtree(root)  # 80 examples of six stores: not kept till the session ends
+
+
+def test_a_file_still_open_for_writing_here_keeps_its_tombstone(devs):
+    """A peer deletes a file a writer here has open: the writer's close makes a version
+    concurrent with the delete (rule 6, Merger.commit_detached), which needs the
+    tombstone however long the file stays open."""
+    a, b, _ = devs
+    with_peers(a, b)
+    a.write("/f", b"one", T)
+    send(a, b)
+    deleted_here(b, "f")
+    send(b, a)  # a's inode of f lives on while its handles are open
+    (ino, (node, vv)), = a.cat.detached.items()
+    peer_up(a, b)
+    assert collect(a) == 0
+    written = b"still writing"
+    a.cat.store_new_chunks({digest_of(written): written})
+    a.merger.commit_detached(node, vv, Builder().add(digest_of(written), len(written)).done(),
+                             len(written), T + 10, ino)
+    assert a.data("/f") == written  # the edit beat the delete, as rule 3 wants
