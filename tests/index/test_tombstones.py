@@ -320,7 +320,7 @@ def twin_histories(draw, kept: list[Device], collected: list[Device]) -> None:
         check_invariants(d.cat)
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None, derandomize=True,
           phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
@@ -337,7 +337,7 @@ def test_random_histories_end_the_same_with_tombstones_collected(tmp_path_factor
     finally:
         for d in (*kept, *collected):
             d.db.close()
-        shutil.rmtree(root)  # 80 examples of six stores: not kept till the session ends
+        shutil.rmtree(root)  # 100 examples of six stores: not kept till the session ends
 
 
 def test_a_file_still_open_for_writing_here_keeps_its_tombstone(devs):
