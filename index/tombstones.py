@@ -67,11 +67,15 @@ def horizon(cat: Catalog) -> int:
 
 
 def observe(cat: Catalog, now: int) -> None:
-    """Record the horizon at `now` when it moved past the last one recorded."""
+    """Record the horizon at `now` when it moved since the last one recorded. It moves
+    back when a peer or relay is added (its cursor is 0): what was recorded beyond it
+    no longer holds."""
     seq = horizon(cat)
     with cat.db.atomic():
         last = cat.conn.execute("SELECT max(seq) FROM horizons").fetchone()[0]
-        if last is None or seq > last:
+        if last is not None and seq < last:
+            cat.conn.execute("DELETE FROM horizons WHERE seq > ?", (seq,))
+        if last is None or seq != last:
             cat.conn.execute("INSERT INTO horizons (at, seq) VALUES (?, ?)", (now, seq))
 
 

@@ -358,3 +358,18 @@ def test_a_file_still_open_for_writing_here_keeps_its_tombstone(devs):
     a.merger.commit_detached(node, vv, Builder().add(digest_of(written), len(written)).done(),
                              len(written), T + 10, ino)
     assert a.data("/f") == written  # the edit beat the delete, as rule 3 wants
+
+
+def test_a_peer_added_later_holds_what_it_has_not_had(devs):
+    """The horizon recorded before a peer was added no longer counts: that peer is at 0."""
+    a, b, c = devs
+    with_peers(a, b)
+    a.write("/f", b"one", T)
+    deleted_here(a, "f")
+    peer_up(a, b)
+    tombstones.observe(a.cat, NOW - 60)  # everyone had it a minute ago ...
+    with_peers(a, c)  # ... then c was added
+    assert collect(a, keep=30) == 0
+    assert tombstones.held_by(a.cat.conn, a.id) == ["peer c"]
+    peer_up(a, c)
+    assert collect(a) == 1
