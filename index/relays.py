@@ -99,3 +99,15 @@ def consumed(db: sqlite_utils.Database, relay: str, device: str, upto: int) -> N
     with db.atomic():
         db.conn.execute("UPDATE relay_reads SET upto = ? WHERE relay = ? AND device = ?",
                         (upto, relay, device))
+
+
+def member_read(db: sqlite_utils.Database, relay: str, device: str, ours: int, wrote: int,
+                snapshot: int, lost: bool) -> None:
+    """What a member's cursor object said: up to which of our stamps it read our batches
+    (`ours`) and its newest snapshot did (`snapshot`), with the stamp of its newest batch
+    listed after that (`wrote`), and whether it is lost (relay_member_days). Tombstone
+    collection reads them (index/tombstones.py)."""
+    with db.atomic():
+        db.conn.execute("UPDATE relay_reads SET ours = ?, wrote = ?, snapshot = ?, lost = ?"
+                        " WHERE relay = ? AND device = ?",
+                        (ours, wrote, snapshot, int(lost), relay, device))

@@ -21,7 +21,7 @@ from syncd.index.chunklist import ChunkList
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -231,6 +231,36 @@ CREATE TABLE relay_reads (
     PRIMARY KEY (relay, device)
 );
 """
+
+# Tombstone collection (schema 18; index/tombstones.py, docs/protocol.md "Tombstones"). A
+# running count of the tombstones for `syncd status`; an index of them by stamp, so that a
+# collection batch reads only tombstones; `horizons`, the stamp up to which every peer and
+# relay member had this device's changes, as seen at each time it moved (a tombstone goes
+# only once that has been so for tombstone_keep_days); and, per member of a relay, what the
+# member said it read of this device's batches (`ours`), the newest batch of its own then
+# (`wrote`: read here too before that counts), what its newest snapshot had read of ours
+# (`snapshot`), and whether it is lost (relay_member_days: then it counts no more).
+TOMBSTONES = """
+ALTER TABLE totals ADD COLUMN tombstones INTEGER NOT NULL DEFAULT 0;
+UPDATE totals SET tombstones = (SELECT count(*) FROM nodes WHERE deleted = 1);
+CREATE TRIGGER totals_tombstone_in AFTER INSERT ON nodes WHEN new.deleted = 1 BEGIN
+    UPDATE totals SET tombstones = tombstones + 1;
+END;
+CREATE TRIGGER totals_tombstone_out AFTER DELETE ON nodes WHEN old.deleted = 1 BEGIN
+    UPDATE totals SET tombstones = tombstones - 1;
+END;
+CREATE TRIGGER totals_tombstone_change AFTER UPDATE OF deleted ON nodes
+WHEN new.deleted IS NOT old.deleted BEGIN
+    UPDATE totals SET tombstones = tombstones + new.deleted - old.deleted;
+END;
+CREATE INDEX nodes_tombstones ON nodes (seq) WHERE deleted = 1;
+CREATE TABLE horizons (at INTEGER NOT NULL, seq INTEGER NOT NULL);
+ALTER TABLE relay_reads ADD COLUMN ours INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE relay_reads ADD COLUMN wrote INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE relay_reads ADD COLUMN snapshot INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE relay_reads ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+"""
+
 
 
 SCHEMA = """
@@ -586,6 +616,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     16: CACHE_LRU,
     # Relays and what was read from each.
     17: RELAYS,
+    # Tombstone collection: their count and index, and what peers and members had.
+    18: TOMBSTONES,
 }
 
 
@@ -711,6 +743,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         {IGNORED};
         {CACHE_LRU};
         {RELAYS};
+        {TOMBSTONES};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

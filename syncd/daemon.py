@@ -29,7 +29,7 @@ from syncd.control import serve_control
 from syncd.discovery import Discovery
 from syncd.fetcher import Fetcher
 from syncd.home import Home
-from syncd.index import versions
+from syncd.index import tombstones, versions
 from syncd.index.cache import Usage
 from syncd.index.catalog import RECEIVE_ONLY, SEND_ONLY, Catalog, local_only
 from syncd.index.effects import Effects
@@ -57,6 +57,9 @@ KEEP_REPLACED_MAX = 600.0
 PRUNE_EVERY = 3600.0  # seconds between prunings of the history older than log_keep_days
 LAST_UPLOAD = 10.0  # seconds the serving process gives reachable relays at its end
 EXPIRE_VERSIONS_EVERY = 60.0  # seconds between expiries of old versions (index/versions.py)
+# seconds between tombstone collections (index/tombstones.py), or a quarter of
+# tombstone_keep_days when that is shorter (a test's), but at least a second
+COLLECT_EVERY = 60.0
 
 
 class Daemon:
@@ -116,6 +119,10 @@ class Daemon:
         # Days after which a relay member that does not read is lost (syncd/relaylink.py).
         self.relay_member_days = float(config["relay_member_days"])
         self.live.on("relay_member_days", lambda v: setattr(self, "relay_member_days", v))
+        # Days a delete's tombstone is kept once every peer and relay member has it.
+        self.tombstone_keep_days = float(config["tombstone_keep_days"])
+        self.live.on("tombstone_keep_days",
+                     lambda v: setattr(self, "tombstone_keep_days", v))
         versions.keep_versions(catalog)  # and expire them (_expire_versions)
         self.catalog.keeps_versions = self._versions_limit() > 0
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
@@ -545,6 +552,7 @@ class Daemon:
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
             nursery.start_soon(self._expire_versions)
+            nursery.start_soon(self._collect_tombstones)
             nursery.start_soon(self.evictor.run)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
@@ -624,6 +632,26 @@ class Daemon:
                 log.info("pruned %d journal row(s) older than %g day(s)", pruned,
                          self.log_keep_days)
             await trio.sleep(PRUNE_EVERY)
+
+    async def _collect_tombstones(self) -> None:
+        """Record how far every peer and relay member has our changes, and drop the
+        tombstones they all had tombstone_keep_days ago (and that `syncd log` no longer
+        shows), a short transaction at a time."""
+        while True:
+            now = int(time.time())
+            tombstones.observe(self.catalog, now)
+            upto = tombstones.passed(self.catalog, int(now - self.tombstone_keep_days * 86400))
+            log_before = int(now - self.log_keep_days * 86400)
+            after: int | None = 0
+            dropped = 0
+            while after is not None and upto:
+                gone, after = tombstones.collect_step(self.catalog, upto, log_before, after)
+                dropped += gone
+                await trio.sleep(0)
+            if dropped:
+                log.info("dropped %d tombstone(s) every peer and relay member had over "
+                         "%g day(s) ago", dropped, self.tombstone_keep_days)
+            await trio.sleep(max(1.0, min(COLLECT_EVERY, self.tombstone_keep_days * 21600)))
 
     async def _fetch_op(self, request: dict) -> dict:
         try:

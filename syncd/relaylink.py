@@ -86,7 +86,10 @@ class RelayLink:
         # start: the first round is what makes the relay a holder for content fetches)
         self._sweep_due = False
         self.lost: dict[str, str] = {}  # device -> why it is not waited for (status)
-        self._cursor_written: dict[str, int] | None = None  # our cursor object as written
+        self._cursor_written: tuple | None = None  # our cursor object as written
+        # the `read` of our newest snapshot there, which our cursor object repeats for the
+        # others' tombstone collection; read from the snapshot at the first round
+        self.snapshot_read: dict[str, int] | None = None
         self._cursor_at = -math.inf  # time.monotonic() when it was
         # the stamp of our last batch there (a reader that has not read up to it when it
         # reads the next has missed some: index/relays.py), found at the first upload
@@ -290,10 +293,27 @@ class RelayLink:
                 relays.consumed(self.catalog.db, self.name, cert.device, last)
                 upto = last
             read[cert.device] = upto
+        if self.snapshot_read is None:
+            self.snapshot_read = await self._our_snapshot_read()
         # written when it moved, and now and then so that members see we are not lost
-        if read != self._cursor_written or time.monotonic() - self._cursor_at > CURSOR_EVERY:
-            await objects.put_cursor(read)
-            self._cursor_written, self._cursor_at = read, time.monotonic()
+        written = (read, self.snapshot_read)
+        if written != self._cursor_written or \
+                time.monotonic() - self._cursor_at > CURSOR_EVERY:
+            await objects.put_cursor(read, self.snapshot_read)
+            self._cursor_written, self._cursor_at = written, time.monotonic()
+
+    async def _our_snapshot_read(self) -> dict[str, int]:
+        """What our newest snapshot there says we had read ({} without one)."""
+        snapshots = await self.objects.numbered("s")
+        if not snapshots:
+            return {}
+        try:
+            read = (await self.objects.read_batch(self.cert, snapshots[-1][1])).get("read")
+        except (Missing, Rejected) as e:
+            log.warning("relay %s: our snapshot %s does not open: %s", self.name,
+                        snapshots[-1][1], e)
+            return {}
+        return read if isinstance(read, dict) else {}
 
     async def _gap(self, cert: Certificate, upto: int, prev: int) -> bool:
         """A member's batches after `upto` up to `prev` were removed before they were read
@@ -400,10 +420,12 @@ class RelayLink:
                         "days (relay_member_days): its batches are no longer kept for it; "
                         "when it comes back it starts from the snapshots")
                     log.warning("relay %s: %s", self.name, self.lost[cert.device])
+                await self._member_read(cert, cursor, lost=True)
                 continue
             self.lost.pop(cert.device, None)
             read = cursor["read"].get(self.cert.device, 0) if cursor else 0
             floor = min(floor, read if isinstance(read, int) else 0)
+            await self._member_read(cert, cursor, lost=False)
         for last, name in ours[:-1]:  # the newest one says what a next batch follows
             if last <= floor:
                 self.stored_bytes -= await objects.delete(name)
@@ -411,6 +433,21 @@ class RelayLink:
         if self._sweep_due:
             await self._remove_unneeded_chunks()
             self._sweep_due = False
+
+    async def _member_read(self, cert: Certificate, cursor: dict | None, lost: bool) -> None:
+        """Record for tombstone collection what a member's cursor object says it read of
+        ours, in its batches and in its newest snapshot, and the newest batch it had
+        written by then (listed after the cursor was read: a state of its from before it
+        had a delete is in a batch up to that one)."""
+        def ours(read: object) -> int:
+            n = read.get(self.cert.device, 0) if isinstance(read, dict) else 0
+            return n if isinstance(n, int) else 0
+
+        batches = await self.objects.numbered("b", self.objects.keys.tag(cert.device))
+        relays.member_read(self.catalog.db, self.name, cert.device,
+                           ours(cursor["read"]) if cursor else 0,
+                           batches[-1][0] if batches else 0,
+                           ours(cursor.get("snapshot")) if cursor else 0, lost)
 
     async def _remove_unneeded_chunks(self) -> None:
         """Remove our chunks that neither our newest snapshot nor a batch of ours still
@@ -450,6 +487,7 @@ class RelayLink:
         read = {device: n for device, (_, n) in
                 relays.members(self.catalog.db, self.name).items()}
         self.stored_bytes += await self.objects.put_snapshot(last, read, states)
+        self.snapshot_read = read
         log.info("relay %s: stored a snapshot of %d node(s) up to stamp %d", self.name,
                  len(states), last)
         return last

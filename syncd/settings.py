@@ -218,6 +218,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "days after which a relay member that has not read a relay is lost: its "
             "batches are no longer kept for it (it starts from the snapshots when back)",
             live=True),
+    Setting("tombstone_keep_days", days, 30,
+            "days a delete is remembered after every peer and relay member has it (and "
+            "while `syncd log` shows it); then its record goes. Under 10 minutes a push "
+            "built before a peer had the delete could bring the file back", live=True),
 )}
 
 DEFAULTS = {s.name: s.default for s in SETTINGS.values() if s.default is not None}

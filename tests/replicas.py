@@ -197,6 +197,9 @@ def check_invariants(c: Catalog) -> None:
         " coalesce(sum(i.size), 0), coalesce(sum(i.size * i.local), 0)"
         " FROM nodes n JOIN inodes i ON i.ino = n.ino WHERE n.kind = 'file' AND n.deleted = 0"
     ).fetchone(), "the running totals are the nodes' (schema.BOOKKEEPING)"
+    assert c.conn.execute("SELECT tombstones FROM totals").fetchone() == c.conn.execute(
+        "SELECT count(*) FROM nodes WHERE deleted = 1").fetchone(), \
+        "the count of tombstones is the nodes' (schema.TOMBSTONES)"
     assert c.conn.execute(
         "SELECT count(*) FROM inodes i WHERE ino != 1 AND ino NOT IN (SELECT ino FROM orphans)"
         " AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.ino = i.ino AND n.deleted = 0)"

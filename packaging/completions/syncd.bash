@@ -49,7 +49,7 @@ _syncd_command_args()
                 '') args=words words="get set" ;;
                 get | set) args=words words="name listen attr_timeout prefetch_below log_keep_days
                     ui_listen versions_keep_days versions_max cache_limit min_copies discovery mode
-                    relay_member_days" ;;
+                    relay_member_days tombstone_keep_days" ;;
             esac
             ;;
     esac

@@ -8,7 +8,7 @@ import os
 from syncd import control
 from syncd.commands.table import print_table
 from syncd.home import OK, Home, UserError, mounted_at, utc
-from syncd.index import versions
+from syncd.index import tombstones, versions
 from syncd.index.cache import chunk_bytes
 from syncd.index.catalog import Catalog, open_catalog
 from syncd.index.merge import Merger
@@ -87,6 +87,8 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
         "dirty": dirty,
         "replaced": {"chunks": replaced_chunks, "bytes": replaced_bytes},
         "versions": {"count": kept, "bytes": kept_bytes},
+        "tombstones": {"kept": tombstones.kept(cat.conn),
+                       "held_by": tombstones.held_by(cat.conn, cat.device)},
         "peers": peers,
         "relays": relays,
         "transfers": transfers,
@@ -178,6 +180,9 @@ def print_status(home: Home, as_json: bool) -> None:
                      " of replaced versions kept for peers"),
         ("versions", f"{s['versions']['count']} old version(s) of files kept "
                      f"({human_size(s['versions']['bytes'])}): 'syncd versions PATH'"),
+        ("tombstones", f"{s['tombstones']['kept']} delete(s) remembered for peers"
+                       + (f", held back by {', '.join(s['tombstones']['held_by'])}"
+                          if s["tombstones"]["held_by"] else "")),
         ("transfers", "-" if s["transfers"] is None else
          f"{len(s['transfers']['fetching'])} file(s) being fetched on open"
          f"{_arriving(s['transfers']['arriving'])}, "

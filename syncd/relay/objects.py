@@ -9,7 +9,9 @@
     c/TAG/CTAG              a content chunk the member stored, sealed (verified against
                             its digest, like any chunk, when installed)
     r/TAG                   the member's cursor: sealed, signed JSON {"device", "at",
-                            "read": {DEVICE: UPTO}} of the batches it applied
+                            "read": {DEVICE: UPTO}} of the batches it applied, and
+                            "snapshot": {DEVICE: UPTO}, the "read" of its newest
+                            snapshot (tombstone collection reads it)
     s/TAG/LAST              a snapshot: sealed, signed, zstd-compressed JSON {"device",
                             "last", "read", "states"}: every node's state as the member
                             held it at its stamp LAST, small files' bytes included, and
@@ -121,9 +123,9 @@ class Objects:
     def chunk_name(self, digest: bytes, tag: str | None = None) -> str:
         return f"c/{tag or self.tag}/{self.keys.tag(digest)}"
 
-    async def put_cursor(self, read: dict[str, int]) -> None:
+    async def put_cursor(self, read: dict[str, int], snapshot: dict[str, int]) -> None:
         body = json.dumps({"device": self.cert.device, "at": int(time.time()),
-                           "read": read}).encode()
+                           "read": read, "snapshot": snapshot}).encode()
         await self._put_sealed(f"r/{self.tag}", body, signed=True)
 
     async def numbered(self, kind: str, tag: str | None = None) -> list[tuple[int, str]]:

@@ -23,11 +23,12 @@ def test_get_lists_every_key_with_its_value(home):
     assert list(listed["settings"]) == ["name", "listen", "attr_timeout", "prefetch_below",
                                         "log_keep_days", "ui_listen", "versions_keep_days",
                                         "versions_max", "cache_limit", "min_copies", "discovery",
-                                        "mode", "relay_member_days"]
+                                        "mode", "relay_member_days", "tombstone_keep_days"]
     assert listed["settings"]["mode"] == "send-receive"
     assert listed["settings"]["ui_listen"] == "127.0.0.1:0"
     assert listed["settings"]["log_keep_days"] == 30
     assert listed["settings"]["versions_keep_days"] == 30
+    assert listed["settings"]["tombstone_keep_days"] == 30
     assert listed["settings"]["versions_max"] == "10%"
     assert listed["settings"]["cache_limit"] == "none"
     assert listed["settings"]["min_copies"] == 1

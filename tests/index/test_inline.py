@@ -213,6 +213,11 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.db.conn.execute("DROP TABLE inline")
     old.db.conn.execute("DROP INDEX chunks_unreferenced")  # schema 9
     old.db.conn.execute("DROP INDEX inodes_lru")  # schema 16
+    for trigger in ("in", "out", "change"):  # schema 18
+        old.db.conn.execute(f"DROP TRIGGER totals_tombstone_{trigger}")
+    old.db.conn.execute("DROP INDEX nodes_tombstones")
+    old.db.conn.execute("DROP TABLE horizons")
+    old.db.conn.execute("ALTER TABLE totals DROP COLUMN tombstones")
     old.db.conn.execute("DROP TABLE relays")  # schema 17
     old.db.conn.execute("DROP TABLE relay_reads")
     old.db.conn.execute("DROP INDEX nodes_local_only")  # schema 14

@@ -615,3 +615,39 @@ def test_a_wrong_password_is_said_and_nothing_else_breaks(relayed, tmp_path):
         part.startswith(".") for part in p.relative_to(relayed.root).parts)]  # nothing there
     beta.stop()
     alpha.stop()
+
+
+def test_a_delete_is_forgotten_once_a_relay_member_and_its_snapshot_have_it(relayed):
+    """Tombstone collection through a relay (docs/protocol.md, "Tombstones"): alpha keeps
+    its tombstone while beta, a relay-only member, has read it but has no snapshot with it
+    (a newcomer would start from an older one); once beta's snapshot has it, alpha drops
+    it, and a newcomer starting from the relay does not bring the file back."""
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    for key in ("tombstone_keep_days", "log_keep_days"):
+        syncd(alpha.home, "config", "set", key, "0.00002")  # 1.7 s: a test's value
+    alpha.start()
+    beta.start()
+    (alpha / "f").write_bytes(b"to be deleted")
+    wait_content(beta / "f", b"to be deleted")
+    (alpha / "f").unlink()
+    wait_gone(beta / "f")
+    beta_id = beta.status()["device"]["id"]
+    wait_for(lambda: alpha.status()["tombstones"]["held_by"] == [
+        f"relay usb member {beta_id}"], 30, "beta's snapshot to be what holds it")
+    time.sleep(12)  # alpha's compaction has read beta's cursor again: still held
+    assert alpha.status()["tombstones"] == {"kept": 1,
+                                            "held_by": [f"relay usb member {beta_id}"]}
+    expected = {}
+    for i in range(SNAPSHOT_BATCHES + 1):  # beta's batches, then its snapshot
+        (beta / f"b{i}").write_bytes(b"%d" % i)
+        expected[f"b{i}"] = b"%d" % i
+        wait_for(lambda: relay_of(beta)["pending_changes"] == 0, 10, "the batch")
+    wait_for(lambda: alpha.status()["tombstones"]["kept"] == 0, 60,
+             "alpha to drop its tombstone")
+    wait_for(lambda: tree(alpha) == expected, 30, "alpha to have beta's files")
+    (gamma,) = relayed("gamma")
+    gamma.start()
+    wait_for(lambda: tree(gamma) == expected, 30, "gamma to start from the relay")
+    gamma.stop()
