@@ -452,17 +452,25 @@ def test_a_writer_killed_after_a_snapshot_ahead_of_its_batches_makes_no_gap(rela
 def test_a_state_of_ours_readers_would_refuse_is_left_out_and_the_rest_goes_up(relayed):
     """A state here that fails the validation readers make (a recovered file of 0 bytes
     with one slot, before e7f48ee) is not stored, with a log line, as a peer refuses it;
-    the rest goes up. Reading its chunks for the upload used to end the serving process."""
+    the rest goes up. Reading its chunks for the upload used to end the serving process.
+    The bad state is made while the relay is away, so its first upload is the refused one
+    (a relay's cursor never goes back, so no batch is ever written twice)."""
     alpha, beta = relayed("alpha", "beta")
     alpha.start()
-    (alpha / "bad").write_bytes(b"four")
     (alpha / "good").write_bytes(b"good")
-    alpha.stop()
+    wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the first batch")
+    away = relayed.root.with_name("unplugged")
+    shutil.move(relayed.root, away)
+    alpha.expect_log(r"WARNING relay usb: .*relay",  # the backend's words for a missing root
+                     r"WARNING relay usb: \d+ change\(s\) made here are not stored there")
+    wait_for(lambda: relay_of(alpha)["state"] == "unreachable", 10, "the relay to be missed")
+    (alpha / "bad").write_bytes(b"four")
+    syncd(alpha.home, "umount")
+    shutil.move(away, relayed.root)
     db = sqlite3.connect(alpha.home / "index.db")
     with db:
         db.execute("UPDATE inodes SET size = 0 WHERE ino = (SELECT ino FROM nodes WHERE "
                    "name = 'bad')")
-        db.execute("UPDATE relays SET cursor = 0")  # to be stored again
     db.close()
     alpha.expect_log(r"ERROR relay usb: node \w+:\d+ \('bad'\) is not stored there, which "
                      r"skips it: .*a file of 0 bytes has 0 slot\(s\), not 1")
@@ -473,7 +481,7 @@ def test_a_state_of_ours_readers_would_refuse_is_left_out_and_the_rest_goes_up(r
     beta.start()
     wait_content(beta / "after", b"after")
     wait_content(beta / "good", b"good")
-    wait_content(beta / "bad", b"four")  # as first stored, before the index went wrong
+    assert not (beta / "bad").exists()  # never stored: beta would refuse it
     beta.stop()
 
 
