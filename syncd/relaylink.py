@@ -355,6 +355,7 @@ class RelayLink:
         lost member whose batches were removed, does not replay (or miss) history."""
         objects = self.objects
         members, _ = await objects.members()
+        self.members = members  # the content of what is applied is fetched from them now
         upto: dict[str, int] = {}
         for tag, cert in sorted(members.items()):
             snapshots = await objects.numbered("s", tag)
