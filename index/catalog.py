@@ -326,20 +326,12 @@ class Catalog:
                     result = self._collect_and(fn, args)
             else:
                 self._disarm()  # new files kept in memory are this transaction's first rows
-                self._settled = {}
-                self.conn.execute("BEGIN")
-                try:
+
+                def work():
                     if settling:
                         self._write_new_files()
-                    result = self._collect_and(fn, args)
-                    self.conn.execute("COMMIT")
-                    self.committed_at = self.conn.total_changes
-                except BaseException:
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    self._settled = {}
-                    self._arm()  # still to be written, by the next statement
-                    raise
+                    return self._collect_and(fn, args)
+                result = self._own_transaction(work)
         except BaseException:
             self._load_counters()
             raise
@@ -348,6 +340,23 @@ class Catalog:
             self._new_files_written()
         if self.seq != before or settling:
             self.on_change()
+        return result
+
+    def _own_transaction(self, work: Callable[[], object]):
+        """work() between BEGIN and COMMIT; its result. When it fails, ROLLBACK, and the
+        new files kept in memory stay to be written by the next statement."""
+        self._settled = {}
+        self.conn.execute("BEGIN")
+        try:
+            result = work()
+            self.conn.execute("COMMIT")
+            self.committed_at = self.conn.total_changes
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self._settled = {}
+            self._arm()
+            raise
         return result
 
     # New files kept in memory (create with `later`) until the next statement.
@@ -382,18 +391,7 @@ class Catalog:
 
     def _settle(self) -> None:
         before = self.conn.total_changes
-        self._settled = {}
-        self.conn.execute("BEGIN")
-        try:
-            self._write_new_files()
-            self.conn.execute("COMMIT")
-            self.committed_at = self.conn.total_changes
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            self._settled = {}
-            self._arm()
-            raise
+        self._own_transaction(self._write_new_files)
         self._wrote(before, {}, {})
         self._new_files_written()
         self.on_change()

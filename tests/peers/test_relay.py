@@ -82,6 +82,17 @@ def relay_of(peer: Peer) -> dict:
     return relay
 
 
+def batches_each(peer: Peer, prefix: str, count: int) -> dict[str, bytes]:
+    """`count` files written on a mounted peer, each stored on its relay before the next
+    (so each is a batch of its own): {name: bytes}."""
+    written = {}
+    for i in range(count):
+        written[f"{prefix}{i}"] = b"%d" % i
+        (peer / f"{prefix}{i}").write_bytes(b"%d" % i)
+        wait_for(lambda: relay_of(peer)["pending_changes"] == 0, 10, "the batch")
+    return written
+
+
 def covered(root: Path, tag: str, snapshot: Path) -> list[int]:
     """The batches of the member TAG that the snapshot covers, but its newest."""
     batches = sorted(int(p.name) for p in root.glob(f"b/{tag}/*"))
@@ -236,11 +247,7 @@ def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
     tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
     root = relayed.root
     alpha.start()
-    expected = {}
-    for i in range(SNAPSHOT_BATCHES + 2):
-        (alpha / f"f{i}").write_bytes(b"%d" % i)
-        expected[f"f{i}"] = b"%d" % i
-        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 2)
     (snapshot,) = wait_for(lambda: list(root.glob(f"s/{tag}/*")), 30, "a snapshot")
     # beta, a member, read none of them: they stay
     assert len(list(root.glob(f"b/{tag}/*"))) >= SNAPSHOT_BATCHES
@@ -333,11 +340,7 @@ def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relaye
     syncd(alpha.home, "config", "set", "relay_member_days", "0.0001")  # 8.64 s
     alpha.expect_log(r"WARNING relay usb: member \w+ has not read this relay for over")
     alpha.start()
-    expected = {}
-    for i in range(SNAPSHOT_BATCHES + 1):
-        (alpha / f"f{i}").write_bytes(b"%d" % i)
-        expected[f"f{i}"] = b"%d" % i
-        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
     wait_for(lambda: "has not read this relay" in (relay_of(alpha)["last_error"] or ""), 40,
              "beta to be lost")
     tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
@@ -373,11 +376,7 @@ def test_a_member_whose_certificate_does_not_open_is_still_waited_for(relayed):
     alpha.expect_log(r"WARNING relay usb: skipped m/\w+, nothing of it applied: member "
                      r"certificate m/\w+: m/\w+: does not open with the cluster key")
     alpha.start()
-    expected = {}
-    for i in range(SNAPSHOT_BATCHES + 1):
-        (alpha / f"f{i}").write_bytes(b"%d" % i)
-        expected[f"f{i}"] = b"%d" % i
-        wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 10, "the batch")
+    expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
     wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
     error = relay_of(alpha)["last_error"]
     alpha.stop()
@@ -647,11 +646,7 @@ def test_a_delete_is_forgotten_once_a_relay_member_and_its_snapshot_have_it(rela
     time.sleep(12)  # alpha's compaction has read beta's cursor again: still held
     assert alpha.status()["tombstones"] == {"kept": 1,
                                             "held_by": [f"relay usb member {beta_id}"]}
-    expected = {}
-    for i in range(SNAPSHOT_BATCHES + 1):  # beta's batches, then its snapshot
-        (beta / f"b{i}").write_bytes(b"%d" % i)
-        expected[f"b{i}"] = b"%d" % i
-        wait_for(lambda: relay_of(beta)["pending_changes"] == 0, 10, "the batch")
+    expected = batches_each(beta, "b", SNAPSHOT_BATCHES + 1)  # then its snapshot
     wait_for(lambda: alpha.status()["tombstones"]["kept"] == 0, 60,
              "alpha to drop its tombstone")
     wait_for(lambda: tree(alpha) == expected, 30, "alpha to have beta's files")
