@@ -257,6 +257,7 @@ class PeerService(Protocol):
     def hello(self, device: str, name: str, fingerprint: str, server: str | None
               ) -> dict: ...  # PermissionError: refused
     def admit(self, method: str, path: str) -> str | None: ...  # why refused, or None
+    def caller(self) -> str | None: ...  # the device of this connection's certificate
     def take_key(self, key: bytes) -> None: ...
     def receive(self, device: str, states: list[dict]) -> int: ...
     def changes_since(self, since: int, limit: int, inline: bool, xattr: bool
@@ -306,6 +307,10 @@ def build_app(service: PeerService) -> FastAPI:
 
     @app.post("/v1/changes")
     async def push(body: Changes) -> dict:
+        caller = service.caller()
+        if body.device != caller:  # a peer pushes in its own name only (rule 7)
+            raise HTTPException(403, f"this connection's certificate is device {caller}'s: "
+                                     f"it may not push as device {body.device}")
         for s in body.changes:
             if s.parent is None and s.id != "root":
                 raise HTTPException(422, f"node {s.id} has no parent")

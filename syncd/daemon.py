@@ -172,6 +172,12 @@ class Daemon:
         self.peers.arrived(self.admitted[client])
         return None
 
+    def caller(self) -> str | None:
+        """The device whose pinned certificate this request's connection presented; None
+        without one (or one no longer pinned: admit refuses those)."""
+        client = identity.CLIENT.get()
+        return None if client is None else self.admitted.get(client)
+
     def take_key(self, key: bytes) -> None:
         """The cluster's key is this one from now on (syncd cluster-key --rotate here or
         on a peer that admits us): in HOME/cluster.key, for requests, answers and checks."""

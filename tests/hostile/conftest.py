@@ -51,6 +51,7 @@ class Server:
         these tests come with its certificate. Returns the directory of its device.pem."""
         home.mkdir()
         peer = identity.ensure(home / "device.pem", new_device())
+        self.peer_device = peer.device  # the sender of every push these tests make
         syncd(self.home, "peer", "add", "peer", f"127.0.0.1:{free_port()}")
         syncd(self.home, "peer", "set", "peer", "outofuse")
         with sqlite3.connect(self.home / "index.db") as conn:
@@ -116,7 +117,9 @@ class Server:
                               request=r.request)
 
     def push(self, states: list[dict], device: str | None = None, **kw) -> httpx.Response:
-        device = new_device() if device is None else device
+        """Push as the admitted peer (the device of the certificate presented), or as
+        `device`."""
+        device = self.peer_device if device is None else device
         body = json.dumps({"device": device, "changes": states}).encode()
         return self.request("POST", "/v1/changes", body, **kw)
 

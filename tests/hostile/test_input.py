@@ -76,6 +76,12 @@ def test_a_bad_device_id_is_refused(server, unchanged, bad):
     refused(server, server.request("POST", "/v1/hello", hello), 422, "device")
 
 
+def test_a_push_in_another_devices_name_is_refused(server, unchanged):
+    """The sender is the device of the certificate the connection presented, or nobody."""
+    r = server.push([state(node_id(), name="forged")], device=new_device())
+    refused(server, r, 403, server.peer_device, "may not push as device")
+
+
 def test_a_live_node_without_a_parent_is_refused(server, unchanged):
     refused(server, server.push([state(node_id(), parent=None)]), 422, "parent")
 
@@ -128,7 +134,7 @@ def test_unknown_fields_are_refused(server, unchanged):
 def test_a_batch_over_the_limit_is_refused(server, unchanged):
     d = new_device()
     states = [state(node_id(d, i), name=f"f{i}") for i in range(1, 1002)]
-    refused(server, server.push(states, device=d), 422, "1000")
+    refused(server, server.push(states), 422, "1000")
 
 
 def test_a_body_over_64_mib_gets_413(server, unchanged):
@@ -151,7 +157,7 @@ def test_a_request_cut_short_changes_nothing(server, unchanged):
     and the server goes on serving."""
     server.expect_log(r"WARNING POST /v1/changes: the client left before sending its whole "
                       r"body")
-    body = json.dumps({"device": new_device(), "changes": [state(node_id())]}).encode()
+    body = json.dumps({"device": server.peer_device, "changes": [state(node_id())]}).encode()
     for sent in (body[: len(body) // 2], body[:-1], b""):
         server.mark()
         headers = auth.sign_request(server.key, "POST", "/v1/changes", sent)
@@ -180,7 +186,8 @@ JSON = {"content-type": "application/json"}
 
 def test_a_replayed_request_is_refused(server):
     d = new_device()
-    body = json.dumps({"device": d, "changes": [state(node_id(d), name="once")]}).encode()
+    body = json.dumps({"device": server.peer_device,
+                       "changes": [state(node_id(d), name="once")]}).encode()
     headers = {**auth.sign_request(server.key, "POST", "/v1/changes", body), **JSON}
     first = server.client.post("/v1/changes", content=body, headers=headers)
     assert first.status_code == 200, first.text

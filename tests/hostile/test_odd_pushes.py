@@ -63,8 +63,8 @@ def accepted(server, response) -> None:
 def test_a_state_whose_parent_is_a_file(server, tree):
     d = new_device()
     f, child = node_id(d, 1), node_id(d, 2)
-    accepted(server, server.push([state(f, name="plain-file", data=b"x")], device=d))
-    accepted(server, server.push([state(child, parent=f, name="child")], device=d))
+    accepted(server, server.push([state(f, name="plain-file", data=b"x")]))
+    accepted(server, server.push([state(child, parent=f, name="child")]))
     assert tree() == []
 
 
@@ -73,8 +73,8 @@ def test_a_state_that_deletes_the_root(server, tree):
     for parent in (None, "root"):
         dead = state("root", parent=parent, name="root", kind="dir", deleted=True,
                      device=d, counter=10**6)
-        accepted(server, server.push([dead], device=d))
-    accepted(server, server.push([state(node_id(d, 1), name="after")], device=d))
+        accepted(server, server.push([dead]))
+    accepted(server, server.push([state(node_id(d, 1), name="after")]))
     assert tree() == []
 
 
@@ -86,7 +86,7 @@ def test_a_dir_and_a_file_sharing_an_id_in_one_batch(server, tree):
     d = new_device()
     x = node_id(d, 1)
     accepted(server, server.push([state(x, name="as-dir", kind="dir"),
-                                  state(x, name="as-file", data=b"y")], device=d))
+                                  state(x, name="as-file", data=b"y")]))
     assert tree() == []
 
 
@@ -94,10 +94,9 @@ def test_a_file_that_a_peer_says_became_a_directory(server, tree):
     server.expect_log(KIND_CHANGE)
     d = new_device()
     x = node_id(d, 1)
-    accepted(server, server.push([state(x, name="file-dir", data=b"a")], device=d))
-    accepted(server, server.push([state(x, name="file-dir", kind="dir", counter=2)],
-                                 device=d))
-    accepted(server, server.push([state(node_id(d, 3), parent=x, name="inside")], device=d))
+    accepted(server, server.push([state(x, name="file-dir", data=b"a")]))
+    accepted(server, server.push([state(x, name="file-dir", kind="dir", counter=2)]))
+    accepted(server, server.push([state(node_id(d, 3), parent=x, name="inside")]))
     assert tree() == []
 
 
@@ -107,10 +106,9 @@ def test_a_node_that_changes_kind(server, tree, first, then):
     server.expect_log(KIND_CHANGE)
     d = new_device()
     x = node_id(d, 1)
-    accepted(server, server.push([state(x, name=f"{first}-{then}", kind=first, data=b"a")],
-                                 device=d))
+    accepted(server, server.push([state(x, name=f"{first}-{then}", kind=first, data=b"a")]))
     accepted(server, server.push([state(x, name=f"{first}-{then}", kind=then, data=b"b",
-                                        counter=2)], device=d))
+                                        counter=2)]))
     assert tree() == []
 
 
@@ -119,9 +117,9 @@ def test_a_move_that_puts_a_directory_inside_itself(server, tree, under):
     d = new_device()
     a, b = node_id(d, 1), node_id(d, 2)
     accepted(server, server.push([state(a, name="A", kind="dir"),
-                                  state(b, parent=a, name="B", kind="dir")], device=d))
+                                  state(b, parent=a, name="B", kind="dir")]))
     accepted(server, server.push([state(a, parent=b if under == "its child" else a,
-                                        name="A", kind="dir", counter=3)], device=d))
+                                        name="A", kind="dir", counter=3)]))
     assert tree() == []
 
 
@@ -131,29 +129,27 @@ def test_parents_that_wait_for_each_other(server, tree):
     a, b = node_id(d, 1), node_id(d, 2)
     accepted(server, server.push([state(a, parent=b, name="A", kind="dir"),
                                   state(b, parent=a, name="B", kind="dir"),
-                                  state(node_id(d, 3), parent=node_id(d, 3), name="C")],
-                                 device=d))
-    accepted(server, server.push([state(node_id(d, 4), name="later")], device=d))
+                                  state(node_id(d, 3), parent=node_id(d, 3), name="C")]))
+    accepted(server, server.push([state(node_id(d, 4), name="later")]))
     assert tree() == []
 
 
 def test_a_dir_and_a_file_on_one_name_and_two_dirs_on_another(server, tree):
     d1, d2 = new_device(), new_device()
     accepted(server, server.push([state(node_id(d1, 1), name="same", kind="dir"),
-                                  state(node_id(d1, 2), name="twin", kind="dir")], device=d1))
+                                  state(node_id(d1, 2), name="twin", kind="dir")]))
     accepted(server, server.push([state(node_id(d2, 1), name="same", data=b"f"),
-                                  state(node_id(d2, 2), name="twin", kind="dir")], device=d2))
+                                  state(node_id(d2, 2), name="twin", kind="dir")]))
     assert tree() == []
 
 
 def test_a_delete_of_a_directory_and_a_child_created_in_it_in_one_batch(server, tree):
     d = new_device()
     a = node_id(d, 1)
-    accepted(server, server.push([state(a, name="gone", kind="dir")], device=d))
+    accepted(server, server.push([state(a, name="gone", kind="dir")]))
     other = new_device()
     accepted(server, server.push([state(a, name="gone", kind="dir", deleted=True, counter=2),
-                                  state(node_id(other, 1), parent=a, name="new")],
-                                 device=d))
+                                  state(node_id(other, 1), parent=a, name="new")]))
     assert tree() == []
 
 
@@ -162,11 +158,11 @@ def test_concurrent_edits_of_a_file_with_a_255_byte_name(server, tree):
     x = node_id(d1, 1)
     name = "é" * 126 + "abc"
     assert len(name.encode()) == 255
-    accepted(server, server.push([state(x, name=name, data=b"base")], device=d1))
+    accepted(server, server.push([state(x, name=name, data=b"base")]))
     for device, data, mtime in ((d1, b"one", 10**18), (d2, b"two", 2 * 10**18)):
         s = state(x, name=name, data=data, device=device, mtime_ns=mtime)
         s["content"]["vv"] = {d1: 1, device: 2} if device != d1 else {d1: 2}
-        accepted(server, server.push([s], device=device))
+        accepted(server, server.push([s]))
     assert tree() == []
 
 
@@ -178,10 +174,10 @@ def test_clocks_and_counters_at_their_limits(server, tree):
     for i in range(1, 4):
         s = state(node_id(d, top), name=f"edge{i}", counter=top, data=bytes([i]))
         s["content"]["vv"] = {d: top, new_device(): top}
-        r = server.push([s], device=d)
+        r = server.push([s])
         assert r.status_code == 200, r.text
         accepted(server, r)
-    r = server.push([state(node_id(d, 5), name="after-edge")], device=d)
+    r = server.push([state(node_id(d, 5), name="after-edge")])
     assert r.status_code == 200, r.text
     assert tree() == []
 
@@ -196,22 +192,22 @@ def chain(n: int) -> tuple[str, list[dict]]:
 
 def test_a_deep_chain_sent_deepest_first_is_applied(server, tree):
     d, states = chain(100)
-    r = server.push(states[::-1], device=d)
+    r = server.push(states[::-1])
     accepted(server, r)
     assert r.json() == {"applied": 100}
     assert tree() == []
 
 
-def tombstone_cycle() -> list[tuple[str, list[dict]]]:
+def tombstone_cycle() -> list[list[dict]]:
     """Two deleted directories, each the other's parent, then a child for one."""
     d = new_device()
     a, b = node_id(d, 1), node_id(d, 2)
-    return [(d, [state(a, parent=b, name="A", kind="dir", deleted=True),
-                 state(b, parent=a, name="B", kind="dir", deleted=True)]),
-            (d, [state(node_id(d, 3), parent=a, name="c")])]
+    return [[state(a, parent=b, name="A", kind="dir", deleted=True),
+             state(b, parent=a, name="B", kind="dir", deleted=True)],
+            [state(node_id(d, 3), parent=a, name="c")]]
 
 
-def revival_onto_a_taken_name() -> list[tuple[str, list[dict]]]:
+def revival_onto_a_taken_name() -> list[list[dict]]:
     """A file deleted, its name taken by another, then an edit that did not see the
     delete (so the file comes back, rule 3)."""
     d, e, f = new_device(), new_device(), new_device()
@@ -219,24 +215,24 @@ def revival_onto_a_taken_name() -> list[tuple[str, list[dict]]]:
     edit = state(x, parent=base, name="dup", data=b"3", device=f)
     for aspect in ("content", "mode", "place"):
         edit[aspect]["vv"] = {d: 1, f: 1}
-    return [(d, [state(base, name=f"revive-{d[:7]}", kind="dir")]),
-            (d, [state(x, parent=base, name="dup", data=b"1")]),
-            (d, [state(x, parent=base, name="dup", deleted=True, counter=2)]),
-            (e, [state(node_id(e, 1), parent=base, name="dup", data=b"2")]),
-            (f, [edit])]
+    return [[state(base, name=f"revive-{d[:7]}", kind="dir")],
+            [state(x, parent=base, name="dup", data=b"1")],
+            [state(x, parent=base, name="dup", deleted=True, counter=2)],
+            [state(node_id(e, 1), parent=base, name="dup", data=b"2")],
+            [edit]]
 
 
 def test_a_child_of_tombstones_that_are_each_others_parents(fresh_server):
     server = fresh_server  # a 500 logs a traceback: not on the shared server
-    for device, states in tombstone_cycle():
-        accepted(server, server.push(states, device=device))
+    for states in tombstone_cycle():
+        accepted(server, server.push(states))
     assert tree_problems(server) == []
 
 
 def test_an_edit_that_revives_a_deleted_file_whose_name_was_taken(fresh_server):
     server = fresh_server  # a 500 logs a traceback: not on the shared server
-    for device, states in revival_onto_a_taken_name():
-        accepted(server, server.push(states, device=device))
+    for states in revival_onto_a_taken_name():
+        accepted(server, server.push(states))
     assert tree_problems(server) == []
 
 
@@ -246,16 +242,16 @@ KINDS = ["dir", "dir", "dir", "file", "file", "symlink"]  # each node keeps its 
 
 
 @st.composite
-def batches(draw) -> list[tuple[int, list[dict]]]:
-    """1 to 4 pushes, each from one of two devices, of states of six nodes that move
-    between the root and each other, change, clash on names and get deleted."""
+def batches(draw) -> list[list[dict]]:
+    """1 to 4 pushes (each sent by the admitted peer) of states that two devices made of
+    six nodes that move between the root and each other, change, clash on names and get
+    deleted."""
     devices = [new_device(), new_device()]
     base = node_id(devices[0], 100)  # each example in a directory of its own
     ids = [node_id(devices[i % 2], i + 1) for i in range(len(KINDS))]
     counters = {d: 0 for d in devices}
     pushes = []
     for _ in range(draw(st.integers(1, 4))):
-        sender = draw(st.sampled_from([0, 1]))
         states = []
         for _ in range(draw(st.integers(1, 6))):
             i = draw(st.integers(0, len(KINDS) - 1))
@@ -271,9 +267,9 @@ def batches(draw) -> list[tuple[int, list[dict]]]:
                 for aspect in ("content", "mode", "place"):
                     s[aspect]["vv"][other] = counters[other]
             states.append(s)
-        pushes.append((sender, states))
+        pushes.append(states)
     start = state(base, name=f"example-{devices[0][:7]}", kind="dir", device=devices[0])
-    return [(devices[0], [start])] + [(devices[sender], states) for sender, states in pushes]
+    return [[start], *pushes]
 
 
 SEMANTIC_EXAMPLES = max(10, int(os.environ.get("SYNCD_FUZZ_EXAMPLES", "20")))
@@ -292,8 +288,8 @@ def test_random_valid_batches_keep_the_tree_a_tree(fresh_server):
     @given(pushes=batches())
     def check(pushes):
         server.mark()
-        for device, states in pushes:
-            accepted(server, server.push(states, device=device))
+        for states in pushes:
+            accepted(server, server.push(states))
         assert tree_problems(server) == []
 
     check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import ssl
 import threading
@@ -15,6 +16,7 @@ import pytest
 
 from syncd import auth
 from tests.helpers import syncd, tls_client, wait_for
+from tests.hostile.conftest import node_id, state
 from tests.peers.conftest import read, wait_content
 
 
@@ -113,6 +115,35 @@ def test_a_peer_that_shows_another_certificate_than_the_pinned_one_is_refused(cl
              "alpha to refuse beta's new certificate")
     assert stays_away(a / "two") and read(b / "three") is None
     assert a.peer("beta")["fingerprint"] == pinned
+
+
+def test_a_peer_cannot_push_in_another_peers_name(cluster):
+    """beta's certificate admits beta only: a push that names gamma as its sender is
+    refused (403) and applies nothing; the same push in beta's own name is applied."""
+    a, b, c = cluster(3)
+    a.expect_log(r"refused POST /v1/changes: 403 this connection's certificate is device")
+    (a / "hello").write_bytes(b"all three")
+    for p in (b, c):
+        wait_content(p / "hello", b"all three")
+    wait_for(lambda: all(a.peer(q.name)["pinned"] for q in (b, c)), 20,
+             "alpha to pin beta and gamma")
+    beta, gamma = (p.status()["device"]["id"] for p in (b, c))
+    dir_state = state(node_id(), name="forged", kind="dir")  # made by a device beta relays
+
+    def push(sender: str) -> httpx.Response:
+        body = json.dumps({"device": sender, "changes": [dir_state]}).encode()
+        headers = {**auth.sign_request(bytes.fromhex(b.key), "POST", "/v1/changes", body),
+                   "content-type": "application/json"}
+        with tls_client(a.home, b.home) as client:
+            return client.post(a.url + "/v1/changes", content=body, headers=headers)
+
+    r = push(gamma)
+    assert r.status_code == 403, r.text
+    assert f"device {beta}'s: it may not push as device {gamma}" in r.json()["detail"]
+    assert not os.path.lexists(a / "forged")  # a push answers once applied: nothing was
+    r = push(beta)
+    assert r.status_code == 200 and r.json() == {"applied": 1}, r.text
+    wait_for(lambda: (a / "forged").is_dir(), 10, "beta's own push to apply")
 
 
 def test_a_removed_peer_is_refused_on_its_next_request(cluster):
