@@ -49,6 +49,8 @@ class Stream:
         self.order = missing
         self.index = {d: i for i, d in enumerate(missing)}
         self.asked: set[bytes] = set()
+        self.requests = 0  # requests made so far
+        self.asked_in: dict[bytes, int] = {}  # chunk -> the request (1, 2, ...) it was in
         self.arrived = {d: trio.Event() for d in missing}
         self.failed: dict[bytes, OSError] = {}
         self.next = 0
@@ -82,7 +84,15 @@ class Stream:
                 if len(out) == n:
                     self.next = k + 1
                     break
+        self.requests += 1
+        self.asked_in.update(dict.fromkeys(out, self.requests))
         return out
+
+    def stale(self, digest: bytes, requests: int) -> bool:
+        """Did this chunk fail for want of a holder in one of the first `requests`?"""
+        error = self.failed.get(digest)
+        return error is not None and error.errno == errno.EIO and \
+            self.asked_in.get(digest, 0) <= requests
 
     def settle(self, digests: list[bytes], error: OSError | None) -> None:
         for digest in digests:
@@ -146,7 +156,7 @@ class Fetcher:
         if stream is None:
             return False
         try:
-            await stream.wait(stream.missing_in(0, 1))
+            await self._wait(stream, stream.missing_in(0, 1), stream.requests)
         except OSError as e:
             raise await self._failure(ino, e) from None
         return True
@@ -161,13 +171,8 @@ class Fetcher:
         stream = await self._stream(ino)
         if stream is None:
             return False
-        need = stream.missing_in(offset, size)
         try:
-            if retry := [d for d in need if d in stream.failed]:  # ask again, here
-                await self.fetch_chunks_of(retry, stream.what)
-                for digest in retry:
-                    del stream.failed[digest]
-            await stream.wait(need)
+            await self._wait(stream, stream.missing_in(offset, size), stream.requests)
         except OSError as e:
             if e.errno == errno.EIO and not stream.reported:  # once: the kernel retries
                 stream.reported = True
@@ -183,11 +188,29 @@ class Fetcher:
         meanwhile the name got a newer version."""
         stream = await self._stream(ino)
         if stream is not None:
+            sent = stream.requests
             await stream.done.wait()
             try:
-                await stream.wait(stream.order)
+                await self._wait(stream, stream.order, sent)
             except OSError as e:
                 raise await self._failure(ino, e) from None
+
+    async def _wait(self, stream: Stream, need: list[bytes], sent: int) -> None:
+        """Until the chunks `need` are here. A chunk that no holder served in one of the
+        stream's first `sent` requests, made before the caller came, is asked for again,
+        now: a holder may have it since (put back, or fetched itself), and an answer given
+        before a read is no answer to it. OSError of the first still not served."""
+        try:
+            await stream.wait(need)
+        except OSError:
+            stale = [d for d in need if stream.stale(d, sent)]
+            if not stale:
+                raise
+            for i in range(0, len(stale), PER_REQUEST):
+                await self.fetch_chunks_of(stale[i:i + PER_REQUEST], stream.what)
+            for digest in stale:
+                stream.failed.pop(digest, None)
+            await stream.wait(need)
 
     async def _failure(self, ino: int, error: OSError) -> OSError:
         """What a fetch that failed means: when no peer holds the content and the name
