@@ -333,7 +333,7 @@ class Catalog:
                     return self._collect_and(fn, args)
                 result = self._own_transaction(work)
         except BaseException:
-            self._load_counters()
+            self._rolled_back()
             raise
         self._collected = []
         if settling:
@@ -341,6 +341,15 @@ class Catalog:
         if self.seq != before or settling:
             self.on_change()
         return result
+
+    def _rolled_back(self) -> None:
+        """What this catalog keeps in memory of the index may name rows that a failed
+        transaction (or savepoint) wrote or read and that its rollback took back: the
+        counters are read again, and the directories' nodes and the ignore rules'
+        decisions are forgotten, to be read again as they are asked for."""
+        self._load_counters()
+        self._dir_nodes = {ROOT_INO: ROOT_ID}
+        self.ignore.forget()
 
     def _own_transaction(self, work: Callable[[], object]):
         """work() between BEGIN and COMMIT; its result. When it fails, ROLLBACK, and the

@@ -135,6 +135,14 @@ class IgnoreRules:
         local = str(self.local_path)
         self._set_refused({k: v for k, v in self.refused.items() if k == local})
 
+    def forget(self) -> None:
+        """A transaction rolled back: decide afresh, as after invalidate, but write
+        nothing now (the rollback took back the record of the files refused, with the
+        rest; it is written again when they are found)."""
+        self._dirs.clear()
+        local = str(self.local_path)
+        self.refused = {k: v for k, v in self.refused.items() if k == local}
+
     def local_stamp(self) -> tuple | None:
         """What says HOME/ignore changed: its inode, size and mtime (None: no file)."""
         try:
