@@ -66,8 +66,13 @@ def cmd_import(home: Home, args) -> int:
 
 def _apply_there(home: Home, into: str, batch: list[Entry]) -> Outcome:
     """A batch applied by the serving process."""
-    answer = control.request(home, "import", timeout=600.0, into=into, uid=os.getuid(),
-                             gid=os.getgid(), entries=[e.as_dict() for e in batch])
+    try:
+        answer = control.request(home, "import", timeout=600.0, into=into, uid=os.getuid(),
+                                 gid=os.getgid(), entries=[e.as_dict() for e in batch])
+    except UserError as e:
+        raise UserError(f"{e}; the batch it was given may be in the share: its content "
+                        "stays in the store for the next start of this home to sort out, "
+                        "then run the import again", e.code) from None
     if not answer.get("ok"):
         raise UserError(answer.get("error") or "import failed")
     return Outcome(answer["created"], answer["skipped"], answer["bytes"], answer["differing"],
@@ -97,6 +102,11 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
         with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
             read: _Reading | None = None  # read, to apply
             reading: _Reading | None = None
+            # The last batch whose apply was asked for. Its staged chunks are never dropped
+            # here, even when the apply fails: the applier drops them when its transaction
+            # fails, and when it died after its commit, they are all that holds the new
+            # files' content, which the recovery at its next start moves into the store.
+            sent: _Reading | None = None
             try:
                 for batch in [*_batches(entries), None]:
                     if batch is not None:
@@ -105,6 +115,7 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
                         reading = _Reading(pool, store, src, batch, todo,
                                            read.digests if read else set())
                     if read is not None:
+                        sent = read
                         with _uninterrupted():
                             done.add(apply(read.batch))
                         bar.update(sum(x.size for x in read.batch if x.kind == "file"))
@@ -116,7 +127,7 @@ def _run(home: Home, src: Path, into: str, apply) -> int:
                         read, reading = reading, None
             except BaseException:
                 for r in (read, reading):
-                    if r is not None:
+                    if r is not None and r is not sent:
                         r.abandon()
                 raise
     except _Unread as x:
@@ -162,7 +173,7 @@ class _Reading:
 
     def __init__(self, pool, store: ChunkStore, src: Path, batch: list[Entry],
                  todo: list[Entry], busy: set[bytes]):
-        self.store, self.batch = store, batch
+        self.store, self.batch, self.busy = store, batch, busy
         self.digests: set[bytes] = set()  # what this batch stages
         self.tasks = [(group, pool.submit(_read_group, store, src, group, busy))
                       for group in (todo[i:i + GROUP] for i in range(0, len(todo), GROUP))]
@@ -170,6 +181,14 @@ class _Reading:
     def finish(self) -> None:
         """Wait for every read, then stage the held chunks; the first error once every
         read is over, so that a failed batch can drop all it staged."""
+        error, held = self._read()
+        for digest, data in held.items():
+            self.store.stage(digest, data)
+        if error is not None:
+            raise _Unread(error)
+
+    def _read(self) -> tuple[OSError | None, dict[bytes, bytes]]:
+        """Wait for every read: the first error, and the chunks held in memory."""
         error, held = None, {}
         for group, task in self.tasks:
             for e, result in zip(group, task.result(), strict=True):
@@ -183,16 +202,14 @@ class _Reading:
                 self.digests.update(chunks.digests())
                 held |= more
         self.tasks = []
-        for digest, data in held.items():
-            self.store.stage(digest, data)
-        if error is not None:
-            raise _Unread(error)
+        return error, held
 
     def abandon(self) -> None:
-        """This batch will not be applied: drop what it staged, once its reads are over."""
-        with contextlib.suppress(_Unread):
-            self.finish()
-        _drop(self.store, self.batch)
+        """This batch will not be applied: drop what it staged, once its reads are over;
+        not the chunks it held (`busy`): those staged are the batch before's."""
+        self._read()
+        self.store.drop_staged([d for e in self.batch if e.chunks is not None
+                                for d in e.chunks.digests() if d not in self.busy])
 
 
 class _Unread(Exception):
@@ -225,11 +242,6 @@ def _batches(entries: list[Entry]):
             batch, size = [], 0
     if batch:
         yield batch
-
-
-def _drop(store: ChunkStore, batch: list[Entry]) -> None:
-    """Staged chunks of a batch that will not be applied."""
-    store.drop_staged([d for e in batch if e.chunks is not None for d in e.chunks.digests()])
 
 
 def _summary(o: Outcome) -> str:

@@ -127,6 +127,28 @@ def test_an_import_killed_after_its_transaction_is_whole_at_the_next_mount(share
     share.stop()
 
 
+def test_an_import_whose_serving_process_dies_after_a_commit_is_whole_at_the_next_mount(
+        share, tmp_path):
+    """The serving process commits a batch and dies before moving its staged chunks into
+    the store: the command cannot know whether the batch committed, so it leaves them to
+    the recovery at the next start, which moves those the index names."""
+    src = tmp_path / "src"
+    make_tree(src)
+    share.start(env={"SYNCD_FAULT": "import:after-index"})
+    pid = share.pid
+    failed = syncd(share.home, "import", str(src), check=False)
+    assert failed.returncode == 5, failed.stderr  # unreachable
+    assert "hung up without answering 'import'" in failed.stderr
+    assert "stays in the store for the next start of this home" in failed.stderr
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the mount to die")
+    force_cleanup(share.home, share.path)
+    assert list((share.home / "store" / "import").iterdir())  # staged, not moved yet
+    share.start()
+    same_tree(src, share.path / "src")
+    assert not list((share.home / "store" / "import").iterdir())
+    share.stop()
+
+
 def test_a_chunk_two_batches_share_is_whole_though_one_is_read_while_the_other_applies(
         share, tmp_path):
     """The next batch is read while one is applied; a chunk that both stage is staged for
