@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from common import free_port
+from common import cpu_seconds, free_port
 
 from syncd import identity
 from syncd.fetcher import PARALLEL, PER_REQUEST
@@ -84,13 +84,14 @@ async def fetch(port: int, certs: Path, mib: int) -> float:
         return time.perf_counter() - t
 
 
-def measure(mib: int, repeat: int) -> list[float]:
-    """MB/s of `repeat` runs, each against a fresh server process."""
+def measure(mib: int, repeat: int) -> tuple[list[float], list[float]]:
+    """MB/s of `repeat` runs, each against a fresh server process, and the CPU seconds
+    each run took, server and client together (load on the machine disturbs these less)."""
     with tempfile.TemporaryDirectory(prefix="syncd-wire-") as tmp:
         certs = Path(tmp)
         identity.ensure(certs / "server.pem", "a" * 32)
         identity.ensure(certs / "client.pem", "b" * 32)
-        out = []
+        out, cpu = [], []
         for _ in range(repeat):
             port = free_port()
             server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp])
@@ -103,11 +104,13 @@ def measure(mib: int, repeat: int) -> list[float]:
                         break
                     except httpx.HTTPError:
                         time.sleep(0.05)
+                before = cpu_seconds(server.pid) + time.process_time()
                 out.append(mib * MIB / 1e6 / trio.run(fetch, port, certs, mib))
+                cpu.append(cpu_seconds(server.pid) + time.process_time() - before)
             finally:
                 server.terminate()
                 server.wait(10)
-        return out
+        return out, cpu
 
 
 def main():
@@ -119,10 +122,10 @@ def main():
     if args.serve:
         serve(int(args.serve[0]), Path(args.serve[1]))
         return
-    runs = measure(args.mib, args.repeat)
+    runs, cpu = measure(args.mib, args.repeat)
     print(f"hypercorn + httpx, TLS, {PER_REQUEST} MiB per GET, {PARALLEL} in flight: "
           f"{statistics.median(runs):.0f} MB/s median of {len(runs)} "
-          f"({', '.join(f'{r:.0f}' for r in runs)})")
+          f"({', '.join(f'{r:.0f}' for r in runs)}); CPU {statistics.median(cpu):.2f} s a run")
 
 
 if __name__ == "__main__":
