@@ -2,6 +2,7 @@
 
     python bench/sync.py --quick                  # smoke: 5 trials, 100 files, 16 MiB, < 1 min
     python bench/sync.py --json /tmp/sync.json    # full: 20 trials, 1,000 files, 256 MiB
+    python bench/sync.py --only big --repeat 3    # the big file alone, with the wire beside
 
 Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh base dir (in
 /var/tmp or --dir), removed at the end, holds two syncd homes made with the real CLI (init,
@@ -32,7 +33,10 @@ of the same files into a plain directory there and `rsync -a` out of it into the
 rsync, no daemon, one after the other), the figure the issue's target compares with.
 
 many and big run --repeat times; figures are medians. Each workload prints its phases
-(written, pushed, listed, readable: seconds since the start) to show what dominates.
+(written, pushed, listed, readable: seconds since the start) to show what dominates, and
+for syncd the CPU seconds both peers used from the last close on (cpu), which the
+machine's other load disturbs less than the times; the wire's server and client print
+theirs beside.
 Syncthing (../shared/docs/running-anchors.md) is not implemented: only reported as skipped.
 The small files are also written through pyfuse3's own examples/passthroughfs.py (as in
 bench/fs.py): what writing them through any mount on this stack costs. The big file's
