@@ -1,6 +1,7 @@
 """Helpers the benchmark scripts share (each is run as `python bench/NAME.py`, so this
 module is found beside them)."""
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -8,6 +9,12 @@ from pathlib import Path
 
 def mounted(mnt) -> bool:
     return any(ln.split()[1] == str(mnt) for ln in Path("/proc/mounts").read_text().splitlines())
+
+
+def cpu_seconds(pid) -> float:
+    """User and system CPU seconds of process `pid` so far, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def alive(pid) -> bool:

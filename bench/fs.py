@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alive, free_port, mounted
+from common import alive, cpu_seconds, free_port, mounted
 from examples import mount_example, passthrough_example, unmount_example
 
 MIB = 1 << 20
@@ -281,12 +281,6 @@ def unmount(syncd, home, mnt, pid):
             time.sleep(0.2)
         note(f"the serving process {pid} was still running: {sig.name}")
         os.kill(pid, sig)
-
-
-def cpu_seconds(pid):
-    """User and system CPU seconds of process `pid` so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_workload(w, side, bench, results, pyspy=None, pid=None, prof_dir=None):

@@ -2,6 +2,7 @@
 
     python bench/sync.py --quick                  # smoke: 5 trials, 100 files, 16 MiB, < 1 min
     python bench/sync.py --json /tmp/sync.json    # full: 20 trials, 1,000 files, 256 MiB
+    python bench/sync.py --only big --repeat 3    # the big file alone, with the wire beside
 
 Run it as root with the python whose bin/ holds `syncd` (or --syncd). One fresh base dir (in
 /var/tmp or --dir), removed at the end, holds two syncd homes made with the real CLI (init,
@@ -32,7 +33,10 @@ of the same files into a plain directory there and `rsync -a` out of it into the
 rsync, no daemon, one after the other), the figure the issue's target compares with.
 
 many and big run --repeat times; figures are medians. Each workload prints its phases
-(written, pushed, listed, readable: seconds since the start) to show what dominates.
+(written, pushed, listed, readable: seconds since the start) to show what dominates, and
+for syncd the CPU seconds both peers used from the last close on (cpu), which the
+machine's other load disturbs less than the times; the wire's server and client print
+theirs beside.
 Syncthing (../shared/docs/running-anchors.md) is not implemented: only reported as skipped.
 The small files are also written through pyfuse3's own examples/passthroughfs.py (as in
 bench/fs.py): what writing them through any mount on this stack costs. The big file's
@@ -57,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alive, free_port, mounted
+from common import alive, cpu_seconds, free_port, mounted
 from examples import mount_example, passthrough_example, unmount_example
 from wire import measure as wire_ceiling
 
@@ -171,6 +175,10 @@ class Syncd:
 
     def missing(self):
         return json.loads(self.cli("beta", "status", "--json"))["files"]["missing"]
+
+    def cpu(self):
+        """CPU seconds both peers' processes have used so far."""
+        return sum(cpu_seconds(pid) for pid in self.pids.values())
 
     def stop(self):
         for peer, home in self.homes.items():
@@ -374,11 +382,15 @@ def transfer(s, sub, files, first=False):
     readable on the receiver. Returns {phase: seconds since the start}: written (last close
     on the sender), pushed (the rsync run done), listed (stat on the receiver shows every
     file's size: metadata arrived), with `first` first (the first file's first block
-    readable, same bytes, on the receiver), readable (the total)."""
+    readable, same bytes, on the receiver), readable (the total); cpu: the CPU seconds the
+    syncd peers' processes used from the last close on (not the bench's reading), which
+    other load on the machine disturbs less than the times."""
+    cpu = getattr(s, "cpu", None)
     t = time.perf_counter()
     for name, c in files.items():
         c.write(s.send / sub / name)
     m = {"written": time.perf_counter() - t}
+    before = cpu() if cpu else None
     s.push(sub)
     m["pushed"] = time.perf_counter() - t
     for name, c in files.items():  # in order: one failing lookup per poll, not one per file
@@ -391,6 +403,8 @@ def transfer(s, sub, files, first=False):
     for name, c in files.items():
         wait_until(f"{s.name} {sub}/{name}", c.matches, s.recv / sub / name)
     m["readable"] = time.perf_counter() - t
+    if cpu:
+        m["cpu"] = cpu() - before
     return m
 
 
@@ -522,6 +536,9 @@ def report(res, args):
         print(f"\nthe wire alone (bench/wire.py: hypercorn + httpx, TLS, as the fetcher asks): "
               f"{wire:.0f} MB/s; 0.8x rsync is {goal:.0f} MB/s: "
               + ("within the stack's reach" if wire >= goal else "beyond the stack's reach"))
+        if isinstance(sv := res.get("syncd", {}).get("big"), list):
+            print(f"CPU seconds a run: syncd's two peers {median(sv, 'cpu'):.2f}, the wire's "
+                  f"server and client {statistics.median(res['wire_cpu']):.2f}")
         rows.append({"workload": f"{args.big_mib} MiB, wire alone", "unit": "MB/s",
                      "syncd": wire, "rsync": mbs(sb), "ratio": wire / mbs(sb),
                      "target": "", "met": None})
@@ -545,6 +562,8 @@ def main():
     p.add_argument("--big-mib", type=int, help="big file size (default 256, quick 16)")
     p.add_argument("--repeat", type=int, default=1, help="runs of many and big (median)")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--only", action="append", choices=list(WORKLOADS),
+                   help="run only this workload (repeatable; default all)")
     p.add_argument("--relay", action="store_true",
                    help="also through a directory relay, against rsync in and out of a "
                         "directory")
@@ -572,7 +591,9 @@ def main():
     print(f"sync bench in {base}: nproc {os.cpu_count()}, kernel {platform.release()}, "
           f"{run(['rsync', '--version']).splitlines()[0]}", flush=True)
     systems, res = [] if args.only_relay else [Syncd(exe, base), Rsync(base)], {}
-    systems.append(PassthroughWrite(base, Path(args.cache)))
+    workloads = args.only or list(WORKLOADS)
+    if "many" in workloads:
+        systems.append(PassthroughWrite(base, Path(args.cache)))
     if args.relay or args.only_relay:
         systems += [SyncdRelay(exe, base), RsyncDir(base)]
         if os.path.exists("/usr/sbin/apache2"):
@@ -582,7 +603,7 @@ def main():
     try:
         for s in systems:
             s.start()
-        for w in WORKLOADS:
+        for w in workloads:
             for s in systems:
                 if w not in getattr(s, "workloads", WORKLOADS):
                     continue
@@ -593,8 +614,8 @@ def main():
                 except Exception as e:  # keep going: the failure shows in the table
                     res.setdefault(s.name, {})[w] = f"error: {e}"
                     note(f"{s.name} {w} failed: {type(e).__name__}: {e}")
-        if not args.only_relay:
-            res["wire"] = wire_ceiling(args.big_mib, args.repeat)
+        if not args.only_relay and "big" in workloads:
+            res["wire"], res["wire_cpu"] = wire_ceiling(args.big_mib, args.repeat)
         for s in systems:
             if isinstance(s, SyncdRelay):
                 res[f"{s.name}_stored"] = s.stored()

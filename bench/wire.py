@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from common import free_port
+from common import cpu_seconds, free_port
 
 from syncd import identity
 from syncd.fetcher import PARALLEL, PER_REQUEST
@@ -28,8 +28,10 @@ from syncd.fetcher import PARALLEL, PER_REQUEST
 MIB = 1 << 20
 
 
-def serve(port: int, certs: Path) -> None:
-    """The server process: GET /N answers N MiB from memory."""
+def serve(port: int, certs: Path, one_body: bool = False) -> None:
+    """The server process: GET /N answers N MiB from memory, in 1 MiB messages, as
+    syncd's Signed layer hands an answer to TLS (api.SEND_SLICE); `one_body`: as one
+    message of N MiB, as it did before."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as serve_http
 
@@ -47,6 +49,9 @@ def serve(port: int, certs: Path) -> None:
         n = int(scope["path"].strip("/"))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(n * MIB).encode())]})
+        if one_body:
+            await send({"type": "http.response.body", "body": block * n})
+            return
         for i in range(n):
             await send({"type": "http.response.body", "body": block, "more_body": i < n - 1})
 
@@ -84,16 +89,18 @@ async def fetch(port: int, certs: Path, mib: int) -> float:
         return time.perf_counter() - t
 
 
-def measure(mib: int, repeat: int) -> list[float]:
-    """MB/s of `repeat` runs, each against a fresh server process."""
+def measure(mib: int, repeat: int, one_body: bool = False) -> tuple[list[float], list[float]]:
+    """MB/s of `repeat` runs, each against a fresh server process, and the CPU seconds
+    each run took, server and client together (load on the machine disturbs these less)."""
     with tempfile.TemporaryDirectory(prefix="syncd-wire-") as tmp:
         certs = Path(tmp)
         identity.ensure(certs / "server.pem", "a" * 32)
         identity.ensure(certs / "client.pem", "b" * 32)
-        out = []
+        out, cpu = [], []
         for _ in range(repeat):
             port = free_port()
-            server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp])
+            server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), tmp]
+                                      + ["--one-body"] * one_body)
             try:
                 for _ in range(200):
                     if server.poll() is not None:
@@ -103,26 +110,32 @@ def measure(mib: int, repeat: int) -> list[float]:
                         break
                     except httpx.HTTPError:
                         time.sleep(0.05)
+                before = cpu_seconds(server.pid) + time.process_time()
                 out.append(mib * MIB / 1e6 / trio.run(fetch, port, certs, mib))
+                cpu.append(cpu_seconds(server.pid) + time.process_time() - before)
             finally:
                 server.terminate()
                 server.wait(10)
-        return out
+        return out, cpu
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mib", type=int, default=256, help="bytes to move, in MiB (default 256)")
     p.add_argument("--repeat", type=int, default=3, help="runs (median; default 3)")
+    p.add_argument("--one-body", action="store_true",
+                   help="the server hands each answer to TLS as one message (syncd before "
+                        "its 1 MiB slices) instead of 1 MiB at a time")
     p.add_argument("--serve", nargs=2, metavar=("PORT", "CERTDIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(int(args.serve[0]), Path(args.serve[1]))
+        serve(int(args.serve[0]), Path(args.serve[1]), args.one_body)
         return
-    runs = measure(args.mib, args.repeat)
-    print(f"hypercorn + httpx, TLS, {PER_REQUEST} MiB per GET, {PARALLEL} in flight: "
+    runs, cpu = measure(args.mib, args.repeat, args.one_body)
+    print(f"hypercorn + httpx, TLS, {PER_REQUEST} MiB per GET"
+          f"{' in one message' if args.one_body else ''}, {PARALLEL} in flight: "
           f"{statistics.median(runs):.0f} MB/s median of {len(runs)} "
-          f"({', '.join(f'{r:.0f}' for r in runs)})")
+          f"({', '.join(f'{r:.0f}' for r in runs)}); CPU {statistics.median(cpu):.2f} s a run")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ MAX_BATCH = 1000
 # sender's INLINE_MAX (index/inline.py); a batch carries at most states.BATCH_DATA of them.
 MAX_DATA = 64 << 10
 MAX_CHUNKS = 64  # per batch request: at most 64 MiB of chunks in one response
+SEND_SLICE = 1 << 20  # bytes of a response body handed to TLS at a time
 BIG_BODY = 64 << 10  # bytes: a body this large is hashed and packed on a worker thread
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -507,7 +508,7 @@ class Signed:
                     signed = auth.sign_response(key, start["status"], nonce, digest)
                     headers += [(k.lower().encode(), v.encode()) for k, v in signed.items()]
                     await send({**start, "headers": headers})
-                    await send({"type": "http.response.body", "body": out})
+                    await _send_body(send, out)
                     BYTES_SENT.labels("").inc(len(out))
 
         await self.app(scope, replay, capture)
@@ -520,6 +521,16 @@ async def off_loop(size: int, fn, *args):
     if size < BIG_BODY:
         return fn(*args)
     return await trio.to_thread.run_sync(fn, *args)
+
+
+async def _send_body(send, body: bytes) -> None:
+    """A response body in slices of SEND_SLICE: TLS encrypts each as it goes out, so the
+    first bytes leave before the last are encrypted, and the TLS layer's buffer stays one
+    slice (in one piece, 8 MiB grew it by copies and cleared each copy it let go)."""
+    view = memoryview(body)
+    for at in range(0, max(len(view), 1), SEND_SLICE):
+        await send({"type": "http.response.body", "body": view[at:at + SEND_SLICE],
+                    "more_body": at + SEND_SLICE < len(view)})
 
 
 def _seal(body: bytes, zstd_ok: bool) -> tuple[bytes | None, bytes]:

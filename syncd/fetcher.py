@@ -31,7 +31,7 @@ from syncd.peerset import PeerSet
 log = logging.getLogger(__name__)
 
 PER_REQUEST = 8  # chunks of one file asked for in one request: 8 MiB of a big file
-PARALLEL = 2  # such requests in flight at once, per file
+PARALLEL = 2  # such requests in flight at once, per file (and as many more installing)
 BATCH_CHUNKS = 64  # chunks asked for in one request when prefetching small files
 
 
@@ -246,19 +246,24 @@ class Fetcher:
 
     async def _run(self, stream: Stream) -> None:
         """Fetch a stream's chunks, PARALLEL requests in flight. The first request asks
-        for one chunk, so that the first read waits for one MiB, not PER_REQUEST."""
+        for one chunk, so that the first read waits for one MiB, not PER_REQUEST. A
+        request's slot frees as soon as its answer is in: the next one is on the wire
+        while this one's chunks are written (at most PARALLEL more installing)."""
         try:
             async with trio.open_nursery() as nursery:
-                limit = trio.Semaphore(PARALLEL)
+                asking = trio.Semaphore(PARALLEL)
+                tasks = trio.Semaphore(2 * PARALLEL)
                 n = 1
                 while True:
-                    await limit.acquire()
+                    await tasks.acquire()
+                    await asking.acquire()
                     # An inode that is gone (deleted, no handle left) needs nothing more.
                     batch = [] if self.catalog.is_local(stream.ino) else stream.take(n)
                     if not batch:
-                        limit.release()
+                        asking.release()
+                        tasks.release()
                         break
-                    nursery.start_soon(self._fetch_some, stream, batch, limit)
+                    nursery.start_soon(self._fetch_some, stream, batch, asking, tasks)
                     n = PER_REQUEST
             if not stream.failed and not self.catalog.missing_chunks(stream.ino):
                 self.catalog.mark_local([stream.ino])
@@ -269,16 +274,22 @@ class Fetcher:
             stream.done.set()
 
     async def _fetch_some(self, stream: Stream, digests: list[bytes],
-                          limit: trio.Semaphore) -> None:
+                          asking: trio.Semaphore, tasks: trio.Semaphore) -> None:
+        asked = [asking]  # released once, when the answer is in or the fetch is over
+
+        def received() -> None:
+            if asked:
+                asked.pop().release()
         try:
-            await self.fetch_chunks_of(digests, stream.what)
+            await self.fetch_chunks_of(digests, stream.what, received)
         except OSError as e:
             stream.settle([d for d in digests if self.catalog.has_chunk(d)], None)
             stream.settle([d for d in digests if not self.catalog.has_chunk(d)], e)
         else:
             stream.settle(digests, None)
         finally:
-            limit.release()
+            received()
+            tasks.release()
 
     async def prefetch_small(self, inos: list[int]) -> None:
         """Fetch the content of small files ahead of any open, many chunks per request: for
@@ -315,14 +326,16 @@ class Fetcher:
             if not todo:
                 break
 
-    async def fetch_chunks_of(self, digests: list[bytes], what: str) -> None:
+    async def fetch_chunks_of(self, digests: list[bytes], what: str,
+                              received: Callable[[], None] = lambda: None) -> None:
         """Get, verify and install these chunks of `what` (at most api.MAX_CHUNKS), asking
         the peers in turn for those still missing; OSError(EIO) when some chunk has no
-        peer that serves it right."""
+        peer that serves it right. `received()` runs when an answer is in, before its
+        chunks are verified and installed."""
         tried = []
         for link in self.holders():
             try:
-                left = await self._take_from(link, digests, what)
+                left = await self._take_from(link, digests, what, received)
             except PeerError as e:
                 tried.append(f"{link.name} ({e})")
                 continue
@@ -333,13 +346,15 @@ class Fetcher:
         raise OSError(errno.EIO, f"no peer served chunk {digests[0].hex()[:12]}; tried: "
                                  f"{'; '.join(tried) or 'no peers'}")
 
-    async def _take_from(self, link: PeerLink, digests: list[bytes], what: str) -> list[bytes]:
+    async def _take_from(self, link: PeerLink, digests: list[bytes], what: str,
+                         received: Callable[[], None] = lambda: None) -> list[bytes]:
         """Ask one peer for these chunks of `what` and install those that verify; the
         digests still missing (not held there, or wrong bytes: logged). PeerError when
-        the peer does not answer."""
+        the peer does not answer. `received()` as in fetch_chunks_of."""
         started = time.perf_counter()
         got = await link.get_chunks(digests)
         FETCH_SECONDS.labels(link.name).observe(time.perf_counter() - started)
+        received()
         installed = await self.install_all(got)
         for digest in set(got) - installed:
             log.warning("peer %s served wrong bytes for chunk %s of %s: not installed",

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 
 import pytest
+from syncd.index.chunklist import CHUNK, digest_of
 from syncd.index.inline import INLINE_MAX
 from syncd.index.names import conflict_name
 
@@ -230,6 +231,27 @@ def test_bodies_travel_compressed_when_it_pays(cluster):
     noise = os.urandom(5000)
     (a / "noise").write_bytes(noise)
     wait_content(b / "noise", noise)  # incompressible: sent as it is, still verified
+
+
+def test_many_chunks_arrive_whole_and_signed_though_sent_in_slices(cluster):
+    """A batch answer goes out in slices (api.SEND_SLICE): what arrives is every chunk
+    asked for, in order, one not held left out, under a signature over the whole body."""
+    a, b = cluster(2)
+    data = os.urandom(2 * CHUNK + CHUNK // 2 + 7)
+    (a / "f").write_bytes(data)
+    wait_content(b / "f", data)
+    digests = [digest_of(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
+    unknown = bytes(32)
+    body = json.dumps({"chunks": [d.hex() for d in (*digests, unknown)]}).encode()
+    key = bytes.fromhex(a.key)
+    headers = auth.sign_request(key, "POST", "/v1/chunks", body)
+    with tls_client(a.home, b.home) as client:
+        r = client.post(a.url + "/v1/chunks", content=body,
+                        headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 200
+    assert r.headers["x-syncd-sizes"] == f"{CHUNK},{CHUNK},{CHUNK // 2 + 7},-1"
+    assert r.content == data
+    auth.check_response(key, 200, headers[auth.NONCE], r.headers, auth.body_hash(r.content))
 
 
 def test_changes_reach_a_peer_through_another_one(cluster):
