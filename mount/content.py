@@ -60,7 +60,9 @@ class Content:
         """The inode's lock, taken: at once when it is free, as it nearly always is
         (trio's acquire yields to the scheduler even then, a round trip of the run loop
         per write and per commit). The caller releases it."""
-        lock = self.locks.setdefault(ino, trio.Lock())
+        lock = self.locks.get(ino)
+        if lock is None:
+            lock = self.locks[ino] = trio.Lock()
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:

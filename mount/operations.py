@@ -568,8 +568,8 @@ class Filesystem(pyfuse3.Operations):
             return
         self.unnamed.discard(ino)
         self.purgeable.append(ino)
-        if len(self.purgeable) >= PURGE_BATCH or not self.catalog.smaller_than(
-                [ino], PURGE_AT_ONCE):
+        if len(self.purgeable) >= PURGE_BATCH or not self.catalog.is_smaller(
+                ino, PURGE_AT_ONCE):
             self.purge()
         else:
             self._purge_due.set()
