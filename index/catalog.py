@@ -171,9 +171,10 @@ class Catalog:
         self._new_files: dict[int, _NewFile] = {}
         self._unsettled: dict[int, Inode] = {}
         # The last lookup that found nothing: (directory node, name, conn.total_changes
-        # then). A create of that name that comes next, nothing written in between (the
-        # kernel looks a name up before it creates it), need not ask again.
-        self._absent: tuple[str, str, int] | None = None
+        # then, the directory's `ignored`). A create of that name that comes next,
+        # nothing written in between (the kernel looks a name up before it creates it),
+        # need not ask again.
+        self._absent: tuple[str, str, int, int] | None = None
         # The inodes table's AUTOINCREMENT counter and conn.total_changes when it was so.
         self._ino_seq: tuple[int, int] | None = None
         # The inode rows the last transaction wrote of them, for _wrote.
@@ -257,16 +258,17 @@ class Catalog:
 
     def lookup(self, parent_ino: int, name: str) -> Entry | None:
         parent = self.dir_node(parent_ino)
+        # With the directory's `ignored`, for a create that follows a miss (_create_later).
         row = self.conn.execute(
-            f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
-            "JOIN inodes ON inodes.ino = n.ino "
-            "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
-            (parent, name),
+            f"SELECT d.ignored, n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes d "
+            "LEFT JOIN nodes n ON n.parent = d.id AND n.name = ? AND n.deleted = 0 "
+            "LEFT JOIN inodes ON inodes.ino = n.ino WHERE d.id = ?",
+            (name, parent),
         ).fetchone()
-        if row is None:
-            self._absent = (parent, name, self.conn.total_changes)
+        if row is None or row[1] is None:
+            self._absent = (parent, name, self.conn.total_changes, row[0] if row else 0)
             return None
-        return Entry(row[0], row[1], row[2], Inode(*row[3:]))
+        return Entry(row[1], row[2], row[3], Inode(*row[4:]))
 
     def names_taken(self, parent_ino: int, names: list[str]) -> set[str]:
         """Those of `names` that are live entries of a directory: one statement, where a
@@ -577,7 +579,7 @@ class Catalog:
         self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
         target: bytes | None = None, mtime_ns: int | None = None, rdev: int = 0,
         content: tuple[ChunkList, int] | None = None, op: str = "create",
-        later: bool = False,
+        later: bool = False, directory: Inode | None = None,
     ) -> Entry:
         """A new file, directory, symlink or special file (`rdev` for a device): one new
         inode, one new node, one change (none for a special file: it is local-only). A
@@ -589,7 +591,7 @@ class Catalog:
         are decided now, and written by the next transaction or statement, normally
         the file's commit at close (one transaction per file, not two). Entries that
         stamp nothing (ignored ones, a receive-only machine's) and rule files are
-        written at once."""
+        written at once. `directory`: the parent's inode, as the caller just read it."""
         name = check_name(name)
         now = time.time_ns()
         mtime = mtime_ns if mtime_ns is not None else now
@@ -597,7 +599,8 @@ class Catalog:
         if later and kind == "file" and content is None and mtime_ns is None and \
                 name != IGNORE_FILE and self.mode != RECEIVE_ONLY and \
                 isinstance(self.conn, IndexConnection) and not self.conn.in_transaction:
-            created = self._create_later(parent_ino, parent, name, mode, uid, gid, now)
+            created = self._create_later(parent_ino, parent, name, mode, uid, gid, now,
+                                         directory)
             if created is not None:
                 return created
         chunks, size = content or (ChunkList([]), len(target) if target is not None else 0)
@@ -631,19 +634,28 @@ class Catalog:
         return created
 
     def _create_later(self, parent_ino: int, parent: str, name: str, mode: int, uid: int,
-                      gid: int, now: int) -> Entry | None:
+                      gid: int, now: int, directory: Inode | None) -> Entry | None:
         """create(later=True) of an empty file, or None when it must be written at once
         (ignored). Its inode number comes after every one SQLite handed out and every
         one kept in memory; its stamp is taken now, so it is written before any later
         one (every transaction writes it first)."""
         absent, self._absent = self._absent, None
-        # Asked again unless looked up just now, which wrote the new files kept before.
-        if (absent != (parent, name, self.conn.total_changes) or self._new_files) and \
-                self.is_live_name(parent, name):  # also writes the new files kept before
-            raise fail(errno.EEXIST, name)
-        if self.ignores(parent, name, "file"):
-            return None
-        directory = self.inode(parent_ino)
+        # Looked up just now, nothing written since (the lookup wrote the new files kept
+        # before): the name is free, and `directory` and its `ignored` are as read then.
+        looked_up = absent is not None and absent[:3] == (
+            parent, name, self.conn.total_changes) and not self._new_files
+        if not looked_up:
+            if self.is_live_name(parent, name):  # also writes the new files kept before
+                raise fail(errno.EEXIST, name)
+            if self.ignores(parent, name, "file"):
+                return None
+            directory = self.inode(parent_ino)
+        else:
+            if (parent != ROOT_ID and (local_only(parent) or absent[3] > 0)) or \
+                    self.ignore.ignored(parent, name, "file"):  # Catalog.ignores
+                return None
+            if directory is None:
+                directory = self.inode(parent_ino)
         ino = max([self._inode_seq(), *self._new_files]) + 1
         self._next_stamp()
         node = f"{self.device}:{self.seq}"

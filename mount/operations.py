@@ -417,7 +417,8 @@ class Filesystem(pyfuse3.Operations):
             if kind == "dir":
                 mode |= stat.S_ISGID
         entry = self.catalog.create(parent_inode, check_name(name), kind, mode & 0o7777,
-                                    ctx.uid, gid, target, rdev=rdev, later=later)
+                                    ctx.uid, gid, target, rdev=rdev, later=later,
+                                    directory=parent)
         return self._entry(entry.inode)
 
     @handler
