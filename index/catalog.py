@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
     import sqlite_utils
 
 ASPECTS = ("content", "mode", "place", "xattr")
+# Each aspect's version columns: vector, the vector its maker made, Lamport clock, device.
+VERSION_COLUMNS = {a: (f"{a}_vv", f"{a}_made", f"{a}_clock", f"{a}_device") for a in ASPECTS}
 NAME_MAX = 255
 # Extended attributes (docs/cli.md, "What is shared"): a value is at most XATTR_SIZE_MAX
 # bytes (Linux's own limit, which the kernel checks before we see it; a peer's state is
@@ -56,6 +58,7 @@ XATTR_TOTAL_MAX = 128 << 10
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode
 KIND_FILE = to_json({"kind": "file"})  # a new file's journal detail
+EMPTY_HASH = file_hash(b"")  # an empty file's content hash
 # nodes.ignored: 1 for an ignored node, and for one that was shared before, a bit per
 # aspect changed here while it was ignored: what gets a new version once it is shared.
 IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
@@ -528,12 +531,14 @@ class Catalog:
         columns: dict[str, object] = {}
         done: dict[str, str] = {}  # a new node's vectors are all '{}'
         for aspect, text in zip(aspects, vvs, strict=True):
-            if text not in done:
+            new = done.get(text)
+            if new is None:
                 vv = json.loads(text)
                 vv[self.device] = self.seq
-                done[text] = to_json(vv)
-            columns |= {f"{aspect}_vv": done[text], f"{aspect}_made": done[text],
-                        f"{aspect}_clock": self.clock, f"{aspect}_device": self.device}
+                new = done[text] = to_json(vv)
+            vv_column, made, clock, device = VERSION_COLUMNS[aspect]
+            columns[vv_column] = columns[made] = new
+            columns[clock], columns[device] = self.clock, self.device
         return columns
 
     def stamp_applied(self, node: str, op: str, origin: str | None, device: str | None,
@@ -663,7 +668,7 @@ class Catalog:
                    **self._new_versions(ASPECTS, ("{}",) * len(ASPECTS)),
                    "kind": "file", "ino": ino, "parent": parent, "name": name}
         inode = Inode(ino, "file", mode & 0o7777, uid, gid, 0, now, now, now,
-                      ChunkList([]).hash, None, 0, 1)
+                      EMPTY_HASH, None, 0, 1)
         self._new_files[ino] = _NewFile(
             inode, parent_ino, columns,
             (self.seq, self.clock, node, "create", self.device, now // 10**9,
