@@ -1,11 +1,14 @@
 """What tar's requests for one small file cost in the mount's handlers, without the kernel.
 
-    python bench/handlers.py [--n 3000] [--code DIR]
+    python bench/handlers.py [--n 3000] [--code DIR] [--workload small]
 
 Calls the FUSE handlers (mount/operations.py) directly in trio on a real index in
 /var/tmp, as `tar -xf` of bench/fs.py's tarball makes them per file: LOOKUP (not there),
 CREATE, WRITE (100-2,000 bytes), SETATTR of the times, of the owner and of the mode
-through the open file, FLUSH (the commit), RELEASE and FORGET, 100 files per directory.
+through the open file, FLUSH (the commit), RELEASE and FORGET, 100 files per directory;
+or, with `--workload small`, as bench/fs.py's create + stat + unlink makes them: LOOKUP,
+CREATE, WRITE, FLUSH, RELEASE of every file of one directory, then a GETATTR of each, then
+UNLINK and FORGET of each, and the purge of them all (in batches, as the mount does).
 Prints the process's CPU and the wall time per file, and the statements SQLite ran per
 file, the transactions and the pages they wrote to the WAL. `--code DIR` runs another
 copy of the code (a directory holding `syncd/` with `index/` and `mount/` inside, as
@@ -29,6 +32,7 @@ from types import SimpleNamespace
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--n", type=int, default=3000)
 parser.add_argument("--code", help="a directory that holds the syncd package to time")
+parser.add_argument("--workload", choices=("tar", "small"), default="tar")
 args = parser.parse_args()
 sys.path.insert(0, args.code or str(Path(__file__).resolve().parent.parent))
 
@@ -72,6 +76,26 @@ async def tar(fs: Filesystem, n: int, top: bytes) -> None:
         await fs.forget([(attrs.st_ino, 1)])
 
 
+async def small(fs: Filesystem, n: int, top: bytes) -> None:
+    d = (await fs.mkdir(pyfuse3.ROOT_INODE, top, 0o755, Ctx())).st_ino
+    names = [b"f%05d" % k for k in range(n)]
+    inos = []
+    for k, name in enumerate(names):
+        with contextlib.suppress(pyfuse3.FUSEError):  # not there yet
+            await fs.lookup(d, name, Ctx())
+        info, attrs = await fs.create(d, name, 0o100644, os.O_WRONLY | os.O_CREAT, Ctx())
+        await fs.write(info.fh, 0, b"file %d\n" % k)
+        await fs.flush(info.fh)
+        await fs.release(info.fh)
+        inos.append(attrs.st_ino)
+    for ino in inos:
+        await fs.getattr(ino, Ctx())
+    for ino, name in zip(inos, names, strict=True):
+        await fs.unlink(d, name, Ctx())
+        await fs.forget([(ino, 1)])
+    fs.purge()
+
+
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="syncd-handlers-", dir="/var/tmp"))
     try:
@@ -83,13 +107,14 @@ def main() -> None:
         keep_versions(catalog)  # as a serving process does
         fs = Filesystem(catalog, store)
         cpu, wall = time.process_time(), time.perf_counter()
-        trio.run(tar, fs, args.n, b"d")
+        work = small if args.workload == "small" else tar
+        trio.run(work, fs, args.n, b"d")
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         statements: list[str] = []
         wal = base / "index.db-wal"
         wal_before = wal.stat().st_size
         db.conn.set_trace_callback(statements.append)  # counted apart: it costs time
-        trio.run(tar, fs, 100, b"counted")
+        trio.run(work, fs, 100, b"counted")
         frames = (wal.stat().st_size - wal_before) / (4096 + 24)  # nothing checkpoints
         db.close()
     finally:

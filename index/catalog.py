@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
     import sqlite_utils
 
 ASPECTS = ("content", "mode", "place", "xattr")
+# Each aspect's version columns: vector, the vector its maker made, Lamport clock, device.
+VERSION_COLUMNS = {a: (f"{a}_vv", f"{a}_made", f"{a}_clock", f"{a}_device") for a in ASPECTS}
 NAME_MAX = 255
 # Extended attributes (docs/cli.md, "What is shared"): a value is at most XATTR_SIZE_MAX
 # bytes (Linux's own limit, which the kernel checks before we see it; a peer's state is
@@ -55,6 +57,8 @@ XATTR_TOTAL_MAX = 128 << 10
 # Version vectors and journal details as stored: JSON with sorted keys. One encoder for
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode
+KIND_FILE = to_json({"kind": "file"})  # a new file's journal detail
+EMPTY_HASH = file_hash(b"")  # an empty file's content hash
 # nodes.ignored: 1 for an ignored node, and for one that was shared before, a bit per
 # aspect changed here while it was ignored: what gets a new version once it is shared.
 IGNORED_CHANGED = {"content": 2, "mode": 4, "place": 8, "xattr": 16}
@@ -112,8 +116,10 @@ def check_name(name: str | bytes) -> str:
         raise fail(errno.EILSEQ, f"name is not valid UTF-8: {raw!r}") from None
 
 
-@dataclass(frozen=True)  # shared from the InodeCache: never changed in place
-class Inode:
+class Inode(NamedTuple):
+    """An inode row as read (shared from the InodeCache, so immutable; a tuple, not a
+    frozen dataclass: made and copied several times per request, at a third of the cost)."""
+
     ino: int
     kind: str
     mode: int
@@ -139,8 +145,7 @@ class Entry:
     inode: Inode
 
 
-@dataclass(frozen=True)
-class _NewFile:
+class _NewFile(NamedTuple):
     """A new file's create, kept in memory until the next transaction writes it
     (Catalog.create with `later`)."""
 
@@ -168,6 +173,13 @@ class Catalog:
         # are one transaction.
         self._new_files: dict[int, _NewFile] = {}
         self._unsettled: dict[int, Inode] = {}
+        # The last lookup that found nothing: (directory node, name, conn.total_changes
+        # then, the directory's `ignored`). A create of that name that comes next,
+        # nothing written in between (the kernel looks a name up before it creates it),
+        # need not ask again.
+        self._absent: tuple[str, str, int, int] | None = None
+        # The inodes table's AUTOINCREMENT counter and conn.total_changes when it was so.
+        self._ino_seq: tuple[int, int] | None = None
         # The inode rows the last transaction wrote of them, for _wrote.
         self._settled: dict[int, Inode] = {}
         self._unsettled_sql = getattr(self.conn, "unsettled", self.conn.execute)
@@ -248,13 +260,18 @@ class Catalog:
         return node
 
     def lookup(self, parent_ino: int, name: str) -> Entry | None:
+        parent = self.dir_node(parent_ino)
+        # With the directory's `ignored`, for a create that follows a miss (_create_later).
         row = self.conn.execute(
-            f"SELECT n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes n "
-            "JOIN inodes ON inodes.ino = n.ino "
-            "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
-            (self.dir_node(parent_ino), name),
+            f"SELECT d.ignored, n.id, n.entry, n.name, {INODE_COLUMNS} FROM nodes d "
+            "LEFT JOIN nodes n ON n.parent = d.id AND n.name = ? AND n.deleted = 0 "
+            "LEFT JOIN inodes ON inodes.ino = n.ino WHERE d.id = ?",
+            (name, parent),
         ).fetchone()
-        return Entry(row[0], row[1], row[2], Inode(*row[3:])) if row else None
+        if row is None or row[1] is None:
+            self._absent = (parent, name, self.conn.total_changes, row[0] if row else 0)
+            return None
+        return Entry(row[1], row[2], row[3], Inode(*row[4:]))
 
     def names_taken(self, parent_ino: int, names: list[str]) -> set[str]:
         """Those of `names` that are live entries of a directory: one statement, where a
@@ -318,19 +335,24 @@ class Catalog:
         Inside a caller's db.atomic() block it is a savepoint of that transaction; on its
         own, plain BEGIN and COMMIT (sqlite-utils' atomic() costs ~1.5 us more, on every
         change)."""
+        return self._transaction(fn, args)
+
+    def _transaction(self, fn, args, makes_versions: bool = True):
+        """transaction(fn, *args); without `makes_versions`, fn writes nothing the
+        VERSIONS triggers record (inserts, times), so nothing is asked of them after it."""
         before = self.seq
         settling = bool(self._new_files) and not self.conn.in_transaction
         try:
             if self.conn.in_transaction:
                 with self.db.atomic():
-                    result = self._collect_and(fn, args)
+                    result = self._collect_and(fn, args, makes_versions)
             else:
                 self._disarm()  # new files kept in memory are this transaction's first rows
 
                 def work():
                     if settling:
                         self._write_new_files()
-                    return self._collect_and(fn, args)
+                    return self._collect_and(fn, args, makes_versions)
                 result = self._own_transaction(work)
         except BaseException:
             self._rolled_back()
@@ -438,13 +460,14 @@ class Catalog:
         self._inodes.wrote(before, self.committed_at, {**self._settled, **inodes})
         self._chunk_blobs.wrote(before, self.committed_at, blobs)
 
-    def _collect_and(self, fn, args):
+    def _collect_and(self, fn, args, makes_versions: bool = True):
         if self._collected:  # rows of chunks retired since the last transaction
             self.inline.drop_unreferenced([(d,) for d in self._collected])
         if self.conn.total_changes != self._held_at:
             self._hold_versions()  # any a write outside these transactions recorded
         result = fn(*args)
-        self._hold_versions()
+        if makes_versions:
+            self._hold_versions()
         self._held_at = self.conn.total_changes  # nothing written since: none to hold
         return result
 
@@ -517,12 +540,14 @@ class Catalog:
         columns: dict[str, object] = {}
         done: dict[str, str] = {}  # a new node's vectors are all '{}'
         for aspect, text in zip(aspects, vvs, strict=True):
-            if text not in done:
+            new = done.get(text)
+            if new is None:
                 vv = json.loads(text)
                 vv[self.device] = self.seq
-                done[text] = to_json(vv)
-            columns |= {f"{aspect}_vv": done[text], f"{aspect}_made": done[text],
-                        f"{aspect}_clock": self.clock, f"{aspect}_device": self.device}
+                new = done[text] = to_json(vv)
+            vv_column, made, clock, device = VERSION_COLUMNS[aspect]
+            columns[vv_column] = columns[made] = new
+            columns[clock], columns[device] = self.clock, self.device
         return columns
 
     def stamp_applied(self, node: str, op: str, origin: str | None, device: str | None,
@@ -568,7 +593,7 @@ class Catalog:
         self, parent_ino: int, name: str, kind: str, mode: int, uid: int, gid: int,
         target: bytes | None = None, mtime_ns: int | None = None, rdev: int = 0,
         content: tuple[ChunkList, int] | None = None, op: str = "create",
-        later: bool = False,
+        later: bool = False, directory: Inode | None = None,
     ) -> Entry:
         """A new file, directory, symlink or special file (`rdev` for a device): one new
         inode, one new node, one change (none for a special file: it is local-only). A
@@ -580,7 +605,7 @@ class Catalog:
         are decided now, and written by the next transaction or statement, normally
         the file's commit at close (one transaction per file, not two). Entries that
         stamp nothing (ignored ones, a receive-only machine's) and rule files are
-        written at once."""
+        written at once. `directory`: the parent's inode, as the caller just read it."""
         name = check_name(name)
         now = time.time_ns()
         mtime = mtime_ns if mtime_ns is not None else now
@@ -588,7 +613,8 @@ class Catalog:
         if later and kind == "file" and content is None and mtime_ns is None and \
                 name != IGNORE_FILE and self.mode != RECEIVE_ONLY and \
                 isinstance(self.conn, IndexConnection) and not self.conn.in_transaction:
-            created = self._create_later(parent_ino, parent, name, mode, uid, gid, now)
+            created = self._create_later(parent_ino, parent, name, mode, uid, gid, now,
+                                         directory)
             if created is not None:
                 return created
         chunks, size = content or (ChunkList([]), len(target) if target is not None else 0)
@@ -611,8 +637,8 @@ class Catalog:
             self._touch_dir(parent_ino, now)
             inode = Inode(ino, kind, mode_bits, uid, gid, size, mtime, now, now, digest,
                           target, rdev, 1)
-            return Entry(node, entry, name, inode), replace(directory, mtime_ns=now,
-                                                            ctime_ns=now)
+            return Entry(node, entry, name, inode), directory._replace(mtime_ns=now,
+                                                                       ctime_ns=now)
 
         before = self.conn.total_changes
         created, directory = self.transaction(run)
@@ -622,34 +648,55 @@ class Catalog:
         return created
 
     def _create_later(self, parent_ino: int, parent: str, name: str, mode: int, uid: int,
-                      gid: int, now: int) -> Entry | None:
+                      gid: int, now: int, directory: Inode | None) -> Entry | None:
         """create(later=True) of an empty file, or None when it must be written at once
         (ignored). Its inode number comes after every one SQLite handed out and every
         one kept in memory; its stamp is taken now, so it is written before any later
         one (every transaction writes it first)."""
-        if self.is_live_name(parent, name):  # also writes the new files kept before
-            raise fail(errno.EEXIST, name)
-        if self.ignores(parent, name, "file"):
-            return None
-        directory = self.inode(parent_ino)
-        row = self._unsettled_sql(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
-        ino = max([row[0] if row else 0, *self._new_files]) + 1
+        absent, self._absent = self._absent, None
+        # Looked up just now, nothing written since (the lookup wrote the new files kept
+        # before): the name is free, and `directory` and its `ignored` are as read then.
+        looked_up = absent is not None and absent[:3] == (
+            parent, name, self.conn.total_changes) and not self._new_files
+        if not looked_up:
+            if self.is_live_name(parent, name):  # also writes the new files kept before
+                raise fail(errno.EEXIST, name)
+            if self.ignores(parent, name, "file"):
+                return None
+            directory = self.inode(parent_ino)
+        else:
+            if (parent != ROOT_ID and (local_only(parent) or absent[3] > 0)) or \
+                    self.ignore.ignored(parent, name, "file"):  # Catalog.ignores
+                return None
+            if directory is None:
+                directory = self.inode(parent_ino)
+        ino = max([self._inode_seq(), *self._new_files]) + 1
         self._next_stamp()
         node = f"{self.device}:{self.seq}"
         columns = {"id": node, "seq": self.seq,
                    **self._new_versions(ASPECTS, ("{}",) * len(ASPECTS)),
                    "kind": "file", "ino": ino, "parent": parent, "name": name}
         inode = Inode(ino, "file", mode & 0o7777, uid, gid, 0, now, now, now,
-                      ChunkList([]).hash, None, 0, 1)
+                      EMPTY_HASH, None, 0, 1)
         self._new_files[ino] = _NewFile(
             inode, parent_ino, columns,
             (self.seq, self.clock, node, "create", self.device, now // 10**9,
-             to_json({"kind": "file"})))
+             KIND_FILE))
         self._unsettled[ino] = inode
-        self._unsettled[parent_ino] = replace(directory, mtime_ns=now, ctime_ns=now)
+        self._unsettled[parent_ino] = directory._replace(mtime_ns=now, ctime_ns=now)
         self._arm()
         return Entry(node, 0, name, inode)  # its entry (readdir offset) comes at insert
+
+    def _inode_seq(self) -> int:
+        """The last inode number SQLite handed out (or was given)."""
+        known = self._ino_seq
+        if known is not None and known[1] == self.conn.total_changes:
+            return known[0]
+        row = self._unsettled_sql(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
+        seq = row[0] if row else 0
+        self._ino_seq = (seq, self.conn.total_changes)
+        return seq
 
     def creates_plainly(self, parent: str, name: str, kind: str) -> bool:
         """Would `create` make this entry a plain shared node, as NewEntries makes it: not
@@ -717,16 +764,25 @@ class Catalog:
     def unlink(self, parent_ino: int, name: str) -> int | None:
         """Remove a non-directory name: its node becomes a tombstone. Returns the inode if
         that was its last name, for the caller to purge once nothing refers to it."""
-        return self.transaction(self._remove, parent_ino, check_name(name), False)
+        rows: dict[int, Inode] = {}
+        before = self.conn.total_changes
+        ino = self.transaction(self._remove, parent_ino, check_name(name), False, rows)
+        if rows:  # the stat and the purge that follow need not read them
+            self._wrote(before, rows, {})
+        return ino
 
     def rmdir(self, parent_ino: int, name: str) -> int | None:
         return self.transaction(self._remove, parent_ino, check_name(name), True)
 
-    def _remove(self, parent_ino: int, name: str, want_dir: bool) -> int | None:
+    def _remove(self, parent_ino: int, name: str, want_dir: bool,
+                rows: dict[int, Inode] | None = None) -> int | None:
+        """`rows` (a file's unlink): filled with the inode rows it wrote, as they are
+        then, unless a rule file's removal reaches further."""
+        directory = None if rows is None else self.inode(parent_ino)  # before any write
         found = self._lookup_versions(parent_ino, name)
         if found is None:
             raise fail(errno.ENOENT, name)
-        entry, vvs = found
+        entry, vvs, ignored = found
         is_dir = entry.inode.kind == "dir"
         if want_dir and not is_dir:
             raise fail(errno.ENOTDIR, name)
@@ -734,36 +790,43 @@ class Catalog:
             raise fail(errno.EISDIR, name)
         if is_dir and self.has_children(entry.node):
             raise fail(errno.ENOTEMPTY, name)
-        self._tombstone(entry, vvs)
+        self._tombstone(entry, vvs, ignored)
         now = time.time_ns()
         self.conn.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, entry.inode.ino))
         self._touch_dir(parent_ino, now)
         if name == IGNORE_FILE:
             self.rules_changed(self.dir_node(parent_ino))
+        elif directory is not None:
+            rows[entry.inode.ino] = entry.inode._replace(ctime_ns=now,
+                                                         nlink=entry.inode.nlink - 1)
+            rows[parent_ino] = directory._replace(mtime_ns=now, ctime_ns=now)
         return entry.inode.ino if entry.inode.nlink == 1 else None
 
-    def _tombstone(self, entry: Entry, vvs: tuple[str, ...]) -> None:
+    def _tombstone(self, entry: Entry, vvs: tuple[str, ...], ignored: int) -> None:
         """A removed name: a tombstone that carries the delete to peers, or, for a
-        local-only node that no peer knows, nothing."""
-        if self.is_local_only(entry.node):
+        local-only node that no peer knows, nothing. `ignored`: the node's column."""
+        if local_only(entry.node) or ignored > 0:
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (entry.node,))
             self._dir_nodes.pop(entry.inode.ino, None)
             return
         self.stamp_local(entry.node, "delete", ASPECTS, None, vvs,
-                         {"deleted": 1, "ino": None})
+                         {"deleted": 1, "ino": None}, ignored=ignored)
         if entry.inode.kind == "dir":
             self._dir_nodes.pop(entry.inode.ino, None)
 
-    def _lookup_versions(self, parent_ino: int, name: str) -> tuple[Entry, tuple] | None:
-        """`lookup`, and the node's version vectors as stored (ASPECTS' order), for a
-        change that stamps it: no second query for them."""
+    def _lookup_versions(self, parent_ino: int,
+                         name: str) -> tuple[Entry, tuple, int] | None:
+        """`lookup`, the node's version vectors as stored (ASPECTS' order) and its
+        `ignored` column, for a change that stamps it: no second query for them."""
         row = self.conn.execute(
-            f"SELECT n.id, n.entry, n.name, n.content_vv, n.mode_vv, n.place_vv, n.xattr_vv, "
-            f"{INODE_COLUMNS} FROM nodes n JOIN inodes ON inodes.ino = n.ino "
+            f"SELECT n.id, n.entry, n.name, n.ignored, n.content_vv, n.mode_vv, n.place_vv,"
+            f" n.xattr_vv, {INODE_COLUMNS} FROM nodes n JOIN inodes ON inodes.ino = n.ino "
             "WHERE n.parent = ? AND n.name = ? AND n.deleted = 0",
             (self.dir_node(parent_ino), name),
         ).fetchone()
-        return (Entry(row[0], row[1], row[2], Inode(*row[7:])), row[3:7]) if row else None
+        if row is None:
+            return None
+        return Entry(row[0], row[1], row[2], Inode(*row[8:])), row[4:8], row[3]
 
     # -- renaming
 
@@ -785,8 +848,9 @@ class Catalog:
         found = self._lookup_versions(old_parent, old_name)
         if found is None:
             raise fail(errno.ENOENT, old_name)
-        src, src_vvs = found
-        dst, dst_vvs = self._lookup_versions(new_parent, new_name) or (None, None)
+        src, src_vvs, src_ignored = found
+        dst, dst_vvs, dst_ignored = self._lookup_versions(new_parent, new_name) or \
+            (None, None, 0)
         new_parent_node = self.dir_node(new_parent)
         now = time.time_ns()
         takes_inode = False
@@ -816,13 +880,14 @@ class Catalog:
                 self._remove_xattrs_missing(src.inode.ino, dst.inode.ino)
                 if self.is_local_only(dst.node) and not self.is_local_only(src.node):
                     self.make_local(src.node, False)  # into an ignored file: peers keep it
+                    src_ignored = 1
                 self.stamp_local(dst.node, "content", ("content", "mode", "xattr"),
                                  {"replaced_by": src.node},
                                  (dst_vvs[0], dst_vvs[1], dst_vvs[3]),
                                  {"ino": src.inode.ino})
-                self._tombstone(src, src_vvs)
+                self._tombstone(src, src_vvs, src_ignored)
             else:
-                self._tombstone(dst, dst_vvs)
+                self._tombstone(dst, dst_vvs, dst_ignored)
         if not takes_inode:
             was_local = self.is_local_only(src.node)
             ignored = src.inode.kind not in LOCAL_ONLY_KINDS and \
@@ -984,10 +1049,10 @@ class Catalog:
                 aspects += ("content",)
             if mode is not None and (mode & 0o7777) != inode.mode:
                 aspects += ("mode",)
-            after = replace(inode, size=size, hash=digest, mtime_ns=new_mtime, ctime_ns=now,
-                            mode=inode.mode if mode is None else mode & 0o7777,
-                            uid=(owner or {}).get("uid", inode.uid),
-                            gid=(owner or {}).get("gid", inode.gid))
+            after = inode._replace(size=size, hash=digest, mtime_ns=new_mtime, ctime_ns=now,
+                                   mode=inode.mode if mode is None else mode & 0o7777,
+                                   uid=(owner or {}).get("uid", inode.uid),
+                                   gid=(owner or {}).get("gid", inode.gid))
             self.conn.execute(
                 "UPDATE inodes SET chunks = ?, size = ?, hash = ?, mtime_ns = ?, mode = ?,"
                 " ctime_ns = ?, uid = ?, gid = ? WHERE ino = ?",
@@ -1024,15 +1089,20 @@ class Catalog:
         one): no second stamp, journal row or update of rows just inserted."""
         new = self._new_files[ino]
         old = new.inode
-        after = replace(old, size=size, hash=file_hash(chunks.blob), ctime_ns=time.time_ns(),
-                        mtime_ns=old.mtime_ns if mtime_ns is None else mtime_ns,
-                        mode=old.mode if mode is None else mode & 0o7777,
-                        uid=owner.get("uid", old.uid), gid=owner.get("gid", old.gid))
-        self._new_files[ino] = replace(new, inode=after, chunks=chunks.blob)
+        after = old._replace(size=size, hash=file_hash(chunks.blob), ctime_ns=time.time_ns(),
+                             mtime_ns=old.mtime_ns if mtime_ns is None else mtime_ns,
+                             mode=old.mode if mode is None else mode & 0o7777,
+                             uid=owner.get("uid", old.uid), gid=owner.get("gid", old.gid))
+        self._new_files[ino] = new._replace(inode=after, chunks=chunks.blob)
         self._unsettled[ino] = after
         before = self.conn.total_changes
-        self.transaction(self._reref, chunks, size, ChunkList([]), inline)
+        known, last = self._ino_seq, max(self._new_files)  # all of them are written now
+        # Inserts and the directory's times: no old version to hold.
+        self._transaction(self._reref, (chunks, size, ChunkList([]), inline), False)
         self._wrote(before, {ino: after}, {ino: chunks.blob})
+        if known is not None and known[1] == before and \
+                self.committed_at == self.conn.total_changes:  # our own transaction
+            self._ino_seq = (max(known[0], last), self.committed_at)
 
     def _reref(self, new: ChunkList, size: int, old: ChunkList,
                inline: dict[bytes, bytes] | None = None) -> list[bytes]:
@@ -1052,13 +1122,10 @@ class Catalog:
             if change < 0:
                 # A row left at 0 stays until its chunk has left the store (retire), so
                 # that a crash in between leaves a record of it (collect_unreferenced).
-                self.conn.execute(
-                    "UPDATE chunks SET refs = refs + ? WHERE hash = ?", (change, digest)
-                )
-                left = self.conn.execute(
-                    "SELECT refs FROM chunks WHERE hash = ?", (digest,)
-                ).fetchone()
-                if left is not None and left[0] <= 0:
+                left = self.conn.execute(  # fetchall: the statement runs to its end
+                    "UPDATE chunks SET refs = refs + ? WHERE hash = ? RETURNING refs",
+                    (change, digest)).fetchall()
+                if left and left[0][0] <= 0:
                     garbage.append(digest)
         if inline:
             self.inline.add(inline)
@@ -1599,6 +1666,14 @@ class Catalog:
     def not_local(self) -> list[int]:
         """Inodes with some chunk not here."""
         return [r[0] for r in self.conn.execute("SELECT ino FROM inodes WHERE local = 0")]
+
+    def is_smaller(self, ino: int, size: int) -> bool:
+        """Is an inode's committed size below `size` bytes (one just unlinked is usually
+        in the InodeCache)? False when there is no such inode."""
+        try:
+            return self.inode(ino).size < size
+        except FileNotFoundError:
+            return False
 
     def smaller_than(self, inos: list[int], size: int) -> list[int]:
         """Those of `inos` whose committed size is below `size` bytes."""

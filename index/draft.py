@@ -166,14 +166,17 @@ class Draft:
 
     # -- changing
 
-    def _work_chunk(self, i: int, covers: bool, upto: int) -> WorkChunk:
+    def _work_chunk(self, i: int, covers: bool, upto: int,
+                    writing: bool = False) -> WorkChunk:
         """The working chunk for index i, made by copy-on-write unless the coming write
         (up to `upto` within the chunk) covers the chunk's whole committed extent. One
-        that stays within SLOT bytes takes a slot, not a file (index/workslots.py)."""
+        that stays within SLOT bytes takes a slot, not a file (index/workslots.py).
+        `writing`: a write follows at once, and marks the chunk dirty itself."""
         wc = self.work.get(i)
         if wc is None:
             wc = WorkChunk()
-            self.store.start_work(self.ino, i, small=max(upto, self.chunk_len(i)) <= SLOT)
+            self.store.start_work(self.ino, i, small=max(upto, self.chunk_len(i)) <= SLOT,
+                                  mark=not writing)
             digest = self.base.at(i)
             if digest is not None and not covers:
                 data = self._committed(digest, 0, CHUNK)
@@ -217,7 +220,7 @@ class Draft:
             covers = within == 0 and n >= self.chunk_len(i)
             done = 0
             try:
-                wc = self._work_chunk(i, covers, within + n)
+                wc = self._work_chunk(i, covers, within + n, writing=True)
                 piece = view[pos - offset : pos - offset + n]
                 try:
                     while done < n:  # a short write: the disk is full, and the next says so

@@ -395,14 +395,15 @@ class ChunkStore:
         return self.fds.get(("w", ino, index), self.work_path(ino, index),
                             os.O_RDWR | os.O_CREAT)
 
-    def start_work(self, ino: int, index: int, small: bool) -> None:
+    def start_work(self, ino: int, index: int, small: bool, mark: bool = True) -> None:
         """Begin a working chunk, empty: in a slot when it is expected to stay `small`
-        (at most SLOT bytes), else a file. A leftover of an interrupted draft is not ours.
+        (at most SLOT bytes), else a file; without `mark`, a write follows at once
+        (WorkSlots.start). A leftover of an interrupted draft is not ours.
         Truncating a fresh, empty file would cost more than the check: ext4 then allocates
         its blocks at once (auto_da_alloc), so a chunk dropped right after its commit frees
         blocks, which a disk mounted with `discard` pays for (~0.5 ms a file here)."""
         if small:
-            self.slots.start((ino, index))
+            self.slots.start((ino, index), mark)
             return
         fd = self.work_fd(ino, index)
         if os.fstat(fd).st_size:

@@ -71,12 +71,15 @@ class WorkSlots:
     def __contains__(self, key: tuple[int, int]) -> bool:
         return key in self.taken
 
-    def start(self, key: tuple[int, int]) -> None:
-        """Take a slot for a new, empty working chunk."""
+    def start(self, key: tuple[int, int], mark: bool = True) -> None:
+        """Take a slot for a new, empty working chunk. Without `mark`, its header is left
+        to the write that comes next (it writes one with the bytes it counts): until
+        then the slot holds nothing a recovery could miss."""
         self._open()
         slot = self.free.pop() if self.free else self._take_new()
         self.taken[key] = [slot, 0]
-        self._header(slot, key, 0)
+        if mark:
+            self._header(slot, key, 0)
 
     def _take_new(self) -> int:
         slot, self._next = self._next, self._next + 1

@@ -6,8 +6,10 @@ dirty mark is the file's first working chunk in the store (index/store.py).
 
 Lock: `Content.locks[ino]`, a trio.Lock per inode with a draft. It serialises write,
 truncate and commit of that inode, because a commit awaits a worker thread (hashing,
-fsync) and a write landing meanwhile would change bytes being hashed. Reads take no lock:
-they never see a half-done write (code between awaits is atomic) and working chunks are
+fsync) and a write landing meanwhile would change bytes being hashed. Only a commit that
+awaits takes it; a write, a truncate or a commit that awaits nothing (a small file's)
+waits for it when it is held and otherwise runs without it: code between awaits is
+atomic. Reads take no lock: they never see a half-done write and working chunks are
 only renamed, never rewritten, by a commit.
 """
 
@@ -22,7 +24,7 @@ import pyfuse3
 import trio
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import ChunkList, check_size
-from syncd.index.draft import Draft
+from syncd.index.draft import Draft, Sealed
 from syncd.index.effects import Effects
 from syncd.index.merge import Merger
 from syncd.index.store import ChunkStore
@@ -56,11 +58,18 @@ class Content:
                                         else self.catalog.open_draft(ino))
         return draft
 
+    def _busy(self, ino: int) -> trio.Lock | None:
+        """The inode's lock when a commit holds it (it awaits a worker thread)."""
+        lock = self.locks.get(ino)
+        return lock if lock is not None and lock.locked() else None
+
     async def locked(self, ino: int) -> trio.Lock:
         """The inode's lock, taken: at once when it is free, as it nearly always is
         (trio's acquire yields to the scheduler even then, a round trip of the run loop
         per write and per commit). The caller releases it."""
-        lock = self.locks.setdefault(ino, trio.Lock())
+        lock = self.locks.get(ino)
+        if lock is None:
+            lock = self.locks[ino] = trio.Lock()
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
@@ -80,28 +89,33 @@ class Content:
 
     async def write(self, ino: int, offset: int, data: bytes, append: bool = False) -> int:
         """Bytes written: fewer than asked when the disk filled up part way."""
-        lock = await self.locked(ino)
-        try:
-            draft = self.draft(ino)
-            start = draft.size if append else offset
-            if not self.store.room_for_content():
-                raise OSError(errno.ENOSPC, "no space left for content")
-            # Replaced chunks kept for peers never cost a write its space.
-            written = self.store.retry_when_full(draft.write, start, data)
-            draft.mtime_ns = time.time_ns()
-            return written
-        finally:
-            lock.release()
+        if (lock := self._busy(ino)) is None:
+            return self._write(ino, offset, data, append)
+        async with lock:
+            return self._write(ino, offset, data, append)
+
+    def _write(self, ino: int, offset: int, data: bytes, append: bool) -> int:
+        draft = self.draft(ino)
+        start = draft.size if append else offset
+        if not self.store.room_for_content():
+            raise OSError(errno.ENOSPC, "no space left for content")
+        # Replaced chunks kept for peers never cost a write its space.
+        written = self.store.retry_when_full(draft.write, start, data)
+        draft.mtime_ns = time.time_ns()
+        return written
 
     async def truncate(self, ino: int, size: int) -> None:
         check_size(size)  # before a draft is made for it
-        lock = await self.locked(ino)
-        try:
-            draft = self.draft(ino)
-            draft.truncate(size)
-            draft.mtime_ns = time.time_ns()
-        finally:
-            lock.release()
+        if (lock := self._busy(ino)) is None:
+            self._truncate(ino, size)
+            return
+        async with lock:
+            self._truncate(ino, size)
+
+    def _truncate(self, ino: int, size: int) -> None:
+        draft = self.draft(ino)
+        draft.truncate(size)
+        draft.mtime_ns = time.time_ns()
 
     async def commit(self, ino: int, durable: bool = False) -> bool:
         """Make the draft the committed version: seal and hash it (large parts on a worker
@@ -111,6 +125,12 @@ class Content:
         draft = self.drafts.get(ino)
         if draft is None or not draft.dirty:  # every close ends here: skip the lock
             return False
+        if not durable and self._busy(ino) is None:
+            sealed = draft.seal()
+            if sealed.pending_bytes() <= INLINE_HASH_BYTES:  # awaits nothing: no lock
+                sealed.hash_pending(self.store)
+                self._commit_sealed(draft, sealed, durable)
+                return True
         lock = await self.locked(ino)
         try:
             draft = self.drafts.get(ino)
@@ -133,16 +153,19 @@ class Content:
                 await self.sync_all()
                 if self.drafts.get(ino) is not draft:
                     return False
-            self.catalog.commit_draft(draft, sealed, durable)
-            # Kept until the inode is discarded: every later commit through a handle on it
-            # is again a version concurrent with the change that took it.
-            detached = self.catalog.detached.get(ino)
-            if detached is not None:
-                self.on_effects(self.merger.commit_detached(
-                    *detached, sealed.chunk_list(), sealed.size, time.time_ns(), ino))
+            self._commit_sealed(draft, sealed, durable)
             return True
         finally:
             lock.release()
+
+    def _commit_sealed(self, draft: Draft, sealed: Sealed, durable: bool) -> None:
+        self.catalog.commit_draft(draft, sealed, durable)
+        # Kept until the inode is discarded: every later commit through a handle on it
+        # is again a version concurrent with the change that took it.
+        detached = self.catalog.detached.get(draft.ino)
+        if detached is not None:
+            self.on_effects(self.merger.commit_detached(
+                *detached, sealed.chunk_list(), sealed.size, time.time_ns(), draft.ino))
 
     async def sync_all(self) -> None:
         """Make everything committed so far durable: the store and the index's WAL."""

@@ -417,7 +417,8 @@ class Filesystem(pyfuse3.Operations):
             if kind == "dir":
                 mode |= stat.S_ISGID
         entry = self.catalog.create(parent_inode, check_name(name), kind, mode & 0o7777,
-                                    ctx.uid, gid, target, rdev=rdev, later=later)
+                                    ctx.uid, gid, target, rdev=rdev, later=later,
+                                    directory=parent)
         return self._entry(entry.inode)
 
     @handler
@@ -568,8 +569,8 @@ class Filesystem(pyfuse3.Operations):
             return
         self.unnamed.discard(ino)
         self.purgeable.append(ino)
-        if len(self.purgeable) >= PURGE_BATCH or not self.catalog.smaller_than(
-                [ino], PURGE_AT_ONCE):
+        if len(self.purgeable) >= PURGE_BATCH or not self.catalog.is_smaller(
+                ino, PURGE_AT_ONCE):
             self.purge()
         else:
             self._purge_due.set()
