@@ -3,12 +3,14 @@ process's libraries, nor sqlite-utils, whose imports were most of its time; the 
 process answers on its mount before it imports its peer side (README, "Large shares").
 Stated as modules, not as a timing."""
 
+import argparse
 import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from syncd.cli import FAMILIES, build_parser
 from tests.conftest import needs_fuse
 from tests.helpers import Mount, assert_clean_error, force_cleanup, fuse_mounts, syncd
 
@@ -47,6 +49,31 @@ def test_status_of_an_idle_home_loads_no_heavy_library(home, tmp_path):
     assert json.loads(out)["pid"] is None
     assert {"sqlite3", "syncd.index.catalog"} <= loaded  # it did read the index
     assert loaded & HEAVY == set()
+    # nor the other commands' modules (their parsers are not built)
+    assert {m for m in loaded if m.startswith("syncd.commands.")} == {
+        "syncd.commands.status", "syncd.commands.table"}
+
+
+def commands(parser: argparse.ArgumentParser) -> set[str]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+def test_a_command_builds_the_parsers_of_its_family_alone():
+    own = {"init", "cluster-key", "id"}  # syncd/cli.py's own
+    assert commands(build_parser()) == own.union(*FAMILIES.values())
+    for names in FAMILIES.values():
+        for name in names:
+            assert commands(build_parser(name)) == own | set(names), name
+
+
+def test_help_and_a_bad_command_list_every_command(home):
+    every = {"init", "status", "peer", "relay", "mount", "ui", "override"}
+    for args in (["--help"], ["--home", str(home), "-h", "status"], ["--hel", "status"]):
+        out = syncd(home, *args).stdout
+        assert all(f"    {name} " in out for name in every), (args, out)
+    done = syncd(home, "bogus", check=False)
+    assert done.returncode == 2 and all(f"'{name}'" in done.stderr for name in every)
 
 
 @needs_fuse
