@@ -106,12 +106,13 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None,
 
 def _behind(db, peers: list[Peer], target: int, only: str | None) -> list[tuple] | None:
     """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
-    peer that counts is online."""
-    online = [p for p in peers if p.state == "online" and only in (None, p.name)]
-    if not online:
+    peer that counts is online. One not contacted yet (unknown: the serving process has
+    just started, or it was just added) is waited for."""
+    counted = [p for p in peers if p.state in ("online", "unknown") and only in (None, p.name)]
+    if not counted:
         return None
     behind = []
-    for peer in online:
+    for peer in counted:
         changes, size, _ = pending_for(db, peer, upto=target)
         if changes:
             behind.append((peer.name, changes, size))

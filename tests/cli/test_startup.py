@@ -91,7 +91,7 @@ def test_the_mount_answers_before_its_peer_side_is_imported(home, tmp_path):
     modules = tmp_path / "ready-modules"
     m = Mount(home, tmp_path / "mnt")
     try:
-        m.start(env={"SYNCD_READY_MODULES": str(modules)})
+        m.start(env={"SYNCD_READY_MODULES": str(modules)}, peer_side=False)
         loaded = set(modules.read_text().split())
         assert {"pyfuse3", "trio", "syncd.mount.operations", "syncd.control"} <= loaded
         assert loaded & PEER_SIDE == set()

@@ -35,7 +35,7 @@ def test_changes_made_before_the_daemon_runs_are_sent_and_keep_old_versions(clus
     (a / "f").write_bytes(b"first")
     wait_content(b / "f", b"first")
     a.stop()
-    a.start()
+    a.mount.start(peer_side=False)
     (a / "f").write_bytes(b"second")  # replaces a version as soon as the mount answers
     (a / "new").write_bytes(b"made at once")
     done = time.time()
@@ -51,9 +51,19 @@ def test_a_file_opened_before_the_daemon_runs_is_fetched_once_it_does(cluster):
     (a / "big").write_bytes(data)
     wait_for(lambda: (b / "big").exists(), 20, "beta to list big")
     b.stop()
-    b.start()
+    b.mount.start(peer_side=False)
     assert os.getxattr(b / "big", "user.syncd.state") == b"missing"
     opened = time.time()
     assert (b / "big").read_bytes() == data
     assert opened < daemon_started(b)
     assert os.getxattr(b / "big", "user.syncd.state") == b"local"
+
+
+def test_wait_right_after_the_mounts_waits_for_the_peers_not_contacted_yet(cluster):
+    a, b = cluster(2, mounted=False)
+    b.start()
+    a.mount.start(peer_side=False)
+    (a / "f").write_bytes(b"made before alpha met beta")
+    done = syncd(a.home, "wait", "--timeout", "30")  # beta is still unknown to alpha here
+    assert "confirmed" in done.stdout
+    assert (b / "f").read_bytes() == b"made before alpha met beta"
