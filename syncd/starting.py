@@ -75,27 +75,28 @@ class LateDaemon:
         self.handlers: dict[str, Handler] = {}  # the control socket's, once built
         self.failed: str | None = None  # why the daemon could not start
 
-    async def run(self, stop: Callable[[], None],
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Import (on a worker thread, so the mount's requests go on), build and run the
-        daemon; started once it runs. When it cannot (a port taken since the check),
-        `stop` the mount: the process then ends with the reason (`failed`)."""
+    async def start(self, nursery: trio.Nursery, stop: Callable[[], None]) -> bool:
+        """Import the daemon (on a worker thread, so the mount's requests go on), build it
+        and start it in `nursery`; True once it runs. When it cannot (a port taken since
+        the check), `stop` the mount: the process then ends with the reason (`failed`)."""
         await trio.to_thread.run_sync(importlib.import_module, "syncd.daemon",
                                       abandon_on_cancel=True)
         daemon = self.build()
-        async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(daemon.run)
-            except* OSError as group:
-                self.failed = "; ".join(map(str, group.exceptions))
-            if self.failed:
-                log.error("%s: the mount stops", self.failed)
-                stop()
-                return
-            self.daemon = daemon
-            self.handlers.update(daemon.control_ops())
-            self.built.set()
-            task_status.started()
+        try:
+            await nursery.start(daemon.run)
+        except* OSError as group:  # hypercorn's, in the groups of trio's nurseries
+            why = "; ".join(sorted({e.strerror or str(e) for e in _leaves(group)}))
+            self.failed = (f"cannot listen for peers on {daemon.listen} or for the status "
+                           f"page on {daemon.ui_listen}: {why} (set another address with "
+                           "'syncd config set listen' or 'ui_listen')")
+        if self.failed:
+            log.error("%s: the mount stops", self.failed)
+            stop()
+            return False
+        self.daemon = daemon
+        self.handlers.update(daemon.control_ops())
+        self.built.set()
+        return True
 
     # -- the mount's fetcher (mount/operations.py, Fetch)
 
@@ -112,3 +113,9 @@ class LateDaemon:
 
     def fetching(self, ino: int) -> bool:
         return self.daemon is not None and self.daemon.fetcher.fetching(ino)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[OSError]:
+    """The exceptions in a group, and in the groups it holds (trio's nurseries nest)."""
+    return [leaf for e in group.exceptions
+            for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from syncd.cli import FAMILIES, build_parser
 from tests.conftest import needs_fuse
-from tests.helpers import Mount, assert_clean_error, force_cleanup, fuse_mounts, syncd
+from tests.helpers import (
+    Mount,
+    assert_clean_error,
+    force_cleanup,
+    fuse_mounts,
+    syncd,
+    wait_for,
+)
 
 # The serving process's (FUSE, trio, the HTTP server and client), the writable index's
 # (sqlite-utils) and those of a few commands (identities, ignore rules, --version).
@@ -116,3 +123,21 @@ def test_a_taken_port_for_peers_is_reported_by_mount_itself(home, tmp_path):
     assert_clean_error(done, 1, f"cannot listen for peers on 127.0.0.1:{port}")
     assert "syncd config set listen" in done.stderr
     assert str(tmp_path / "mnt") not in fuse_mounts()
+
+
+@needs_fuse
+def test_a_port_taken_after_the_mount_answered_ends_it_with_the_reason(home, tmp_path):
+    port = int(json.loads((home / "config.json").read_text())["listen"].rpartition(":")[2])
+    m = Mount(home, tmp_path / "mnt")
+    m.expect_log("cannot listen for peers")
+    try:
+        m.start(peer_side=False)
+        with socket.socket() as taken:  # before the daemon, imported meanwhile, binds it
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            wait_for(lambda: str(m.path) not in fuse_mounts(), 30, "the mount to end")
+            wait_for(lambda: m.pid is None, 30, "the serving process to exit")
+        assert (f"syncd: error: cannot listen for peers on 127.0.0.1:{port} or for the "
+                "status page") in m.log()
+    finally:
+        force_cleanup(home, m.path)
