@@ -113,6 +113,9 @@ def main():
     for exe in builds:
         compile_build(exe)
     base = Path(tempfile.mkdtemp(prefix="syncd-startup-", dir=args.dir))
+    # Not in a checkout: the serving process, `python -m syncd`, would import the syncd
+    # package of the current directory rather than the build's.
+    os.chdir(base)
     mnt = base / "mnt"
     mnt.mkdir()
     try:
@@ -131,6 +134,7 @@ def main():
                       f"  {exe}", flush=True)
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
+        os.chdir("/")
         if mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
         shutil.rmtree(base, ignore_errors=True)
