@@ -106,8 +106,9 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None,
 
 def _behind(db, peers: list[Peer], target: int, only: str | None) -> list[tuple] | None:
     """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
-    peer that counts is online. One not contacted yet (unknown: the serving process has
-    just started, or it was just added) is waited for."""
+    peer that counts is online. One never contacted yet (unknown: just added, and the
+    serving process's loops, which a mount starts after it answers, have not reached it)
+    is waited for."""
     counted = [p for p in peers if p.state in ("online", "unknown") and only in (None, p.name)]
     if not counted:
         return None
