@@ -34,6 +34,9 @@ def cmd_wait(home: Home, args) -> int:
     if home.holder() is None:
         raise UserError(f"{home.path} is not mounted or served: nothing sends its changes "
                         "to peers; 'syncd mount' or 'syncd serve' first", STATE)
+    # A mount answers before its peer loops run (syncd/starting.py); the serving process
+    # answers this once they do, so peers are judged as after a mount's start before.
+    control.request(home, "peers", timeout=60)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     target = None
     while True:
@@ -106,14 +109,12 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None,
 
 def _behind(db, peers: list[Peer], target: int, only: str | None) -> list[tuple] | None:
     """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
-    peer that counts is online. One never contacted yet (unknown: just added, and the
-    serving process's loops, which a mount starts after it answers, have not reached it)
-    is waited for."""
-    counted = [p for p in peers if p.state in ("online", "unknown") and only in (None, p.name)]
-    if not counted:
+    peer that counts is online."""
+    online = [p for p in peers if p.state == "online" and only in (None, p.name)]
+    if not online:
         return None
     behind = []
-    for peer in counted:
+    for peer in online:
         changes, size, _ = pending_for(db, peer, upto=target)
         if changes:
             behind.append((peer.name, changes, size))

@@ -58,12 +58,3 @@ def test_a_file_opened_before_the_daemon_runs_is_fetched_once_it_does(cluster):
     assert opened < daemon_started(b)
     assert os.getxattr(b / "big", "user.syncd.state") == b"local"
 
-
-def test_wait_right_after_the_mounts_waits_for_the_peers_not_contacted_yet(cluster):
-    a, b = cluster(2, mounted=False)
-    b.start()
-    a.mount.start(peer_side=False)
-    (a / "f").write_bytes(b"made before alpha met beta")
-    done = syncd(a.home, "wait", "--timeout", "30")  # beta is still unknown to alpha here
-    assert "confirmed" in done.stdout
-    assert (b / "f").read_bytes() == b"made before alpha met beta"
