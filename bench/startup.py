@@ -109,10 +109,13 @@ def main():
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     args = p.parse_args()
-    builds = args.syncd or [str(Path(sys.executable).with_name("syncd"))]
+    builds = [os.path.abspath(b) for b in args.syncd or [Path(sys.executable).with_name("syncd")]]
     for exe in builds:
         compile_build(exe)
-    base = Path(tempfile.mkdtemp(prefix="syncd-startup-", dir=args.dir))
+    base = Path(tempfile.mkdtemp(prefix="syncd-startup-", dir=args.dir)).absolute()
+    # Not in a checkout: the serving process, `python -m syncd`, would import the syncd
+    # package of the current directory rather than the build's.
+    os.chdir(base)
     mnt = base / "mnt"
     mnt.mkdir()
     try:
@@ -131,6 +134,7 @@ def main():
                       f"  {exe}", flush=True)
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
+        os.chdir("/")
         if mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
         shutil.rmtree(base, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -11,21 +12,6 @@ from pathlib import Path
 
 from syncd import control, settings
 from syncd.auth import parse_key
-from syncd.commands import (
-    config,
-    content,
-    history,
-    importing,
-    modes,
-    mounting,
-    page,
-    peers,
-    pending,
-    relays,
-    status,
-    versions,
-    waiting,
-)
 from syncd.home import (
     FAILURE,
     OK,
@@ -40,8 +26,19 @@ from syncd.index.schema import SchemaError
 
 log = logging.getLogger("syncd")
 
+# The families of commands (syncd/commands/) and the commands each adds, in the order of
+# `syncd --help`. A command imports and builds the parsers of its own family alone: all of
+# them were a third of the start of `syncd status`. --help and a bad command build all.
+FAMILIES = {"peers": ("peer",), "mounting": ("mount", "umount", "serve"),
+            "status": ("status",), "pending": ("pending",), "history": ("log",),
+            "content": ("pin", "unpin", "fetch", "conflicts"), "importing": ("import",),
+            "waiting": ("wait",), "config": ("config",), "page": ("ui",),
+            "versions": ("versions", "restore"), "modes": ("mode", "revert", "override"),
+            "relays": ("relay",)}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of those of `command`'s family."""
     # --home is accepted before or after the command name.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", type=Path, default=argparse.SUPPRESS,
@@ -71,10 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print this device's id and its certificate's fingerprint")
     p.add_argument("--json", action="store_true", help="one JSON object (docs/cli.md)")
 
-    for commands in (peers, mounting, status, pending, history, content, importing, waiting,
-                     config, page, versions, modes, relays):
-        commands.add_parsers(sub, common)
+    for family, names in FAMILIES.items():
+        if command is None or command in names:
+            _family(family).add_parsers(sub, common)
     return parser
+
+
+def _family(name: str):
+    return importlib.import_module(f"syncd.commands.{name}")
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command of a family that argv names, unless it asks for the general help."""
+    words = iter(argv)
+    for word in words:
+        if word == "--home":
+            next(words, None)
+        elif word == "-h" or (len(word) > 2 and "--help".startswith(word)):
+            return None
+        elif not word.startswith("-"):
+            return word if any(word in names for names in FAMILIES.values()) else None
+    return None
 
 
 class _Version(argparse.Action):
@@ -93,12 +107,13 @@ class _Version(argparse.Action):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     home = Home(getattr(args, "home", None) or default_home())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
                         "%(message)s")
     try:
-        return COMMANDS[args.command](home, args)
+        return _run(args.command)(home, args)
     except UserError as e:
         print(f"syncd: error: {e}", file=sys.stderr)
         return e.code
@@ -180,9 +195,12 @@ def cmd_id(home: Home, args) -> int:
     return OK
 
 
-COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, "id": cmd_id, **peers.COMMANDS,
-            **mounting.COMMANDS, **status.COMMANDS, **pending.COMMANDS, **history.COMMANDS,
-            **content.COMMANDS,
-            **importing.COMMANDS, **waiting.COMMANDS, **config.COMMANDS,
-            **page.COMMANDS, **versions.COMMANDS, **modes.COMMANDS,
-            **relays.COMMANDS}
+COMMANDS = {"init": cmd_init, "cluster-key": cmd_cluster_key, "id": cmd_id}
+
+
+def _run(command: str):
+    """The function of a command: this module's, or its family's."""
+    if command in COMMANDS:
+        return COMMANDS[command]
+    (family,) = [f for f, names in FAMILIES.items() if command in names]
+    return _family(family).COMMANDS[command]

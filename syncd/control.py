@@ -69,12 +69,15 @@ def request(home: Home, op: str, timeout: float = 10.0, **args) -> dict:
     return answer
 
 
-async def serve_control(path: Path, handlers: dict[str, Handler], *,
+async def serve_control(path: Path, handlers: dict[str, Handler],
+                        ready: trio.Event | None = None, *,
                         task_status: trio.TaskStatus[None]) -> None:
     """Answer requests on the socket at path until cancelled, then remove it.
 
     A handler gets the request's arguments (without "op") and returns the answer's fields;
     "ok": true is added unless it says otherwise. Nothing a client sends stops the server.
+    With `ready`, requests wait until it is set, by when `handlers` is filled in (a mount
+    binds the socket before it answers, and builds its daemon after: syncd/starting.py).
     """
     import trio
 
@@ -92,7 +95,8 @@ async def serve_control(path: Path, handlers: dict[str, Handler], *,
         sock.listen()
         os.replace(tmp, path)
         task_status.started()
-        await trio.serve_listeners(partial(_answer, handlers), [trio.SocketListener(sock)])
+        await trio.serve_listeners(partial(_answer, handlers, ready),
+                                   [trio.SocketListener(sock)])
     finally:
         sock.close()
         for leftover in (tmp, path):
@@ -100,7 +104,8 @@ async def serve_control(path: Path, handlers: dict[str, Handler], *,
                 os.unlink(leftover)
 
 
-async def _answer(handlers: dict[str, Handler], stream: trio.SocketStream) -> None:
+async def _answer(handlers: dict[str, Handler], ready: trio.Event | None,
+                  stream: trio.SocketStream) -> None:
     import trio
 
     async with stream:
@@ -109,6 +114,8 @@ async def _answer(handlers: dict[str, Handler], stream: trio.SocketStream) -> No
                 line = await _read_line(stream)
         except (trio.TooSlowError, trio.BrokenResourceError):
             return
+        if ready is not None:
+            await ready.wait()
         answer = await _dispatch(handlers, line)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(json.dumps(answer).encode() + b"\n")

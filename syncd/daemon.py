@@ -13,7 +13,6 @@ import errno
 import functools
 import logging
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +24,6 @@ from hypercorn.trio import serve as serve_http
 from syncd import auth, identity
 from syncd.api import Signed, build_app
 from syncd.cache import Evictor
-from syncd.control import serve_control
 from syncd.discovery import Discovery
 from syncd.fetcher import Fetcher
 from syncd.home import Home
@@ -43,7 +41,7 @@ from syncd.peerlink import Me, NotHeld, PeerError
 from syncd.peerset import PeerSet
 from syncd.relay import sealing
 from syncd.relaylink import RelayLink, RelaySet
-from syncd.settings import Live, SettingError, by_disk
+from syncd.settings import Live, SettingError, on_disk_of
 from syncd.ui import StatusPage
 
 log = logging.getLogger(__name__)
@@ -123,8 +121,8 @@ class Daemon:
         self.tombstone_keep_days = float(config["tombstone_keep_days"])
         self.live.on("tombstone_keep_days",
                      lambda v: setattr(self, "tombstone_keep_days", v))
-        versions.keep_versions(catalog)  # and expire them (_expire_versions)
-        self.catalog.keeps_versions = self._versions_limit() > 0
+        # Old versions are kept from the start on (syncd/starting.py, prepare) and
+        # expired here (_expire_versions).
         self._small_send, self._small_receive = trio.open_memory_channel[list[int]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._holding: set[bytes] = set()  # chunks being fetched because a peer asked
@@ -535,25 +533,12 @@ class Daemon:
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {self.listen} for peers: "
                                        f"{e.strerror}") from None
-            await nursery.start(serve_control, self.home.path / "control.sock",
-                                {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
-                                 "pin": self._pin_op, "transfers": self._transfers_op,
-                                 "copies": self._copies_op, "import": self._import_op,
-                                 "peers": self._peers_op, "ui": self._ui_op,
-                                 "cache": self._cache_op,
-                                 "restore": self._restore_op,
-                                 "override": self._override_op,
-                                 "revert": self._revert_op,
-                                 "config": self._config_op, "rotate-key": self._rotate_op,
-                                 "reload-relays": self._reload_relays,
-                                 "relays": self._relays_op})
             await nursery.start(self.page.run, self.fuse_requests)
             self.peers.load(nursery)
             if self.discovery is not None:
                 nursery.start_soon(self.discovery.run)
             self.relays.load(nursery)
             nursery.start_soon(self._push_on_change)
-            self.catalog.keep_replaced()
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
             nursery.start_soon(self._prune_history)
@@ -564,6 +549,17 @@ class Daemon:
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
                      self.listen)
             task_status.started()
+
+    def control_ops(self) -> dict:
+        """What the control socket answers (docs/cli.md, "The control socket")."""
+        return {"reload-peers": self._reload_peers, "fetch": self._fetch_op,
+                "pin": self._pin_op, "transfers": self._transfers_op,
+                "copies": self._copies_op, "import": self._import_op,
+                "peers": self._peers_op, "ui": self._ui_op, "cache": self._cache_op,
+                "restore": self._restore_op, "override": self._override_op,
+                "revert": self._revert_op, "config": self._config_op,
+                "rotate-key": self._rotate_op, "reload-relays": self._reload_relays,
+                "relays": self._relays_op}
 
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
@@ -577,8 +573,7 @@ class Daemon:
 
     def _versions_limit(self) -> int:
         """versions_max in bytes (0: keep none, not even for a moment)."""
-        st = os.statvfs(self.store.root)
-        return by_disk(self.versions_max, st.f_blocks * st.f_frsize)
+        return on_disk_of(self.store.root, self.versions_max)
 
     def expire_versions(self) -> None:
         """Drop the old versions older than versions_keep_days, then the oldest beyond

@@ -1,6 +1,7 @@
 """The serving process of a home: take the home's lock, open the index (recovering what a
 crash left), then serve peers with or without a mount until unmounted or signalled, and
-close everything in order (DESIGN, "The shape": one process per home)."""
+close everything in order (DESIGN, "The shape": one process per home). A mount answers
+before its daemon is built (syncd/starting.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import logging
 import math
 import resource
 import signal
-import socket
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
-from syncd.daemon import Daemon
+from syncd.control import serve_control
 from syncd.home import FAILURE, Home, UserError, mount_table
 from syncd.ignoring import RulesKeeper
 from syncd.index import schema
@@ -27,6 +28,10 @@ from syncd.index.store import ChunkStore
 from syncd.mount import session
 from syncd.mount.operations import Filesystem
 from syncd.settings import Live
+from syncd.starting import LateDaemon, prepare
+
+if TYPE_CHECKING:
+    from syncd.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +48,28 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         db, store, catalog = _open(home, changed, autocheckpoint=False)  # see _checkpoints
         # What peers' changes did to the index, from the daemon to the mount.
         effects_send, effects = trio.open_memory_channel[Effects](math.inf)
-        daemon = None
+        late = None
         live = Live()  # settings changed while serving (syncd config set)
         requests: Counter[str] = Counter()  # the mount's, by operation; the metrics read it
         usage = Usage()  # the mount's opens and last uses, for the daemon's cache eviction
         if home.key_path.exists():
-            daemon = Daemon(home, catalog, changes, on_effects=effects_send.send_nowait,
-                            live=live, fuse_requests=requests, mountpoint=mountpoint,
-                            usage=usage)
-            _check_listen(daemon.listen)
-            _check_listen(daemon.ui_listen, "ui_listen", "the status page")
+            prepare(home, catalog)
+
+            def build() -> Daemon:
+                from syncd.daemon import Daemon  # imported by LateDaemon.run beforehand
+
+                return Daemon(home, catalog, changes, on_effects=effects_send.send_nowait,
+                              live=live, fuse_requests=requests, mountpoint=mountpoint,
+                              usage=usage)
+
+            late = LateDaemon(catalog, build)
         else:
             log.warning("%s has no cluster key: serving without peers", home.path)
         config = home.config()
-        fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]),
-                        fetch=daemon.fetcher if daemon else None, name=config["name"],
-                        requests=requests, usage=usage)
+        fs = Filesystem(catalog, store, timeout=float(config["attr_timeout"]), fetch=late,
+                        name=config["name"], requests=requests, usage=usage)
         live.on("attr_timeout", lambda seconds: setattr(fs, "timeout", seconds))
-        if daemon is None:  # the daemon's applies it, and releases what it held
+        if late is None:  # the daemon's applies it, and releases what it held
             live.on("mode", catalog.set_mode)
         options = session.options(_fsname(home), allow_other, debug_fuse)
         # A SIGTERM between the mount and trio's signal receiver would kill us and leave a
@@ -68,7 +77,9 @@ def serve(home: Home, mountpoint: str, allow_other: bool = False, debug_fuse: bo
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             with session.mounted(fs, mountpoint, options):
-                trio.run(_main, fs, daemon, effects, home, mountpoint, ready)
+                trio.run(_main, fs, late, effects, home, mountpoint, ready)
+            if late is not None and late.failed:
+                raise UserError(late.failed)
         except session.MountError as e:
             raise UserError(str(e), FAILURE) from None
         finally:
@@ -89,9 +100,10 @@ def serve_only(home: Home, mirror: bool) -> None:
     try:
         changed, changes = _change_channel()
         db, store, catalog = _open(home, changed)
+        prepare(home, catalog)
+        from syncd.daemon import Daemon
+
         daemon = Daemon(home, catalog, changes, mirror=mirror)
-        _check_listen(daemon.listen)
-        _check_listen(daemon.ui_listen, "ui_listen", "the status page")
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             trio.run(_serve_daemon, daemon)
@@ -133,22 +145,11 @@ async def _serve_daemon(daemon: Daemon) -> None:
         nursery.start_soon(_keep_reserve, daemon.store)
         rules = RulesKeeper(daemon.catalog, daemon.release_held)
         await nursery.start(daemon.run)
-        nursery.start_soon(rules.run)  # after the start: see _main
+        await nursery.start(serve_control, daemon.home.control_path, daemon.control_ops())
+        nursery.start_soon(rules.run)  # after the start: see _after_ready
         await _stop_on_signal()
         await daemon.last_upload()
         nursery.cancel_scope.cancel()
-
-
-def _check_listen(listen: str, key: str = "listen", what: str = "peers") -> None:
-    """Fail before mounting, with a clear message, when the port for `what` is taken."""
-    host, _, port = listen.rpartition(":")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), int(port)))
-        except OSError as e:
-            raise UserError(f"cannot listen for {what} on {listen}: {e.strerror} (set "
-                            f"another address with 'syncd config set {key}')") from None
 
 
 def _fsname(home: Home) -> str:
@@ -157,7 +158,7 @@ def _fsname(home: Home) -> str:
     return f"syncd:{path}" if "," not in path else "syncd"
 
 
-async def _main(fs: Filesystem, daemon: Daemon | None,
+async def _main(fs: Filesystem, late: LateDaemon | None,
                 effects: trio.MemoryReceiveChannel[Effects], home: Home, mountpoint: str,
                 ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
@@ -168,18 +169,26 @@ async def _main(fs: Filesystem, daemon: Daemon | None,
         nursery.start_soon(_raise_readahead, fs, mountpoint)
         nursery.start_soon(fs.notifier.run)
         nursery.start_soon(fs.purge_gathered)
-        rules = RulesKeeper(fs.catalog, daemon.release_held if daemon else lambda: None)
-        if daemon is not None:
-            await nursery.start(daemon.run)
+        # Peers' states held while ignored here apply when the rules change (the
+        # daemon's merger): the rules' walk starts once the daemon runs.
+        rules = RulesKeeper(fs.catalog, lambda: late.daemon.release_held() if late else None)
+        if late is not None:  # its ops wait for the daemon
+            await nursery.start(serve_control, home.control_path, late.handlers, late.built)
         ready()
-        # Its first walk decides every entry afresh, a batch at a time: begun before, its
-        # batches ran between the steps of the daemon's start and delayed the mount's
-        # ready by what grows with the share (50 ms of CPU at 200,000 files).
-        nursery.start_soon(rules.run)
+        nursery.start_soon(_after_ready, nursery, late, rules)
         await session.serve()
-        if daemon is not None:
-            await daemon.last_upload()
+        if late is not None and late.daemon is not None:
+            await late.daemon.last_upload()
         nursery.cancel_scope.cancel()
+
+
+async def _after_ready(nursery: trio.Nursery, late: LateDaemon | None,
+                       rules: RulesKeeper) -> None:
+    """The daemon, then the ignore rules' first walk, which decides every entry afresh, a
+    batch at a time: begun before, its batches ran between the steps of the daemon's start
+    (50 ms of CPU at 200,000 files)."""
+    if late is None or await late.start(nursery, session.stop):
+        nursery.start_soon(rules.run)
 
 
 async def _raise_readahead(fs: Filesystem, mountpoint: str) -> None:

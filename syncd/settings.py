@@ -10,6 +10,7 @@ hand edits are checked too (a bad one fails the next start, naming the key).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -135,6 +136,12 @@ def copies(value: object) -> int:
 def by_disk(value: int | str, total: int) -> int:
     """A size_or_share value in bytes, on a disk of `total` bytes."""
     return value if isinstance(value, int) else int(total * float(value[:-1]) / 100)
+
+
+def on_disk_of(path: str | os.PathLike, value: int | str) -> int:
+    """A size_or_share value in bytes, on the disk that holds `path`."""
+    st = os.statvfs(path)
+    return by_disk(value, st.f_blocks * st.f_frsize)
 
 
 def sync_mode(value: object) -> str:

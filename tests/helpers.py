@@ -19,6 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from syncd import control
+from syncd.home import Home
+
 SYNCD = [sys.executable, "-m", "syncd"]
 
 
@@ -161,8 +164,12 @@ class Mount:
         """Records matching these may appear in HOME/mount.log (see ServedLog)."""
         self.served_log.expect_log(*patterns)
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> Mount:
-        """Mount; `env` adds to the serving process's environment (fault points)."""
+    def start(self, *extra: str, env: dict[str, str] | None = None,
+              peer_side: bool = True) -> Mount:
+        """Mount; `env` adds to the serving process's environment (fault points). With
+        `peer_side`, return once the serving process's daemon runs too (listening for peers,
+        its peer loops started), which it builds after the mount answers
+        (syncd/starting.py): as a mount was ready before, for the tests that rely on it."""
         # mkdir, not exists(): a dead mount there answers stat with ENOTCONN
         with contextlib.suppress(FileExistsError):
             self.path.mkdir()
@@ -170,6 +177,8 @@ class Mount:
         syncd(self.home, "mount", str(self.path), *extra,
               env={**os.environ, **env} if env else None)
         assert fuse_mounts().get(str(self.path)) == "fuse.syncd"
+        if peer_side and (self.home / "cluster.key").exists():
+            control.request(Home(self.home), "peers", timeout=60)  # answered once it runs
         return self
 
     @property

@@ -92,6 +92,9 @@ def _mount_foreground(home: Home, mountpoint: str, args) -> int:
 
     def ready() -> None:
         nonlocal ready_fd
+        if os.environ.get("SYNCD_READY_MODULES"):  # what was imported by then (the tests)
+            with open(os.environ["SYNCD_READY_MODULES"], "w") as f:
+                f.write("\n".join(sorted(sys.modules)))
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)

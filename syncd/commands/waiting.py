@@ -34,6 +34,9 @@ def cmd_wait(home: Home, args) -> int:
     if home.holder() is None:
         raise UserError(f"{home.path} is not mounted or served: nothing sends its changes "
                         "to peers; 'syncd mount' or 'syncd serve' first", STATE)
+    # A mount answers before its peer loops run (syncd/starting.py); the serving process
+    # answers this once they do, so peers are judged as after a mount's start before.
+    control.request(home, "peers", timeout=60)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     target = None
     while True:
