@@ -1750,8 +1750,17 @@ class NewEntries:
                           local, inline)
         self.cat.observe_clock(max(state[a]["clock"] for a in ASPECTS))
         self.cat._next_stamp()
+        texts: list[tuple[dict, str]] = []  # a new node's vectors are mostly one
+
+        def text(vv: dict) -> str:
+            for known, encoded in texts:
+                if known == vv:
+                    return encoded
+            texts.append((vv, to_json(vv)))
+            return texts[-1][1]
+
         versions = tuple(v for a in ASPECTS for v in (
-            to_json(state[a]["vv"]), to_json(state[a]["made"]), state[a]["clock"],
+            text(state[a]["vv"]), text(state[a]["made"]), state[a]["clock"],
             state[a]["device"]))
         maker = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
         self._node(state["id"], versions, kind, ino, parent_ino, state["parent"],
