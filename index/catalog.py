@@ -1775,17 +1775,19 @@ class Catalog:
 # A new node's columns as NewEntries writes them, versions in _new_versions' order.
 NEW_NODE_COLUMNS = ("id", "seq", *(f"{a}_{c}" for a in ASPECTS
                                    for c in ("vv", "made", "clock", "device")),
-                    "kind", "ino", "parent", "name")
+                    "kind", "ino", "parent", "name", "origin")
 
 
 class NewEntries:
-    """Files, directories and symlinks made in bulk (syncd import): for each the rows
-    `create` writes (inode, node, journal row, chunk references, inline bytes), gathered
-    and written with one statement per table at `flush`, each parent's mtime set once.
-    Only for entries `Catalog.creates_plainly` allows, under parents that exist or were
-    added here, and names checked and free. Inside one transaction of the caller's, which
-    flushes before anything else reads or writes the index: `add` allocates each entry's
-    inode number and stamp at once, so a directory's children can be added before it is
+    """Files, directories and symlinks made in bulk: for each the rows `create` writes
+    (inode, node, journal row, chunk references, inline bytes), gathered and written with
+    one statement per table at `flush`, each parent's mtime set once. `add` makes an
+    entry as `create` makes it (syncd import), `add_applied` a node from a peer's state
+    as Merger makes it (index/plain_creates.py). Only for entries `Catalog.creates_plainly`
+    allows (or plain creates, for a peer's), under parents that exist or were added here,
+    and names checked and free. Inside one transaction of the caller's, which flushes
+    before anything else reads or writes the index: each entry's inode number and stamp
+    are allocated at once, so a directory's children can be added before it is
     written."""
 
     def __init__(self, cat: Catalog, uid: int, gid: int):
@@ -1806,32 +1808,75 @@ class NewEntries:
             inline: dict[bytes, bytes] | None = None) -> tuple[int, str]:
         """One new entry, as `create` makes it (with `inline`: bytes of its chunks held in
         the index); its inode number and node id."""
-        cat = self.cat
-        if self.next_ino is None:  # AUTOINCREMENT's next, as an INSERT would take it
-            self.next_ino = cat.conn.execute(
-                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'),"
-                " 0), coalesce((SELECT max(ino) FROM inodes), 0)) + 1").fetchone()[0]
-        ino, self.next_ino = self.next_ino, self.next_ino + 1
         chunks, size = content or (ChunkList([]), len(target) if target is not None else 0)
         digest = chunks.hash if kind == "file" else None
         if kind == "symlink":
             digest = "blake3:" + digest_of(target or b"").hex()
+        ino = self._inode(kind, mode, size, mtime_ns, digest, chunks, target, True, inline)
+        self.cat._next_stamp()
+        node = f"{self.cat.device}:{self.cat.seq}"
+        vv = to_json({self.cat.device: self.cat.seq})  # every aspect's first version
+        self._node(node, (vv, vv, self.cat.clock, self.cat.device) * len(ASPECTS), kind, ino,
+                   parent_ino, parent, name, None, "create", self.cat.device, {"kind": kind})
+        return ino, node
+
+    def add_applied(self, parent_ino: int, state: dict, origin: str, size: int,
+                    chunks: ChunkList, target: bytes | None, local: bool,
+                    inline: dict[bytes, bytes]) -> int:
+        """A node a peer's state makes (it is not here), with the state's versions, as
+        sent by `origin`: its content as node_rows.new_inode reads it (`local`: all of it
+        here; `inline`: the bytes the state carried), journalled as Merger stamps it; its
+        inode number."""
+        c, kind = state["content"], state["kind"]
+        ino = self._inode(kind, state["mode"]["mode"], size,
+                          c["mtime_ns"] if kind != "dir" else None,
+                          chunks.hash if kind == "file" else c["hash"], chunks, target,
+                          local, inline)
+        self.cat.observe_clock(max(state[a]["clock"] for a in ASPECTS))
+        self.cat._next_stamp()
+        texts: list[tuple[dict, str]] = []  # a new node's vectors are mostly one
+
+        def text(vv: dict) -> str:
+            for known, encoded in texts:
+                if known == vv:
+                    return encoded
+            texts.append((vv, to_json(vv)))
+            return texts[-1][1]
+
+        versions = tuple(v for a in ASPECTS for v in (
+            text(state[a]["vv"]), text(state[a]["made"]), state[a]["clock"],
+            state[a]["device"]))
+        maker = max((state[a] for a in ASPECTS), key=lambda v: v["clock"])["device"]
+        self._node(state["id"], versions, kind, ino, parent_ino, state["parent"],
+                   state["name"], origin, "apply-create", maker or self.cat.device,
+                   {"from": origin})
+        return ino
+
+    def _inode(self, kind: str, mode: int, size: int, mtime_ns: int | None,
+               digest: str | None, chunks: ChunkList, target: bytes | None, local: bool,
+               inline: dict[bytes, bytes] | None) -> int:
+        if self.next_ino is None:  # AUTOINCREMENT's next, as an INSERT would take it
+            self.next_ino = self.cat.conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'),"
+                " 0), coalesce((SELECT max(ino) FROM inodes), 0)) + 1").fetchone()[0]
+        ino, self.next_ino = self.next_ino, self.next_ino + 1
         mtime = mtime_ns if mtime_ns is not None else self.now
         self.inodes.append((ino, kind, mode & 0o7777, self.uid, self.gid, size, mtime,
-                            self.now, self.now, digest, chunks.blob, target))
+                            self.now, self.now, digest, chunks.blob, target, int(local)))
         for i, d in chunks.stored():
             self.refs[d] += 1
             self.sizes[d] = slot_length(i, size)
         self.inline.update(inline or {})
-        cat._next_stamp()
-        node = f"{cat.device}:{cat.seq}"
-        vv = to_json({cat.device: cat.seq})  # every aspect's first version: _new_versions
-        self.nodes.append((node, cat.seq, *(vv, vv, cat.clock, cat.device) * len(ASPECTS),
-                           kind, ino, parent, name))
-        self.journal.append((cat.seq, cat.clock, node, "create", cat.device,
-                             self.now // 10**9, to_json({"kind": kind})))
+        return ino
+
+    def _node(self, node: str, versions: tuple, kind: str, ino: int, parent_ino: int,
+              parent: str, name: str, origin: str | None, op: str, device: str,
+              detail: dict) -> None:
+        cat = self.cat
+        self.nodes.append((node, cat.seq, *versions, kind, ino, parent, name, origin))
+        self.journal.append((cat.seq, cat.clock, node, op, device, self.now // 10**9,
+                             to_json(detail)))
         self.parents.add(parent_ino)
-        return ino, node
 
     def flush(self) -> None:
         """Write what was added since the last flush."""
@@ -1840,8 +1885,8 @@ class NewEntries:
         conn = self.cat.conn
         conn.executemany(
             "INSERT INTO inodes (ino, kind, mode, uid, gid, size, mtime_ns, ctime_ns,"
-            " atime_ns, hash, chunks, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self.inodes)
+            " atime_ns, hash, chunks, target, local)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.inodes)
         conn.executemany(
             f"INSERT INTO nodes ({', '.join(NEW_NODE_COLUMNS)})"
             f" VALUES ({', '.join('?' * len(NEW_NODE_COLUMNS))})", self.nodes)

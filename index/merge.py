@@ -45,6 +45,7 @@ from syncd.index.node_rows import (
     write_xattrs,
 )
 from syncd.index.placement import Placement
+from syncd.index.plain_creates import PlainCreates
 from syncd.index.schema import LOCAL_ID_PREFIX, ROOT_ID
 from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
 from syncd.index.unheld import missing_chunk, unheld_file
@@ -56,10 +57,13 @@ class Merger:
     """Merges remote node states, and files written here while a peer replaced them, into
     the catalog."""
 
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, bulk: bool = True):
+        """`bulk`: a batch's plain creates are written in bulk (index/plain_creates.py);
+        without it every state takes the one-at-a-time path (tests compare the two)."""
         self.cat = catalog
         self.conn = catalog.conn
         self.placement = Placement(catalog)
+        self.bulk = bulk
 
     def apply(self, states: list[dict], origin: str) -> Effects:
         """Apply a batch of remote states in one transaction. States whose parent is not
@@ -73,10 +77,15 @@ class Merger:
                     state[aspect]["made"] = state[aspect]["vv"]
 
         def run() -> None:
+            creates = PlainCreates(self.cat, effects) if self.bulk else None
             queue = list(states)
             while queue:
                 waiting = []
                 for state in queue:
+                    if creates is not None:
+                        if creates.take(state, origin):
+                            continue
+                        creates.flush()
                     if self._known(state) or self._parent_known(state):
                         self._apply_or_leave(state, origin, effects)
                     else:
@@ -84,6 +93,8 @@ class Merger:
                 if len(waiting) == len(queue):
                     break
                 queue = waiting
+            if creates is not None:
+                creates.flush()
             for state in queue:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO limbo (id, state, origin) VALUES (?, ?, ?)",

@@ -71,13 +71,14 @@ def body_hash(body: bytes) -> bytes:
 
 
 def sign_request(key: bytes, method: str, target: str, body: bytes, now: float | None = None,
-                 nonce: str | None = None) -> dict[str, str]:
-    """The headers that sign a request; target is the path and "?query" as sent."""
+                 nonce: str | None = None, digest: bytes | None = None) -> dict[str, str]:
+    """The headers that sign a request; target is the path and "?query" as sent; `digest`
+    the body's body_hash when the caller has it."""
     stamp = str(int(time.time() if now is None else now))
     nonce = secrets.token_hex(16) if nonce is None else nonce
     return {TIME: stamp, NONCE: nonce,
             SIGNATURE: _mac(key, ["syncd-request-v1", method.upper(), target, stamp, nonce],
-                            body_hash(body))}
+                            body_hash(body) if digest is None else digest)}
 
 
 def sign_response(key: bytes, status: int, request_nonce: str, digest: bytes,

@@ -31,6 +31,7 @@ from syncd.index import tombstones, versions
 from syncd.index.cache import Usage
 from syncd.index.catalog import RECEIVE_ONLY, SEND_ONLY, Catalog, local_only
 from syncd.index.effects import Effects
+from syncd.index.faults import crash_point
 from syncd.index.history import prune_step
 from syncd.index.importing import Entry, Importer
 from syncd.index.merge import Merger
@@ -226,6 +227,7 @@ class Daemon:
 
     def receive(self, device: str, states: list[dict]) -> int:
         effects = self.merger.apply(states, device)
+        crash_point("receive:after-index")  # applied, not yet confirmed to the sender
         self.on_effects(effects)
         self._fetch_ahead(effects.missing)
         self.check_unheld(effects.unheld)

@@ -18,7 +18,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -34,6 +34,7 @@ from syncd.metrics import BYTES_RECEIVED, BYTES_SENT
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+MANY = 100  # states in a push whose body is made on a worker thread
 KEEPALIVE = 30.0  # seconds between probes of an idle online peer
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 # A push this soon (seconds) after a push of many states waits a little, so that it
@@ -165,32 +166,43 @@ class PeerLink:
 
     # -- requests
 
+    def body(self, payload: dict | None) -> Body:
+        """A request's body as it travels: compressed when the peer accepts zstd and it
+        pays. Touches nothing shared: a worker thread may make it."""
+        data = json.dumps(payload).encode() if payload is not None else b""
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        packed = compress.pack(data) if self.accepts_zstd else None
+        if packed is not None:
+            data = packed
+            headers["content-encoding"] = "zstd"
+        return Body(data, headers, auth.body_hash(data))
+
     async def request(self, method: str, path: str, payload: dict | None = None,
                       headers: dict | None = None, url: str | None = None,
-                      client: httpx.AsyncClient | None = None) -> Reply:
-        """One signed exchange, with the address in use or `url`. Bodies are compressed
-        when the peer accepts zstd and it pays; the signature covers the bytes as sent,
-        both ways. A network failure at `url` raises Unreachable and leaves the state
-        alone (hello() is trying the peer's addresses); one at the address in use marks
-        the peer offline at once."""
+                      client: httpx.AsyncClient | None = None, body: Body | None = None,
+                      sent: trio.Event | None = None) -> Reply:
+        """One signed exchange, with the address in use or `url`: of `payload`, or of a
+        `body` made before (self.body). The signature covers the bytes as sent, both
+        ways. `sent` is set once the body has gone out (or the exchange failed). A
+        network failure at `url` raises Unreachable and leaves the state alone (hello()
+        is trying the peer's addresses); one at the address in use marks the peer
+        offline at once."""
         base = url or self.url
-        body = json.dumps(payload).encode() if payload is not None else b""
-        all_headers = {"accept-encoding": "zstd", **(headers or {})}
-        if payload is not None:
-            all_headers["content-type"] = "application/json"
-        packed = compress.pack(body) if self.accepts_zstd else None
-        if packed is not None:
-            body = packed
-            all_headers["content-encoding"] = "zstd"
+        body = body or self.body(payload)
+        all_headers = {"accept-encoding": "zstd", **(headers or {}), **body.headers}
+        content: bytes | AsyncIterator[bytes] = body.data
         # Every request of the protocol may be sent twice (applying states is idempotent),
         # so one that fails on a kept-alive connection the server closed at that moment is
         # sent again on a new one, signed anew (the nonce of the first may have arrived).
         for attempt in (1, 2):
-            signed = auth.sign_request(self.me.key, method, path, body)
+            signed = auth.sign_request(self.me.key, method, path, body.data, digest=body.digest)
             all_headers.update(signed)
+            if sent is not None:  # its length given, httpx sends it as it is, not chunked
+                all_headers["content-length"] = str(len(body.data))
+                content = _then_set(body.data, sent)
             try:
                 client = client or self.client
-                request = client.build_request(method, base + path, content=body,
+                request = client.build_request(method, base + path, content=content,
                                                headers=all_headers)
                 r = await client.send(request, stream=True)
                 try:
@@ -201,12 +213,17 @@ class PeerLink:
                 break
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
                 if attempt == 2:
+                    _set(sent)
                     raise self._unreachable(e, url) from None
             except httpx.HTTPError as e:
+                _set(sent)
                 raise self._unreachable(e, url) from None
+            except BaseException:
+                _set(sent)
+                raise
         server_cert = tls.getpeercert(binary_form=True) if tls is not None else None
         raw, pieces = await off_loop(sum(map(len, parts)), _joined, parts)
-        BYTES_SENT.labels(self.name).inc(len(body))
+        BYTES_SENT.labels(self.name).inc(len(body.data))
         BYTES_RECEIVED.labels(self.name).inc(len(raw))
         try:
             auth.check_response(self.me.key, r.status_code, signed[auth.NONCE], r.headers,
@@ -216,10 +233,10 @@ class PeerLink:
         self.last_seen = int(time.time())
         if r.headers.get("content-encoding") == "zstd":
             try:
-                body = await off_loop(len(raw), compress.unpack, raw, MAX_ANSWER)
+                unpacked = await off_loop(len(raw), compress.unpack, raw, MAX_ANSWER)
             except compress.BadEncoding as e:
                 raise PeerError(f"{self.name} sent a bad body: {e}") from None
-            return Reply(r.status_code, r.headers, body, None, server_cert)
+            return Reply(r.status_code, r.headers, unpacked, None, server_cert)
         return Reply(r.status_code, r.headers, raw, pieces, server_cert)
 
     def _unsigned(self, status: int, body: bytes, error: auth.AuthError, url: str) -> str:
@@ -276,8 +293,9 @@ class PeerLink:
         return repr(error)
 
     async def call(self, method: str, path: str, payload: dict | None = None,
-                   url: str | None = None) -> dict:
-        r = await self.request(method, path, payload, url=url)
+                   url: str | None = None, body: Body | None = None,
+                   sent: trio.Event | None = None) -> dict:
+        r = await self.request(method, path, payload, url=url, body=body, sent=sent)
         if r.status == 403:  # this machine, not the request: nothing of it is skipped
             raise PeerError(f"{self.name} does not admit this machine: "
                             f"{r.body[:300].decode(errors='replace')}")
@@ -485,32 +503,81 @@ class PeerLink:
         self.stale |= idle.cancelled_caught  # or made stale while it waited (PeerSet.greeted)
 
     async def _push(self) -> bool:
-        """Send one batch; True when there may be more. In a burst of changes (the last
-        push, of many, was moments ago), wait a little so that one batch carries many."""
+        """Send the changes after the cursor, a batch at a time; True when there may be
+        more. In a burst of changes (the last push, of many, was moments ago), wait a
+        little so that one batch carries many."""
         if time.monotonic() - self.last_push < BURST and self.last_size > 2:
             await trio.sleep(COALESCE_BURST)
-        self.last_push = time.monotonic()
-        seen = self.catalog.seq  # what a later stamp of a node sent now supersedes
-        states, last = changes_since(self.catalog.conn, self.cursor, BATCH, self.device,
-                                     BATCH_DATA if self.accepts_inline else 0,
-                                     xattrs=self.accepts_xattr)
-        self.last_size = len(states)
-        if last == self.cursor:
+        push: _Push | None = self._read(self.cursor)
+        self.last_push, self.last_size = time.monotonic(), len(push.states)
+        if push.last == self.cursor:
             return False
-        if states:
-            await self._send(states)
-        after, self.cursor = self.cursor, last
-        confirm_push(self.catalog.db, self.name, self.device, after, last,
-                     seen if states else None, self.last_seen)
+        if push.states:
+            push.body = await self._encode(push.states)
+        while push is not None:
+            push = await self._deliver(push)
         return True
 
-    async def _send(self, states: list[dict]) -> None:
-        """Push states; a batch the peer refuses as malformed is split until the state it
-        refuses is found, and that one is skipped with an error: sending it again would
-        be refused again, and would hold up everything after it for ever."""
+    def _read(self, since: int) -> _Push:
+        seen = self.catalog.seq  # what a later stamp of a node sent now supersedes
+        states, last = changes_since(self.catalog.conn, since, BATCH, self.device,
+                                     BATCH_DATA if self.accepts_inline else 0,
+                                     xattrs=self.accepts_xattr)
+        return _Push(states, last, seen)
+
+    async def _deliver(self, push: _Push) -> _Push | None:
+        """Send a push and move the cursor once the peer answered that it applied it
+        (rule 5). When more waits behind it, the next push is read and encoded while
+        this one is in flight (the peer applies one while we prepare the next, rather
+        than waiting for us), and returned; it goes only after this one is confirmed, so
+        the peer applies them in order. A push that fails raises, and the one prepared is
+        dropped: the next round sends again from the cursor."""
+        sent, failed, ahead = trio.Event(), [], None
+
+        async def send() -> None:
+            try:
+                await self._send(push.states, push.body, sent)
+            except PeerError as e:
+                failed.append(e)
+            finally:
+                sent.set()
+
+        async with trio.open_nursery() as nursery:
+            if push.states:
+                nursery.start_soon(send)
+            else:  # all held by the peer already: only the cursor moves
+                sent.set()
+            if push.last < push.seen:  # the batch was full: more waits
+                await sent.wait()  # its body is out: reading now holds nothing up
+                ahead = self._read(push.last)
+                if ahead.states:
+                    ahead.body = await self._encode(ahead.states)
+        if failed:
+            raise failed[0]
+        after, self.cursor = self.cursor, push.last
+        confirm_push(self.catalog.db, self.name, self.device, after, push.last,
+                     push.seen if push.states else None, self.last_seen)
+        if ahead is None:
+            return None
+        self.last_push, self.last_size = time.monotonic(), len(ahead.states)
+        return ahead
+
+    async def _encode(self, states: list[dict]) -> Body:
+        """A push's body, on a worker thread when it holds many states."""
+        payload = {"device": self.me.device, "changes": states}
+        if len(states) < MANY:
+            return self.body(payload)
+        return await trio.to_thread.run_sync(self.body, payload)
+
+    async def _send(self, states: list[dict], body: Body | None = None,
+                    sent: trio.Event | None = None) -> None:
+        """Push states (`body`: encoded already); a batch the peer refuses as malformed is
+        split until the state it refuses is found, and that one is skipped with an error:
+        sending it again would be refused again, and would hold up everything after it
+        for ever."""
         try:
             await self.call("POST", "/v1/changes", {"device": self.me.device,
-                                                    "changes": states})
+                                                    "changes": states}, body=body, sent=sent)
         except Refused as e:
             if len(states) == 1:
                 log.error("peer %s refuses node %s (%r), which is skipped: %s", self.name,
@@ -540,6 +607,35 @@ class PeerLink:
 
     def _save(self, **columns) -> None:
         save_peer(self.catalog.db, self.name, **columns)
+
+
+@dataclass
+class Body:
+    """A request's body as it travels, its headers and its BODYHASH (auth.body_hash):
+    made once, signed at each sending."""
+
+    data: bytes
+    headers: dict[str, str]
+    digest: bytes
+
+
+@dataclass
+class _Push:
+    states: list[dict]
+    last: int  # the sequence number the cursor moves to once the peer applied it
+    seen: int  # this device's sequence number when the states were read
+    body: Body | None = None  # encoded ahead, while the push before was in flight
+
+
+async def _then_set(data: bytes, sent: trio.Event) -> AsyncIterator[bytes]:
+    """A body as httpx sends it, setting `sent` once it is out."""
+    yield data
+    sent.set()
+
+
+def _set(event: trio.Event | None) -> None:
+    if event is not None:
+        event.set()
 
 
 def _joined(parts: list[bytes]) -> tuple[bytes, list[bytes]]:

@@ -15,7 +15,7 @@ from syncd.index.inline import INLINE_MAX
 from syncd.index.names import conflict_name
 
 from syncd import auth
-from tests.helpers import tls_client, wait_for
+from tests.helpers import alive, force_cleanup, lock_pid, syncd, tls_client, wait_for
 from tests.peers.conftest import read, settled, wait_content, wait_gone
 
 
@@ -371,3 +371,51 @@ def test_a_big_file_is_read_as_it_arrives_from_where_its_reader_is(cluster):
         assert f.read(mib) == data[5 * mib:6 * mib]
     assert (b / "big").read_bytes() == data
     wait_for(lambda: b.status()["files"]["missing"] == 0, 10, "big complete on beta")
+
+
+def test_a_push_the_peer_applied_but_did_not_confirm_is_sent_again(cluster, tmp_path):
+    """A fresh peer joining a share of three pushes dies after applying the first and
+    before answering it (a crash point): the sender's cursor stays (rule 5), the push
+    it prepared meanwhile is not sent, and once the peer is back every push goes again,
+    in order, each confirmed before the next moves the cursor."""
+    a, b = cluster(2, mounted=False)
+    src = tmp_path / "src"
+    for d in range(25):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for i in range(100):
+            (src / f"d{d:02d}" / f"f{i:02d}").write_bytes(b"%d/%d\n" % (d, i))
+    a.start()
+    syncd(a.home, "import", str(src), "--into", "src")
+    total = a.peer("beta")["pending_changes"]
+    assert total == 2526  # the directory imported into, 25 below it, 2,500 files
+    b.path.mkdir()
+    b.mount.served_log.serving()
+    syncd(b.home, "mount", str(b.path), env={**os.environ, "SYNCD_FAULT":
+                                              "receive:after-index"})
+    pid = lock_pid(b.home)
+    wait_for(lambda: not alive(pid), 30, "beta to die applying the first push")
+    force_cleanup(b.home, b.path)
+    db = sqlite3.connect(f"file:{b.home / 'index.db'}?mode=ro", uri=True)
+    try:  # it had applied the first push whole
+        assert db.execute("SELECT count(*) FROM nodes WHERE origin IS NOT NULL").fetchone() \
+            == (1000,)
+    finally:
+        db.close()
+    wait_for(lambda: a.peer("beta")["state"] == "offline", 20, "alpha to see beta gone")
+    assert a.peer("beta")["pending_changes"] == total
+    b.start()
+    wait_for(lambda: settled(a, b), 60, "beta to hold everything")
+    for d in (0, 12, 24):
+        for i in (0, 99):
+            assert (b / f"src/d{d:02d}/f{i:02d}").read_bytes() == b"%d/%d\n" % (d, i)
+    assert sum(len(files) for _, _, files in os.walk(b / "src")) == 2500
+    db = sqlite3.connect(f"file:{a.home / 'index.db'}?mode=ro", uri=True)
+    try:
+        pushes = db.execute("SELECT after, upto FROM sent WHERE peer = 'beta' ORDER BY rowid"
+                            ).fetchall()
+        top = db.execute("SELECT max(seq) FROM nodes").fetchone()[0]
+    finally:
+        db.close()
+    # confirmed pushes only, one after the other from the start: the first again
+    assert pushes[0][0] == 0 and pushes[-1][1] == top and len(pushes) >= 3
+    assert all(p[1] == q[0] for p, q in zip(pushes, pushes[1:], strict=False))
