@@ -20,6 +20,7 @@ transaction each but the purge's): what each costs at COMMIT and again at the ch
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import shutil
@@ -49,6 +50,7 @@ def code_path(code: str | None) -> str:
     if not (top / "index").is_dir():
         return str(top)
     linked = Path(tempfile.mkdtemp(prefix="syncd-code-")) / "syncd"
+    atexit.register(shutil.rmtree, linked.parent, True)
     linked.mkdir()
     for entry in [*(top / "syncd").iterdir(), top / "index", top / "mount"]:
         (linked / entry.name).symlink_to(entry)
