@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
 
 ASPECTS = ("content", "mode", "place", "xattr")
 NAME_MAX = 255
+INODE_BLOCK = 1024  # inode numbers reserved at a time for new files (Catalog._take_ino)
 # Extended attributes (docs/cli.md, "What is shared"): a value is at most XATTR_SIZE_MAX
 # bytes (Linux's own limit, which the kernel checks before we see it; a peer's state is
 # checked against it too), a name at most XATTR_NAME_MAX, and one file's names and values
@@ -168,6 +169,10 @@ class Catalog:
         # are one transaction.
         self._new_files: dict[int, _NewFile] = {}
         self._unsettled: dict[int, Inode] = {}
+        # Their inode numbers: the next one, the last one reserved (see _take_ino), and a
+        # reservation to write with them (None: written).
+        self._next_ino, self._ino_ceiling = 1, 0
+        self._ino_reserve: int | None = None
         # The inode rows the last transaction wrote of them, for _wrote.
         self._settled: dict[int, Inode] = {}
         self._unsettled_sql = getattr(self.conn, "unsettled", self.conn.execute)
@@ -414,12 +419,16 @@ class Catalog:
                 "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)", new.journal)
             self._touch_dir(new.parent_ino, i.ctime_ns)
+        if self._ino_reserve is not None:
+            self.conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?)"
+                              " WHERE name = 'inodes'", (self._ino_reserve,))
         self._settled = dict(self._unsettled)
         if held:
             self._held_at = self.conn.total_changes
 
     def _new_files_written(self) -> None:
         self._new_files.clear()
+        self._ino_reserve = None
         self._unsettled.clear()
 
     def _wrote(self, before: int, inodes: dict[int, Inode], blobs: dict[int, bytes]) -> None:
@@ -623,9 +632,7 @@ class Catalog:
         if self.ignores(parent, name, "file"):
             return None
         directory = self.inode(parent_ino)
-        row = self._unsettled_sql(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
-        ino = max([row[0] if row else 0, *self._new_files]) + 1
+        ino = self._take_ino()
         self._next_stamp()
         node = f"{self.device}:{self.seq}"
         columns = {"id": node, "seq": self.seq,
@@ -641,6 +648,23 @@ class Catalog:
         self._unsettled[parent_ino] = replace(directory, mtime_ns=now, ctime_ns=now)
         self._arm()
         return Entry(node, 0, name, inode)  # its entry (readdir offset) comes at insert
+
+    def _take_ino(self) -> int:
+        """An inode number for a new file kept in memory. AUTOINCREMENT writes its
+        counter's page (sqlite_sequence) at every insert past it, one WAL page in each new
+        file's transaction; so the counter is moved INODE_BLOCK at a time, with the new
+        files that take the first number past it, and the numbers below it are handed out
+        from here: their inserts leave it alone. An insert that takes its number from
+        SQLite gets one past the block; a new process starts past the last block (a crash
+        skips what was left of it). Every statement writes the new files kept in memory
+        first (IndexConnection.settle), the reservation with them."""
+        if self._next_ino > self._ino_ceiling:
+            row = self._unsettled_sql(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
+            self._next_ino = max([row[0] if row else 0, *self._new_files]) + 1
+            self._ino_ceiling = self._ino_reserve = self._next_ino + INODE_BLOCK - 1
+        self._next_ino += 1
+        return self._next_ino - 1
 
     def creates_plainly(self, parent: str, name: str, kind: str) -> bool:
         """Would `create` make this entry a plain shared node, as NewEntries makes it: not
