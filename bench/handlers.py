@@ -1,6 +1,6 @@
 """What tar's requests for one small file cost in the mount's handlers, without the kernel.
 
-    python bench/handlers.py [--n 3000] [--code DIR] [--pages]
+    python bench/handlers.py [--n 3000] [--code DIR] [--pages] [--sql]
 
 Calls the FUSE handlers (mount/operations.py) directly in trio on a real index in
 /var/tmp, as `tar -xf` of bench/fs.py's tarball makes them per file: LOOKUP (not there),
@@ -15,6 +15,8 @@ figures. `--pages` also unlinks the counted files and purges their inodes (as
 `create + stat + unlink` in bench/fs.py ends), and says for tar's files, the unlinks and
 the purge which tables and indexes the pages written to the WAL belong to, per file (one
 transaction each but the purge's): what each costs at COMMIT and again at the checkpoint.
+`--sql` prints the CPU time of SQLite's work per file, by statement (100 more files):
+the connection's calls timed, apart from the Python around them (~1 us of it each).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ parser.add_argument("--n", type=int, default=3000)
 parser.add_argument("--code", help="a directory that holds the syncd package to time")
 parser.add_argument("--pages", action="store_true",
                     help="also unlink and purge; WAL pages by table and index")
+parser.add_argument("--sql", action="store_true", help="SQLite's CPU per file by statement")
 args = parser.parse_args()
 
 
@@ -118,6 +121,39 @@ def wal_pages(conn, wal: Path) -> Counter[str]:
                    for at in range(32, len(data) - size + 1, size))
 
 
+class StatementClock:
+    """CPU time of each statement the index's connection runs, by its SQL: its calls
+    timed, less the statements they run first (IndexConnection.settle)."""
+
+    METHODS = ("execute", "executemany", "unsettled")
+
+    def __init__(self):
+        self.spent: Counter[str] = Counter()
+        self.nested = 0.0  # the time of the statements run inside the one timed
+        self.kept = {name: getattr(schema.IndexConnection, name) for name in self.METHODS}
+
+    def __enter__(self) -> StatementClock:
+        for name, method in self.kept.items():
+            setattr(schema.IndexConnection, name, self.timed(method))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, method in self.kept.items():
+            setattr(schema.IndexConnection, name, method)
+
+    def timed(self, method):
+        def run(conn, sql, *args):
+            outer, self.nested = self.nested, 0.0
+            start = time.thread_time()
+            try:
+                return method(conn, sql, *args)
+            finally:
+                took = time.thread_time() - start
+                self.spent[" ".join(sql.split())] += took - self.nested
+                self.nested = outer + took
+        return run
+
+
 def show(what: str, pages: Counter[str], per: int) -> None:
     print(f"  {what}: {sum(pages.values()) / per:.1f} WAL pages per file: " + ", ".join(
         f"{name} {count / per:.2f}" for name, count in pages.most_common()))
@@ -136,6 +172,9 @@ def main() -> None:
         cpu, wall = time.process_time(), time.perf_counter()
         trio.run(tar, fs, args.n, b"d")
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        if args.sql:
+            with StatementClock() as clock:
+                trio.run(tar, fs, 100, b"timed")
         statements: list[str] = []
         wal = base / "index.db-wal"
         db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL starts again, empty
@@ -159,6 +198,10 @@ def main() -> None:
     print(f"{args.code or 'this tree'}: {1e6 * cpu / args.n:.0f} us CPU, "
           f"{1e6 * wall / args.n:.0f} us wall, {ran / 100:.1f} statements, "
           f"{commits / 100:.1f} transactions, {frames / 100:.1f} WAL pages per file")
+    if args.sql:
+        print(f"  SQLite: {1e6 * sum(clock.spent.values()) / 100:.0f} us CPU per file")
+        for sql, spent in clock.spent.most_common(8):
+            print(f"  {1e6 * spent / 100:6.1f}  {sql[:80]}")
 
 
 if __name__ == "__main__":
