@@ -385,6 +385,7 @@ class Catalog:
         if self.conn.in_transaction:  # one begun outside `transaction`: they join it
             self._write_new_files()
             self._new_files_written()
+            self._ino_ceiling = 0  # its rollback takes the reservation: a new block next
             return
         try:
             self._settle()

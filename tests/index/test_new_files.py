@@ -169,3 +169,16 @@ def test_no_inode_number_comes_back_after_a_restart(tmp_path):
             c.store.close()
             db.close()
     assert len(set(used)) == 4 and used[2] > used[1] + INODE_BLOCK - 2
+
+
+def test_a_reservation_rolled_back_with_its_transaction_is_taken_again(cat):
+    """New files written inside a caller's transaction take their reservation into it: if
+    that rolls back, numbers SQLite hands out again must not meet the block's."""
+    new_file(cat, "a")
+    cat.conn.unsettled("BEGIN")  # a transaction begun outside Catalog.transaction
+    cat.conn.execute("SELECT 1")  # writes the new file, and the reservation, first
+    cat.conn.unsettled("ROLLBACK")
+    dirs = [cat.create(ROOT, f"d{k}", "dir", 0o755, 0, 0).inode.ino for k in range(3)]
+    _, ino, _ = new_file(cat, "b")
+    cat.settle()
+    assert ino not in dirs and cat.lookup(ROOT, "b").inode.ino == ino
