@@ -1,6 +1,6 @@
 """What tar's requests for one small file cost in the mount's handlers, without the kernel.
 
-    python bench/handlers.py [--n 3000] [--code DIR] [--workload small]
+    python bench/handlers.py [--n 3000] [--code DIR] [--workload small] [--pages] [--sql]
 
 Calls the FUSE handlers (mount/operations.py) directly in trio on a real index in
 /var/tmp, as `tar -xf` of bench/fs.py's tarball makes them per file: LOOKUP (not there),
@@ -11,21 +11,29 @@ CREATE, WRITE, FLUSH, RELEASE of every file of one directory, then a GETATTR of 
 UNLINK and FORGET of each, and the purge of them all (in batches, as the mount does).
 Prints the process's CPU and the wall time per file, and the statements SQLite ran per
 file, the transactions and the pages they wrote to the WAL. `--code DIR` runs another
-copy of the code (a directory holding `syncd/` with `index/` and `mount/` inside, as
-installed), to compare two versions in the same run:
-the pyfuse3 round trips and the kernel, which bench/fs.py measures, are not in these
-figures.
+copy of the code (a checkout, with `syncd/`, `index/` and `mount/` at its top, or an
+installed `syncd/` with `index/` and `mount/` inside), to compare two versions in the same
+run: the pyfuse3 round trips and the kernel, which bench/fs.py measures, are not in these
+figures. `--pages` also unlinks the counted files and purges their inodes (as
+`create + stat + unlink` in bench/fs.py ends), and says for tar's files, the unlinks and
+the purge which tables and indexes the pages written to the WAL belong to, per file (one
+transaction each but the purge's): what each costs at COMMIT and again at the checkpoint.
+`--sql` prints the CPU time of SQLite's work per file, by statement (100 more files):
+the connection's calls timed, apart from the Python around them (~1 us of it each).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,8 +41,30 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--n", type=int, default=3000)
 parser.add_argument("--code", help="a directory that holds the syncd package to time")
 parser.add_argument("--workload", choices=("tar", "small"), default="tar")
+parser.add_argument("--pages", action="store_true",
+                    help="also unlink and purge; WAL pages by table and index (tar only)")
+parser.add_argument("--sql", action="store_true", help="SQLite's CPU per file by statement")
 args = parser.parse_args()
-sys.path.insert(0, args.code or str(Path(__file__).resolve().parent.parent))
+
+
+def code_path(code: str | None) -> str:
+    """Where to import `syncd` from. A checkout keeps index/ and mount/ beside syncd/ (the
+    install maps them into it): they are linked into a package of their own in /tmp, or
+    the installed package's would be imported instead of the checkout's."""
+    if code is None:
+        return str(Path(__file__).resolve().parent.parent)
+    top = Path(code).resolve()
+    if not (top / "index").is_dir():
+        return str(top)
+    linked = Path(tempfile.mkdtemp(prefix="syncd-code-")) / "syncd"
+    atexit.register(shutil.rmtree, linked.parent, True)
+    linked.mkdir()
+    for entry in [*(top / "syncd").iterdir(), top / "index", top / "mount"]:
+        (linked / entry.name).symlink_to(entry)
+    return str(linked.parent)
+
+
+sys.path.insert(0, code_path(args.code))
 
 import pyfuse3  # noqa: E402
 import trio  # noqa: E402
@@ -56,7 +86,9 @@ def fields(**set_) -> SimpleNamespace:
     return SimpleNamespace(**{f"update_{n}": n in set_ for n in names})
 
 
-async def tar(fs: Filesystem, n: int, top: bytes) -> None:
+async def tar(fs: Filesystem, n: int, top: bytes) -> list[tuple[int, bytes]]:
+    """Tar's requests for `n` files; their directories' inodes and names."""
+    made = []
     data = [os.urandom(100 + k * 37 % 1900) for k in range(n)]
     for k in range(n):
         if k % 100 == 0:
@@ -74,6 +106,61 @@ async def tar(fs: Filesystem, n: int, top: bytes) -> None:
         await fs.flush(info.fh)
         await fs.release(info.fh)
         await fs.forget([(attrs.st_ino, 1)])
+        made.append((d, name))
+    return made
+
+
+async def unlink(fs: Filesystem, made: list[tuple[int, bytes]]) -> None:
+    for d, name in made:
+        await fs.unlink(d, name, Ctx())
+
+
+def wal_pages(conn, wal: Path) -> Counter[str]:
+    """The frames in the WAL (from its start), by the table or index of their page as it
+    is now: SQLite's dbstat; page 1 is the schema's and the file's header."""
+    owner = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+    data = wal.read_bytes()
+    size = 24 + struct.unpack(">I", data[8:12])[0]
+    return Counter(owner.get(struct.unpack(">I", data[at:at + 4])[0], "(free)")
+                   for at in range(32, len(data) - size + 1, size))
+
+
+class StatementClock:
+    """CPU time of each statement the index's connection runs, by its SQL: its calls
+    timed, less the statements they run first (IndexConnection.settle)."""
+
+    METHODS = ("execute", "executemany", "unsettled")
+
+    def __init__(self):
+        self.spent: Counter[str] = Counter()
+        self.nested = 0.0  # the time of the statements run inside the one timed
+        self.kept = {name: getattr(schema.IndexConnection, name) for name in self.METHODS}
+
+    def __enter__(self) -> StatementClock:
+        for name, method in self.kept.items():
+            setattr(schema.IndexConnection, name, self.timed(method))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, method in self.kept.items():
+            setattr(schema.IndexConnection, name, method)
+
+    def timed(self, method):
+        def run(conn, sql, *args):
+            outer, self.nested = self.nested, 0.0
+            start = time.thread_time()
+            try:
+                return method(conn, sql, *args)
+            finally:
+                took = time.thread_time() - start
+                self.spent[" ".join(sql.split())] += took - self.nested
+                self.nested = outer + took
+        return run
+
+
+def show(what: str, pages: Counter[str], per: int) -> None:
+    print(f"  {what}: {sum(pages.values()) / per:.1f} WAL pages per file: " + ", ".join(
+        f"{name} {count / per:.2f}" for name, count in pages.most_common()))
 
 
 async def small(fs: Filesystem, n: int, top: bytes) -> None:
@@ -110,12 +197,23 @@ def main() -> None:
         work = small if args.workload == "small" else tar
         trio.run(work, fs, args.n, b"d")
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        if args.sql:
+            with StatementClock() as clock:
+                trio.run(tar, fs, 100, b"timed")
         statements: list[str] = []
         wal = base / "index.db-wal"
-        wal_before = wal.stat().st_size
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL starts again, empty
         db.conn.set_trace_callback(statements.append)  # counted apart: it costs time
-        trio.run(work, fs, 100, b"counted")
-        frames = (wal.stat().st_size - wal_before) / (4096 + 24)  # nothing checkpoints
+        made = trio.run(work, fs, 100, b"counted")
+        db.conn.set_trace_callback(None)
+        frames = (wal.stat().st_size - 32) / (4096 + 24)  # nothing checkpoints meanwhile
+        if args.pages and args.workload == "tar":
+            show("tar", wal_pages(db.conn, wal), 100)
+            for what, run in (("unlink", lambda: trio.run(unlink, fs, made)),
+                              ("purge", fs.purge)):
+                db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                run()
+                show(what, wal_pages(db.conn, wal), 100)
         db.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -125,6 +223,10 @@ def main() -> None:
     print(f"{args.code or 'this tree'}: {1e6 * cpu / args.n:.0f} us CPU, "
           f"{1e6 * wall / args.n:.0f} us wall, {ran / 100:.1f} statements, "
           f"{commits / 100:.1f} transactions, {frames / 100:.1f} WAL pages per file")
+    if args.sql:
+        print(f"  SQLite: {1e6 * sum(clock.spent.values()) / 100:.0f} us CPU per file")
+        for sql, spent in clock.spent.most_common(8):
+            print(f"  {1e6 * spent / 100:6.1f}  {sql[:80]}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ ASPECTS = ("content", "mode", "place", "xattr")
 # Each aspect's version columns: vector, the vector its maker made, Lamport clock, device.
 VERSION_COLUMNS = {a: (f"{a}_vv", f"{a}_made", f"{a}_clock", f"{a}_device") for a in ASPECTS}
 NAME_MAX = 255
+INODE_BLOCK = 1024  # inode numbers reserved at a time for new files (Catalog._take_ino)
 # Extended attributes (docs/cli.md, "What is shared"): a value is at most XATTR_SIZE_MAX
 # bytes (Linux's own limit, which the kernel checks before we see it; a peer's state is
 # checked against it too), a name at most XATTR_NAME_MAX, and one file's names and values
@@ -178,8 +179,10 @@ class Catalog:
         # nothing written in between (the kernel looks a name up before it creates it),
         # need not ask again.
         self._absent: tuple[str, str, int, int] | None = None
-        # The inodes table's AUTOINCREMENT counter and conn.total_changes when it was so.
-        self._ino_seq: tuple[int, int] | None = None
+        # Their inode numbers: the next one, the last one reserved (see _take_ino), and a
+        # reservation to write with them (None: written).
+        self._next_ino, self._ino_ceiling = 1, 0
+        self._ino_reserve: int | None = None
         # The inode rows the last transaction wrote of them, for _wrote.
         self._settled: dict[int, Inode] = {}
         self._unsettled_sql = getattr(self.conn, "unsettled", self.conn.execute)
@@ -411,6 +414,7 @@ class Catalog:
         if self.conn.in_transaction:  # one begun outside `transaction`: they join it
             self._write_new_files()
             self._new_files_written()
+            self._ino_ceiling = 0  # its rollback takes the reservation: a new block next
             return
         try:
             self._settle()
@@ -445,12 +449,16 @@ class Catalog:
                 "INSERT INTO journal (seq, clock, node, op, device, at, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)", new.journal)
             self._touch_dir(new.parent_ino, i.ctime_ns)
+        if self._ino_reserve is not None:
+            self.conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?)"
+                              " WHERE name = 'inodes'", (self._ino_reserve,))
         self._settled = dict(self._unsettled)
         if held:
             self._held_at = self.conn.total_changes
 
     def _new_files_written(self) -> None:
         self._new_files.clear()
+        self._ino_reserve = None
         self._unsettled.clear()
 
     def _wrote(self, before: int, inodes: dict[int, Inode], blobs: dict[int, bytes]) -> None:
@@ -670,7 +678,7 @@ class Catalog:
                 return None
             if directory is None:
                 directory = self.inode(parent_ino)
-        ino = max([self._inode_seq(), *self._new_files]) + 1
+        ino = self._take_ino()
         self._next_stamp()
         node = f"{self.device}:{self.seq}"
         columns = {"id": node, "seq": self.seq,
@@ -687,16 +695,22 @@ class Catalog:
         self._arm()
         return Entry(node, 0, name, inode)  # its entry (readdir offset) comes at insert
 
-    def _inode_seq(self) -> int:
-        """The last inode number SQLite handed out (or was given)."""
-        known = self._ino_seq
-        if known is not None and known[1] == self.conn.total_changes:
-            return known[0]
-        row = self._unsettled_sql(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
-        seq = row[0] if row else 0
-        self._ino_seq = (seq, self.conn.total_changes)
-        return seq
+    def _take_ino(self) -> int:
+        """An inode number for a new file kept in memory. AUTOINCREMENT writes its
+        counter's page (sqlite_sequence) at every insert past it, one WAL page in each new
+        file's transaction; so the counter is moved INODE_BLOCK at a time, with the new
+        files that take the first number past it, and the numbers below it are handed out
+        from here: their inserts leave it alone. An insert that takes its number from
+        SQLite gets one past the block; a new process starts past the last block (a crash
+        skips what was left of it). Every statement writes the new files kept in memory
+        first (IndexConnection.settle), the reservation with them."""
+        if self._next_ino > self._ino_ceiling:
+            row = self._unsettled_sql(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()
+            self._next_ino = max([row[0] if row else 0, *self._new_files]) + 1
+            self._ino_ceiling = self._ino_reserve = self._next_ino + INODE_BLOCK - 1
+        self._next_ino += 1
+        return self._next_ino - 1
 
     def creates_plainly(self, parent: str, name: str, kind: str) -> bool:
         """Would `create` make this entry a plain shared node, as NewEntries makes it: not
@@ -1096,13 +1110,9 @@ class Catalog:
         self._new_files[ino] = new._replace(inode=after, chunks=chunks.blob)
         self._unsettled[ino] = after
         before = self.conn.total_changes
-        known, last = self._ino_seq, max(self._new_files)  # all of them are written now
         # Inserts and the directory's times: no old version to hold.
         self._transaction(self._reref, (chunks, size, ChunkList([]), inline), False)
         self._wrote(before, {ino: after}, {ino: chunks.blob})
-        if known is not None and known[1] == before and \
-                self.committed_at == self.conn.total_changes:  # our own transaction
-            self._ino_seq = (max(known[0], last), self.committed_at)
 
     def _reref(self, new: ChunkList, size: int, old: ChunkList,
                inline: dict[bytes, bytes] | None = None) -> list[bytes]:

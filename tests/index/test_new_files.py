@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 from syncd.index import schema
-from syncd.index.catalog import Catalog
+from syncd.index.catalog import INODE_BLOCK, Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.draft import Draft
 from syncd.index.recovery import recover
@@ -118,3 +118,67 @@ def test_recovery_keeps_the_bytes_of_a_new_file_the_index_never_got(tmp_path, ex
     finally:
         c.store.close()
         db.close()
+
+
+def sequence(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inodes'").fetchone()[0]
+
+
+def test_new_files_take_inode_numbers_from_a_block_reserved_with_the_first(cat, tmp_path):
+    reader = other_reader(tmp_path)
+    _, first, _ = new_file(cat, "a")
+    assert "UPDATE sqlite_sequence" in " ".join(traced(cat, cat.settle))
+    assert sequence(reader) == first + INODE_BLOCK - 1
+    _, second, _ = new_file(cat, "b")
+    # its transaction leaves the counter's page alone: one WAL page less per new file
+    assert not any("sqlite_sequence" in s for s in traced(cat, cat.settle))
+    assert second == first + 1
+    # what takes its number from SQLite gets one past the block, and the block goes on
+    directory = cat.create(ROOT, "d", "dir", 0o755, 0, 0).inode.ino
+    assert directory == first + INODE_BLOCK
+    _, third, _ = new_file(cat, "c")
+    assert third == first + 2
+    cat.settle()
+    assert sorted(r[0] for r in reader.execute("SELECT ino FROM inodes")) == \
+        [ROOT, first, second, third, directory]
+    reader.close()
+
+
+def test_a_block_used_up_reserves_the_next(cat):
+    inos = [new_file(cat, f"f{k}")[1] for k in range(INODE_BLOCK + 1)]
+    cat.settle()
+    assert inos == list(range(inos[0], inos[0] + INODE_BLOCK + 1))
+    assert sequence(cat.conn) == inos[-1] + INODE_BLOCK - 1
+
+
+def test_no_inode_number_comes_back_after_a_restart(tmp_path):
+    """The last number handed out was purged: neither the index's largest inode nor its
+    counter's past one (the rest of the block) comes back in the next process."""
+    ChunkStore.create(tmp_path / "store")
+    schema.create(tmp_path / "index.db", DEVICE, 1000, 1000, 1_700_000_000 * 10**9).close()
+    used = []
+    for _ in range(2):
+        db = schema.open_db(tmp_path / "index.db")
+        c = Catalog(db, ChunkStore(tmp_path / "store"))
+        try:
+            used += [new_file(c, name)[1] for name in ("kept", "gone")]
+            c.settle()
+            c.purge_inodes([c.unlink(ROOT, "gone")])
+            c.unlink(ROOT, "kept")
+        finally:
+            c.store.close()
+            db.close()
+    assert len(set(used)) == 4 and used[2] > used[1] + INODE_BLOCK - 2
+
+
+def test_a_reservation_rolled_back_with_its_transaction_is_taken_again(cat):
+    """New files written inside a caller's transaction take their reservation into it: if
+    that rolls back, numbers SQLite hands out again must not meet the block's."""
+    new_file(cat, "a")
+    cat.conn.unsettled("BEGIN")  # a transaction begun outside Catalog.transaction
+    cat.conn.execute("SELECT 1")  # writes the new file, and the reservation, first
+    cat.conn.unsettled("ROLLBACK")
+    dirs = [cat.create(ROOT, f"d{k}", "dir", 0o755, 0, 0).inode.ino for k in range(3)]
+    _, ino, _ = new_file(cat, "b")
+    cat.settle()
+    assert ino not in dirs and cat.lookup(ROOT, "b").inode.ino == ino
