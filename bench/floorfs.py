@@ -1,12 +1,18 @@
 """The floor of the FUSE request path on syncd's stack: a file system in memory on pyfuse3
 and trio that answers each request with as little work as Python allows.
 
-    python bench/floorfs.py MOUNTPOINT      # in the foreground, until fusermount3 -u
+    python bench/floorfs.py MOUNTPOINT [--xattrs]  # in the foreground, until fusermount3 -u
 
 bench/fs.py mounts it as its `floor` side. A workload on it costs the FUSE round trips,
 pyfuse3 and trio, and nothing else: no system call per request (unlike pyfuse3's
 passthrough example) and no index (unlike syncd). What a mount cannot beat on this stack,
 whatever its handlers do. Its timeouts are pyfuse3's defaults (long), like syncd's.
+
+With `--xattrs` it answers getxattr (ENOATTR: none set), as a file system with extended
+attributes must (syncd and pyfuse3's passthrough example do); without, pyfuse3's default
+ENOSYS makes the kernel stop asking. With them the kernel asks for `security.capability`
+before every write() and every chown or chmod through a handle: two more round trips per
+file of `tar -xf`. bench/fs.py mounts it with `--xattrs`, the floor of a mount like syncd.
 """
 import errno
 import os
@@ -183,12 +189,18 @@ class FloorFS(pyfuse3.Operations):
         return s
 
 
+class FloorXattrFS(FloorFS):
+    async def getxattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--xattrs"]):
         sys.exit(__doc__.split("\n\n")[1])
     options = set(pyfuse3.default_options)
     options.add("fsname=floorfs")
-    pyfuse3.init(FloorFS(), sys.argv[1], options)
+    fs = FloorXattrFS() if sys.argv[2:] else FloorFS()
+    pyfuse3.init(fs, sys.argv[1], options)
     try:
         trio.run(pyfuse3.main)
     finally:

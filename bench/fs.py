@@ -18,9 +18,10 @@ space. Workloads, each --repeat times per side, the sides taking turns per workl
 unlink of --files files, one timing), tar (`tar -xf` of --tar-files small files into an
 empty dir), find (over the extracted tree, warm caches), git (`git clone --no-local` of a
 local repository of --git-files files, made in the run). A fourth side, `floor`
-(bench/floorfs.py: a file system in memory on the same stack whose handlers do nothing of
-note), runs every workload but write and read: the request path alone, what no mount on
-pyfuse3 can beat. The table shows medians and SPEED ratios, mount speed / native speed,
+(bench/floorfs.py --xattrs: a file system in memory on the same stack whose handlers do
+nothing of note, answering getxattr as a mount with extended attributes must), runs every
+workload but write and read: the request path alone, what no such mount on pyfuse3 can
+beat. The table shows medians and SPEED ratios, mount speed / native speed,
 mount speed / passthrough speed, mount speed / floor speed and floor speed / passthrough
 speed: 1.0 = as fast, 0.5 = half as fast (for timed workloads: other seconds / mount
 seconds). --profile records a py-spy speedscope profile (with idle stacks) of the mount
@@ -355,7 +356,7 @@ def main():
         pid = mount(syncd, home, roots["mount"])
         if args.compare:
             compared = mount(args.compare, base / "home-compare", roots["compare"])
-        argvs = {"floor": [FLOOR, roots["floor"]]}
+        argvs = {"floor": [FLOOR, roots["floor"], "--xattrs"]}
         if script:
             argvs["passthrough"] = [script, base / "passthrough-src", roots["passthrough"]]
         for side in ("passthrough", "floor"):
