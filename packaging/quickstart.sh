@@ -33,6 +33,11 @@ for name in alpha beta; do
         "$syncd" --home "$demo/$name" mount "$demo/$name-mnt"
     fi
 done
+# A mount answers before its peer side runs: give the two a few seconds to meet.
+for _ in $(seq 50); do
+    "$syncd" --home "$demo/alpha" status --json | grep -q '"state": "online"' && break
+    sleep 0.2
+done
 "$syncd" --home "$demo/alpha" status
 
 cat <<EOF
