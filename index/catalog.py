@@ -669,15 +669,11 @@ class Catalog:
         if not looked_up:
             if self.is_live_name(parent, name):  # also writes the new files kept before
                 raise fail(errno.EEXIST, name)
-            if self.ignores(parent, name, "file"):
-                return None
+            directory = None  # read again, below
+        if self.ignores(parent, name, "file", parent_ignored=absent[3] if looked_up else None):
+            return None
+        if directory is None:
             directory = self.inode(parent_ino)
-        else:
-            if (parent != ROOT_ID and (local_only(parent) or absent[3] > 0)) or \
-                    self.ignore.ignored(parent, name, "file"):  # Catalog.ignores
-                return None
-            if directory is None:
-                directory = self.inode(parent_ino)
         ino = self._take_ino()
         self._next_stamp()
         node = f"{self.device}:{self.seq}"
@@ -1362,13 +1358,20 @@ class Catalog:
         return self.conn.execute("SELECT ignored & ? FROM nodes WHERE id = ?",
                                  (EDITED_HERE, node)).fetchone() not in (None, (0,))
 
-    def ignores(self, parent: str, name: str, kind: str, edits_too: bool = True) -> bool:
+    def ignores(self, parent: str, name: str, kind: str, edits_too: bool = True,
+                parent_ignored: int | None = None) -> bool:
         """Would an entry `name` of `kind` in directory `parent` be ignored: is the
         directory itself local-only (without `edits_too`: kept_local), or do the rules
-        ignore the name?"""
-        local = self.is_local_only if edits_too else self.kept_local
-        return (parent != ROOT_ID and local(parent)) or \
-            self.ignore.ignored(parent, name, kind)
+        ignore the name? `parent_ignored`: the directory's nodes.ignored as the caller just
+        read it, so is_local_only need not read it again (with `edits_too` only)."""
+        if parent != ROOT_ID:
+            if parent_ignored is None:
+                local = self.is_local_only if edits_too else self.kept_local
+                if local(parent):
+                    return True
+            elif local_only(parent) or parent_ignored > 0:  # is_local_only, as read
+                return True
+        return self.ignore.ignored(parent, name, kind)
 
     def make_local(self, node: str, is_dir: bool) -> None:
         """A synced node and everything below it become ignored (inside a transaction):

@@ -182,3 +182,16 @@ def test_a_reservation_rolled_back_with_its_transaction_is_taken_again(cat):
     _, ino, _ = new_file(cat, "b")
     cat.settle()
     assert ino not in dirs and cat.lookup(ROOT, "b").inode.ino == ino
+
+
+@pytest.mark.parametrize("looked_up", [True, False])
+def test_a_new_file_in_a_directory_kept_here_is_kept_here_too(cat, looked_up):
+    """The create that follows a lookup's miss takes the directory's `ignored` from that
+    lookup (Catalog._create_later): it must decide as one that reads it again."""
+    d = cat.create(ROOT, "kept", "dir", 0o755, 1000, 1000)
+    cat.transaction(cat.make_local, d.node, True)  # as a rule added later makes it
+    if looked_up:
+        assert cat.lookup(d.inode.ino, "x") is None
+    e = cat.create(d.inode.ino, "x", "file", 0o644, 1000, 1000, later=True)
+    assert cat.is_local_only(e.node)
+    assert e.node not in {r[0] for r in cat.conn.execute("SELECT node FROM journal")}
