@@ -275,11 +275,13 @@ class Fetcher:
 
     async def _fetch_some(self, stream: Stream, digests: list[bytes],
                           asking: trio.Semaphore, tasks: trio.Semaphore) -> None:
-        asked = [asking]  # released once, when the answer is in or the fetch is over
+        answered = False  # `asking` is released once: at the answer, or at the end
 
         def received() -> None:
-            if asked:
-                asked.pop().release()
+            nonlocal answered
+            if not answered:
+                answered = True
+                asking.release()
         try:
             await self.fetch_chunks_of(digests, stream.what, received)
         except OSError as e:
