@@ -546,7 +546,9 @@ class Catalog:
         """The version columns of a local change to `aspects` at the current stamp, from
         their vectors as stored."""
         columns: dict[str, object] = {}
-        done: dict[str, str] = {}  # a new node's vectors are all '{}'
+        # A new node's vectors are all '{}': to_json's text of {device: seq}, written out
+        # (the device id is hex), spares every create a JSON parse and encode.
+        done = {"{}": f'{{"{self.device}": {self.seq}}}'}
         for aspect, text in zip(aspects, vvs, strict=True):
             new = done.get(text)
             if new is None:
@@ -1116,8 +1118,11 @@ class Catalog:
         the bytes of `new`'s chunks that go inline (by digest); return chunks left
         unreferenced. Holes are no chunks."""
         sizes = {d: slot_length(i, size) for i, d in new.stored()}
-        delta = Counter(d for _, d in new.stored())
-        delta.subtract(d for _, d in old.stored())
+        delta: dict[bytes, int] = dict.fromkeys(sizes, 0)
+        for _, d in new.stored():
+            delta[d] += 1
+        for _, d in old.stored():
+            delta[d] = delta.get(d, 0) - 1
         garbage = []
         self.conn.executemany(  # one statement for all: a new version of a big file
             "INSERT INTO chunks (hash, size, refs) VALUES (?, ?, ?) "
