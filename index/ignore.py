@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +90,32 @@ def parse(text: bytes, where: str, at_root: bool) -> pathspec.GitIgnoreSpec:
     return _spec(lines)
 
 
+_GROUP_NAME = re.compile(r"\(\?P<\w+>")
+
+
+def _any_rule(spec: pathspec.GitIgnoreSpec) -> re.Pattern:
+    """One expression that matches a path when any rule of `spec` does: a name no rule
+    matches (nearly all) is decided by one match instead of one per rule (~20 us a
+    create with the defaults alone). Group names go: alternatives may not share them."""
+    regexes = [p.regex for p in spec.patterns if getattr(p, "regex", None) is not None]
+    try:
+        if any(not isinstance(r.pattern, str) or r.flags & ~re.UNICODE for r in regexes):
+            raise re.error("flags")
+        unnamed = (_GROUP_NAME.sub("(?:", r.pattern) for r in regexes)
+        return re.compile("|".join(f"(?:{r})" for r in unnamed) or "(?!)")
+    except re.error:  # not one expression: every name is checked rule by rule
+        return re.compile("")
+
+
 @dataclass
 class _Dir:
     path: str  # from the share's root, '' or ending in '/'
     specs: list[tuple[str, pathspec.GitIgnoreSpec]]  # (the rule file's directory, rules)
     ignored: bool  # by the rules of the directories above it
     # What a name here is checked against, in order: the defaults, `specs` and HOME/ignore,
-    # those of one directory joined into one spec (one check instead of several).
-    checks: list[tuple[str, pathspec.GitIgnoreSpec]] | None = None
+    # those of one directory joined into one spec (one check instead of several), each
+    # with its `_any_rule`.
+    checks: list[tuple[str, pathspec.GitIgnoreSpec, re.Pattern]] | None = None
 
 
 class IgnoreRules:
@@ -179,16 +198,20 @@ class IgnoreRules:
 
     def _decide(self, d: _Dir, name: str, is_dir: bool) -> bool:
         if d.checks is None:
-            d.checks = []
+            joined: list[tuple[str, pathspec.GitIgnoreSpec]] = []
             for base, spec in [("", self.defaults), *d.specs,
                                *([("", self._local)] if self._local else [])]:
-                if d.checks and d.checks[-1][0] == base:  # later lines win, as in one file
-                    spec = d.checks.pop()[1] + spec
-                d.checks.append((base, spec))
+                if joined and joined[-1][0] == base:  # later lines win, as in one file
+                    spec = joined.pop()[1] + spec
+                joined.append((base, spec))
+            d.checks = [(base, spec, _any_rule(spec)) for base, spec in joined]
         path = d.path + name + ("/" if is_dir else "")
         result = False
-        for base, spec in d.checks:
-            include = spec.check_file(path[len(base):]).include
+        for base, spec, any_rule in d.checks:
+            within = path[len(base):]
+            if any_rule.match(within) is None:  # nearly every name: no rule of it matches
+                continue
+            include = spec.check_file(within).include
             if include is not None:
                 result = include
         return result

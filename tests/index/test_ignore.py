@@ -204,3 +204,36 @@ def test_an_unreadable_home_ignore_is_refused_and_ignores_nothing(devs, tmp_path
     assert "x" in sent_paths(a)
     (tmp_path / "ignore").rmdir()
     assert a.cat.ignore.read_local() and a.cat.refused_rules() == []
+
+
+def test_one_expression_for_a_spec_decides_as_its_rules_do():
+    """IgnoreRules checks a name against one expression of all of a spec's rules before
+    asking them one by one: it must match exactly the paths some rule matches, or a name
+    would be decided wrongly (negations, anchors, directory rules and classes included)."""
+    import pathspec
+    from syncd.index.ignore import DEFAULTS, IgnoreRules, _any_rule, _spec
+
+    lines = [*DEFAULTS, "build/", "/top.txt", "*.log", "!keep.log", "docs/**/draft-*",
+             "[Tt]mp?", "a/b/c", "\\#hash", "**/cache/*.bin", "!**/cache/ok.bin"]
+    spec = _spec(lines)
+    assert isinstance(spec, pathspec.GitIgnoreSpec)
+    paths = ["top.txt", "x/top.txt", "build/", "build", "x/build/", "a.log", "keep.log",
+             "x/keep.log", "docs/x/y/draft-1", "docs/draft-1", "Tmp1", "tmpA", "tmp",
+             "a/b/c", "x/a/b/c", "#hash", "z/cache/f.bin", "z/cache/ok.bin", "ok.txt",
+             "a.swp", ".Trashes/", ".Trashes", "Thumbs.db", "d/e/f", ".nfs1"]
+    one = _any_rule(spec)
+    for path in paths:
+        some = any(p.regex is not None and p.regex.match(path) for p in spec.patterns)
+        assert (one.match(path) is not None) == some, path
+
+    rules = IgnoreRules(lambda node: (None, node), lambda node: None)
+    rules._local = _spec(lines[len(DEFAULTS):])
+    for name in ["a.log", "keep.log", "build", "top.txt", "Tmp1", "ok.txt", "x.swp"]:
+        for kind in ("file", "dir"):
+            path = name + ("/" if kind == "dir" else "")
+            expected = False
+            for spec_ in (rules.defaults, rules._local):
+                include = spec_.check_file(path).include
+                if include is not None:
+                    expected = include
+            assert rules.ignored(ROOT_ID, name, kind) == expected, (name, kind)
