@@ -6,9 +6,10 @@ but its TLS contexts, moving a big file's bytes as syncd's fetcher asks for them
 The nearest reference on the same stack for bench/sync.py's big-file row: two processes
 on 127.0.0.1 (server and client, as two peers are), mutual TLS 1.3 with P-256
 certificates made by syncd.identity, GETs of PER_REQUEST MiB bodies from memory with
-PARALLEL requests in flight (syncd/fetcher.py's figures), read with `aiter_raw` as
-syncd/peerlink.py reads them. No signing, hashing or disk on either side, so whatever
-syncd reaches, this bounds. bench/sync.py runs it in the same run as its own big file.
+PARALLEL requests in flight (syncd/fetcher.py's figures), read with `aiter_raw` through
+syncd/tlsread.py's transport, as syncd/peerlink.py reads them. No signing, hashing or disk
+on either side, so whatever syncd reaches, this bounds. bench/sync.py runs it in the
+same run as its own big file.
 """
 import argparse
 import statistics
@@ -22,7 +23,7 @@ import httpx
 import trio
 from common import cpu_seconds, free_port
 
-from syncd import identity
+from syncd import identity, tlsread
 from syncd.fetcher import PARALLEL, PER_REQUEST
 
 MIB = 1 << 20
@@ -72,7 +73,8 @@ async def fetch(port: int, certs: Path, mib: int) -> float:
     ctx = identity.client_context(me, identity.load(certs / "server.pem").cert.pem)
     requests = [PER_REQUEST] * (mib // PER_REQUEST) + ([mib % PER_REQUEST] if mib % PER_REQUEST
                                                        else [])
-    async with httpx.AsyncClient(verify=ctx, base_url=f"https://127.0.0.1:{port}") as client:
+    async with httpx.AsyncClient(transport=tlsread.Transport(verify=ctx),
+                                 base_url=f"https://127.0.0.1:{port}") as client:
         await client.get("/1")  # the handshake, as a kept-alive peer connection has had it
         t = time.perf_counter()
 

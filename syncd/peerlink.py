@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from syncd import auth, compress, identity
+from syncd import auth, compress, identity, tlsread
 from syncd.api import NodeState, off_loop
 from syncd.index.catalog import Catalog
 from syncd.index.peers import Peer, confirm_push, save_peer
@@ -137,7 +137,7 @@ class PeerLink:
         identity.py). Idle connections are dropped here before the server drops them
         (KEEPALIVE_SERVER in daemon.py), so a request rarely meets a connection closing
         under it."""
-        return httpx.AsyncClient(timeout=TIMEOUT, transport=httpx.AsyncHTTPTransport(
+        return httpx.AsyncClient(timeout=TIMEOUT, transport=tlsread.Transport(
             retries=0, socket_options=_NODELAY, limits=httpx.Limits(keepalive_expiry=2.0),
             verify=identity.client_context(self.me.identity, pinned)))
 
