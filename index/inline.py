@@ -26,6 +26,7 @@ tree or a Python environment are at most 16 KiB, a fifth of their bytes.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -56,17 +57,29 @@ def carried(content: dict, chunks: ChunkList, size: int) -> dict[bytes, bytes]:
     """The bytes a node state carries for its inline content (`data`, docs/protocol.md),
     by digest, once they match its chunk list (DESIGN rule 2; the API refuses a state whose
     bytes do not, so here they do). Empty when it carries none, or more than is inline here
-    (a peer with a higher INLINE_MAX): those are fetched."""
-    text = content.get("data")
+    (a peer with a higher INLINE_MAX): those are fetched. `data` is the bytes, as the API
+    decoded them, or their base64 (a state read back from limbo or held: stored_json)."""
+    data = content.get("data")
     digest = chunks.at(0)
-    if not text or chunks.slots != 1 or digest is None or not inline_size(size):
+    if not data or chunks.slots != 1 or digest is None or not inline_size(size):
         return {}
-    data = base64.b64decode(text)
+    if isinstance(data, str):
+        data = base64.b64decode(data)
     return {digest: data} if len(data) == size and digest_of(data) == digest else {}
 
 
 def encode(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _base64_of_bytes(value: object) -> str:
+    if isinstance(value, bytes):
+        return encode(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# A state kept for later (limbo, held) as JSON: its carried bytes as base64, as sent.
+stored_json = json.JSONEncoder(default=_base64_of_bytes).encode
 
 
 class InlineChunks:

@@ -34,6 +34,7 @@ from syncd.index.catalog import (
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.ignore import IGNORE_FILE
+from syncd.index.inline import stored_json
 from syncd.index.names import free_tagged_name, utc_stamp
 from syncd.index.node_rows import (
     decided,
@@ -98,7 +99,7 @@ class Merger:
             for state in queue:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO limbo (id, state, origin) VALUES (?, ?, ?)",
-                    (state["id"], json.dumps(state), origin))
+                    (state["id"], stored_json(state), origin))
             self._drain_limbo(effects)
 
         self.cat.transaction(run)
@@ -164,7 +165,7 @@ class Merger:
         if self.cat.mode == SEND_ONLY or self._ignored_here(state) or \
                 (edited and self.cat.mode != RECEIVE_ONLY):
             self.conn.execute("INSERT OR REPLACE INTO held (id, state, origin) VALUES (?, ?, ?)",
-                              (state["id"], json.dumps(state), origin))
+                              (state["id"], stored_json(state), origin))
             return
         self.conn.execute("DELETE FROM held WHERE id = ?", (state["id"],))  # older
         if edited:

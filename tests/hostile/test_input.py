@@ -126,6 +126,17 @@ def test_an_empty_body_is_refused(server, unchanged):
     refused(server, server.request("POST", "/v1/changes", b""), 400)
 
 
+def test_a_body_not_declared_json_is_refused(server, unchanged):
+    """A push's body is read by pydantic from its bytes (syncd/api.py, _validated): one
+    sent as another type is refused as FastAPI refuses it for the other bodies."""
+    body = json.dumps({"device": server.peer_device,
+                       "changes": [state(node_id(), name="typed")]}).encode()
+    for kind in ["text/plain", "application/x-www-form-urlencoded", "json"]:
+        server.mark()
+        refused(server, server.request("POST", "/v1/changes", body,
+                                       headers={"content-type": kind}), 400, "JSON")
+
+
 def test_unknown_fields_are_refused(server, unchanged):
     s = {**state(node_id(), name="ok"), "path": "../../etc"}
     refused(server, server.push([s]), 422, "path")

@@ -4,6 +4,7 @@ for peers, restart, recovery and the wire; chunks stored as files before stay fi
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
@@ -270,6 +271,26 @@ def test_a_state_with_its_bytes_is_here_at_once(devs):
     f = b.ino("/f")
     assert effects.missing == set() and b.cat.is_local(f)
     assert b.data("/f") == SMALL and b.cat.store.work_inodes() == []
+    check_invariants(b.cat)
+
+
+def test_bytes_as_the_api_decodes_them_wait_in_limbo_and_are_installed(devs):
+    """The API hands the index a state's `data` decoded (bytes): one whose directory has
+    not come yet waits in limbo (stored as JSON, the bytes as base64) and is here at
+    once with its bytes when the directory comes."""
+    a, b, _ = devs
+    a.mkdir("/d")
+    a.write("/d/f", SMALL, T)
+    states, _ = changes_since(a.cat.conn, 0, 1000, data_budget=1 << 20)
+    for s in states:
+        if "data" in s["content"]:
+            s["content"]["data"] = base64.b64decode(s["content"]["data"])
+    (d,) = [s for s in states if s["name"] == "d"]
+    (f,) = [s for s in states if s["name"] == "f"]
+    b.merger.apply([f], a.id)
+    assert b.merger.behind() == 1  # in limbo
+    effects = b.merger.apply([d], a.id)
+    assert effects.missing == set() and b.data("/d/f") == SMALL
     check_invariants(b.cat)
 
 
