@@ -389,6 +389,9 @@ class Merger:
         same_as_remote = all(merged[a]["vv"] == remote[a]["vv"] for a in ASPECTS) and \
             merged["deleted"] == remote["deleted"]
         self._write(row, merged, origin if same_as_remote else None, effects, origin)
+        deleter = rules.content_deleted(local, remote, merged, cmps)
+        if deleter is not None:
+            self._reconsider(remote["id"], effects, deleter)
         if (local["deleted"] or remote["deleted"]) and not merged["deleted"]:
             # Back from a delete by a change that carried no content (a chmod, a move):
             # the deleter may have collected the content before anyone fetched it.
@@ -397,7 +400,7 @@ class Merger:
             decided(self.cat, remote["id"], "restore")
         return False
 
-    def _reconsider(self, node: str, effects: Effects) -> None:
+    def _reconsider(self, node: str, effects: Effects, deleter: dict | None = None) -> None:
         """Rule 3 over every version of a node's content that no other one was made
         knowing (its siblings): the node holds the winner of them all, the others are
         conflict copies. A version kept as a copy stays a candidate: when a version made
@@ -414,7 +417,12 @@ class Merger:
         made knowing (its maker edited it again before that edit lost elsewhere) is
         dominated, and is dropped as rule 3 says. A copy of it would be content its own
         maker replaced, made from metadata here, often held by nobody any more (the soak
-        of 2026-12-05: readable nowhere, on every peer)."""
+        of 2026-12-05: readable nowhere, on every peer).
+
+        `deleter`: a tombstone just merged in was made knowing the content the node holds,
+        and the node stays for another aspect (rules.content_deleted). That content is then
+        no candidate and never a copy, and a copy the deleter did not see wins even with an
+        older mtime, as where its version met the tombstone alone (bug 19)."""
         row = node_row(self.conn, node)
         if row is None or row[4] or row[1] == "dir":
             return
@@ -423,15 +431,18 @@ class Merger:
         if not copies:
             return
         effects.unheld.update(s["id"] for s in copies if missing_chunk(self.cat, s))
-        best = rules.content_to_take(current, copies)
+        best = rules.content_to_take(current, copies, deleter)
         if best is None:
             return
-        # The vector gains the sequence number _write stamps the node with.
-        vv = {**rules.vv_max(current["content"]["vv"], best["content"]["vv"]),
-              self.cat.device: self.cat.seq + 1}
-        merged = dict(current, content=dict(best["content"], vv=vv))
+        # The vector has seen the tombstone, and gains the sequence number _write stamps
+        # the node with.
+        vv = rules.vv_max(current["content"]["vv"], best["content"]["vv"])
+        if deleter is not None:
+            vv = rules.vv_max(vv, deleter["content"]["vv"])
+        merged = dict(current, content=dict(best["content"], vv={
+            **vv, self.cat.device: self.cat.seq + 1}))
         self._write(row, merged, None, effects)
-        if not rules.replaced(current, [current, *copies]):
+        if deleter is None and not rules.replaced(current, [current, *copies]):
             self._conflict_copy(current, merged, effects)
 
     def _conflict_copy(self, loser: dict, merged: dict, effects: Effects) -> None:

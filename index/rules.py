@@ -121,17 +121,37 @@ def replaced(version: dict, siblings: list[dict]) -> bool:
         version["content"], o["content"]) for o in siblings)
 
 
-def content_to_take(current: dict, copies: list[dict]) -> dict | None:
+def content_to_take(current: dict, copies: list[dict],
+                    deleted: dict | None = None) -> dict | None:
     """Of a node's content and that of its conflict copies still at the version they were
     made of, the winner among those no other one was made knowing: the state whose content
-    the node should hold, or None when it holds that already."""
+    the node should hold, or None when it holds that already. With `deleted` (a tombstone,
+    content_deleted), the content the node holds is no candidate, nor is a copy the
+    tombstone was made knowing."""
     siblings = [current, *copies]
-    frontier = [s for s in siblings if not replaced(s, siblings)]
+    candidates = siblings if deleted is None else [
+        s for s in copies if not supersedes(deleted["content"], s["content"])]
+    frontier = [s for s in candidates if not replaced(s, siblings)]
+    if not frontier:
+        return None
     best = max(frontier, key=content_key)
     if best["content"]["hash"] == current["content"]["hash"] or (
-            content_key(best) <= content_key(current)):
+            deleted is None and content_key(best) <= content_key(current)):
         return None
     return best
+
+
+def content_deleted(local: dict, remote: dict, merged: dict, cmps: dict[str, str]) -> dict | None:
+    """The tombstone of two states whose content version wins (it was made knowing the
+    live side's content) while another aspect keeps the node alive: the content the node
+    keeps is one its deleter saw and deleted, or None. A conflict copy the deleter did not
+    see then takes the node back (content_to_take), as it would where the copy's version
+    met the tombstone without the version it lost to (bug 19)."""
+    if merged["deleted"] or local["deleted"] == remote["deleted"]:
+        return None
+    if remote["deleted"]:
+        return remote if cmps["content"] == LT else None
+    return local if cmps["content"] == GT else None
 
 
 # -- mode vs mode, placement vs placement: the higher (Lamport clock, device id) wins

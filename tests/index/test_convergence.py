@@ -149,7 +149,8 @@ def replay(draws: list, devices: list[Device]) -> None:
 
 # Bugs 18 and 19, found by SYNCD_CONVERGENCE_EXAMPLES=5000 on 2026-12-05; each history
 # replays to the same divergence on the code of 2026-12-01 (916a72d), before this
-# session's changes. Kept here, by the draws of their histories, until they are fixed.
+# session's changes. Kept here, by the draws of their histories: bug 18 until it is fixed,
+# bug 19 as a plain test of its fix.
 #
 # Bug 18: a chmods a directory and deletes it; a child b creates in it meanwhile brings it
 # back (rule 3). The tombstone carried no mode, so a restores b's older mode while c,
@@ -163,7 +164,11 @@ BUG_18 = [23, False, "c", "mkdir", "", "c.txt", True, "cba", 3, 2, False, "a", "
           "/a", "a", False, "a", "chmod", "/a", 0o755, True, "acb", 4, 1, False, "a",
           "rmdir", "/a", False, "b", "mkdir", "/a", "b"]
 # Bug 19: concurrent edits, a conflict copy edited in turn, a rename over the name and a
-# delete: a and c end with different content at /b.
+# delete: a and c ended with different content at /b. a deleted the node knowing only its
+# own edit, which had beaten b's on b; c had met b's edit and the delete alone. A chmod
+# concurrent with the delete kept the node, and b held a's deleted edit, c b's, under one
+# vector. Now the delete takes a's edit away on b too, and b's copy takes the node back
+# (rules.content_deleted; tests/index/test_sync.py has the rule's own test).
 BUG_19 = [25, False, "b", "unlink", True, "bac", 1, 2, False, "c", "write", "", "c.txt",
           "/c.txt", 3, True, "cba", 1, 1, False, "a", "write", "", "c.txt", "/c.txt", 1, True,
           "cab", 2, 1, False, "b", "chmod", "/c.txt", 0o600, True, "cab", 4, 1, True, "abc",
@@ -185,8 +190,5 @@ def test_a_chmod_before_a_delete_survives_the_directory_coming_back(tmp_path):
     replay(BUG_18, three_devices(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug 19: after a rename over a name and a delete, two devices "
-                   "keep different content at /b")
 def test_bug_19_a_rename_over_a_name_then_a_delete(tmp_path):
     replay(BUG_19, three_devices(tmp_path))

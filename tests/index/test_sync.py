@@ -85,6 +85,27 @@ def test_edit_against_delete_keeps_the_edit(devs):
     assert a.data("/d/f") == b"v2"
 
 
+def test_a_delete_of_the_winning_edit_gives_the_name_to_the_losing_one(devs):
+    """Concurrent edits, and the winner's maker deletes the file (knowing only its own
+    edit) while a chmod, concurrent with the delete, keeps the node. The loser is the edit
+    the delete did not see: it holds the name everywhere, whether a device met the
+    winner first (it is a conflict copy there, taken back) or only the delete (bug 19)."""
+    a, b, c = devs
+    a.write("/f", b"base", T)
+    converge(a, b, c)
+    a.write("/f", b"from a", T + 20)  # the later mtime: wins
+    b.write("/f", b"from b", T + 10)
+    b.cat.set_attributes(b.ino("/f"), mode=0o600)
+    send(b, c)  # c has b's edit, and never sees a's
+    send(a, b)  # a's edit wins on b, b's becomes a copy
+    a.cat.unlink(ROOT, "f")
+    send(a, c)  # c: the delete against b's edit, which it did not see
+    send(a, b)  # b: the delete against a's edit, which it saw
+    converge(a, b, c)
+    assert a.data("/f") == b"from b"
+    assert a.cat.inode(a.ino("/f")).mode == 0o600
+
+
 def test_child_created_in_a_deleted_directory_brings_it_back(devs):
     a, b, _ = devs
     a.mkdir("/d")
