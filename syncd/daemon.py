@@ -747,7 +747,7 @@ class Daemon:
         """Each relay as its loop sees it now (syncd status)."""
         return {link.name: {"state": link.state, "last_seen": link.last_seen,
                             "last_error": link.last_error, "cursor": link.cursor,
-                            "stored_bytes": link.stored_bytes}
+                            "stored_bytes": link.stored_bytes, "kept_for": link.kept_for()}
                 for link in self.relays}
 
     async def last_upload(self, seconds: float = LAST_UPLOAD) -> None:
