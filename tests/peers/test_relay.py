@@ -356,6 +356,56 @@ def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relaye
     beta.stop()
 
 
+def entries(peer: Peer) -> dict[str, bytes | None]:
+    """Every entry of a mounted peer: a file's bytes, a directory as None."""
+    out = tree(peer)
+    for folder, dirs, _ in os.walk(peer.path):
+        out.update((str(Path(folder, d).relative_to(peer.path)), None) for d in dirs)
+    return out
+
+
+def test_a_reader_that_missed_removed_batches_converges_from_the_snapshot(relayed):
+    """A reader whose next batch of a member names a PREV beyond what it read (the
+    batches between were removed unread) takes the snapshots, and ends with the same
+    tree and contents: what was deleted in the missed batches (a file, a directory and
+    its files, a rename's old name) stays gone, what was made or changed there is
+    there."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    beta.start()
+    (alpha / "d").mkdir()
+    for name in ("keep", "gone", "edit", "move", "d/x", "d/y"):
+        (alpha / name).write_bytes(name.encode() * 100)
+    wait_for(lambda: entries(beta) == entries(alpha), 30, "beta to read the first files")
+    beta.stop()
+    syncd(alpha.home, "config", "set", "relay_member_days", "0.0001")  # 8.64 s
+    alpha.expect_log(r"WARNING relay usb: member \w+ has not read this relay for over")
+    (alpha / "gone").unlink()
+    shutil.rmtree(alpha / "d")
+    (alpha / "edit").write_bytes(b"edited")
+    (alpha / "move").rename(alpha / "moved")
+    (alpha / "new").write_bytes(b"made while beta was away")
+    batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
+    tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
+    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    wait_for(lambda: not covered(relayed.root, tag, snapshot), 40,
+             "the batches the snapshot covers to be removed, beta unread")
+    expected = entries(alpha)
+    assert {"keep", "edit", "moved", "new"} <= expected.keys()
+    assert not {"gone", "move", "d", "d/x"} & expected.keys()
+    alpha.stop()
+    beta.expect_log(r"WARNING relay usb: batches of \w+ in \(\d+, \d+\] were removed")
+    beta.start()
+    wait_for(lambda: entries(beta) == expected, 30, "beta to converge from the snapshot")
+    time.sleep(1)  # a round more: nothing comes back
+    assert entries(beta) == expected
+    beta.stop()
+    assert "were removed before they were read here: taking the snapshots" in beta.mount.log()
+
+
 def test_a_member_whose_certificate_does_not_open_is_still_waited_for(relayed):
     """A member's certificate damaged on the relay (soak bug, relay_damage): the writer
     cannot read that member's cursor, and must keep its batches, not take the member for
