@@ -22,7 +22,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
 from syncd import auth, identity
-from syncd.api import Signed, build_app
+from syncd.api import Signed, Unproven, build_app
 from syncd.cache import Evictor
 from syncd.discovery import Discovery
 from syncd.fetcher import Fetcher
@@ -140,8 +140,13 @@ class Daemon:
     def hello(self, device: str, name: str, fingerprint: str, server: str | None) -> dict:
         """Answer a hello naming both certificates of the connection as seen here
         (docs/protocol.md, "Identity and TLS"); PermissionError when the caller saw
-        another certificate than ours (a relay), or shows one not its device's."""
+        another certificate than ours (a relay), or shows one not its device's, or none
+        for a device whose certificate is pinned here (only it speaks for that device)."""
         client = identity.CLIENT.get()
+        if client is None and device in self.admitted.values():
+            raise Unproven(f"device {device}'s certificate is pinned here: a hello "
+                                  "naming it must present that certificate, and this "
+                                  "connection presents none")
         if server is not None and server != self.identity.fingerprint:
             raise PermissionError(f"this machine's certificate is {self.identity.fingerprint}"
                                   f", not {server}: something between us terminates TLS")
