@@ -88,6 +88,7 @@ class Daemon:
         self.admitted: dict[str, str] = {}  # fingerprint -> device of each pinned peer
         self.merger = Merger(catalog)
         self.changes = changes
+        self._changed = catalog.on_change  # what sends on `changes` (_wake_on_change)
         self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld,
                              on_pinned=self._pins_changed)
         self.fetcher = Fetcher(catalog, self.peers, self.refresh)
@@ -545,6 +546,7 @@ class Daemon:
             if self.discovery is not None:
                 nursery.start_soon(self.discovery.run)
             self.relays.load(nursery)
+            self._wake_on_change()
             nursery.start_soon(self._push_on_change)
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
@@ -567,6 +569,13 @@ class Daemon:
                 "revert": self._revert_op, "config": self._config_op,
                 "rotate-key": self._rotate_op, "reload-relays": self._reload_relays,
                 "relays": self._relays_op}
+
+    def _wake_on_change(self) -> None:
+        """A commit wakes the push loop only while there is a peer or a relay to push to;
+        with none it calls nothing. One added later needs no wake for what was committed
+        meanwhile: its loop starts by sending everything past its cursor."""
+        wanted = bool(self.peers.links or self.relays.links)
+        self.catalog.on_change = self._changed if wanted else _nothing
 
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
@@ -746,6 +755,7 @@ class Daemon:
 
     async def _reload_relays(self, request: dict) -> dict:
         self.relays.load(self._nursery)
+        self._wake_on_change()
         return {"ok": True, "relays": sorted(self.relays.links)}
 
     def live_relays(self) -> dict[str, dict]:
@@ -776,7 +786,12 @@ class Daemon:
     async def _reload_peers(self, request: dict) -> dict:
         self._pins_changed()
         self.peers.load(self._nursery)
+        self._wake_on_change()
         return {"ok": True, "peers": sorted(self.peers.links)}
+
+
+def _nothing() -> None:
+    """A commit's call with no peer and no relay to tell (Daemon._wake_on_change)."""
 
 
 class _TLSConfig(Config):
