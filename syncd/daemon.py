@@ -145,9 +145,9 @@ class Daemon:
         for a device whose certificate is pinned here (only it speaks for that device)."""
         client = identity.CLIENT.get()
         if client is None and device in self.admitted.values():
-            raise Unproven(f"device {device}'s certificate is pinned here: a hello "
-                                  "naming it must present that certificate, and this "
-                                  "connection presents none")
+            raise Unproven(f"device {device}'s certificate is pinned here: a hello naming "
+                           "it must present that certificate, and this connection presents "
+                           "none")
         if server is not None and server != self.identity.fingerprint:
             raise PermissionError(f"this machine's certificate is {self.identity.fingerprint}"
                                   f", not {server}: something between us terminates TLS")
