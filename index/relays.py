@@ -111,3 +111,18 @@ def member_read(db: sqlite_utils.Database, relay: str, device: str, ours: int, w
         db.conn.execute("UPDATE relay_reads SET ours = ?, wrote = ?, snapshot = ?, lost = ?"
                         " WHERE relay = ? AND device = ?",
                         (ours, wrote, snapshot, int(lost), relay, device))
+
+
+def forget_member(db: sqlite_utils.Database, relay: str, tag_of,
+                  tags: set[str]) -> str | None:
+    """The member of `relay` whose tag (`tag_of(device)`) is among `tags` is no longer
+    waited for here (`syncd relay forget`): lost, as after relay_member_days, until it
+    reads the relay again. Its tag; None when no member read here has one of them."""
+    with db.atomic():
+        for (device,) in db.conn.execute("SELECT device FROM relay_reads WHERE relay = ?",
+                                         (relay,)).fetchall():
+            if tag_of(device) in tags:
+                db.conn.execute("UPDATE relay_reads SET lost = 1 WHERE relay = ? AND "
+                                "device = ?", (relay, device))
+                return tag_of(device)
+    return None

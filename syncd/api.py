@@ -277,11 +277,17 @@ class NewKey(Strict):
     key: Hex64  # the cluster's new key, 64 hex digits
 
 
+class Unproven(PermissionError):
+    """A hello without a certificate in the name of a device whose certificate is pinned
+    here: refused (403), and logged as news only, since a pairing in which that device
+    pinned us first brings one (its client then says hello presenting it)."""
+
+
 class PeerService(Protocol):
     """What this process serves its peers from: the daemon (syncd/daemon.py)."""
 
     def hello(self, device: str, name: str, fingerprint: str, server: str | None
-              ) -> dict: ...  # PermissionError: refused
+              ) -> dict: ...  # PermissionError (Unproven among them): refused
     def admit(self, method: str, path: str) -> str | None: ...  # why refused, or None
     def caller(self) -> str | None: ...  # the device of this connection's certificate
     def take_key(self, key: bytes) -> None: ...
@@ -317,10 +323,13 @@ def build_app(service: PeerService) -> FastAPI:
         _log_refusal(request, exc.status_code, str(exc.detail))
         return await http_exception_handler(request, exc)
 
-    @app.post("/v1/hello")
-    async def hello(body: Hello) -> dict:
+    @app.post("/v1/hello", response_model=None)
+    async def hello(body: Hello, request: Request) -> dict | JSONResponse:
         try:
             return service.hello(body.device, body.name, body.fingerprint, body.server)
+        except Unproven as e:
+            _log_refusal(request, 403, str(e), logging.INFO)
+            return JSONResponse({"detail": str(e)}, status_code=403)
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
 
@@ -496,11 +505,13 @@ def _describe(error: dict) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _log_refusal(request: Request, status: int, detail: str) -> None:
+def _log_refusal(request: Request, status: int, detail: str,
+                 level: int | None = None) -> None:
     target = request.scope["raw_path"].decode("latin-1")[:200]
     # a chunk asked of every holder in turn is no news; the rest says a peer misbehaves
-    log.log(logging.INFO if status == 404 else logging.WARNING, "refused %s %s: %d %s",
-            request.method, target, status, detail)
+    if level is None:
+        level = logging.INFO if status == 404 else logging.WARNING
+    log.log(level, "refused %s %s: %d %s", request.method, target, status, detail)
 
 
 class Signed:

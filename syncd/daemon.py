@@ -22,7 +22,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
 from syncd import auth, identity
-from syncd.api import Signed, build_app
+from syncd.api import Signed, Unproven, build_app
 from syncd.cache import Evictor
 from syncd.discovery import Discovery
 from syncd.fetcher import Fetcher
@@ -88,6 +88,7 @@ class Daemon:
         self.admitted: dict[str, str] = {}  # fingerprint -> device of each pinned peer
         self.merger = Merger(catalog)
         self.changes = changes
+        self._changed = catalog.on_change  # what sends on `changes` (_wake_on_change)
         self.peers = PeerSet(self.me, catalog, on_online=self._recheck_unheld,
                              on_pinned=self._pins_changed)
         self.fetcher = Fetcher(catalog, self.peers, self.refresh)
@@ -140,8 +141,13 @@ class Daemon:
     def hello(self, device: str, name: str, fingerprint: str, server: str | None) -> dict:
         """Answer a hello naming both certificates of the connection as seen here
         (docs/protocol.md, "Identity and TLS"); PermissionError when the caller saw
-        another certificate than ours (a relay), or shows one not its device's."""
+        another certificate than ours (a relay), or shows one not its device's, or none
+        for a device whose certificate is pinned here (only it speaks for that device)."""
         client = identity.CLIENT.get()
+        if client is None and device in self.admitted.values():
+            raise Unproven(f"device {device}'s certificate is pinned here: a hello naming "
+                           "it must present that certificate, and this connection presents "
+                           "none")
         if server is not None and server != self.identity.fingerprint:
             raise PermissionError(f"this machine's certificate is {self.identity.fingerprint}"
                                   f", not {server}: something between us terminates TLS")
@@ -540,6 +546,7 @@ class Daemon:
             if self.discovery is not None:
                 nursery.start_soon(self.discovery.run)
             self.relays.load(nursery)
+            self._wake_on_change()
             nursery.start_soon(self._push_on_change)
             nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
@@ -562,6 +569,13 @@ class Daemon:
                 "revert": self._revert_op, "config": self._config_op,
                 "rotate-key": self._rotate_op, "reload-relays": self._reload_relays,
                 "relays": self._relays_op}
+
+    def _wake_on_change(self) -> None:
+        """A commit wakes the push loop only while there is a peer or a relay to push to;
+        with none it calls nothing. One added later needs no wake for what was committed
+        meanwhile: its loop starts by sending everything past its cursor."""
+        wanted = bool(self.peers.links or self.relays.links)
+        self.catalog.on_change = self._changed if wanted else _nothing
 
     async def _push_on_change(self) -> None:
         async for _ in self.changes:
@@ -741,13 +755,14 @@ class Daemon:
 
     async def _reload_relays(self, request: dict) -> dict:
         self.relays.load(self._nursery)
+        self._wake_on_change()
         return {"ok": True, "relays": sorted(self.relays.links)}
 
     def live_relays(self) -> dict[str, dict]:
         """Each relay as its loop sees it now (syncd status)."""
         return {link.name: {"state": link.state, "last_seen": link.last_seen,
                             "last_error": link.last_error, "cursor": link.cursor,
-                            "stored_bytes": link.stored_bytes}
+                            "stored_bytes": link.stored_bytes, "kept_for": link.kept_for()}
                 for link in self.relays}
 
     async def last_upload(self, seconds: float = LAST_UPLOAD) -> None:
@@ -771,7 +786,12 @@ class Daemon:
     async def _reload_peers(self, request: dict) -> dict:
         self._pins_changed()
         self.peers.load(self._nursery)
+        self._wake_on_change()
         return {"ok": True, "peers": sorted(self.peers.links)}
+
+
+def _nothing() -> None:
+    """A commit's call with no peer and no relay to tell (Daemon._wake_on_change)."""
 
 
 class _TLSConfig(Config):

@@ -213,13 +213,19 @@ class TrustStore:
         tls.context = self._current
 
 
-def client_context(identity: Identity, pinned: str | None) -> ssl.SSLContext:
+def client_context(identity: Identity, pinned: str | None, present: bool = False
+                   ) -> ssl.SSLContext:
     """The client side for one peer: trust only its pinned certificate (PEM) and present
-    ours; with none pinned yet, present nothing and accept any certificate, which the
-    hello then checks before it is pinned (trust on first use)."""
-    ctx = _context(identity, server=False) if pinned else _bare_client()
+    ours; with none pinned yet, accept any certificate, which the hello then checks
+    before it is pinned (trust on first use), and present ours only when `present` (a
+    peer that has not pinned it refuses the handshake)."""
     if pinned:
+        ctx = _context(identity, server=False)
         ctx.load_verify_locations(cadata=pinned)
+    else:
+        ctx = _bare_client()
+        if present:
+            ctx.load_cert_chain(identity.path)
     return ctx
 
 

@@ -131,15 +131,15 @@ class PeerLink:
         self.accepts_xattr = False  # states may carry extended attributes (hello too)
         self.client = self._client(self.cert)
 
-    def _client(self, pinned: str | None) -> httpx.AsyncClient:
+    def _client(self, pinned: str | None, present: bool = False) -> httpx.AsyncClient:
         """A client that trusts only the pinned certificate and presents ours; with none
-        pinned, one that presents nothing and trusts what hello() checks (TLS in
-        identity.py). Idle connections are dropped here before the server drops them
+        pinned, one that trusts what hello() checks and presents ours only when `present`
+        (TLS in identity.py). Idle connections are dropped here before the server drops them
         (KEEPALIVE_SERVER in daemon.py), so a request rarely meets a connection closing
         under it."""
         return httpx.AsyncClient(timeout=TIMEOUT, transport=tlsread.Transport(
             retries=0, socket_options=_NODELAY, limits=httpx.Limits(keepalive_expiry=2.0),
-            verify=identity.client_context(self.me.identity, pinned)))
+            verify=identity.client_context(self.me.identity, pinned, present)))
 
     def poke(self) -> None:
         self.wake.set()
@@ -365,10 +365,20 @@ class PeerLink:
         (proof that whoever holds the cluster key is the end of this TLS connection, not
         a relay: a relay's certificate is not the one the peer names), its device is the
         certificate's, and the certificate is the one given with --fingerprint, if one
-        was, and of the device known under this name, if one is."""
-        async with self._client(None) as bare:
-            r = await self.request("POST", "/v1/hello", self._greeting(), url=url,
-                                   client=bare)
+        was, and of the device known under this name, if one is. A peer that pinned
+        our certificate already (its first hello to us came first) refuses a hello in
+        our name without it (403): then it is said again presenting ours."""
+        for present in (False, True):
+            async with self._client(None, present) as bare:
+                r = await self.request("POST", "/v1/hello", self._greeting(), url=url,
+                                       client=bare)
+            if r.status != 403:
+                break
+        else:  # our certificate, presented, did not reach it
+            raise Refused(f"{self.name} ({url}) refused hello even with this machine's "
+                          "certificate presented: something between the two machines "
+                          "terminates TLS; nothing was pinned "
+                          f"({r.body[:300].decode(errors='replace')})")
         if r.status != 200:
             raise Refused(f"{self.name} ({url}) refused hello: {r.status} "
                           f"{r.body[:300].decode(errors='replace')}")

@@ -24,7 +24,7 @@ from syncd.identity import Certificate
 from syncd.index import relays
 from syncd.index.catalog import Catalog
 from syncd.index.chunklist import ChunkList
-from syncd.index.peers import Pending
+from syncd.index.peers import Pending, list_peers
 from syncd.index.states import BATCH_DATA, changes_since
 from syncd.peerlink import PeerError
 from syncd.relay.backends import BadRelay, open_storage
@@ -72,9 +72,9 @@ class RelayLink:
         # on, before the round ends (states it brings down are opened at once)
         self.reachable = False
         self.members: dict[str, Certificate] = {}  # tag -> certificate, as last read
-        # tags of members whose certificate did not open in the last round: what they
-        # read is unknown, so none of our batches is removed meanwhile
-        self.unreadable: set[str] = set()
+        # tag -> why, of the members whose certificate did not open in the last round:
+        # what they read is unknown, so none of our batches is removed meanwhile
+        self.unreadable: dict[str, str] = {}
         self.rejected: set[str] = set()  # objects skipped (logged once each)
         self.problems: list[str] = []  # why objects were skipped in this round (status)
         self.chunks_there: set[str] | None = None  # our chunks stored there, once listed
@@ -162,13 +162,14 @@ class RelayLink:
         self.problems = []
         await self.objects.check()
         self.reachable = True
-        if self.state != "online":
+        compact = time.monotonic() - self._compacted > COMPACT_EVERY
+        if self.state != "online" or compact:  # mended if damaged or removed meanwhile
             await self.objects.publish()
         if not relays.members(self.catalog.db, self.name):
             await self.start_from_snapshots()  # a newcomer does not replay history
         await self.upload()
         await self.download()
-        if time.monotonic() - self._compacted > COMPACT_EVERY:
+        if compact:
             await self.compact()
             self._compacted = time.monotonic()
         self._set("online", next(iter([*self.problems, *self.lost.values()]), None))
@@ -258,15 +259,18 @@ class RelayLink:
     async def download(self) -> None:
         objects = self.objects
         self.members, unreadable = await objects.members()
-        self.unreadable = set(unreadable)
         pinned = relays.members(self.catalog.db, self.name)
         read = {}
         for device, (_, upto) in pinned.items():  # its batches wait; our cursor keeps it
             if objects.keys.tag(device) in unreadable:
                 read[device] = upto
+        self.unreadable = {}
         for tag, why in sorted(unreadable.items()):
-            self._reject(f"m/{tag}", f"{why}: that member's batches wait, and nothing is "
-                         "removed here until it opens again")
+            self.unreadable[tag] = (
+                f"{why}: the batches of member {tag}{self._who(tag, pinned)} wait, and none "
+                f"of ours is removed from this relay until its certificate opens again; if "
+                f"that machine is gone for good: 'syncd relay forget {self.name} {tag}'")
+            self._reject(f"m/{tag}", self.unreadable[tag])
         for tag, cert in sorted(self.members.items()):
             fingerprint, upto = pinned.get(cert.device, (cert.fingerprint, 0))
             if fingerprint != cert.fingerprint:
@@ -301,6 +305,22 @@ class RelayLink:
                 time.monotonic() - self._cursor_at > CURSOR_EVERY:
             await objects.put_cursor(read, self.snapshot_read)
             self._cursor_written, self._cursor_at = written, time.monotonic()
+
+    def _who(self, tag: str, pinned: dict[str, tuple[str, int]]) -> str:
+        """' (device D, peer P)' for a member's tag, as far as the members read here
+        before and the peers say; '' when neither knows it."""
+        tag_of = self.objects.keys.tag
+        device = next((d for d in pinned if tag_of(d) == tag), None)
+        peer = next((p for p in list_peers(self.catalog.db)
+                     if p.device and tag_of(p.device) == tag), None)
+        if peer is not None:
+            return f" (device {peer.device}, peer {peer.name})"
+        return f" (device {device})" if device else ""
+
+    def kept_for(self) -> list[dict]:
+        """The members whose certificate did not open in the last round, for which
+        nothing of ours is removed (syncd status)."""
+        return [{"member": tag, "error": why} for tag, why in sorted(self.unreadable.items())]
 
     async def _our_snapshot_read(self) -> dict[str, int]:
         """What our newest snapshot there says we had read ({} without one)."""

@@ -11,7 +11,8 @@ from syncd.commands.peers import reload_serving
 from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
-from syncd.index.relays import NoSuchRelay, RelayExists, add_relay, list_relays, remove_relay
+from syncd.index.relays import (NoSuchRelay, RelayExists, add_relay, forget_member,
+                                list_relays, remove_relay)
 from syncd.relay.backends import BadRelay, check_url, credentials, open_storage
 from syncd.relay.storage import MARKER, Missing, RelayError, Unreachable
 
@@ -77,6 +78,66 @@ def add(home: Home, name: str, url: str, credentials_file: str | None) -> None:
     print(f"added relay {name} at {url}: {found}")
 
 
+def forget(home: Home, name: str, member: str) -> None:
+    """Remove from the relay the certificate of a member that does not open (its tag, or
+    its device id), so that nothing is kept for it any more: the way out of a member
+    that holds back removal because its certificate is damaged, or sealed with a key
+    this share no longer has, once that machine is gone for good. A certificate that
+    opens is refused (a member that stopped reading is lost after relay_member_days)."""
+    import trio
+
+    from syncd.identity import Certificate, IdentityError
+    from syncd.relay.sealing import Keys, Rejected
+
+    with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
+        record = next((r for r in list_relays(cat.db) if r.name == name), None)
+    if record is None:
+        raise UserError(f"no relay named {name!r}")
+    keys = Keys([home.cluster_key(), *home.old_cluster_keys()])
+    try:
+        storage = open_storage(name, record.url, record.credentials)
+    except BadRelay as e:
+        raise UserError(str(e), STATE) from None
+
+    tags = {member, keys.tag(member)}  # MEMBER is a tag or a device id
+
+    async def run() -> str | None:
+        try:
+            listed = await storage.list("m")
+            tag = next((t for t in sorted(tags) if f"m/{t}" in listed), None)
+            if tag is None:
+                return None
+            try:
+                cert = Certificate.from_pem(keys.open(f"m/{tag}",
+                                                      await storage.get(f"m/{tag}")).decode())
+                if keys.tag(cert.device) == tag:
+                    raise UserError(f"the certificate of member {tag} (device {cert.device}) "
+                                    f"on relay {name} opens: it is read and waited for as "
+                                    "usual, and no longer once it has not read the relay for "
+                                    "relay_member_days", STATE)
+            except (Rejected, IdentityError, UnicodeDecodeError):
+                pass
+            except Missing:
+                return None
+            await storage.delete(f"m/{tag}")
+            return tag
+        finally:
+            await storage.aclose()
+
+    try:
+        removed = trio.run(run)
+    except RelayError as e:
+        raise UserError(str(e), STATE) from None
+    with open_catalog(home.db_path, home.store_path) as cat:
+        tag = forget_member(cat.db, name, keys.tag, {removed} if removed else tags) or removed
+    if tag is None:
+        raise UserError(f"relay {name} has no member {member}")
+    print(f"forgot member {tag} of relay {name}: "
+          f"{'its certificate there is removed, and ' if removed else ''}nothing is kept "
+          "for it any more here (a machine still in use publishes its certificate again "
+          "and catches up from the snapshots)")
+
+
 def collect(home: Home) -> dict:
     with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
         relays = list_relays(cat.db)
@@ -116,6 +177,12 @@ def add_parsers(sub, common) -> None:
     p = relay.add_parser("remove", parents=[common],
                          help="stop using a relay (what is stored there stays)")
     p.add_argument("name", metavar="NAME")
+    p = relay.add_parser("forget", parents=[common],
+                         help="stop keeping batches for a member whose certificate does "
+                              "not open")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("member", metavar="MEMBER", help="its tag (as syncd status names it) or "
+                   "its device id")
 
 
 def cmd_relay(home: Home, args) -> int:
@@ -128,6 +195,9 @@ def cmd_relay(home: Home, args) -> int:
             add(home, check_name(args.name), args.url, args.credentials)
         except BadRelay as e:
             raise UserError(str(e), USAGE) from None
+    elif args.relay_command == "forget":
+        forget(home, args.name, args.member)
+        return OK
     else:
         try:
             with open_catalog(home.db_path, home.store_path) as cat:

@@ -70,7 +70,8 @@ def gather(home: Home, cat: Catalog, where: str | None, pid: int | None,
                        "pending_changes": changes, "pending_bytes": waiting,
                        "oldest_pending": utc(oldest),
                        "stored_bytes": now.get("stored_bytes", r.stored_bytes),
-                       "last_error": now.get("last_error", r.last_error)})
+                       "last_error": now.get("last_error", r.last_error),
+                       "kept_for": now.get("kept_for")})
     return {
         "schema_version": STATUS_SCHEMA,
         "device": {"id": cat.device, "name": home.config()["name"], "seq": cat.seq},
@@ -216,6 +217,8 @@ def print_status(home: Home, as_json: bool) -> None:
                           r["oldest_pending"] or "-", human_size(r["stored_bytes"])))
         print_table(table)
         reasons = [f"{r['name']}: {r['last_error']}" for r in s["relays"] if r["last_error"]]
+        reasons += [f"{r['name']}: {k['error']}" for r in s["relays"]
+                    for k in r["kept_for"] or () if k["error"] != r["last_error"]]
         if reasons:
             print()
             print("\n".join(reasons))

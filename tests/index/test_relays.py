@@ -41,6 +41,26 @@ def test_relays_are_recorded_and_forgotten(cat):
         relays.remove_relay(cat.db, "usb")
 
 
+def test_a_forgotten_member_no_longer_holds_tombstones_until_it_reads_again(cat):
+    """`syncd relay forget`: the member read here with that tag is lost; what its
+    cursor says once it reads again makes it a holder again."""
+    from syncd.index import tombstones
+
+    keys = sealing.Keys([KEY])
+    relays.add_relay(cat.db, "usb", "file:///media/usb")
+    relays.pin_member(cat.db, "usb", "cd" * 16, "f" * 64)
+    member = f"relay usb member {'cd' * 16}"
+    assert member in dict(tombstones.holders(cat.conn, cat.device))
+    assert relays.forget_member(cat.db, "usb", keys.tag, {"ab" * 16, keys.tag("ab" * 16)}) \
+        is None
+    assert member in dict(tombstones.holders(cat.conn, cat.device))
+    assert relays.forget_member(cat.db, "usb", keys.tag, {keys.tag("cd" * 16)}) == \
+        keys.tag("cd" * 16)
+    assert member not in dict(tombstones.holders(cat.conn, cat.device))
+    relays.member_read(cat.db, "usb", "cd" * 16, 5, 0, 5, lost=False)
+    assert dict(tombstones.holders(cat.conn, cat.device))[member] == 5
+
+
 def test_pending_to_a_relay_is_what_was_stamped_after_its_cursor(cat):
     relays.add_relay(cat.db, "usb", "file:///media/usb")
     (r,) = relays.list_relays(cat.db)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import alive, force_cleanup, syncd, wait_for
+from tests.helpers import alive, assert_clean_error, force_cleanup, syncd, wait_for
 from tests.peers.conftest import Peer, read, wait_content, wait_gone
 from tests.relay.conftest import PASSWORD, USER
 from tests.relay.webdav_server import webdav_server
@@ -356,6 +356,56 @@ def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relaye
     beta.stop()
 
 
+def entries(peer: Peer) -> dict[str, bytes | None]:
+    """Every entry of a mounted peer: a file's bytes, a directory as None."""
+    out = tree(peer)
+    for folder, dirs, _ in os.walk(peer.path):
+        out.update((str(Path(folder, d).relative_to(peer.path)), None) for d in dirs)
+    return out
+
+
+def test_a_reader_that_missed_removed_batches_converges_from_the_snapshot(relayed):
+    """A reader whose next batch of a member names a PREV beyond what it read (the
+    batches between were removed unread) takes the snapshots, and ends with the same
+    tree and contents: what was deleted in the missed batches (a file, a directory and
+    its files, a rename's old name) stays gone, what was made or changed there is
+    there."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    alpha.start()
+    beta.start()
+    (alpha / "d").mkdir()
+    for name in ("keep", "gone", "edit", "move", "d/x", "d/y"):
+        (alpha / name).write_bytes(name.encode() * 100)
+    wait_for(lambda: entries(beta) == entries(alpha), 30, "beta to read the first files")
+    beta.stop()
+    syncd(alpha.home, "config", "set", "relay_member_days", "0.0001")  # 8.64 s
+    alpha.expect_log(r"WARNING relay usb: member \w+ has not read this relay for over")
+    (alpha / "gone").unlink()
+    shutil.rmtree(alpha / "d")
+    (alpha / "edit").write_bytes(b"edited")
+    (alpha / "move").rename(alpha / "moved")
+    (alpha / "new").write_bytes(b"made while beta was away")
+    batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
+    tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
+    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    wait_for(lambda: not covered(relayed.root, tag, snapshot), 40,
+             "the batches the snapshot covers to be removed, beta unread")
+    expected = entries(alpha)
+    assert {"keep", "edit", "moved", "new"} <= expected.keys()
+    assert not {"gone", "move", "d", "d/x"} & expected.keys()
+    alpha.stop()
+    beta.expect_log(r"WARNING relay usb: batches of \w+ in \(\d+, \d+\] were removed")
+    beta.start()
+    wait_for(lambda: entries(beta) == expected, 30, "beta to converge from the snapshot")
+    time.sleep(1)  # a round more: nothing comes back
+    assert entries(beta) == expected
+    beta.stop()
+    assert "were removed before they were read here: taking the snapshots" in beta.mount.log()
+
+
 def test_a_member_whose_certificate_does_not_open_is_still_waited_for(relayed):
     """A member's certificate damaged on the relay (soak bug, relay_damage): the writer
     cannot read that member's cursor, and must keep its batches, not take the member for
@@ -387,6 +437,60 @@ def test_a_member_whose_certificate_does_not_open_is_still_waited_for(relayed):
     wait_for(lambda: tree(beta) == expected, 30, "beta to read alpha's batches")
     beta.stop()
     assert "were removed before they were read here" not in beta.mount.log()
+
+
+def test_a_member_whose_certificate_does_not_open_is_named_and_can_be_forgotten(relayed):
+    """Status names the relay and the member (its tag, and its device as read there
+    before) that batches are kept for; `syncd relay forget` refuses a member whose
+    certificate opens and, given one that does not, lets removal proceed; that machine,
+    back after all, publishes its certificate again and catches up from the snapshot."""
+    from syncd.relay.sealing import Keys
+    from syncd.relaylink import SNAPSHOT_BATCHES
+
+    alpha, beta = relayed("alpha", "beta")
+    beta.start()
+    wait_for(lambda: relay_of(beta)["state"] == "online", 10, "beta to join the relay")
+    beta.stop()
+    keys = Keys([bytes.fromhex(alpha.key)])
+    ours, device = alpha.status()["device"]["id"], beta.status()["device"]["id"]
+    tag, member = keys.tag(ours), keys.tag(device)
+    alpha.start()
+    wait_for(lambda: relay_of(alpha)["state"] == "online", 10, "alpha to read beta there")
+    certificate = relayed.root / "m" / member
+    good = certificate.read_bytes()
+    certificate.write_bytes(good[:len(good) // 2])
+    alpha.expect_log(r"WARNING relay usb: skipped m/\w+, nothing of it applied: member "
+                     r"certificate m/\w+: m/\w+: does not open with the cluster key")
+    expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
+    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    (kept,) = wait_for(lambda: relay_of(alpha)["kept_for"], 10, "status to say why")
+    assert kept["member"] == member
+    assert f"member {member} (device {device})" in kept["error"]
+    assert f"'syncd relay forget usb {member}'" in kept["error"]
+    text = syncd(alpha.home, "status").stdout
+    assert f"usb: member certificate m/{member}" in text and "syncd relay forget" in text
+    assert len(covered(relayed.root, tag, snapshot)) >= SNAPSHOT_BATCHES - 1  # kept
+    assert_clean_error(syncd(alpha.home, "relay", "forget", "usb", tag, check=False), 4,
+                       "opens: it is read and waited for as usual")
+    assert_clean_error(syncd(alpha.home, "relay", "forget", "usb", "nobody", check=False),
+                       1, "relay usb has no member nobody")
+    assert_clean_error(syncd(alpha.home, "relay", "forget", "disk", member, check=False),
+                       1, "no relay named 'disk'")
+    assert certificate.exists()
+    done = syncd(alpha.home, "relay", "forget", "usb", device)  # its device id does too
+    assert f"forgot member {member} of relay usb" in done.stdout
+    assert not certificate.exists()
+    again = syncd(alpha.home, "relay", "forget", "usb", member)  # gone there; read here
+    assert "nothing is kept for it any more here" in again.stdout
+    wait_for(lambda: not covered(relayed.root, tag, snapshot), 30,
+             "the batches the snapshot covers to be removed once beta is forgotten")
+    wait_for(lambda: relay_of(alpha)["kept_for"] == [], 10, "status to name no one")
+    alpha.stop()
+    beta.expect_log(r"WARNING relay usb: batches of \w+ in \(\d+, \d+\] were removed")
+    beta.start()
+    wait_for(lambda: tree(beta) == expected, 30, "beta to catch up from the snapshot")
+    wait_for(certificate.exists, 10, "beta to publish its certificate again")
+    beta.stop()
 
 
 def test_a_writer_killed_after_a_snapshot_ahead_of_its_batches_makes_no_gap(relayed):

@@ -43,3 +43,25 @@ def test_a_fetch_from_a_peer_held_offline_wakes_its_loop_at_once(cluster):
         assert time.monotonic() - start < 2.5, "alpha waited out its back-off"
     finally:
         proxy.close()
+
+
+def test_a_peer_added_after_commits_gets_them_and_the_next_ones_at_once(cluster):
+    """With no peer and no relay a commit wakes nothing; a peer added later still gets
+    what was committed before, and what is committed after goes at once (a commit wakes
+    its loop again), not at the next keep-alive (30 s)."""
+    a, b = cluster(2, mounted=False)
+    for p, q in ((a, b), (b, a)):
+        syncd(p.home, "peer", "remove", q.name)
+    a.start()
+    b.start()
+    for i in range(20):
+        (a / f"before{i}").write_bytes(b"%d" % i)
+    for p, q in ((a, b), (b, a)):
+        syncd(p.home, "peer", "add", q.name, q.url)
+    for i in range(20):
+        wait_content(b / f"before{i}", b"%d" % i, 30)
+    wait_for(lambda: a.peer("beta")["state"] == "online" and not
+             a.peer("beta")["pending_changes"], 20, "alpha and beta in touch")
+    time.sleep(1)  # past the first exchanges
+    (a / "after").write_bytes(b"at once")
+    wait_content(b / "after", b"at once", 10)
