@@ -116,6 +116,20 @@ def test_a_chmod_before_a_delete_comes_back_with_what_the_delete_lost_to(devs):
         assert dev.data("/f") == b"edited"
 
 
+def test_a_tombstone_that_kept_no_mode_leaves_the_mode_of_the_change(devs):
+    """A tombstone from a home of before schema 19 (or from an older peer) kept no mode:
+    the file an edit brings back keeps the edit's mode, as before."""
+    a, b, _ = devs
+    a.write("/f", b"base", T)
+    converge(a, b)
+    a.cat.set_attributes(a.ino("/f"), mode=0o600)
+    a.cat.unlink(ROOT, "f")
+    a.db.conn.execute("UPDATE nodes SET deleted_mode = NULL WHERE deleted = 1")
+    b.write("/f", b"edited", T + 1)
+    converge(a, b)
+    assert [d.cat.inode(d.ino("/f")).mode for d in (a, b)] == [0o644, 0o644]
+
+
 def test_delete_seen_everywhere_stays_deleted(devs):
     a, b, c = devs
     a.write("/f", b"x", T)
