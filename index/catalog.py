@@ -822,7 +822,8 @@ class Catalog:
             self._dir_nodes.pop(entry.inode.ino, None)
             return
         self.stamp_local(entry.node, "delete", ASPECTS, None, vvs,
-                         {"deleted": 1, "ino": None}, ignored=ignored)
+                         {"deleted": 1, "ino": None, "deleted_mode": entry.inode.mode},
+                         ignored=ignored)
         if entry.inode.kind == "dir":
             self._dir_nodes.pop(entry.inode.ino, None)
 

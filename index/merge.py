@@ -514,9 +514,10 @@ class Merger:
         node = state["id"]
         if state["deleted"]:
             self.conn.execute(
-                "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq, conflict_of)"
-                " VALUES (?, ?, NULL, ?, ?, 1, 0, ?)",
-                (node, state["kind"], state["parent"], state["name"], state["conflict_of"]))
+                "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq, conflict_of,"
+                " deleted_mode) VALUES (?, ?, NULL, ?, ?, 1, 0, ?, ?)",
+                (node, state["kind"], state["parent"], state["name"], state["conflict_of"],
+                 state["mode"]["mode"]))
             set_versions(self.cat, node, state)
             stamp_state(self.cat, node, "apply-delete", origin, state)
             return
@@ -552,8 +553,9 @@ class Merger:
                 effects.orphans.add(ino)
                 effects.detached[ino] = (node, old["content"]["vv"])
                 entry_changed(self.cat, old_parent, old_name, effects)
-            self.conn.execute("UPDATE nodes SET parent = ?, name = ? WHERE id = ?",
-                              (merged["parent"], merged["name"], node))
+            self.conn.execute("UPDATE nodes SET parent = ?, name = ?, deleted_mode = ?"
+                              " WHERE id = ?", (merged["parent"], merged["name"],
+                                                merged["mode"]["mode"], node))
             set_versions(self.cat, node, merged)
             stamp_state(self.cat, node, "apply-delete", origin, merged, sender)
             return

@@ -116,12 +116,14 @@ class Placement:
                              lambda n: self.cat.is_live_name(parent, n))
 
     def _resurrect(self, node: str, effects: Effects, seen: set[str]) -> None:
+        """A deleted directory back for a child: with the mode its tombstone kept (0755
+        when it kept none), whose version takes the lowest clock, as in rules.merge."""
         state = state_from_row(node_row(self.conn, node))
         parent = self.live_parent(state["parent"], effects, seen)
-        state["mode"]["mode"] = 0o755
+        state["mode"]["mode"] = state["mode"]["mode"] or 0o755
         ino = new_inode(self.cat, state, effects)
-        self.conn.execute("UPDATE nodes SET deleted = 0, ino = ?, parent = NULL WHERE id = ?",
-                          (ino, node))
+        self.conn.execute("UPDATE nodes SET deleted = 0, ino = ?, parent = NULL,"
+                          " mode_clock = 0 WHERE id = ?", (ino, node))
         if self.place(node, state, parent, effects) is not None:
             decided(self.cat, node, "restore")
 
@@ -178,7 +180,9 @@ class Placement:
         # at: every state sent to a peer has a parent.
         self.conn.execute(
             "UPDATE nodes SET deleted = 1, ino = NULL, conflict_of = ?, parent = coalesce("
-            "parent, (SELECT parent FROM nodes WHERE id = ?)) WHERE id = ?",
+            "parent, (SELECT parent FROM nodes WHERE id = ?)),"
+            " deleted_mode = (SELECT mode FROM inodes WHERE inodes.ino = nodes.ino)"
+            " WHERE id = ?",
             (into, into, node))
         if ino is not None:
             self.cat.forget_dir(ino)

@@ -190,6 +190,13 @@ def merge_xattrs(local: dict, remote: dict) -> dict:
 # -- merging two states of one node
 
 
+def kept_by_tombstone(tombstone: dict, aspect: str) -> bool:
+    """Does a tombstone carry the data of its version of `aspect`? Its placement, and the
+    mode its node had when deleted (schema.TOMBSTONE_MODE; 0 from a peer of an older
+    version: unknown); never content or extended attributes."""
+    return aspect == "place" or aspect == "mode" and tombstone["mode"]["mode"] != 0
+
+
 def merge(local: dict, remote: dict, raw: dict[str, str], cmps: dict[str, str],
           has_children: bool) -> tuple[dict, dict | None]:
     """The merged state of one node, and the loser of a content conflict (None when there
@@ -211,8 +218,8 @@ def merge(local: dict, remote: dict, raw: dict[str, str], cmps: dict[str, str],
             take, loser = content_winner(local, remote)
         else:
             take = later_by_clock(local, remote, aspect)
-        if take["deleted"] and not deleted and aspect != "place":
-            take = alive_side  # a tombstone carries no content or mode data
+        if take["deleted"] and not deleted and not kept_by_tombstone(take, aspect):
+            take = alive_side
         # The data, its clock and what it was made at are the side taken; the vector has
         # seen both.
         merged[aspect] = dict(take[aspect])
@@ -222,12 +229,12 @@ def merge(local: dict, remote: dict, raw: dict[str, str], cmps: dict[str, str],
             merged["xattr"]["attrs"] = merge_xattrs(local, remote)
         if aspect == "place":
             merged["parent"], merged["name"] = take["parent"], take["name"]
-            if take["deleted"] and not deleted:
-                # A node back from a delete keeps the deleter's placement version, with
-                # the lowest clock: a move concurrent with that delete must still win
-                # (delete vs change) on peers where the node is alive, as it does where
-                # it meets the tombstone itself.
-                merged["place"]["clock"] = 0
+        if take["deleted"] and not deleted:
+            # A node back from a delete keeps the deleter's placement (and mode) version,
+            # with the lowest clock: a move (a chmod) concurrent with that delete must
+            # still win (delete vs change) on peers where the node is alive, as it does
+            # where it meets the tombstone itself.
+            merged[aspect]["clock"] = 0
     return merged, loser
 
 

@@ -21,7 +21,7 @@ from syncd.index.chunklist import ChunkList
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -261,6 +261,15 @@ ALTER TABLE relay_reads ADD COLUMN snapshot INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE relay_reads ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
 """
 
+# The mode a tombstone keeps (schema 19): the permission bits its node had when it was
+# deleted, the data of the tombstone's mode version. A node that a concurrent change brings
+# back takes it when that version wins (index/rules.py, merge), as every peer does, the
+# ones that never met the delete included. NULL or 0: unknown (a tombstone from before this
+# step, or from a peer of an older version, which sends 0; a mode of 000 reads the same).
+TOMBSTONE_MODE = """
+ALTER TABLE nodes ADD COLUMN deleted_mode INTEGER;
+"""
+
 
 
 SCHEMA = """
@@ -300,7 +309,8 @@ CREATE TABLE inodes (
 -- store/work/<ino>.<index> (index/store.py), not by a column: writing costs no SQLite.
 
 -- Nodes: the synced identity of each file, directory and symlink. A hard link is a second
--- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode.
+-- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode
+-- (their mode is `deleted_mode`, TOMBSTONE_MODE).
 -- Each of content, mode and placement carries a version vector (JSON {device: counter}), a
 -- Lamport clock and the device that made that version (DESIGN, "The data model"). The
 -- vector (_vv) grows with every version merged in; _made is the vector its data was made
@@ -618,6 +628,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     17: RELAYS,
     # Tombstone collection: their count and index, and what peers and members had.
     18: TOMBSTONES,
+    # The mode a tombstone keeps; tombstones of before keep none.
+    19: TOMBSTONE_MODE,
 }
 
 
@@ -744,6 +756,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         {CACHE_LRU};
         {RELAYS};
         {TOMBSTONES};
+        {TOMBSTONE_MODE};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

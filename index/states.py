@@ -19,7 +19,9 @@ NODE_COLUMNS = (
     "n.id, n.kind, n.parent, n.name, n.deleted, n.conflict_of, n.seq, n.origin, n.ino, "
     "n.content_vv, n.content_clock, n.content_device, n.mode_vv, n.mode_clock, "
     "n.mode_device, n.place_vv, n.place_clock, n.place_device, "
-    "i.hash, i.size, i.mtime_ns, i.chunks, i.target, i.mode, "
+    "i.hash, i.size, i.mtime_ns, i.chunks, i.target, "
+    # a tombstone's mode is the one it kept (schema.TOMBSTONE_MODE), 0 when unknown
+    "CASE WHEN n.deleted THEN coalesce(n.deleted_mode, 0) ELSE i.mode END, "
     "n.content_made, n.mode_made, n.place_made, "
     "n.xattr_vv, n.xattr_made, n.xattr_clock, n.xattr_device, "
     # the inode's extended attributes, removed ones too (value null): [[name, hex, clock,
@@ -47,7 +49,7 @@ def state_from_row(row) -> dict:
         "id": node, "kind": kind, "parent": parent, "name": name, "deleted": bool(deleted),
         "conflict_of": conflict_of, "content": content,
         "mode": {"vv": json.loads(mvv), "made": json.loads(mmade), "clock": mclock,
-                 "device": mdev, "mode": mode if alive else 0},
+                 "device": mdev, "mode": mode if alive or deleted else 0},
         "place": {"vv": json.loads(pvv), "made": json.loads(pmade), "clock": pclock,
                   "device": pdev},
         "xattr": {"vv": json.loads(xvv), "made": json.loads(xmade), "clock": xclock,

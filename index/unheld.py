@@ -52,11 +52,12 @@ def drop_unheld(cat: Catalog, node: str) -> Effects | None:
         if unheld_file(cat, node) is None:
             return False
         row = node_row(cat.conn, node)
-        ino, parent, name = row[8], row[2], row[3]
-        cat.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL WHERE id = ?", (node,))
+        ino, parent, name, state = row[8], row[2], row[3], state_from_row(row)
+        cat.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL, deleted_mode = ?"
+                         " WHERE id = ?", (state["mode"]["mode"], node))
         effects.orphans.add(ino)
         # A writer that opened it with O_TRUNC keeps what it writes (rule 6).
-        effects.detached[ino] = (node, state_from_row(row)["content"]["vv"])
+        effects.detached[ino] = (node, state["content"]["vv"])
         decided(cat, node, "drop-unheld", ASPECTS)
         entry_changed(cat, parent, name, effects)
         return True

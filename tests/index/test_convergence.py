@@ -149,12 +149,13 @@ def replay(draws: list, devices: list[Device]) -> None:
 
 # Bugs 18 and 19, found by SYNCD_CONVERGENCE_EXAMPLES=5000 on 2026-12-05; each history
 # replays to the same divergence on the code of 2026-12-01 (916a72d), before this
-# session's changes. Kept here, by the draws of their histories: bug 18 until it is fixed,
-# bug 19 as a plain test of its fix.
+# session's changes. Kept here, by the draws of their histories, as plain tests of their
+# fixes.
 #
 # Bug 18: a chmods a directory and deletes it; a child b creates in it meanwhile brings it
-# back (rule 3). The tombstone carried no mode, so a restores b's older mode while c,
-# which had a's chmod before the delete, keeps it.
+# back (rule 3). The tombstone carried no mode, so a and b brought it back with b's older
+# mode under the tombstone's mode version, while c, which had a's chmod before the delete,
+# kept that. A tombstone now keeps its mode (schema.TOMBSTONE_MODE).
 BUG_18 = [23, False, "c", "mkdir", "", "c.txt", True, "cba", 3, 2, False, "a", "rename",
           True, "cab", 3, 3, False, "c", "rename", "/c.txt", "", "c.txt", True, "cba", 1, 2,
           True, "abc", 4, 1, False, "b", "chmod", "/c.txt", 0o600, False, "b", "rename",
@@ -183,9 +184,6 @@ BUG_19 = [25, False, "b", "unlink", True, "bac", 1, 2, False, "c", "write", "", 
           "unlink", "/b", True, "cba", 4, 3]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug 18: a tombstone keeps no mode, so a chmod made before a "
-                   "delete is lost where the deleted directory comes back")
 def test_a_chmod_before_a_delete_survives_the_directory_coming_back(tmp_path):
     replay(BUG_18, three_devices(tmp_path))
 

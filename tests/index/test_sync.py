@@ -116,6 +116,41 @@ def test_child_created_in_a_deleted_directory_brings_it_back(devs):
     assert a.data("/d/new") == b"n"
 
 
+def test_a_chmod_before_a_delete_comes_back_with_what_the_delete_lost_to(devs):
+    """A tombstone keeps the mode its node had (schema.TOMBSTONE_MODE): a directory that a
+    child made meanwhile brings back, and a file edited meanwhile, come back with the
+    chmod their deleter made before the delete, on every device (bug 18)."""
+    a, b, _ = devs
+    a.mkdir("/d")
+    a.write("/f", b"base", T)
+    converge(a, b)
+    a.cat.set_attributes(a.ino("/d"), mode=0o700)
+    a.cat.set_attributes(a.ino("/f"), mode=0o600)
+    a.cat.rmdir(ROOT, "d")
+    a.cat.unlink(ROOT, "f")
+    b.mkdir("/d/new")
+    b.write("/f", b"edited", T + 1)
+    converge(a, b)
+    for dev in (a, b):
+        assert dev.cat.inode(dev.ino("/d")).mode == 0o700
+        assert dev.cat.inode(dev.ino("/f")).mode == 0o600
+        assert dev.data("/f") == b"edited"
+
+
+def test_a_tombstone_that_kept_no_mode_leaves_the_mode_of_the_change(devs):
+    """A tombstone from a home of before schema 19 (or from an older peer) kept no mode:
+    the file an edit brings back keeps the edit's mode, as before."""
+    a, b, _ = devs
+    a.write("/f", b"base", T)
+    converge(a, b)
+    a.cat.set_attributes(a.ino("/f"), mode=0o600)
+    a.cat.unlink(ROOT, "f")
+    a.db.conn.execute("UPDATE nodes SET deleted_mode = NULL WHERE deleted = 1")
+    b.write("/f", b"edited", T + 1)
+    converge(a, b)
+    assert [d.cat.inode(d.ino("/f")).mode for d in (a, b)] == [0o644, 0o644]
+
+
 def test_delete_seen_everywhere_stays_deleted(devs):
     a, b, c = devs
     a.write("/f", b"x", T)
