@@ -72,8 +72,9 @@ class _Backend(httpcore.AsyncNetworkBackend):
 class Transport(httpx.AsyncHTTPTransport):
     """httpx's transport (HTTP/1.1, no proxy) over the streams above."""
 
-    def __init__(self, verify: ssl.SSLContext, limits: httpx.Limits = httpx.Limits(),
+    def __init__(self, verify: ssl.SSLContext, limits: httpx.Limits | None = None,
                  retries: int = 0, socket_options: Iterable | None = None):
+        limits = limits or httpx.Limits()
         super().__init__(verify=verify, limits=limits, retries=retries,
                          socket_options=socket_options)
         self._pool = httpcore.AsyncConnectionPool(

@@ -11,8 +11,14 @@ from syncd.commands.peers import reload_serving
 from syncd.commands.table import print_table
 from syncd.home import OK, STATE, USAGE, Home, UserError, utc
 from syncd.index.catalog import open_catalog
-from syncd.index.relays import (NoSuchRelay, RelayExists, add_relay, forget_member,
-                                list_relays, remove_relay)
+from syncd.index.relays import (
+    NoSuchRelay,
+    RelayExists,
+    add_relay,
+    forget_member,
+    list_relays,
+    remove_relay,
+)
 from syncd.relay.backends import BadRelay, check_url, credentials, open_storage
 from syncd.relay.storage import MARKER, Missing, RelayError, Unreachable
 

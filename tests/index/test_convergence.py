@@ -16,7 +16,6 @@ import errno
 import itertools
 import os
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
