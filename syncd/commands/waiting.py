@@ -12,6 +12,10 @@ from syncd.index.catalog import open_catalog
 from syncd.index.peers import Peer, list_peers, pending_for
 from syncd.index.relays import list_relays
 
+# How long a peer or relay not tried yet since the start is waited for (a first attempt, a
+# relay's first round) before only those online count.
+SETTLE = 10.0
+
 
 def add_parsers(sub, common) -> None:
     p = sub.add_parser("wait", parents=[common],
@@ -37,7 +41,8 @@ def cmd_wait(home: Home, args) -> int:
     # A mount answers before its peer loops run (syncd/starting.py); the serving process
     # answers this once they do, so peers are judged as after a mount's start before.
     control.request(home, "peers", timeout=60)
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    started = time.monotonic()
+    deadline = None if args.timeout is None else started + args.timeout
     target = None
     while True:
         with open_catalog(home.db_path, home.store_path, readonly=True) as cat:
@@ -47,7 +52,8 @@ def cmd_wait(home: Home, args) -> int:
             if target is None:
                 target = cat.seq
                 _check_in_use(peers, args)
-            behind = _behind(cat.db, peers, target, args.peer)
+            behind = _behind(cat.db, peers, target, args.peer,
+                             settling=time.monotonic() - started < SETTLE)
         if behind is None:
             raise UserError("no peer is reachable: nothing could confirm the changes",
                             UNREACHABLE)
@@ -107,16 +113,21 @@ def _wait_copies(home: Home, args, target: int, deadline: float | None,
     return OK
 
 
-def _behind(db, peers: list[Peer], target: int, only: str | None) -> list[tuple] | None:
+def _behind(db, peers: list[Peer], target: int, only: str | None,
+            settling: bool) -> list[tuple] | None:
     """Peers yet to confirm changes up to `target`: [(name, changes, bytes)]; None when no
-    peer that counts is online."""
-    online = [p for p in peers if p.state == "online" and only in (None, p.name)]
-    if not online:
+    peer that counts is online. While `settling`, one not tried yet (state unknown: a relay
+    before its first round ends, a peer before its first attempt) counts too, as behind,
+    so a wait run right after the start waits for that answer rather than failing at
+    once."""
+    states = ("online", "unknown") if settling else ("online",)
+    counted = [p for p in peers if p.state in states and only in (None, p.name)]
+    if not counted:
         return None
     behind = []
-    for peer in online:
+    for peer in counted:
         changes, size, _ = pending_for(db, peer, upto=target)
-        if changes:
+        if changes or peer.state == "unknown":
             behind.append((peer.name, changes, size))
     return behind
 
