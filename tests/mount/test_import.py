@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -185,14 +186,19 @@ def test_an_interrupted_import_leaves_whole_files_and_a_run_again_imports_the_re
     (src / "d").mkdir(parents=True)
     for i in range(4):
         (src / f"big{i}").write_bytes(os.urandom(MIB + i))
-    for i in range(10000):  # five batches, each with chunks to stage
+    files = 20000  # ten batches, each with chunks to stage
+    for i in range(files):
         (src / "d" / f"f{i:05d}").write_bytes(os.urandom(MIB) if i % 500 == 7 else b"%d\n" % i)
     proc = subprocess.Popen([*SYNCD, "--home", str(share.home), "import", str(src)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # the index itself, not `syncd status`: a batch takes a fraction of a second now,
-        # and the whole import could end while a status command starts
-        wait_for(lambda: files_in(share.home) > 0, what="a batch applied")
+        # the index itself, not `syncd status`, every 5 ms: a batch takes a fraction of a
+        # second now, and the whole import could end while a status command starts, or
+        # while wait_for's delay has grown to 0.2 s
+        deadline = time.monotonic() + 60
+        while files_in(share.home) == 0:
+            assert time.monotonic() < deadline, "no batch applied within 60 s"
+            time.sleep(0.005)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -204,15 +210,15 @@ def test_an_interrupted_import_leaves_whole_files_and_a_run_again_imports_the_re
     assert not list((share.home / "store" / "import").iterdir())
     share.start()
     here = os.listdir(share.path / "src" / "d")
-    assert 0 < len(here) < 10000
+    assert 0 < len(here) < files
     for name in here:
         assert (share.path / "src" / "d" / name).read_bytes() == (src / "d" / name).read_bytes()
     share.stop()
     again = syncd(share.home, "import", str(src))
     assert f"{len(here) + 5} already there" in again.stdout  # and the four big files, d
     share.start()
-    assert len(os.listdir(share.path / "src" / "d")) == 10000
-    for name in [f"big{i}" for i in range(4)] + [f"d/f{i:05d}" for i in range(7, 10000, 50)]:
+    assert len(os.listdir(share.path / "src" / "d")) == files
+    for name in [f"big{i}" for i in range(4)] + [f"d/f{i:05d}" for i in range(7, files, 50)]:
         assert (share.path / "src" / name).read_bytes() == (src / name).read_bytes(), name
     assert not list((share.home / "store" / "import").iterdir())
     share.stop()
