@@ -710,11 +710,14 @@ class Catalog:
         self._next_ino += 1
         return self._next_ino - 1
 
-    def creates_plainly(self, parent: str, name: str, kind: str) -> bool:
+    def creates_plainly(self, parent: str, name: str, kind: str,
+                        parent_ignored: int | None = None) -> bool:
         """Would `create` make this entry a plain shared node, as NewEntries makes it: not
-        a special file, not ignored, not a rule file, not on a receive-only machine?"""
+        a special file, not ignored, not a rule file, not on a receive-only machine?
+        `parent_ignored`: as for `ignores`."""
         return (kind not in LOCAL_ONLY_KINDS and self.mode != RECEIVE_ONLY
-                and name != IGNORE_FILE and not self.ignores(parent, name, kind))
+                and name != IGNORE_FILE
+                and not self.ignores(parent, name, kind, parent_ignored=parent_ignored))
 
     def new_entries(self, uid: int, gid: int) -> NewEntries:
         """New entries made in bulk inside the caller's transaction (NewEntries)."""
@@ -1351,11 +1354,15 @@ class Catalog:
         return local_only(node) or self.conn.execute(
             "SELECT ignored > 0 FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
 
+    def ignored_of(self, node: str) -> int:
+        """A node's nodes.ignored (0 when there is no such node)."""
+        row = self.conn.execute("SELECT ignored FROM nodes WHERE id = ?", (node,)).fetchone()
+        return row[0] if row else 0
+
     def kept_local(self, node: str) -> bool:
         """Is this node kept here only by its kind or by the rules (is_local_only, less
         the edits of a receive-only machine, which peers' newer versions replace)?"""
-        row = self.conn.execute("SELECT ignored FROM nodes WHERE id = ?", (node,)).fetchone()
-        ignored = row[0] if row else 0
+        ignored = self.ignored_of(node)
         return (local_only(node) or ignored > 0) and not ignored & EDITED_HERE
 
     def edited_here(self, node: str) -> bool:
