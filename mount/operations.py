@@ -89,6 +89,9 @@ def handler(fn, op: str = ""):
 
 
 VIRTUAL_XATTRS = "user.syncd."
+# Rows read per query of a listing: a READDIRPLUS reply is one page (4 KiB), ~25 entries
+# with their attributes, and each request reads its own rows again from its offset.
+READDIR_ROWS = 64
 
 
 def _xattr_key(raw: bytes, writing: bool) -> str:
@@ -381,7 +384,7 @@ class Filesystem(pyfuse3.Operations):
         # removed meanwhile never make others skip or repeat.
         after = start_id
         while True:
-            batch = self.catalog.children(fh, after)
+            batch = self.catalog.children(fh, after, READDIR_ROWS)
             if not batch:
                 return
             for e in batch:
