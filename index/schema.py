@@ -271,7 +271,7 @@ ALTER TABLE nodes ADD COLUMN deleted_mode INTEGER;
 """
 
 # The extended attributes a tombstone keeps (schema 20): those its node had when it was
-# deleted, removed ones included, as index/states.py reads an inode's (XATTRS_JSON). A node
+# deleted, removed ones included, in the form of index/states.py, xattrs_json. A node
 # that a concurrent change brings back takes them, merged name by name with the other
 # side's (index/rules.py, merge_xattrs), as every peer does. NULL: none known (a tombstone
 # from before this step, or from a peer of an older version, which sends none).
