@@ -38,6 +38,7 @@ from syncd.index.schema import (
     IndexConnection,
     open_db,
 )
+from syncd.index.states import xattrs_json
 from syncd.index.store import ChunkStore
 
 if TYPE_CHECKING:  # annotations only (schema.ReadOnly says why)
@@ -824,9 +825,11 @@ class Catalog:
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (entry.node,))
             self._dir_nodes.pop(entry.inode.ino, None)
             return
+        attrs = self.conn.execute(f"SELECT {xattrs_json('?')}",
+                                  (entry.inode.ino,)).fetchone()[0]
         self.stamp_local(entry.node, "delete", ASPECTS, None, vvs,
-                         {"deleted": 1, "ino": None, "deleted_mode": entry.inode.mode},
-                         ignored=ignored)
+                         {"deleted": 1, "ino": None, "deleted_mode": entry.inode.mode,
+                          "deleted_xattrs": attrs}, ignored=ignored)
         if entry.inode.kind == "dir":
             self._dir_nodes.pop(entry.inode.ino, None)
 

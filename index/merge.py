@@ -48,7 +48,7 @@ from syncd.index.node_rows import (
 from syncd.index.placement import Placement
 from syncd.index.plain_creates import PlainCreates
 from syncd.index.schema import LOCAL_ID_PREFIX, ROOT_ID
-from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
+from syncd.index.states import NODE_COLUMNS, attrs_json, node_row, state_from_row
 from syncd.index.unheld import missing_chunk, unheld_file
 
 log = logging.getLogger(__name__)
@@ -515,9 +515,9 @@ class Merger:
         if state["deleted"]:
             self.conn.execute(
                 "INSERT INTO nodes (id, kind, ino, parent, name, deleted, seq, conflict_of,"
-                " deleted_mode) VALUES (?, ?, NULL, ?, ?, 1, 0, ?, ?)",
+                " deleted_mode, deleted_xattrs) VALUES (?, ?, NULL, ?, ?, 1, 0, ?, ?, ?)",
                 (node, state["kind"], state["parent"], state["name"], state["conflict_of"],
-                 state["mode"]["mode"]))
+                 state["mode"]["mode"], attrs_json(state["xattr"]["attrs"])))
             set_versions(self.cat, node, state)
             stamp_state(self.cat, node, "apply-delete", origin, state)
             return
@@ -553,9 +553,10 @@ class Merger:
                 effects.orphans.add(ino)
                 effects.detached[ino] = (node, old["content"]["vv"])
                 entry_changed(self.cat, old_parent, old_name, effects)
-            self.conn.execute("UPDATE nodes SET parent = ?, name = ?, deleted_mode = ?"
-                              " WHERE id = ?", (merged["parent"], merged["name"],
-                                                merged["mode"]["mode"], node))
+            self.conn.execute(
+                "UPDATE nodes SET parent = ?, name = ?, deleted_mode = ?, deleted_xattrs = ?"
+                " WHERE id = ?", (merged["parent"], merged["name"], merged["mode"]["mode"],
+                                  attrs_json(merged["xattr"]["attrs"]), node))
             set_versions(self.cat, node, merged)
             stamp_state(self.cat, node, "apply-delete", origin, merged, sender)
             return

@@ -19,7 +19,7 @@ from syncd.index.effects import Effects
 from syncd.index.names import conflict_name
 from syncd.index.node_rows import decided, entry_changed, new_inode
 from syncd.index.schema import ROOT_ID
-from syncd.index.states import NODE_COLUMNS, node_row, state_from_row
+from syncd.index.states import NODE_COLUMNS, node_row, state_from_row, xattrs_json
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ class Placement:
         self.conn.execute(
             "UPDATE nodes SET deleted = 1, ino = NULL, conflict_of = ?, parent = coalesce("
             "parent, (SELECT parent FROM nodes WHERE id = ?)),"
-            " deleted_mode = (SELECT mode FROM inodes WHERE inodes.ino = nodes.ino)"
-            " WHERE id = ?",
+            " deleted_mode = (SELECT mode FROM inodes WHERE inodes.ino = nodes.ino),"
+            f" deleted_xattrs = {xattrs_json('nodes.ino')} WHERE id = ?",
             (into, into, node))
         if ino is not None:
             self.cat.forget_dir(ino)

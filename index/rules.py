@@ -173,17 +173,21 @@ def xattr_key(entry: dict) -> tuple:
     return (entry["clock"], entry["device"] or "", entry["value"] or "")
 
 
-def merge_xattrs(local: dict, remote: dict) -> dict:
+def merge_xattrs(local: dict, remote: dict, deleted: bool) -> dict:
     """Two sets of a node's extended attributes merged name by name: of the two entries
     for a name (a value, or its removal), the one with the higher (clock, device) wins,
     so a set made knowing the other keeps its changes, and concurrent changes to different
     attributes both stay (nothing anyone wrote is lost). The result is the same in any
-    order of merging: a maximum per name. A tombstone node carries none."""
-    out = {} if local["deleted"] else dict(local["xattr"]["attrs"])
-    if not remote["deleted"]:
-        for name, entry in remote["xattr"]["attrs"].items():
-            if name not in out or xattr_key(entry) > xattr_key(out[name]):
-                out[name] = entry
+    order of merging: a maximum per name. A tombstone's are those its node had when
+    deleted (schema.TOMBSTONE_XATTRS; none from a peer of an older version), so a node
+    back from a delete keeps a change made before it; a live side's do not count when
+    the merged node is `deleted` (its deleter saw them: the tombstone's are enough)."""
+    out: dict = {}
+    for side in (local, remote):
+        if side["deleted"] or not deleted:
+            for name, entry in side["xattr"]["attrs"].items():
+                if name not in out or xattr_key(entry) > xattr_key(out[name]):
+                    out[name] = entry
     return dict(sorted(out.items()))
 
 
@@ -193,7 +197,8 @@ def merge_xattrs(local: dict, remote: dict) -> dict:
 def kept_by_tombstone(tombstone: dict, aspect: str) -> bool:
     """Does a tombstone carry the data of its version of `aspect`? Its placement, and the
     mode its node had when deleted (schema.TOMBSTONE_MODE; 0 from a peer of an older
-    version: unknown); never content or extended attributes."""
+    version: unknown); never content. Its extended attributes are merged with the other
+    side's name by name whichever version wins (merge_xattrs)."""
     return aspect == "place" or aspect == "mode" and tombstone["mode"]["mode"] != 0
 
 
@@ -225,8 +230,8 @@ def merge(local: dict, remote: dict, raw: dict[str, str], cmps: dict[str, str],
         merged[aspect] = dict(take[aspect])
         if raw[aspect] == CC:
             merged[aspect]["vv"] = vv_max(local[aspect]["vv"], remote[aspect]["vv"])
-        if aspect == "xattr" and not deleted:
-            merged["xattr"]["attrs"] = merge_xattrs(local, remote)
+        if aspect == "xattr":
+            merged["xattr"]["attrs"] = merge_xattrs(local, remote, deleted)
         if aspect == "place":
             merged["parent"], merged["name"] = take["parent"], take["name"]
         if take["deleted"] and not deleted:

@@ -21,7 +21,7 @@ from syncd.index.chunklist import ChunkList
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ROOT_ID = "root"  # the same on every device
 # Special files: local to the machine that made them (a socket or a device means nothing
@@ -270,6 +270,15 @@ TOMBSTONE_MODE = """
 ALTER TABLE nodes ADD COLUMN deleted_mode INTEGER;
 """
 
+# The extended attributes a tombstone keeps (schema 20): those its node had when it was
+# deleted, removed ones included, in the form of index/states.py, xattrs_json. A node
+# that a concurrent change brings back takes them, merged name by name with the other
+# side's (index/rules.py, merge_xattrs), as every peer does. NULL: none known (a tombstone
+# from before this step, or from a peer of an older version, which sends none).
+TOMBSTONE_XATTRS = """
+ALTER TABLE nodes ADD COLUMN deleted_xattrs TEXT;
+"""
+
 
 
 SCHEMA = """
@@ -310,7 +319,8 @@ CREATE TABLE inodes (
 
 -- Nodes: the synced identity of each file, directory and symlink. A hard link is a second
 -- node on the same inode. Tombstones (deleted = 1) keep their versions and have no inode
--- (their mode is `deleted_mode`, TOMBSTONE_MODE).
+-- (their mode is `deleted_mode`, TOMBSTONE_MODE, their extended attributes
+-- `deleted_xattrs`, TOMBSTONE_XATTRS).
 -- Each of content, mode and placement carries a version vector (JSON {device: counter}), a
 -- Lamport clock and the device that made that version (DESIGN, "The data model"). The
 -- vector (_vv) grows with every version merged in; _made is the vector its data was made
@@ -630,6 +640,8 @@ MIGRATIONS: dict[int, str | Callable[[sqlite3.Connection], None]] = {
     18: TOMBSTONES,
     # The mode a tombstone keeps; tombstones of before keep none.
     19: TOMBSTONE_MODE,
+    # The extended attributes a tombstone keeps; tombstones of before keep none.
+    20: TOMBSTONE_XATTRS,
 }
 
 
@@ -757,6 +769,7 @@ def create(path: Path, device_id: str, uid: int, gid: int, now_ns: int) -> sqlit
         {RELAYS};
         {TOMBSTONES};
         {TOMBSTONE_MODE};
+        {TOMBSTONE_XATTRS};
         INSERT INTO meta (key, value) VALUES ('device_id', '{device_id}'),
             ('created', {now_ns // 10**9});
         INSERT INTO inodes (ino, kind, mode, uid, gid, mtime_ns, ctime_ns, atime_ns)

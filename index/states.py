@@ -14,6 +14,15 @@ from collections.abc import Collection
 from syncd.index.chunklist import ChunkList
 from syncd.index.inline import encode
 
+def xattrs_json(ino: str) -> str:
+    """SQL for the extended attributes of inode `ino` (an SQL expression), removed ones
+    too (value null): [[name, hex, clock, device], ...], or null when it has none. A
+    tombstone keeps them in this form (schema.TOMBSTONE_XATTRS)."""
+    return ("(SELECT json_group_array(json_array(x.name, CASE WHEN x.value IS NULL THEN"
+            f" NULL ELSE hex(x.value) END, x.clock, x.device)) FROM xattrs x WHERE x.ino"
+            f" = {ino} HAVING count(*) > 0)")
+
+
 # The columns state_from_row reads, from `nodes n LEFT JOIN inodes i ON i.ino = n.ino`.
 NODE_COLUMNS = (
     "n.id, n.kind, n.parent, n.name, n.deleted, n.conflict_of, n.seq, n.origin, n.ino, "
@@ -24,11 +33,8 @@ NODE_COLUMNS = (
     "CASE WHEN n.deleted THEN coalesce(n.deleted_mode, 0) ELSE i.mode END, "
     "n.content_made, n.mode_made, n.place_made, "
     "n.xattr_vv, n.xattr_made, n.xattr_clock, n.xattr_device, "
-    # the inode's extended attributes, removed ones too (value null): [[name, hex, clock,
-    # device], ...], or null when it has none
-    "(SELECT json_group_array(json_array(x.name, CASE WHEN x.value IS NULL THEN NULL"
-    " ELSE hex(x.value) END, x.clock, x.device)) FROM xattrs x WHERE x.ino = n.ino"
-    " HAVING count(*) > 0)"
+    # a tombstone's extended attributes are those it kept (schema.TOMBSTONE_XATTRS)
+    f"CASE WHEN n.deleted THEN n.deleted_xattrs ELSE {xattrs_json('n.ino')} END"
 )
 
 
@@ -53,7 +59,7 @@ def state_from_row(row) -> dict:
         "place": {"vv": json.loads(pvv), "made": json.loads(pmade), "clock": pclock,
                   "device": pdev},
         "xattr": {"vv": json.loads(xvv), "made": json.loads(xmade), "clock": xclock,
-                  "device": xdev, "attrs": _attrs(xattrs) if alive else {}},
+                  "device": xdev, "attrs": _attrs(xattrs) if alive or deleted else {}},
     }
 
 
@@ -66,6 +72,16 @@ def _attrs(text: str | None) -> dict:
                    base64.b64encode(bytes.fromhex(value)).decode(),
                    "clock": clock, "device": device}
             for name, value, clock, device in json.loads(text)}
+
+
+def attrs_json(attrs: dict) -> str | None:
+    """The stored form (xattrs_json) of extended attributes in wire form, for a
+    tombstone to keep."""
+    if not attrs:
+        return None
+    return json.dumps([[name, None if a["value"] is None else
+                        base64.b64decode(a["value"]).hex().upper(), a["clock"], a["device"]]
+                       for name, a in attrs.items()])
 
 
 def without_xattrs(state: dict) -> dict:

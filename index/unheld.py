@@ -10,7 +10,7 @@ from syncd.index.catalog import ASPECTS, Catalog
 from syncd.index.chunklist import ChunkList
 from syncd.index.effects import Effects
 from syncd.index.node_rows import decided, entry_changed
-from syncd.index.states import node_row, state_from_row
+from syncd.index.states import attrs_json, node_row, state_from_row
 
 
 def missing_chunk(cat: Catalog, state: dict) -> bytes | None:
@@ -53,8 +53,9 @@ def drop_unheld(cat: Catalog, node: str) -> Effects | None:
             return False
         row = node_row(cat.conn, node)
         ino, parent, name, state = row[8], row[2], row[3], state_from_row(row)
-        cat.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL, deleted_mode = ?"
-                         " WHERE id = ?", (state["mode"]["mode"], node))
+        cat.conn.execute("UPDATE nodes SET deleted = 1, ino = NULL, deleted_mode = ?,"
+                         " deleted_xattrs = ? WHERE id = ?",
+                         (state["mode"]["mode"], attrs_json(state["xattr"]["attrs"]), node))
         effects.orphans.add(ino)
         # A writer that opened it with O_TRUNC keeps what it writes (rule 6).
         effects.detached[ino] = (node, state["content"]["vv"])

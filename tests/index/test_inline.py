@@ -214,6 +214,7 @@ def test_small_files_stored_as_files_before_stay_files(tmp_path):
     old.db.conn.execute("DROP TABLE inline")
     old.db.conn.execute("DROP INDEX chunks_unreferenced")  # schema 9
     old.db.conn.execute("DROP INDEX inodes_lru")  # schema 16
+    old.db.conn.execute("ALTER TABLE nodes DROP COLUMN deleted_xattrs")  # schema 20
     old.db.conn.execute("ALTER TABLE nodes DROP COLUMN deleted_mode")  # schema 19
     for trigger in ("in", "out", "change"):  # schema 18
         old.db.conn.execute(f"DROP TRIGGER totals_tombstone_{trigger}")

@@ -189,3 +189,92 @@ def test_a_conflict_copy_keeps_the_losers_attributes(devs):
     assert a.data(copy) == b"from a"
     for dev in (a, b):
         assert dev.cat.xattr(dev.ino(copy), "user.who") == b"a"
+
+
+# Orders in which a (the deleter), b (the editor) and c (which had a's attribute change
+# before the delete) exchange, before they converge: (from, to) by index in devs.
+ORDERS = [
+    [(0, 1), (1, 0), (0, 2), (1, 2)],  # the tombstone meets the edit first on a and b
+    [(1, 2), (0, 2), (0, 1), (1, 0)],  # c meets the edit before the tombstone
+    [(0, 2), (1, 2), (2, 0), (2, 1)],  # c, deleted, takes the edit, and passes it on
+    [(1, 0), (0, 1), (1, 2), (0, 2)],
+]
+
+
+@pytest.mark.parametrize("order", range(len(ORDERS)))
+@pytest.mark.parametrize("removed", [False, True], ids=["set", "removed"])
+@pytest.mark.parametrize("b_sets", [False, True], ids=["edit", "edit+setxattr"])
+def test_an_attribute_changed_before_a_delete_survives_the_node_coming_back(
+        devs, order, removed, b_sets):
+    """a sets (or removes) user.x on f and deletes f; b, not knowing either, edits f (and
+    sets user.y), so f comes back (delete vs change: the change wins). Like a chmod made
+    before a delete (bug 18), a's attribute change comes back with f, on every device and
+    whatever the order of the exchanges: the tombstone keeps its node's attributes
+    (schema.TOMBSTONE_XATTRS)."""
+    a, b, c = devs
+    a.write("/f", b"base", T)
+    if removed:
+        a.cat.set_xattr(a.ino("/f"), "user.x", b"old")
+    converge(a, b, c)
+    a.cat.set_xattr(a.ino("/f"), "user.x", None if removed else b"1")
+    send(a, c)
+    a.cat.unlink(ROOT, "f")
+    b.write("/f", b"edited", T + 1)
+    if b_sets:
+        b.cat.set_xattr(b.ino("/f"), "user.y", b"2")
+    for src, dst in ORDERS[order]:
+        send(devs[src], devs[dst])
+    converge(a, b, c)
+    want = {} if removed else {"user.x": b"1"}
+    if b_sets:
+        want["user.y"] = b"2"
+    for dev in devs:
+        assert dev.data("/f") == b"edited"
+        assert dev.xattrs() == {"/f": want}, dev.id[:4]
+
+
+def test_a_directory_a_child_brings_back_keeps_the_attributes_it_had(devs):
+    """a sets user.x on d and removes d; b makes a file in d meanwhile, which brings d
+    back (index/placement.py): with the attribute its tombstone kept, everywhere."""
+    a, b, c = devs
+    a.mkdir("/d")
+    converge(a, b, c)
+    a.cat.set_xattr(a.ino("/d"), "user.x", b"1")
+    send(a, c)
+    a.cat.rmdir(ROOT, "d")
+    b.write("/d/new", b"n", T)
+    send(a, b)
+    converge(a, b, c)
+    for dev in devs:
+        assert dev.xattrs()["/d"] == {"user.x": b"1"}, dev.id[:4]
+        assert dev.data("/d/new") == b"n"
+
+
+def test_a_tombstone_carries_the_attributes_its_node_had(devs):
+    """On the wire, a tombstone's `attrs` are its node's when it was deleted, the removed
+    ones included (docs/protocol.md, "Node states")."""
+    a, _, _ = devs
+    a.write("/f", b"data", T)
+    node = node_of(a, "/f")
+    a.cat.set_xattr(a.ino("/f"), "user.x", b"1")
+    a.cat.set_xattr(a.ino("/f"), "user.y", b"2")
+    a.cat.set_xattr(a.ino("/f"), "user.y", None)
+    alive = state_of(a.cat.conn, node)["xattr"]["attrs"]
+    a.cat.unlink(ROOT, "f")
+    tombstone = state_of(a.cat.conn, node)
+    assert tombstone["deleted"] and tombstone["xattr"]["attrs"] == alive
+
+
+def test_a_tombstone_that_kept_no_attributes_leaves_those_of_the_change(devs):
+    """A tombstone from a home of before schema 20 (or from an older peer) kept no
+    extended attributes: the file an edit brings back has the edit's, as before."""
+    a, b, _ = devs
+    a.write("/f", b"base", T)
+    a.cat.set_xattr(a.ino("/f"), "user.x", b"old")
+    converge(a, b)
+    a.cat.set_xattr(a.ino("/f"), "user.x", b"new")
+    a.cat.unlink(ROOT, "f")
+    a.db.conn.execute("UPDATE nodes SET deleted_xattrs = NULL WHERE deleted = 1")
+    b.write("/f", b"edited", T + 1)
+    converge(a, b)
+    assert [d.xattrs() for d in (a, b)] == [{"/f": {"user.x": b"old"}}] * 2
