@@ -14,6 +14,7 @@ from collections.abc import Collection
 from syncd.index.chunklist import ChunkList
 from syncd.index.inline import encode
 
+
 def xattrs_json(ino: str) -> str:
     """SQL for the extended attributes of inode `ino` (an SQL expression), removed ones
     too (value null): [[name, hex, clock, device], ...], or null when it has none. A
