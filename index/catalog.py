@@ -1354,8 +1354,7 @@ class Catalog:
 
     def is_local_only(self, node: str) -> bool:
         """Is this node kept here only: a special file, or an ignored entry?"""
-        return local_only(node) or self.conn.execute(
-            "SELECT ignored > 0 FROM nodes WHERE id = ?", (node,)).fetchone() == (1,)
+        return local_only(node) or self.ignored_of(node) > 0
 
     def ignored_of(self, node: str) -> int:
         """A node's nodes.ignored (0 when there is no such node)."""
