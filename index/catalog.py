@@ -337,7 +337,7 @@ class Catalog:
         """fn(*args) in one SQLite transaction; its result. When it fails, nothing it did
         stays, the counters included; when it stamped something, on_change follows.
         Inside a caller's db.atomic() block it is a savepoint of that transaction; on its
-        own, plain BEGIN and COMMIT (sqlite-utils' atomic() costs ~1.5 us more, on every
+        own, BEGIN IMMEDIATE and COMMIT (sqlite-utils' atomic() costs ~1.5 us more, on every
         change)."""
         return self._transaction(fn, args)
 
@@ -381,7 +381,7 @@ class Catalog:
         """work() between BEGIN and COMMIT; its result. When it fails, ROLLBACK, and the
         new files kept in memory stay to be written by the next statement."""
         self._settled = {}
-        self.conn.execute("BEGIN")
+        self.conn.execute("BEGIN IMMEDIATE")  # why: index/database.py
         try:
             result = work()
             self.conn.execute("COMMIT")

@@ -740,12 +740,12 @@ def connect(path: Path, readonly: bool = False,
                                factory=IndexConnection)
         conn.execute("PRAGMA busy_timeout = 5000")
         return ReadOnly(conn)
-    import sqlite_utils  # here, not at the top: see ReadOnly
+    from syncd.index.database import IndexDatabase  # here, not at the top: see ReadOnly
 
     conn = sqlite3.connect(path, check_same_thread=False, factory=IndexConnection)
     # No sqlite-utils plugins: finding them scans every installed package's entry points
     # (50 ms at each start), and one installed for something else would hook our index.
-    db = sqlite_utils.Database(conn, execute_plugins=False)
+    db = IndexDatabase(conn, execute_plugins=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL stays consistent across crashes; fsync() commits switch to FULL.
@@ -810,9 +810,9 @@ def _migrate(db: sqlite_utils.Database, version: int) -> None:
         step = MIGRATIONS[target]
         if callable(step):
             with db.conn:  # one transaction
-                db.conn.execute("BEGIN")
+                db.conn.execute("BEGIN IMMEDIATE")
                 step(db.conn)
                 db.conn.execute(f"PRAGMA user_version = {target}")
         else:
             db.conn.executescript(
-                f"BEGIN; {step}; PRAGMA user_version = {target}; COMMIT;")
+                f"BEGIN IMMEDIATE; {step}; PRAGMA user_version = {target}; COMMIT;")
