@@ -15,7 +15,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 from hypercorn.config import Config
@@ -548,11 +548,15 @@ class Daemon:
             self.relays.load(nursery)
             self._wake_on_change()
             nursery.start_soon(self._push_on_change)
-            nursery.start_soon(self._expire_replaced)
             nursery.start_soon(self._prefetch_small)
-            nursery.start_soon(self._prune_history)
-            nursery.start_soon(self._expire_versions)
-            nursery.start_soon(self._collect_tombstones)
+            for what, one_pass, every in (
+                    ("expiring replaced chunks", self._expire_replaced,
+                     lambda: KEEP_REPLACED_MIN / 2),
+                    ("pruning the history", self._prune_history, lambda: PRUNE_EVERY),
+                    ("expiring old versions", self._expire_versions,
+                     lambda: EXPIRE_VERSIONS_EVERY),
+                    ("collecting tombstones", self._collect_tombstones, self._collect_every)):
+                nursery.start_soon(self._housekeeping, what, one_pass, every)
             nursery.start_soon(self.evictor.run)
             self._fetch_ahead(self.catalog.not_local())
             log.info("%s (%s) listening for peers on %s", self.name, self.device[:7],
@@ -601,9 +605,7 @@ class Daemon:
                      gone, self.versions_keep_days, limit)
 
     async def _expire_versions(self) -> None:
-        while True:
-            self.expire_versions()
-            await trio.sleep(EXPIRE_VERSIONS_EVERY)
+        self.expire_versions()
 
     async def _restore_op(self, request: dict) -> dict:
         """`syncd restore`: an old version back as a new one. Content not here (a chunk
@@ -628,47 +630,56 @@ class Daemon:
         self.on_effects(effects)
         return {"ok": True, "version": version._asdict()}
 
-    async def _expire_replaced(self) -> None:
+    async def _housekeeping(self, what: str, one_pass: Callable[[], Awaitable[None]],
+                            every: Callable[[], float]) -> None:
+        """one_pass() at start, then every every() seconds. A pass that fails on the
+        index or the store (a command holding the index past busy_timeout, a full disk)
+        is logged and tried again at the next: housekeeping never ends the mount."""
         while True:
-            await trio.sleep(KEEP_REPLACED_MIN / 2)
-            self.catalog.expire_replaced(self.peers.confirmed(), KEEP_REPLACED_MIN,
-                                         KEEP_REPLACED_MAX)
+            try:
+                await one_pass()
+            except (sqlite3.OperationalError, OSError) as e:
+                log.warning("%s failed, to be tried again in %g s: %s", what, every(), e)
+            await trio.sleep(every())
+
+    async def _expire_replaced(self) -> None:
+        self.catalog.expire_replaced(self.peers.confirmed(), KEEP_REPLACED_MIN,
+                                     KEEP_REPLACED_MAX)
 
     async def _prune_history(self) -> None:
-        """At start and then hourly, forget the history older than log_keep_days, a
-        short transaction at a time (index/history.py keeps what sync reads)."""
-        while True:
-            before = int(time.time() - self.log_keep_days * 86400)
-            after: int | None = 0
-            pruned = 0
-            while after is not None:
-                deleted, after = prune_step(self.catalog.db, before, after)
-                pruned += deleted
-                await trio.sleep(0)
-            if pruned:
-                log.info("pruned %d journal row(s) older than %g day(s)", pruned,
-                         self.log_keep_days)
-            await trio.sleep(PRUNE_EVERY)
+        """Forget the history older than log_keep_days, a short transaction at a time
+        (index/history.py keeps what sync reads)."""
+        before = int(time.time() - self.log_keep_days * 86400)
+        after: int | None = 0
+        pruned = 0
+        while after is not None:
+            deleted, after = prune_step(self.catalog.db, before, after)
+            pruned += deleted
+            await trio.sleep(0)
+        if pruned:
+            log.info("pruned %d journal row(s) older than %g day(s)", pruned,
+                     self.log_keep_days)
 
     async def _collect_tombstones(self) -> None:
         """Record how far every peer and relay member has our changes, and drop the
         tombstones they all had tombstone_keep_days ago (and that `syncd log` no longer
         shows), a short transaction at a time."""
-        while True:
-            now = int(time.time())
-            tombstones.observe(self.catalog, now)
-            upto = tombstones.passed(self.catalog, int(now - self.tombstone_keep_days * 86400))
-            log_before = int(now - self.log_keep_days * 86400)
-            after: int | None = 0
-            dropped = 0
-            while after is not None and upto:
-                gone, after = tombstones.collect_step(self.catalog, upto, log_before, after)
-                dropped += gone
-                await trio.sleep(0)
-            if dropped:
-                log.info("dropped %d tombstone(s) every peer and relay member had over "
-                         "%g day(s) ago", dropped, self.tombstone_keep_days)
-            await trio.sleep(max(1.0, min(COLLECT_EVERY, self.tombstone_keep_days * 21600)))
+        now = int(time.time())
+        tombstones.observe(self.catalog, now)
+        upto = tombstones.passed(self.catalog, int(now - self.tombstone_keep_days * 86400))
+        log_before = int(now - self.log_keep_days * 86400)
+        after: int | None = 0
+        dropped = 0
+        while after is not None and upto:
+            gone, after = tombstones.collect_step(self.catalog, upto, log_before, after)
+            dropped += gone
+            await trio.sleep(0)
+        if dropped:
+            log.info("dropped %d tombstone(s) every peer and relay member had over "
+                     "%g day(s) ago", dropped, self.tombstone_keep_days)
+
+    def _collect_every(self) -> float:
+        return max(1.0, min(COLLECT_EVERY, self.tombstone_keep_days * 21600))
 
     async def _fetch_op(self, request: dict) -> dict:
         try:
