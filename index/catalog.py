@@ -56,6 +56,10 @@ INODE_BLOCK = 1024  # inode numbers reserved at a time for new files (Catalog._t
 XATTR_SIZE_MAX = 64 << 10
 XATTR_NAME_MAX = 255
 XATTR_TOTAL_MAX = 128 << 10
+# What a node state's attributes may hold on the wire (names of every entry, removed ones
+# too, and the values): a merge keeps each machine's concurrent sets (rules.merge_xattrs),
+# so it passes XATTR_TOTAL_MAX; this leaves room for 128 machines' at once.
+XATTR_STATE_MAX = 16 << 20
 # Version vectors and journal details as stored: JSON with sorted keys. One encoder for
 # all (json.dumps with options builds a new one per call).
 to_json = json.JSONEncoder(sort_keys=True).encode

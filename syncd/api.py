@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from syncd import auth, compress
 from syncd.index import chunklist
-from syncd.index.catalog import XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX, check_name
+from syncd.index.catalog import XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_STATE_MAX, check_name
 from syncd.index.chunklist import MAX_FILE_SIZE, digest_of, file_hash
 from syncd.metrics import BYTES_RECEIVED, BYTES_SENT
 
@@ -175,15 +175,14 @@ class XattrEntry(Strict):
 
 
 class XattrVersion(Version):
-    attrs: Annotated[dict[Annotated[str, AfterValidator(_xattr_name)], XattrEntry],
-                     Field(max_length=4096)]
+    attrs: dict[Annotated[str, AfterValidator(_xattr_name)], XattrEntry]
 
     @model_validator(mode="after")
     def _total(self) -> XattrVersion:
-        total = sum(len(n.encode()) + len(base64.b64decode(e.value))
-                    for n, e in self.attrs.items() if e.value is not None)
-        if total > XATTR_TOTAL_MAX:
-            raise ValueError(f"extended attributes of more than {XATTR_TOTAL_MAX} bytes")
+        total = sum(len(n.encode()) + (0 if e.value is None else len(base64.b64decode(e.value)))
+                    for n, e in self.attrs.items())
+        if total > XATTR_STATE_MAX:
+            raise ValueError(f"extended attributes of more than {XATTR_STATE_MAX} bytes")
         return self
 
 

@@ -379,7 +379,7 @@ BAD_XATTRS = {
     "no name after user.": {"user.": b"x"},
     "name of 256 bytes": {"user." + "x" * 251: b"x"},
     "value over 64 KiB": {"user.big": b"x" * (64 * 1024 + 1)},
-    "more than 128 KiB on one file": {f"user.{i}": b"x" * (60 * 1024) for i in range(3)},
+    "more than 16 MiB on one node": {f"user.{i}": b"x" * (64 * 1024) for i in range(257)},
 }
 
 
@@ -388,6 +388,18 @@ def test_bad_extended_attributes_are_refused(server, unchanged, attrs):
     good = state(node_id(), name="fine")
     r = server.push([good, _with_xattrs(state(node_id(), name="x"), attrs)])
     refused(server, r, 422, "xattr")
+
+
+def test_more_than_one_machines_limit_arrives_as_merges_make_it(server):
+    # Two machines that set 120 and 60 KiB at once on one file both keep theirs (a merge
+    # name by name): 180 KiB, past the 128 KiB one machine may set.
+    attrs = {"user.a": b"a" * (60 << 10), "user.a2": b"a" * (60 << 10),
+             "user.b": b"b" * (60 << 10)}
+    r = server.push([_with_xattrs(state(node_id(), name="merged"), attrs)])
+    assert r.status_code == 200, r.text
+    rows = server.snapshot()["tables"]["xattrs"]
+    assert sorted(row[1] for row in rows if row[2] is not None and len(row[2]) > 1000) == \
+        ["user.a", "user.a2", "user.b"]
 
 
 def test_extended_attributes_on_a_symlink_are_refused(server, unchanged):

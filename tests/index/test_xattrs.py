@@ -63,6 +63,26 @@ def test_too_much_on_one_file_is_e2big_and_changes_nothing(devs):
     a.cat.set_xattr(ino, "user.b", b"y" * (XATTR_TOTAL_MAX - (64 << 10)))
 
 
+def test_concurrent_sets_may_merge_past_one_machines_limit(devs):
+    # Each machine keeps to XATTR_TOTAL_MAX; their merge keeps both sets (nothing anyone
+    # wrote is lost), which peers must take (syncd/api.py, XATTR_STATE_MAX).
+    a, b, _ = devs
+    a.write("/f", b"data", T)
+    converge(a, b)
+    a.cat.set_xattr(a.ino("/f"), "user.a", b"a" * (60 << 10))
+    a.cat.set_xattr(a.ino("/f"), "user.a2", b"a" * (60 << 10))
+    b.cat.set_xattr(b.ino("/f"), "user.b", b"b" * (60 << 10))
+    converge(a, b)
+    for dev in (a, b):
+        assert dev.cat.xattr_names(dev.ino("/f")) == ["user.a", "user.a2", "user.b"]
+        attrs = state_of(dev.cat.conn, node_of(dev, "/f"))["xattr"]["attrs"]
+        assert sum(len(n) + len(e["value"]) * 3 // 4 for n, e in attrs.items()) > \
+            XATTR_TOTAL_MAX
+    with pytest.raises(OSError) as e:  # a machine adds nothing more to it
+        a.cat.set_xattr(a.ino("/f"), "user.c", b"c")
+    assert e.value.errno == errno.E2BIG
+
+
 def test_a_hard_link_group_shares_them_and_each_node_is_stamped(devs):
     a, b, _ = devs
     a.write("/f", b"data", T)
