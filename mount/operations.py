@@ -615,5 +615,8 @@ class Filesystem(pyfuse3.Operations):
     def _purge_or_log(self) -> None:
         try:
             self.purge()
+        except sqlite3.OperationalError as e:  # a full disk: kept for the next batch
+            log.warning("purging %d inode(s) without names failed: %s; tried again with "
+                        "the next", len(self.purgeable), e)
         except Exception:  # kept for the next batch; a failed purge must not end the mount
             log.exception("purging %d inode(s) without names failed", len(self.purgeable))

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import logging
 import re
+import sqlite3
 from typing import Annotated, Literal, Protocol
 
 import trio
@@ -322,6 +324,20 @@ def build_app(service: PeerService) -> FastAPI:
         _log_refusal(request, exc.status_code, str(exc.detail))
         return await http_exception_handler(request, exc)
 
+    @app.exception_handler(sqlite3.OperationalError)
+    @app.exception_handler(OSError)
+    async def cannot_store(request: Request, exc: Exception) -> JSONResponse:
+        """The index or the store cannot take what a request brings now: 507 for a full
+        disk, 503 for an index a command holds past busy_timeout. Its transaction rolled
+        back, so nothing of it was applied, and the caller sends it again later (a peer
+        takes any 5xx so). Any other such error is a bug: a 500 with its traceback."""
+        status = _storage_status(exc)
+        if status is None:
+            raise exc
+        detail = f"this machine cannot store it now: {exc}"
+        _log_refusal(request, status, detail)
+        return JSONResponse({"detail": detail}, status_code=status)
+
     @app.post("/v1/hello", response_model=None)
     async def hello(body: Hello, request: Request) -> dict | JSONResponse:
         try:
@@ -502,6 +518,14 @@ def _describe(error: dict) -> str:
         what = f"not JSON: {error.get('ctx', {}).get('error', what)}"
     text = f"{where or 'body'}: {what}"[:300]
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _storage_status(exc: Exception) -> int | None:
+    """507 for a full disk, 503 for a busy index, None for anything else."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        return 507 if "full" in text else 503 if "locked" in text else None
+    return 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None
 
 
 def _log_refusal(request: Request, status: int, detail: str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -503,14 +504,26 @@ class PeerLink:
                 return
         except PeerError as e:
             self._set_state("offline", str(e))
-            delay, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
-            with trio.move_on_after(delay):
-                await self.wake.wait()
+            await self._back_off()
+            return
+        except sqlite3.OperationalError as e:
+            # This machine's index, not the peer: a full disk, or a command holding it
+            # past busy_timeout. What was being recorded rolled back; the exchange is
+            # made again, from the cursor, after the backoff.
+            log.warning("peer %s: cannot record the exchange here: %s; tried again in "
+                        "%g s", self.name, e, self.backoff)
+            await self._back_off()
             return
         self.backoff = BACKOFF_MIN
         with trio.move_on_after(KEEPALIVE) as idle:
             await self.wake.wait()
         self.stale |= idle.cancelled_caught  # or made stale while it waited (PeerSet.greeted)
+
+    async def _back_off(self) -> None:
+        """Wait before the next try, twice as long as the last time, unless woken."""
+        delay, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+        with trio.move_on_after(delay):
+            await self.wake.wait()
 
     async def _push(self) -> bool:
         """Send the changes after the cursor, a batch at a time; True when there may be

@@ -10,6 +10,7 @@ import logging
 import math
 import resource
 import signal
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -203,11 +204,24 @@ async def _checkpoints(db_path, conn, interval: float = 1.0) -> None:
     connection has autocheckpoint off); when it has grown large, the frames committed
     meanwhile on the trio thread, so that it starts again (Checkpointer)."""
     checkpoint = schema.Checkpointer(db_path)
+    failing = False
     try:
         while True:
             await trio.sleep(interval)
-            if await trio.to_thread.run_sync(checkpoint):
-                checkpoint.finish(conn)
+            try:
+                if await trio.to_thread.run_sync(checkpoint):
+                    checkpoint.finish(conn)
+            except sqlite3.OperationalError as e:
+                # A full disk (the database file must grow to take the WAL's pages): the
+                # WAL keeps every commit meanwhile, and the next checkpoint copies it.
+                if not failing:
+                    log.warning("cannot copy the index's WAL into it: %s; tried again "
+                                "every %g s", e, interval)
+                failing = True
+                continue
+            if failing:
+                log.info("the index's WAL is copied into it again")
+            failing = False
     finally:
         checkpoint.close()
 
