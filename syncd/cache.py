@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 
 import trio
@@ -111,7 +112,10 @@ class Evictor:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 self.in_round = True
-                await self.step()
+                try:
+                    await self.step()
+                except sqlite3.OperationalError as e:  # a full disk, an index held long
+                    log.warning("the cache's round failed: %s; tried again in %g s", e, EVERY)
                 self.in_round = False
                 self.rounds += 1
         finally:
