@@ -33,9 +33,20 @@ def options(fsname: str, allow_other: bool, debug: bool) -> set[str]:
     return out
 
 
+class _LateReplies(logging.Filter):
+    """pyfuse3 logs an ERROR when a reply finds no request waiting for it (ENOENT): the
+    kernel gave up on that request, interrupted or unmounted meanwhile (a file's release,
+    which the kernel sends after close() returned, just before `fusermount3 -u`). Nothing
+    is lost: a close commits before it returns. Not an error, so not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "fuse_reply_* failed with No such file or directory" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def mounted(fs: Filesystem, mountpoint: str, opts: set[str]) -> Iterator[None]:
     """The file system mounted on `mountpoint` for the block; unmounted after it."""
+    logging.getLogger("pyfuse3").addFilter(_LateReplies())
     try:
         pyfuse3.init(fs, mountpoint, opts)
     except RuntimeError as e:
