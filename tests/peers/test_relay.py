@@ -95,7 +95,7 @@ def batches_each(peer: Peer, prefix: str, count: int) -> dict[str, bytes]:
 
 def covered(root: Path, tag: str, snapshot: Path) -> list[int]:
     """The batches of the member TAG that the snapshot covers, but its newest."""
-    batches = sorted(int(p.name) for p in root.glob(f"b/{tag}/*"))
+    batches = sorted(int(p.name) for p in root.glob(f"b/{tag}/[0-9]*"))
     return [n for n in batches[:-1] if n <= int(snapshot.name)]
 
 
@@ -248,7 +248,7 @@ def test_a_snapshot_replaces_the_batches_every_member_read(relayed):
     root = relayed.root
     alpha.start()
     expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 2)
-    (snapshot,) = wait_for(lambda: list(root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    (snapshot,) = wait_for(lambda: list(root.glob(f"s/{tag}/[0-9]*")), 30, "a snapshot")
     # beta, a member, read none of them: they stay
     assert len(list(root.glob(f"b/{tag}/*"))) >= SNAPSHOT_BATCHES
     alpha.stop()
@@ -344,7 +344,7 @@ def test_a_lost_member_is_not_waited_for_and_catches_up_from_the_snapshot(relaye
     wait_for(lambda: "has not read this relay" in (relay_of(alpha)["last_error"] or ""), 40,
              "beta to be lost")
     tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
-    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/[0-9]*")), 30, "a snapshot")
     # (on a loaded machine the snapshot can come before the last batches: those stay,
     # and so does the newest batch, whatever it is)
     wait_for(lambda: not covered(relayed.root, tag, snapshot), 30,
@@ -390,7 +390,7 @@ def test_a_reader_that_missed_removed_batches_converges_from_the_snapshot(relaye
     (alpha / "new").write_bytes(b"made while beta was away")
     batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
     tag = Keys([bytes.fromhex(alpha.key)]).tag(alpha.status()["device"]["id"])
-    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/[0-9]*")), 30, "a snapshot")
     wait_for(lambda: not covered(relayed.root, tag, snapshot), 40,
              "the batches the snapshot covers to be removed, beta unread")
     expected = entries(alpha)
@@ -427,7 +427,7 @@ def test_a_member_whose_certificate_does_not_open_is_still_waited_for(relayed):
                      r"certificate m/\w+: m/\w+: does not open with the cluster key")
     alpha.start()
     expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
-    wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    wait_for(lambda: list(relayed.root.glob(f"s/{tag}/[0-9]*")), 30, "a snapshot")
     error = relay_of(alpha)["last_error"]
     alpha.stop()
     assert len(list(relayed.root.glob(f"b/{tag}/*"))) >= SNAPSHOT_BATCHES  # kept for beta
@@ -462,7 +462,7 @@ def test_a_member_whose_certificate_does_not_open_is_named_and_can_be_forgotten(
     alpha.expect_log(r"WARNING relay usb: skipped m/\w+, nothing of it applied: member "
                      r"certificate m/\w+: m/\w+: does not open with the cluster key")
     expected = batches_each(alpha, "f", SNAPSHOT_BATCHES + 1)
-    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/*")), 30, "a snapshot")
+    (snapshot,) = wait_for(lambda: list(relayed.root.glob(f"s/{tag}/[0-9]*")), 30, "a snapshot")
     (kept,) = wait_for(lambda: relay_of(alpha)["kept_for"], 10, "status to say why")
     assert kept["member"] == member
     assert f"member {member} (device {device})" in kept["error"]
@@ -620,7 +620,7 @@ def test_chunks_no_remaining_object_names_are_removed_and_the_current_ones_stay(
         (alpha / f"f{i}").write_bytes(b"%d" % i)
         expected[f"f{i}"] = b"%d" % i
     wait_for(lambda: relay_of(alpha)["pending_changes"] == 0, 20, "the batch")
-    wait_for(lambda: len(list(root.glob(f"s/{tag}/*"))) == 1, 30, "a snapshot")
+    wait_for(lambda: len(list(root.glob(f"s/{tag}/[0-9]*"))) == 1, 30, "a snapshot")
     time.sleep(COMPACT_EVERY + 2)  # a compaction after the snapshot: beta read nothing yet
     assert chunk_bytes() >= len(keep) + len(old) + len(gone) + len(new)
     alpha.stop()
